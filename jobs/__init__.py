@@ -1,0 +1,1 @@
+"""Thin entry points: job spec / flags in, pipeline or engine calls out."""
