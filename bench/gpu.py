@@ -1,0 +1,427 @@
+"""GPU benchmark in one prepared run (< 8 minutes on one H100): what dgbatch's decoder step costs and how far
+it is from the roofline, kernel by kernel and end to end, with the transformers reference in the same run.
+
+Sections (each guarded: a failure is recorded in the JSON and the run goes on):
+1. calibrate: HBM bandwidth (large copy) and bf16 GEMM rate.
+2. kernels: fused_moe / canvas_attention / fused_sample at real shapes, Triton vs torch reference.
+3. sweep: full-size DiffusionGemma with random bf16 weights (meta build, materialised on the GPU), 1k context,
+   canvases per forward x fixed steps: ms per forward, tokens/s with and without prefill, % of roofline.
+   Variant "kernels" routes MoE and canvas attention through kernels/; "model" is model/ as written.
+4. profile: CUDA-time kernel breakdown of one decoder forward.
+5. reference: transformers DiffusionGemmaForBlockDiffusion (random weights) generate() with fixed steps
+   (confidence_threshold=None) at the same settings, for the ratio.
+
+Usage: python bench/gpu.py [--tiny] [--out results.json]   (--tiny: CPU, tiny config, torch backend, seconds)
+JSON goes to --out, else $OUT/bench_gpu.json when $OUT is set.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import gc
+import json
+import os
+import statistics
+import sys
+import time
+import traceback
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import kernels  # noqa: E402
+import model.moe  # noqa: E402
+import model.transformer  # noqa: E402
+from kernels.canvas_attention import canvas_attention_torch, canvas_attention_triton  # noqa: E402
+from kernels.fused_moe import fused_moe_torch, fused_moe_triton  # noqa: E402
+from kernels.sampler import fused_sample_torch, fused_sample_triton  # noqa: E402
+from model import DiffusionGemma, DiffusionGemmaConfig  # noqa: E402
+
+NOMINAL = {"cuda": {"bw": 3.0e12, "flops": 790e12}}  # H100 SXM per performance.md; CPU uses calibration
+TINY_VISION = dict(model_type="gemma4_vision", hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                   num_attention_heads=2, num_key_value_heads=2, head_dim=8, position_embedding_size=64,
+                   patch_size=4, pooling_kernel_size=1)
+
+
+# ---- timing -----------------------------------------------------------------------------------------------
+def sync(dev):
+    if dev.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def ms(dev, fn, *args, reps=5) -> float:
+    """Median milliseconds of fn(*args)."""
+    return 1e3 * timeit(lambda: fn(*args), dev, reps=reps)
+
+
+def timeit(fn, dev, reps=5, warmup=1) -> float:
+    """Median seconds of fn() over reps (after warmup), device-synchronised."""
+    for _ in range(warmup):
+        fn()
+    ts = []
+    for _ in range(reps):
+        sync(dev)
+        t = time.perf_counter()
+        fn()
+        sync(dev)
+        ts.append(time.perf_counter() - t)
+    return statistics.median(ts)
+
+
+def guarded(results, name):
+    """Run a section; on error record the traceback instead of aborting the whole benchmark."""
+    @contextlib.contextmanager
+    def cm():
+        t = time.perf_counter()
+        try:
+            yield
+        except Exception as e:  # noqa: BLE001 - a benchmark section must not take the others down
+            tb = traceback.format_exc()[-1500:]
+            results.setdefault("errors", {})[name] = f"{type(e).__name__}: {e}\n{tb}"
+            print(f"[{name}] FAILED: {type(e).__name__}: {e}", flush=True)
+        finally:
+            results.setdefault("section_s", {})[name] = round(time.perf_counter() - t, 1)
+            gc.collect()
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+    return cm()
+
+
+# ---- 1. calibration ---------------------------------------------------------------------------------------
+def calibrate(dev, tiny):
+    n = (1 << 24) if tiny else (1 << 30)  # bf16 elements: 32 MiB / 2 GiB
+    a = torch.empty(n, dtype=torch.bfloat16, device=dev).normal_()
+    b = torch.empty_like(a)
+    bw = 2 * a.numel() * 2 / ms(dev, b.copy_, a) * 1e3
+    a = b = None
+    m = 512 if tiny else 8192
+    x = torch.randn(m, m, dtype=torch.bfloat16, device=dev)
+    y = torch.randn(m, m, dtype=torch.bfloat16, device=dev)
+    flops = 2 * m**3 / ms(dev, torch.matmul, x, y) * 1e3
+    return {"copy_bw_GBps": bw / 1e9, "bf16_gemm_TFLOPs": flops / 1e12}
+
+
+# ---- 2. kernel microbenchmarks ----------------------------------------------------------------------------
+def bench_kernels(dev, tiny, cfg):
+    t = cfg.text
+    H, E, k, Im, V = t.hidden_size, t.num_experts, t.top_k_experts, t.moe_intermediate_size, t.vocab_size
+    C = cfg.canvas_length
+    use_triton = dev.type == "cuda"
+    out = []
+    g = torch.Generator(device="cpu").manual_seed(0)
+    gu = (torch.randn(E, 2 * Im, H, generator=g) * 0.02).to(dev, torch.bfloat16)
+    dn = (torch.randn(E, H, Im, generator=g) * 0.02).to(dev, torch.bfloat16)
+    for canv in (1, 8):
+        T = canv * C
+        x = torch.randn(T, H, generator=g).to(dev, torch.bfloat16)
+        idx = torch.stack([torch.randperm(E, generator=g)[:k] for _ in range(T)]).to(dev)
+        w = torch.rand(T, k, generator=g).to(dev)
+        touched = int(torch.unique(idx).numel())
+        wbytes = touched * (3 * Im * H) * 2
+        row = {"kernel": "fused_moe", "shape": f"T={T} H={H} E={E} k={k} Im={Im}",
+               "torch_ms": ms(dev, fused_moe_torch, x, idx, w, gu, dn),
+               "model_moe_forward_ms": ms(dev, model.moe.moe_forward, x, idx, w, gu, dn)}
+        if use_triton:
+            row["triton_ms"] = ms(dev, fused_moe_triton, x, idx, w, gu, dn, reps=10)
+            row["triton_weight_GBps"] = wbytes / row["triton_ms"] / 1e6
+        out.append(row)
+    gu = dn = None
+    for i in sorted({t.layer_types.index(lt) for lt in set(t.layer_types)}):
+        K, D, Hq = t.layer_kv_heads(i), t.layer_head_dim(i), t.num_attention_heads
+        for B in (1, 8):
+            S = 64 if tiny else 1024
+            mk = lambda *s: (torch.randn(*s, generator=g) * 0.1).to(dev, torch.bfloat16)  # noqa: E731
+            q, kc, vc = mk(B, Hq, C, D), mk(B, K, S, D), mk(B, K, S, D)
+            kn, vn = mk(B, K, C, D), mk(B, K, C, D)
+            vis = torch.ones(B, S, dtype=torch.bool, device=dev)
+            args = (q, kc, vc, vis, kn, vn)
+            row = {"kernel": "canvas_attention", "shape": f"B={B} H={Hq} K={K} C={C} S={S} D={D}",
+                   "torch_ms": ms(dev, canvas_attention_torch, *args)}
+            if use_triton:
+                row["triton_ms"] = ms(dev, canvas_attention_triton, *args, reps=10)
+                fl = 4 * B * Hq * C * (S + C) * D
+                row["triton_TFLOPs"] = fl / row["triton_ms"] / 1e9
+            out.append(row)
+    for N in (C, 8 * C):
+        logits = (torch.randn(N, V, generator=g) * 5).to(dev)
+        inv_t = torch.full((N,), 1.5, device=dev)
+        keys = kernels.derive_keys(torch.arange(N), 0, 0, 1).to(dev)
+        row = {"kernel": "fused_sample", "shape": f"N={N} V={V}",
+               "torch_ms": ms(dev, fused_sample_torch, logits, inv_t, keys)}
+        if use_triton:
+            row["triton_ms"] = ms(dev, fused_sample_triton, logits, inv_t, keys, reps=10)
+            row["triton_GBps"] = N * V * 4 / row["triton_ms"] / 1e6
+        out.append(row)
+        logits = None
+    for r in out:
+        if "triton_ms" in r:
+            r["speedup_vs_torch"] = r["torch_ms"] / r["triton_ms"]
+    return out
+
+
+# ---- 3. full model sweep ----------------------------------------------------------------------------------
+def build_model(cfg, dev, dtype):
+    """Meta build, then random weights materialised directly on `dev` (no host copy of 51 GB)."""
+    old = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)
+    try:
+        with torch.device("meta"):
+            m = DiffusionGemma(cfg)
+    finally:
+        torch.set_default_dtype(old)
+    m = m.to_empty(device=dev)
+    m.reset_parameters()
+    return m.eval()
+
+
+def _attend_adapter(torch_attend):
+    """model/transformer.attend(q, [ctx;canvas] k, v, mask) -> kernels.canvas_attention for decoder masks."""
+    def attend(q, k, v, mask):
+        if mask.dim() == 3 and mask.shape[1] == 1 and mask.dtype == torch.bool:
+            C = q.shape[2]
+            S = k.shape[2] - C
+            return kernels.canvas_attention(q, k[:, :, :S], v[:, :, :S], mask[:, 0, :S],
+                                            k[:, :, S:], v[:, :, S:])
+        return torch_attend(q, k, v, mask)
+    return attend
+
+
+@contextlib.contextmanager
+def variant(name):
+    """"kernels": MoE and canvas attention through kernels/ dispatch; "model": model/ unchanged."""
+    old = (model.moe.moe_forward, model.transformer.attend)
+    if name == "kernels":
+        model.moe.moe_forward = kernels.fused_moe
+        model.transformer.attend = _attend_adapter(old[1])
+    try:
+        yield
+    finally:
+        model.moe.moe_forward, model.transformer.attend = old
+
+
+def commit_rule(ent_BC, bound):
+    """Entropy-bounded acceptance (spec §5.2): sorted prefix with cumsum(H) - H <= bound."""
+    h, order = ent_BC.sort(dim=-1)
+    return torch.zeros_like(ent_BC, dtype=torch.bool).scatter(1, order, (h.cumsum(-1) - h) <= bound)
+
+
+@torch.no_grad()
+def run_canvas(m, cfg, dev, B, N, ctx):
+    """Prefill ctx tokens for B rows, then one canvas of N fixed denoising steps -> timings (s)."""
+    t, C = cfg.text, cfg.canvas_length
+    V = t.vocab_size
+    cache = m.new_cache(B, ctx + C)
+    ids = torch.randint(3, V, (B, ctx), device=dev)
+    sync(dev)
+    t0 = time.perf_counter()
+    m.encode(ids, cache, positions_BT=torch.arange(ctx, device=dev).expand(B, ctx))
+    sync(dev)
+    t1 = time.perf_counter()
+    canvas = torch.randint(3, V, (B, C), device=dev)
+    pos_c = torch.arange(ctx, ctx + C, device=dev).expand(B, C)
+    seeds = torch.arange(B, device=dev)
+    sc, fwd = None, 0.0
+    for step in range(N):
+        sync(dev)
+        f0 = time.perf_counter()
+        logits = m.decode(canvas, cache, positions_BC=pos_c, sc_logits_BCV=sc)
+        sync(dev)
+        fwd += time.perf_counter() - f0
+        temp = 0.4 + 0.4 * (N - step) / N
+        inv_t = torch.full((B * C,), 1.0 / temp, device=dev)
+        keys = kernels.derive_keys(seeds, 0, step, C)
+        am, ent, smp, _, _ = kernels.fused_sample(logits.view(B * C, V), inv_t, keys)
+        accepted = commit_rule(ent.view(B, C), 0.1)
+        canvas = torch.where(accepted, smp.view(B, C), torch.randint(0, V, (B, C), device=dev))
+        sc = (logits.mul_(1.0 / temp)).to(m.dtype)
+        del logits
+    sync(dev)
+    t2 = time.perf_counter()
+    return {"prefill_s": t1 - t0, "loop_s": t2 - t1, "decoder_s": fwd}
+
+
+def roofline_s(m, cfg, B, ctx, bw, peak):
+    """Lower bound for one decoder forward of B canvases: max(bytes / bw, flops / peak)."""
+    t, C = cfg.text, cfg.canvas_length
+    T, E, k = B * C, t.num_experts, t.top_k_experts
+    n_exp = sum(p.numel() for n, p in m.named_parameters() if "experts" in n)
+    n_emb = m.embed_tokens.weight.numel()
+    n_other = sum(p.numel() for p in m.parameters()) - n_exp - n_emb
+    touched = 1 - (1 - k / E) ** T  # expected fraction of experts hit by T tokens
+    nbytes = 2 * (n_other + n_exp * touched + 2 * n_emb) + 4 * 4 * T * t.vocab_size
+    flops = 2 * T * (n_other + n_exp * k / E) + 4 * T * n_emb
+    for i in range(t.num_hidden_layers):
+        S = ctx if not t.is_sliding(i) else min(ctx, t.sliding_window - 1)
+        K, D = t.layer_kv_heads(i), t.layer_head_dim(i)
+        nbytes += 2 * 2 * B * K * S * D
+        flops += 4 * T * t.num_attention_heads * (S + C) * D
+    return max(nbytes / bw, flops / peak)
+
+
+def sweep(m, cfg, dev, args, cal, results):
+    C = cfg.canvas_length
+    nom = NOMINAL.get(dev.type, {"bw": cal["copy_bw_GBps"] * 1e9, "flops": cal["bf16_gemm_TFLOPs"] * 1e12})
+    rows = []
+    plan = [("kernels", B, N) for B in args.canvases for N in args.steps]
+    plan += [("model", B, max(args.steps)) for B in args.model_canvases]
+    for name, B, N in plan:
+        try:
+            with variant(name):
+                run_canvas(m, cfg, dev, B, min(N, 2), args.ctx)  # warm-up (Triton compile, allocator)
+                r = run_canvas(m, cfg, dev, B, N, args.ctx)
+        except torch.cuda.OutOfMemoryError as e:
+            rows.append({"variant": name, "canvases": B, "steps": N, "error": f"OOM: {e}"[:200]})
+            torch.cuda.empty_cache()
+            continue
+        ms_fwd = 1e3 * r["decoder_s"] / N
+        roof = 1e3 * roofline_s(m, cfg, B, args.ctx, nom["bw"], nom["flops"])
+        rows.append({
+            "variant": name, "canvases": B, "steps": N, "ms_per_forward": ms_fwd,
+            "ms_per_step": 1e3 * r["loop_s"] / N,
+            "prefill_ms": 1e3 * r["prefill_s"], "tok_s_no_prefill": B * C / r["loop_s"],
+            "tok_s_e2e": B * C / (r["loop_s"] + r["prefill_s"]), "roofline_ms": roof,
+            "pct_roofline": 100 * roof / ms_fwd,
+        })
+        print(json.dumps(rows[-1]), flush=True)
+    results["sweep"] = rows
+
+
+def profile_forward(m, cfg, dev, args, results):
+    from torch.profiler import ProfilerActivity, profile
+
+    B = 1 if args.tiny else 8
+    acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if dev.type == "cuda" else [])
+    with variant("kernels"):
+        run_canvas(m, cfg, dev, B, 1, args.ctx)
+        with profile(activities=acts) as prof:
+            run_canvas(m, cfg, dev, B, 1, args.ctx)
+    key = "cuda_time_total" if dev.type == "cuda" else "cpu_time_total"
+    results["profile"] = prof.key_averages().table(sort_by=key, row_limit=20)
+
+
+# ---- 5. transformers reference -----------------------------------------------------------------------------
+def build_hf(cfg, dev, dtype):
+    from transformers import DiffusionGemmaConfig as HFConfig
+    from transformers import DiffusionGemmaForBlockDiffusion
+
+    hcfg = HFConfig(text_config=cfg.text.to_dict(), vision_config=TINY_VISION,
+                    canvas_length=cfg.canvas_length)
+    old = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)
+    try:
+        with torch.device(dev):  # built and randomly initialised on the device (its rotary buffers stay real)
+            hf = DiffusionGemmaForBlockDiffusion(hcfg)
+    finally:
+        torch.set_default_dtype(old)
+    return hf.eval()
+
+
+@torch.no_grad()
+def run_hf(hf, cfg, dev, B, N, ctx):
+    C, V = cfg.canvas_length, cfg.text.vocab_size
+    calls = []
+    h = hf.model.decoder.register_forward_hook(lambda *a: calls.append(1))
+    ids = torch.randint(3, V, (B, ctx), device=dev)
+    kw = dict(attention_mask=torch.ones_like(ids), max_new_tokens=C, max_denoising_steps=N,
+              confidence_threshold=None)
+    try:
+        hf.generate(ids, **dict(kw, max_denoising_steps=1))  # warm-up
+        calls.clear()
+        sync(dev)
+        t0 = time.perf_counter()
+        hf.generate(ids, **kw)
+        sync(dev)
+        dt = time.perf_counter() - t0
+    finally:
+        h.remove()
+    return {"canvases": B, "steps": N, "decoder_forwards": len(calls), "e2e_s": dt, "tok_s_e2e": B * C / dt}
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--tiny", "--dry-run", action="store_true", help="CPU, tiny config, torch backend")
+    p.add_argument("--out", default=None)
+    p.add_argument("--skip-hf", action="store_true")
+    a = p.parse_args(argv)
+    torch.set_num_threads(1 if a.tiny else torch.get_num_threads())
+    dev = torch.device("cpu" if a.tiny or not torch.cuda.is_available() else "cuda")
+    cfg = DiffusionGemmaConfig.tiny() if a.tiny else DiffusionGemmaConfig.full_size()
+    dtype = torch.float32 if dev.type == "cpu" else torch.bfloat16
+    a.ctx = 24 if a.tiny else 1024
+    a.canvases, a.steps = ([1, 2], [2, 3]) if a.tiny else ([1, 2, 4, 8, 16], [8, 16])
+    a.model_canvases = [1] if a.tiny else [1, 8]
+    hf_plan = [(1, 3)] if a.tiny else [(1, 16), (4, 16), (8, 16)]
+    with kernels.use_backend("torch" if a.tiny else kernels.get_backend()):
+        return _run(a, dev, cfg, dtype, hf_plan)
+
+
+def _run(a, dev, cfg, dtype, hf_plan) -> int:
+    results = {"device": torch.cuda.get_device_name() if dev.type == "cuda" else "cpu", "tiny": a.tiny,
+               "ctx": a.ctx, "canvas_length": cfg.canvas_length, "torch": torch.__version__}
+    t_start = time.perf_counter()
+    cal = {"copy_bw_GBps": 1.0, "bf16_gemm_TFLOPs": 0.01}
+    with guarded(results, "calibrate"):
+        cal = results["calibrate"] = calibrate(dev, a.tiny)
+        print("calibrate", cal, flush=True)
+    with guarded(results, "kernels"):
+        results["kernels"] = bench_kernels(dev, a.tiny, cfg)
+    m = None
+    with guarded(results, "sweep"):
+        m = build_model(cfg, dev, dtype)
+        sweep(m, cfg, dev, a, cal, results)
+    with guarded(results, "profile"):
+        if m is not None and not a.tiny:  # the profiler's start-up alone is seconds on CPU
+            profile_forward(m, cfg, dev, a, results)
+    del m
+    gc.collect()
+    if dev.type == "cuda":
+        torch.cuda.empty_cache()
+    if not a.skip_hf:
+        with guarded(results, "reference"):
+            hf = build_hf(cfg, dev, dtype)
+            results["reference"] = []
+            for B, N in hf_plan:
+                results["reference"].append(run_hf(hf, cfg, dev, B, N, a.ctx))
+                print("reference", results["reference"][-1], flush=True)
+            ours = {(r["canvases"], r["steps"]): r for r in results.get("sweep", [])
+                    if r.get("variant") == "kernels"}
+            for r in results["reference"]:
+                o = ours.get((r["canvases"], r["steps"]))
+                if o and "tok_s_e2e" in o:
+                    r["ours_over_reference_e2e"] = o["tok_s_e2e"] / r["tok_s_e2e"]
+    results["triton_selfcheck"] = {f"{op}@{d}": ok for (op, d), ok in kernels._selfcheck.items()}
+    results["total_s"] = time.perf_counter() - t_start
+    print_table(results)
+    out = a.out or (os.path.join(os.environ["OUT"], "bench_gpu.json") if os.environ.get("OUT") else None)
+    if out:
+        Path(out).write_text(json.dumps(results, indent=2, default=str))
+        print("wrote", out)
+    return 1 if results.get("errors") else 0
+
+
+def print_table(results):
+    print(f"\n== {results['device']}  ctx={results['ctx']}  total {results.get('total_s', 0):.0f}s")
+    for r in results.get("kernels", []):
+        tri = f"triton {r['triton_ms']:.3f} ms ({r['speedup_vs_torch']:.1f}x)" if "triton_ms" in r else ""
+        print(f"  {r['kernel']:17s} {r['shape']:40s} torch {r['torch_ms']:.3f} ms  {tri}")
+    print(f"  {'variant':8s} {'canv':>4s} {'steps':>5s} {'ms/fwd':>8s} {'tok/s':>9s} {'tok/s e2e':>9s} "
+          f"{'%roof':>6s}")
+    for r in results.get("sweep", []):
+        if "error" in r:
+            print(f"  {r['variant']:8s} {r['canvases']:4d} {r['steps']:5d}  {r['error'][:60]}")
+            continue
+        print(f"  {r['variant']:8s} {r['canvases']:4d} {r['steps']:5d} {r['ms_per_forward']:8.1f} "
+              f"{r['tok_s_no_prefill']:9.1f} {r['tok_s_e2e']:9.1f} {r['pct_roofline']:6.1f}")
+    for r in results.get("reference", []):
+        print(f"  reference canv={r['canvases']} steps={r['steps']} fwd={r['decoder_forwards']} "
+              f"tok/s e2e {r['tok_s_e2e']:.1f}"
+              f"  ours/ref {r.get('ours_over_reference_e2e', float('nan')):.2f}")
+    for k, v in results.get("errors", {}).items():
+        print(f"  ERROR {k}: {v.splitlines()[0]}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

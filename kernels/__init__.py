@@ -1,0 +1,125 @@
+"""Kernel dispatch: the ONE switch per op between a Triton kernel and its torch reference.
+
+Public ops (shapes use the legend B batch, H heads or hidden, K KV heads, C canvas, S cache length, D head
+dim, T flat tokens, E experts, k top-k, F = 2*Im gate+up rows, I = Im expert width, N rows, V vocab):
+- `fused_sample(logits_NV, inv_temp_N, key_N, need_sample_N=None)`
+      -> (argmax_N, entropy_N, sample_N, max_logit_N, logsumexp_N); see kernels/sampler.py.
+- `derive_keys(seed_B, canvas_B, step_B, C) -> key_(B*C)`: per-position noise stream keys for fused_sample.
+- `fused_moe(x_TH, topk_idx_Tk, topk_w_Tk, gate_up_EFH, down_EHI) -> y_TH`; see kernels/fused_moe.py.
+- `canvas_attention(q_BHCD, k_ctx_BKSD, v_ctx_BKSD, ctx_visible_BS, k_can_BKCD, v_can_BKCD, scale=1.0)
+      -> o_BHCD`; see kernels/canvas_attention.py.
+
+Backend rule ("auto", the default): Triton only for CUDA tensors, when triton imports, no input needs a
+gradient (the kernels have no backward), and the op's one-time self-check on that device (a small
+comparison against the torch reference) passed. Everything else, including every CPU call, runs the torch
+reference, so the CPU path is exactly the reference path. Override with `set_backend("torch"|"triton"|
+"auto")`, the `use_backend(...)` context manager, or the env var DGBATCH_KERNELS at import.
+
+Note: `kernels.fused_moe` and `kernels.canvas_attention` are the dispatching *functions*; reach the modules
+with `from kernels.fused_moe import fused_moe_torch` (or importlib), never `from kernels import fused_moe`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Iterator
+
+import torch
+
+from kernels import canvas_attention as _attn
+from kernels import fused_moe as _moe
+from kernels import sampler as _sampler
+from kernels._triton_compat import HAS_TRITON
+from kernels.sampler import derive_keys
+
+__all__ = ["fused_sample", "derive_keys", "fused_moe", "canvas_attention", "set_backend", "use_backend",
+           "get_backend", "backend_for"]
+
+_CHOICES = ("auto", "torch", "triton")
+_backend = os.environ.get("DGBATCH_KERNELS", "auto")
+if _backend not in _CHOICES:
+    raise ValueError(f"DGBATCH_KERNELS must be one of {_CHOICES}, got {_backend!r}")
+_selfcheck: dict[tuple[str, str], bool] = {}  # (op, device) -> passed; resolved once per process
+
+_OPS = {
+    "fused_sample": (_sampler.fused_sample_torch, _sampler.fused_sample_triton, _sampler),
+    "fused_moe": (_moe.fused_moe_torch, _moe.fused_moe_triton, _moe),
+    "canvas_attention": (_attn.canvas_attention_torch, _attn.canvas_attention_triton, _attn),
+}
+
+
+def set_backend(name: str) -> None:
+    """Force every op to "torch" or "triton", or restore "auto"."""
+    global _backend
+    if name not in _CHOICES:
+        raise ValueError(f"backend must be one of {_CHOICES}, got {name!r}")
+    _backend = name
+
+
+def get_backend() -> str:
+    return _backend
+
+
+@contextlib.contextmanager
+def use_backend(name: str) -> Iterator[None]:
+    """Temporarily force a backend (tests, benchmarks)."""
+    old = _backend
+    set_backend(name)
+    try:
+        yield
+    finally:
+        set_backend(old)
+
+
+def backend_for(op: str, *tensors: torch.Tensor | None) -> str:
+    """Which implementation `op` uses for these inputs: "torch" or "triton"."""
+    if _backend != "auto":
+        return _backend
+    ts = [t for t in tensors if t is not None]
+    if not HAS_TRITON or not ts or ts[0].device.type != "cuda":
+        return "torch"
+    if torch.is_grad_enabled() and any(t.requires_grad for t in ts):
+        return "torch"
+    key = (op, str(ts[0].device))
+    if key not in _selfcheck:
+        try:
+            _selfcheck[key] = bool(_OPS[op][2].selfcheck(ts[0].device))
+        except Exception:  # a kernel that cannot compile on this card must not take the model down
+            _selfcheck[key] = False
+    return "triton" if _selfcheck[key] else "torch"
+
+
+def _impl(op: str, *tensors):
+    ref, tri, _ = _OPS[op]
+    return tri if backend_for(op, *tensors) == "triton" else ref
+
+
+def fused_sample(logits_NV: torch.Tensor, inv_temp_N: torch.Tensor, key_N: torch.Tensor,
+                 need_sample_N: torch.Tensor | None = None):
+    """One pass over x = logits_NV * inv_temp_N[:, None] (logits already softcapped, fp32).
+
+    Returns (argmax_N long, entropy_N fp32, sample_N long, max_logit_N fp32, logsumexp_N fp32).
+    sample_N is a Gumbel-max draw from softmax(x) driven by key_N (int64, see `derive_keys`); it is -1 for
+    rows where need_sample_N (bool [N]) is False. Same keys and logits give the same sample on either backend
+    up to last-ulp differences in log().
+    """
+    _sampler.check_sample_args(logits_NV, inv_temp_N, key_N, need_sample_N)
+    return _impl("fused_sample", logits_NV)(logits_NV, inv_temp_N, key_N, need_sample_N)
+
+
+def fused_moe(x_TH: torch.Tensor, topk_idx_Tk: torch.Tensor, topk_w_Tk: torch.Tensor,
+              gate_up_EFH: torch.Tensor, down_EHI: torch.Tensor) -> torch.Tensor:
+    """Routed experts: y = sum_k w_k * down[e_k](gelu_tanh(gate[e_k] x) * up[e_k] x); fp32 sum, x dtype."""
+    _moe.check_moe_args(x_TH, topk_idx_Tk, topk_w_Tk, gate_up_EFH, down_EHI)
+    return _impl("fused_moe", x_TH, topk_w_Tk, gate_up_EFH, down_EHI)(
+        x_TH, topk_idx_Tk, topk_w_Tk, gate_up_EFH, down_EHI)
+
+
+def canvas_attention(q_BHCD: torch.Tensor, k_ctx_BKSD: torch.Tensor, v_ctx_BKSD: torch.Tensor,
+                     ctx_visible_BS: torch.Tensor, k_can_BKCD: torch.Tensor, v_can_BKCD: torch.Tensor,
+                     scale: float = 1.0) -> torch.Tensor:
+    """Canvas queries over visible cached context keys plus the whole canvas (bidirectional), GQA."""
+    _attn.check_attention_args(q_BHCD, k_ctx_BKSD, v_ctx_BKSD, ctx_visible_BS, k_can_BKCD, v_can_BKCD)
+    return _impl("canvas_attention", q_BHCD, k_ctx_BKSD, v_ctx_BKSD, k_can_BKCD, v_can_BKCD)(
+        q_BHCD, k_ctx_BKSD, v_ctx_BKSD, ctx_visible_BS, k_can_BKCD, v_can_BKCD, scale)

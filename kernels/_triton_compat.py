@@ -1,0 +1,98 @@
+"""Triton import shim: owns how kernel files get `triton`/`tl` and how a kernel is made runnable.
+
+Two problems solved here, once, for every kernel file:
+1. Platforms without Triton (macOS, aarch64 wheels) must still import the kernel files for their torch
+   references; there `triton.jit` becomes an identity decorator and `HAS_TRITON` is False.
+2. Triton reads `TRITON_INTERPRET` when `@triton.jit` *decorates* a function, so a kernel module imported
+   before the variable was set holds a compiled-mode `JITFunction`. `runnable(kernel)` re-wraps the raw Python
+   function as an `InterpretedFunction` at launch time when interpreter mode is on, so tests do not depend on
+   import order (and the reverse: a kernel decorated under the interpreter is re-jitted for the GPU when the
+   variable is off). Kernels therefore call no other `@triton.jit` helpers (a JITFunction cannot be called
+   from an interpreted kernel); shared math is inlined.
+"""
+
+from __future__ import annotations
+
+import os
+import types
+
+try:
+    import triton
+    import triton.language as tl
+
+    HAS_TRITON = True
+except ImportError:  # reference-only platforms
+    HAS_TRITON = False
+
+    class _Lang(types.SimpleNamespace):
+        constexpr = object
+
+    tl = _Lang()  # type: ignore[assignment]
+    triton = types.SimpleNamespace(jit=lambda fn=None, **_: fn, cdiv=lambda a, b: -(-a // b))  # type: ignore
+
+_REWRAPPED: dict[tuple[int, bool], object] = {}
+
+
+def interpret_mode() -> bool:
+    """True when Triton kernels run in the CPU interpreter (`TRITON_INTERPRET=1`)."""
+    return os.environ.get("TRITON_INTERPRET", "0").lower() in ("1", "true", "yes", "on")
+
+
+def runnable(kernel):
+    """The kernel object to launch with `kernel[grid](...)` in the current mode."""
+    if not HAS_TRITON:
+        raise RuntimeError("triton is not installed; use the torch backend")
+    from triton.runtime.interpreter import InterpretedFunction
+
+    interp = interpret_mode()
+    if isinstance(kernel, InterpretedFunction) == interp and (not interp or _LANG_INTERPRETED):
+        return kernel
+    key = (id(kernel), interp)
+    if key not in _REWRAPPED:
+        if interp:
+            _REWRAPPED[key] = _LangPatchedLauncher(InterpretedFunction(kernel.fn))
+        else:
+            _REWRAPPED[key] = triton.JITFunction(kernel.fn)
+    return _REWRAPPED[key]
+
+
+def _lang_modules():
+    import triton.language.core
+    import triton.language.math
+    import triton.language.standard
+
+    return (tl, triton.language.standard, triton.language.math, triton.language.core)
+
+
+# Were triton.language's own @jit helpers (tl.zeros, tl.max, ...) decorated under the interpreter? If triton
+# was imported before TRITON_INTERPRET was set, they are compiled-mode JITFunctions that an interpreted kernel
+# cannot call; _LangPatchedLauncher swaps in interpreted twins for the duration of one launch.
+_LANG_INTERPRETED = HAS_TRITON and interpret_mode()
+
+
+class _LangPatchedLauncher:
+    def __init__(self, fn):
+        self.fn = fn
+
+    def __getitem__(self, grid):
+        def launch(*args, **kwargs):
+            from triton.runtime.interpreter import InterpretedFunction
+            from triton.runtime.jit import JITFunction
+
+            saved = []
+            for mod in _lang_modules():
+                for name, val in list(vars(mod).items()):
+                    if isinstance(val, JITFunction):
+                        saved.append((mod, name, val))
+                        setattr(mod, name, InterpretedFunction(val.fn))
+            try:
+                return self.fn[grid](*args, **kwargs)
+            finally:
+                for mod, name, val in saved:
+                    setattr(mod, name, val)
+
+        return launch
+
+
+def next_pow2(n: int) -> int:
+    return 1 << max(0, (int(n) - 1).bit_length())

@@ -1,0 +1,186 @@
+"""Canvas attention (DiffusionGemma §4.3, decoder pass): torch reference, Triton kernel, launcher.
+
+Canvas queries attend to the visible cached context keys plus every canvas key (bidirectional, no causal
+mask). The caller encodes left padding and sliding windows in ctx_visible_BS (a sliding decoder layer sees
+context key j iff j >= length - (W-1)), so this op only knows "visible or not". GQA: query head h reads KV
+head h // (H/K). Scores and softmax in fp32; masked keys get a finite large negative score so a row with
+nothing visible stays finite (uniform) instead of NaN.
+
+Triton kernel: flash-attention with an online softmax. One program owns BLOCK_M rows of the G = H/K query
+heads that share one KV head (rows r = g*C + c), so each K/V tile is loaded once for all G heads, and one
+BLOCK_DV slice of the output. Keys run over [context | canvas] as one index space j in [0, S + C); the
+score loop tiles D by BLOCK_DK, so head_dim 512 (the 5 global layers, which FlashAttention rejects) fits in
+registers by splitting the output D across programs.
+
+Legend: B batch, H query heads, K KV heads, G = H/K, C canvas length, S context (cache) length, D head dim.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from kernels._triton_compat import interpret_mode, next_pow2, runnable, tl, triton
+
+MASK_FILL = -1.0e30  # finite: a fully masked row softmaxes to uniform, never NaN
+
+
+# ---- torch reference: the spec, and the CPU path ----------------------------------------------------------
+def canvas_attention_torch(q_BHCD: torch.Tensor, k_ctx_BKSD: torch.Tensor, v_ctx_BKSD: torch.Tensor,
+                           ctx_visible_BS: torch.Tensor, k_can_BKCD: torch.Tensor, v_can_BKCD: torch.Tensor,
+                           scale: float = 1.0) -> torch.Tensor:
+    """Eager-attention precision (as the HF reference's eager path): QK^T in the input dtype, softmax in
+    fp32, probabilities cast back, PV in the input dtype. Returns o_BHCD in q's dtype."""
+    B, H, C, D = q_BHCD.shape
+    K = k_can_BKCD.shape[1]
+    G = H // K
+    k_BKJD = torch.cat([k_ctx_BKSD, k_can_BKCD], dim=2)
+    v_BKJD = torch.cat([v_ctx_BKSD, v_can_BKCD], dim=2)
+    vis_BJ = torch.cat([ctx_visible_BS.bool(), ctx_visible_BS.new_ones(B, C, dtype=torch.bool)], dim=1)
+    q_BKRD = q_BHCD.reshape(B, K, G * C, D)  # rows r = g*C + c of the G heads sharing KV head
+    scores = (q_BKRD @ k_BKJD.transpose(-1, -2)).float() * scale
+    scores = scores.masked_fill(~vis_BJ[:, None, None, :], MASK_FILL)
+    p = torch.softmax(scores, dim=-1).to(v_BKJD.dtype)
+    return (p @ v_BKJD).reshape(B, H, C, v_BKJD.shape[-1]).to(q_BHCD.dtype)
+
+
+# ---- Triton kernel ----------------------------------------------------------------------------------------
+@triton.jit
+def _canvas_attn_kernel(q_ptr, kc_ptr, vc_ptr, vis_ptr, kn_ptr, vn_ptr, o_ptr,
+                        sq_b, sq_h, sq_c, skc_b, skc_k, skc_s, svc_b, svc_k, svc_s, svis_b,
+                        skn_b, skn_k, skn_c, svn_b, svn_k, svn_c, so_b, so_h, so_c,
+                        K, G, C, S, D, scale,
+                        BM: tl.constexpr, BN: tl.constexpr, BDK: tl.constexpr, BDV: tl.constexpr,
+                        UPCAST: tl.constexpr, IEEE: tl.constexpr):
+    pid_m = tl.program_id(0)
+    bk = tl.program_id(1)
+    pid_d = tl.program_id(2)
+    b = (bk // K).to(tl.int64)
+    kv = (bk % K).to(tl.int64)
+    rows = pid_m * BM + tl.arange(0, BM)
+    row_ok = rows < G * C
+    h = kv * G + (rows // C)
+    c = rows % C
+    q_row = q_ptr + b * sq_b + h.to(tl.int64) * sq_h + c.to(tl.int64) * sq_c
+    dk = tl.arange(0, BDK)
+    dv = pid_d * BDV + tl.arange(0, BDV)
+    dv_ok = dv < D
+    m_i = tl.full((BM,), -1.0e30, tl.float32)  # finite start: a masked (-1e30) tile cannot give inf - inf
+    l_i = tl.zeros((BM,), tl.float32)
+    acc = tl.zeros((BM, BDV), tl.float32)
+    for j0 in range(0, S + C, BN):
+        j = j0 + tl.arange(0, BN)
+        in_ctx = j < S
+        in_can = (j >= S) & (j < S + C)
+        jc = tl.where(in_ctx, j, 0).to(tl.int64)
+        jn = tl.where(in_can, j - S, 0).to(tl.int64)
+        vis = tl.load(vis_ptr + b * svis_b + jc, mask=in_ctx, other=0) != 0
+        scores = tl.zeros((BM, BN), tl.float32)
+        for d0 in range(0, D, BDK):
+            d_ok = (d0 + dk) < D
+            q = tl.load(q_row[:, None] + (d0 + dk)[None, :], mask=row_ok[:, None] & d_ok[None, :], other=0.0)
+            kt = tl.load(kc_ptr + b * skc_b + kv * skc_k + jc[None, :] * skc_s + (d0 + dk)[:, None],
+                         mask=in_ctx[None, :] & d_ok[:, None], other=0.0)
+            kt += tl.load(kn_ptr + b * skn_b + kv * skn_k + jn[None, :] * skn_c + (d0 + dk)[:, None],
+                          mask=in_can[None, :] & d_ok[:, None], other=0.0)
+            if UPCAST:  # interpreter bf16 dot is wrong; fp32 inputs stay exact
+                q, kt = q.to(tl.float32), kt.to(tl.float32)
+            if IEEE:
+                scores = tl.dot(q, kt, scores, input_precision="ieee")
+            else:
+                scores = tl.dot(q, kt, scores)
+        scores = scores * scale
+        scores = tl.where((vis | in_can)[None, :], scores, -1.0e30)
+        scores = tl.where((in_ctx | in_can)[None, :], scores, float("-inf"))  # past the end: no weight at all
+        m_new = tl.maximum(m_i, tl.max(scores, 1))
+        alpha = tl.exp(m_i - m_new)
+        p = tl.exp(scores - m_new[:, None])
+        l_i = l_i * alpha + tl.sum(p, 1)
+        v = tl.load(vc_ptr + b * svc_b + kv * svc_k + jc[:, None] * svc_s + dv[None, :],
+                    mask=in_ctx[:, None] & dv_ok[None, :], other=0.0)
+        v += tl.load(vn_ptr + b * svn_b + kv * svn_k + jn[:, None] * svn_c + dv[None, :],
+                     mask=in_can[:, None] & dv_ok[None, :], other=0.0)
+        acc = acc * alpha[:, None]
+        if UPCAST:
+            v = v.to(tl.float32)
+            pv = p
+        else:
+            pv = p.to(v.dtype)
+        if IEEE:
+            acc = tl.dot(pv, v, acc, input_precision="ieee")
+        else:
+            acc = tl.dot(pv, v, acc)
+        m_i = m_new
+    out = acc / l_i[:, None]
+    o_row = o_ptr + b * so_b + h.to(tl.int64) * so_h + c.to(tl.int64) * so_c
+    tl.store(o_row[:, None] + dv[None, :], out.to(o_ptr.dtype.element_ty),
+             mask=row_ok[:, None] & dv_ok[None, :])
+
+
+def canvas_attention_triton(q_BHCD: torch.Tensor, k_ctx_BKSD: torch.Tensor, v_ctx_BKSD: torch.Tensor,
+                            ctx_visible_BS: torch.Tensor, k_can_BKCD: torch.Tensor, v_can_BKCD: torch.Tensor,
+                            scale: float = 1.0, *, block_m: int | None = None, block_n: int | None = None,
+                            block_dk: int | None = None, block_dv: int | None = None) -> torch.Tensor:
+    """Triton launcher with the same contract as `canvas_attention_torch` (any strides with unit last dim)."""
+    check_attention_args(q_BHCD, k_ctx_BKSD, v_ctx_BKSD, ctx_visible_BS, k_can_BKCD, v_can_BKCD)
+    B, H, C, D = q_BHCD.shape
+    K, S = k_ctx_BKSD.shape[1], k_ctx_BKSD.shape[2]
+    G = H // K
+    ts = [t if t.stride(-1) == 1 else t.contiguous()
+          for t in (q_BHCD, k_ctx_BKSD, v_ctx_BKSD, k_can_BKCD, v_can_BKCD)]
+    q, kc, vc, kn, vn = ts
+    vis = ctx_visible_BS.to(torch.int8)
+    if S == 0:  # keep a valid pointer; no context key is ever read
+        vis = torch.zeros(B, 1, dtype=torch.int8, device=q.device)
+    o = torch.empty(B, H, C, D, dtype=q.dtype, device=q.device)
+    block_m = block_m or min(64 if D <= 256 else 32, max(16, next_pow2(G * C)))
+    block_n = block_n or 64
+    block_dk = block_dk or min(64, max(16, next_pow2(D)))
+    block_dv = block_dv or min(256 if D > 256 else 128, max(16, next_pow2(D)))
+    upcast = interpret_mode() or q.dtype == torch.float32
+    grid = (triton.cdiv(G * C, block_m), B * K, triton.cdiv(D, block_dv))
+    runnable(_canvas_attn_kernel)[grid](
+        q, kc, vc, vis, kn, vn, o,
+        q.stride(0), q.stride(1), q.stride(2), kc.stride(0), kc.stride(1), kc.stride(2),
+        vc.stride(0), vc.stride(1), vc.stride(2), vis.stride(0),
+        kn.stride(0), kn.stride(1), kn.stride(2), vn.stride(0), vn.stride(1), vn.stride(2),
+        o.stride(0), o.stride(1), o.stride(2), K, G, C, S, D, float(scale),
+        BM=block_m, BN=block_n, BDK=block_dk, BDV=block_dv, UPCAST=upcast, IEEE=q.dtype == torch.float32,
+        num_warps=8 if D > 128 else 4, num_stages=2)
+    return o
+
+
+def check_attention_args(q_BHCD, k_ctx_BKSD, v_ctx_BKSD, ctx_visible_BS, k_can_BKCD, v_can_BKCD) -> None:
+    """Shape/dtype contract shared by both backends; raises ValueError naming the bad argument."""
+    if q_BHCD.dim() != 4:
+        raise ValueError(f"canvas_attention: q_BHCD must be 4-D, got {tuple(q_BHCD.shape)}")
+    B, H, C, D = q_BHCD.shape
+    K = k_can_BKCD.shape[1] if k_can_BKCD.dim() == 4 else -1
+    S = k_ctx_BKSD.shape[2] if k_ctx_BKSD.dim() == 4 else -1
+    want = {"k_can_BKCD": (B, K, C, D), "v_can_BKCD": (B, K, C, D), "k_ctx_BKSD": (B, K, S, D),
+            "v_ctx_BKSD": (B, K, S, D), "ctx_visible_BS": (B, S)}
+    got = {"k_can_BKCD": k_can_BKCD, "v_can_BKCD": v_can_BKCD, "k_ctx_BKSD": k_ctx_BKSD,
+           "v_ctx_BKSD": v_ctx_BKSD, "ctx_visible_BS": ctx_visible_BS}
+    for name, t in got.items():
+        if tuple(t.shape) != want[name] or t.device != q_BHCD.device:
+            raise ValueError(f"canvas_attention: {name} is {tuple(t.shape)} on {t.device}, want {want[name]} "
+                             f"on {q_BHCD.device} (q_BHCD {tuple(q_BHCD.shape)})")
+        if name != "ctx_visible_BS" and t.dtype != q_BHCD.dtype:
+            raise ValueError(f"canvas_attention: {name} dtype {t.dtype} != q dtype {q_BHCD.dtype}")
+    if K <= 0 or H % K:
+        raise ValueError(f"canvas_attention: query heads {H} not a multiple of KV heads {K}")
+    if ctx_visible_BS.dtype != torch.bool:
+        raise ValueError(f"canvas_attention: ctx_visible_BS must be bool, got {ctx_visible_BS.dtype}")
+
+
+def selfcheck(device: torch.device) -> bool:
+    """One-time kernel-vs-reference comparison on `device` in bf16 (D=512, GQA, padding, masked rows)."""
+    g = torch.Generator(device="cpu").manual_seed(0)
+    B, H, K, C, S, D = 2, 4, 2, 19, 37, 512
+    mk = lambda *s: torch.randn(*s, generator=g).to(device, torch.bfloat16)  # noqa: E731
+    q, kc, vc, kn, vn = mk(B, H, C, D), mk(B, K, S, D), mk(B, K, S, D), mk(B, K, C, D), mk(B, K, C, D)
+    q = q * 0.05
+    vis = torch.rand(B, S, generator=g).gt(0.3).to(device)
+    vis[1] = False
+    ref = canvas_attention_torch(q.float(), kc.float(), vc.float(), vis, kn.float(), vn.float())
+    out = canvas_attention_triton(q, kc, vc, vis, kn, vn).float()
+    return bool(((out - ref).abs().max() <= 0.05).item())

@@ -1,0 +1,227 @@
+"""Fused one-pass sampler over a vocabulary row: argmax, entropy, log-sum-exp and a Gumbel-max sample.
+
+Owns: the torch reference (`fused_sample_torch`, the spec and the CPU path), the Triton kernel, its launcher
+(`fused_sample_triton`), the counter-based noise hash shared bit-for-bit by both, and `derive_keys`, which
+turns (row seed, canvas index, step index, position) into the per-row stream keys.
+
+Why: the reference generate() makes ~15 passes over fp32 logits per step (performance.md §"What dominates");
+here every statistic the denoising loop needs comes out of one tiled pass over x = logits * inv_temp.
+The sample is Gumbel-max, argmax(x + g) with g = -log(-log(u)), which is a draw from softmax(x) (the same
+identity as the reference's multinomial == argmax(p / Exp(1))). u comes from a hash of (key, column), so a
+row's noise depends only on its key: reproducible per request, independent of batch composition, and never
+materialised as a [N, V] tensor on the GPU.
+
+Legend: N rows (flattened B*C canvas positions), V vocabulary, B batch rows, C canvas length.
+
+Keys: build them with `derive_keys(seed_B, canvas_B, step_B, C)` -> key_(B*C); each (seed, canvas, step,
+position) gets its own stream. Sampling only some rows: the sample of a row depends only on (logits row,
+inv_temp, key), so a caller may first get stats for all rows with need_sample_N all False, choose the rows
+to keep, then call again on just those rows (`logits_NV[idx]`, `key_N[idx]`) to sample them.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from kernels._triton_compat import runnable, tl, triton
+
+# ---- the noise hash (torch side; the kernel inlines the same arithmetic in uint32) -------------------------
+# Every multiplier is odd and < 2**31, so a 32-bit value times it stays below 2**63: the int64 torch
+# arithmetic never overflows, and masking to 32 bits equals Triton's wrapping uint32 arithmetic exactly.
+M32 = 0xFFFFFFFF
+MUL1 = 0x21F0AAAD  # xorshift-multiply mixer constants (a low-bias 32-bit integer hash)
+MUL2 = 0x735A2D97
+COL_MUL = 0x61C88647  # 2**32 - golden ratio * 2**32: spreads column indices before mixing
+_SALT = (0x1B873593, 0x5BD1E995, 0x27D4EB2F, 0x165667B1, 0x68E31DA4, 0x3C6EF372)
+_CHUNK_ELEMS = 1 << 22  # CPU reference works on row chunks of at most this many elements (bounds memory)
+
+
+def mix32(x: torch.Tensor) -> torch.Tensor:
+    """Bijective 32-bit mix of int64 values in [0, 2**32); returns int64 in [0, 2**32)."""
+    x = x ^ (x >> 16)
+    x = (x * MUL1) & M32
+    x = x ^ (x >> 15)
+    x = (x * MUL2) & M32
+    return x ^ (x >> 15)
+
+
+def row_state(key_N: torch.Tensor) -> torch.Tensor:
+    """Per-row 32-bit stream state (int64 in [0, 2**32)) folded from the 64-bit key."""
+    lo, hi = key_N & M32, (key_N >> 32) & M32
+    return mix32(lo ^ mix32(hi ^ _SALT[0]))
+
+
+def uniform_noise(state_N: torch.Tensor, cols_V: torch.Tensor) -> torch.Tensor:
+    """u[n, v] in (0, 1) fp32 from the hash of (state_N[n], cols_V[v]); 24-bit odd grid, exact in fp32."""
+    h = mix32(state_N[:, None] ^ ((cols_V * COL_MUL) & M32)[None, :])
+    return ((h >> 9) * 2 + 1).to(torch.float32) * 2.0**-24
+
+
+def derive_keys(seed_B: torch.Tensor | int, canvas_B: torch.Tensor | int, step_B: torch.Tensor | int,
+                C: int) -> torch.Tensor:
+    """Stream keys key_(B*C) int64 in [0, 2**62) for canvas positions, row-major (b, c).
+
+    seed_B: the request's seed (any int64). canvas_B: index of the canvas within the request. step_B: a step
+    counter unique within the canvas (e.g. the denoising step index). Ints broadcast. Distinct inputs give
+    distinct, well-mixed keys; the same inputs always give the same key on any device.
+    """
+    seed, canvas, step = (torch.as_tensor(t, dtype=torch.int64).reshape(-1)
+                          for t in (seed_B, canvas_B, step_B))
+    seed, canvas, step = torch.broadcast_tensors(seed, canvas, step)
+    s = mix32((seed & M32) ^ mix32(((seed >> 32) & M32) ^ _SALT[1]))
+    s = mix32(s ^ mix32((canvas & M32) ^ _SALT[2]))
+    s = mix32(s ^ mix32((step & M32) ^ _SALT[3]))
+    pos_C = torch.arange(C, dtype=torch.int64, device=s.device)
+    lo = mix32(s[:, None] ^ mix32(pos_C ^ _SALT[4])[None, :])
+    hi = mix32(lo ^ _SALT[5])
+    return (((hi & 0x3FFFFFFF) << 32) | lo).reshape(-1)
+
+
+# ---- torch reference: the spec, and the CPU path ----------------------------------------------------------
+def fused_sample_torch(logits_NV: torch.Tensor, inv_temp_N: torch.Tensor, key_N: torch.Tensor,
+                       need_sample_N: torch.Tensor | None = None):
+    """Per row of x = logits_NV * inv_temp_N[:, None] (fp32):
+
+    returns (argmax_N long, entropy_N fp32 = H(softmax(x)), sample_N long = argmax(x + gumbel(key, v)) or -1
+    where need_sample_N is False, max_logit_N fp32 = max(x), logsumexp_N fp32 = logsumexp(x)).
+    Ties in argmax resolve to the lowest index. Works on row chunks to bound memory (a few passes each).
+    """
+    N, V = logits_NV.shape
+    dev = logits_NV.device
+    out_am = torch.empty(N, dtype=torch.long, device=dev)
+    out_h = torch.empty(N, dtype=torch.float32, device=dev)
+    out_s = torch.full((N,), -1, dtype=torch.long, device=dev)
+    out_m = torch.empty(N, dtype=torch.float32, device=dev)
+    out_lse = torch.empty(N, dtype=torch.float32, device=dev)
+    cols_V = torch.arange(V, dtype=torch.int64, device=dev)
+    state_N = row_state(key_N.to(torch.int64))
+    rows = max(1, _CHUNK_ELEMS // max(V, 1))
+    for a in range(0, N, rows):
+        b = min(N, a + rows)
+        x = logits_NV[a:b].to(torch.float32) * inv_temp_N[a:b, None].to(torch.float32)
+        m, am = x.max(dim=-1)
+        d = x - m[:, None]
+        e = d.exp()
+        s = e.sum(-1)
+        # sum p*(x - m) with 0*(-inf) treated as 0 so -inf logits (masked tokens) stay finite.
+        t = (e * torch.where(e > 0, d, 0.0)).sum(-1)
+        out_am[a:b], out_m[a:b] = am, m
+        out_lse[a:b] = m + s.log()
+        out_h[a:b] = s.log() - t / s
+        want = slice(None) if need_sample_N is None else need_sample_N[a:b].nonzero().squeeze(1)
+        if need_sample_N is not None and want.numel() == 0:
+            continue
+        g = -(-uniform_noise(state_N[a:b][want], cols_V).log()).log()
+        picked = (x[want] + g).argmax(dim=-1)
+        if need_sample_N is None:
+            out_s[a:b] = picked
+        else:
+            out_s[a + want] = picked
+    return out_am, out_h, out_s, out_m, out_lse
+
+
+# ---- Triton kernel: one program per row, tiles of BLOCK_V, running scalar statistics ----------------------
+@triton.jit
+def _fused_sample_kernel(logits_ptr, stride_n, inv_temp_ptr, state_ptr, need_ptr,
+                         am_ptr, h_ptr, s_ptr, m_ptr, lse_ptr, V,
+                         BLOCK_V: tl.constexpr, HAS_NEED: tl.constexpr):
+    row = tl.program_id(0)
+    inv_t = tl.load(inv_temp_ptr + row).to(tl.float32)
+    state = tl.load(state_ptr + row).to(tl.uint32)
+    do_sample = True
+    if HAS_NEED:
+        do_sample = tl.load(need_ptr + row) != 0
+    offs = tl.arange(0, BLOCK_V)
+    base = logits_ptr + row.to(tl.int64) * stride_n
+    # Finite start for the running max: exp(m - new_m) underflows to 0 and (m - new_m) * 0 stays 0, no NaN.
+    m = tl.full([], -3.0e38, tl.float32)
+    s = tl.zeros([], tl.float32)
+    t = tl.zeros([], tl.float32)  # sum e^(x-m) * (x-m): entropy = log s - t / s
+    best = tl.zeros([], tl.int32)
+    gmax = tl.full([], float("-inf"), tl.float32)
+    gidx = tl.full([], -1, tl.int32)
+    for start in range(0, V, BLOCK_V):
+        cols = start + offs
+        mask = cols < V
+        x = tl.load(base + cols, mask=mask, other=float("-inf")).to(tl.float32) * inv_t
+        x = tl.where(mask, x, float("-inf"))
+        tm = tl.max(x, 0)
+        ti = tl.argmax(x, 0)
+        best = tl.where(tm > m, start + ti, best)
+        new_m = tl.maximum(m, tm)
+        alpha = tl.exp(m - new_m)
+        d = x - new_m
+        e = tl.exp(d)
+        t = alpha * (t + (m - new_m) * s) + tl.sum(e * tl.where(e > 0, d, 0.0), 0)
+        s = alpha * s + tl.sum(e, 0)
+        m = new_m
+        if do_sample:
+            h = state ^ (cols.to(tl.uint32) * 0x61C88647)
+            h = h ^ (h >> 16)
+            h = h * 0x21F0AAAD
+            h = h ^ (h >> 15)
+            h = h * 0x735A2D97
+            h = h ^ (h >> 15)
+            u = ((h >> 9) * 2 + 1).to(tl.float32) * 5.9604644775390625e-08
+            z = x - tl.log(-tl.log(u))
+            tz = tl.max(z, 0)
+            tzi = tl.argmax(z, 0)
+            gidx = tl.where(tz > gmax, start + tzi, gidx)
+            gmax = tl.maximum(gmax, tz)
+    tl.store(am_ptr + row, best.to(tl.int64))
+    tl.store(h_ptr + row, tl.log(s) - t / s)
+    tl.store(s_ptr + row, gidx.to(tl.int64))
+    tl.store(m_ptr + row, m)
+    tl.store(lse_ptr + row, m + tl.log(s))
+
+
+def fused_sample_triton(logits_NV: torch.Tensor, inv_temp_N: torch.Tensor, key_N: torch.Tensor,
+                        need_sample_N: torch.Tensor | None = None, *, block_v: int | None = None):
+    """Triton launcher with the same contract as `fused_sample_torch`."""
+    check_sample_args(logits_NV, inv_temp_N, key_N, need_sample_N)
+    N, V = logits_NV.shape
+    dev = logits_NV.device
+    if logits_NV.stride(1) != 1:
+        logits_NV = logits_NV.contiguous()
+    block_v = block_v or min(4096, 1 << max(4, (V - 1).bit_length()))
+    state_N = row_state(key_N.to(torch.int64)).contiguous()
+    need = need_sample_N.to(torch.int8).contiguous() if need_sample_N is not None else state_N
+    outs = (torch.empty(N, dtype=torch.long, device=dev), torch.empty(N, dtype=torch.float32, device=dev),
+            torch.empty(N, dtype=torch.long, device=dev), torch.empty(N, dtype=torch.float32, device=dev),
+            torch.empty(N, dtype=torch.float32, device=dev))
+    if N == 0:
+        return outs
+    runnable(_fused_sample_kernel)[(N,)](
+        logits_NV, logits_NV.stride(0), inv_temp_N.contiguous(), state_N, need, *outs, V,
+        BLOCK_V=block_v, HAS_NEED=need_sample_N is not None, num_warps=8 if block_v >= 2048 else 4)
+    return outs
+
+
+def check_sample_args(logits_NV, inv_temp_N, key_N, need_sample_N) -> None:
+    """Shape/dtype contract shared by both backends; raises ValueError naming the bad argument."""
+    if logits_NV.dim() != 2 or not logits_NV.is_floating_point():
+        raise ValueError(f"fused_sample: logits_NV must be a 2-D float tensor, got {tuple(logits_NV.shape)} "
+                         f"{logits_NV.dtype}")
+    N = logits_NV.shape[0]
+    for name, t, ok in (("inv_temp_N", inv_temp_N, inv_temp_N.is_floating_point()),
+                        ("key_N", key_N, key_N.dtype == torch.int64),
+                        ("need_sample_N", need_sample_N,
+                         need_sample_N is None or need_sample_N.dtype == torch.bool)):
+        if t is None:
+            continue
+        if tuple(t.shape) != (N,) or not ok or t.device != logits_NV.device:
+            raise ValueError(f"fused_sample: {name} must be [{N}] on {logits_NV.device} "
+                             f"(float / int64 / bool), got {tuple(t.shape)} {t.dtype} on {t.device}")
+
+
+def selfcheck(device: torch.device) -> bool:
+    """One-time comparison of the kernel against the reference on `device` (used by kernels.backend_for)."""
+    g = torch.Generator(device="cpu").manual_seed(0)
+    logits = (torch.randn(5, 3001, generator=g) * 4).to(device)
+    inv_t = torch.rand(5, generator=g).add(0.5).to(device)
+    keys = derive_keys(7, 0, torch.arange(5), 1).to(device)
+    need = torch.tensor([True, False, True, True, False], device=device)
+    ref = fused_sample_torch(logits, inv_t, keys, need)
+    out = fused_sample_triton(logits, inv_t, keys, need)
+    return (torch.equal(ref[0], out[0]) and torch.equal(ref[2], out[2])
+            and all(torch.allclose(ref[i], out[i], atol=1e-4, rtol=1e-4) for i in (1, 3, 4)))

@@ -1,0 +1,25 @@
+"""bench/gpu.py --tiny runs end to end on CPU (torch backend) and writes its JSON."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import kernels
+
+
+def test_bench_gpu_tiny_dry_run(tmp_path):
+    path = Path(__file__).resolve().parents[2] / "bench" / "gpu.py"
+    spec = importlib.util.spec_from_file_location("bench_gpu", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    out = tmp_path / "r.json"
+    rc = bench.main(["--tiny", "--skip-hf", "--out", str(out)])
+    r = json.loads(out.read_text())
+    assert rc == 0 and not r.get("errors"), r.get("errors")
+    ran = {(x["variant"], x["canvases"], x["steps"]) for x in r["sweep"]}
+    assert ran >= {("kernels", 2, 3), ("model", 1, 3)}
+    assert all(x["tok_s_e2e"] > 0 and x["roofline_ms"] > 0 for x in r["sweep"])
+    assert {k["kernel"] for k in r["kernels"]} == {"fused_moe", "canvas_attention", "fused_sample"}
+    assert kernels.get_backend() == "auto"  # the dry run's torch override did not leak
