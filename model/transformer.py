@@ -1,0 +1,232 @@
+"""DiffusionGemma: one text stack used twice, as the causal cache-writing encoder and the bidirectional
+canvas decoder (reference: DiffusionGemmaForBlockDiffusion, transformers 5.23).
+
+Legend: B rows, T new tokens, C canvas, H hidden, V vocab, S key length, R selected cache rows.
+  encode(ids_BT, cache, positions_BT, valid_BT, rows_B): causal (+ sliding window on sliding layers,
+      + key padding) pass that writes K/V at cache indices length..length+T-1 and advances length.
+      Uses the ENCODER layer_scalar copies. Its hidden states are not needed at inference.
+  decode(canvas_BC, cache, positions_BC, sc_logits_BCV, rows_B) -> fp32 logits_BCV: bidirectional over
+      [context ; canvas], read-only on the cache; sliding layers see the last W-1 context tokens. Uses the
+      DECODER layer_scalar copies, self-conditioning on its input, tied LM head and softcap.
+Key ranges are trimmed on the host (one sync per pass) so sliding layers only touch the last window.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from model.attention import attend
+from model.cache import KVCache
+from model.config import FULL, SLIDING, DiffusionGemmaConfig, embed_scale
+from model.layer import Block
+from model.norm import RMSNorm
+from model.rope import cos_sin, inv_freq
+from model.self_conditioning import SelfConditioning
+
+
+def _check_shape(name: str, t: torch.Tensor, shape: tuple[int, ...]) -> None:
+    if tuple(t.shape) != shape:
+        raise ValueError(f"{name}: expected shape {list(shape)}, got {list(t.shape)}")
+
+
+class TokenEmbedding(nn.Module):
+    """Embedding table without nn.Embedding's init (initialising on the meta device imports torch._dynamo,
+    about 5 s). padding_idx only affects gradients, as in the reference."""
+
+    def __init__(self, vocab: int, hidden: int, padding_idx: int | None):
+        super().__init__()
+        self.padding_idx = padding_idx
+        self.weight = nn.Parameter(torch.empty(vocab, hidden))
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        return F.embedding(ids, self.weight, self.padding_idx)
+
+
+class DiffusionGemma(nn.Module):
+    def __init__(self, config: DiffusionGemmaConfig):
+        super().__init__()
+        self.config = config
+        t = self.text = config.text
+        self.embed_tokens = TokenEmbedding(t.vocab_size, t.hidden_size, t.pad_token_id)
+        self.layers = nn.ModuleList(Block(t, i) for i in range(t.num_hidden_layers))
+        self.norm = RMSNorm(t.hidden_size, t.rms_norm_eps)
+        self.self_conditioning = SelfConditioning(t.hidden_size, t.intermediate_size, t.rms_norm_eps)
+        self._inv_freq = {}
+        for lt in set(t.layer_types):
+            i = t.layer_types.index(lt)
+            self._inv_freq[lt] = inv_freq(t.rope(i), t.layer_head_dim(i))
+        if not self.embed_tokens.weight.is_meta:
+            self.reset_parameters()
+
+    @torch.no_grad()
+    def reset_parameters(self, std: float = 0.02) -> None:
+        """Random init like the reference (normal(0, std) matrices, unit norms/scales)."""
+        for p in self.parameters():
+            if p.dim() >= 2:
+                p.normal_(0.0, std)
+            else:
+                p.fill_(1.0)
+        for b in self.buffers():
+            b.fill_(1.0)
+
+    # -- helpers -----------------------------------------------------------------------------------
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.embed_tokens.weight.dtype
+
+    @property
+    def device(self) -> torch.device:
+        return self.embed_tokens.weight.device
+
+    def _scale(self) -> torch.Tensor:
+        # sqrt(H) cast to the weight dtype first, as the reference (bf16: 53.07 -> 53.0)
+        return torch.tensor(embed_scale(self.text.hidden_size), device=self.device).to(self.dtype)
+
+    def _embed(self, ids: torch.Tensor) -> torch.Tensor:
+        return self.embed_tokens(ids) * self._scale()
+
+    def _rope(
+        self, positions: torch.Tensor, dtype: torch.dtype
+    ) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+        return {lt: cos_sin(positions, f, dtype) for lt, f in self._inv_freq.items()}
+
+    @staticmethod
+    def _ctx(cache_t: torch.Tensor, rows: torch.Tensor | None, lo: int, hi: int) -> torch.Tensor:
+        """Cache slice [R, KV, hi-lo, D] (a view when all rows are used)."""
+        x = cache_t[:, :, lo:hi]
+        return x if rows is None else x.index_select(0, rows)
+
+    @staticmethod
+    def _valid(cache: KVCache, rows: torch.Tensor | None, lo: int, hi: int) -> torch.Tensor:
+        """valid_BS restricted to rows and key range -> [R, hi-lo]."""
+        x = cache.valid_BS[:, lo:hi]
+        return x if rows is None else x.index_select(0, rows)
+
+    # -- encoder pass ------------------------------------------------------------------------------
+    def encode(
+        self,
+        input_ids_BT: torch.Tensor,
+        cache: KVCache,
+        *,
+        positions_BT: torch.Tensor,
+        valid_BT: torch.Tensor | None = None,
+        rows_B: torch.Tensor | None = None,
+    ) -> None:
+        """Causal pass over T new tokens per row; writes their K/V to the cache (see module doc)."""
+        R, T = input_ids_BT.shape
+        _check_shape("positions_BT", positions_BT, (R, T))
+        if valid_BT is not None:
+            _check_shape("valid_BT", valid_BT, (R, T))
+        if R == 0 or T == 0:
+            return
+        rows = cache.rows(rows_B)
+        _check_shape("rows_B", rows, (R,))
+        sel = None if rows_B is None else rows
+        if valid_BT is None:
+            valid_BT = torch.ones(R, T, dtype=torch.bool, device=cache.device)
+        l0 = cache.length_B.index_select(0, rows)
+        l0_min, l0_max = (int(x) for x in torch.aminmax(l0))
+        if l0_max + T > cache.max_len:
+            raise ValueError(
+                f"encode: cache capacity {cache.max_len} exceeded (length {l0_max} + {T} new tokens)"
+            )
+        q_idx_RT = l0[:, None] + torch.arange(T, device=cache.device)
+        cache.valid_BS[rows[:, None], q_idx_RT] = valid_BT.to(device=cache.device, dtype=torch.bool)
+        W, hi = self.text.sliding_window, l0_max + T
+        ranges = {FULL: (0, hi), SLIDING: (max(0, l0_min - W + 1), hi)}
+        masks = {}
+        for lt, (lo, _) in ranges.items():
+            j = torch.arange(lo, hi, device=cache.device)
+            vis = self._valid(cache, sel, lo, hi)[:, None, :] & (j <= q_idx_RT[..., None])
+            if lt == SLIDING:
+                vis = vis & (j > q_idx_RT[..., None] - W)
+            masks[lt] = vis  # [R, T, S]
+
+        h = self._embed(input_ids_BT)
+        rope = self._rope(positions_BT, h.dtype)
+        for i, layer in enumerate(self.layers):
+            lt = self.text.layer_types[i]
+            lo, _ = ranges[lt]
+
+            def attend_enc(q, k, v, i=i, lo=lo, lt=lt):
+                cache.write(i, rows, q_idx_RT, k, v)
+                return attend(
+                    q, self._ctx(cache.k[i], sel, lo, hi), self._ctx(cache.v[i], sel, lo, hi), masks[lt]
+                )
+
+            h = layer(h, *rope[lt], attend_enc, encoder=True)
+        cache.length_B[rows] = l0 + T
+
+    # -- decoder pass ------------------------------------------------------------------------------
+    def decode(
+        self,
+        canvas_BC: torch.Tensor,
+        cache: KVCache,
+        *,
+        positions_BC: torch.Tensor,
+        sc_logits_BCV: torch.Tensor | None = None,
+        rows_B: torch.Tensor | None = None,
+        sc_mask_B: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Bidirectional canvas pass over [context ; canvas]; the cache is not modified -> fp32 logits_BCV."""
+        R, C = canvas_BC.shape
+        _check_shape("positions_BC", positions_BC, (R, C))
+        rows = cache.rows(rows_B)
+        _check_shape("rows_B", rows, (R,))
+        sel = None if rows_B is None else rows
+        length = cache.length_B.index_select(0, rows)
+        l_min, l_max = (int(x) for x in torch.aminmax(length)) if R else (0, 0)
+        W = self.text.sliding_window
+        ranges = {FULL: (0, l_max), SLIDING: (max(0, l_min - (W - 1)), l_max)}
+        masks = {}
+        for lt, (lo, hi) in ranges.items():
+            j = torch.arange(lo, hi, device=cache.device)
+            vis = self._valid(cache, sel, lo, hi) & (j < length[:, None])
+            if lt == SLIDING:
+                vis = vis & (j >= length[:, None] - (W - 1))
+            canvas = torch.ones(R, C, dtype=torch.bool, device=cache.device)
+            masks[lt] = torch.cat([vis, canvas], dim=-1)[:, None, :]  # [R, 1, S + C]
+
+        emb = self._embed(canvas_BC)
+        if sc_logits_BCV is not None:
+            sc_logits_BCV = sc_logits_BCV.to(self.dtype)  # the reference feeds embedding-dtype logits
+        h = self.self_conditioning(emb, sc_logits_BCV, self.embed_tokens.weight, self._scale(), sc_mask_B)
+        rope = self._rope(positions_BC, h.dtype)
+        for i, layer in enumerate(self.layers):
+            lt = self.text.layer_types[i]
+            lo, hi = ranges[lt]
+
+            def attend_dec(q, k, v, i=i, lo=lo, hi=hi, lt=lt):
+                kk = torch.cat([self._ctx(cache.k[i], sel, lo, hi).to(k.dtype), k], dim=2)
+                vv = torch.cat([self._ctx(cache.v[i], sel, lo, hi).to(v.dtype), v], dim=2)
+                return attend(q, kk, vv, masks[lt])
+
+            h = layer(h, *rope[lt], attend_dec, encoder=False)
+        return self.logits(h)
+
+    def logits(self, h_BCH: torch.Tensor) -> torch.Tensor:
+        """Final norm, tied LM head, fp32 softcap."""
+        cap = self.text.final_logit_softcapping
+        logits = F.linear(self.norm(h_BCH), self.embed_tokens.weight).float()
+        return torch.tanh(logits / cap) * cap
+
+    # -- weights -----------------------------------------------------------------------------------
+    @classmethod
+    def from_pretrained(
+        cls, path_or_url: str, *, dtype: torch.dtype = torch.bfloat16, device: str | torch.device = "cpu"
+    ) -> DiffusionGemma:
+        """Load a released checkpoint dir (local or fsspec URL): meta build, then tensor-by-tensor load."""
+        from model.weights import load_pretrained
+
+        return load_pretrained(cls, path_or_url, dtype=dtype, device=device)
+
+    def save_pretrained(self, directory: str) -> None:
+        """Write config.json (+ generation_config.json) and model.safetensors with the released key names."""
+        from model.weights import save_pretrained
+
+        save_pretrained(self, directory)
+
+    def new_cache(self, batch_size: int, max_len: int) -> KVCache:
+        return KVCache(self.config, batch_size, max_len, dtype=self.dtype, device=self.device)
