@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+import kernels
 from model.config import TextConfig
 from model.norm import rms_norm
 
@@ -29,6 +30,9 @@ def moe_forward(
     Pairs (token, slot) are sorted by expert and each expert with tokens runs one batched matmul, so the
     Python loop is over active experts only. Differentiable (no in-place writes on autograd tensors).
     """
+    if kernels.backend_for("fused_moe", x_TH, topk_w_Tk, gate_up_EFH, down_EHI) == "triton":
+        # The one dispatch switch (kernels/__init__.py): Triton on CUDA once its self-check passed.
+        return kernels.fused_moe(x_TH, topk_idx_Tk, topk_w_Tk, gate_up_EFH, down_EHI)
     T, H = x_TH.shape
     k = topk_idx_Tk.shape[1]
     E = gate_up_EFH.shape[0]

@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+import kernels
 from model.attention import attend
 from model.cache import KVCache
 from model.config import FULL, SLIDING, DiffusionGemmaConfig, embed_scale
@@ -199,9 +200,12 @@ class DiffusionGemma(nn.Module):
             lo, hi = ranges[lt]
 
             def attend_dec(q, k, v, i=i, lo=lo, hi=hi, lt=lt):
-                kk = torch.cat([self._ctx(cache.k[i], sel, lo, hi).to(k.dtype), k], dim=2)
-                vv = torch.cat([self._ctx(cache.v[i], sel, lo, hi).to(v.dtype), v], dim=2)
-                return attend(q, kk, vv, masks[lt])
+                ck = self._ctx(cache.k[i], sel, lo, hi).to(k.dtype)
+                cv = self._ctx(cache.v[i], sel, lo, hi).to(v.dtype)
+                if kernels.backend_for("canvas_attention", q, ck, cv, k, v) == "triton":
+                    # Fused kernel reads context and canvas K/V in place (no concatenated copy).
+                    return kernels.canvas_attention(q, ck, cv, masks[lt][:, 0, : hi - lo], k, v)
+                return attend(q, torch.cat([ck, k], dim=2), torch.cat([cv, v], dim=2), masks[lt])
 
             h = layer(h, *rope[lt], attend_dec, encoder=False)
         return self.logits(h)
