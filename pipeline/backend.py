@@ -1,0 +1,200 @@
+"""Backends: what a replica calls to turn prepared rows into results (the model sits behind this).
+
+- `EngineBackend` wraps `model.engine.Engine` (fast mode, continuous batching): chat template + tokenize,
+  one `Request` per row with the row's seed, decode, and hand the text to the structured-output check.
+- `StubBackend` costs a fixed time per row and echoes its prompt; a prompt containing `poison_marker`
+  kills the whole process (`os._exit`), one containing `raise_marker` raises. It stands in for the model in
+  tests and in bench/pipeline_overhead.py, so faults hit real processes without loading torch.
+
+A backend is built inside the replica by a *factory*: a small picklable callable `factory(spec) -> Backend`,
+so the driver ships a recipe, not a model.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import time
+from dataclasses import dataclass
+from typing import Protocol
+
+from pipeline.outputs import RowResult
+from pipeline.rows import PreparedRow
+from pipeline.spec import JobSpec, SpecError
+
+
+class Backend(Protocol):
+    def generate(self, rows: list[PreparedRow]) -> list[RowResult]:
+        """One result per row, same order. Per-row problems are error results; a raise fails the batch."""
+
+
+@dataclass(frozen=True)
+class StubBackendFactory:
+    cost_per_row_s: float = 0.001
+    tokens_per_row: int = 8
+    poison_marker: str | None = "__POISON__"
+    raise_marker: str | None = "__RAISE__"
+    load_s: float = 0.0  # model-load time stand-in (paid once per replica)
+    pid_dir: str | None = None  # each backend process touches <pid_dir>/<pid> (fault tests find replicas)
+
+    def __call__(self, spec: JobSpec) -> StubBackend:
+        return StubBackend(self)
+
+
+class StubBackend:
+    """Fixed cost per row; deterministic text from (prompt, seed); poison rows crash the process."""
+
+    def __init__(self, cfg: StubBackendFactory):
+        self.cfg = cfg
+        if cfg.pid_dir:
+            os.makedirs(cfg.pid_dir, exist_ok=True)
+            open(os.path.join(cfg.pid_dir, str(os.getpid())), "w").close()
+        if cfg.load_s:
+            time.sleep(cfg.load_s)
+
+    def generate(self, rows: list[PreparedRow]) -> list[RowResult]:
+        out = []
+        for r in rows:
+            assert r.prompt is not None
+            if self.cfg.poison_marker and self.cfg.poison_marker in r.prompt:
+                os._exit(77)  # a hard crash, like a segfault in a kernel: no exception, no cleanup
+            if self.cfg.raise_marker and self.cfg.raise_marker in r.prompt:
+                raise RuntimeError(f"stub backend asked to fail on row {r.id}")
+            t0 = time.perf_counter()
+            if self.cfg.cost_per_row_s:
+                time.sleep(self.cfg.cost_per_row_s)
+            tag = hashlib.blake2b(f"{r.prompt}\x1f{r.seed}".encode(), digest_size=4).hexdigest()
+            n = self.cfg.tokens_per_row
+            out.append(RowResult(text=f"echo[{tag}]: {r.prompt[:40]}", num_tokens=n, canvases=1,
+                                 denoising_steps=max(1, n // 2), tokens_per_forward=n / max(1, n // 2),
+                                 latency_s=time.perf_counter() - t0))
+        return out
+
+
+@dataclass(frozen=True)
+class EngineBackendFactory:
+    """Builds an EngineBackend for `spec.model` (path resolved by pipeline.model_path)."""
+
+    def __call__(self, spec: JobSpec) -> EngineBackend:
+        return EngineBackend(spec)
+
+
+class EngineBackend:
+    """The DiffusionGemma fast engine behind the Backend interface (see briefs' engine API contract)."""
+
+    def __init__(self, spec: JobSpec):
+        import torch
+
+        from pipeline.model_path import load_model_and_tokenizer
+
+        if os.environ.get("DGBATCH_TORCH_THREADS"):
+            torch.set_num_threads(int(os.environ["DGBATCH_TORCH_THREADS"]))
+        self.spec = spec
+        self.model, self.tokenizer, self.model_dir = load_model_and_tokenizer(spec.model)
+        from model.engine import Engine
+        from model.params import GenerationParams
+
+        self.params = GenerationParams.from_model(self.model, **spec.generation.engine_overrides())
+        self.engine = Engine(self.model, max_batch_rows=spec.resources.batch_size)
+        self.max_positions = int(self.model.config.text.max_position_embeddings)
+        self.hooks = _constraint_hooks(spec, self.tokenizer, self.model, self.params.max_new_tokens)
+
+    def _encode(self, prompt: str) -> list[int]:
+        if self.spec.input.chat:
+            return list(self.tokenizer.apply_chat_template([{"role": "user", "content": prompt}],
+                                                           add_generation_prompt=True))
+        return list(self.tokenizer.encode(prompt))
+
+    def generate(self, rows: list[PreparedRow]) -> list[RowResult]:
+        from model.engine import Request
+
+        results: dict[str, RowResult] = {}
+        requests, by_key = [], {}
+        for i, r in enumerate(rows):
+            key = f"{i}"  # row ids may repeat across files; the engine needs unique request ids
+            try:
+                ids = self._encode(r.prompt or "")
+            except Exception as exc:  # noqa: BLE001 - a row the tokenizer refuses is that row's error
+                results[key] = RowResult(status="error", error=f"row {r.id}: cannot tokenize: {exc}")
+                continue
+            if len(ids) + self.params.max_new_tokens > self.max_positions:
+                results[key] = RowResult(status="error", error=(
+                    f"row {r.id}: prompt too long: {len(ids)} tokens + max_new_tokens "
+                    f"{self.params.max_new_tokens} exceeds the model's {self.max_positions} positions"))
+                continue
+            hook = self.hooks.for_row(r) if self.hooks else None
+            if isinstance(hook, str):  # the constraint could not be built for this row
+                results[key] = RowResult(status="error", error=f"row {r.id}: {hook}")
+                continue
+            requests.append(Request(id=key, input_ids=ids, seed=r.seed, params=self.params, commit_hook=hook))
+            by_key[key] = (r, hook)
+        t0 = time.perf_counter()
+        for c in self.engine.run(requests):
+            latency = time.perf_counter() - t0
+            row, hook = by_key[c.id]
+            if c.finish_reason == "error":
+                results[c.id] = RowResult(status="error", error=f"row {row.id}: {c.error}", latency_s=latency)
+                continue
+            text = self.hooks.text(hook, c.token_ids) if self.hooks else None
+            if text is None:
+                text = self.tokenizer.decode(c.token_ids, skip_special_tokens=True)
+            res = RowResult(text=text, num_tokens=c.num_tokens, canvases=c.canvases,
+                            denoising_steps=c.denoising_steps, tokens_per_forward=c.tokens_per_forward,
+                            latency_s=latency)
+            if self.hooks:
+                res.status, res.json, res.error = self.hooks.check(row, text, c)
+            results[c.id] = res
+        return [results[f"{i}"] for i in range(len(rows))]
+
+
+class _ConstraintHooks:
+    """Adapter over pipeline.constraints (owned by the structured-output area): build_hook, check_output."""
+
+    def __init__(self, mod, spec: JobSpec, tokenizer, model, max_new_tokens: int):
+        self.mod, self.section, self.tokenizer = mod, spec.structured_output, tokenizer
+        self.model_config = getattr(model, "config", None)
+        self.max_new_tokens = max_new_tokens
+        self.per_row = self.section.schema_column is not None
+        # A constraint shared by all rows is compiled once per replica; failing here fails the job up front.
+        self.shared = None if self.per_row else self._build(None)
+
+    def _build(self, row: PreparedRow | None):
+        return self.mod.build_hook(self.section, self.tokenizer, self.model_config,
+                                   max_new_tokens=self.max_new_tokens, row=row)
+
+    def for_row(self, row: PreparedRow):
+        if not self.per_row:
+            return self.shared
+        try:
+            return self._build(row)
+        except Exception as exc:  # noqa: BLE001 - a bad per-row schema is that row's error
+            return f"schema in column {self.section.schema_column!r} unusable: {exc}"
+
+    def text(self, hook, token_ids: list[int]) -> str | None:
+        decode = getattr(self.mod, "decode_text", None)
+        return decode(hook, token_ids) if decode is not None and hook is not None else None
+
+    def check(self, row: PreparedRow, text: str, completion) -> tuple[str, str | None, str | None]:
+        """(status, json, error) for a finished row; 'ok' when the constraints module has no checker."""
+        checker = getattr(self.mod, "check_output", None)
+        if checker is None:
+            return "ok", None, None
+        return checker(self.section, text, completion, row=row)
+
+
+def _constraint_hooks(spec: JobSpec, tokenizer, model, max_new_tokens: int) -> _ConstraintHooks | None:
+    if spec.structured_output is None:
+        return None
+    return _ConstraintHooks(constraints_module(), spec, tokenizer, model, max_new_tokens)
+
+
+def constraints_module():
+    """pipeline.constraints with `build_hook`, or a SpecError saying structured output is unavailable."""
+    try:
+        import pipeline.constraints as mod
+    except ImportError as exc:
+        raise SpecError(f"structured_output: not available in this build ({exc})") from exc
+    if not hasattr(mod, "build_hook"):
+        raise SpecError("structured_output: not available in this build (pipeline.constraints.build_hook "
+                        "is missing)")
+    return mod

@@ -1,0 +1,347 @@
+"""The Ray side, and the only file under pipeline/ that imports Ray: the replica actor and the driver loop.
+
+`run_job(spec)`: validate (fail before any work), plan or resume (`_plan.json`, `_commits/`), start
+`resources.replicas` actors that each build their backend (load the model) once, then lease units to
+idle replicas until every shard is committed, and finalize (manifest, `_SUCCESS`).
+
+Fault handling lives in the driver, not in Ray's retry knobs: actors run with max_restarts=0 and
+max_task_retries=0, so a dead replica surfaces as one failed unit. The driver kills what is left of it,
+starts a fresh one in its slot, and asks the coordinator whether to retry, split or give up. A lease that
+outlives `shard_timeout_s` is treated the same way (a hung replica is killed). An exception raised while
+building a replica (bad model, bad constraint) aborts the job: retrying it cannot help.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import ray
+from ray.exceptions import GetTimeoutError, RayActorError, RayTaskError
+
+from pipeline.backend import EngineBackendFactory
+from pipeline.coordinator import Coordinator, WorkUnit
+from pipeline.generator import RowGenerator, error_rows
+from pipeline.plan import load_or_create_plan
+from pipeline.shards import read_shard
+from pipeline.sink import committed, finalize, next_attempts, write_and_commit, write_job
+from pipeline.spec import JobSpec, SpecError
+from pipeline.storage import Storage
+from pipeline.validate import validate_job
+
+try:
+    from pipeline.metrics import Metrics
+except ImportError:  # pragma: no cover - observability is optional
+    Metrics = None  # type: ignore[assignment,misc]
+try:
+    from pipeline.logs import get_logger
+except ImportError:  # pragma: no cover
+    get_logger = None  # type: ignore[assignment]
+
+
+class ReplicaInitError(RuntimeError):
+    """Building a replica's backend raised: the job cannot run."""
+
+
+@ray.remote(max_restarts=0, max_task_retries=0)
+class Replica:
+    """Loads the backend once, then turns leased units into committed shards (or rows for the driver)."""
+
+    def __init__(self, spec_json: dict, factory: Any, replica_id: str):
+        self.spec = JobSpec.parse(spec_json)
+        self.replica_id = replica_id
+        st = self.spec.storage
+        self.storage = Storage(self.spec.output.path, st.endpoint_url, st.options)
+        self.metrics = Metrics(replica_id) if Metrics is not None else None
+        self.log = get_logger(replica_id) if get_logger is not None else None
+        try:
+            backend = factory(self.spec)
+        except Exception as exc:
+            msg = f"replica {replica_id}: cannot build backend: {type(exc).__name__}: {exc}"
+            raise ReplicaInitError(msg) from exc
+        self.gen = RowGenerator(self.spec, backend, self.metrics)
+        self.columns = self.gen.input_columns()
+
+    def ready(self) -> dict:
+        return {"pid": os.getpid(), "node": ray.get_runtime_context().get_node_id()}
+
+    def work(self, unit: WorkUnit) -> dict:
+        started = time.time()
+        st = self.spec.storage
+        log = self.log.bind(shard=unit.shard.id, attempt=unit.attempt) if self.log else None
+        table = read_shard(unit.piece, self.columns, st.endpoint_url, st.options)
+        out, stats = self.gen.process(table, file_rel=unit.piece.file_rel, first_row=unit.piece.start,
+                                      attempt=unit.attempt)
+        info = {"stats": stats.to_json(), "replica_id": self.replica_id, "started_at": started}
+        if unit.mode == "rows":
+            return {**info, "rows": out, "finished_at": time.time()}
+        finished = time.time()
+        marker = {**stats.to_json(), "replica_id": self.replica_id, "started_at": started,
+                  "finished_at": finished, "duration_s": round(finished - started, 6), "bisected": False,
+                  "input": _input_ref(unit)}
+        won = write_and_commit(self.storage, unit.shard.id, unit.attempt, out, marker)
+        if self.metrics is not None:
+            self.metrics.shard_seconds(finished - started)
+        if log is not None:
+            log.info("shard committed" if won else "shard already committed by another attempt",
+                     extra={"rows": out.num_rows, "tokens": stats.tokens})
+        return {**info, "won": won, "finished_at": finished}
+
+
+@dataclass
+class _Slot:
+    index: int
+    generation: int = 0
+    actor: Any = None
+    ready_ref: Any = None  # ready() ref until the replica has built its backend
+    alive: bool = False  # leases go only to replicas that are up (a pending actor would sit on a lease)
+    init_deaths: int = 0  # consecutive deaths before becoming ready (a crash loop aborts the job)
+    ref: Any = None  # in-flight work() ref
+    unit: WorkUnit | None = None
+    leased_at: float = 0.0
+
+    @property
+    def replica_id(self) -> str:
+        return f"r{self.index}.{self.generation}"
+
+
+class _Progress:
+    def __init__(self, total_rows: int, done_rows: int, enabled: bool):
+        self.total, self.done, self.enabled = total_rows, done_rows, enabled
+        self.t0, self.last, self.rows_run, self.tokens = time.monotonic(), 0.0, 0, 0
+
+    def add(self, rows: int, tokens: int) -> None:
+        self.done += rows
+        self.rows_run += rows
+        self.tokens += tokens
+
+    def line(self, retries: int, restarts: int, live: int, replicas: int) -> str:
+        el = max(1e-9, time.monotonic() - self.t0)
+        rate = self.rows_run / el
+        eta = (self.total - self.done) / rate if rate > 0 else float("nan")
+        pct = 100.0 * self.done / max(1, self.total)
+        eta_s = f"{eta:.0f}s" if eta == eta else "?"
+        return (f"[dgbatch] {self.done}/{self.total} rows ({pct:.1f}%) | {rate:.1f} rows/s | "
+                f"{self.tokens / el:.1f} tok/s | ETA {eta_s} | retries {retries} | "
+                f"restarts {restarts} | replicas {live}/{replicas}")
+
+    def maybe_print(self, force: bool, *args: int) -> None:
+        now = time.monotonic()
+        if self.enabled and (force or now - self.last >= 2.0):
+            self.last = now
+            print(self.line(*args), file=sys.stderr, flush=True)
+
+
+def run_job(spec: JobSpec | dict, *, backend_factory: Any = None, ray_address: str | None = None,
+            progress: bool = True) -> dict[str, Any]:
+    """Run (or resume) a job to completion; returns the manifest. Raises SpecError on unusable input."""
+    spec = JobSpec.parse(spec)
+    factory = backend_factory if backend_factory is not None else EngineBackendFactory()
+    is_engine = isinstance(factory, EngineBackendFactory)
+    checked = validate_job(spec, check_model=is_engine)
+    storage = checked.output
+    if is_engine:
+        from pipeline.model_path import model_identity, resolve_model_path
+
+        ident = model_identity(spec.model)
+        model_info = {"path": resolve_model_path(spec.model)[0], "label": ident["label"]}
+    else:
+        ident = {"backend": repr(factory)}
+        model_info = {"path": None, "label": f"stub backend {factory!r}"}
+    plan, _ = load_or_create_plan(storage, spec, checked.files, ident)
+    write_job(storage, spec.public_dict(), model_info, plan.fingerprint)
+    done = committed(storage)
+    todo = [s for s in plan.shards if s.id not in done]
+    t0 = time.monotonic()
+    run = {"rows": 0, "tokens": 0, "retries": 0, "replica_restarts": 0}
+    if todo:
+        started_ray = False
+        if not ray.is_initialized():
+            ray.init(address=ray_address, include_dashboard=False, log_to_driver=True)
+            started_ray = True
+        try:
+            run = _drive(spec, factory, storage, todo, plan.total_rows,
+                         sum(c["rows"] for c in done.values()), progress)
+        finally:
+            if started_ray:
+                ray.shutdown()
+    run["wall_s"] = time.monotonic() - t0
+    manifest = finalize(storage, plan, run)
+    if progress:
+        print(f"[dgbatch] done: {manifest['rows']} rows ({manifest['rows_by_status']}) in "
+              f"{run['wall_s']:.1f}s -> {storage.url}", file=sys.stderr, flush=True)
+    return manifest
+
+
+def _drive(spec: JobSpec, factory: Any, storage: Storage, todo: list, total_rows: int, done_rows: int,
+           show: bool) -> dict[str, Any]:
+    res = spec.resources
+    coord = Coordinator(todo, max_attempts=res.max_attempts, backoff_s=res.retry_backoff_s,
+                        attempt_base=next_attempts(storage))
+    metrics = Metrics("driver") if Metrics is not None else None
+    spec_json = spec.public_dict()
+    options = {"num_cpus": res.num_cpus_per_replica, "num_gpus": res.num_gpus_per_replica}
+    if res.custom_resources:
+        options["resources"] = dict(res.custom_resources)
+    slots = [_Slot(i) for i in range(min(res.replicas, len(todo)))]
+    prog = _Progress(total_rows, done_rows, show)
+    restarts = 0
+
+    def start(slot: _Slot) -> None:
+        slot.actor = Replica.options(**options).remote(spec_json, factory, slot.replica_id)
+        slot.ready_ref, slot.alive = slot.actor.ready.remote(), False
+        slot.ref, slot.unit = None, None
+
+    def replace(slot: _Slot) -> None:
+        nonlocal restarts
+        try:
+            ray.kill(slot.actor, no_restart=True)  # a hung or half-dead replica must not commit later
+        except Exception:  # noqa: BLE001 - already gone
+            pass
+        slot.generation += 1
+        restarts += 1
+        if metrics is not None:
+            metrics.replica_restart()
+        start(slot)
+
+    def fail(slot: _Slot, reason: str) -> None:
+        unit = slot.unit
+        assert unit is not None
+        slot.ref, slot.unit = None, None
+        if metrics is not None:
+            metrics.retries(1)
+        action = coord.failed(unit)
+        if action == "give_up":
+            st = spec.storage
+            table = read_shard(unit.piece, list(storage_columns), st.endpoint_url, st.options)
+            rows = error_rows(spec, table, file_rel=unit.piece.file_rel, first_row=unit.piece.start,
+                              attempt=unit.attempt,
+                              message=f"generation failed {unit.tries} times; last: {reason[:300]}")
+            piece_rows(unit, rows, {"tokens": 0, "rows": rows.num_rows})
+            prog.add(rows.num_rows, 0)
+
+    def piece_rows(unit: WorkUnit, rows: pa.Table, stats: dict) -> None:
+        whole = coord.piece_done(unit, rows)
+        if whole is None:
+            return
+        tables, attempt = whole
+        out = pa.concat_tables(tables)
+        by = {s: 0 for s in ("ok", "invalid", "error")}
+        for s in out.column("status").to_pylist():
+            by[s] += 1
+        now = time.time()
+        tokens = int(pc.sum(out.column("num_tokens")).as_py() or 0)
+        marker = {"rows_by_status": by, "tokens": tokens,
+                  "denoising_steps": int(pc.sum(out.column("denoising_steps")).as_py() or 0),
+                  "model_s": 0.0, "replica_id": "driver", "started_at": now, "finished_at": now,
+                  "duration_s": 0.0, "bisected": True,
+                  "input": _input_ref(unit)}
+        write_and_commit(storage, unit.shard.id, attempt, out, marker)
+        coord.committed(unit)
+
+    storage_columns = RowGenerator(spec, None).input_columns()  # type: ignore[arg-type]
+    for slot in slots:
+        start(slot)
+    try:
+        while not coord.done:
+            now = time.monotonic()
+            for slot in slots:  # lease work to idle replicas
+                if slot.alive and slot.ref is None:
+                    unit = coord.next()
+                    if unit is None:
+                        break
+                    slot.unit, slot.leased_at, slot.ref = unit, now, slot.actor.work.remote(unit)
+            if metrics is not None:
+                metrics.queue_depth(coord.queued)
+            busy = [s for s in slots if s.ref is not None]
+            starting = [s for s in slots if not s.alive]
+            if not busy and not starting:
+                wait = coord.ready_in()
+                if wait is None:  # nothing queued, nothing running, not done: a bookkeeping bug
+                    raise RuntimeError(f"pipeline stalled with {len(coord.open)} shards open")
+                time.sleep(min(wait, 1.0))
+                continue
+            ready, _ = ray.wait([s.ref for s in busy] + [s.ready_ref for s in starting], num_returns=1,
+                                timeout=1.0)
+            for slot in starting:
+                if slot.ready_ref in ready:
+                    _became_ready(slot, replace)
+            for slot in busy:
+                if slot.ref in ready:
+                    _collect(slot, coord, prog, fail, replace, piece_rows)
+                elif res.shard_timeout_s and time.monotonic() - slot.leased_at > res.shard_timeout_s:
+                    fail(slot, f"lease exceeded shard_timeout_s={res.shard_timeout_s}")
+                    replace(slot)
+            live = sum(s.alive for s in slots)
+            prog.maybe_print(False, coord.retries, restarts, live, res.replicas)
+        prog.maybe_print(True, coord.retries, restarts, sum(s.alive for s in slots), res.replicas)
+    finally:
+        for slot in slots:
+            try:
+                ray.kill(slot.actor, no_restart=True)
+            except Exception:  # noqa: BLE001
+                pass
+    return {"rows": prog.rows_run, "tokens": prog.tokens, "retries": coord.retries,
+            "replica_restarts": restarts}
+
+
+def _became_ready(slot: _Slot, replace) -> None:
+    try:
+        ray.get(slot.ready_ref)
+    except RayActorError as exc:
+        if "ReplicaInitError" in str(exc):
+            raise SpecError(_init_message(exc)) from None
+        slot.init_deaths += 1
+        if slot.init_deaths >= 5:
+            raise RuntimeError(f"replica slot {slot.index} died {slot.init_deaths} times while starting: "
+                               f"{_first_line(exc)}") from None
+        deaths = slot.init_deaths
+        replace(slot)
+        slot.init_deaths = deaths
+        return
+    slot.alive, slot.init_deaths = True, 0
+
+
+def _collect(slot: _Slot, coord: Coordinator, prog: _Progress, fail, replace, piece_rows) -> None:
+    unit = slot.unit
+    try:
+        result = ray.get(slot.ref, timeout=60)
+    except RayActorError as exc:
+        fail(slot, f"replica {slot.replica_id} died: {_first_line(exc)}")
+        replace(slot)
+        return
+    except RayTaskError as exc:
+        if isinstance(exc.cause, SpecError):
+            raise exc.cause from None
+        fail(slot, f"replica {slot.replica_id} raised: {_first_line(exc.cause or exc)}")
+        return
+    except GetTimeoutError:
+        return
+    slot.ref, slot.unit = None, None
+    stats = result["stats"]
+    if unit.mode == "rows":
+        piece_rows(unit, result["rows"], stats)
+    else:
+        coord.committed(unit)
+    prog.add(stats["rows"], stats["tokens"])
+
+
+def _input_ref(unit: WorkUnit) -> dict:
+    return {"file": unit.shard.file, "start": unit.shard.start, "num_rows": unit.shard.num_rows}
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0] if text else ''}"
+
+
+def _init_message(exc: BaseException) -> str:
+    for line in str(exc).splitlines():
+        if "ReplicaInitError" in line or "SpecError" in line:
+            return line.split(":", 1)[-1].strip()
+    return str(exc)

@@ -1,0 +1,94 @@
+"""One input table in, one output table out: the unit of work shared by the replica and the Ray Data adapter.
+
+`RowGenerator.process` prepares rows (ids, seeds, prompts; bad rows become error rows without touching the
+model), sends the good ones to the backend, and assembles the output table with the passthrough columns,
+one output row per input row in input order. It also tallies rows by status and tokens for the commit
+marker and the metrics. No storage and no Ray here.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import pyarrow as pa
+
+from pipeline.backend import Backend
+from pipeline.outputs import STATUSES, RowResult, build_table, error_result
+from pipeline.rows import prepare_rows
+from pipeline.spec import JobSpec
+
+try:  # observability is another area's module; the pipeline must work without it
+    from pipeline.metrics import Metrics
+except ImportError:  # pragma: no cover
+    Metrics = None  # type: ignore[assignment,misc]
+
+
+@dataclass
+class BatchStats:
+    rows: int = 0
+    by_status: dict[str, int] = field(default_factory=lambda: {s: 0 for s in STATUSES})
+    tokens: int = 0
+    denoising_steps: int = 0
+    model_s: float = 0.0  # seconds spent inside the backend
+
+    def to_json(self) -> dict:
+        return {"rows": self.rows, "rows_by_status": dict(self.by_status), "tokens": self.tokens,
+                "denoising_steps": self.denoising_steps, "model_s": round(self.model_s, 6)}
+
+
+class RowGenerator:
+    def __init__(self, spec: JobSpec, backend: Backend, metrics: object | None = None):
+        self.spec, self.backend, self.metrics = spec, backend, metrics
+        so = spec.structured_output
+        self.extra_columns = (so.schema_column,) if so is not None and so.schema_column else ()
+
+    def input_columns(self) -> list[str]:
+        """Columns a shard read needs: prompt/template, id, passthrough, per-row schema."""
+        inp = self.spec.input
+        cols = list(inp.template_columns())
+        for c in ([inp.id_column] if inp.id_column else []) + self.spec.output.passthrough_columns + \
+                list(self.extra_columns):
+            if c not in cols:
+                cols.append(c)
+        return cols
+
+    def process(self, table: pa.Table, *, file_rel: str, first_row: int, attempt: int
+                ) -> tuple[pa.Table, BatchStats]:
+        rows = prepare_rows(table, self.spec.input, job_seed=self.spec.generation.seed, file_rel=file_rel,
+                            first_row=first_row, extra_columns=self.extra_columns)
+        good = [r for r in rows if r.error is None]
+        stats = BatchStats(rows=len(rows))
+        t0 = time.perf_counter()
+        got = self.backend.generate(good) if good else []
+        stats.model_s = time.perf_counter() - t0
+        if len(got) != len(good):
+            raise RuntimeError(f"backend returned {len(got)} results for {len(good)} rows")
+        by_index = {r.index: res for r, res in zip(good, got)}
+        results: list[RowResult] = [by_index.get(r.index) or error_result(r.error or "no result")
+                                    for r in rows]
+        for res in results:
+            stats.by_status[res.status] += 1
+            stats.tokens += res.num_tokens
+            stats.denoising_steps += res.denoising_steps
+        if self.metrics is not None:
+            for s, n in stats.by_status.items():
+                self.metrics.rows(s, n)
+            self.metrics.tokens(stats.tokens)
+            self.metrics.denoising_steps(stats.denoising_steps, max(1, len(good)))
+        passthrough = table.select(self.spec.output.passthrough_columns)
+        out = build_table(rows, results, passthrough, attempt=attempt,
+                          structured=self.spec.structured_output is not None)
+        return out, stats
+
+
+def error_rows(spec: JobSpec, table: pa.Table, *, file_rel: str, first_row: int, attempt: int,
+               message: str) -> pa.Table:
+    """Output rows for input rows that could not be generated (the driver gives up on them)."""
+    so = spec.structured_output
+    extra = (so.schema_column,) if so is not None and so.schema_column else ()
+    rows = prepare_rows(table, spec.input, job_seed=spec.generation.seed, file_rel=file_rel,
+                        first_row=first_row, extra_columns=extra)
+    results = [error_result(r.error or f"row {r.id}: {message}") for r in rows]
+    return build_table(rows, results, table.select(spec.output.passthrough_columns), attempt=attempt,
+                       structured=so is not None)

@@ -1,0 +1,102 @@
+"""The job plan `OUT/_plan.json`: the shard list plus a fingerprint of everything that shapes the output.
+
+The fingerprint covers the model (path, dtype, backend, and the bytes of its config files when readable),
+the prompt recipe (column/template, chat, id column), passthrough and structured-output settings, the
+generation parameters and seed, the input files with their row-group sizes, `shard_rows`, and the code
+version. Resources other than `shard_rows` are left out on purpose: replicas and batch size change speed,
+not output, so a resumed job may use a different cluster. A run whose fingerprint differs from the
+`_plan.json` already under its output prefix is refused, naming the components that changed.
+
+_plan.json fields (stable; the report reads them):
+  version: 1, fingerprint: sha256 hex, components: {name: value} (what was hashed),
+  created_at: unix seconds, input: input.path URL, total_rows: int,
+  shards: [{id, file, file_rel, start, num_rows}]
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from pipeline.shards import InputFile, Shard, plan_shards
+from pipeline.spec import JobSpec, SpecError
+from pipeline.storage import Storage
+
+PLAN_FILE = "_plan.json"
+CODE_VERSION = "dgbatch-pipeline/1"
+
+
+def _code_version() -> str:
+    try:
+        from importlib.metadata import version
+
+        return f"{CODE_VERSION} dgbatch=={version('dgbatch')}"
+    except Exception:  # noqa: BLE001 - not installed (source tree): the pipeline version alone
+        return CODE_VERSION
+
+
+@dataclass
+class Plan:
+    fingerprint: str
+    components: dict[str, Any]
+    shards: list[Shard]
+    created_at: float
+    input: str
+
+    @property
+    def total_rows(self) -> int:
+        return sum(s.num_rows for s in self.shards)
+
+    def to_json(self) -> dict:
+        return {"version": 1, "fingerprint": self.fingerprint, "components": self.components,
+                "created_at": self.created_at, "input": self.input, "total_rows": self.total_rows,
+                "shards": [s.to_json() for s in self.shards]}
+
+    @classmethod
+    def from_json(cls, d: dict) -> Plan:
+        return cls(d["fingerprint"], d["components"], [Shard(**s) for s in d["shards"]], d["created_at"],
+                   d["input"])
+
+
+def fingerprint_components(spec: JobSpec, files: list[InputFile], model_identity: dict[str, Any]
+                           ) -> dict[str, Any]:
+    return {
+        "model": {"path": spec.model.path, "dtype": spec.model.dtype, **model_identity},
+        "prompt": spec.input.model_dump(exclude={"path"}),
+        "passthrough_columns": list(spec.output.passthrough_columns),
+        "generation": spec.generation.model_dump(),
+        "structured_output": (spec.structured_output.model_dump(mode="json")
+                              if spec.structured_output else None),
+        "inputs": [[f.rel, list(f.row_groups)] for f in files],
+        "shard_rows": spec.resources.shard_rows,
+        "code": _code_version(),
+    }
+
+
+def fingerprint(components: dict[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(components, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def load_or_create_plan(storage: Storage, spec: JobSpec, files: list[InputFile],
+                        model_identity: dict[str, Any]) -> tuple[Plan, bool]:
+    """(plan, created). Reuses an existing plan with the same fingerprint; refuses a different one."""
+    comps = fingerprint_components(spec, files, model_identity)
+    fp = fingerprint(comps)
+    storage.invalidate()
+    if not storage.exists(PLAN_FILE):
+        plan = Plan(fp, comps, plan_shards(files, spec.resources.shard_rows), time.time(), spec.input.path)
+        if storage.create(PLAN_FILE, json.dumps(plan.to_json(), indent=1).encode()):
+            return plan, True
+        # another driver planned first: fall through and check that it planned the same job
+    old = Plan.from_json(json.loads(storage.read_bytes(PLAN_FILE)))
+    if old.fingerprint != fp:
+        changed = sorted(k for k in set(comps) | set(old.components)
+                         if json.dumps(comps.get(k), sort_keys=True, default=str)
+                         != json.dumps(old.components.get(k), sort_keys=True, default=str))
+        raise SpecError(f"output.path {storage.url}: holds a different job (plan fingerprint "
+                        f"{old.fingerprint[:12]} != {fp[:12]}; changed: {', '.join(changed)}). "
+                        "Use a new output prefix, or rerun with the original spec to resume.")
+    return old, False

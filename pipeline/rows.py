@@ -1,0 +1,96 @@
+"""Input rows to prompts: the prompt text, the row id, the per-row seed, and bad rows as typed failures.
+
+A row id is the `input.id_column` value when set, else `<file relative to input root>#<row index>`, which
+is stable across runs and retries. The seed is a hash of (job seed, row id), so a retried or bisected row
+reproduces exactly what the first attempt would have produced. A row whose prompt is null, empty,
+undecodable, or whose template needs a null value becomes a `PreparedRow` with `error` set: it is written
+as an error row, it never reaches the model and never fails its shard.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from typing import Any
+
+import pyarrow as pa
+
+from pipeline.spec import InputSpec
+
+
+@dataclass
+class PreparedRow:
+    index: int  # position within the shard's table
+    id: str
+    seed: int
+    prompt: str | None  # None when error is set
+    error: str | None = None
+    extra: dict[str, Any] | None = None  # per-row inputs for hooks (e.g. a schema_column value)
+
+
+def row_seed(job_seed: int, row_id: str) -> int:
+    """A 63-bit seed from the job seed and the row id (fits int64 and torch.Generator.manual_seed)."""
+    digest = hashlib.blake2b(f"{job_seed}\x1f{row_id}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little") & ((1 << 63) - 1)
+
+
+def derived_id(file_rel: str, row_index: int) -> str:
+    return f"{file_rel}#{row_index}"
+
+
+def _as_text(value: Any, what: str) -> tuple[str | None, str | None]:
+    """(text, error) for one cell: decodes bytes as UTF-8, refuses null and blank."""
+    if value is None:
+        return None, f"{what} is null"
+    if isinstance(value, (bytes, bytearray)):
+        try:
+            value = bytes(value).decode("utf-8")
+        except UnicodeDecodeError as exc:
+            return None, f"{what} is not valid UTF-8 ({exc.reason} at byte {exc.start})"
+    if not isinstance(value, str):
+        value = str(value)
+    if "\x00" in value:
+        return None, f"{what} contains a NUL character"
+    return value, None
+
+
+def prepare_rows(table: pa.Table, spec: InputSpec, *, job_seed: int, file_rel: str, first_row: int,
+                 extra_columns: tuple[str, ...] = ()) -> list[PreparedRow]:
+    """One PreparedRow per table row, in order. `first_row` is the table's first row index in its file."""
+    cols = {name: table.column(name).to_pylist() for name in set(spec.template_columns())
+            | ({spec.id_column} if spec.id_column else set()) | set(extra_columns)}
+    out: list[PreparedRow] = []
+    for i in range(table.num_rows):
+        where = f"{file_rel} row {first_row + i}"
+        error = None
+        if spec.id_column:
+            raw_id = cols[spec.id_column][i]
+            if raw_id is None:
+                rid = derived_id(file_rel, first_row + i)
+                error = f"{where}: id column {spec.id_column!r} is null"
+            else:
+                rid = raw_id.decode("utf-8", "replace") if isinstance(raw_id, bytes) else str(raw_id)
+        else:
+            rid = derived_id(file_rel, first_row + i)
+        prompt = None
+        if error is None:
+            if spec.prompt_column is not None:
+                prompt, err = _as_text(cols[spec.prompt_column][i], f"prompt column {spec.prompt_column!r}")
+            else:
+                values, err = {}, None
+                for c in spec.template_columns():
+                    values[c], err = _as_text(cols[c][i], f"template column {c!r}")
+                    if err:
+                        break
+                if err is None:
+                    try:
+                        prompt = spec.template.format_map(values)
+                    except (KeyError, IndexError, ValueError, AttributeError) as exc:
+                        err = f"template cannot be filled: {type(exc).__name__}: {exc}"
+            if err is None and prompt is not None and not prompt.strip():
+                err = "prompt is empty"
+            if err:
+                error, prompt = f"{where}: {err}", None
+        extra = {c: cols[c][i] for c in extra_columns} if extra_columns else None
+        out.append(PreparedRow(i, rid, row_seed(job_seed, rid), prompt, error, extra))
+    return out

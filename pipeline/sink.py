@@ -1,0 +1,170 @@
+"""The output side: attempt files, commit markers, the manifest, _SUCCESS, orphan cleanup, reading results.
+
+Layout under the output prefix OUT (all JSON is UTF-8, times are unix seconds as floats):
+
+  OUT/_plan.json                       shard list + fingerprint (see pipeline.plan)
+  OUT/_job.json                        {"spec": resolved job spec (no credentials exist in it), "model":
+                                        {"path": resolved dir, "label": e.g. "random-weight fallback"},
+                                        "fingerprint", "written_at"}
+  OUT/data/shard-<id>.attempt-<k>.parquet   one attempt's rows (all statuses); only trusted if committed
+  OUT/_commits/shard-<id>.json         the commit marker, created first-writer-wins. Fields:
+      shard_id, file (relative to OUT), attempt, rows, rows_by_status {ok, invalid, error}, tokens,
+      denoising_steps, model_s (seconds inside the model), replica_id, started_at, finished_at,
+      duration_s (replica seconds for this attempt), bytes, bisected (rows came from split pieces),
+      input {file, start, num_rows}, fingerprint
+  OUT/_manifest.json                   written at the end. Fields:
+      version, fingerprint, output, input, finished_at, shards, rows, rows_by_status, valid_pct (ok/rows,
+      percent), tokens, denoising_steps, replica_seconds (sum of commit duration_s), wall_s (this run),
+      rows_this_run, rows_per_s (this run), tokens_per_s (this run), retries, replica_restarts,
+      files: [{shard_id, file, rows, rows_by_status, tokens, attempt, replica_id, started_at,
+               finished_at, duration_s}]
+  OUT/_SUCCESS                         empty; written last
+
+Readers trust only data files named by a commit marker. A writer that loses the commit race deletes its
+own data file; attempt files left without a marker are removed at finalize.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import re
+import time
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from pipeline.outputs import STATUSES
+from pipeline.plan import PLAN_FILE, Plan
+from pipeline.storage import Storage
+
+COMMITS, DATA = "_commits", "data"
+MANIFEST, SUCCESS, JOB = "_manifest.json", "_SUCCESS", "_job.json"
+_ATTEMPT_RE = re.compile(r"^shard-(?P<id>.+)\.attempt-(?P<k>\d+)\.parquet$")
+
+
+def data_name(shard_id: str, attempt: int) -> str:
+    return f"{DATA}/shard-{shard_id}.attempt-{attempt}.parquet"
+
+
+def commit_name(shard_id: str) -> str:
+    return f"{COMMITS}/shard-{shard_id}.json"
+
+
+def write_and_commit(storage: Storage, shard_id: str, attempt: int, table: pa.Table, marker: dict[str, Any]
+                     ) -> bool:
+    """Write the attempt file, then try to commit it. False (and our file deleted) if another attempt won."""
+    buf = io.BytesIO()
+    pq.write_table(table, buf, compression="zstd")
+    rel = data_name(shard_id, attempt)
+    if not storage.create(rel, buf.getvalue()):
+        # Attempt numbers are unique per run and start above any existing file on resume, so a taken
+        # name means something is badly off: fail this attempt rather than touch another writer's file.
+        raise FileExistsError(f"{storage.uri(rel)} already exists")
+    body = {"shard_id": shard_id, "file": rel, "attempt": attempt, "rows": table.num_rows,
+            "bytes": buf.tell(), **marker}
+    if storage.create(commit_name(shard_id), json.dumps(body, indent=1).encode()):
+        return True
+    storage.delete(rel)  # lost the race (a zombie attempt or a concurrent driver): first writer wins
+    return False
+
+
+def committed(storage: Storage) -> dict[str, dict]:
+    """shard id -> commit marker, as the store holds them now."""
+    storage.invalidate()
+    out = {}
+    for name in storage.list(COMMITS):
+        if name.startswith("shard-") and name.endswith(".json"):
+            out[name[len("shard-"):-len(".json")]] = json.loads(storage.read_bytes(f"{COMMITS}/{name}"))
+    return out
+
+
+def next_attempts(storage: Storage) -> dict[str, int]:
+    """shard id -> highest attempt number with a data file, so a resumed run numbers attempts above it."""
+    out: dict[str, int] = {}
+    for name in storage.list(DATA):
+        m = _ATTEMPT_RE.match(name)
+        if m:
+            out[m["id"]] = max(out.get(m["id"], 0), int(m["k"]))
+    return out
+
+
+def remove_orphans(storage: Storage, commits: dict[str, dict]) -> list[str]:
+    """Delete data files no commit marker names (failed or zombie attempts). Returns what was removed."""
+    keep = {c["file"].split("/", 1)[1] for c in commits.values()}
+    removed = []
+    for name in storage.list(DATA):
+        if name not in keep:
+            storage.delete(f"{DATA}/{name}")
+            removed.append(name)
+    return removed
+
+
+def write_job(storage: Storage, spec_json: dict, model_info: dict, fp: str) -> None:
+    body = {"spec": spec_json, "model": model_info, "fingerprint": fp, "written_at": time.time()}
+    storage.write_bytes(JOB, json.dumps(body, indent=1).encode())
+
+
+def finalize(storage: Storage, plan: Plan, run: dict[str, Any]) -> dict[str, Any]:
+    """Every shard committed: remove orphans, write the manifest, then _SUCCESS. Returns the manifest."""
+    commits = committed(storage)
+    missing = [s.id for s in plan.shards if s.id not in commits]
+    if missing:
+        raise RuntimeError(f"cannot finalize {storage.url}: {len(missing)} shards uncommitted, "
+                           f"e.g. {missing[:3]}")
+    remove_orphans(storage, commits)
+    by_status = {s: sum(c["rows_by_status"].get(s, 0) for c in commits.values()) for s in STATUSES}
+    rows = sum(c["rows"] for c in commits.values())
+    wall = max(1e-9, run.get("wall_s", 0.0))
+    keys = ("shard_id", "file", "rows", "rows_by_status", "tokens", "attempt", "replica_id", "started_at",
+            "finished_at", "duration_s")
+    files = [{k: commits[s.id].get(k) for k in keys} for s in plan.shards]
+    manifest = {
+        "version": 1, "fingerprint": plan.fingerprint, "output": storage.url, "input": plan.input,
+        "finished_at": time.time(), "shards": len(plan.shards), "rows": rows, "rows_by_status": by_status,
+        "valid_pct": round(100.0 * by_status["ok"] / rows, 3) if rows else 0.0,
+        "tokens": sum(c.get("tokens", 0) for c in commits.values()),
+        "denoising_steps": sum(c.get("denoising_steps", 0) for c in commits.values()),
+        "replica_seconds": round(sum(c.get("duration_s", 0.0) for c in commits.values()), 3),
+        "wall_s": round(run.get("wall_s", 0.0), 3), "rows_this_run": run.get("rows", 0),
+        "rows_per_s": round(run.get("rows", 0) / wall, 3),
+        "tokens_per_s": round(run.get("tokens", 0) / wall, 3),
+        "retries": run.get("retries", 0), "replica_restarts": run.get("replica_restarts", 0), "files": files,
+    }
+    storage.write_bytes(MANIFEST, json.dumps(manifest, indent=1).encode())
+    storage.write_bytes(SUCCESS, b"")
+    return manifest
+
+
+def read_results(url: str, endpoint_url: str | None = None, options: dict | None = None) -> pa.Table:
+    """The committed rows under `url` as one Arrow table, in plan (input) order. Works mid-run too."""
+    storage = Storage(url, endpoint_url, options)
+    commits = committed(storage)
+    order = {}
+    if storage.exists(PLAN_FILE):
+        order = {s["id"]: i for i, s in enumerate(json.loads(storage.read_bytes(PLAN_FILE))["shards"])}
+    tables = [pq.read_table(io.BytesIO(storage.read_bytes(commits[sid]["file"])))
+              for sid in sorted(commits, key=lambda s: (order.get(s, len(order)), s))]
+    if not tables:
+        raise FileNotFoundError(f"{url}: no committed shards")
+    return pa.concat_tables(tables, promote_options="permissive")
+
+
+def status(url: str, endpoint_url: str | None = None, options: dict | None = None) -> dict[str, Any]:
+    """A summary of a run in progress or done (what `dgbatch status` prints)."""
+    storage = Storage(url, endpoint_url, options)
+    storage.invalidate()
+    if not storage.exists(PLAN_FILE):
+        raise FileNotFoundError(f"{url}: no {PLAN_FILE}; not a dgbatch output prefix (or not started)")
+    plan = Plan.from_json(json.loads(storage.read_bytes(PLAN_FILE)))
+    commits = committed(storage)
+    by_status = {s: sum(c["rows_by_status"].get(s, 0) for c in commits.values()) for s in STATUSES}
+    done_rows = sum(c["rows"] for c in commits.values())
+    out = {"output": url, "fingerprint": plan.fingerprint, "shards": len(plan.shards),
+           "shards_committed": len(commits), "rows": plan.total_rows, "rows_committed": done_rows,
+           "rows_by_status": by_status, "tokens": sum(c.get("tokens", 0) for c in commits.values()),
+           "succeeded": storage.exists(SUCCESS), "manifest": None}
+    if out["succeeded"] and storage.exists(MANIFEST):
+        out["manifest"] = json.loads(storage.read_bytes(MANIFEST))
+    return out
