@@ -76,6 +76,8 @@ class RowGenerator:
                 self.metrics.rows(s, n)
             self.metrics.tokens(stats.tokens)
             self.metrics.denoising_steps(stats.denoising_steps, max(1, len(good)))
+            if stats.model_s > 0:
+                self.metrics.tokens_per_s(stats.tokens / stats.model_s)
         passthrough = table.select(self.spec.output.passthrough_columns)
         out = build_table(rows, results, passthrough, attempt=attempt,
                           structured=self.spec.structured_output is not None)
