@@ -1,0 +1,133 @@
+"""`dgbatch generate`: generate answers for a few prompts from a checkpoint directory (a quick check).
+
+Owns the flag -> generate() mapping for interactive use. Prints one answer per prompt; when stdout is a
+terminal it also redraws the decoded argmax canvas after every denoising step (a live view of the
+denoising), which costs one device read per step and is therefore off when output is piped.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def add_parser(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", required=True, help="checkpoint directory or fsspec URL")
+    parser.add_argument("--prompt", action="append", required=True, help="a prompt (repeat for several)")
+    parser.add_argument("--mode", choices=("fast", "reference"), default="fast")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--max-new-tokens", type=int, default=None)
+    parser.add_argument("--steps", type=int, default=None, help="max denoising steps per canvas")
+    parser.add_argument("--no-chat", action="store_true", help="do not apply the chat template")
+    parser.add_argument("--dtype", choices=("bfloat16", "float32"), default="bfloat16")
+    parser.add_argument(
+        "--live",
+        choices=("auto", "on", "off"),
+        default="auto",
+        help="live canvas view (auto: only when stdout is a terminal)",
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    import torch
+
+    from model import DiffusionGemma, load_tokenizer
+    from model.generate import _decode, _encode_prompt
+    from model.params import GenerationParams
+
+    torch.set_num_threads(1)
+    try:
+        model = DiffusionGemma.from_pretrained(args.model, dtype=getattr(torch, args.dtype)).eval()
+        tok = load_tokenizer(args.model)
+    except (OSError, ValueError) as e:
+        print(f"dgbatch generate: cannot load {args.model}: {e}", file=sys.stderr)
+        return 2
+    try:
+        params = GenerationParams.from_model(
+            model, max_new_tokens=args.max_new_tokens, max_denoising_steps=args.steps
+        )
+        ids = [_encode_prompt(tok, p, chat=not args.no_chat) for p in args.prompt]
+    except ValueError as e:
+        print(f"dgbatch generate: {e}", file=sys.stderr)
+        return 2
+    live = args.live == "on" or (args.live == "auto" and sys.stdout.isatty())
+    view = _LiveView(tok, len(ids)) if live else None
+    answers = _generate(model, ids, params, args, view)
+    if view is not None:
+        view.clear()
+    for i, (prompt, text) in enumerate(zip(args.prompt, answers)):
+        print(f"=== [{i}] {prompt}\n{_decode(tok, text)}")
+    return 0
+
+
+def _generate(model, ids: list[list[int]], params, args, view) -> list[list[int]]:
+    import torch
+
+    from model.engine import Engine, Request
+    from model.generate import generate
+
+    if args.mode == "fast":
+        reqs = [Request(str(i), x, args.seed + i, params) for i, x in enumerate(ids)]
+        cb = None
+        if view is not None:
+
+            def cb(req_ids, argmax_BC):
+                view.draw({int(r): row for r, row in zip(req_ids, argmax_BC.tolist())})
+
+        comps = Engine(model, max_batch_rows=len(reqs), on_step=cb).generate(reqs)
+        out = []
+        for c in comps:
+            if c.finish_reason == "error":
+                raise SystemExit(f"dgbatch generate: prompt {c.id}: {c.error}")
+            out.append(c.token_ids)
+        return out
+    L = max(len(x) for x in ids)
+    pad = params.pad_token_id if params.pad_token_id is not None else 0
+    input_ids = torch.tensor([[pad] * (L - len(x)) + x for x in ids])
+    mask = torch.tensor([[0] * (L - len(x)) + [1] * len(x) for x in ids])
+    cb = None
+    if view is not None:
+
+        def cb(argmax_BC, canvas, steps_left):
+            view.draw(dict(enumerate(argmax_BC.tolist())))
+
+    seqs = generate(
+        model,
+        input_ids,
+        mask,
+        mode="reference",
+        seed=args.seed,
+        on_step=cb,
+        max_new_tokens=params.max_new_tokens,
+        max_denoising_steps=params.max_denoising_steps,
+    )
+    eos = set(params.eos_token_ids)
+    out = []
+    for row in seqs[:, L:].tolist():
+        cut = next((i for i, t in enumerate(row) if t in eos), len(row))
+        out.append(row[:cut])
+    return out
+
+
+class _LiveView:
+    """Redraws one line per prompt with the decoded draft (argmax) canvas, in place (ANSI cursor moves)."""
+
+    def __init__(self, tok, rows: int):
+        self.tok, self.rows, self.drawn = tok, rows, 0
+        self.text = [""] * rows
+
+    def draw(self, drafts: dict[int, list[int]]) -> None:
+        for r, ids in drafts.items():
+            self.text[r] = self.tok.decode(ids, skip_special_tokens=True).replace("\n", " ")[:100]
+        out = sys.stdout
+        if self.drawn:
+            out.write(f"\x1b[{self.drawn}F")
+        for r in range(self.rows):
+            out.write(f"\x1b[2K[{r}] {self.text[r]}\n")
+        self.drawn = self.rows
+        out.flush()
+
+    def clear(self) -> None:
+        if self.drawn:
+            sys.stdout.write(f"\x1b[{self.drawn}F\x1b[J")
+            sys.stdout.flush()

@@ -1,0 +1,191 @@
+"""THE denoising step and the canvas finalisation rule, shared by the reference loop and the fast engine.
+
+Owns: the per-step update of a batch of canvases (`denoise_step`: decoder forward, temperature schedule,
+statistics, entropy-bounded commit rule, sampling, renoising, adaptive stop, self-conditioning), the device
+state it updates (`CanvasBatch`), and what happens to a committed canvas (`finish_row`: EOS / length / pad).
+model/generate.py (reference mode, lockstep batch) and model/engine.py (fast mode, continuous batching) only
+differ in how they form batches and which NoiseSource they pass; neither has its own copy of this math.
+
+Legend: B rows in the decoder batch, C canvas length, V vocabulary, S cache slots.
+Order of operations and RNG use follow transformers 5.23 `_denoising_step` (generation_diffusion_gemma.py).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+
+import torch
+
+from model.params import GenerationParams
+from model.sampler import NoiseSource, RowKeys, RowParams, accept_mask, apply_temperature_, stop_update
+
+
+@dataclass
+class CanvasBatch:
+    """Device state of the canvases in one decoder batch (batch order; all tensors lead with B)."""
+
+    canvas_BC: torch.Tensor  # long, the noised canvas fed to the decoder next
+    argmax_BC: torch.Tensor  # long, argmax of the last processed step: the commit candidate (-1 before any)
+    sc_BCV: torch.Tensor | None  # processed logits of the last step in the embedding dtype; None: no step yet
+    has_sc_B: torch.Tensor  # bool, rows whose sc_BCV is real (False: first step of a canvas -> soft = 0)
+    done_B: torch.Tensor  # bool, frozen by adaptive stopping (state no longer updated)
+    run_B: torch.Tensor  # long, stability run length
+    steps_left_B: torch.Tensor  # int32, N..1: the reference's cur_step (temperature, stop)
+    live_B: torch.Tensor  # int32, decoder forwards taken while not frozen
+    keys: RowKeys  # per-row random stream position (fast mode)
+    rp: RowParams
+    pos0_B: torch.Tensor  # long, position of the canvas' first token
+    last_BCV: torch.Tensor | None = None  # fp32 processed logits of the last live step (commit hooks only)
+
+    @classmethod
+    def start(
+        cls, canvas_BC: torch.Tensor, keys: RowKeys, rp: RowParams, pos0_B: torch.Tensor
+    ) -> CanvasBatch:
+        B, C = canvas_BC.shape
+        dev = canvas_BC.device
+        return cls(
+            canvas_BC=canvas_BC,
+            argmax_BC=torch.full((B, C), -1, dtype=torch.long, device=dev),
+            sc_BCV=None,
+            has_sc_B=torch.zeros(B, dtype=torch.bool, device=dev),
+            done_B=torch.zeros(B, dtype=torch.bool, device=dev),
+            run_B=torch.zeros(B, dtype=torch.long, device=dev),
+            steps_left_B=rp.n_steps_B.clone(),
+            live_B=torch.zeros(B, dtype=torch.int32, device=dev),
+            keys=keys,
+            rp=rp,
+            pos0_B=pos0_B,
+        )
+
+    @property
+    def size(self) -> int:
+        return self.canvas_BC.shape[0]
+
+    def select(self, idx_B: torch.Tensor) -> CanvasBatch:
+        """Rows idx_B of this batch (a new batch; sc/last gathered only when present)."""
+        out = {}
+        for f in fields(self):
+            v = getattr(self, f.name)
+            if isinstance(v, torch.Tensor):
+                out[f.name] = v.index_select(0, idx_B)
+            elif isinstance(v, (RowKeys, RowParams)):
+                out[f.name] = v.select(idx_B)
+            else:
+                out[f.name] = v
+        return CanvasBatch(**out)
+
+    @staticmethod
+    def cat(parts: list[CanvasBatch], V: int, sc_dtype: torch.dtype) -> CanvasBatch:
+        """Concatenate batches; rows without self-conditioning get zero logits (masked by has_sc_B)."""
+        parts = [p for p in parts if p.size]
+        if len(parts) == 1:
+            return parts[0]
+        out = {}
+        for f in fields(CanvasBatch):
+            vals = [getattr(p, f.name) for p in parts]
+            if f.name in ("sc_BCV", "last_BCV"):
+                if all(v is None for v in vals):
+                    out[f.name] = None
+                    continue
+                C = parts[0].canvas_BC.shape[1]
+                dev = parts[0].canvas_BC.device
+                dt = sc_dtype if f.name == "sc_BCV" else torch.float32
+                out[f.name] = torch.cat(
+                    [
+                        v if v is not None else torch.zeros(p.size, C, V, dtype=dt, device=dev)
+                        for v, p in zip(vals, parts)
+                    ]
+                )
+            elif f.name == "keys":
+                out[f.name] = RowKeys.cat(vals)
+            elif f.name == "rp":
+                out[f.name] = RowParams.cat(vals)
+            else:
+                out[f.name] = torch.cat(vals)
+        return CanvasBatch(**out)
+
+
+def denoise_step(
+    model,
+    cache,
+    st: CanvasBatch,
+    noise: NoiseSource,
+    *,
+    rows_B: torch.Tensor | None,
+    freeze: bool,
+    exact_frozen: bool,
+    keep_logits: bool,
+    all_have_sc: bool | None = None,
+) -> torch.Tensor:
+    """One denoising step for every row of `st` (updated in place). Returns the processed logits (B, C, V).
+
+    freeze: some row uses adaptive stopping (else the stop rule is skipped entirely).
+    exact_frozen: keep frozen rows' self-conditioning logits as the reference does (an extra pass over the
+      logits; the fast engine drops frozen rows instead, so it only needs their argmax).
+    keep_logits: maintain st.last_BCV (fp32) for commit hooks.
+    all_have_sc: host-known hint that every row (True) or no row (False) has self-conditioning; None: mixed.
+    """
+    C = st.canvas_BC.shape[1]
+    V = model.config.text.vocab_size
+    positions_BC = st.pos0_B[:, None] + torch.arange(C, device=st.pos0_B.device)
+    st.live_B += (~st.done_B).to(torch.int32)
+    sc, sc_mask = st.sc_BCV, None
+    if all_have_sc is False:
+        sc = None
+    elif all_have_sc is None and sc is not None:
+        sc_mask = st.has_sc_B
+    logits = model.decode(
+        st.canvas_BC, cache, positions_BC=positions_BC, sc_logits_BCV=sc, rows_B=rows_B, sc_mask_B=sc_mask
+    )
+    proc = apply_temperature_(logits, st.steps_left_B, st.rp)
+    argmax, entropy = noise.stats(proc, st.keys)
+    keep = accept_mask(entropy, st.rp.bound_B)
+    sampled = noise.sample(proc, keep, st.keys)
+    fresh = noise.renoise(st.keys, C, V, proc.device)
+    canvas = torch.where(keep, sampled, fresh)
+    done_before = st.done_B
+    if freeze:
+        d = st.done_B[:, None]
+        argmax = torch.where(d, st.argmax_BC, argmax)
+        canvas = torch.where(d, st.canvas_BC, canvas)
+        if exact_frozen and st.sc_BCV is not None:
+            proc = torch.where(d[..., None], st.sc_BCV, proc)
+        st.run_B, stop = stop_update(argmax, st.argmax_BC, st.run_B, entropy.mean(dim=-1), st.rp)
+        st.done_B = st.done_B | stop
+    if keep_logits:
+        # Frozen rows keep the logits of the step they froze at: that is what their argmax came from.
+        last = proc.float()
+        if freeze and st.last_BCV is not None:
+            last = torch.where(done_before[:, None, None], st.last_BCV, last)
+        st.last_BCV = last
+    st.argmax_BC, st.canvas_BC = argmax, canvas
+    st.sc_BCV = proc.to(model.dtype)
+    st.has_sc_B = torch.ones_like(st.has_sc_B)
+    st.steps_left_B = st.steps_left_B - 1
+    st.keys = RowKeys(st.keys.seed_B, st.keys.canvas_B, st.keys.step_B + 1)
+    return proc
+
+
+def finish_row(
+    tokens: list[int],
+    params: GenerationParams,
+    *,
+    prev_finished: bool,
+    last_canvas: bool,
+    hook_done: bool = False,
+) -> tuple[list[int], bool, bool]:
+    """Apply the reference's end-of-canvas rule to one row's committed canvas.
+
+    Returns (tokens as they enter the sequence, finished, hit_eos). Rows finished before get a canvas of pad
+    (when pad is set); a canvas with EOS has everything after its first EOS replaced by pad (when set); the
+    last canvas of the budget finishes every row; a commit hook may finish the row itself.
+    """
+    pad, eos = params.pad_token_id, set(params.eos_token_ids)
+    if prev_finished and pad is not None:
+        tokens = [pad] * len(tokens)
+    first = next((i for i, t in enumerate(tokens) if t in eos), None)
+    hit_eos = first is not None
+    if hit_eos and pad is not None:
+        tokens = tokens[: first + 1] + [pad] * (len(tokens) - first - 1)
+    finished = prev_finished or hit_eos or last_canvas or hook_done
+    return tokens, finished, hit_eos

@@ -1,0 +1,56 @@
+"""`dgbatch generate` end to end on a tiny checkpoint with the small test tokenizer (V=3072)."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+from tiny import build_hf
+
+from jobs.cli import main
+
+ASSETS = Path(__file__).resolve().parents[2] / "model" / "assets" / "dgbatch-small"
+
+
+@pytest.fixture(scope="module")
+def ckpt(tmp_path_factory):
+    d = tmp_path_factory.mktemp("cli")
+    build_hf(seed=0, canvas_length=8, vocab_size=3072).save_pretrained(d)
+    for f in ASSETS.iterdir():
+        shutil.copy(f, d / f.name)
+    return d
+
+
+@pytest.mark.parametrize("mode,live", [("fast", "on"), ("reference", "off")])
+def test_generate_prints_one_answer_per_prompt(ckpt, capsys, mode, live):
+    rc = main(
+        [
+            "generate",
+            "--model",
+            str(ckpt),
+            "--prompt",
+            "Hello there",
+            "--prompt",
+            "Bye",
+            "--mode",
+            mode,
+            "--steps",
+            "2",
+            "--max-new-tokens",
+            "8",
+            "--dtype",
+            "float32",
+            "--live",
+            live,
+        ]
+    )
+    out = capsys.readouterr().out
+    assert rc == 0
+    assert "=== [0] Hello there" in out and "=== [1] Bye" in out
+    assert ("\x1b[2K[0]" in out) == (live == "on")
+
+
+def test_generate_bad_model_dir(tmp_path, capsys):
+    assert main(["generate", "--model", str(tmp_path / "nope"), "--prompt", "x"]) == 2
+    assert "cannot load" in capsys.readouterr().err

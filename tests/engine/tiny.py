@@ -1,0 +1,89 @@
+"""Tiny DiffusionGemma checkpoints for engine tests: built with transformers (the oracle), loaded by ours.
+
+`tiny_pair(tmp, **text_overrides)` -> (hf_model, our_model) sharing the same random, perturbed fp32 weights.
+An optional lm-head bias towards some ids (via the tied embeddings) makes EOS frequent with random weights.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+TINY_VISION = dict(
+    model_type="gemma4_vision",
+    hidden_size=16,
+    intermediate_size=32,
+    num_hidden_layers=1,
+    num_attention_heads=2,
+    num_key_value_heads=2,
+    head_dim=8,
+    position_embedding_size=64,
+    patch_size=4,
+    pooling_kernel_size=1,
+)
+
+TEXT = dict(
+    vocab_size=256,
+    hidden_size=32,
+    intermediate_size=48,
+    moe_intermediate_size=16,
+    num_experts=4,
+    top_k_experts=2,
+    num_hidden_layers=2,
+    layer_types=["sliding_attention", "full_attention"],
+    num_attention_heads=2,
+    num_key_value_heads=1,
+    head_dim=16,
+    global_head_dim=16,
+    num_global_key_value_heads=1,
+    sliding_window=8,
+    use_bidirectional_attention="vision",
+)
+
+
+def build_hf(seed: int = 0, canvas_length: int = 8, boost: dict[int, float] | None = None, **text):
+    """A random transformers reference model; every scale perturbed away from 1; optional token boosts."""
+    from transformers import DiffusionGemmaConfig, DiffusionGemmaForBlockDiffusion
+
+    torch.manual_seed(seed)
+    cfg = DiffusionGemmaConfig(
+        text_config={**TEXT, **text}, vision_config=TINY_VISION, canvas_length=canvas_length
+    )
+    hf = DiffusionGemmaForBlockDiffusion(cfg).eval()
+    g = torch.Generator().manual_seed(seed + 1)
+    with torch.no_grad():
+        for name, p in list(hf.named_parameters()) + list(hf.named_buffers()):
+            if "vision" in name:
+                continue
+            if name.endswith(("norm.weight", "router.scale", "router.per_expert_scale", "layer_scalar")):
+                p.copy_(0.5 + torch.rand(p.shape, generator=g))
+        # Sharpen the logits so that entropies are low enough for several tokens to be accepted per step,
+        # and (optionally) make some ids frequent argmaxes by scaling their tied embedding rows.
+        emb = hf.model.decoder.embed_tokens.weight
+        emb.mul_(8.0)
+        for tok, scale in (boost or {}).items():
+            emb[tok].mul_(scale)
+    return hf
+
+
+def tiny_pair(
+    tmp: Path, seed: int = 0, canvas_length: int = 8, boost: dict[int, float] | None = None, **text
+):
+    from model import DiffusionGemma
+
+    hf = build_hf(seed, canvas_length, boost, **text)
+    hf.save_pretrained(tmp)
+    ours = DiffusionGemma.from_pretrained(str(tmp), dtype=torch.float32).eval()
+    return hf, ours
+
+
+def left_padded(lengths: list[int], vocab: int, seed: int, pad: int = 0):
+    g = torch.Generator().manual_seed(seed)
+    L = max(lengths)
+    ids = torch.full((len(lengths), L), pad, dtype=torch.long)
+    mask = torch.zeros(len(lengths), L, dtype=torch.long)
+    for b, n in enumerate(lengths):
+        ids[b, L - n :] = torch.randint(3, vocab, (n,), generator=g)
+        mask[b, L - n :] = 1
+    return ids, mask
