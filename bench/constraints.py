@@ -1,0 +1,165 @@
+"""Structured-output cost: compile time, DFA size and DP time per canvas at V = 32k and 262k.
+
+Three schemas (small: a 3-label choice; medium: a person with 4 fields and maxLength; large: 7 fields with
+maxLength, enum, array, nested object). Vocabularies: the shipped small model's Gemma-style tokenizer grown
+to 32k / 262k byte strings by `synthetic_vocab` (joined pieces; training a 262k BPE on this box is not
+practical, and the automaton depends only on the byte strings). DP time is one `ConstraintHook.commit` on a
+C=256 canvas of random fp32 logits (includes the O(C*V) class-max pass). Overhead is relative to one
+decoder forward of a tiny-geometry DiffusionGemma with the same vocabulary (C=256, 64 context tokens).
+
+    OMP_NUM_THREADS=1 .venv/bin/python bench/constraints.py [--vocab 32768 262144] [--repeat 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from pipeline.constraints.choice import choice_regex  # noqa: E402
+from pipeline.constraints.dfa import build_token_dfa, build_trie  # noqa: E402
+from pipeline.constraints.hook import ConstraintHook  # noqa: E402
+from pipeline.constraints.schema_regex import schema_to_regex  # noqa: E402
+from pipeline.constraints.validate import validate_output  # noqa: E402
+from pipeline.constraints.vocab_bytes import token_bytes  # noqa: E402
+from tests.constraints.tok_factory import gemma_style, synthetic_vocab  # noqa: E402
+
+_S = {"type": "string"}
+SCHEMAS = {
+    "small (3-label choice)": {"choice": ["positive", "negative", "neutral"]},
+    "medium (person, 4 fields)": {
+        "json_schema": {
+            "type": "object",
+            "properties": {
+                "name": {**_S, "maxLength": 40},
+                "age": {"type": "integer", "minimum": 0, "maximum": 120},
+                "email": {**_S, "maxLength": 40},
+                "city": {**_S, "maxLength": 30},
+            },
+            "required": ["name", "age", "email", "city"],
+        }
+    },
+    "large (7 fields)": {
+        "json_schema": {
+            "type": "object",
+            "properties": {
+                "id": {"type": "integer", "minimum": 1, "maximum": 999999},
+                "title": {**_S, "maxLength": 80},
+                "summary": {**_S, "maxLength": 200},
+                "tags": {"type": "array", "items": {**_S, "maxLength": 20}, "maxItems": 5},
+                "status": {"enum": ["draft", "review", "published", "archived"]},
+                "author": {
+                    "type": "object",
+                    "properties": {"name": {**_S, "maxLength": 40}, "email": {**_S, "format": "email"}},
+                    "required": ["name"],
+                },
+                "score": {"type": "number", "minimum": 0, "maximum": 10},
+            },
+            "required": ["id", "title", "summary", "status", "author"],
+        }
+    },
+}
+
+
+def base_vocab() -> tuple[list[bytes | None], str]:
+    path = ROOT / "model/assets/dgbatch-small/tokenizer.json"
+    if path.exists():
+        from tokenizers import Tokenizer
+
+        return token_bytes(Tokenizer.from_file(str(path))), "shipped dgbatch-small tokenizer"
+    return token_bytes(gemma_style(4096)), "gemma-style BPE trained here (4096)"
+
+
+def forward_time(V: int, C: int = 256, repeat: int = 3) -> float | None:
+    """Seconds for one decoder forward of a tiny-geometry model with vocabulary V (None if unavailable)."""
+    try:
+        from model import DiffusionGemma, DiffusionGemmaConfig
+    except ImportError:
+        return None
+    cfg = DiffusionGemmaConfig.tiny()
+    cfg = dataclasses.replace(cfg, text=dataclasses.replace(cfg.text, vocab_size=V), canvas_length=C)
+    model = DiffusionGemma(cfg).eval()
+    cache = model.new_cache(1, 64 + C)
+    with torch.no_grad():
+        ids = torch.randint(0, V, (1, 64))
+        model.encode(ids, cache, positions_BT=torch.arange(64)[None])
+        canvas = torch.randint(0, V, (1, C))
+        pos = torch.arange(64, 64 + C)[None]
+        model.decode(canvas, cache, positions_BC=pos)
+        times = []
+        for _ in range(repeat):
+            t0 = time.perf_counter()
+            model.decode(canvas, cache, positions_BC=pos)
+            times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--vocab", type=int, nargs="+", default=[32768, 262144])
+    ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--canvas", type=int, default=256)
+    args = ap.parse_args(argv)
+    torch.set_num_threads(1)
+    base, desc = base_vocab()
+    print(f"base vocabulary: {desc} ({len(base)}); grown synthetically to the target sizes")
+    for V in args.vocab:
+        vocab = synthetic_vocab(base, V)
+        t0 = time.perf_counter()
+        trie = build_trie(vocab)
+        trie_s = time.perf_counter() - t0
+        fwd = forward_time(V, args.canvas)
+        fwd_txt = f"{fwd * 1000:.1f} ms" if fwd else "n/a (model/ unavailable)"
+        print(
+            f"\nV={V}: vocabulary trie {trie_s:.2f} s (once per tokenizer); "
+            f"tiny-model decoder forward {fwd_txt}"
+        )
+        print(
+            f"| schema | build s | states | classes | class edges | DP ms / canvas (C={args.canvas}) "
+            "| DP / forward |"
+        )
+        print("|---|---|---|---|---|---|---|")
+        for name, section in SCHEMAS.items():
+            regex = (
+                choice_regex(section["choice"])
+                if "choice" in section
+                else schema_to_regex(section["json_schema"])
+            )
+            t0 = time.perf_counter()
+            dfa = build_token_dfa(regex, vocab, [1], trie=trie)
+            build_s = time.perf_counter() - t0
+            hook = ConstraintHook(
+                dfa, pad_token_id=0, max_new_tokens=4 * args.canvas, canvas_length=args.canvas
+            )
+            g = torch.Generator().manual_seed(0)
+            times, valid = [], True
+            for _ in range(args.repeat):
+                logits = torch.randn(args.canvas, V, generator=g) * 3
+                state, left, toks = hook.initial_state(), 4 * args.canvas, []
+                t0 = time.perf_counter()
+                out, state, fin = hook.commit(logits, state, tokens_left=left, last_canvas=False)
+                times.append(time.perf_counter() - t0)
+                toks = out.tolist()
+                ids = toks[: toks.index(1)] if 1 in toks else toks
+                text = b"".join(vocab[t] or b"" for t in ids).decode("utf-8")
+                valid &= fin and validate_output(section, text)[0]
+            dp = statistics.median(times)
+            ratio = f"{dp / fwd:.2f}x" if fwd else "n/a"
+            print(
+                f"| {name} | {build_s:.2f} | {dfa.n_states} | {dfa.n_classes} | {dfa.edge_src.size} | "
+                f"{dp * 1000:.1f} | {ratio} |{'' if valid else ' INVALID'}",
+                flush=True,
+            )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

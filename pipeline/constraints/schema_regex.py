@@ -1,0 +1,376 @@
+"""JSON Schema (or a pydantic model) -> one regex over the JSON text that every match of validates.
+
+We write our own translation instead of outlines-core's `build_regex_from_schema` because that one silently
+ignores keywords (integer minimum/maximum among them) and so can generate invalid output. Here a keyword is
+either honoured exactly (a subset of the valid values, never a superset) or refused with
+`UnsupportedSchema("unsupported: <keyword>")`. Unknown keywords are ignored, as validators ignore them.
+
+Output shape: properties in declared order, no extra keys, an optional space after ':' and ','.
+"""
+
+from __future__ import annotations
+
+import copy
+import importlib
+import json
+
+import jsonschema
+
+from pipeline.constraints import regex_atoms as ra
+from pipeline.constraints.object_combinators import disjoint_kinds, expand_object_branches
+
+
+class UnsupportedSchema(ValueError):
+    """The schema uses a keyword (or combination) we cannot generate exactly; the message names it."""
+
+
+ANNOTATIONS = {
+    "title",
+    "description",
+    "default",
+    "examples",
+    "$schema",
+    "$id",
+    "$comment",
+    "readOnly",
+    "writeOnly",
+    "deprecated",
+    "contentMediaType",
+    "contentEncoding",
+    "discriminator",
+    "$defs",
+    "definitions",
+}
+UNSUPPORTED = {
+    "pattern",
+    "patternProperties",
+    "multipleOf",
+    "prefixItems",
+    "contains",
+    "minContains",
+    "maxContains",
+    "if",
+    "then",
+    "else",
+    "propertyNames",
+    "unevaluatedProperties",
+    "unevaluatedItems",
+    "dependentSchemas",
+    "maxProperties",
+    "$dynamicRef",
+    "$recursiveRef",
+    "additionalItems",
+}
+_KINDS = ("object", "array", "string", "integer", "number", "boolean", "null")
+MAX_REF_DEPTH = 8  # recursive schemas are unrolled this deep, then refused
+ANY_DEPTH = 1  # nesting depth of values generated for an unconstrained ({}) schema
+
+
+def load_pydantic(spec: str) -> type:
+    """Import "module:ClassName" and return the class (must be a pydantic BaseModel)."""
+    mod_name, _, cls_name = spec.partition(":")
+    if not mod_name or not cls_name:
+        raise ValueError(f"pydantic: expected 'module:ClassName', got {spec!r}")
+    cls = getattr(importlib.import_module(mod_name), cls_name, None)
+    if cls is None or not hasattr(cls, "model_json_schema"):
+        raise ValueError(f"pydantic: {spec!r} is not a pydantic model class")
+    return cls
+
+
+def strict_validator(schema):
+    """A validator for the schema's draft with that draft's format checker (formats are checked)."""
+    cls = jsonschema.validators.validator_for(schema)
+    return cls(schema, format_checker=cls.FORMAT_CHECKER)
+
+
+def schema_to_regex(schema: dict | bool, *, whitespace: str = ra.WS) -> str:
+    """Translate a JSON Schema to a regex; raises UnsupportedSchema naming the first unsupported keyword."""
+    return _Translator(schema, whitespace).value(schema, "#", 0)
+
+
+class _Translator:
+    def __init__(self, root: dict | bool, ws: str):
+        self.root, self.ws = root, ws
+
+    # --- entry point per subschema -------------------------------------------------------------
+    def value(self, s: dict | bool, path: str, depth: int) -> str:
+        if s is True or s == {}:
+            return self.any_value(ANY_DEPTH)
+        if s is False or not isinstance(s, dict):
+            raise UnsupportedSchema(f"unsupported: false schema at {path} (no value validates)")
+        for key in s:
+            if key in UNSUPPORTED:
+                raise UnsupportedSchema(f"unsupported: {key} (at {path})")
+        if s.get("uniqueItems") and s.get("maxItems", 2) > 1:
+            raise UnsupportedSchema(f"unsupported: uniqueItems (at {path})")
+        if "$ref" in s:
+            return self.value(self.resolve_ref(s, path, depth), path + "/$ref", depth + 1)
+        if "allOf" in s:
+            return self.value(self.merge_all_of(s, path), path, depth)
+        if "const" in s or "enum" in s:
+            return self.enum(s, path)
+        if "not" in s:
+            raise UnsupportedSchema(f"unsupported: not (at {path})")
+        if "anyOf" in s or "oneOf" in s:
+            return self.union(s, path, depth)
+        kinds = self.kinds(s, path)
+        alts = [self.typed(s, k, path, depth) for k in kinds]
+        return alts[0] if len(alts) == 1 else "(?:" + "|".join(alts) + ")"
+
+    def kinds(self, s: dict, path: str) -> list[str]:
+        t = s.get("type")
+        if t is None:  # infer from the keywords present, as a validator would accept any type
+            if "properties" in s or "required" in s or "additionalProperties" in s:
+                return ["object"]
+            if "items" in s or "minItems" in s or "maxItems" in s:
+                return ["array"]
+            if "minLength" in s or "maxLength" in s or "format" in s:
+                return ["string"]
+            if any(k in s for k in ("minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum")):
+                return ["number"]
+            return ["any"]
+        kinds = [t] if isinstance(t, str) else list(t)
+        for k in kinds:
+            if k not in _KINDS:
+                raise UnsupportedSchema(f"unsupported: type {k!r} (at {path})")
+        if "integer" in kinds and "number" in kinds:
+            kinds.remove("integer")  # number's pattern already includes the integers
+        return kinds
+
+    def typed(self, s: dict, kind: str, path: str, depth: int) -> str:
+        if kind == "any":
+            return self.any_value(ANY_DEPTH)
+        if kind == "string":
+            return self.string(s, path)
+        if kind in ("integer", "number"):
+            return self.numeric(s, kind, path)
+        if kind == "boolean":
+            return ra.BOOLEAN
+        if kind == "null":
+            return ra.NULL
+        if kind == "array":
+            return self.array(s, path, depth)
+        return self.object(s, path, depth)
+
+    # --- scalars --------------------------------------------------------------------------------
+    def string(self, s: dict, path: str) -> str:
+        lo, hi = int(s.get("minLength", 0)), s.get("maxLength")
+        if hi is not None and int(hi) < lo:
+            raise UnsupportedSchema(f"unsupported: minLength > maxLength (at {path})")
+        fmt = s.get("format")
+        if fmt in ra.FORMATS:
+            if "minLength" in s or "maxLength" in s:
+                raise UnsupportedSchema(f"unsupported: format {fmt!r} with minLength/maxLength (at {path})")
+            return '"' + ra.FORMATS[fmt] + '"'
+        if fmt in ra.CHECKED_FORMATS:
+            raise UnsupportedSchema(f"unsupported: format {fmt!r} (at {path})")
+        return ra.string_pattern(lo, None if hi is None else int(hi))
+
+    def numeric(self, s: dict, kind: str, path: str) -> str:
+        lo, hi = s.get("minimum"), s.get("maximum")
+        lo_x, hi_x = False, False
+        xlo, xhi = s.get("exclusiveMinimum"), s.get("exclusiveMaximum")
+        if isinstance(xlo, bool):  # draft 4: a flag on minimum
+            lo_x = xlo
+        elif xlo is not None:
+            lo, lo_x = (xlo, True) if lo is None or xlo >= lo else (lo, False)
+        if isinstance(xhi, bool):
+            hi_x = xhi
+        elif xhi is not None:
+            hi, hi_x = (xhi, True) if hi is None or xhi <= hi else (hi, False)
+        try:
+            if kind == "number":
+                if lo is None and hi is None:
+                    return ra.NUMBER
+                return ra.number_range(lo, hi, lo_x, hi_x)
+            import math
+
+            ilo = None if lo is None else (math.floor(lo) + 1 if lo_x else math.ceil(lo))
+            ihi = None if hi is None else (math.ceil(hi) - 1 if hi_x else math.floor(hi))
+            return ra.integer_range(ilo, ihi)
+        except ValueError as e:
+            raise UnsupportedSchema(f"unsupported: minimum/maximum ({e}) (at {path})") from None
+
+    def enum(self, s: dict, path: str) -> str:
+        values = [s["const"]] if "const" in s else list(s["enum"])
+        rest = {k: v for k, v in s.items() if k not in ("const", "enum")}
+        rest.setdefault("$defs", self.root.get("$defs", {}) if isinstance(self.root, dict) else {})
+        rest.setdefault(
+            "definitions", self.root.get("definitions", {}) if isinstance(self.root, dict) else {}
+        )
+        checker = strict_validator(rest)
+        ok = [v for v in values if checker.is_valid(v)]  # only values the rest of the schema accepts
+        if not ok:
+            raise UnsupportedSchema(
+                f"unsupported: enum/const with no value valid under the schema (at {path})"
+            )
+        lits = sorted({ra.json_literal(v) for v in ok}, key=lambda x: (-len(x), x))
+        return lits[0] if len(lits) == 1 else "(?:" + "|".join(lits) + ")"
+
+    # --- containers -----------------------------------------------------------------------------
+    def array(self, s: dict, path: str, depth: int) -> str:
+        items = s.get("items", {})
+        if isinstance(items, list):
+            raise UnsupportedSchema(f"unsupported: items as a list (tuple validation) (at {path})")
+        lo, hi = int(s.get("minItems", 0)), s.get("maxItems")
+        if hi is not None and int(hi) < lo:
+            raise UnsupportedSchema(f"unsupported: minItems > maxItems (at {path})")
+        if hi is not None and int(hi) == 0:
+            return r"\[\]"
+        item = self.value(items, path + "/items", depth + 1)
+        sep = "," + self.ws
+        more_lo = max(lo - 1, 0)
+        more_hi = "" if hi is None else str(int(hi) - 1)
+        body = f"{item}(?:{sep}{item}){{{more_lo},{more_hi}}}"
+        return rf"\[{body}\]" if lo >= 1 else rf"\[(?:{body})?\]"
+
+    def object(self, s: dict, path: str, depth: int) -> str:
+        props: dict = dict(s.get("properties", {}))
+        required = list(dict.fromkeys(s.get("required", [])))
+        for key in required:
+            if key not in props:  # required but undeclared: any value will do
+                props[key] = {}
+        forbidden = {k for k, v in props.items() if isinstance(v, dict) and v.get("not") == {} or v is False}
+        bad = forbidden & set(required)
+        if bad:
+            raise UnsupportedSchema(
+                f"unsupported: required property {sorted(bad)[0]!r} forbidden (at {path})"
+            )
+        required = self.close_dependencies(s, props, required, path)
+        emit_optional = [k for k in props if k not in required and k not in forbidden]
+        deps = s.get("dependencies", {}) | s.get("dependentRequired", {})
+        emit_optional = [k for k in emit_optional if set(deps.get(k, [])) <= set(required)]
+        if int(s.get("minProperties", 0)) > len(required):
+            raise UnsupportedSchema(f"unsupported: minProperties (at {path})")
+        fields = []
+        for key in props:
+            if key in required or key in emit_optional:
+                val = self.value(props[key], f"{path}/properties/{key}", depth + 1)
+                fields.append((f'"{ra.escape(_json_key(key))}":{self.ws}{val}', key in required))
+        ap = s.get("additionalProperties", True)
+        if not props and ap is not False:  # a free-form map: string keys, values per additionalProperties
+            val = self.value(ap if isinstance(ap, dict) else {}, path + "/additionalProperties", depth + 1)
+            pair = f"{ra.string_pattern()}:{self.ws}{val}"
+            return rf"\{{(?:{pair}(?:,{self.ws}{pair})*)?\}}"
+        return _object_body(fields, "," + self.ws)
+
+    def close_dependencies(self, s: dict, props: dict, required: list[str], path: str) -> list[str]:
+        """Required keys closed under `dependencies` (array form): present key => its dependencies present."""
+        deps = dict(s.get("dependencies", {}))
+        deps.update(s.get("dependentRequired", {}))
+        for dep in deps.values():
+            if not isinstance(dep, list):
+                raise UnsupportedSchema(f"unsupported: dependencies with a schema (at {path})")
+        changed = True
+        while changed:
+            changed = False
+            for key in list(required):
+                for d in deps.get(key, []):
+                    if d not in required:
+                        required.append(d)
+                        props.setdefault(d, {})
+                        changed = True
+        return required
+
+    def union(self, s: dict, path: str, depth: int) -> str:
+        kw = "oneOf" if "oneOf" in s else "anyOf"
+        if "oneOf" in s and "anyOf" in s:
+            raise UnsupportedSchema(f"unsupported: anyOf together with oneOf (at {path})")
+        branches = s[kw]
+        parent = {k: v for k, v in s.items() if k != kw and k not in ANNOTATIONS}
+        if parent:  # object-level combinator over one parent object (required/not/const refinements)
+            merged = expand_object_branches(parent, branches, exclusive=kw == "oneOf", path=path)
+            if merged is None:
+                raise UnsupportedSchema(f"unsupported: {kw} (branches not provably exclusive) (at {path})")
+            alts = [self.value(b, f"{path}/{kw}", depth + 1) for b in merged]
+        else:
+            resolved = [self.deref(b, path, depth) for b in branches]
+            if kw == "oneOf" and not disjoint_kinds(resolved):
+                merged = expand_object_branches({"type": "object"}, resolved, exclusive=True, path=path)
+                if merged is None:
+                    raise UnsupportedSchema(f"unsupported: oneOf (branches may overlap) (at {path})")
+                resolved = merged
+            alts = [self.value(b, f"{path}/{kw}/{i}", depth + 1) for i, b in enumerate(resolved)]
+        alts = list(dict.fromkeys(alts))
+        return alts[0] if len(alts) == 1 else "(?:" + "|".join(alts) + ")"
+
+    # --- references and merging -----------------------------------------------------------------
+    def resolve_ref(self, s: dict, path: str, depth: int) -> dict:
+        if depth > MAX_REF_DEPTH:
+            raise UnsupportedSchema(f"unsupported: $ref recursion deeper than {MAX_REF_DEPTH} (at {path})")
+        ref = s["$ref"]
+        if not isinstance(ref, str) or not ref.startswith("#"):
+            raise UnsupportedSchema(f"unsupported: non-local $ref {ref!r} (at {path})")
+        node = self.root
+        for part in [p for p in ref[1:].split("/") if p]:
+            part = part.replace("~1", "/").replace("~0", "~")
+            if not isinstance(node, dict) or part not in node:
+                raise UnsupportedSchema(f"unsupported: unresolvable $ref {ref!r} (at {path})")
+            node = node[part]
+        siblings = {k: v for k, v in s.items() if k != "$ref" and k not in ANNOTATIONS}
+        if not siblings:
+            return node
+        return self.merge_all_of({"allOf": [node, siblings]}, path)
+
+    def deref(self, s, path: str, depth: int):
+        while isinstance(s, dict) and "$ref" in s:
+            s = self.resolve_ref(s, path, depth)
+            depth += 1
+        return s
+
+    def merge_all_of(self, s: dict, path: str) -> dict:
+        out = {k: v for k, v in s.items() if k != "allOf"}
+        for part in s["allOf"]:
+            part = self.deref(part, path, 0)
+            if not isinstance(part, dict):
+                raise UnsupportedSchema(f"unsupported: allOf with a boolean schema (at {path})")
+            for k, v in part.items():
+                if k in ANNOTATIONS:
+                    continue
+                if k == "required":
+                    out["required"] = list(dict.fromkeys(out.get("required", []) + list(v)))
+                elif k == "properties" and "properties" in out:
+                    clash = set(v) & set(out["properties"])
+                    if clash:
+                        raise UnsupportedSchema(
+                            f"unsupported: allOf redefining property {sorted(clash)[0]!r}"
+                        )
+                    out["properties"] = {**out["properties"], **v}
+                elif k in ("enum", "const") and ("enum" in out or "const" in out):
+                    mine = [out.pop("const")] if "const" in out else out.pop("enum")
+                    theirs = [v] if k == "const" else list(v)
+                    out["enum"] = [x for x in mine if x in theirs]  # both must hold: intersect
+                elif k in out and out[k] != v:
+                    raise UnsupportedSchema(f"unsupported: allOf with conflicting {k!r} (at {path})")
+                else:
+                    out[k] = copy.deepcopy(v)
+        return out
+
+    def any_value(self, depth: int) -> str:
+        """Any JSON value up to `depth` nesting; repetition with '*' keeps the automaton small."""
+        alts = [ra.string_pattern(), ra.NUMBER, ra.BOOLEAN, ra.NULL]
+        if depth > 0:
+            inner, sep = self.any_value(depth - 1), "," + self.ws
+            alts.append(rf"\[(?:{inner}(?:{sep}{inner})*)?\]")
+            pair = f"{ra.string_pattern()}:{self.ws}{inner}"
+            alts.append(rf"\{{(?:{pair}(?:{sep}{pair})*)?\}}")
+        return "(?:" + "|".join(alts) + ")"
+
+
+def _json_key(key: str) -> str:
+    return json.dumps(key, ensure_ascii=False)[1:-1]
+
+
+def _object_body(fields: list[tuple[str, bool]], sep: str) -> str:
+    """Fields in order; required ones always present, optional ones optional, commas only between."""
+    if not fields:
+        return r"\{\}"
+    req = [i for i, (_, r) in enumerate(fields) if r]
+    if req:
+        first = req[0]
+        body = "".join(f"(?:{f}{sep})?" for f, _ in fields[:first]) + fields[first][0]
+        body += "".join(f"{sep}{f}" if r else f"(?:{sep}{f})?" for f, r in fields[first + 1 :])
+    else:  # all optional: choose the first present field, the rest optional after it
+        alts = [f + "".join(f"(?:{sep}{g})?" for g, _ in fields[i + 1 :]) for i, (f, _) in enumerate(fields)]
+        body = "(?:" + "|".join(alts) + ")?"
+    return r"\{" + body + r"\}"
