@@ -9,6 +9,13 @@ max_task_retries=0, so a dead replica surfaces as one failed unit. The driver ki
 starts a fresh one in its slot, and asks the coordinator whether to retry, split or give up. A lease that
 outlives `shard_timeout_s` is treated the same way (a hung replica is killed). An exception raised while
 building a replica (bad model, bad constraint) aborts the job: retrying it cannot help.
+
+Overlap: a replica hands each finished shard to a background committer (write, fsync, commit marker) and
+returns at once, so the shard's commit runs while its next lease generates. The driver keeps such shards
+as the slot's `pending` and counts one done only when the replica reports its marker created (with a later
+`work` result, or a `flush` when the slot has nothing else to do). If the replica dies or hangs first, a
+pending shard whose marker exists is done; any other is failed like the lease it was (re-leased, first
+writer wins), so exactly-once and atomic commits do not depend on the overlap.
 """
 
 from __future__ import annotations
@@ -16,7 +23,7 @@ from __future__ import annotations
 import os
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import pyarrow as pa
@@ -29,7 +36,15 @@ from pipeline.coordinator import Coordinator, WorkUnit
 from pipeline.generator import RowGenerator, error_rows
 from pipeline.plan import load_or_create_plan
 from pipeline.shards import read_shard
-from pipeline.sink import committed, finalize, next_attempts, write_and_commit, write_job
+from pipeline.sink import (
+    BackgroundCommitter,
+    commit_name,
+    committed,
+    finalize,
+    next_attempts,
+    write_and_commit,
+    write_job,
+)
 from pipeline.spec import JobSpec, SpecError
 from pipeline.storage import Storage
 from pipeline.validate import validate_job
@@ -66,31 +81,40 @@ class Replica:
             raise ReplicaInitError(msg) from exc
         self.gen = RowGenerator(self.spec, backend, self.metrics)
         self.columns = self.gen.input_columns()
+        self.gen.warm_up()  # one-off library costs go to start-up, like the model load
+        self.committer = BackgroundCommitter(self.storage, on_done=self._log_commit)
 
     def ready(self) -> dict:
         return {"pid": os.getpid(), "node": ray.get_runtime_context().get_node_id()}
 
     def work(self, unit: WorkUnit) -> dict:
+        """Generate one unit. A whole shard is queued for commit (reported later in `commits`)."""
         started = time.time()
         st = self.spec.storage
-        log = self.log.bind(shard=unit.shard.id, attempt=unit.attempt) if self.log else None
         table = read_shard(unit.piece, self.columns, st.endpoint_url, st.options)
         out, stats = self.gen.process(table, file_rel=unit.piece.file_rel, first_row=unit.piece.start,
                                       attempt=unit.attempt)
         info = {"stats": stats.to_json(), "replica_id": self.replica_id, "started_at": started}
         if unit.mode == "rows":
-            return {**info, "rows": out, "finished_at": time.time()}
+            return {**info, "rows": out, "finished_at": time.time(), "commits": self.committer.take()}
         finished = time.time()
         marker = {**stats.to_json(), "replica_id": self.replica_id, "started_at": started,
                   "finished_at": finished, "duration_s": round(finished - started, 6), "bisected": False,
                   "input": _input_ref(unit)}
-        won = write_and_commit(self.storage, unit.shard.id, unit.attempt, out, marker)
         if self.metrics is not None:
             self.metrics.shard_seconds(finished - started)
-        if log is not None:
-            log.info("shard committed" if won else "shard already committed by another attempt",
-                     extra={"rows": out.num_rows, "tokens": stats.tokens})
-        return {**info, "won": won, "finished_at": finished}
+        self.committer.submit(unit.shard.id, unit.attempt, out, marker)
+        return {**info, "finished_at": finished, "commits": self.committer.take()}
+
+    def flush(self) -> dict:
+        """Wait for the queued commits and report them (the driver calls this when it has no lease)."""
+        return {"commits": self.committer.take(wait=True)}
+
+    def _log_commit(self, shard_id: str, attempt: int, won: bool, marker: dict) -> None:
+        if self.log is not None:
+            self.log.bind(shard=shard_id, attempt=attempt).info(
+                "shard committed" if won else "shard already committed by another attempt",
+                extra={"rows": marker.get("rows"), "tokens": marker.get("tokens")})
 
 
 @dataclass
@@ -101,9 +125,11 @@ class _Slot:
     ready_ref: Any = None  # ready() ref until the replica has built its backend
     alive: bool = False  # leases go only to replicas that are up (a pending actor would sit on a lease)
     init_deaths: int = 0  # consecutive deaths before becoming ready (a crash loop aborts the job)
-    ref: Any = None  # in-flight work() ref
-    unit: WorkUnit | None = None
+    ref: Any = None  # in-flight work() or flush() ref
+    unit: WorkUnit | None = None  # the unit of the in-flight work() (None for a flush)
     leased_at: float = 0.0
+    # (shard id, attempt) -> (unit, stats): generated, commit queued on the replica, not yet reported
+    pending: dict = field(default_factory=dict)
 
     @property
     def replica_id(self) -> str:
@@ -195,24 +221,56 @@ def _drive(spec: JobSpec, factory: Any, storage: Storage, todo: list, total_rows
     def start(slot: _Slot) -> None:
         slot.actor = Replica.options(**options).remote(spec_json, factory, slot.replica_id)
         slot.ready_ref, slot.alive = slot.actor.ready.remote(), False
-        slot.ref, slot.unit = None, None
+        slot.ref, slot.unit, slot.pending = None, None, {}
 
-    def replace(slot: _Slot) -> None:
+    def replace(slot: _Slot, reason: str = "replica replaced") -> None:
         nonlocal restarts
         try:
             ray.kill(slot.actor, no_restart=True)  # a hung or half-dead replica must not commit later
         except Exception:  # noqa: BLE001 - already gone
             pass
+        lost_pending(slot, reason)
         slot.generation += 1
         restarts += 1
         if metrics is not None:
             metrics.replica_restart()
         start(slot)
 
+    def lost_pending(slot: _Slot, reason: str) -> None:
+        """The replica is gone with commits still queued: done if the marker exists, else failed."""
+        if slot.pending:
+            storage.invalidate()  # s3fs would answer from the listing cached at start
+        for unit, stats in slot.pending.values():
+            try:
+                done = storage.exists(commit_name(unit.shard.id))
+            except Exception:  # noqa: BLE001 - unknown counts as not done; a re-lease cannot duplicate
+                done = False
+            if done:
+                coord.committed(unit)
+                prog.add(stats["rows"], stats["tokens"])
+            else:
+                fail_unit(unit, f"{reason} before its commit finished")
+        slot.pending = {}
+
+    def commits(slot: _Slot, reports: list[dict]) -> None:
+        """The replica's reports of finished background commits."""
+        for rep in reports:
+            unit, stats = slot.pending.pop((rep["shard_id"], rep["attempt"]), (None, None))
+            if unit is None:
+                continue
+            if "error" in rep:
+                fail_unit(unit, f"replica {slot.replica_id}: commit failed: {rep['error']}")
+            else:  # won or lost the race: either way the shard is committed
+                coord.committed(unit)
+                prog.add(stats["rows"], stats["tokens"])
+
     def fail(slot: _Slot, reason: str) -> None:
         unit = slot.unit
-        assert unit is not None
         slot.ref, slot.unit = None, None
+        if unit is not None:
+            fail_unit(unit, reason)
+
+    def fail_unit(unit: WorkUnit, reason: str) -> None:
         if metrics is not None:
             metrics.retries(1)
         action = coord.failed(unit)
@@ -250,12 +308,13 @@ def _drive(spec: JobSpec, factory: Any, storage: Storage, todo: list, total_rows
     try:
         while not coord.done:
             now = time.monotonic()
-            for slot in slots:  # lease work to idle replicas
+            for slot in slots:  # lease work to idle replicas; idle ones with queued commits flush them
                 if slot.alive and slot.ref is None:
                     unit = coord.next()
-                    if unit is None:
-                        break
-                    slot.unit, slot.leased_at, slot.ref = unit, now, slot.actor.work.remote(unit)
+                    if unit is not None:
+                        slot.unit, slot.leased_at, slot.ref = unit, now, slot.actor.work.remote(unit)
+                    elif slot.pending:
+                        slot.unit, slot.leased_at, slot.ref = None, now, slot.actor.flush.remote()
             if metrics is not None:
                 metrics.queue_depth(coord.queued)
             busy = [s for s in slots if s.ref is not None]
@@ -273,10 +332,11 @@ def _drive(spec: JobSpec, factory: Any, storage: Storage, todo: list, total_rows
                     _became_ready(slot, replace)
             for slot in busy:
                 if slot.ref in ready:
-                    _collect(slot, coord, prog, fail, replace, piece_rows)
+                    _collect(slot, coord, prog, fail, replace, piece_rows, commits)
                 elif res.shard_timeout_s and time.monotonic() - slot.leased_at > res.shard_timeout_s:
-                    fail(slot, f"lease exceeded shard_timeout_s={res.shard_timeout_s}")
-                    replace(slot)
+                    why = f"lease exceeded shard_timeout_s={res.shard_timeout_s}"
+                    fail(slot, why)
+                    replace(slot, why)
             live = sum(s.alive for s in slots)
             prog.maybe_print(False, coord.retries, restarts, live, res.replicas)
         prog.maybe_print(True, coord.retries, restarts, sum(s.alive for s in slots), res.replicas)
@@ -307,13 +367,14 @@ def _became_ready(slot: _Slot, replace) -> None:
     slot.alive, slot.init_deaths = True, 0
 
 
-def _collect(slot: _Slot, coord: Coordinator, prog: _Progress, fail, replace, piece_rows) -> None:
+def _collect(slot: _Slot, coord: Coordinator, prog: _Progress, fail, replace, piece_rows, commits) -> None:
     unit = slot.unit
     try:
         result = ray.get(slot.ref, timeout=60)
     except RayActorError as exc:
-        fail(slot, f"replica {slot.replica_id} died: {_first_line(exc)}")
-        replace(slot)
+        why = f"replica {slot.replica_id} died: {_first_line(exc)}"
+        fail(slot, why)
+        replace(slot, why)
         return
     except RayTaskError as exc:
         if isinstance(exc.cause, SpecError):
@@ -323,12 +384,15 @@ def _collect(slot: _Slot, coord: Coordinator, prog: _Progress, fail, replace, pi
     except GetTimeoutError:
         return
     slot.ref, slot.unit = None, None
+    commits(slot, result["commits"])
+    if unit is None:  # a flush
+        return
     stats = result["stats"]
     if unit.mode == "rows":
         piece_rows(unit, result["rows"], stats)
-    else:
-        coord.committed(unit)
-    prog.add(stats["rows"], stats["tokens"])
+        prog.add(stats["rows"], stats["tokens"])
+    else:  # generated; counted when the replica reports the commit
+        slot.pending[(unit.shard.id, unit.attempt)] = (unit, stats)
 
 
 def _input_ref(unit: WorkUnit) -> dict:

@@ -8,14 +8,16 @@ marker and the metrics. No storage and no Ray here.
 
 from __future__ import annotations
 
+import io
 import time
 from dataclasses import dataclass, field
 
 import pyarrow as pa
+import pyarrow.parquet as pq
 
 from pipeline.backend import Backend
 from pipeline.outputs import STATUSES, RowResult, build_table, error_result
-from pipeline.rows import prepare_rows
+from pipeline.rows import PreparedRow, prepare_rows
 from pipeline.spec import JobSpec
 
 try:  # observability is another area's module; the pipeline must work without it
@@ -52,6 +54,19 @@ class RowGenerator:
             if c not in cols:
                 cols.append(c)
         return cols
+
+    def warm_up(self) -> None:
+        """Pay the output path's one-off costs now, at replica start-up, not inside the first shard.
+
+        pyarrow imports pandas (~0.6 s on a busy 2-core box) the first time `pa.array` sees a Python list,
+        and the Parquet writer sets up its codec on first use. Both are per-process costs of the same kind
+        as loading the model, so they belong to start-up; without this the first shard of every replica
+        carried them (measured: ~0.5 s of a 1.3 s shard).
+        """
+        row = PreparedRow(0, "warm-up", 0, None, "warm-up")
+        out = build_table([row], [error_result("warm-up")], pa.table({"_": [0]}).select([]), attempt=0,
+                          structured=self.spec.structured_output is not None)
+        pq.write_table(out, io.BytesIO(), compression="zstd")
 
     def process(self, table: pa.Table, *, file_rel: str, first_row: int, attempt: int
                 ) -> tuple[pa.Table, BatchStats]:

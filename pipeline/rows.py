@@ -60,22 +60,29 @@ def prepare_rows(table: pa.Table, spec: InputSpec, *, job_seed: int, file_rel: s
     cols = {name: table.column(name).to_pylist() for name in set(spec.template_columns())
             | ({spec.id_column} if spec.id_column else set()) | set(extra_columns)}
     out: list[PreparedRow] = []
+    id_col = cols[spec.id_column] if spec.id_column else None
+    prompt_col = cols[spec.prompt_column] if spec.prompt_column is not None else None
+    prompt_what = f"prompt column {spec.prompt_column!r}"
     for i in range(table.num_rows):
-        where = f"{file_rel} row {first_row + i}"
-        error = None
-        if spec.id_column:
-            raw_id = cols[spec.id_column][i]
+        error = None  # the "<file> row <n>: " prefix is added only to rows that fail (most rows do not)
+        if id_col is not None:
+            raw_id = id_col[i]
             if raw_id is None:
                 rid = derived_id(file_rel, first_row + i)
-                error = f"{where}: id column {spec.id_column!r} is null"
+                error = f"id column {spec.id_column!r} is null"
             else:
                 rid = raw_id.decode("utf-8", "replace") if isinstance(raw_id, bytes) else str(raw_id)
         else:
             rid = derived_id(file_rel, first_row + i)
         prompt = None
         if error is None:
-            if spec.prompt_column is not None:
-                prompt, err = _as_text(cols[spec.prompt_column][i], f"prompt column {spec.prompt_column!r}")
+            if prompt_col is not None:
+                value = prompt_col[i]
+                # The common case (a clean str) skips _as_text's checks but one.
+                if type(value) is str and "\x00" not in value:
+                    prompt, err = value, None
+                else:
+                    prompt, err = _as_text(value, prompt_what)
             else:
                 values, err = {}, None
                 for c in spec.template_columns():
@@ -90,7 +97,9 @@ def prepare_rows(table: pa.Table, spec: InputSpec, *, job_seed: int, file_rel: s
             if err is None and prompt is not None and not prompt.strip():
                 err = "prompt is empty"
             if err:
-                error, prompt = f"{where}: {err}", None
+                error, prompt = err, None
+        if error is not None:
+            error = f"{file_rel} row {first_row + i}: {error}"
         extra = {c: cols[c][i] for c in extra_columns} if extra_columns else None
         out.append(PreparedRow(i, rid, row_seed(job_seed, rid), prompt, error, extra))
     return out

@@ -22,6 +22,11 @@ Layout under the output prefix OUT (all JSON is UTF-8, times are unix seconds as
 
 Readers trust only data files named by a commit marker. A writer that loses the commit race deletes its
 own data file; attempt files left without a marker are removed at finalize.
+
+`BackgroundCommitter` runs `write_and_commit` on one thread of the replica, so a shard's write + fsync +
+marker overlap the next shard's generation. It changes when a commit happens, not what one is: the driver
+counts a shard done only when the replica reports that its marker exists, and a replica that dies with a
+commit still queued simply loses that attempt (the driver re-leases the shard; first writer still wins).
 """
 
 from __future__ import annotations
@@ -29,7 +34,9 @@ from __future__ import annotations
 import io
 import json
 import re
+import threading
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
 import pyarrow as pa
@@ -68,6 +75,68 @@ def write_and_commit(storage: Storage, shard_id: str, attempt: int, table: pa.Ta
         return True
     storage.delete(rel)  # lost the race (a zombie attempt or a concurrent driver): first writer wins
     return False
+
+
+class BackgroundCommitter:
+    """Writes and commits finished shards on one background thread, at most one commit in flight.
+
+    `submit` first waits for the previous commit (it had a whole shard's generation to finish, so this
+    rarely blocks) and so bounds memory to one finished-but-uncommitted table. `take` hands back reports
+    of finished commits, in submission order, exactly once each: {"shard_id", "attempt", "won"} or, when
+    the write or commit raised, {"shard_id", "attempt", "error"}. Reports wait here until taken, so a
+    caller that raises between `submit` and `take` loses none.
+    """
+
+    def __init__(self, storage: Storage, on_done: Any = None):
+        """`on_done(shard_id, attempt, won, marker)` runs on the commit thread after each commit."""
+        self.storage, self.on_done = storage, on_done
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="dgbatch-commit")
+        self._lock = threading.Lock()
+        self._queue: list[tuple[str, int, Future]] = []
+
+    def submit(self, shard_id: str, attempt: int, table: pa.Table, marker: dict[str, Any]) -> None:
+        self.wait()
+        fut = self._pool.submit(self._commit, shard_id, attempt, table, marker)
+        with self._lock:
+            self._queue.append((shard_id, attempt, fut))
+
+    def _commit(self, shard_id: str, attempt: int, table: pa.Table, marker: dict[str, Any]) -> bool:
+        won = write_and_commit(self.storage, shard_id, attempt, table, marker)
+        if self.on_done is not None:
+            self.on_done(shard_id, attempt, won, marker)
+        return won
+
+    def wait(self) -> None:
+        """Block until every submitted commit has finished (successfully or not)."""
+        with self._lock:
+            futures = [f for _, _, f in self._queue]
+        for f in futures:
+            f.exception()  # waits; the outcome is reported by take()
+
+    @property
+    def pending(self) -> int:
+        with self._lock:
+            return len(self._queue)
+
+    def take(self, wait: bool = False) -> list[dict[str, Any]]:
+        """Reports of the finished commits (all of them first if `wait`), each returned once."""
+        if wait:
+            self.wait()
+        out = []
+        with self._lock:
+            while self._queue and self._queue[0][2].done():
+                shard_id, attempt, fut = self._queue.pop(0)
+                exc = fut.exception()
+                rep: dict[str, Any] = {"shard_id": shard_id, "attempt": attempt}
+                if exc is None:
+                    rep["won"] = fut.result()
+                else:
+                    rep["error"] = f"{type(exc).__name__}: {exc}"
+                out.append(rep)
+        return out
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=True)
 
 
 def committed(storage: Storage) -> dict[str, dict]:
