@@ -1,5 +1,7 @@
 """`dgbatch validate job.yaml`: check the spec, the input files and columns, the output prefix and the model
-without generating anything (no Ray, no torch)."""
+without generating anything (no Ray). With `structured_output`, the constraint is also compiled against the
+model's tokenizer (torch is imported to read the model package; the weights are not loaded): an unsupported
+schema keyword or a constraint longer than max_new_tokens is refused here, naming keyword or length."""
 
 from __future__ import annotations
 
@@ -26,4 +28,6 @@ def run(args: argparse.Namespace) -> int:
     path, label = resolve_model_path(spec.model)
     print(f"ok: {len(v.files)} input file(s), {v.rows} rows, {v.shards} shards of <= "
           f"{spec.resources.shard_rows} rows -> {v.output.url}\nmodel: {path} ({label})")
+    if v.min_new_tokens is not None:
+        print(f"structured_output: compiles; needs at least {v.min_new_tokens} new tokens")
     return 0

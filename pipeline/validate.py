@@ -1,8 +1,9 @@
 """Checks that need the world, run before any generation: inputs, columns, output prefix, model, constraints.
 
 `validate_job` is what `dgbatch validate` runs and what `run_job` runs first, so a corrupt Parquet file, a
-missing column, an unreachable bucket or a bad model path fails the job before a replica starts, with a
-`SpecError` naming the file, column, URL or path.
+missing column, an unreachable bucket, a bad model path, an unsupported schema keyword or a constraint that
+cannot finish within max_new_tokens fails the job before a replica starts, with a `SpecError` naming the
+file, column, URL, path, keyword or minimum length.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ class Validated:
     rows: int
     shards: int
     output: Storage
+    min_new_tokens: int | None = None  # the constraint's minimum output length (shared constraints only)
 
 
 def required_columns(spec: JobSpec) -> dict[str, str]:
@@ -83,9 +85,55 @@ def validate_job(spec: JobSpec, *, check_model: bool = True) -> Validated:
         from pipeline.model_path import check_model_path
 
         check_model_path(spec.model)
+    min_tokens = None
     if spec.structured_output is not None:
         from pipeline.backend import constraints_module
 
         constraints_module()
+        if check_model:  # the stub backends of the tests generate no constrained text
+            min_tokens = check_structured_output(spec)
     n_shards = len(plan_shards(files, spec.resources.shard_rows))
-    return Validated(files, sum(f.num_rows for f in files), n_shards, output)
+    return Validated(files, sum(f.num_rows for f in files), n_shards, output, min_tokens)
+
+
+def check_structured_output(spec: JobSpec) -> int | None:
+    """Compile the job's constraint against the model's tokenizer and EOS ids, exactly as a replica will.
+
+    Returns the fewest new tokens the constraint needs (None for a per-row `schema_column`, whose schemas
+    are checked row by row: a bad one is that row's error, never the job's). Raises SpecError naming the
+    unsupported keyword, or the minimum length when it exceeds the engine's max_new_tokens. The compiled
+    automaton lands in the on-disk constraint cache, so replicas start from it.
+    """
+    section = spec.structured_output
+    if section is None or section.schema_column is not None:
+        return None
+    import pipeline.constraints as pc
+
+    tokenizer, model_config, max_new_tokens = _constraint_model(spec)
+    try:
+        return pc.check_feasible(section, tokenizer, model_config, max_new_tokens=max_new_tokens)
+    except Exception as exc:  # noqa: BLE001 - every refusal becomes one clear spec error
+        kind = next(k for k in ("json_schema", "pydantic", "regex", "choice") if getattr(section, k))
+        msg = str(exc)
+        prefix = "" if msg.startswith("structured_output") else f"structured_output.{kind}: "
+        raise SpecError(f"{prefix}{msg}") from exc
+
+
+def _constraint_model(spec: JobSpec):
+    """(tokenizer, model config, max_new_tokens as the engine will use it) without loading the weights."""
+    from model import DiffusionGemmaConfig, load_tokenizer
+    from model.params import GenerationParams
+    from pipeline.model_path import FALLBACK_LABEL, ensure_fallback, resolve_model_path
+
+    path, label = resolve_model_path(spec.model)
+    if label == FALLBACK_LABEL:
+        path = str(ensure_fallback())  # the replicas would build it first thing anyway
+    try:
+        config = DiffusionGemmaConfig.from_dir(path)
+        tokenizer = load_tokenizer(path)
+    except Exception as exc:  # noqa: BLE001
+        raise SpecError(f"model.path {path}: cannot read config/tokenizer: "
+                        f"{type(exc).__name__}: {exc}") from exc
+    # the same budget the replica's backend hands to build_hook (the checkpoint's default unless overridden)
+    params = GenerationParams.from_defaults(config.generation, **spec.generation.engine_overrides())
+    return tokenizer, config, int(params.max_new_tokens)

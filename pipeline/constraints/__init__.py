@@ -19,6 +19,9 @@ Public entry points (all raise ValueError subclasses with a clear message on bad
         it exceeds max_new_tokens. Call before work starts.
     validate_output(section, text, row=None) -> (ok, parsed_json | None, error | None)
         Independent post-generation check (jsonschema with formats / pydantic / re.fullmatch / label).
+    check_output(section, text, completion=None, row=None) -> (status, json column, error)
+        The pipeline's per-row verdict. The json column holds the validated object for schema kinds and
+        {"label": ..., "scores": {label: log-probability}} for choice (None for regex).
     decode_text(hook, token_ids) -> str
         Exact text of the committed tokens (byte-exact, whatever the tokenizer's decoder would strip).
 
@@ -45,6 +48,7 @@ __all__ = [
     "UnsupportedSchema",
     "build_hook",
     "check_feasible",
+    "choice_json",
     "decode_text",
     "validate_output",
 ]
@@ -199,9 +203,25 @@ def check_output(section, text: str, completion=None, row=None) -> tuple[str, st
     ok, parsed, err = validate_output(section, text, row)
     if not ok:
         return "invalid", None, f"constrained output failed validation (a bug): {err}"
-    if section_kind(section) in ("json_schema", "pydantic", "schema_column"):
+    kind = section_kind(section)
+    if kind in ("json_schema", "pydantic", "schema_column"):
         return "ok", json.dumps(parsed, ensure_ascii=False), None
+    if kind == "choice":
+        return "ok", choice_json(text, getattr(completion, "hook_state", None)), None
     return "ok", None, None
+
+
+def choice_json(label: str, state) -> str:
+    """The `json` column of a choice row: {"label": ..., "scores": {label: log-probability or null}}.
+
+    Scores come from the row's first canvas (ConstraintState.label_scores); null marks a label that cannot
+    fit there (-inf is not JSON). Without a state (a row not generated under the hook) scores is null.
+    """
+    scores = getattr(state, "label_scores", None)
+    out = None
+    if scores is not None:
+        out = {k: (None if v == float("-inf") else float(v)) for k, v in scores.items()}
+    return json.dumps({"label": label, "scores": out}, ensure_ascii=False)
 
 
 # re-exported for callers that want the pieces

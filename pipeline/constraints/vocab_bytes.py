@@ -20,9 +20,11 @@ _BYTE_TOKEN = re.compile(r"^<0x([0-9A-Fa-f]{2})>$")
 
 
 def raw_tokenizer(tok) -> tokenizers.Tokenizer:
-    """The `tokenizers.Tokenizer` inside `tok` (itself, or a wrapper's .tokenizer/.backend/._tokenizer)."""
+    """The `tokenizers.Tokenizer` inside `tok` (itself, or a wrapper's .tk/.tokenizer/.backend/._tokenizer;
+    `.tk` is model.tokenizer.Tokenizer's, the wrapper the pipeline's replicas hold)."""
     for obj in (
         tok,
+        getattr(tok, "tk", None),
         getattr(tok, "tokenizer", None),
         getattr(tok, "backend", None),
         getattr(tok, "_tokenizer", None),
