@@ -17,7 +17,16 @@ from dataclasses import dataclass, fields
 import torch
 
 from model.params import GenerationParams
-from model.sampler import NoiseSource, RowKeys, RowParams, accept_mask, apply_temperature_, stop_update
+from model.sampler import (
+    NoiseSource,
+    RowKeys,
+    RowParams,
+    accept_mask,
+    apply_temperature_,
+    stop_update,
+    temperature_B,
+)
+from model.vocab_head import ChunkedHead
 
 
 @dataclass
@@ -36,6 +45,7 @@ class CanvasBatch:
     rp: RowParams
     pos0_B: torch.Tensor  # long, position of the canvas' first token
     last_BCV: torch.Tensor | None = None  # fp32 processed logits of the last live step (commit hooks only)
+    soft_BCH: torch.Tensor | None = None  # chunked path: self-conditioning soft embedding (replaces sc_BCV)
 
     @classmethod
     def start(
@@ -76,23 +86,22 @@ class CanvasBatch:
 
     @staticmethod
     def cat(parts: list[CanvasBatch], V: int, sc_dtype: torch.dtype) -> CanvasBatch:
-        """Concatenate batches; rows without self-conditioning get zero logits (masked by has_sc_B)."""
+        """Concatenate batches; rows without self-conditioning get zero logits (masked by has_sc_B) or a
+        zero soft embedding (which is exactly no self-conditioning)."""
         parts = [p for p in parts if p.size]
         if len(parts) == 1:
             return parts[0]
         out = {}
         for f in fields(CanvasBatch):
             vals = [getattr(p, f.name) for p in parts]
-            if f.name in ("sc_BCV", "last_BCV"):
+            if f.name in ("sc_BCV", "last_BCV", "soft_BCH"):
                 if all(v is None for v in vals):
                     out[f.name] = None
                     continue
-                C = parts[0].canvas_BC.shape[1]
-                dev = parts[0].canvas_BC.device
-                dt = sc_dtype if f.name == "sc_BCV" else torch.float32
+                ref = next(v for v in vals if v is not None)
                 out[f.name] = torch.cat(
                     [
-                        v if v is not None else torch.zeros(p.size, C, V, dtype=dt, device=dev)
+                        v if v is not None else ref.new_zeros((p.size, *ref.shape[1:]))
                         for v, p in zip(vals, parts)
                     ]
                 )
@@ -116,39 +125,63 @@ def denoise_step(
     exact_frozen: bool,
     keep_logits: bool,
     all_have_sc: bool | None = None,
-) -> torch.Tensor:
-    """One denoising step for every row of `st` (updated in place). Returns the processed logits (B, C, V).
+    len_range: tuple[int, int] | None = None,
+    want_sc: bool = True,
+) -> torch.Tensor | None:
+    """One denoising step for every row of `st` (updated in place). Returns the processed logits (B, C, V),
+    or None on the chunked path when keep_logits is off (the logits were never materialised).
 
     freeze: some row uses adaptive stopping (else the stop rule is skipped entirely).
     exact_frozen: keep frozen rows' self-conditioning logits as the reference does (an extra pass over the
       logits; the fast engine drops frozen rows instead, so it only needs their argmax).
     keep_logits: maintain st.last_BCV (fp32) for commit hooks.
     all_have_sc: host-known hint that every row (True) or no row (False) has self-conditioning; None: mixed.
+    len_range: host-known (min, max) cache length of the rows (then the decoder reads nothing from the
+      device).
+    want_sc: False when no row takes another step of this canvas, so the chunked path skips the
+      self-conditioning GEMM whose result no step would read.
+    Path: a noise source with `chunked_head` on a CPU (the fast mode) never builds [B, C, V] logits
+    (model/vocab_head.py); every other case runs the reference's op sequence on materialised logits.
     """
     C = st.canvas_BC.shape[1]
     V = model.config.text.vocab_size
     positions_BC = st.pos0_B[:, None] + torch.arange(C, device=st.pos0_B.device)
     st.live_B += (~st.done_B).to(torch.int32)
-    sc, sc_mask = st.sc_BCV, None
-    if all_have_sc is False:
-        sc = None
-    elif all_have_sc is None and sc is not None:
-        sc_mask = st.has_sc_B
-    logits = model.decode(
-        st.canvas_BC, cache, positions_BC=positions_BC, sc_logits_BCV=sc, rows_B=rows_B, sc_mask_B=sc_mask
-    )
-    proc = apply_temperature_(logits, st.steps_left_B, st.rp)
-    argmax, entropy = noise.stats(proc, st.keys)
-    keep = accept_mask(entropy, st.rp.bound_B)
-    sampled = noise.sample(proc, keep, st.keys)
-    fresh = noise.renoise(st.keys, C, V, proc.device)
+    kw = dict(positions_BC=positions_BC, rows_B=rows_B, len_range=len_range)
+    soft, chunked = None, False
+    if getattr(noise, "chunked_head", False) and not st.canvas_BC.is_cuda:
+        if all_have_sc is not False and st.soft_BCH is not None:
+            soft = st.soft_BCH if all_have_sc else st.soft_BCH * st.has_sc_B[:, None, None]
+        h = model.decode_hidden(st.canvas_BC, cache, sc_soft_BCH=soft, **kw)
+        B = h.shape[0]
+        inv_t = 1.0 / temperature_B(st.steps_left_B, st.rp) if st.rp.scheduled else torch.ones(B)
+        head = ChunkedHead(model, h.reshape(B * C, -1), inv_t.to(h.device).repeat_interleave(C))
+        sw = head.sweep(want_soft=want_sc, keep_full=keep_logits)
+        argmax, entropy = sw.argmax_N.view(B, C), sw.entropy_N.view(B, C)
+        keep = accept_mask(entropy, st.rp.bound_B)
+        sampled = noise.sample_head(head, sw, keep, st.keys)
+        proc = None if sw.full_NV is None else sw.full_NV.view(B, C, V)
+        soft = None if sw.soft_NH is None else sw.soft_NH.view(B, C, -1)
+        chunked = True
+    else:
+        sc, sc_mask = st.sc_BCV, None
+        if all_have_sc is False:
+            sc = None
+        elif all_have_sc is None and sc is not None:
+            sc_mask = st.has_sc_B
+        logits = model.decode(st.canvas_BC, cache, sc_logits_BCV=sc, sc_mask_B=sc_mask, **kw)
+        proc = apply_temperature_(logits, st.steps_left_B, st.rp)
+        argmax, entropy = noise.stats(proc, st.keys)
+        keep = accept_mask(entropy, st.rp.bound_B)
+        sampled = noise.sample(proc, keep, st.keys)
+    fresh = noise.renoise(st.keys, C, V, st.canvas_BC.device)
     canvas = torch.where(keep, sampled, fresh)
     done_before = st.done_B
     if freeze:
         d = st.done_B[:, None]
         argmax = torch.where(d, st.argmax_BC, argmax)
         canvas = torch.where(d, st.canvas_BC, canvas)
-        if exact_frozen and st.sc_BCV is not None:
+        if exact_frozen and st.sc_BCV is not None and proc is not None:
             proc = torch.where(d[..., None], st.sc_BCV, proc)
         st.run_B, stop = stop_update(argmax, st.argmax_BC, st.run_B, entropy.mean(dim=-1), st.rp)
         st.done_B = st.done_B | stop
@@ -159,7 +192,10 @@ def denoise_step(
             last = torch.where(done_before[:, None, None], st.last_BCV, last)
         st.last_BCV = last
     st.argmax_BC, st.canvas_BC = argmax, canvas
-    st.sc_BCV = proc.to(model.dtype)
+    if chunked:  # soft is None only when no step of this canvas follows (want_sc False)
+        st.soft_BCH, st.sc_BCV = soft, None
+    else:
+        st.sc_BCV = proc.to(model.dtype)
     st.has_sc_B = torch.ones_like(st.has_sc_B)
     st.steps_left_B = st.steps_left_B - 1
     st.keys = RowKeys(st.keys.seed_B, st.keys.canvas_B, st.keys.step_B + 1)

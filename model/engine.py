@@ -9,9 +9,11 @@ dropped from the decoder batch at the next check.
 Randomness is per row (model/sampler.py RowNoise): a row's tokens depend only on (model, prompt, params,
 seed, hook), not on its batch mates or their order (up to floating-point batch variance of the model).
 
-Host synchronisation: the step loop reads nothing from the device. The host knows every row's remaining
-steps, so it runs straight to the next canvas end; with adaptive stopping on it also stops every
-`check_every` steps to read the frozen flags. Each such event costs one read (Counters.host_syncs).
+Host synchronisation: the step loop reads nothing from the device (the host knows every row's cache length
+and hands the model its key range, so model.decode/encode do not read lengths back either). The host knows
+every row's remaining steps, so it runs straight to the next canvas end; with adaptive stopping on it also
+stops every `check_every` steps to read the frozen flags. Each such event costs one read
+(Counters.host_syncs).
 
 Legend: B rows in the decoder batch, C canvas, V vocabulary, P prompt length.
 """
@@ -153,7 +155,12 @@ class Engine:
             if freeze:
                 n = min(n, self.check_every)
             keep_logits = any(not is_argmax(r.req.commit_hook) for r in rows)
+            # Passes over [rows, C, V] logits in DRAM: the CPU's chunked vocabulary pass makes none (one
+            # write when a commit hook needs the logits); the materialised path makes the noise source's.
+            chunked = getattr(self.noise, "chunked_head", False) and slots.cache.device.type != "cuda"
+            passes = float(keep_logits) if chunked else self.noise.passes_per_step
             rows_B = torch.tensor([r.slot for r in rows], device=slots.cache.device)
+            lens = [self._cached(r) for r in rows]  # host-known cache lengths: no device read per step
             for _ in range(n):
                 have = [r.has_sc for r in rows]
                 hint = True if all(have) else (False if not any(have) else None)
@@ -167,8 +174,10 @@ class Engine:
                     exact_frozen=False,
                     keep_logits=keep_logits,
                     all_have_sc=hint,
+                    len_range=(min(lens), max(lens)),
+                    want_sc=any(r.steps_left > 1 for r in rows),
                 )
-                self.counters.step(len(rows), self.noise.passes_per_step)
+                self.counters.step(len(rows), passes)
                 for r in rows:
                     r.steps_left -= 1
                     r.has_sc = True
@@ -209,6 +218,10 @@ class Engine:
             batch = CanvasBatch.cat(parts, self.V, self.model.dtype) if parts else None
 
     # -- pieces -------------------------------------------------------------------------------------------
+    def _cached(self, r: _Row) -> int:
+        """Tokens in row r's cache while it denoises canvas r.canvas: its prompt and committed canvases."""
+        return len(r.req.input_ids) + r.canvas * self.C
+
     def _need(self, req: Request) -> int:
         """Cache tokens a row holds at most: the prompt and every canvas but the last (never encoded)."""
         return len(req.input_ids) + (req.params.n_canvases(self.C) - 1) * self.C
@@ -254,6 +267,7 @@ class Engine:
                 slots.cache,
                 positions_BT=torch.arange(P, device=dev).expand(len(rs), P),
                 rows_B=torch.tensor([r.slot for r in rs], device=dev),
+                len_range=(0, 0),  # fresh slots
             )
             self.counters.encoder_forwards += 1
 
@@ -320,11 +334,13 @@ class Engine:
         """Encode the rows' committed canvases (one batched pass) at the positions they were denoised at."""
         dev = slots.cache.device
         ids = torch.tensor([r.tokens[-self.C :] for r in rs], dtype=torch.long, device=dev)
-        pos = torch.tensor([len(r.req.input_ids) + r.canvas * self.C for r in rs], device=dev)
+        lens = [self._cached(r) for r in rs]  # the committed canvas lands right after them
+        pos = torch.tensor(lens, device=dev)
         self.model.encode(
             ids,
             slots.cache,
             positions_BT=pos[:, None] + torch.arange(self.C, device=dev),
             rows_B=torch.tensor([r.slot for r in rs], device=dev),
+            len_range=(min(lens), max(lens)),
         )
         self.counters.encoder_forwards += 1

@@ -210,13 +210,18 @@ def lean_stats(x_NV: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Te
     return am, lse - px, p
 
 
+def key_uniform(key_K: torch.Tensor) -> torch.Tensor:
+    """fp64 uniforms in [0, 1) from 53 random bits of 62-bit stream keys."""
+    return (key_K >> 9).to(torch.float64) * 2.0**-53
+
+
 def inverse_cdf_sample(p_KV: torch.Tensor, key_K: torch.Tensor) -> torch.Tensor:
     """One draw per row from p_KV by inverting its CDF at u = hash-derived uniform of key_K (CPU path).
 
     Exact sampling from the same law as the Gumbel-max draw of the GPU kernel (different numbers): one
     cumulative sum over only the rows that are sampled, in float64 so the CDF's tail stays accurate.
     """
-    u = (key_K >> 9).to(torch.float64) * 2.0**-53  # 53 random bits of the 62-bit key, in [0, 1)
+    u = key_uniform(key_K)
     cdf = p_KV.to(torch.float64).cumsum(dim=-1)
     idx = torch.searchsorted(cdf, (u * cdf[:, -1])[:, None], right=True).squeeze(1)
     return idx.clamp_(max=p_KV.shape[1] - 1)
@@ -244,7 +249,9 @@ class RowNoise:
     rows sample the same law from the same per-position keys (CPU and GPU numbers differ; neither depends on
     the batch).
     Passes over the logits per step: temperature 1 (r/w, in the loop), stats 1 on the GPU (3 row-wise
-    sweeps on the CPU, `lean_stats`), sample on kept rows only.
+    sweeps on the CPU, `lean_stats`), sample on kept rows only. On the CPU the fast loop does not build the
+    logits at all: `sample_head` samples from model/vocab_head.py's ChunkedHead (statistics come from its
+    cache-resident sweep; only the kept positions' logits are recomputed).
     """
 
     passes_per_step = 2.0  # + the kept fraction for the sample pass, measured by the loop
@@ -300,3 +307,18 @@ class RowNoise:
 
     def renoise(self, keys: RowKeys, C: int, V: int, device: torch.device) -> torch.Tensor:
         return self._tokens(keys, _tag_renoise(keys.step_B), C, V).to(device)
+
+    # -- the CPU path over a chunked vocabulary pass (model/vocab_head.py) --------------------------------
+    chunked_head = True  # denoise_step uses ChunkedHead + sample_head instead of stats/sample on CPU
+
+    def sample_head(self, head, sweep, keep_BC: torch.Tensor, keys: RowKeys) -> torch.Tensor:
+        """Like `sample`, for logits that exist only as a ChunkedHead (model/vocab_head.py): the same key
+        per position gives u, and the head inverts the CDF of the kept positions chunk-wise."""
+        B, C = keep_BC.shape
+        key_N = self._derive(keys.seed_B, keys.canvas_B, _tag_sample(keys.step_B), C).to(keep_BC.device)
+        idx = keep_BC.reshape(-1).nonzero().squeeze(1)
+        self.kept += idx.numel()
+        self.positions += B * C
+        out = torch.zeros(B * C, dtype=torch.long, device=keep_BC.device)
+        out[idx] = head.inverse_cdf(sweep, idx, key_uniform(key_N.index_select(0, idx)))
+        return out.view(B, C)

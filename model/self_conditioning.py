@@ -4,6 +4,8 @@ Legend: B batch, C canvas, V vocab, H hidden. With previous-step logits l (alrea
     soft = (softmax_f32(l).to(E.dtype) @ E) * embed_scale ;  n = pre_norm(soft)
     x    = post_norm_noscale(embed(canvas) + down(gelu_tanh(gate n) * up n))
 Without logits soft = 0, which makes the MLP term exactly 0, so we skip it but still apply post_norm.
+The fast mode passes `soft_BCH` itself (computed inside its chunked vocabulary pass, model/vocab_head.py,
+without a [B, C, V] softmax); a zero row of soft_BCH is exactly "no self-conditioning" for that row.
 """
 
 from __future__ import annotations
@@ -30,11 +32,16 @@ class SelfConditioning(DenseMLP):
         embed_VH: torch.Tensor,
         scale: torch.Tensor,
         sc_mask_B: torch.Tensor | None = None,
+        *,
+        soft_BCH: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        if sc_logits_BCV is None:
+        if soft_BCH is not None:
+            soft = soft_BCH.to(emb_BCH.dtype)
+        elif sc_logits_BCV is None:
             return rms_norm(emb_BCH, None, self.eps)
-        probs = F.softmax(sc_logits_BCV, dim=-1, dtype=torch.float32).to(embed_VH.dtype)
-        soft = torch.matmul(probs, embed_VH) * scale.to(emb_BCH.dtype)
+        else:
+            probs = F.softmax(sc_logits_BCV, dim=-1, dtype=torch.float32).to(embed_VH.dtype)
+            soft = torch.matmul(probs, embed_VH) * scale.to(emb_BCH.dtype)
         if sc_mask_B is not None:  # training: per-row "no self-conditioning"
             soft = soft * sc_mask_B.to(soft.dtype)[:, None, None]
         return rms_norm(emb_BCH + super().forward(self.pre_norm(soft)), None, self.eps)

@@ -4,11 +4,17 @@ canvas decoder (reference: DiffusionGemmaForBlockDiffusion, transformers 5.23).
 Legend: B rows, T new tokens, C canvas, H hidden, V vocab, S key length, R selected cache rows.
   encode(ids_BT, cache, positions_BT, valid_BT, rows_B): causal (+ sliding window on sliding layers,
       + key padding) pass that writes K/V at cache indices length..length+T-1 and advances length.
-      Uses the ENCODER layer_scalar copies. Its hidden states are not needed at inference.
+      Uses the ENCODER layer_scalar copies. Diffusion does not need its hidden states; `return_hidden`
+      gives them (an autoregressive baseline of the same backbone reads its next token from them).
   decode(canvas_BC, cache, positions_BC, sc_logits_BCV, rows_B) -> fp32 logits_BCV: bidirectional over
       [context ; canvas], read-only on the cache; sliding layers see the last W-1 context tokens. Uses the
       DECODER layer_scalar copies, self-conditioning on its input, tied LM head and softcap.
-Key ranges are trimmed on the host (one sync per pass) so sliding layers only touch the last window.
+      `decode_hidden` is the same pass without the LM head (the fast mode's chunked vocabulary pass,
+      model/vocab_head.py, applies the head itself), and may take the self-conditioning soft embedding
+      precomputed instead of logits.
+Key ranges are trimmed on the host so sliding layers only touch the last window. They come from the cache
+lengths (one device read per pass) unless the caller, who knows every row's length, passes `len_range`
+= (min, max) over the pass's rows: then the pass reads nothing from the device.
 """
 
 from __future__ import annotations
@@ -100,6 +106,16 @@ class DiffusionGemma(nn.Module):
         return x if rows is None else x.index_select(0, rows)
 
     @staticmethod
+    def _len_range(length_R: torch.Tensor, given: tuple[int, int] | None) -> tuple[int, int]:
+        """(min, max) of the rows' cache lengths: the caller's host-known values, else one device read."""
+        if given is not None:
+            return int(given[0]), int(given[1])
+        if length_R.numel() == 0:
+            return 0, 0
+        lo, hi = torch.aminmax(length_R)
+        return int(lo), int(hi)
+
+    @staticmethod
     def _valid(cache: KVCache, rows: torch.Tensor | None, lo: int, hi: int) -> torch.Tensor:
         """valid_BS restricted to rows and key range -> [R, hi-lo]."""
         x = cache.valid_BS[:, lo:hi]
@@ -114,21 +130,27 @@ class DiffusionGemma(nn.Module):
         positions_BT: torch.Tensor,
         valid_BT: torch.Tensor | None = None,
         rows_B: torch.Tensor | None = None,
-    ) -> None:
-        """Causal pass over T new tokens per row; writes their K/V to the cache (see module doc)."""
+        len_range: tuple[int, int] | None = None,
+        return_hidden: bool = False,
+    ) -> torch.Tensor | None:
+        """Causal pass over T new tokens per row; writes their K/V to the cache (see module doc).
+
+        len_range: host-known (min, max) of the rows' cache lengths before this pass (skips a device read;
+        must be exact). return_hidden: return the last layer's output h_BTH (before the final norm).
+        """
         R, T = input_ids_BT.shape
         _check_shape("positions_BT", positions_BT, (R, T))
         if valid_BT is not None:
             _check_shape("valid_BT", valid_BT, (R, T))
         if R == 0 or T == 0:
-            return
+            return None
         rows = cache.rows(rows_B)
         _check_shape("rows_B", rows, (R,))
         sel = None if rows_B is None else rows
         if valid_BT is None:
             valid_BT = torch.ones(R, T, dtype=torch.bool, device=cache.device)
         l0 = cache.length_B.index_select(0, rows)
-        l0_min, l0_max = (int(x) for x in torch.aminmax(l0))
+        l0_min, l0_max = self._len_range(l0, len_range)
         if l0_max + T > cache.max_len:
             raise ValueError(
                 f"encode: cache capacity {cache.max_len} exceeded (length {l0_max} + {T} new tokens)"
@@ -159,6 +181,7 @@ class DiffusionGemma(nn.Module):
 
             h = layer(h, *rope[lt], attend_enc, encoder=True)
         cache.length_B[rows] = l0 + T
+        return h if return_hidden else None
 
     # -- decoder pass ------------------------------------------------------------------------------
     def decode(
@@ -170,15 +193,48 @@ class DiffusionGemma(nn.Module):
         sc_logits_BCV: torch.Tensor | None = None,
         rows_B: torch.Tensor | None = None,
         sc_mask_B: torch.Tensor | None = None,
+        len_range: tuple[int, int] | None = None,
     ) -> torch.Tensor:
         """Bidirectional canvas pass over [context ; canvas]; the cache is not modified -> fp32 logits_BCV."""
+        h = self.decode_hidden(
+            canvas_BC,
+            cache,
+            positions_BC=positions_BC,
+            sc_logits_BCV=sc_logits_BCV,
+            rows_B=rows_B,
+            sc_mask_B=sc_mask_B,
+            len_range=len_range,
+        )
+        return self.logits(h)
+
+    def decode_hidden(
+        self,
+        canvas_BC: torch.Tensor,
+        cache: KVCache,
+        *,
+        positions_BC: torch.Tensor,
+        sc_logits_BCV: torch.Tensor | None = None,
+        rows_B: torch.Tensor | None = None,
+        sc_mask_B: torch.Tensor | None = None,
+        len_range: tuple[int, int] | None = None,
+        sc_soft_BCH: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """`decode` without the LM head -> the last layer's output h_BCH (before the final norm).
+
+        sc_soft_BCH: the self-conditioning soft embedding softmax(previous logits) @ E * sqrt(H), already
+        computed (fast mode computes it inside its vocabulary pass); excludes sc_logits_BCV. Rows with no
+        self-conditioning pass zeros, which is exactly "no self-conditioning".
+        len_range: host-known (min, max) of the rows' cache lengths (skips a device read; must be exact).
+        """
         R, C = canvas_BC.shape
         _check_shape("positions_BC", positions_BC, (R, C))
+        if sc_soft_BCH is not None and sc_logits_BCV is not None:
+            raise ValueError("decode: pass sc_logits_BCV or sc_soft_BCH, not both")
         rows = cache.rows(rows_B)
         _check_shape("rows_B", rows, (R,))
         sel = None if rows_B is None else rows
         length = cache.length_B.index_select(0, rows)
-        l_min, l_max = (int(x) for x in torch.aminmax(length)) if R else (0, 0)
+        l_min, l_max = self._len_range(length, len_range)
         W = self.text.sliding_window
         ranges = {FULL: (0, l_max), SLIDING: (max(0, l_min - (W - 1)), l_max)}
         masks = {}
@@ -193,7 +249,9 @@ class DiffusionGemma(nn.Module):
         emb = self._embed(canvas_BC)
         if sc_logits_BCV is not None:
             sc_logits_BCV = sc_logits_BCV.to(self.dtype)  # the reference feeds embedding-dtype logits
-        h = self.self_conditioning(emb, sc_logits_BCV, self.embed_tokens.weight, self._scale(), sc_mask_B)
+        h = self.self_conditioning(
+            emb, sc_logits_BCV, self.embed_tokens.weight, self._scale(), sc_mask_B, soft_BCH=sc_soft_BCH
+        )
         rope = self._rope(positions_BC, h.dtype)
         for i, layer in enumerate(self.layers):
             lt = self.text.layer_types[i]
@@ -208,7 +266,7 @@ class DiffusionGemma(nn.Module):
                 return attend(q, torch.cat([ck, k], dim=2), torch.cat([cv, v], dim=2), masks[lt])
 
             h = layer(h, *rope[lt], attend_dec, encoder=False)
-        return self.logits(h)
+        return h
 
     def logits(self, h_BCH: torch.Tensor) -> torch.Tensor:
         """Final norm, tied LM head, fp32 softcap."""
