@@ -132,7 +132,8 @@ def _generate_reference(
         # (a) encode the new tokens (the prompt, then the last committed canvas) at the shared grid positions.
         T = new_BT.shape[1]
         pos_BT = torch.arange(enc_pos0, enc_pos0 + T, device=dev).expand(B, T)
-        model.encode(new_BT, cache, positions_BT=pos_BT, valid_BT=valid_BT)
+        # Every row's cache length is the shared grid position, known here: no device read inside the model.
+        model.encode(new_BT, cache, positions_BT=pos_BT, valid_BT=valid_BT, len_range=(enc_pos0, enc_pos0))
         counters.encoder_forwards += 1
         # (b) a fresh canvas of uniform noise (RNG #1), then (c) the denoising steps N..1.
         keys = RowKeys(zeros_B, zeros_B + k, zeros_B)
@@ -153,6 +154,7 @@ def _generate_reference(
                 exact_frozen=True,
                 keep_logits=use_hook,
                 all_have_sc=cur != params.max_denoising_steps,
+                len_range=(enc_pos0 + T, enc_pos0 + T),
             )
             counters.step(B, noise.passes_per_step)
             if on_step is not None:
