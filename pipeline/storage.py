@@ -8,11 +8,17 @@ exactly-once guarantee rests on:
   a half-written object. Other filesystems fall back to check-then-write (documented as not atomic).
 - transient errors (throttling, 5xx, dropped connections) are retried with exponential backoff and
   jitter; every write is either a fresh name or a first-writer-wins create, so a retry cannot duplicate.
+  A conditional PUT whose response was lost (S3 applied it, then a 5xx or a dropped connection reached
+  us) meets its own object on the retry and gets 412: `create` then compares the stored bytes, so the
+  writer that did win is not told it lost (which would make it delete the data file its marker names).
+- an error that is given up on (permanent, or transient past the attempts) is re-raised, same type,
+  with the URL in its message, so a failed job names what it could not reach.
 Credentials are never passed here: s3fs and pyarrow read them from the environment / credential chain.
 """
 
 from __future__ import annotations
 
+import errno
 import os
 import random
 import time
@@ -30,27 +36,69 @@ _TRANSIENT_MARKERS = ("SlowDown", "Throttl", "RequestTimeout", "InternalError", 
                       "503", "500", "502", "504", "Connection reset", "Connection aborted", "timed out")
 
 
+# errnos that s3fs gives translated S3 errors: it maps SlowDown / ServiceUnavailable / 503 / 409 to EBUSY
+# and InternalError / 500 to EREMOTEIO, keeping only the server's message ("Please reduce your request
+# rate."), so after s3fs's own retries the S3 error code survives only as the errno.
+_TRANSIENT_ERRNOS = {errno.EAGAIN, errno.EBUSY, errno.ETIMEDOUT, errno.ECONNRESET, errno.ECONNABORTED,
+                     errno.ECONNREFUSED, errno.EPIPE, getattr(errno, "EREMOTEIO", errno.EAGAIN)}
+
+
 def is_transient(exc: BaseException) -> bool:
     """Whether a storage error is worth retrying (throttling, 5xx, network); never for 4xx or local errors."""
     if isinstance(exc, (FileNotFoundError, FileExistsError, PermissionError, IsADirectoryError)):
         return False
-    if isinstance(exc, (ConnectionError, TimeoutError)):
-        return True
-    text = f"{type(exc).__name__}: {exc}"
-    return any(m in text for m in _TRANSIENT_MARKERS)
+    seen: set[int] = set()
+    cur: BaseException | None = exc
+    while cur is not None and id(cur) not in seen:  # the cause chain: s3fs keeps botocore's error there
+        seen.add(id(cur))
+        if isinstance(cur, (ConnectionError, TimeoutError)):
+            return True
+        if isinstance(cur, OSError) and cur.errno in _TRANSIENT_ERRNOS:
+            return True
+        text = f"{type(cur).__name__}: {cur}"
+        if any(m in text for m in _TRANSIENT_MARKERS):
+            return True
+        cur = cur.__cause__
+    return False
 
 
 def with_retries(fn: Callable[[], T], *, what: str, attempts: int = 6, base_s: float = 0.2,
                  cap_s: float = 10.0, sleep: Callable[[float], None] = time.sleep) -> T:
-    """Call `fn`, retrying transient storage errors with exponential backoff and full jitter."""
+    """Call `fn`, retrying transient storage errors with exponential backoff and full jitter.
+
+    `what` (a URL) is named in the error that is finally raised; its type is kept, so callers can still
+    tell FileNotFoundError or PermissionError apart.
+    """
     for i in range(attempts):
         try:
             return fn()
         except Exception as exc:  # noqa: BLE001 - classified below
-            if i == attempts - 1 or not is_transient(exc):
+            transient = is_transient(exc)
+            if i < attempts - 1 and transient:
+                sleep(random.uniform(0, min(cap_s, base_s * 2**i)))
+                continue
+            named = _named(exc, what, f" (gave up after {i + 1} attempts)" if transient else "")
+            if named is exc:
                 raise
-            sleep(random.uniform(0, min(cap_s, base_s * 2**i)))
+            raise named from exc
     raise AssertionError("unreachable")
+
+
+def _named(exc: Exception, what: str, suffix: str) -> Exception:
+    """`exc` with `what` in its message: a new exception of the same built-in type, or a note added."""
+    if what in str(exc):
+        return exc
+    cls = type(exc)
+    try:
+        if cls.__module__ != "builtins":  # third-party types may not take a single message argument
+            raise TypeError
+        new = cls(f"{what}: {exc}{suffix}")
+    except TypeError:
+        exc.add_note(f"while accessing {what}{suffix}")
+        return exc
+    if isinstance(exc, OSError) and isinstance(new, OSError):
+        new.errno = exc.errno
+    return new
 
 
 def filesystem(url: str, endpoint_url: str | None = None, options: dict[str, Any] | None = None
@@ -93,17 +141,17 @@ class Storage:
         self.fs.invalidate_cache()
 
     def exists(self, rel: str) -> bool:
-        return with_retries(lambda: self.fs.exists(self.path(rel)), what=rel)
+        return with_retries(lambda: self.fs.exists(self.path(rel)), what=self.uri(rel))
 
     def read_bytes(self, rel: str) -> bytes:
-        return with_retries(lambda: self.fs.cat_file(self.path(rel)), what=rel)
+        return with_retries(lambda: self.fs.cat_file(self.path(rel)), what=self.uri(rel))
 
     def write_bytes(self, rel: str, data: bytes) -> None:
         """Overwrite `rel` (only for files that are safe to rewrite: manifest, _SUCCESS)."""
         if self.is_local:
             self._local_atomic_replace(self.path(rel), data)
         else:
-            with_retries(lambda: self.fs.pipe_file(self.path(rel), data), what=rel)
+            with_retries(lambda: self.fs.pipe_file(self.path(rel), data), what=self.uri(rel))
 
     def create(self, rel: str, data: bytes) -> bool:
         """Create `rel` only if it does not exist. True if we wrote it, False if another writer was first."""
@@ -116,13 +164,23 @@ class Storage:
                     self.fs.pipe_file(full, data, mode="create")
                     return True
                 except FileExistsError:
-                    return False
-            return with_retries(put, what=rel)
+                    # Maybe our own earlier PUT (response lost, retried by botocore or by us): the
+                    # bytes tell. Marker bodies carry the attempt, replica and times, so another
+                    # writer's never match ours.
+                    return self._holds(full, data)
+            return with_retries(put, what=self.uri(rel))
         # Filesystems without conditional writes: best effort (not atomic between concurrent writers).
         if self.exists(rel):
             return False
-        with_retries(lambda: self.fs.pipe_file(full, data), what=rel)
+        with_retries(lambda: self.fs.pipe_file(full, data), what=self.uri(rel))
         return True
+
+    def _holds(self, full: str, data: bytes) -> bool:
+        """Whether the object at `full` holds exactly `data` (False if it vanished meanwhile)."""
+        try:
+            return self.fs.cat_file(full) == data
+        except FileNotFoundError:
+            return False
 
     def list(self, rel_dir: str) -> list[str]:
         """Names (not paths) of the files directly under `rel_dir`; empty if it does not exist."""
@@ -135,7 +193,7 @@ class Storage:
             except FileNotFoundError:
                 return []
             return sorted(os.path.basename(e.rstrip("/")) for e in entries)
-        return with_retries(ls, what=rel_dir)
+        return with_retries(ls, what=self.uri(rel_dir))
 
     def delete(self, rel: str) -> None:
         def rm() -> None:
@@ -143,7 +201,7 @@ class Storage:
                 self.fs.rm_file(self.path(rel))
             except FileNotFoundError:
                 pass
-        with_retries(rm, what=rel)
+        with_retries(rm, what=self.uri(rel))
 
     def check_writable(self) -> None:
         """Fail fast, naming the URL, if the output prefix cannot be reached or written."""
