@@ -1,0 +1,292 @@
+"""Train the small DiffusionGemma-architecture model on the synthetic task data, on CPU, resumably.
+
+Owns the training config (`TrainConfig`), the small model geometry (`small_model_config`), the loop
+(block-diffusion loss from jobs/train_forward.py, two-pass self-conditioning on a fraction of the batches,
+AdamW with warmup + cosine), checkpoints (safetensors weights + optimizer moments + a JSON state; never
+pickle), a tqdm progress bar, a loss-curve PNG and periodic held-out accuracy (jobs/evaluate.py's monitor).
+Data is a pure function of the step (jobs/synthdata.py) and noise is seeded by the step, so a resumed run
+continues exactly. Run: `OMP_NUM_THREADS=1 python -m jobs.train --out runs/small [--steps N]`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import shutil
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+from tqdm import tqdm
+
+from jobs import synthdata
+from jobs.train_forward import diffusion_loss, make_batch
+from model import DiffusionGemma, DiffusionGemmaConfig, load_tokenizer
+from model.config import FULL, SLIDING
+
+ASSET_DIR = Path(__file__).resolve().parents[1] / "model" / "assets" / "dgbatch-small"
+END_OF_TURN, PAD = 106, 0  # <turn|> ends the reply (a generation stop id); <pad> fills the rest of the canvas
+# transformers' DiffusionGemmaConfig builds a full-size vision tower when vision_config is absent, so the
+# shipped config names a tiny one; its weights are not shipped (text-only model; our loader skips the tower,
+# transformers initialises it).
+TINY_VISION = {"model_type": "gemma4_vision", "hidden_size": 16, "intermediate_size": 32,
+               "num_hidden_layers": 1, "num_attention_heads": 2, "num_key_value_heads": 2, "head_dim": 8,
+               "position_embedding_size": 64, "patch_size": 4, "pooling_kernel_size": 1}
+
+
+def small_model_config(vocab_size: int = 3072, hidden: int = 128, layers: int = 4, canvas: int = 32,
+                       experts: int = 8, top_k: int = 2) -> DiffusionGemmaConfig:
+    """The shipped geometry: Gemma-4 layout scaled down (sliding + full layers, wider fewer-KV full heads,
+    8 experts top-2 beside the dense MLP, proportional RoPE on full layers)."""
+    types = [SLIDING if i % 2 == 0 else FULL for i in range(layers)]
+    text = {
+        "model_type": "diffusion_gemma_text", "vocab_size": vocab_size, "hidden_size": hidden,
+        "intermediate_size": 2 * hidden, "moe_intermediate_size": hidden, "num_experts": experts,
+        "top_k_experts": top_k, "num_hidden_layers": layers, "layer_types": types, "num_attention_heads": 4,
+        "num_key_value_heads": 2, "head_dim": hidden // 4,
+        "per_layer_config": {str(i): {"head_dim": hidden // 2, "num_key_value_heads": 1}
+                             for i, t in enumerate(types) if t == FULL},
+        "sliding_window": 64, "max_position_embeddings": 4096,
+        "pad_token_id": 0, "eos_token_id": 1, "bos_token_id": 2,
+    }
+    gen = {"max_new_tokens": 2 * canvas, "max_denoising_steps": 48, "t_max": 0.8, "t_min": 0.4,
+           "sampler_config": {"entropy_bound": 0.1}, "stability_threshold": 1, "confidence_threshold": 0.005,
+           "eos_token_id": [1, 106, 50], "pad_token_id": 0}
+    return DiffusionGemmaConfig.from_dict(
+        {"model_type": "diffusion_gemma", "text_config": text, "canvas_length": canvas,
+         "eos_token_id": [1, 106], "vision_config": dict(TINY_VISION)},
+        generation=gen)
+
+
+@dataclass
+class TrainConfig:
+    out: str = "runs/small"
+    steps: int = 6000
+    batch_size: int = 32
+    lr: float = 2e-3
+    min_lr_frac: float = 0.1
+    warmup: int = 200
+    weight_decay: float = 0.01
+    grad_clip: float = 1.0
+    eps: float = 1e-3  # corruption level t ~ U(eps, 1)
+    self_cond_frac: float = 0.5  # fraction of batches trained two-pass
+    # family schedule, cycled by step (extraction is the harder family, so it gets 2 of 3 batches)
+    families: tuple[str, ...] = ("labeling", "extraction", "extraction")
+    hidden: int = 128
+    layers: int = 4
+    canvas: int = 32
+    seed: int = 0
+    ckpt_every_s: float = 180.0
+    stop_after: int = 0  # > 0: checkpoint and return at this step (the schedule still spans `steps`)
+    eval_every: int = 300
+    eval_n: int = 48
+    eval_steps: int = 12
+    extra: dict = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.steps < 1 or self.batch_size < 1:
+            raise ValueError("steps and batch_size must be >= 1")
+        if not 0.0 < self.eps < 1.0:
+            raise ValueError(f"eps must be in (0, 1), got {self.eps}")
+        if not 0.0 <= self.self_cond_frac <= 1.0:
+            raise ValueError(f"self_cond_frac must be in [0, 1], got {self.self_cond_frac}")
+        bad = [f for f in self.families if f not in synthdata.FAMILIES]
+        if bad:
+            raise ValueError(f"families: unknown {bad}; expected {synthdata.FAMILIES}")
+
+
+def lr_at(cfg: TrainConfig, step: int) -> float:
+    if step < cfg.warmup:
+        return cfg.lr * (step + 1) / cfg.warmup
+    frac = min(1.0, (step - cfg.warmup) / max(1, cfg.steps - cfg.warmup))
+    return cfg.lr * (cfg.min_lr_frac + (1 - cfg.min_lr_frac) * 0.5 * (1 + math.cos(math.pi * frac)))
+
+
+@torch.no_grad()
+def init_for_training(model: DiffusionGemma, post_scale: float = 0.25) -> None:
+    """From-scratch initialisation for a SMALL model (the architecture is unchanged; all are free parameters).
+
+    Two reference defaults only work at width: (1) embeddings N(0, 0.02) times sqrt(H) have RMS 0.02*sqrt(H)
+    (about 1 at H=2816, 0.23 at H=128), while every sandwich-normed sub-layer adds a unit-RMS output, so a
+    small model's encoder stream starts swamped by noise; (2) attention has scaling 1.0 with unit q/k norm
+    scales, i.e. logits of std sqrt(D) (saturated softmax). Two 500-step runs with those defaults learned
+    the output format but never read the prompt (held-out labels at chance). So: embeddings at RMS 1 after
+    scaling, post-attention / post-feed-forward norm scales at `post_scale`, q/k norm scales at D^-1/4.
+    """
+    H = model.text.hidden_size
+    model.embed_tokens.weight.normal_(0.0, H ** -0.5)
+    for layer in model.layers:
+        attn = layer.self_attn
+        attn.q_norm.weight.fill_(attn.head_dim ** -0.25)
+        attn.k_norm.weight.fill_(attn.head_dim ** -0.25)
+        layer.post_attention_layernorm.weight.fill_(post_scale)
+        layer.post_feedforward_layernorm.weight.fill_(post_scale)
+
+
+def train_batch(cfg: TrainConfig, step: int, tok, canvas: int):
+    fam = cfg.families[step % len(cfg.families)]
+    exs = synthdata.dataset("train", cfg.batch_size, fam, seed=cfg.seed, start=step * cfg.batch_size)
+    return make_batch(tok, [e.prompt for e in exs], [e.answer for e in exs], canvas, END_OF_TURN, PAD)
+
+
+# --- checkpoints --------------------------------------------------------------------------------------
+def save_checkpoint(out: Path, model: DiffusionGemma, opt: torch.optim.Optimizer, state: dict) -> None:
+    """weights.safetensors + optim.safetensors + state.json, each written to a temp name then renamed."""
+    out.mkdir(parents=True, exist_ok=True)
+    names = {id(p): n for n, p in model.named_parameters()}
+    moments = {}
+    for group in opt.param_groups:
+        for p in group["params"]:
+            st = opt.state.get(p)
+            if st:
+                moments[f"exp_avg.{names[id(p)]}"] = st["exp_avg"].contiguous()
+                moments[f"exp_avg_sq.{names[id(p)]}"] = st["exp_avg_sq"].contiguous()
+                moments[f"step.{names[id(p)]}"] = torch.as_tensor(st["step"], dtype=torch.float32).reshape(1)
+    weights = {k: v.contiguous() for k, v in model.state_dict().items()}
+    for name, tensors in (("weights", weights), ("optim", moments)):
+        save_file(tensors, str(out / f"{name}.safetensors.tmp"))
+        (out / f"{name}.safetensors.tmp").replace(out / f"{name}.safetensors")
+    (out / "state.json.tmp").write_text(json.dumps(state))
+    (out / "state.json.tmp").replace(out / "state.json")
+
+
+def load_checkpoint(out: Path, model: DiffusionGemma, opt: torch.optim.Optimizer | None) -> dict:
+    model.load_state_dict(load_file(str(out / "weights.safetensors")))
+    if opt is not None and (out / "optim.safetensors").exists():
+        moments = load_file(str(out / "optim.safetensors"))
+        for n, p in model.named_parameters():
+            if f"exp_avg.{n}" in moments:
+                opt.state[p] = {"step": moments[f"step.{n}"].reshape(()),
+                                "exp_avg": moments[f"exp_avg.{n}"], "exp_avg_sq": moments[f"exp_avg_sq.{n}"]}
+    return json.loads((out / "state.json").read_text())
+
+
+def plot_curve(state: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4))
+    steps, losses = zip(*state["losses"]) if state["losses"] else ((), ())
+    ax.plot(steps, losses, lw=0.6, alpha=0.4, label="batch loss")
+    if len(losses) > 20:
+        k = 20
+        sm = [sum(losses[max(0, i - k):i + 1]) / len(losses[max(0, i - k):i + 1]) for i in range(len(losses))]
+        ax.plot(steps, sm, lw=1.5, label="moving mean (21)")
+    ax.set_yscale("log")
+    ax.set_xlabel("step")
+    ax.set_ylabel("canvas cross-entropy")
+    ax2 = ax.twinx()
+    for fam, style in (("labeling", "g.-"), ("extraction", "r.-")):
+        pts = [(e["step"], e[fam]) for e in state.get("evals", []) if fam in e]
+        if pts:
+            ax2.plot(*zip(*pts), style, label=f"held-out exact ({fam})")
+    ax2.set_ylim(0, 1)
+    ax2.set_ylabel("held-out exact match (monitor)")
+    fig.legend(loc="upper right", fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def export(ckpt: Path, out: Path = ASSET_DIR) -> DiffusionGemma:
+    """Write a training checkpoint as the shipped HF-layout model dir (config.json, generation_config.json,
+    model.safetensors in fp32 under the released key names) plus the tokenizer files of the asset dir."""
+    state = json.loads((ckpt / "state.json").read_text())
+    c = state["config"]
+    tok = load_tokenizer(str(ASSET_DIR))
+    model = DiffusionGemma(small_model_config(tok.vocab_size, c["hidden"], c["layers"], c["canvas"])).float()
+    model.load_state_dict(load_file(str(ckpt / "weights.safetensors")))
+    model.save_pretrained(str(out))
+    if Path(out).resolve() != ASSET_DIR.resolve():
+        for name in ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja"):
+            shutil.copyfile(ASSET_DIR / name, Path(out) / name)
+    return model
+
+
+# --- loop ---------------------------------------------------------------------------------------------
+def train(cfg: TrainConfig, tok=None, progress: bool = True) -> dict:
+    """Run (or resume) training to cfg.steps; returns the final JSON state."""
+    torch.set_num_threads(1)
+    tok = tok or load_tokenizer(str(ASSET_DIR))
+    out = Path(cfg.out)
+    mcfg = small_model_config(tok.vocab_size, cfg.hidden, cfg.layers, cfg.canvas)
+    torch.manual_seed(cfg.seed)
+    model = DiffusionGemma(mcfg).float().train()
+    init_for_training(model)
+    decay = [p for n, p in model.named_parameters() if p.dim() >= 2]
+    no_decay = [p for n, p in model.named_parameters() if p.dim() < 2]
+    opt = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
+                             {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr, betas=(0.9, 0.98))
+    state = {"step": 0, "losses": [], "evals": [], "train_seconds": 0.0, "config": asdict(cfg),
+             "n_params": sum(p.numel() for p in model.parameters())}
+    if (out / "state.json").exists():
+        state = load_checkpoint(out, model, opt)
+        state["config"] = asdict(cfg)
+    last_ckpt = time.time()
+    bar = tqdm(total=cfg.steps, initial=state["step"], disable=not progress, dynamic_ncols=True)
+    stop = cfg.stop_after if cfg.stop_after > 0 else cfg.steps
+    while state["step"] < min(cfg.steps, stop):
+        step = state["step"]
+        t0 = time.time()
+        gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step)
+        batch = train_batch(cfg, step, tok, mcfg.canvas_length)
+        self_cond = torch.rand(1, generator=gen).item() < cfg.self_cond_frac
+        for g in opt.param_groups:
+            g["lr"] = lr_at(cfg, step)
+        loss = diffusion_loss(model, batch, eps=cfg.eps, self_cond=self_cond, gen=gen)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+        opt.step()
+        state["step"] = step + 1
+        state["losses"].append((step, round(loss.item(), 5)))
+        state["train_seconds"] += time.time() - t0
+        bar.update(1)
+        bar.set_postfix(loss=f"{loss.item():.4f}", lr=f"{lr_at(cfg, step):.2e}")
+        done = state["step"] >= min(cfg.steps, stop)
+        if cfg.eval_every and (state["step"] % cfg.eval_every == 0 or done):
+            from jobs.evaluate import monitor_accuracy
+
+            model.eval()
+            acc = monitor_accuracy(model, tok, n=cfg.eval_n, steps=cfg.eval_steps)
+            model.train()
+            state["evals"].append({"step": state["step"], **acc})
+            bar.write(f"step {state['step']}: held-out exact {acc}")
+        if done or time.time() - last_ckpt > cfg.ckpt_every_s:
+            save_checkpoint(out, model, opt, state)
+            plot_curve(state, out / "loss_curve.png")
+            last_ckpt = time.time()
+    bar.close()
+    return state
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    defaults = TrainConfig()
+    for name, val in asdict(defaults).items():
+        if isinstance(val, (int, float, str)) and not isinstance(val, bool):
+            ap.add_argument(f"--{name.replace('_', '-')}", type=type(val), default=val)
+    ap.add_argument("--no-progress", action="store_true")
+    ap.add_argument("--export", type=Path, default=None, metavar="DIR",
+                    help="export the checkpoint in --out as an HF-layout model dir DIR, then exit")
+    args = vars(ap.parse_args(argv))
+    export_dir = args.pop("export")
+    if export_dir is not None:
+        export(Path(args["out"]), export_dir)
+        print(f"exported {args['out']} -> {export_dir}")
+        return 0
+    progress = not args.pop("no_progress")
+    cfg = TrainConfig(**args)
+    state = train(cfg, progress=progress)
+    print(json.dumps({"step": state["step"], "final_loss": state["losses"][-1][1],
+                      "train_seconds": round(state["train_seconds"], 1), "evals": state["evals"][-1:]}))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

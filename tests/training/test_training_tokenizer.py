@@ -1,0 +1,57 @@
+"""The shipped Gemma-style tokenizer: byte-fallback round trip, Gemma-4 special ids, chat-template ids."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from tokenizers import Tokenizer
+
+from jobs import synthdata
+from jobs.train_tokenizer import SPECIAL_IDS, build_tokenizer
+from model import load_tokenizer
+from model.config import DiffusionGemmaConfig
+from model.tokenizer import DEFAULT_TEMPLATE
+
+ASSET = str(Path(__file__).resolve().parents[2] / "model" / "assets" / "dgbatch-small")
+
+
+@pytest.fixture(scope="module")
+def tok():
+    return load_tokenizer(ASSET)
+
+
+@pytest.mark.parametrize("text", ["Hello world", "  two  spaces\n\nand lines\t", "ünïcödé ✓ 😀 日本語",
+                                  '{"name": "Zyx Qo", "order_id": 12345}', "<0x41> literal"])
+def test_round_trip(tok, text):
+    ids = tok.encode(text, add_special_tokens=False)
+    assert tok.decode(ids) == text
+    assert 3 not in ids  # byte fallback: never <unk>
+
+
+def test_special_ids_match_gemma4(tok):
+    raw = Tokenizer.from_file(f"{ASSET}/tokenizer.json")
+    for token, tid in SPECIAL_IDS.items():
+        assert raw.token_to_id(token) == tid, token
+    assert raw.token_to_id("\n") == 107
+    assert raw.get_vocab_size() == DiffusionGemmaConfig.from_dir(ASSET).text.vocab_size
+    assert tok.encode("hi")[0] == 2  # add_bos_token
+    cfg = json.loads(open(f"{ASSET}/tokenizer_config.json").read())
+    assert cfg["padding_side"] == "left" and cfg["add_bos_token"] is True
+
+
+def test_chat_template_ids(tok):
+    ids = tok.apply_chat_template([{"role": "user", "content": "Hi there"}], add_generation_prompt=True)
+    raw = Tokenizer.from_file(f"{ASSET}/tokenizer.json")
+    user, model, thought = (raw.token_to_id(w) for w in ("user", "model", "thought"))
+    body = tok.encode("Hi there", add_special_tokens=False)
+    assert ids == [2, 105, user, 107, *body, 106, 107, 105, model, 107, 100, thought, 107, 101]
+    assert open(f"{ASSET}/chat_template.jinja").read() == DEFAULT_TEMPLATE.read_text()
+
+
+def test_shipped_tokenizer_is_reproducible():
+    fresh = json.loads(build_tokenizer(synthdata.tokenizer_corpus(6000)).to_str())
+    shipped = json.loads(open(f"{ASSET}/tokenizer.json").read())
+    assert fresh["model"]["vocab"] == shipped["model"]["vocab"]
+    assert fresh["model"]["merges"] == shipped["model"]["merges"]
