@@ -3,6 +3,7 @@ a few of them, and the throughput. Output goes to ./out/demo (replaced on each r
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import sys
@@ -35,9 +36,14 @@ def main() -> int:
     table = read_results(str(out))
     print(f"\nresults: {out}  ({manifest['rows']} rows: {manifest['rows_by_status']})")
     print(f"read them with: python -c \"import pipeline; print(pipeline.read_results('{out}').to_pandas())\"")
-    for row in table.slice(0, 4).to_pylist():
+    rows = table.to_pylist()
+    for row in rows[:4]:
         text = (row["text"] or row["error"] or "").replace("\n", " ")
-        print(f"  {row['id']} [{row['kind']}] {row['status']}: {text[:90]}")
+        print(f"  {row['id']} {row['status']}: {text[:90]}\n        expected: {row['expected']}")
+    # The demo data carries the true labels, so show what the constraint and the model achieve together.
+    exact = sum(r["status"] == "ok" and json.loads(r["json"]) == json.loads(r["expected"]) for r in rows)
+    print(f"\nvalid JSON: {sum(r['status'] == 'ok' for r in rows)}/{len(rows)}; "
+          f"exact match with the true labels: {exact}/{len(rows)}")
     print(f"\n{manifest['rows']} rows in {wall:.1f}s = {manifest['rows'] / wall:.2f} rows/s end to end "
           f"(Ray start and model load included; {manifest['tokens']} tokens generated)")
     return 0
