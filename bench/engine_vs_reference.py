@@ -30,24 +30,11 @@ from torch.utils._python_dispatch import TorchDispatchMode
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from model import DiffusionGemma, generate  # noqa: E402
+from model.config import PLACEHOLDER_VISION_CONFIG  # noqa: E402
 from model.counters import Counters  # noqa: E402
 from model.engine import Engine, Request  # noqa: E402
 from model.params import GenerationParams  # noqa: E402
 from model.vocab_head import DEFAULT_CHUNK  # noqa: E402
-
-TINY_VISION = dict(
-    model_type="gemma4_vision",
-    hidden_size=16,
-    intermediate_size=32,
-    num_hidden_layers=1,
-    num_attention_heads=2,
-    num_key_value_heads=2,
-    head_dim=8,
-    position_embedding_size=64,
-    patch_size=4,
-    pooling_kernel_size=1,
-)
-
 
 _GATHERS = {torch.ops.aten.gather.default, torch.ops.aten.index_select.default, torch.ops.aten.index.Tensor}
 
@@ -113,7 +100,9 @@ def build(args, tmp: Path):
         sliding_window=64,
         use_bidirectional_attention="vision",
     )
-    cfg = DiffusionGemmaConfig(text_config=text, vision_config=TINY_VISION, canvas_length=args.canvas)
+    cfg = DiffusionGemmaConfig(
+        text_config=text, vision_config=PLACEHOLDER_VISION_CONFIG, canvas_length=args.canvas
+    )
     DiffusionGemmaForBlockDiffusion(cfg).save_pretrained(tmp)
     # Eager attention: its fp32 rounding is what reference mode reproduces bit for bit (sdpa's differs in the
     # last ulp, which flips a few of the 262,144-way multinomial draws). Attention is a negligible share of

@@ -39,11 +39,9 @@ from kernels.canvas_attention import canvas_attention_torch, canvas_attention_tr
 from kernels.fused_moe import fused_moe_torch, fused_moe_triton  # noqa: E402
 from kernels.sampler import fused_sample_torch, fused_sample_triton  # noqa: E402
 from model import DiffusionGemma, DiffusionGemmaConfig  # noqa: E402
+from model.config import PLACEHOLDER_VISION_CONFIG  # noqa: E402
 
 NOMINAL = {"cuda": {"bw": 3.0e12, "flops": 790e12}}  # H100 SXM per performance.md; CPU uses calibration
-TINY_VISION = dict(model_type="gemma4_vision", hidden_size=16, intermediate_size=32, num_hidden_layers=1,
-                   num_attention_heads=2, num_key_value_heads=2, head_dim=8, position_embedding_size=64,
-                   patch_size=4, pooling_kernel_size=1)
 
 
 # ---- timing -----------------------------------------------------------------------------------------------
@@ -307,7 +305,7 @@ def build_hf(cfg, dev, dtype):
     from transformers import DiffusionGemmaConfig as HFConfig
     from transformers import DiffusionGemmaForBlockDiffusion
 
-    hcfg = HFConfig(text_config=cfg.text.to_dict(), vision_config=TINY_VISION,
+    hcfg = HFConfig(text_config=cfg.text.to_dict(), vision_config=PLACEHOLDER_VISION_CONFIG,
                     canvas_length=cfg.canvas_length)
     old = torch.get_default_dtype()
     torch.set_default_dtype(dtype)

@@ -25,16 +25,10 @@ from tqdm import tqdm
 from jobs import synthdata
 from jobs.train_forward import diffusion_loss, make_batch
 from model import DiffusionGemma, DiffusionGemmaConfig, load_tokenizer
-from model.config import FULL, SLIDING
+from model.config import FULL, PLACEHOLDER_VISION_CONFIG, SLIDING
 
 ASSET_DIR = Path(__file__).resolve().parents[1] / "model" / "assets" / "dgbatch-small"
 END_OF_TURN, PAD = 106, 0  # <turn|> ends the reply (a generation stop id); <pad> fills the rest of the canvas
-# transformers' DiffusionGemmaConfig builds a full-size vision tower when vision_config is absent, so the
-# shipped config names a tiny one; its weights are not shipped (text-only model; our loader skips the tower,
-# transformers initialises it).
-TINY_VISION = {"model_type": "gemma4_vision", "hidden_size": 16, "intermediate_size": 32,
-               "num_hidden_layers": 1, "num_attention_heads": 2, "num_key_value_heads": 2, "head_dim": 8,
-               "position_embedding_size": 64, "patch_size": 4, "pooling_kernel_size": 1}
 
 
 def small_model_config(vocab_size: int = 3072, hidden: int = 128, layers: int = 4, canvas: int = 32,
@@ -57,7 +51,7 @@ def small_model_config(vocab_size: int = 3072, hidden: int = 128, layers: int = 
            "eos_token_id": [1, 106, 50], "pad_token_id": 0}
     return DiffusionGemmaConfig.from_dict(
         {"model_type": "diffusion_gemma", "text_config": text, "canvas_length": canvas,
-         "eos_token_id": [1, 106], "vision_config": dict(TINY_VISION)},
+         "eos_token_id": [1, 106], "vision_config": dict(PLACEHOLDER_VISION_CONFIG)},
         generation=gen)
 
 

@@ -17,7 +17,18 @@ import fsspec
 
 from model.text_config import FULL, SLIDING, TextConfig, _ids, _opt_id
 
-__all__ = ["FULL", "SLIDING", "DiffusionGemmaConfig", "GenerationDefaults", "TextConfig", "embed_scale"]
+__all__ = ["FULL", "PLACEHOLDER_VISION_CONFIG", "SLIDING", "DiffusionGemmaConfig", "GenerationDefaults",
+           "TextConfig", "embed_scale"]
+
+
+# transformers' DiffusionGemmaConfig builds a full-size vision tower when vision_config is absent, so a
+# text-only checkpoint (the shipped small model, test and bench fixtures) names this tiny one; our loader
+# skips its weights.
+PLACEHOLDER_VISION_CONFIG: dict = {
+    "model_type": "gemma4_vision", "hidden_size": 16, "intermediate_size": 32, "num_hidden_layers": 1,
+    "num_attention_heads": 2, "num_key_value_heads": 2, "head_dim": 8, "position_embedding_size": 64,
+    "patch_size": 4, "pooling_kernel_size": 1,
+}
 
 
 @dataclass(frozen=True)

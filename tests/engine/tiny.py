@@ -10,18 +10,7 @@ from pathlib import Path
 
 import torch
 
-TINY_VISION = dict(
-    model_type="gemma4_vision",
-    hidden_size=16,
-    intermediate_size=32,
-    num_hidden_layers=1,
-    num_attention_heads=2,
-    num_key_value_heads=2,
-    head_dim=8,
-    position_embedding_size=64,
-    patch_size=4,
-    pooling_kernel_size=1,
-)
+from model.config import PLACEHOLDER_VISION_CONFIG
 
 TEXT = dict(
     vocab_size=256,
@@ -48,7 +37,7 @@ def build_hf(seed: int = 0, canvas_length: int = 8, boost: dict[int, float] | No
 
     torch.manual_seed(seed)
     cfg = DiffusionGemmaConfig(
-        text_config={**TEXT, **text}, vision_config=TINY_VISION, canvas_length=canvas_length
+        text_config={**TEXT, **text}, vision_config=PLACEHOLDER_VISION_CONFIG, canvas_length=canvas_length
     )
     hf = DiffusionGemmaForBlockDiffusion(cfg).eval()
     g = torch.Generator().manual_seed(seed + 1)

@@ -19,19 +19,7 @@ from typing import Any
 import torch
 
 from model import DiffusionGemma
-
-TINY_VISION = dict(
-    model_type="gemma4_vision",
-    hidden_size=16,
-    intermediate_size=32,
-    num_hidden_layers=1,
-    num_attention_heads=2,
-    num_key_value_heads=2,
-    head_dim=8,
-    position_embedding_size=64,
-    patch_size=4,
-    pooling_kernel_size=1,
-)
+from model.config import PLACEHOLDER_VISION_CONFIG
 
 # The spec's fixture: 4 layers (S,F,S,F), H=64, sliding D=16/KV=2, full D=32/KV=1, W=8, 8 experts top-2.
 SPEC_TEXT = dict(
@@ -71,7 +59,7 @@ def build_reference(hf_kwargs: dict[str, Any], seed: int = 0, dtype: torch.dtype
     from transformers import DiffusionGemmaConfig, DiffusionGemmaForBlockDiffusion
 
     kwargs = dict(hf_kwargs)
-    kwargs.setdefault("vision_config", TINY_VISION)
+    kwargs.setdefault("vision_config", PLACEHOLDER_VISION_CONFIG)
     torch.manual_seed(seed)
     cfg = DiffusionGemmaConfig(**kwargs)
     for k, v in model_kw.items():
