@@ -23,12 +23,13 @@ from safetensors.torch import load_file, save_file
 from tqdm import tqdm
 
 from jobs import synthdata
-from jobs.train_forward import diffusion_loss, make_batch
+from jobs.train_data import END_OF_TURN, PAD, batches, build_batch
+from jobs.train_forward import diffusion_loss
 from model import DiffusionGemma, DiffusionGemmaConfig, load_tokenizer
 from model.config import FULL, PLACEHOLDER_VISION_CONFIG, SLIDING
 
 ASSET_DIR = Path(__file__).resolve().parents[1] / "model" / "assets" / "dgbatch-small"
-END_OF_TURN, PAD = 106, 0  # <turn|> ends the reply (a generation stop id); <pad> fills the rest of the canvas
+__all__ = ["END_OF_TURN", "PAD", "TrainConfig", "train", "export", "small_model_config", "init_for_training"]
 
 
 def small_model_config(vocab_size: int = 3072, hidden: int = 128, layers: int = 4, canvas: int = 32,
@@ -78,6 +79,13 @@ class TrainConfig:
     eval_every: int = 300
     eval_n: int = 48
     eval_steps: int = 12
+    # Accelerator runs: "cuda" trains there (batches built by `data_workers` processes so the GPU is not
+    # starved by Python tokenization); time_budget_s > 0 fixes `steps` after a short timing window so the
+    # cosine ends when the budget does; init_from starts from a checkpoint's weights (fresh optimizer).
+    device: str = "cpu"
+    data_workers: int = 0
+    time_budget_s: float = 0.0
+    init_from: str = ""
     extra: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -90,6 +98,12 @@ class TrainConfig:
         bad = [f for f in self.families if f not in synthdata.FAMILIES]
         if bad:
             raise ValueError(f"families: unknown {bad}; expected {synthdata.FAMILIES}")
+        if self.device.split(":")[0] not in ("cpu", "cuda"):
+            raise ValueError(f"device must be cpu or cuda[:N], got {self.device!r}")
+        if self.data_workers < 0 or self.time_budget_s < 0:
+            raise ValueError("data_workers and time_budget_s must be >= 0")
+        if self.init_from and not (Path(self.init_from) / "weights.safetensors").exists():
+            raise ValueError(f"init_from: no weights.safetensors in {self.init_from}")
 
 
 def lr_at(cfg: TrainConfig, step: int) -> float:
@@ -121,9 +135,7 @@ def init_for_training(model: DiffusionGemma, post_scale: float = 0.25) -> None:
 
 
 def train_batch(cfg: TrainConfig, step: int, tok, canvas: int):
-    fam = cfg.families[step % len(cfg.families)]
-    exs = synthdata.dataset("train", cfg.batch_size, fam, seed=cfg.seed, start=step * cfg.batch_size)
-    return make_batch(tok, [e.prompt for e in exs], [e.answer for e in exs], canvas, END_OF_TURN, PAD)
+    return build_batch(cfg.families, cfg.batch_size, cfg.seed, step, tok, canvas)
 
 
 # --- checkpoints --------------------------------------------------------------------------------------
@@ -136,10 +148,11 @@ def save_checkpoint(out: Path, model: DiffusionGemma, opt: torch.optim.Optimizer
         for p in group["params"]:
             st = opt.state.get(p)
             if st:
-                moments[f"exp_avg.{names[id(p)]}"] = st["exp_avg"].contiguous()
-                moments[f"exp_avg_sq.{names[id(p)]}"] = st["exp_avg_sq"].contiguous()
-                moments[f"step.{names[id(p)]}"] = torch.as_tensor(st["step"], dtype=torch.float32).reshape(1)
-    weights = {k: v.contiguous() for k, v in model.state_dict().items()}
+                moments[f"exp_avg.{names[id(p)]}"] = st["exp_avg"].cpu().contiguous()
+                moments[f"exp_avg_sq.{names[id(p)]}"] = st["exp_avg_sq"].cpu().contiguous()
+                moments[f"step.{names[id(p)]}"] = torch.as_tensor(
+                    st["step"], dtype=torch.float32).cpu().reshape(1)
+    weights = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     for name, tensors in (("weights", weights), ("optim", moments)):
         save_file(tensors, str(out / f"{name}.safetensors.tmp"))
         (out / f"{name}.safetensors.tmp").replace(out / f"{name}.safetensors")
@@ -148,12 +161,13 @@ def save_checkpoint(out: Path, model: DiffusionGemma, opt: torch.optim.Optimizer
 
 
 def load_checkpoint(out: Path, model: DiffusionGemma, opt: torch.optim.Optimizer | None) -> dict:
-    model.load_state_dict(load_file(str(out / "weights.safetensors")))
+    dev = next(model.parameters()).device
+    model.load_state_dict(load_file(str(out / "weights.safetensors"), device=str(dev)))
     if opt is not None and (out / "optim.safetensors").exists():
-        moments = load_file(str(out / "optim.safetensors"))
+        moments = load_file(str(out / "optim.safetensors"), device=str(dev))
         for n, p in model.named_parameters():
             if f"exp_avg.{n}" in moments:
-                opt.state[p] = {"step": moments[f"step.{n}"].reshape(()),
+                opt.state[p] = {"step": moments[f"step.{n}"].cpu().reshape(()),  # AdamW keeps steps on CPU
                                 "exp_avg": moments[f"exp_avg.{n}"], "exp_avg_sq": moments[f"exp_avg_sq.{n}"]}
     return json.loads((out / "state.json").read_text())
 
@@ -208,10 +222,16 @@ def train(cfg: TrainConfig, tok=None, progress: bool = True) -> dict:
     torch.set_num_threads(1)
     tok = tok or load_tokenizer(str(ASSET_DIR))
     out = Path(cfg.out)
+    dev = torch.device(cfg.device)
+    if dev.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True  # a 128-wide model: launch-bound, tf32 costs no accuracy
     mcfg = small_model_config(tok.vocab_size, cfg.hidden, cfg.layers, cfg.canvas)
     torch.manual_seed(cfg.seed)
-    model = DiffusionGemma(mcfg).float().train()
+    model = DiffusionGemma(mcfg).float()
     init_for_training(model)
+    if cfg.init_from:
+        model.load_state_dict(load_file(str(Path(cfg.init_from) / "weights.safetensors")))
+    model = model.to(dev).train()
     decay = [p for n, p in model.named_parameters() if p.dim() >= 2]
     no_decay = [p for n, p in model.named_parameters() if p.dim() < 2]
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
@@ -224,37 +244,61 @@ def train(cfg: TrainConfig, tok=None, progress: bool = True) -> dict:
     last_ckpt = time.time()
     bar = tqdm(total=cfg.steps, initial=state["step"], disable=not progress, dynamic_ncols=True)
     stop = cfg.stop_after if cfg.stop_after > 0 else cfg.steps
-    while state["step"] < min(cfg.steps, stop):
-        step = state["step"]
-        t0 = time.time()
-        gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step)
-        batch = train_batch(cfg, step, tok, mcfg.canvas_length)
-        self_cond = torch.rand(1, generator=gen).item() < cfg.self_cond_frac
-        for g in opt.param_groups:
-            g["lr"] = lr_at(cfg, step)
-        loss = diffusion_loss(model, batch, eps=cfg.eps, self_cond=self_cond, gen=gen)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-        opt.step()
-        state["step"] = step + 1
-        state["losses"].append((step, round(loss.item(), 5)))
-        state["train_seconds"] += time.time() - t0
-        bar.update(1)
-        bar.set_postfix(loss=f"{loss.item():.4f}", lr=f"{lr_at(cfg, step):.2e}")
-        done = state["step"] >= min(cfg.steps, stop)
-        if cfg.eval_every and (state["step"] % cfg.eval_every == 0 or done):
-            from jobs.evaluate import monitor_accuracy
+    stream = batches(cfg.families, cfg.batch_size, cfg.seed, state["step"], mcfg.canvas_length, tok,
+                     str(ASSET_DIR), cfg.data_workers)
+    pending: list[tuple[int, torch.Tensor]] = []  # losses read back in groups: one host sync per group
+    budget_t0, budget_step0, window_t0 = time.time(), state["step"], 0.0
+    with torch.device(dev):  # the loss code's aranges / masks / noise are created on the training device
+        while state["step"] < min(cfg.steps, stop):
+            step = state["step"]
+            t0 = time.time()
+            gen = torch.Generator(device="cpu").manual_seed(cfg.seed * 1_000_003 + step)
+            batch = next(stream)
+            batch = type(batch)(*(t.to(dev, non_blocking=True) for t in vars(batch).values()))
+            self_cond = torch.rand(1, generator=gen, device="cpu").item() < cfg.self_cond_frac
+            noise_gen = gen if dev.type == "cpu" else torch.Generator(device=dev).manual_seed(
+                cfg.seed * 1_000_003 + step)
+            for g in opt.param_groups:
+                g["lr"] = lr_at(cfg, step)
+            loss = diffusion_loss(model, batch, eps=cfg.eps, self_cond=self_cond, gen=noise_gen)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+            opt.step()
+            state["step"] = step + 1
+            pending.append((step, loss.detach()))
+            done = state["step"] >= min(cfg.steps, stop)
+            if dev.type == "cpu" or len(pending) >= 50 or done:
+                state["losses"] += [(s_, round(v.item(), 5)) for s_, v in pending]
+                bar.set_postfix(loss=f"{state['losses'][-1][1]:.4f}", lr=f"{lr_at(cfg, step):.2e}")
+                pending = []
+            state["train_seconds"] += time.time() - t0
+            bar.update(1)
+            if cfg.time_budget_s and state["step"] == budget_step0 + 20:
+                window_t0 = time.time()  # after start-up (worker spawn, CUDA init, allocator warm-up)
+            if cfg.time_budget_s and state["step"] == budget_step0 + 80:
+                # fix the schedule's length once the step time is known, so the cosine ends with the budget
+                per_step = (time.time() - window_t0) / 60
+                cfg.steps = state["step"] + max(1, int((cfg.time_budget_s - (time.time() - budget_t0))
+                                                       / per_step))
+                stop = cfg.stop_after if cfg.stop_after > 0 else cfg.steps
+                state["config"] = asdict(cfg)
+                bar.total = cfg.steps
+                bar.write(f"time budget {cfg.time_budget_s:.0f}s at {1e3 * per_step:.1f} ms/step: "
+                          f"{cfg.steps} steps")
+            if cfg.eval_every and dev.type == "cpu" and (state["step"] % cfg.eval_every == 0 or done):
+                from jobs.evaluate import monitor_accuracy
 
-            model.eval()
-            acc = monitor_accuracy(model, tok, n=cfg.eval_n, steps=cfg.eval_steps)
-            model.train()
-            state["evals"].append({"step": state["step"], **acc})
-            bar.write(f"step {state['step']}: held-out exact {acc}")
-        if done or time.time() - last_ckpt > cfg.ckpt_every_s:
-            save_checkpoint(out, model, opt, state)
-            plot_curve(state, out / "loss_curve.png")
-            last_ckpt = time.time()
+                model.eval()
+                acc = monitor_accuracy(model, tok, n=cfg.eval_n, steps=cfg.eval_steps)
+                model.train()
+                state["evals"].append({"step": state["step"], **acc})
+                bar.write(f"step {state['step']}: held-out exact {acc}")
+            if done or time.time() - last_ckpt > cfg.ckpt_every_s:
+                save_checkpoint(out, model, opt, state)
+                plot_curve(state, out / "loss_curve.png")
+                last_ckpt = time.time()
+    stream.close()
     bar.close()
     return state
 

@@ -10,7 +10,8 @@ dim, T flat tokens, E experts, k top-k, F = 2*Im gate+up rows, I = Im expert wid
       -> o_BHCD`; see kernels/canvas_attention.py.
 
 Backend rule ("auto", the default): Triton only for CUDA tensors, when triton imports, no input needs a
-gradient (the kernels have no backward), and the op's one-time self-check on that device (a small
+gradient (the kernels have no backward), the shape is not one where Triton measured slower on a GPU
+(`measured_slower`), and the op's one-time self-check on that device (a small
 comparison against the torch reference) passed. Everything else, including every CPU call, runs the torch
 reference, so the CPU path is exactly the reference path. Override with `set_backend("torch"|"triton"|
 "auto")`, the `use_backend(...)` context manager, or the env var DGBATCH_KERNELS at import.
@@ -72,6 +73,15 @@ def use_backend(name: str) -> Iterator[None]:
         set_backend(old)
 
 
+def measured_slower(op: str, first: torch.Tensor) -> bool:
+    """Shapes where the Triton kernel measured slower than its torch reference on a GPU ("auto" keeps torch).
+
+    canvas_attention at head_dim 512 (the global layers): 0.4-0.7x of PyTorch's fused SDPA at 1 and 8
+    canvases on an H100 (bench/RESULTS.md, GPU section); at head_dim 256: 1.2-1.4x at one canvas, even at 8.
+    """
+    return op == "canvas_attention" and first.shape[-1] >= 512
+
+
 def backend_for(op: str, *tensors: torch.Tensor | None) -> str:
     """Which implementation `op` uses for these inputs: "torch" or "triton"."""
     if _backend != "auto":
@@ -80,6 +90,8 @@ def backend_for(op: str, *tensors: torch.Tensor | None) -> str:
     if not HAS_TRITON or not ts or ts[0].device.type != "cuda":
         return "torch"
     if torch.is_grad_enabled() and any(t.requires_grad for t in ts):
+        return "torch"
+    if measured_slower(op, ts[0]):
         return "torch"
     key = (op, str(ts[0].device))
     if key not in _selfcheck:

@@ -65,7 +65,8 @@ def derive_keys(seed_B: torch.Tensor | int, canvas_B: torch.Tensor | int, step_B
     counter unique within the canvas (e.g. the denoising step index). Ints broadcast. Distinct inputs give
     distinct, well-mixed keys; the same inputs always give the same key on any device.
     """
-    seed, canvas, step = (torch.as_tensor(t, dtype=torch.int64).reshape(-1)
+    dev = next((t.device for t in (seed_B, canvas_B, step_B) if isinstance(t, torch.Tensor)), None)
+    seed, canvas, step = (torch.as_tensor(t, dtype=torch.int64, device=dev).reshape(-1)
                           for t in (seed_B, canvas_B, step_B))
     seed, canvas, step = torch.broadcast_tensors(seed, canvas, step)
     s = mix32((seed & M32) ^ mix32(((seed >> 32) & M32) ^ _SALT[1]))

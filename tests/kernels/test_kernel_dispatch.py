@@ -56,3 +56,28 @@ def test_bad_backend_and_bad_inputs():
     kv = torch.randn(1, 2, 5, 4)
     with pytest.raises(ValueError, match="multiple of KV heads"):
         kernels.canvas_attention(q, kv, kv, torch.ones(1, 5, dtype=torch.bool), kv[:, :, :2], kv[:, :, :2])
+
+
+class _FakeCuda:
+    """Stands in for a CUDA tensor in the dispatch rule (no GPU here): device, shape, requires_grad."""
+
+    def __init__(self, *shape: int):
+        self.device, self.shape, self.requires_grad = torch.device("cuda"), shape, False
+
+
+def test_auto_keeps_torch_where_triton_measured_slower(monkeypatch):
+    monkeypatch.setattr(kernels, "HAS_TRITON", True)
+    monkeypatch.setitem(kernels._selfcheck, ("canvas_attention", "cuda"), True)
+    assert kernels.backend_for("canvas_attention", _FakeCuda(1, 16, 256, 256)) == "triton"
+    assert kernels.backend_for("canvas_attention", _FakeCuda(1, 16, 256, 512)) == "torch"
+    monkeypatch.setitem(kernels._selfcheck, ("fused_moe", "cuda"), True)
+    assert kernels.backend_for("fused_moe", _FakeCuda(256, 2816)) == "triton"
+
+
+def test_derive_keys_follows_the_seed_device():
+    # Scalars (canvas, step) must be built where the seeds live: a GPU run once mixed cuda seeds with cpu
+    # scalars. The meta device stands in for a non-CPU device here.
+    keys = kernels.derive_keys(torch.arange(3, device="meta"), 0, 5, 4)
+    assert keys.device.type == "meta" and keys.shape == (12,)
+    cpu = kernels.derive_keys(torch.arange(3), torch.zeros(3, dtype=torch.long), 5, 4)
+    assert torch.equal(cpu, kernels.derive_keys(torch.arange(3), 0, 5, 4))

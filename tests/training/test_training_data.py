@@ -45,3 +45,36 @@ def test_train_and_heldout_disjoint():
         if e.family == "extraction":
             for key in ("name", "city", "product"):
                 assert e.target[key] not in train_text, (key, e.target[key])
+
+
+def test_worker_batches_equal_inline_batches():
+    # A GPU run builds batches in spawned worker processes; they must be exactly the inline (CPU) batches,
+    # in step order, starting at the resume step.
+    import itertools
+
+    import torch
+
+    from jobs.train import ASSET_DIR
+    from jobs.train_data import batches
+    from model import load_tokenizer
+
+    tok = load_tokenizer(str(ASSET_DIR))
+    args = (("labeling", "extraction"), 4, 0, 7, 32, tok, str(ASSET_DIR))
+    inline = list(itertools.islice(batches(*args, workers=0), 3))
+    stream = batches(*args, workers=2)
+    pooled = list(itertools.islice(stream, 3))
+    stream.close()
+    for a, b in zip(inline, pooled):
+        for name, t in vars(a).items():
+            assert torch.equal(t, getattr(b, name)), name
+
+
+def test_train_config_rejects_bad_device_and_init(tmp_path):
+    import pytest
+
+    from jobs.train import TrainConfig
+
+    with pytest.raises(ValueError, match="device"):
+        TrainConfig(device="tpu")
+    with pytest.raises(ValueError, match="init_from"):
+        TrainConfig(init_from=str(tmp_path))

@@ -1,0 +1,58 @@
+#!/usr/bin/env bash
+# One lent-GPU session, everything the device checks need in a single prepared run (about 9 minutes):
+#   1. the card and software versions; 2. the gpu-marked kernel tests at real shapes and bf16;
+#   3. bench/gpu.py (calibration, kernel microbenchmarks, full-size sweep, transformers reference);
+#   4. with the time left, the small model's training continued on the GPU (jobs/train.py --device cuda).
+# Optional carried inputs: .whl/*.whl (e.g. the transformers version the tests pin) and .devcarry/init/
+# (training weights to start from). Results land in $OUT (at most 8 files come back).
+# Usage: OUT=/tmp/out bash bench/gpu_session.sh [TOTAL_SECONDS]
+# DGBATCH_DRY=1 rehearses the script on a CPU box (tiny bench, CPU training) to check its plumbing.
+set -u
+if [ "${DGBATCH_DRY:-0}" = 1 ]; then
+  BENCH_ARGS="--tiny"; TRAIN_ARGS="--device cpu --data-workers 2 --batch-size 8"; RESERVE=60
+else
+  BENCH_ARGS=""; TRAIN_ARGS="--device cuda --data-workers 12 --batch-size 128"; RESERVE=200
+fi
+TOTAL=${1:-540}
+OUT=${OUT:-/tmp/dgbatch_gpu_out}
+mkdir -p "$OUT"
+T0=$(date +%s)
+left() { echo $(( TOTAL - ($(date +%s) - T0) )); }
+export PYTHONUNBUFFERED=1
+if compgen -G ".whl/*.whl" >/dev/null; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site \
+    .whl/*.whl && export PYTHONPATH=/tmp/site
+fi
+{
+  nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.sm,clocks.max.sm --format=csv
+  python3 -c "import sys, torch, triton, transformers; print(sys.version.split()[0], 'torch', torch.__version__,
+'triton', triton.__version__, 'transformers', transformers.__version__, torch.cuda.get_device_name())"
+  echo "== gpu-marked tests"
+  timeout 120 python3 -m pytest -q -m gpu tests/kernels -p no:cacheprovider -rs 2>&1 | tail -30
+} > "$OUT/env_and_tests.txt" 2>&1
+cat "$OUT/env_and_tests.txt"
+
+BENCH=$(( $(left) - RESERVE ))
+[ "$BENCH" -gt 330 ] && BENCH=330
+echo "== bench/gpu.py (budget ${BENCH}s)"
+timeout $(( BENCH + 30 )) python3 bench/gpu.py $BENCH_ARGS --budget-s "$BENCH" --out "$OUT/bench_gpu.json" \
+  > "$OUT/bench_gpu.log" 2>&1
+echo "bench exit $?"
+
+TRAIN=$(( $(left) - 45 ))
+if [ "$TRAIN" -ge 60 ]; then
+  INIT=""
+  [ -f .devcarry/init/weights.safetensors ] && INIT="--init-from .devcarry/init"
+  rm -rf /tmp/train_gpu
+  echo "== training for ${TRAIN}s $INIT"
+  timeout $(( TRAIN + 30 )) python3 -m jobs.train --out /tmp/train_gpu $TRAIN_ARGS --lr 0.003 --warmup 100 --self-cond-frac 0.4 --eval-every 0 --steps 1000000 \
+    --time-budget-s "$TRAIN" --ckpt-every-s 45 --no-progress $INIT > "$OUT/train.log" 2>&1
+  # (the checkpoint dir is fresh per machine: rm it so a rehearsal on one box never resumes an old run)
+  echo "train exit $?"
+  for f in weights.safetensors state.json loss_curve.png; do
+    [ -f /tmp/train_gpu/$f ] && cp /tmp/train_gpu/$f "$OUT/train_$f"
+  done
+  tail -5 "$OUT/train.log"
+fi
+echo "== summary (total $(( $(date +%s) - T0 ))s)"
+tail -45 "$OUT/bench_gpu.log"
