@@ -196,7 +196,7 @@ pipeline_tag: text-generation
 # dgbatch-small
 
 A {n_params:,}-parameter model with the DiffusionGemma architecture (transformers `diffusion_gemma`,
-`DiffusionGemmaForBlockDiffusion`), trained from scratch on CPU in this repository. It is the embedded
+`DiffusionGemmaForBlockDiffusion`), trained from scratch in this repository. It is the embedded
 default model of dgbatch's demo, examples and end-to-end tests, so they run offline with a model that
 actually does the two task families our users run. It is a toy: it knows nothing outside that data.
 
@@ -225,10 +225,8 @@ copied, quantity from digits or number words, status from a phrase bank). Block-
 prompt and previous canvases clean through the causal encoder pass, every response canvas corrupted with
 uniform random tokens at level t ~ U(1e-3, 1), cross-entropy on the canvas, two-pass self-conditioning on
 {sc:.0%} of the batches (detached first-pass logits over a temperature from the sampler's range).
-AdamW (lr {lr}, warmup {warmup}, cosine to 10%), batch {batch}, {steps} steps = {examples:,} examples
-({fam_mix}); {train_min:.0f} min of training on one CPU thread of a shared 2-core machine. Final training
-loss (mean of the last 30 batches) {final_loss:.3f}. Initialisation for a small width: see
-`init_for_training` in jobs/train.py.
+{schedule}Final training loss (mean of the last 30 batches) {final_loss:.3f}. Initialisation for a small
+width: see `init_for_training` in jobs/train.py.
 
 ## Quality (jobs/evaluate.py, held-out split)
 Held-out examples use other seeds and entity values (names, cities, brands) never seen in training.
@@ -241,10 +239,38 @@ constraints = pipeline.constraints (JSON Schema -> token DFA, exact DP at each c
 
 {verdict}
 
-Reproduce: `OMP_NUM_THREADS=1 python -m jobs.train --out runs/small {train_flags}`, then
+Reproduce: {reproduce}, then
 `python -m jobs.train --out runs/small --export model/assets/dgbatch-small` and
 `python -m jobs.evaluate --n {n} --out eval.json`.
 """
+
+
+def _schedule(state: dict, mix: str) -> tuple[str, str]:
+    """The card's training-schedule sentence and reproduce commands: one run, or the `stages` a run was
+    continued through (each stage: where, steps, batch, lr, warmup, minutes, command)."""
+    c = state["config"]
+    stages = state.get("stages")
+    if not stages:
+        text = (f"AdamW (lr {c['lr']}, warmup {c['warmup']}, cosine to 10%), batch {c['batch_size']}, "
+                f"{state['step']} steps = {state['step'] * c['batch_size']:,} examples ({mix}); "
+                f"{state['train_seconds'] / 60:.0f} min of training on one CPU thread of a shared 2-core "
+                "machine. ")
+        cmd = (f"`OMP_NUM_THREADS=1 python -m jobs.train --out runs/small --steps {c['steps']} "
+               f"--batch-size {c['batch_size']} --lr {c['lr']} --warmup {c['warmup']} "
+               f"--self-cond-frac {c['self_cond_frac']}`")
+        return text, cmd
+    rows = ["", "| stage | where | steps x batch | examples | lr (peak, cosine to 10%) | minutes |",
+            "|---|---|---|---|---|---|"]
+    for i, st in enumerate(stages, 1):
+        n_ex = st["steps"] * st["batch"]
+        rows.append(f"| {i} | {st['where']} | {st['steps']:,} x {st['batch']} | {n_ex:,} "
+                    f"| {st['lr']} | {st['minutes']:.1f} |")
+    total = sum(st["steps"] * st["batch"] for st in stages)
+    text = (f"AdamW, trained in {len(stages)} stages, each continuing from the previous one's weights with a "
+            f"fresh optimizer and its own warmup + cosine ({mix}); {total:,} examples in all:\n"
+            + "\n".join(rows) + "\n\n")
+    cmd = " then ".join(f"`{st['command']}`" for st in stages)
+    return text, cmd
 
 
 def write_card(report: dict, state: dict, model_dir: str | Path, verdict: str) -> str:
@@ -256,6 +282,8 @@ def write_card(report: dict, state: dict, model_dir: str | Path, verdict: str) -
     full = [i for i, lt in enumerate(t.layer_types) if lt == "full_attention"]
     mix = {f: c["families"].count(f) for f in synthdata.FAMILIES}
     total = sum(mix.values())
+    schedule, reproduce = _schedule(
+        state, ", ".join(f"{f} {m / total:.0%} of batches" for f, m in mix.items()))
     losses = [v for _, v in state["losses"][-30:]]
     text = CARD.format(
         n_params=state["n_params"], layers=t.num_hidden_layers, layer_types=", ".join(
@@ -263,13 +291,8 @@ def write_card(report: dict, state: dict, model_dir: str | Path, verdict: str) -
         d_s=t.head_dim, window=t.sliding_window, d_f=t.layer_head_dim(full[0]), inter=t.intermediate_size,
         experts=t.num_experts, top_k=t.top_k_experts, moe=t.moe_intermediate_size, vocab=t.vocab_size,
         canvas=cfg.canvas_length, size_mb=(Path(model_dir) / "model.safetensors").stat().st_size / 2**20,
-        sc=c["self_cond_frac"], lr=c["lr"], warmup=c["warmup"], batch=c["batch_size"], steps=state["step"],
-        examples=state["step"] * c["batch_size"],
-        fam_mix=", ".join(f"{f} {m / total:.0%} of batches" for f, m in mix.items()),
-        train_min=state["train_seconds"] / 60, final_loss=sum(losses) / max(1, len(losses)),
-        n=report["n_per_family"], table=markdown_table(report), verdict=verdict,
-        train_flags=(f"--steps {c['steps']} --batch-size {c['batch_size']} --lr {c['lr']} "
-                     f"--warmup {c['warmup']} --self-cond-frac {c['self_cond_frac']}"))
+        sc=c["self_cond_frac"], schedule=schedule, final_loss=sum(losses) / max(1, len(losses)),
+        n=report["n_per_family"], table=markdown_table(report), verdict=verdict, reproduce=reproduce)
     (Path(model_dir) / "README.md").write_text(text)
     return text
 

@@ -1,11 +1,13 @@
-"""Train the small DiffusionGemma-architecture model on the synthetic task data, on CPU, resumably.
+"""Train the small DiffusionGemma-architecture model on the synthetic task data, resumably, on CPU (the
+default) or a CUDA GPU (`--device cuda --data-workers N`, with `--time-budget-s` to fit a lent machine).
 
 Owns the training config (`TrainConfig`), the small model geometry (`small_model_config`), the loop
 (block-diffusion loss from jobs/train_forward.py, two-pass self-conditioning on a fraction of the batches,
 AdamW with warmup + cosine), checkpoints (safetensors weights + optimizer moments + a JSON state; never
 pickle), a tqdm progress bar, a loss-curve PNG and periodic held-out accuracy (jobs/evaluate.py's monitor).
 Data is a pure function of the step (jobs/synthdata.py) and noise is seeded by the step, so a resumed run
-continues exactly. Run: `OMP_NUM_THREADS=1 python -m jobs.train --out runs/small [--steps N]`.
+continues exactly. Run: `OMP_NUM_THREADS=1 python -m jobs.train --out runs/small [--steps N]`; continue from
+another run's weights with `--init-from DIR` (fresh optimizer and schedule).
 """
 
 from __future__ import annotations
