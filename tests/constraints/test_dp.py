@@ -43,6 +43,17 @@ def brute_force(dfa, logits, start, tokens_after, must_finish):
     return best
 
 
+def realised_score(logits, got, done: int) -> float:
+    """The score the returned path realises: its token's logit per position, the row's max inside DONE
+    (any token; the DP leaves -1 there), checking that -1 appears exactly at the positions inside DONE."""
+    total = 0.0
+    for i, tok in enumerate(got.tokens):
+        inside = got.states[i] == done
+        assert (tok == -1) == inside, (i, tok, got.states[i])
+        total += float(logits[i].max() if inside else logits[i, tok])
+    return total
+
+
 @pytest.mark.parametrize("seed", range(4))
 @pytest.mark.parametrize("tokens_after,must_finish", [(0, True), (1, False), (10, False)])
 def test_dp_equals_brute_force(seed, tokens_after, must_finish):
@@ -58,8 +69,7 @@ def test_dp_equals_brute_force(seed, tokens_after, must_finish):
         got = best_path(tables, logits, start, tokens_after, must_finish)
         assert got.score == pytest.approx(want, abs=1e-5)
         # the returned tokens realise that score along a valid path
-        total = sum(float(logits[i, t]) for i, t in enumerate(got.tokens))
-        assert total == pytest.approx(want, abs=1e-5)
+        assert realised_score(logits, got, dfa.n_states) == pytest.approx(want, abs=1e-5)
         assert got.states[0] == start and len(got.tokens) == n
 
 
@@ -83,12 +93,15 @@ def reference_best_score(dfa, logits, start, tokens_after, must_finish):
     return float(np.where(dist <= (0 if must_finish else tokens_after), score, -np.inf).max())
 
 
-@pytest.mark.parametrize("kind,merge", [("schema", 0), ("schema", None), ("choice", None)])
-def test_fast_sweep_matches_reference_on_a_schema(kind, merge, gemma_tok, monkeypatch):
-    """Bucketed sweep and both class-max paths (scatter for many live tokens, gather for a choice) vs the
-    plain edge Viterbi, from several start states, on a tokenizer-sized vocabulary; merge=0 keeps every
-    bucket width (no merging of small buckets)."""
-    from pipeline.constraints import dp
+@pytest.mark.parametrize(
+    "kind,layout", [("schema", "no_merge"), ("schema", "templates"), ("schema", None), ("choice", None)]
+)
+def test_fast_sweep_matches_reference_on_a_schema(kind, layout, gemma_tok, monkeypatch):
+    """Blocked sweep and both class-max paths (scatter for many live tokens, gather for a choice) vs the
+    plain edge Viterbi, from several start states, on a tokenizer-sized vocabulary. Layouts: no_merge keeps
+    every bucket width and no templates; templates turns every signature shared by 2+ states into a
+    template (several template blocks, with padding slots and dummy states); None is the default."""
+    from pipeline.constraints import dp_layout
     from pipeline.constraints.choice import choice_regex
     from pipeline.constraints.schema_regex import schema_to_regex
     from pipeline.constraints.vocab_bytes import token_bytes
@@ -101,13 +114,24 @@ def test_fast_sweep_matches_reference_on_a_schema(kind, merge, gemma_tok, monkey
     }
     regex = schema_to_regex(schema) if kind == "schema" else choice_regex(["yes", "no", "maybe"])
     dfa = build_token_dfa(regex, vocab, [1])
-    if merge is not None:
-        monkeypatch.setattr(dp, "_BUCKET_OVERHEAD_PAIRS", merge)
+    if layout == "no_merge":
+        monkeypatch.setattr(dp_layout, "_BUCKET_OVERHEAD_PAIRS", 0)
+        monkeypatch.setattr(dp_layout, "_TEMPLATE_MIN_STATES", 10**9)
+    if layout == "templates":
+        monkeypatch.setattr(dp_layout, "_TEMPLATE_MIN_STATES", 2)
+        monkeypatch.setattr(dp_layout, "_TEMPLATE_MIN_PAIRS", 0)
+        monkeypatch.setattr(dp_layout, "_TEMPLATE_JOIN_RATIO", 0.0)
     tables = DPTables.from_dfa(dfa)
     few_live = tables.live_tokens.size * 4 < len(vocab)
     assert few_live == (kind == "choice")  # each kind exercises one class_max path
-    if merge == 0:
-        assert len({w for _, _, w, _ in tables.buckets}) >= 3  # several bucket widths
+    generic = tables.blocks[tables.n_template_blocks :]
+    if layout == "no_merge":
+        assert tables.n_template_blocks == 0 and len({b.width for b in generic}) >= 3  # several widths
+        assert {b.state_major for b in generic} == {True, False}  # both storage orders
+    if layout == "templates":
+        tmpl = tables.blocks[: tables.n_template_blocks]
+        assert len(tmpl) >= 2 and any(b.templates > 1 for b in tmpl)
+        assert tables.n_internal > tables.n_states + 1  # dummy states pad a block's templates
     g = torch.Generator().manual_seed(7)
     for trial, (tokens_after, must_finish) in enumerate([(0, True), (5, False), (100, False)]):
         logits = torch.randn(9, len(vocab), generator=g) * 3
@@ -117,7 +141,7 @@ def test_fast_sweep_matches_reference_on_a_schema(kind, merge, gemma_tok, monkey
                 continue
             got = best_path(tables, logits, start, tokens_after, must_finish)
             assert got.score == pytest.approx(want, rel=1e-5, abs=1e-4), (trial, start)
-            total = sum(float(logits[i, t]) for i, t in enumerate(got.tokens))
+            total = realised_score(logits, got, dfa.n_states)
             assert total == pytest.approx(want, rel=1e-5, abs=1e-4)
             q = start  # the path is valid token by token
             for tok, nxt in zip(got.tokens, got.states[1:]):
@@ -128,3 +152,59 @@ def test_fast_sweep_matches_reference_on_a_schema(kind, merge, gemma_tok, monkey
                 else:
                     assert dfa.step(q, tok) == nxt
                 q = nxt
+
+
+def _schema_dfa(gemma_tok):
+    from pipeline.constraints.schema_regex import schema_to_regex
+    from pipeline.constraints.vocab_bytes import token_bytes
+
+    schema = {
+        "type": "object",
+        "properties": {"name": {"type": "string", "maxLength": 12}, "n": {"type": "integer", "maximum": 999}},
+        "required": ["name", "n"],
+    }
+    return build_token_dfa(schema_to_regex(schema), token_bytes(gemma_tok), [1])
+
+
+@pytest.mark.parametrize("layout", ["default", "templates"])
+def test_layout_holds_exactly_the_dfa_pairs(layout, gemma_tok, monkeypatch):
+    """Every real state's padded slots hold exactly its in-pairs (source, class set), EOS and ANY pseudo
+    edges included; padding slots and dummy states hold nothing but the sentinel."""
+    from pipeline.constraints import dp_layout
+
+    if layout == "templates":
+        monkeypatch.setattr(dp_layout, "_TEMPLATE_MIN_STATES", 2)
+        monkeypatch.setattr(dp_layout, "_TEMPLATE_MIN_PAIRS", 0)
+        monkeypatch.setattr(dp_layout, "_TEMPLATE_JOIN_RATIO", 0.0)
+    dfa = _schema_dfa(gemma_tok)
+    t = DPTables.from_dfa(dfa)
+    S, K = dfa.n_states, dfa.n_classes
+    want: dict[int, dict[int, set]] = {}
+    edges = list(zip(dfa.edge_src.tolist(), dfa.edge_dst.tolist(), dfa.edge_cls.tolist()))
+    edges += [(int(q), S, K) for q in np.nonzero(dfa.final)[0]] + [(S, S, K + 1)]
+    for a, b, c in edges:
+        want.setdefault(b, {}).setdefault(a, set()).add(c)
+    sentinel = t.n_internal
+    for q in range(t.n_internal):
+        where = t.state_pairs[q]
+        src, sets = t.pad_src[where], t.pad_set[where]
+        real = sets < t.n_sets
+        assert (src[~real] == sentinel).all() and (src[real] != sentinel).all()
+        got = {
+            int(t.to_external[a]): set(t.set_classes(int(d)).tolist()) for a, d in zip(src[real], sets[real])
+        }
+        ext = int(t.to_external[q])
+        assert got == (want.get(ext, {}) if ext >= 0 else {}), (q, ext)
+    assert sorted(t.to_external[t.to_internal].tolist()) == list(range(S + 1))
+
+
+def test_set_max_is_the_max_over_each_sets_classes(gemma_tok):
+    from pipeline.constraints.dp import set_max
+
+    t = DPTables.from_dfa(_schema_dfa(gemma_tok))
+    assert len({w for _, _, w, _ in t.set_groups}) >= 3  # several padded set sizes
+    M = np.random.default_rng(0).standard_normal((7, t.n_classes + 2)).astype(np.float32)
+    got = set_max(t, M)
+    assert got.shape == (7, t.n_sets + 1) and np.isneginf(got[:, -1]).all()
+    for d in range(t.n_sets):
+        np.testing.assert_array_equal(got[:, d], M[:, t.set_classes(d)].max(axis=1))
