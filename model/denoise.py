@@ -6,6 +6,12 @@ state it updates (`CanvasBatch`), and what happens to a committed canvas (`finis
 model/generate.py (reference mode, lockstep batch) and model/engine.py (fast mode, continuous batching) only
 differ in how they form batches and which NoiseSource they pass; neither has its own copy of this math.
 
+Also owns the optional per-step steering extension point (`RowSteer`, `steer_rows`): a CommitHook that
+defines `steering_on` (true) and the methods `seed_canvas` / `steer` (pipeline/constraints/hook.py) may
+rewrite the first step's input canvas and each step's argmax (what the stop rule compares) and kept tokens.
+Callers attach it with `st.steer_rows = steer_rows(...)`; it is None unless some row's hook asks for it,
+and then the step does nothing extra (same tokens, same RNG use).
+
 Legend: B rows in the decoder batch, C canvas length, V vocabulary, S cache slots.
 Order of operations and RNG use follow transformers 5.23 `_denoising_step` (generation_diffusion_gemma.py).
 """
@@ -13,6 +19,7 @@ Order of operations and RNG use follow transformers 5.23 `_denoising_step` (gene
 from __future__ import annotations
 
 from dataclasses import dataclass, fields
+from typing import Any
 
 import torch
 
@@ -27,6 +34,27 @@ from model.sampler import (
     temperature_B,
 )
 from model.vocab_head import ChunkedHead
+
+
+@dataclass
+class RowSteer:
+    """One row's steering context for the canvas being denoised: its hook, the hook state carried into this
+    canvas (the commit's), and the budget arguments its commit will get."""
+
+    hook: Any
+    state: object
+    tokens_left: int
+    last_canvas: bool
+    seeded: bool = False  # seed_canvas already ran for this canvas
+
+
+def steer_rows(hooks, states, tokens_left, last_canvas) -> list[RowSteer | None] | None:
+    """Per-row steering contexts (batch order) for CanvasBatch.steer_rows; None when no hook steers."""
+    rows = [
+        RowSteer(h, s, int(t), bool(last)) if getattr(h, "steering_on", False) else None
+        for h, s, t, last in zip(hooks, states, tokens_left, last_canvas)
+    ]
+    return rows if any(r is not None for r in rows) else None
 
 
 @dataclass
@@ -46,6 +74,7 @@ class CanvasBatch:
     pos0_B: torch.Tensor  # long, position of the canvas' first token
     last_BCV: torch.Tensor | None = None  # fp32 processed logits of the last live step (commit hooks only)
     soft_BCH: torch.Tensor | None = None  # chunked path: self-conditioning soft embedding (replaces sc_BCV)
+    steer_rows: list[RowSteer | None] | None = None  # optional steering (see module doc); None: off
 
     @classmethod
     def start(
@@ -78,6 +107,8 @@ class CanvasBatch:
             v = getattr(self, f.name)
             if isinstance(v, torch.Tensor):
                 out[f.name] = v.index_select(0, idx_B)
+            elif f.name == "steer_rows" and v is not None:
+                out[f.name] = [v[i] for i in idx_B.tolist()]
             elif isinstance(v, (RowKeys, RowParams)):
                 out[f.name] = v.select(idx_B)
             else:
@@ -104,6 +135,12 @@ class CanvasBatch:
                         v if v is not None else ref.new_zeros((p.size, *ref.shape[1:]))
                         for v, p in zip(vals, parts)
                     ]
+                )
+            elif f.name == "steer_rows":
+                out[f.name] = (
+                    None
+                    if all(v is None for v in vals)
+                    else [r for v, p in zip(vals, parts) for r in (v if v is not None else [None] * p.size)]
                 )
             elif f.name == "keys":
                 out[f.name] = RowKeys.cat(vals)
@@ -147,6 +184,8 @@ def denoise_step(
     V = model.config.text.vocab_size
     positions_BC = st.pos0_B[:, None] + torch.arange(C, device=st.pos0_B.device)
     st.live_B += (~st.done_B).to(torch.int32)
+    if st.steer_rows is not None:
+        _seed_canvases(st)
     kw = dict(positions_BC=positions_BC, rows_B=rows_B, len_range=len_range)
     soft, chunked = None, False
     if getattr(noise, "chunked_head", False) and not st.canvas_BC.is_cuda:
@@ -174,6 +213,8 @@ def denoise_step(
         argmax, entropy = noise.stats(proc, st.keys)
         keep = accept_mask(entropy, st.rp.bound_B)
         sampled = noise.sample(proc, keep, st.keys)
+    if st.steer_rows is not None and proc is not None:
+        argmax, sampled = _steer(st, proc, argmax, keep, sampled)
     fresh = noise.renoise(st.keys, C, V, st.canvas_BC.device)
     canvas = torch.where(keep, sampled, fresh)
     done_before = st.done_B
@@ -200,6 +241,47 @@ def denoise_step(
     st.steps_left_B = st.steps_left_B - 1
     st.keys = RowKeys(st.keys.seed_B, st.keys.canvas_B, st.keys.step_B + 1)
     return proc
+
+
+def _seed_canvases(st: CanvasBatch) -> None:
+    """First step of a canvas: let each steering hook rewrite its row's input canvas (seed_canvas)."""
+    for b, rs in enumerate(st.steer_rows):
+        if rs is None or rs.seeded:
+            continue
+        rs.seeded = True
+        if hasattr(rs.hook, "seed_canvas"):
+            new = rs.hook.seed_canvas(
+                st.canvas_BC[b], rs.state, tokens_left=rs.tokens_left, last_canvas=rs.last_canvas
+            )
+            if new is not None:
+                st.canvas_BC[b] = new
+
+
+def _steer(
+    st: CanvasBatch,
+    proc_BCV: torch.Tensor,
+    argmax_BC: torch.Tensor,
+    keep_BC: torch.Tensor,
+    sampled_BC: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each live steering row's hook may replace its argmax (the stop rule's canvas) and sampled tokens."""
+    live = (~st.done_B).tolist()  # frozen rows keep their argmax and canvas anyway: no work for them
+    argmax_BC, sampled_BC = argmax_BC.clone(), sampled_BC.clone()
+    for b, rs in enumerate(st.steer_rows):
+        if rs is None or not live[b] or not hasattr(rs.hook, "steer"):
+            continue
+        out = rs.hook.steer(
+            proc_BCV[b],
+            argmax_BC[b],
+            keep_BC[b],
+            sampled_BC[b],
+            rs.state,
+            tokens_left=rs.tokens_left,
+            last_canvas=rs.last_canvas,
+        )
+        if out is not None:
+            argmax_BC[b], sampled_BC[b] = out
+    return argmax_BC, sampled_BC
 
 
 def finish_row(

@@ -28,7 +28,7 @@ import torch
 
 from model.commit import is_argmax
 from model.counters import Counters
-from model.denoise import CanvasBatch, denoise_step, finish_row
+from model.denoise import CanvasBatch, denoise_step, finish_row, steer_rows
 from model.params import GenerationParams
 from model.request import Completion, Request
 from model.sampler import RowKeys, RowNoise, RowParams
@@ -286,7 +286,15 @@ class Engine:
         for r in rs:
             r.steps_left = r.req.params.max_denoising_steps
             r.has_sc = False
-        return CanvasBatch.start(self.noise.init_canvas(keys, self.C, self.V, dev), keys, rp, pos0)
+        batch = CanvasBatch.start(self.noise.init_canvas(keys, self.C, self.V, dev), keys, rp, pos0)
+        # optional per-step steering by the rows' hooks (None unless one asks: model/denoise.py)
+        batch.steer_rows = steer_rows(
+            [r.req.commit_hook for r in rs],
+            [r.hook_state for r in rs],
+            [r.req.params.max_new_tokens - len(r.tokens) for r in rs],
+            [r.canvas == r.n_canvases - 1 for r in rs],
+        )
+        return batch
 
     def _commit(self, r: _Row, argmax: list[int], batch: CanvasBatch, j: int) -> Completion | None:
         """Commit row r's canvas; returns its Completion when the row is finished."""

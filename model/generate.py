@@ -20,7 +20,7 @@ import torch
 
 from model.commit import CommitHook, is_argmax
 from model.counters import Counters
-from model.denoise import CanvasBatch, denoise_step, finish_row
+from model.denoise import CanvasBatch, denoise_step, finish_row, steer_rows
 from model.params import GenerationParams
 from model.sampler import ReferenceNoise, RowKeys, RowParams
 
@@ -143,6 +143,10 @@ def _generate_reference(
             rp,
             torch.full((B,), L + k * C, dtype=torch.long, device=dev),
         )
+        if use_hook:  # optional per-step steering by the hook (None unless it asks: model/denoise.py)
+            st.steer_rows = steer_rows(
+                [hook] * B, hook_states, [params.max_new_tokens - k * C] * B, [k == K - 1] * B
+            )
         for cur in range(params.max_denoising_steps, 0, -1):
             denoise_step(
                 model,

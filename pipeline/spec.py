@@ -98,6 +98,17 @@ class StructuredOutputSpec(_Section):
     choice: list[str] | None = None
     schema_column: str | None = None  # per-row JSON Schema in this input column
     compile_timeout_s: float = Field(default=30.0, gt=0)
+    # Per-step steering by the constraint (pipeline/constraints/steering.py): "off" (commit-time DP only),
+    # "kept" / "valid_sampling", "all", or a comma list of option names. Costs one DP per row per step.
+    steering: str = "off"
+
+    @field_validator("steering")
+    @classmethod
+    def _steering_known(cls, v: str) -> str:
+        from pipeline.constraints.steering import SteeringOptions
+
+        SteeringOptions.parse(v)  # raises ValueError naming the unknown option
+        return v
 
     @model_validator(mode="after")
     def _exactly_one(self) -> StructuredOutputSpec:

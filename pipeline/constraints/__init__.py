@@ -36,6 +36,7 @@ from pipeline.constraints.choice import LabelScorer
 from pipeline.constraints.compile import CompileConfig, CompileError, compile_regex, section_regex
 from pipeline.constraints.hook import ConstraintHook, ConstraintState
 from pipeline.constraints.schema_regex import UnsupportedSchema
+from pipeline.constraints.steering import SteeringOptions
 from pipeline.constraints.validate import section_kind, validate_output
 from pipeline.constraints.vocab_bytes import decode_bytes, raw_tokenizer, token_bytes, vocab_hash
 
@@ -89,7 +90,7 @@ def as_section(section) -> dict:
     else:
         d = {
             k: getattr(section, k)
-            for k in (*_KINDS, "compile_timeout_s")
+            for k in (*_KINDS, "compile_timeout_s", "steering")
             if getattr(section, k, None) is not None
         }
     js = d.get("json_schema")
@@ -184,6 +185,7 @@ def build_hook(
         scorer=scorer,
         description=f"structured_output ({section_kind(section)})",
         vocab=_vocab(tokenizer),
+        steering=SteeringOptions.parse(section.get("steering") or "off"),
     )
 
 

@@ -4,10 +4,19 @@ Per row and canvas the engine hands over the last denoising step's logits [C, V]
 argmax commit with the best valid path (dp.best_path) from the DFA state carried in ConstraintState. Once
 the path reaches DONE (an EOS after a complete match) the remaining positions are pad, and `finished`
 tells the engine to end the row. The hook object is shared by rows; per-row data lives in the state.
+
+`steering` (steering.py; default off; `SteeringOptions.kept()` = valid-only sampling, measured in
+bench/RESULTS.md, is opt-in through the job spec) makes the hook also act inside the denoising loop through
+the CommitHook protocol's optional per-step methods (`steering_on`, `seed_canvas`, `steer`; the loop calls
+them only when `steering_on` is true). Cost: one DP per live row and step instead of one per canvas; off,
+the hook is commit-only.
+`track_argmax` records whether the unconstrained argmax of every commit already was the valid path
+(ConstraintState.argmax_valid: the DP changed nothing).
 """
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass, replace
 
 import torch
@@ -15,6 +24,7 @@ import torch
 from pipeline.constraints.choice import LabelScorer
 from pipeline.constraints.dfa import TokenDFA
 from pipeline.constraints.dp import DPTables, best_path
+from pipeline.constraints.steering import Skeleton, SteeringOptions, dfa_columns, path_tokens, steer_tokens
 
 
 @dataclass(frozen=True)
@@ -25,6 +35,7 @@ class ConstraintState:
     done: bool = False
     tokens: int = 0  # constrained tokens committed so far (EOS included, pads not)
     label_scores: dict | None = None  # choice: label -> log-probability (first canvas)
+    argmax_valid: bool | None = None  # track_argmax: every commit's raw argmax was the valid path so far
 
     @property
     def chosen(self) -> str | None:
@@ -47,6 +58,8 @@ class ConstraintHook:
         scorer: LabelScorer | None = None,
         description: str = "constraint",
         vocab: list[bytes | None] | None = None,
+        steering: SteeringOptions | None = None,
+        track_argmax: bool = False,
     ):
         if max_new_tokens is not None and int(dfa.dist[0]) > max_new_tokens:
             raise ValueError(
@@ -61,6 +74,25 @@ class ConstraintHook:
         self.scorer = scorer
         self.description = description
         self.vocab = vocab  # token id -> bytes, for exact decoding (pipeline.constraints.decode_text)
+        self.steering = SteeringOptions.off() if steering is None else steering
+        if not isinstance(self.steering, SteeringOptions):
+            raise ValueError(f"{description}: steering must be a SteeringOptions, got {steering!r}")
+        self.track_argmax = bool(track_argmax)
+        self._skeleton = Skeleton(dfa, vocab, self.steering.seed_space_after)
+
+    def with_options(
+        self, steering: SteeringOptions | None = None, *, track_argmax: bool | None = None
+    ) -> ConstraintHook:
+        """A copy sharing the compiled tables, with other steering options and / or argmax tracking (None:
+        as this hook)."""
+        new = copy.copy(self)
+        new.steering = self.steering if steering is None else steering
+        if not isinstance(new.steering, SteeringOptions):
+            raise ValueError(f"{self.description}: steering must be a SteeringOptions, got {steering!r}")
+        if track_argmax is not None:
+            new.track_argmax = bool(track_argmax)
+        new._skeleton = Skeleton(self.dfa, self.vocab, new.steering.seed_space_after)
+        return new
 
     @property
     def min_tokens(self) -> int:
@@ -85,21 +117,71 @@ class ConstraintHook:
                 f"{self.description}: needs at least {int(self.tables.dist[state.dfa_state])} more "
                 f"tokens, only {int(tokens_left)} left (set max_new_tokens higher)"
             )
-        logits = logits_CV[:n].detach().to("cpu", torch.float32)
+        full = logits_CV[:n].detach().to("cpu", torch.float32)
+        logits = dfa_columns(self.dfa, full)
         if self.scorer is not None and state.label_scores is None:
-            state = replace(state, label_scores=self.scorer.scores(logits))
+            state = replace(state, label_scores=self.scorer.scores(full))
         path = best_path(
             self.tables, logits, state.dfa_state, tokens_after=int(tokens_left) - n, must_finish=last_canvas
         )
         done_idx = self.tables.done
-        emitted = 0
-        for i, tok in enumerate(path.tokens):
-            if path.states[i] == done_idx:  # after the EOS: pad
-                break
-            out[i] = tok
-            emitted += 1
+        out, emitted = path_tokens(path, n, C, self.pad_token_id, done_idx)
         end = path.states[-1]
         final = end == done_idx or (end < done_idx and bool(self.dfa.final[end]))
         finished = end == done_idx or (final and (last_canvas or int(tokens_left) - n <= 0))
         new = replace(state, dfa_state=end, done=finished, tokens=state.tokens + emitted)
+        if self.track_argmax:
+            # the DP changed nothing iff its emitted tokens are the raw argmax (the DONE tail is don't-care)
+            same = bool(torch.equal(full[:emitted].argmax(dim=-1), out[:emitted]))
+            new = replace(new, argmax_valid=same and state.argmax_valid is not False)
         return out, new, finished
+
+    # -- optional per-step steering (model/denoise.py calls these only when steering_on) ----------------
+    @property
+    def steering_on(self) -> bool:
+        return self.steering.any
+
+    def seed_canvas(
+        self, canvas_C: torch.Tensor, state: ConstraintState, *, tokens_left: int, last_canvas: bool
+    ) -> torch.Tensor | None:
+        """The first step's input canvas with the skeleton's tokens at its start (None: leave it)."""
+        if not self.steering.seed_canvas or state.done:
+            return None
+        ids = self._skeleton.seed(state.dfa_state, min(canvas_C.shape[0], int(tokens_left)))
+        if not ids:
+            return None
+        out = canvas_C.clone()
+        out[: len(ids)] = torch.tensor(ids, dtype=out.dtype, device=out.device)
+        return out
+
+    def steer(
+        self,
+        logits_CV: torch.Tensor,
+        argmax_C: torch.Tensor,
+        keep_C: torch.Tensor,
+        sampled_C: torch.Tensor,
+        state: ConstraintState,
+        *,
+        tokens_left: int,
+        last_canvas: bool,
+    ) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """(argmax_C, sampled_C) after the step's steering (None: unchanged). constrained_stop: the stop rule
+        sees the best valid path as the step's argmax; valid_sampling: kept positions take its tokens."""
+        if not self.steering.per_step or state.done:
+            return None
+        path = steer_tokens(
+            self.tables,
+            dfa_columns(self.dfa, logits_CV),
+            state.dfa_state,
+            tokens_left=tokens_left,
+            last_canvas=last_canvas,
+            pad=self.pad_token_id,
+        )
+        if path is None:
+            return None
+        path = path.to(argmax_C.device)
+        if self.steering.constrained_stop:
+            argmax_C = path
+        if self.steering.valid_sampling:
+            sampled_C = torch.where(keep_C, path, sampled_C)
+        return argmax_C, sampled_C

@@ -46,6 +46,12 @@ def test_spec_structured_output_exactly_one_source():
         JobSpec.parse(spec("in", "out", structured_output={"regex": "a+", "choice": ["x"]}))
     ok = JobSpec.parse(spec("in", "out", structured_output={"choice": ["yes", "no"]}))
     assert ok.structured_output.choice == ["yes", "no"]
+    assert ok.structured_output.steering == "off"
+    steer = {"choice": ["y"], "steering": "valid_sampling"}
+    steered = JobSpec.parse(spec("in", "out", structured_output=steer))
+    assert steered.structured_output.steering == "valid_sampling"
+    with pytest.raises(Exception, match="unknown option"):
+        JobSpec.parse(spec("in", "out", structured_output={"choice": ["y"], "steering": "fast"}))
 
 
 def test_spec_loads_yaml_and_reports_file(tmp_path):
