@@ -5,10 +5,12 @@ maxLength, enum, array, nested object). Vocabularies: the shipped small model's 
 to 32k / 262k byte strings by `synthetic_vocab` (joined pieces; training a 262k BPE on this box is not
 practical, and the automaton depends only on the byte strings). DP time is one `ConstraintHook.commit` on a
 C=256 canvas of random fp32 logits (includes the O(C*V) class-max pass, also shown on its own: at V=262k it
-is most of the DP for all but the largest schema). Overhead is relative to one
-decoder forward of a tiny-geometry DiffusionGemma with the same vocabulary (C=256, 64 context tokens).
-Times are CPU seconds of this process (time.process_time; one thread), so other load on a shared box
-inflates them less than wall-clock time; on an idle box the two agree.
+is most of the DP for all but the largest schema), with the default compiled DP (dp_numba.py) and with the
+numpy reference (DGBATCH_DP=numpy), interleaved repeat by repeat so both see the same load; one untimed
+commit first (numba's compile or cache load, and the per-constraint table preparation). Overhead is
+relative to one decoder forward of a tiny-geometry DiffusionGemma with the same vocabulary (C=256, 64
+context tokens). Times are CPU seconds of this process (time.process_time; one thread), so other load on a
+shared box inflates them less than wall-clock time; on an idle box the two agree.
 
     OMP_NUM_THREADS=1 .venv/bin/python bench/constraints.py [--vocab 32768 262144] [--repeat 3]
 """
@@ -27,9 +29,9 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from pipeline.constraints import dp, dp_numba  # noqa: E402
 from pipeline.constraints.choice import choice_regex  # noqa: E402
 from pipeline.constraints.dfa import build_token_dfa, build_trie  # noqa: E402
-from pipeline.constraints.dp import class_max  # noqa: E402
 from pipeline.constraints.hook import ConstraintHook  # noqa: E402
 from pipeline.constraints.schema_regex import schema_to_regex  # noqa: E402
 from pipeline.constraints.validate import validate_output  # noqa: E402
@@ -127,10 +129,10 @@ def main(argv=None) -> int:
             f"tiny-model decoder forward {fwd_txt}"
         )
         print(
-            f"| schema | build s | states | classes | class edges | DP ms / canvas (C={args.canvas}) "
-            "| of which class max ms | DP / forward |"
+            f"| schema | build s | states | classes | class edges | DP ms / canvas (C={args.canvas}), numba "
+            "| numpy DP ms | of which class max ms (numba) | DP / forward |"
         )
-        print("|---|---|---|---|---|---|---|---|")
+        print("|---|---|---|---|---|---|---|---|---|")
         for name, section in SCHEMAS.items():
             regex = (
                 choice_regex(section["choice"])
@@ -144,25 +146,38 @@ def main(argv=None) -> int:
                 dfa, pad_token_id=0, max_new_tokens=4 * args.canvas, canvas_length=args.canvas
             )
             g = torch.Generator().manual_seed(0)
-            times, cm_times, valid = [], [], True
+            times, np_times, cm_times, valid = [], [], [], True
+            hook.commit(
+                torch.zeros(args.canvas, V),
+                hook.initial_state(),
+                tokens_left=4 * args.canvas,
+                last_canvas=False,
+            )
             for _ in range(args.repeat):
                 logits = torch.randn(args.canvas, V, generator=g) * 3
                 state, left, toks = hook.initial_state(), 4 * args.canvas, []
+                dp.BACKEND = "numpy"
+                t0 = time.process_time()
+                ref, _, _ = hook.commit(logits, state, tokens_left=left, last_canvas=False)
+                np_times.append(time.process_time() - t0)
+                dp.BACKEND = "numba"
                 t0 = time.process_time()
                 out, state, fin = hook.commit(logits, state, tokens_left=left, last_canvas=False)
                 times.append(time.process_time() - t0)
+                valid &= bool(torch.equal(ref, out))  # the two backends commit the same tokens
                 t0 = time.process_time()
-                class_max(hook.tables, logits)
+                dp_numba.class_max(hook.tables, logits.numpy())
                 cm_times.append(time.process_time() - t0)
                 toks = out.tolist()
                 ids = toks[: toks.index(1)] if 1 in toks else toks
                 text = b"".join(vocab[t] or b"" for t in ids).decode("utf-8")
                 valid &= fin and validate_output(section, text)[0]
-            dp = statistics.median(times)
-            ratio = f"{dp / fwd:.2f}x" if fwd else "n/a"
+            dp_s = statistics.median(times)
+            ratio = f"{dp_s / fwd:.2f}x" if fwd else "n/a"
             print(
                 f"| {name} | {build_s:.2f} | {dfa.n_states} | {dfa.n_classes} | {dfa.edge_src.size} | "
-                f"{dp * 1000:.1f} | {statistics.median(cm_times) * 1000:.1f} | {ratio} |"
+                f"{dp_s * 1000:.1f} | {statistics.median(np_times) * 1000:.1f} | "
+                f"{statistics.median(cm_times) * 1000:.1f} | {ratio} |"
                 f"{'' if valid else ' INVALID'}",
                 flush=True,
             )
