@@ -275,8 +275,8 @@ def sweep(m, cfg, dev, args, cal, results):
             continue
         try:
             with variant(name):
-                if (name, B) not in warmed:  # warm-up (Triton compile, allocator) once per shape
-                    run_canvas(m, cfg, dev, B, 1, args.ctx)
+                if (name, B) not in warmed:  # warm-up (Triton compile, allocator, clocks) once per shape
+                    run_canvas(m, cfg, dev, B, 2, args.ctx)
                     warmed.add((name, B))
                 r = run_canvas(m, cfg, dev, B, N, args.ctx)
         except torch.cuda.OutOfMemoryError as e:
@@ -364,10 +364,9 @@ def main(argv=None) -> int:
         import dataclasses
 
         t = cfg.text
-        t = dataclasses.replace(t, num_hidden_layers=a.layers, layer_types=tuple(t.layer_types[:a.layers]),
-                                per_layer_config={i: c for i, c in t.per_layer_config.items()
-                                                  if i < a.layers},
-                                )
+        n = min(a.layers, t.num_hidden_layers)
+        t = dataclasses.replace(t, num_hidden_layers=n, layer_types=tuple(t.layer_types[:n]),
+                                per_layer_config={i: c for i, c in t.per_layer_config.items() if i < n})
         cfg = dataclasses.replace(cfg, text=t)
     dtype = torch.float32 if dev.type == "cpu" else torch.bfloat16
     a.ctx = 24 if a.tiny else 1024
