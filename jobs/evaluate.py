@@ -240,9 +240,16 @@ constraints = pipeline.constraints (JSON Schema -> token DFA, exact DP at each c
 {verdict}
 
 Reproduce: {reproduce}, then
-`python -m jobs.train --out runs/small --export model/assets/dgbatch-small` and
+`python -m jobs.train --out {export_from} --export model/assets/dgbatch-small` and
 `python -m jobs.evaluate --n {n} --out eval.json`.
 """
+
+
+def _last_out(state: dict) -> str:
+    """The run directory the shipped weights were exported from (the last stage's --out)."""
+    stages = state.get("stages") or [{"command": "--out runs/small"}]
+    words = stages[-1]["command"].split()
+    return words[words.index("--out") + 1] if "--out" in words else "runs/small"
 
 
 def _schedule(state: dict, mix: str) -> tuple[str, str]:
@@ -292,7 +299,8 @@ def write_card(report: dict, state: dict, model_dir: str | Path, verdict: str) -
         experts=t.num_experts, top_k=t.top_k_experts, moe=t.moe_intermediate_size, vocab=t.vocab_size,
         canvas=cfg.canvas_length, size_mb=(Path(model_dir) / "model.safetensors").stat().st_size / 2**20,
         sc=c["self_cond_frac"], schedule=schedule, final_loss=sum(losses) / max(1, len(losses)),
-        n=report["n_per_family"], table=markdown_table(report), verdict=verdict, reproduce=reproduce)
+        n=report["n_per_family"], table=markdown_table(report), verdict=verdict, reproduce=reproduce,
+        export_from=_last_out(state))
     (Path(model_dir) / "README.md").write_text(text)
     return text
 
