@@ -3,6 +3,8 @@
 Owns the flag -> generate() mapping for interactive use. Prints one answer per prompt; when stdout is a
 terminal it also redraws the decoded argmax canvas after every denoising step (a live view of the
 denoising), which costs one device read per step and is therefore off when output is piped.
+Structured output takes the job spec's options as flags (--json-schema, --pydantic, --regex, --choice,
+--steering): every answer then validates, and a choice answer also prints its per-label scores.
 """
 
 from __future__ import annotations
@@ -20,6 +22,13 @@ def add_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--steps", type=int, default=None, help="max denoising steps per canvas")
     parser.add_argument("--no-chat", action="store_true", help="do not apply the chat template")
     parser.add_argument("--dtype", choices=("bfloat16", "float32"), default="bfloat16")
+    so = parser.add_argument_group("structured output (at most one; the answer always validates)")
+    ex = so.add_mutually_exclusive_group()
+    ex.add_argument("--json-schema", help="a JSON Schema: inline JSON, or a file path / fsspec URL")
+    ex.add_argument("--pydantic", help="module:ClassName of a pydantic model")
+    ex.add_argument("--regex", help="the answer is a full match of this regex")
+    ex.add_argument("--choice", action="append", help="one allowed answer (repeat for each)")
+    so.add_argument("--steering", default="off", help="per-step steering: off (default), valid_sampling, all")
     parser.add_argument(
         "--live",
         choices=("auto", "on", "off"),
@@ -50,24 +59,64 @@ def run(args: argparse.Namespace) -> int:
     except ValueError as e:
         print(f"dgbatch generate: {e}", file=sys.stderr)
         return 2
+    try:
+        section, hook = _constraint(args, tok, model, params)
+    except (OSError, ValueError, ImportError) as e:  # unsupported keyword, too short a budget, bad file
+        print(f"dgbatch generate: structured output: {e}", file=sys.stderr)
+        return 2
     live = args.live == "on" or (args.live == "auto" and sys.stdout.isatty())
     view = _LiveView(tok, len(ids)) if live else None
-    answers = _generate(model, ids, params, args, view)
+    answers, states = _generate(model, ids, params, args, view, hook)
     if view is not None:
         view.clear()
-    for i, (prompt, text) in enumerate(zip(args.prompt, answers)):
-        print(f"=== [{i}] {prompt}\n{_decode(tok, text)}")
+    for i, (prompt, toks, state) in enumerate(zip(args.prompt, answers, states)):
+        if hook is None:
+            print(f"=== [{i}] {prompt}\n{_decode(tok, toks)}")
+            continue
+        from pipeline.constraints import check_output, decode_text
+
+        text = decode_text(hook, toks)
+        status, js, err = check_output(section, text, _Done(state))
+        print(f"=== [{i}] {prompt}\n{text}")
+        if status != "ok":
+            print(f"dgbatch generate: answer {i}: {err}", file=sys.stderr)
+            return 1
+        if section.get("choice") is not None:
+            print(f"scores: {js}")
     return 0
 
 
-def _generate(model, ids: list[list[int]], params, args, view) -> list[list[int]]:
+class _Done:
+    """What check_output reads from a finished row: its finish reason and final constraint state."""
+
+    def __init__(self, state):
+        self.finish_reason, self.hook_state = "eos", state
+
+
+def _constraint(args, tok, model, params):
+    """(section dict, ConstraintHook) from the structured-output flags, or (None, None) without any."""
+    section = {k: getattr(args, k) for k in ("json_schema", "pydantic", "regex", "choice")
+               if getattr(args, k) is not None}
+    if not section:
+        if args.steering != "off":
+            raise ValueError("--steering needs a constraint (--json-schema, --pydantic, --regex or --choice)")
+        return None, None
+    from pipeline.constraints import as_section, build_hook
+
+    section = as_section({**section, "steering": args.steering})  # loads a schema file / URL
+    hook = build_hook(section, tok, model.config, max_new_tokens=params.max_new_tokens)
+    return section, hook
+
+
+def _generate(model, ids: list[list[int]], params, args, view, hook=None) -> tuple[list[list[int]], list]:
+    """Answers' token ids and, per answer, the final constraint state (fast mode; None otherwise)."""
     import torch
 
     from model.engine import Engine, Request
     from model.generate import generate
 
     if args.mode == "fast":
-        reqs = [Request(str(i), x, args.seed + i, params) for i, x in enumerate(ids)]
+        reqs = [Request(str(i), x, args.seed + i, params, commit_hook=hook) for i, x in enumerate(ids)]
         cb = None
         if view is not None:
 
@@ -80,7 +129,7 @@ def _generate(model, ids: list[list[int]], params, args, view) -> list[list[int]
             if c.finish_reason == "error":
                 raise SystemExit(f"dgbatch generate: prompt {c.id}: {c.error}")
             out.append(c.token_ids)
-        return out
+        return out, [c.hook_state for c in comps]
     L = max(len(x) for x in ids)
     pad = params.pad_token_id if params.pad_token_id is not None else 0
     input_ids = torch.tensor([[pad] * (L - len(x)) + x for x in ids])
@@ -100,13 +149,14 @@ def _generate(model, ids: list[list[int]], params, args, view) -> list[list[int]
         on_step=cb,
         max_new_tokens=params.max_new_tokens,
         max_denoising_steps=params.max_denoising_steps,
+        commit_hook=hook,
     )
     eos = set(params.eos_token_ids)
     out = []
     for row in seqs[:, L:].tolist():
         cut = next((i for i, t in enumerate(row) if t in eos), len(row))
         out.append(row[:cut])
-    return out
+    return out, [None] * len(out)
 
 
 class _LiveView:

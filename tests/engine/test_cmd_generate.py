@@ -55,3 +55,33 @@ def test_generate_prints_one_answer_per_prompt(ckpt, capsys, mode, live):
 def test_generate_bad_model_dir(tmp_path, capsys):
     assert main(["generate", "--model", str(tmp_path / "nope"), "--prompt", "x"]) == 2
     assert "cannot load" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("mode", ["fast", "reference"])
+def test_generate_structured_output_flags(capsys, mode):
+    import json
+    import re
+
+    base = ["generate", "--model", str(ASSETS), "--mode", mode, "--steps", "4", "--max-new-tokens", "32",
+            "--dtype", "float32", "--prompt", "Order 44401 for Keaden arrived late."]
+    assert main(base + ["--regex", "[0-9]{5}"]) == 0
+    answer = capsys.readouterr().out.strip().splitlines()[-1]
+    assert re.fullmatch("[0-9]{5}", answer), answer
+    labels = ["billing", "technical", "shipping"]
+    assert main(base + [a for lab in labels for a in ("--choice", lab)]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert lines[-2] in labels
+    scores = json.loads(lines[-1].removeprefix("scores: "))
+    assert scores["label"] == lines[-2]
+    if mode == "fast":  # the engine hands back the final constraint state, which holds the label scores
+        assert set(scores["scores"]) == set(labels)
+
+
+def test_generate_structured_output_errors(capsys):
+    base = ["generate", "--model", str(ASSETS), "--prompt", "x", "--dtype", "float32"]
+    assert main(base + ["--json-schema", '{"type": "object", "patternProperties": {"a": {}}}']) == 2
+    assert "unsupported: patternProperties" in capsys.readouterr().err
+    assert main(base + ["--steering", "valid_sampling"]) == 2
+    assert "needs a constraint" in capsys.readouterr().err
+    assert main(base + ["--regex", "[0-9]{40}", "--max-new-tokens", "8"]) == 2
+    assert "max_new_tokens" in capsys.readouterr().err
