@@ -73,24 +73,17 @@ def run(args: argparse.Namespace) -> int:
         if hook is None:
             print(f"=== [{i}] {prompt}\n{_decode(tok, toks)}")
             continue
-        from pipeline.constraints import check_output, decode_text
+        from pipeline.constraints import check_output, choice_json, decode_text
 
         text = decode_text(hook, toks)
-        status, js, err = check_output(section, text, _Done(state))
+        status, _, err = check_output(section, text)
         print(f"=== [{i}] {prompt}\n{text}")
         if status != "ok":
             print(f"dgbatch generate: answer {i}: {err}", file=sys.stderr)
             return 1
         if section.get("choice") is not None:
-            print(f"scores: {js}")
+            print(f"scores: {choice_json(text, state)}")
     return 0
-
-
-class _Done:
-    """What check_output reads from a finished row: its finish reason and final constraint state."""
-
-    def __init__(self, state):
-        self.finish_reason, self.hook_state = "eos", state
 
 
 def _constraint(args, tok, model, params):

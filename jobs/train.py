@@ -25,13 +25,12 @@ from safetensors.torch import load_file, save_file
 from tqdm import tqdm
 
 from jobs import synthdata
-from jobs.train_data import END_OF_TURN, PAD, batches, build_batch
+from jobs.train_data import batches, build_batch
 from jobs.train_forward import diffusion_loss
 from model import DiffusionGemma, DiffusionGemmaConfig, load_tokenizer
 from model.config import FULL, PLACEHOLDER_VISION_CONFIG, SLIDING
 
 ASSET_DIR = Path(__file__).resolve().parents[1] / "model" / "assets" / "dgbatch-small"
-__all__ = ["END_OF_TURN", "PAD", "TrainConfig", "train", "export", "small_model_config", "init_for_training"]
 
 
 def small_model_config(vocab_size: int = 3072, hidden: int = 128, layers: int = 4, canvas: int = 32,
