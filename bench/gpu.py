@@ -3,10 +3,13 @@ it is from the roofline, kernel by kernel and end to end, with the transformers 
 
 Sections (each guarded: a failure is recorded in the JSON and the run goes on):
 1. calibrate: HBM bandwidth (large copy) and bf16 GEMM rate.
-2. kernels: fused_moe / canvas_attention / fused_sample at real shapes, Triton vs torch reference.
+2. kernels: fused_moe / canvas_attention / fused_sample / rms_norm / norm_rope at real shapes, Triton vs
+   torch reference.
 3. sweep: full-size DiffusionGemma with random bf16 weights (meta build, materialised on the GPU), 1k context,
    canvases per forward x fixed steps: ms per forward, tokens/s with and without prefill, % of roofline.
-   Variant "kernels" routes MoE and canvas attention through kernels/; "model" is model/ as written.
+   Variant "kernels" routes MoE and canvas attention through kernels/; "model" is model/ as written (its
+   norms and q/k RoPE go through kernels/ dispatch); "unfused" is "kernels" with the norm kernels forced to
+   their torch references, the A/B for the fused norms.
 4. profile: CUDA-time kernel breakdown of one decoder forward.
 5. reference: transformers DiffusionGemmaForBlockDiffusion (random weights) generate() with fixed steps
    (confidence_threshold=None) at the same settings, for the ratio.
@@ -37,6 +40,8 @@ import model.moe  # noqa: E402
 import model.transformer  # noqa: E402
 from kernels.canvas_attention import canvas_attention_torch, canvas_attention_triton  # noqa: E402
 from kernels.fused_moe import fused_moe_torch, fused_moe_triton  # noqa: E402
+from kernels.norm_rope import norm_rope_torch, norm_rope_triton  # noqa: E402
+from kernels.rms_norm import rms_norm_torch, rms_norm_triton  # noqa: E402
 from kernels.sampler import fused_sample_torch, fused_sample_triton  # noqa: E402
 from model import DiffusionGemma, DiffusionGemmaConfig  # noqa: E402
 from model.config import PLACEHOLDER_VISION_CONFIG  # noqa: E402
@@ -152,9 +157,40 @@ def bench_kernels(dev, tiny, cfg):
             row["triton_GBps"] = N * V * 4 / row["triton_ms"] / 1e6
         out.append(row)
         logits = None
+    out += bench_norms(dev, cfg, g)
     for r in out:
         if "triton_ms" in r:
             r["speedup_vs_torch"] = r["torch_ms"] / r["triton_ms"]
+    return out
+
+
+def bench_norms(dev, cfg, g):
+    """The block tail (residual + norm(d + m)) * scalar over the hidden size, and q norm + RoPE per head."""
+    t, C = cfg.text, cfg.canvas_length
+    H, Hq = t.hidden_size, t.num_attention_heads
+    use_triton = dev.type == "cuda"
+    mk = lambda *s: torch.randn(*s, generator=g).to(dev, torch.bfloat16)  # noqa: E731
+    out = []
+    for canv in (1, 8):
+        T = canv * C
+        x, a, r, w = mk(T, H), mk(T, H), mk(T, H), mk(H)
+        s = torch.ones(1, device=dev, dtype=torch.bfloat16)
+        kw = {"add": a, "residual": r, "scale": s}
+        row = {"kernel": "rms_norm", "shape": f"T={T} H={H} (+add, +residual, *scale)",
+               "torch_ms": ms(dev, lambda x=x, w=w, kw=kw: rms_norm_torch(x, w, 1e-6, **kw))}
+        if use_triton:
+            row["triton_ms"] = ms(dev, lambda x=x, w=w, kw=kw: rms_norm_triton(x, w, 1e-6, **kw), reps=10)
+            row["triton_GBps"] = 4 * T * H * 2 / row["triton_ms"] / 1e6
+        out.append(row)
+        for D in sorted({t.layer_head_dim(i) for i in range(t.num_hidden_layers)}):
+            q, wd = mk(canv, C, Hq, D), mk(D)
+            cos, sin = mk(canv, C, D), mk(canv, C, D)
+            row = {"kernel": "norm_rope", "shape": f"B={canv} C={C} heads={Hq} D={D}",
+                   "torch_ms": ms(dev, norm_rope_torch, q, wd, 1e-6, cos, sin)}
+            if use_triton:
+                row["triton_ms"] = ms(dev, norm_rope_triton, q, wd, 1e-6, cos, sin, reps=10)
+                row["triton_GBps"] = 2 * q.numel() * 2 / row["triton_ms"] / 1e6
+            out.append(row)
     return out
 
 
@@ -187,13 +223,16 @@ def _attend_adapter(torch_attend):
 
 @contextlib.contextmanager
 def variant(name):
-    """"kernels": MoE and canvas attention through kernels/ dispatch; "model": model/ unchanged."""
+    """"kernels": MoE and canvas attention through kernels/ dispatch; "model": model/ unchanged;
+    "unfused": "kernels" with rms_norm / norm_rope forced to their torch references."""
     old = (model.moe.moe_forward, model.transformer.attend)
-    if name == "kernels":
+    if name in ("kernels", "unfused"):
         model.moe.moe_forward = kernels.fused_moe
         model.transformer.attend = _attend_adapter(old[1])
     try:
-        yield
+        with kernels.use_backend("torch", ops=("rms_norm", "norm_rope")) if name == "unfused" \
+                else contextlib.nullcontext():
+            yield
     finally:
         model.moe.moe_forward, model.transformer.attend = old
 
@@ -267,7 +306,7 @@ def sweep(m, cfg, dev, args, cal, results):
     key = {B: i for i, B in enumerate(sorted(args.canvases, key=lambda B: (B not in (1, 8, 16), B)))}
     plan = sorted([("kernels", B, N) for B in args.canvases for N in args.steps],
                   key=lambda r: (r[2] != max(args.steps), key[r[1]]))
-    plan += [("model", B, min(args.steps)) for B in args.model_canvases]
+    plan += [(v, B, min(args.steps)) for B in args.model_canvases for v in ("unfused", "model")]
     warmed = set()
     for name, B, N in plan:
         if time.perf_counter() - args.t_start > 0.55 * args.budget_s:

@@ -310,6 +310,8 @@ def main(argv: list[str] | None = None) -> int:
     for name, val in asdict(defaults).items():
         if isinstance(val, (int, float, str)) and not isinstance(val, bool):
             ap.add_argument(f"--{name.replace('_', '-')}", type=type(val), default=val)
+    ap.add_argument("--families", type=lambda s: tuple(s.split(",")), default=defaults.families,
+                    help="family schedule cycled by step, comma-separated (default: %(default)s)")
     ap.add_argument("--no-progress", action="store_true")
     ap.add_argument("--export", type=Path, default=None, metavar="DIR",
                     help="export the checkpoint in --out as an HF-layout model dir DIR, then exit")

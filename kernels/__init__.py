@@ -8,13 +8,18 @@ dim, T flat tokens, E experts, k top-k, F = 2*Im gate+up rows, I = Im expert wid
 - `fused_moe(x_TH, topk_idx_Tk, topk_w_Tk, gate_up_EFH, down_EHI) -> y_TH`; see kernels/fused_moe.py.
 - `canvas_attention(q_BHCD, k_ctx_BKSD, v_ctx_BKSD, ctx_visible_BS, k_can_BKCD, v_can_BKCD, scale=1.0)
       -> o_BHCD`; see kernels/canvas_attention.py.
+- `rms_norm(x, weight, eps, add=None, residual=None, scale=None) -> y`: RMSNorm with the adds around it
+      fused; see kernels/rms_norm.py.
+- `norm_rope(x_BTHD, weight_D, eps, cos_BTD, sin_BTD) -> y_BTHD`: per-head RMSNorm then RoPE (q and k);
+      see kernels/norm_rope.py.
 
 Backend rule ("auto", the default): Triton only for CUDA tensors, when triton imports, no input needs a
 gradient (the kernels have no backward), the shape is not one where Triton measured slower on a GPU
 (`measured_slower`), and the op's one-time self-check on that device (a small
 comparison against the torch reference) passed. Everything else, including every CPU call, runs the torch
 reference, so the CPU path is exactly the reference path. Override with `set_backend("torch"|"triton"|
-"auto")`, the `use_backend(...)` context manager, or the env var DGBATCH_KERNELS at import.
+"auto")`, the `use_backend(...)` context manager, or the env var DGBATCH_KERNELS at import; pass `ops=` to
+either to override only some ops (benchmarks A/B one kernel inside the full model that way).
 
 Note: `kernels.fused_moe` and `kernels.canvas_attention` are the dispatching *functions*; reach the modules
 with `from kernels.fused_moe import fused_moe_torch` (or importlib), never `from kernels import fused_moe`.
@@ -30,32 +35,46 @@ import torch
 
 from kernels import canvas_attention as _attn
 from kernels import fused_moe as _moe
+from kernels import norm_rope as _norm_rope
+from kernels import rms_norm as _rms_norm
 from kernels import sampler as _sampler
 from kernels._triton_compat import HAS_TRITON
 from kernels.sampler import derive_keys
 
-__all__ = ["fused_sample", "derive_keys", "fused_moe", "canvas_attention", "set_backend", "use_backend",
-           "get_backend", "backend_for"]
+__all__ = ["fused_sample", "derive_keys", "fused_moe", "canvas_attention", "rms_norm", "norm_rope",
+           "set_backend", "use_backend", "get_backend", "backend_for"]
 
 _CHOICES = ("auto", "torch", "triton")
 _backend = os.environ.get("DGBATCH_KERNELS", "auto")
 if _backend not in _CHOICES:
     raise ValueError(f"DGBATCH_KERNELS must be one of {_CHOICES}, got {_backend!r}")
+_op_backend: dict[str, str] = {}  # per-op overrides, consulted before the global choice
 _selfcheck: dict[tuple[str, str], bool] = {}  # (op, device) -> passed; resolved once per process
 
 _OPS = {
     "fused_sample": (_sampler.fused_sample_torch, _sampler.fused_sample_triton, _sampler),
     "fused_moe": (_moe.fused_moe_torch, _moe.fused_moe_triton, _moe),
     "canvas_attention": (_attn.canvas_attention_torch, _attn.canvas_attention_triton, _attn),
+    "rms_norm": (_rms_norm.rms_norm_torch, _rms_norm.rms_norm_triton, _rms_norm),
+    "norm_rope": (_norm_rope.norm_rope_torch, _norm_rope.norm_rope_triton, _norm_rope),
 }
 
 
-def set_backend(name: str) -> None:
-    """Force every op to "torch" or "triton", or restore "auto"."""
+def set_backend(name: str, ops: tuple[str, ...] | None = None) -> None:
+    """Force every op (or just `ops`) to "torch" or "triton", or restore "auto"."""
     global _backend
     if name not in _CHOICES:
         raise ValueError(f"backend must be one of {_CHOICES}, got {name!r}")
-    _backend = name
+    if ops is None:
+        _backend = name
+        return
+    for op in ops:
+        if op not in _OPS:
+            raise ValueError(f"unknown kernel op {op!r}; expected one of {sorted(_OPS)}")
+        if name == "auto":
+            _op_backend.pop(op, None)
+        else:
+            _op_backend[op] = name
 
 
 def get_backend() -> str:
@@ -63,14 +82,16 @@ def get_backend() -> str:
 
 
 @contextlib.contextmanager
-def use_backend(name: str) -> Iterator[None]:
-    """Temporarily force a backend (tests, benchmarks)."""
-    old = _backend
-    set_backend(name)
+def use_backend(name: str, ops: tuple[str, ...] | None = None) -> Iterator[None]:
+    """Temporarily force a backend, for every op or just `ops` (tests, benchmarks)."""
+    old, old_ops = _backend, dict(_op_backend)
+    set_backend(name, ops)
     try:
         yield
     finally:
         set_backend(old)
+        _op_backend.clear()
+        _op_backend.update(old_ops)
 
 
 def measured_slower(op: str, first: torch.Tensor) -> bool:
@@ -84,6 +105,8 @@ def measured_slower(op: str, first: torch.Tensor) -> bool:
 
 def backend_for(op: str, *tensors: torch.Tensor | None) -> str:
     """Which implementation `op` uses for these inputs: "torch" or "triton"."""
+    if op in _op_backend:
+        return _op_backend[op]
     if _backend != "auto":
         return _backend
     ts = [t for t in tensors if t is not None]
@@ -135,3 +158,17 @@ def canvas_attention(q_BHCD: torch.Tensor, k_ctx_BKSD: torch.Tensor, v_ctx_BKSD:
     _attn.check_attention_args(q_BHCD, k_ctx_BKSD, v_ctx_BKSD, ctx_visible_BS, k_can_BKCD, v_can_BKCD)
     return _impl("canvas_attention", q_BHCD, k_ctx_BKSD, v_ctx_BKSD, k_can_BKCD, v_can_BKCD)(
         q_BHCD, k_ctx_BKSD, v_ctx_BKSD, ctx_visible_BS, k_can_BKCD, v_can_BKCD, scale)
+
+
+def rms_norm(x: torch.Tensor, weight: torch.Tensor | None, eps: float, *, add: torch.Tensor | None = None,
+             residual: torch.Tensor | None = None, scale: torch.Tensor | None = None) -> torch.Tensor:
+    """[residual +] rms_norm(x [+ add]) [* w], [* scale]: DiffusionGemma's fp32-math norm, in x's dtype."""
+    impl = _impl("rms_norm", x, weight, add, residual)
+    return impl(x, weight, eps, add=add, residual=residual, scale=scale)
+
+
+def norm_rope(x_BTHD: torch.Tensor, weight_D: torch.Tensor, eps: float, cos_BTD: torch.Tensor,
+              sin_BTD: torch.Tensor) -> torch.Tensor:
+    """Per-head scaled RMSNorm over D, then rotate-half RoPE with cos/sin of shape [B, T, D]."""
+    _norm_rope.check_norm_rope_args(x_BTHD, weight_D, cos_BTD, sin_BTD)
+    return _impl("norm_rope", x_BTHD, weight_D)(x_BTHD, weight_D, eps, cos_BTD, sin_BTD)

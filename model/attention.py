@@ -15,9 +15,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+import kernels
 from model.config import TextConfig
 from model.norm import RMSNorm, rms_norm
-from model.rope import apply_rope
 
 
 def attend(
@@ -62,11 +62,12 @@ class Attention(nn.Module):
         """-> q [B, Hq, T, D], k [B, KV, T, D], v [B, KV, T, D] (the cache stores k and v as returned)."""
         B, T, _ = x_BTH.shape
         D = self.head_dim
-        q = self.q_norm(self.q_proj(x_BTH).view(B, T, -1, D))
-        q = apply_rope(q, cos_BTD, sin_BTD).transpose(1, 2)
+        # q_norm / k_norm then RoPE: one fused op (kernels/norm_rope.py)
+        q = kernels.norm_rope(self.q_proj(x_BTH).view(B, T, -1, D), self.q_norm.weight, self.eps, cos_BTD,
+                              sin_BTD).transpose(1, 2)
         k_raw = self.k_proj(x_BTH).view(B, T, -1, D)
         v_raw = self.v_proj(x_BTH).view(B, T, -1, D) if self.v_proj is not None else k_raw
-        k = apply_rope(self.k_norm(k_raw), cos_BTD, sin_BTD).transpose(1, 2)
+        k = kernels.norm_rope(k_raw, self.k_norm.weight, self.eps, cos_BTD, sin_BTD).transpose(1, 2)
         v = rms_norm(v_raw, None, self.eps).transpose(1, 2)
         return q, k, v
 

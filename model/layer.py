@@ -65,11 +65,12 @@ class Block(nn.Module):
         self, h_BTH: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, attend: AttendFn, encoder: bool
     ) -> torch.Tensor:
         q, k, v = self.self_attn.qkv(self.input_layernorm(h_BTH), cos, sin)
-        r = h_BTH + self.post_attention_layernorm(self.self_attn.out(attend(q, k, v)))
+        r = self.post_attention_layernorm(self.self_attn.out(attend(q, k, v)), residual=h_BTH)
         d = self.post_feedforward_layernorm_1(self.mlp(self.pre_feedforward_layernorm(r)))
         r_TH = r.reshape(-1, r.shape[-1])
         idx, w = self.router(r_TH)
         m = self.experts(self.pre_feedforward_layernorm_2(r_TH), idx, w).view_as(r)
         m = self.post_feedforward_layernorm_2(m)
-        h = r + self.post_feedforward_layernorm(d + m)
-        return h * (self.encoder_layer_scalar if encoder else self.layer_scalar)
+        # (r + norm(d + m)) * layer_scalar, one fused call
+        return self.post_feedforward_layernorm(
+            d, add=m, residual=r, scale=self.encoder_layer_scalar if encoder else self.layer_scalar)

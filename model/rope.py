@@ -1,8 +1,9 @@
 """Rotary position embeddings: the reference's "default" (sliding) and "proportional" (full layers) forms.
 
 Legend: B batch, T tokens, D head dim. Inverse frequencies are computed exactly as transformers does (fp32,
-`base ** (arange / dim)`), cos/sin in fp32 and then cast to the activation dtype, and the rotation is the
-rotate-half convention: `x*cos + rotate_half(x)*sin` with `cos = cat(f, f)`.
+`base ** (arange / dim)`), cos/sin in fp32 and then cast to the activation dtype, and the rotation
+(kernels/norm_rope.py, fused with the q/k norm) is the rotate-half convention:
+`x*cos + rotate_half(x)*sin` with `cos = cat(f, f)`.
 Proportional RoPE rotates only the first `int(partial * D // 2)` frequency pairs, with exponents over the
 *full* D; the remaining frequencies are 0, so those dims pass through (cos=1, sin=0).
 """
@@ -52,10 +53,3 @@ def cos_sin(
     f = positions_BT[..., None].float() * inv_freq_F.to(device=positions_BT.device, dtype=torch.float)
     emb = torch.cat((f, f), dim=-1)
     return emb.cos().to(dtype), emb.sin().to(dtype)
-
-
-def apply_rope(x_BTHD: torch.Tensor, cos_BTD: torch.Tensor, sin_BTD: torch.Tensor) -> torch.Tensor:
-    """Rotate per head; cos/sin broadcast over the head axis."""
-    half = x_BTHD.shape[-1] // 2
-    rot = torch.cat((-x_BTHD[..., half:], x_BTHD[..., :half]), dim=-1)
-    return x_BTHD * cos_BTD[:, :, None] + rot * sin_BTD[:, :, None]

@@ -19,7 +19,10 @@ def test_bench_gpu_tiny_dry_run(tmp_path):
     r = json.loads(out.read_text())
     assert rc == 0 and not r.get("errors"), r.get("errors")
     ran = {(x["variant"], x["canvases"], x["steps"]) for x in r["sweep"]}
-    assert ran >= {("kernels", 2, 3), ("kernels", 1, 2), ("model", 1, 2)}  # model rows at the shortest steps
+    # model rows (and the fused-norm A/B "unfused") at the shortest steps
+    assert ran >= {("kernels", 2, 3), ("kernels", 1, 2), ("model", 1, 2), ("unfused", 1, 2)}
     assert all(x["tok_s_e2e"] > 0 and x["roofline_ms"] > 0 for x in r["sweep"])
-    assert {k["kernel"] for k in r["kernels"]} == {"fused_moe", "canvas_attention", "fused_sample"}
-    assert kernels.get_backend() == "auto"  # the dry run's torch override did not leak
+    assert {k["kernel"] for k in r["kernels"]} == {"fused_moe", "canvas_attention", "fused_sample", "rms_norm",
+                                                   "norm_rope"}
+    # the dry run's torch overrides (global and the "unfused" per-op one) did not leak
+    assert kernels.get_backend() == "auto" and kernels._op_backend == {}

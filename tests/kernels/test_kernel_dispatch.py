@@ -17,7 +17,7 @@ def _sample_args():
 def test_auto_is_torch_on_cpu():
     logits, it, keys = _sample_args()
     assert kernels.get_backend() == "auto"
-    for op in ("fused_sample", "fused_moe", "canvas_attention"):
+    for op in ("fused_sample", "fused_moe", "canvas_attention", "rms_norm", "norm_rope"):
         assert kernels.backend_for(op, logits) == "torch"
 
 
@@ -81,3 +81,18 @@ def test_derive_keys_follows_the_seed_device():
     assert keys.device.type == "meta" and keys.shape == (12,)
     cpu = kernels.derive_keys(torch.arange(3), torch.zeros(3, dtype=torch.long), 5, 4)
     assert torch.equal(cpu, kernels.derive_keys(torch.arange(3), 0, 5, 4))
+
+
+def test_per_op_override_leaves_other_ops_alone(monkeypatch):
+    monkeypatch.setattr(kernels, "HAS_TRITON", True)
+    monkeypatch.setitem(kernels._selfcheck, ("rms_norm", "cuda"), True)
+    monkeypatch.setitem(kernels._selfcheck, ("fused_moe", "cuda"), True)
+    x = _FakeCuda(256, 2816)
+    with kernels.use_backend("torch", ops=("rms_norm",)):
+        assert kernels.backend_for("rms_norm", x) == "torch"
+        assert kernels.backend_for("fused_moe", x) == "triton"
+        with kernels.use_backend("triton"):  # a global override does not beat a per-op one
+            assert kernels.backend_for("rms_norm", x) == "torch"
+    assert kernels.backend_for("rms_norm", x) == "triton" and kernels._op_backend == {}
+    with pytest.raises(ValueError, match="unknown kernel op"):
+        kernels.set_backend("torch", ops=("rmsnorm",))

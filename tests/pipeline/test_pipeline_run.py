@@ -134,6 +134,14 @@ def _wait_for(pred, timeout: float, what: str) -> None:
         time.sleep(0.05)
 
 
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"  # a zombie has exited
+    except FileNotFoundError:
+        return False
+
+
 def test_replica_sigkill_mid_shard(tmp_path, ray_local):
     write_prompts(tmp_path / "in.parquet", [f"p{i}" for i in range(24)])
     pids = tmp_path / "pids"
@@ -167,6 +175,10 @@ def test_driver_killed_then_rerun(tmp_path, ray_local):
     finally:
         first.kill()
     first.wait(30)
+    # Replicas commit their own shards, so one still finishing a shard may commit after the driver died
+    # (exactly once still holds: first writer wins). Snapshot only once the killed run's replicas are gone.
+    orphans = [int(p.name) for p in (tmp_path / "pids").iterdir()]
+    _wait_for(lambda: not any(_alive(pid) for pid in orphans), 60, "the killed run's replicas to exit")
     before = {p.name: p.read_text() for p in commits.iterdir()}
     assert 3 <= len(before) < 10 and not (out / "_SUCCESS").exists()
     second = subprocess.run(cmd, capture_output=True, text=True, timeout=180)
