@@ -10,8 +10,12 @@ Sections (each guarded: a failure is recorded in the JSON and the run goes on):
    Variant "kernels" routes MoE and canvas attention through kernels/; "model" is model/ as written (its
    norms and q/k RoPE go through kernels/ dispatch); "unfused" is "kernels" with the norm kernels forced to
    their torch references, the A/B for the fused norms.
-4. profile: CUDA-time kernel breakdown of one decoder forward.
-5. reference: transformers DiffusionGemmaForBlockDiffusion (random weights) generate() with fixed steps
+   Variant "graph" is "kernels" with each canvas's decoder forward captured once in a CUDA graph and
+   replayed for the remaining steps (capture time reported apart): how much of a step is launch overhead.
+   On failure (a host sync or host->device copy inside the forward) the row records the error.
+4. moe_tiles: fused_moe tile / warp / stage sweep at 1 and 8 canvases (GB/s of expert weights per config),
+   to pick the launcher's defaults on this card. 5. profile: CUDA-time kernel breakdown of one forward.
+6. reference: transformers DiffusionGemmaForBlockDiffusion (random weights) generate() with fixed steps
    (confidence_threshold=None) at the same settings, for the ratio.
 
 Usage: python bench/gpu.py [--tiny] [--out results.json]   (--tiny: CPU, tiny config, torch backend, seconds)
@@ -22,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import gc
 import json
 import os
@@ -164,6 +169,43 @@ def bench_kernels(dev, tiny, cfg):
     return out
 
 
+MOE_TILES = [  # (block_n, block_k, num_warps, num_stages): around the default (64, 64, 4, default)
+    (64, 64, 4, None), (64, 128, 4, 3), (64, 128, 4, 4), (64, 256, 4, 3), (128, 64, 4, 3), (128, 128, 4, 3),
+    (128, 128, 8, 3), (128, 128, 8, 4), (64, 256, 8, 3), (128, 256, 8, 3), (32, 256, 4, 4), (256, 64, 8, 3),
+]
+
+
+def moe_tiles(dev, cfg, budget_end):
+    """fused_moe over MOE_TILES at 1 and 8 canvases; each row: config, ms, GB/s of expert weights."""
+    t, C = cfg.text, cfg.canvas_length
+    H, E, k, Im = t.hidden_size, t.num_experts, t.top_k_experts, t.moe_intermediate_size
+    g = torch.Generator(device="cpu").manual_seed(1)
+    gu = (torch.randn(E, 2 * Im, H, generator=g) * 0.02).to(dev, torch.bfloat16)
+    dn = (torch.randn(E, H, Im, generator=g) * 0.02).to(dev, torch.bfloat16)
+    rows = []
+    for canv in (1, 8):
+        T = canv * C
+        x = torch.randn(T, H, generator=g).to(dev, torch.bfloat16)
+        idx = torch.stack([torch.randperm(E, generator=g)[:k] for _ in range(T)]).to(dev)
+        w = torch.rand(T, k, generator=g).to(dev)
+        wbytes = int(torch.unique(idx).numel()) * (3 * Im * H) * 2
+        ref = fused_moe_triton(x, idx, w, gu, dn).float()
+        for bn, bk, nw, ns in MOE_TILES:
+            row = {"T": T, "block_n": bn, "block_k": bk, "num_warps": nw, "num_stages": ns}
+            if time.perf_counter() > budget_end:
+                rows.append(row | {"error": "skipped: time budget"})
+                continue
+            try:
+                fn = functools.partial(fused_moe_triton, block_n=bn, block_k=bk, num_warps=nw, num_stages=ns)
+                err = (fn(x, idx, w, gu, dn).float() - ref).abs().max().item()
+                t_ms = ms(dev, fn, x, idx, w, gu, dn, reps=10)
+                rows.append(row | {"ms": t_ms, "weight_GBps": wbytes / t_ms / 1e6, "max_diff_default": err})
+            except Exception as e:  # noqa: BLE001 - e.g. shared memory exceeded for a big tile
+                rows.append(row | {"error": f"{type(e).__name__}: {e}"[:200]})
+            print(json.dumps(rows[-1]), flush=True)
+    return rows
+
+
 def bench_norms(dev, cfg, g):
     """The block tail (residual + norm(d + m)) * scalar over the hidden size, and q norm + RoPE per head."""
     t, C = cfg.text, cfg.canvas_length
@@ -226,7 +268,7 @@ def variant(name):
     """"kernels": MoE and canvas attention through kernels/ dispatch; "model": model/ unchanged;
     "unfused": "kernels" with rms_norm / norm_rope forced to their torch references."""
     old = (model.moe.moe_forward, model.transformer.attend)
-    if name in ("kernels", "unfused"):
+    if name in ("kernels", "unfused", "graph"):
         model.moe.moe_forward = kernels.fused_moe
         model.transformer.attend = _attend_adapter(old[1])
     try:
@@ -243,8 +285,38 @@ def commit_rule(ent_BC, bound):
     return torch.zeros_like(ent_BC, dtype=torch.bool).scatter(1, order, (h.cumsum(-1) - h) <= bound)
 
 
+class _GraphedDecode:
+    """m.decode for one canvas's fixed shapes, captured in a CUDA graph after an eager warm-up; replays copy
+    the step's canvas and self-conditioning input into static buffers. Step 0 (no self-conditioning) stays
+    eager. Experiment for the benchmark: how much of a forward is launch overhead."""
+
+    def __init__(self, m, cache, pos_c, canvas, sc, ctx):
+        self.m, self.cache, self.pos_c, self.ctx = m, cache, pos_c, ctx
+        self.canvas, self.sc = canvas.clone(), sc.clone()
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):  # warm-up off the capture stream (allocator, Triton, self-checks)
+            for _ in range(2):
+                self._run()
+        torch.cuda.current_stream().wait_stream(side)
+        self.graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(self.graph):
+            self.logits = self._run()
+
+    def _run(self):
+        # len_range: every row's context length is known on the host (no device read inside the capture)
+        return self.m.decode(self.canvas, self.cache, positions_BC=self.pos_c, sc_logits_BCV=self.sc,
+                             len_range=(self.ctx, self.ctx))
+
+    def __call__(self, canvas, sc):
+        self.canvas.copy_(canvas)
+        self.sc.copy_(sc)
+        self.graph.replay()
+        return self.logits
+
+
 @torch.no_grad()
-def run_canvas(m, cfg, dev, B, N, ctx):
+def run_canvas(m, cfg, dev, B, N, ctx, graph=False):
     """Prefill ctx tokens for B rows, then one canvas of N fixed denoising steps -> timings (s)."""
     t, C = cfg.text, cfg.canvas_length
     V = t.vocab_size
@@ -258,11 +330,20 @@ def run_canvas(m, cfg, dev, B, N, ctx):
     canvas = torch.randint(3, V, (B, C), device=dev)
     pos_c = torch.arange(ctx, ctx + C, device=dev).expand(B, C)
     seeds = torch.arange(B, device=dev)
-    sc, fwd = None, 0.0
+    sc, fwd, graphed, capture = None, 0.0, None, 0.0
     for step in range(N):
+        if graph and sc is not None and graphed is None:
+            sync(dev)
+            c0 = time.perf_counter()
+            graphed = _GraphedDecode(m, cache, pos_c, canvas, sc, ctx)
+            sync(dev)
+            capture = time.perf_counter() - c0
         sync(dev)
         f0 = time.perf_counter()
-        logits = m.decode(canvas, cache, positions_BC=pos_c, sc_logits_BCV=sc)
+        if graphed is not None:
+            logits = graphed(canvas, sc).clone()  # the loop scales logits in place; keep the graph's output
+        else:
+            logits = m.decode(canvas, cache, positions_BC=pos_c, sc_logits_BCV=sc, len_range=(ctx, ctx))
         sync(dev)
         fwd += time.perf_counter() - f0
         temp = 0.4 + 0.4 * (N - step) / N
@@ -275,7 +356,7 @@ def run_canvas(m, cfg, dev, B, N, ctx):
         del logits
     sync(dev)
     t2 = time.perf_counter()
-    return {"prefill_s": t1 - t0, "loop_s": t2 - t1, "decoder_s": fwd}
+    return {"prefill_s": t1 - t0, "loop_s": t2 - t1 - capture, "decoder_s": fwd, "capture_s": capture}
 
 
 def roofline_s(m, cfg, B, ctx, bw, peak):
@@ -307,6 +388,8 @@ def sweep(m, cfg, dev, args, cal, results):
     plan = sorted([("kernels", B, N) for B in args.canvases for N in args.steps],
                   key=lambda r: (r[2] != max(args.steps), key[r[1]]))
     plan += [(v, B, min(args.steps)) for B in args.model_canvases for v in ("unfused", "model")]
+    if dev.type == "cuda":
+        plan += [("graph", B, max(args.steps)) for B in args.model_canvases]
     warmed = set()
     for name, B, N in plan:
         if time.perf_counter() - args.t_start > 0.55 * args.budget_s:
@@ -317,10 +400,16 @@ def sweep(m, cfg, dev, args, cal, results):
                 if (name, B) not in warmed:  # warm-up (Triton compile, allocator, clocks) once per shape
                     run_canvas(m, cfg, dev, B, 2, args.ctx)
                     warmed.add((name, B))
-                r = run_canvas(m, cfg, dev, B, N, args.ctx)
+                r = run_canvas(m, cfg, dev, B, N, args.ctx, graph=name == "graph")
         except torch.cuda.OutOfMemoryError as e:
             rows.append({"variant": name, "canvases": B, "steps": N, "error": f"OOM: {e}"[:200]})
             torch.cuda.empty_cache()
+            continue
+        except RuntimeError as e:  # e.g. a sync inside graph capture: record it, keep the other rows
+            if name != "graph":
+                raise
+            rows.append({"variant": name, "canvases": B, "steps": N,
+                         "error": f"{type(e).__name__}: {e}"[:400]})
             continue
         ms_fwd = 1e3 * r["decoder_s"] / N
         roof = 1e3 * roofline_s(m, cfg, B, args.ctx, nom["bw"], nom["flops"])
@@ -329,7 +418,7 @@ def sweep(m, cfg, dev, args, cal, results):
             "ms_per_step": 1e3 * r["loop_s"] / N,
             "prefill_ms": 1e3 * r["prefill_s"], "tok_s_no_prefill": B * C / r["loop_s"],
             "tok_s_e2e": B * C / (r["loop_s"] + r["prefill_s"]), "roofline_ms": roof,
-            "pct_roofline": 100 * roof / ms_fwd,
+            "pct_roofline": 100 * roof / ms_fwd, "capture_ms": 1e3 * r["capture_s"],
         })
         print(json.dumps(rows[-1]), flush=True)
 
@@ -440,6 +529,13 @@ def _run(a, dev, cfg, dtype, hf_plan) -> int:
                 r["pct_of_copy_bw"] = 100 * r["triton_weight_GBps"] / cal["copy_bw_GBps"]
             print(json.dumps(r), flush=True)
     dump()
+    if dev.type == "cuda":
+        with guarded(results, "moe_tiles"):
+            results["moe_tiles"] = moe_tiles(dev, cfg, t_start + 0.25 * a.budget_s)
+            for r in results["moe_tiles"]:
+                if "weight_GBps" in r:
+                    r["pct_of_copy_bw"] = 100 * r["weight_GBps"] / cal["copy_bw_GBps"]
+        dump()
     m = None
     with guarded(results, "sweep"):
         m = build_model(cfg, dev, dtype)
@@ -486,6 +582,11 @@ def print_table(results):
         if "pct_of_copy_bw" in r:
             tri += f" weights {r['triton_weight_GBps']:.0f} GB/s = {r['pct_of_copy_bw']:.0f}% of copy bw"
         print(f"  {r['kernel']:17s} {r['shape']:40s} torch {r['torch_ms']:.3f} ms  {tri}")
+    tiles = [r for r in results.get("moe_tiles", []) if "weight_GBps" in r]
+    for T in sorted({r["T"] for r in tiles}):
+        best = max((r for r in tiles if r["T"] == T), key=lambda r: r["weight_GBps"])
+        print(f"  fused_moe best tile at T={T}: n{best['block_n']} k{best['block_k']} w{best['num_warps']} "
+              f"s{best['num_stages']} {best['ms']:.3f} ms, {best['pct_of_copy_bw']:.0f}% of copy bw")
     print(f"  {'variant':8s} {'canv':>4s} {'steps':>5s} {'ms/fwd':>8s} {'tok/s':>9s} {'tok/s e2e':>9s} "
           f"{'%roof':>6s}")
     for r in results.get("sweep", []):

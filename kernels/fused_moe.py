@@ -171,8 +171,10 @@ def _combine_kernel(y_ptr, w_ptr, out_ptr, H, TOPK: tl.constexpr, BH: tl.constex
 
 def fused_moe_triton(x_TH: torch.Tensor, topk_idx_Tk: torch.Tensor, topk_w_Tk: torch.Tensor,
                      gate_up_EFH: torch.Tensor, down_EHI: torch.Tensor, *, block_m: int | None = None,
-                     block_n: int = 64, block_k: int = 64) -> torch.Tensor:
-    """Triton launcher with the same contract as `fused_moe_torch`."""
+                     block_n: int = 64, block_k: int = 64, num_warps: int = 4,
+                     num_stages: int | None = None) -> torch.Tensor:
+    """Triton launcher with the same contract as `fused_moe_torch`. Tile sizes, warps and pipeline stages
+    are arguments so bench/gpu.py can sweep them at real shapes (None stages: Triton's default)."""
     check_moe_args(x_TH, topk_idx_Tk, topk_w_Tk, gate_up_EFH, down_EHI)
     T, H = x_TH.shape
     k = topk_idx_Tk.shape[1]
@@ -187,6 +189,7 @@ def fused_moe_triton(x_TH: torch.Tensor, topk_idx_Tk: torch.Tensor, topk_w_Tk: t
         block_m = 16 if A / E <= 24 else (32 if A / E <= 48 else 64)
     sorted_ids, block_expert, nblk = align_tokens(topk_idx_Tk, E, block_m)
     G = block_expert.numel()
+    launch = {"num_warps": num_warps} | ({"num_stages": num_stages} if num_stages else {})
     h_AI = torch.empty(A, I, dtype=x_TH.dtype, device=x_TH.device)
     y_AH = torch.empty(A, H, dtype=x_TH.dtype, device=x_TH.device)
     upcast = interpret_mode() or x_TH.dtype == torch.float32
@@ -194,11 +197,11 @@ def fused_moe_triton(x_TH: torch.Tensor, topk_idx_Tk: torch.Tensor, topk_w_Tk: t
     runnable(_gate_up_kernel)[(G, triton.cdiv(I, block_n))](
         x_TH, gate_up_EFH, h_AI, sorted_ids, block_expert, nblk, A, k, H, I,
         x_TH.stride(0), gate_up_EFH.stride(0), gate_up_EFH.stride(1), h_AI.stride(0),
-        BM=block_m, BN=block_n, BK=block_k, UPCAST=upcast, IEEE=ieee, num_warps=4)
+        BM=block_m, BN=block_n, BK=block_k, UPCAST=upcast, IEEE=ieee, **launch)
     runnable(_down_kernel)[(G, triton.cdiv(H, block_n))](
         h_AI, down_EHI, y_AH, sorted_ids, block_expert, nblk, A, H, I,
         h_AI.stride(0), down_EHI.stride(0), down_EHI.stride(1), y_AH.stride(0),
-        BM=block_m, BN=block_n, BK=block_k, UPCAST=upcast, IEEE=ieee, num_warps=4)
+        BM=block_m, BN=block_n, BK=block_k, UPCAST=upcast, IEEE=ieee, **launch)
     bh = min(1024, 1 << max(4, (H - 1).bit_length()))
     runnable(_combine_kernel)[(T, triton.cdiv(H, bh))](
         y_AH, topk_w_Tk.float().contiguous(), out, H, TOPK=k, BH=bh)

@@ -60,7 +60,8 @@ class DiffusionGemma(nn.Module):
         self.layers = nn.ModuleList(Block(t, i) for i in range(t.num_hidden_layers))
         self.norm = RMSNorm(t.hidden_size, t.rms_norm_eps)
         self.self_conditioning = SelfConditioning(t.hidden_size, t.intermediate_size, t.rms_norm_eps)
-        self._inv_freq = {}
+        self._inv_freq = {}  # CPU masters; per-device copies in _device_consts
+        self._consts: dict[tuple, tuple] = {}
         for lt in set(t.layer_types):
             i = t.layer_types.index(lt)
             self._inv_freq[lt] = inv_freq(t.rope(i), t.layer_head_dim(i))
@@ -87,9 +88,18 @@ class DiffusionGemma(nn.Module):
     def device(self) -> torch.device:
         return self.embed_tokens.weight.device
 
+    def _device_consts(self) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """(embedding scale, {layer type: inv_freq}) on the weights' device, made once per (device, dtype):
+        no host->device copy per forward (each is a stall, and one inside CUDA-graph capture is an error)."""
+        key = (self.device, self.dtype)
+        if key not in self._consts:
+            # sqrt(H) cast to the weight dtype first, as the reference (bf16: 53.07 -> 53.0)
+            scale = torch.tensor(embed_scale(self.text.hidden_size), device=self.device).to(self.dtype)
+            self._consts[key] = (scale, {lt: f.to(self.device) for lt, f in self._inv_freq.items()})
+        return self._consts[key]
+
     def _scale(self) -> torch.Tensor:
-        # sqrt(H) cast to the weight dtype first, as the reference (bf16: 53.07 -> 53.0)
-        return torch.tensor(embed_scale(self.text.hidden_size), device=self.device).to(self.dtype)
+        return self._device_consts()[0]
 
     def _embed(self, ids: torch.Tensor) -> torch.Tensor:
         return self.embed_tokens(ids) * self._scale()
@@ -97,7 +107,7 @@ class DiffusionGemma(nn.Module):
     def _rope(
         self, positions: torch.Tensor, dtype: torch.dtype
     ) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
-        return {lt: cos_sin(positions, f, dtype) for lt, f in self._inv_freq.items()}
+        return {lt: cos_sin(positions, f, dtype) for lt, f in self._device_consts()[1].items()}
 
     @staticmethod
     def _ctx(cache_t: torch.Tensor, rows: torch.Tensor | None, lo: int, hi: int) -> torch.Tensor:

@@ -73,6 +73,16 @@ def test_triton_matches_reference_fp32(T, block_m):
     assert_close(f"moe T={T}", out, fused_moe_torch(x, idx, w, gu, dn), 1e-5, 1e-5)
 
 
+def test_triton_tile_options_do_not_change_results():
+    # bench/gpu.py sweeps tiles, warps and stages; every setting must compute the same thing
+    x, idx, w, gu, dn = _inputs(21, 40, 5, 2, 24, seed=3)
+    ref = fused_moe_torch(x, idx, w, gu, dn)
+    for bn, bk, nw, ns in ((32, 16, 8, 3), (16, 64, 2, 4)):
+        out = fused_moe_triton(x, idx, w, gu, dn, block_m=16, block_n=bn, block_k=bk, num_warps=nw,
+                               num_stages=ns)
+        assert_close(f"moe tiles {bn}x{bk}", out, ref, 1e-5, 1e-5)
+
+
 def test_triton_bf16_inputs():
     x, idx, w, gu, dn = _inputs(20, 48, 4, 2, 16, seed=5, dtype=torch.bfloat16)
     out = fused_moe_triton(x, idx, w, gu, dn, block_n=16, block_k=16)
