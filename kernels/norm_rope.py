@@ -74,8 +74,9 @@ def norm_rope_triton(x_BTHD: torch.Tensor, weight_D: torch.Tensor, eps: float, c
         return out
     half = D // 2
     bh = next_pow2(half)
+    cos_BTD, sin_BTD = (t.expand(B, T, D).contiguous() for t in (cos_BTD, sin_BTD))  # [1, T, D] broadcasts
     runnable(_norm_rope_kernel)[(B * T * Hh,)](
-        x_BTHD.contiguous(), weight_D, cos_BTD.contiguous(), sin_BTD.contiguous(), out, Hh, D, half,
+        x_BTHD.contiguous(), weight_D, cos_BTD, sin_BTD, out, Hh, D, half,
         float(eps), ROUND=x_BTHD.dtype != torch.float32 and not interpret_mode(), BH=bh,
         num_warps=min(8, max(1, bh // 128)))
     return out
@@ -89,8 +90,9 @@ def check_norm_rope_args(x_BTHD, weight_D, cos_BTD, sin_BTD) -> None:
     if tuple(weight_D.shape) != (D,):
         raise ValueError(f"norm_rope: weight_D {tuple(weight_D.shape)} does not fit head dim {D}")
     for name, t in (("cos_BTD", cos_BTD), ("sin_BTD", sin_BTD)):
-        if tuple(t.shape) != (B, T, D) or t.dtype != x_BTHD.dtype:
-            raise ValueError(f"norm_rope: {name} {tuple(t.shape)} {t.dtype} must be [{B}, {T}, {D}] "
+        shape_ok = t.dim() == 3 and t.shape[0] in (1, B) and tuple(t.shape[1:]) == (T, D)
+        if not shape_ok or t.dtype != x_BTHD.dtype:
+            raise ValueError(f"norm_rope: {name} {tuple(t.shape)} {t.dtype} must be [{B} or 1, {T}, {D}] "
                              f"{x_BTHD.dtype}")
 
 

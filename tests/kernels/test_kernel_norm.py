@@ -110,6 +110,9 @@ def test_norm_rope_strided_input_and_bad_args():
     assert not xt.is_contiguous()
     assert_close("strided", norm_rope_triton(xt, w, 1e-6, cos, sin), norm_rope_torch(x, w, 1e-6, cos, sin),
                  1e-5, 1e-5)
+    c1, s1 = cos[:1], sin[:1]  # one row of positions shared by the batch broadcasts, as in torch
+    assert_close("broadcast cos", norm_rope_triton(x, w, 1e-6, c1, s1), norm_rope_torch(x, w, 1e-6, c1, s1),
+                 1e-5, 1e-5)
     with pytest.raises(ValueError, match="cos_BTD"):
         kernels.norm_rope(x, w, 1e-6, cos[:, :3], sin)
     with pytest.raises(ValueError, match="D even"):
