@@ -69,6 +69,8 @@ def test_auto_keeps_torch_where_triton_measured_slower(monkeypatch):
     monkeypatch.setattr(kernels, "HAS_TRITON", True)
     monkeypatch.setitem(kernels._selfcheck, ("canvas_attention", "cuda"), True)
     assert kernels.backend_for("canvas_attention", _FakeCuda(1, 16, 256, 256)) == "triton"
+    assert kernels.backend_for("canvas_attention", _FakeCuda(4, 16, 256, 256)) == "triton"
+    assert kernels.backend_for("canvas_attention", _FakeCuda(8, 16, 256, 256)) == "torch"  # 0.9x measured
     assert kernels.backend_for("canvas_attention", _FakeCuda(1, 16, 256, 512)) == "torch"
     monkeypatch.setitem(kernels._selfcheck, ("fused_moe", "cuda"), True)
     assert kernels.backend_for("fused_moe", _FakeCuda(256, 2816)) == "triton"
