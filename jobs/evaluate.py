@@ -266,13 +266,20 @@ def _schedule(state: dict, mix: str) -> tuple[str, str]:
                f"--batch-size {c['batch_size']} --lr {c['lr']} --warmup {c['warmup']} "
                f"--self-cond-frac {c['self_cond_frac']}`")
         return text, cmd
-    rows = ["", "| stage | where | steps x batch | examples | lr (peak, cosine to 10%) | minutes |",
-            "|---|---|---|---|---|---|"]
+    # a stage that names its family schedule gets a column (stages may differ); else the run's mix applies
+    per_stage = all("families" in st for st in stages)
+    rows = ["", "| stage | where | steps x batch | examples | lr (peak, cosine to 10%) | minutes |"
+            + (" batches: labeling / extraction |" if per_stage else ""),
+            "|---|---|---|---|---|---|" + ("---|" if per_stage else "")]
     for i, st in enumerate(stages, 1):
         n_ex = st["steps"] * st["batch"]
+        fams = st.get("families", [])
+        share = (f" {fams.count('labeling') / len(fams):.0%} / {fams.count('extraction') / len(fams):.0%} |"
+                 if per_stage else "")
         rows.append(f"| {i} | {st['where']} | {st['steps']:,} x {st['batch']} | {n_ex:,} "
-                    f"| {st['lr']} | {st['minutes']:.1f} |")
+                    f"| {st['lr']} | {st['minutes']:.1f} |{share}")
     total = sum(st["steps"] * st["batch"] for st in stages)
+    mix = "family shares per stage below" if per_stage else mix
     text = (f"AdamW, trained in {len(stages)} stages, each continuing from the previous one's weights with a "
             f"fresh optimizer and its own warmup + cosine ({mix}); {total:,} examples in all:\n"
             + "\n".join(rows) + "\n\n")

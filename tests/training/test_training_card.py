@@ -1,0 +1,37 @@
+"""The model card's training section: one run, or stages with their own family schedules."""
+
+from __future__ import annotations
+
+from jobs.evaluate import _schedule
+
+
+def _state(stages=None):
+    cfg = {"lr": 0.003, "warmup": 100, "batch_size": 16, "steps": 2300, "self_cond_frac": 0.4,
+           "families": ["labeling", "extraction", "extraction"]}
+    st = {"config": cfg, "step": 2300, "train_seconds": 600.0}
+    if stages is not None:
+        st["stages"] = stages
+    return st
+
+
+def test_single_run_states_its_schedule():
+    text, cmd = _schedule(_state(), "labeling 33% of batches, extraction 67% of batches")
+    assert "batch 16, 2300 steps = 36,800 examples" in text and "10 min" in text
+    assert "--steps 2300 --batch-size 16 --lr 0.003" in cmd
+
+
+def test_stages_with_their_own_family_mix_get_a_column():
+    stages = [
+        {"where": "CPU", "steps": 100, "batch": 16, "lr": 0.003, "minutes": 2.0, "command": "a --out r1",
+         "families": ["labeling", "extraction", "extraction"]},
+        {"where": "GPU", "steps": 50, "batch": 128, "lr": 0.0004, "minutes": 1.0, "command": "b --out r2",
+         "families": ["labeling"] + ["extraction"] * 5},
+    ]
+    text, cmd = _schedule(_state(stages), "ignored: stages differ")
+    assert "ignored" not in text and "family shares per stage below" in text
+    assert "| 1 | CPU | 100 x 16 | 1,600 | 0.003 | 2.0 | 33% / 67% |" in text
+    assert "| 2 | GPU | 50 x 128 | 6,400 | 0.0004 | 1.0 | 17% / 83% |" in text
+    assert "8,000 examples in all" in text and cmd == "`a --out r1` then `b --out r2`"
+    # stages without schedules keep the run-level sentence and no extra column
+    text, _ = _schedule(_state([{k: v for k, v in s.items() if k != "families"} for s in stages]), "MIX")
+    assert "(MIX)" in text and "labeling / extraction" not in text
