@@ -14,19 +14,14 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import time
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from jobs import synthdata  # noqa: E402
-from jobs.evaluate import FAMILY_CANVASES, decode_answer, score  # noqa: E402
-from jobs.train_forward import make_batch  # noqa: E402
+from jobs.evaluate import evaluate_family  # noqa: E402
 from model import DiffusionGemma, load_tokenizer  # noqa: E402
-from model.counters import Counters  # noqa: E402
-from model.generate import generate  # noqa: E402
 
 ASSET = Path(__file__).resolve().parents[1] / "model" / "assets" / "dgbatch-small"
 # (steps, t_max, t_min, entropy_bound); the first row is the checkpoint's generation_config
@@ -35,29 +30,17 @@ SETTINGS = [(48, 0.8, 0.4, 0.1), (12, 0.8, 0.4, 0.1), (48, 0.4, 0.1, 0.1), (12, 
             (48, 1.0, 0.7, 0.02)]
 
 
-def run(model_dir: str, n: int, batch: int = 50) -> list[dict]:
+def run(model_dir: str, n: int) -> list[dict]:
     torch.set_num_threads(1)
     model = DiffusionGemma.from_pretrained(model_dir, dtype=torch.float32).eval()
     tok = load_tokenizer(model_dir)
-    exs = synthdata.dataset("heldout", n, "extraction")
-    C = model.config.canvas_length
     rows = []
     for steps, t_max, t_min, bound in SETTINGS:
-        texts, new_tokens, counters, t0 = [], 0, Counters(), time.time()
-        for i in range(0, n, batch):
-            chunk = exs[i:i + batch]
-            b = make_batch(tok, [e.prompt for e in chunk], None, C, 106, 0)
-            out = generate(model, b.prompt_BL, b.prompt_valid_BL.long(), mode="reference", seed=i,
-                           max_new_tokens=FAMILY_CANVASES["extraction"] * C, max_denoising_steps=steps,
-                           t_max=t_max, t_min=t_min, entropy_bound=bound, counters=counters)
-            for row in out[:, b.prompt_BL.shape[1]:].tolist():
-                new_tokens += sum(t != 0 for t in row)
-                texts.append(decode_answer(tok, row))
-        r = score(exs, texts)
+        r = evaluate_family(model, tok, "extraction", n, steps, constrained=False, t_max=t_max, t_min=t_min,
+                            entropy_bound=bound)
         rows.append({"steps": steps, "t_max": t_max, "t_min": t_min, "entropy_bound": bound,
                      "exact": r["exact"], "valid": r["valid"], "fields": r["fields"],
-                     "tokens_per_forward": round(new_tokens / max(1, counters.live_forwards), 2),
-                     "seconds": round(time.time() - t0, 1)})
+                     "tokens_per_forward": round(r["tokens_per_forward"], 2), "seconds": r["seconds"]})
         print(json.dumps(rows[-1]), flush=True)
     return rows
 

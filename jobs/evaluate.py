@@ -130,8 +130,9 @@ def score(examples: list[synthdata.Example], texts: list[str]) -> dict:
 
 
 def evaluate_family(model, tok, family: str, n: int, steps: int, constrained: bool, batch: int = 50,
-                    seed: int = 0) -> dict:
-    """Reference-mode generation over the first n held-out examples of a family -> score + tokens/forward."""
+                    seed: int = 0, **sampler: float) -> dict:
+    """Reference-mode generation over the first n held-out examples of a family -> score + tokens/forward.
+    `sampler`: generate() overrides of the checkpoint's generation_config (t_max, t_min, entropy_bound)."""
     from model.counters import Counters
     from model.generate import generate
 
@@ -146,7 +147,8 @@ def evaluate_family(model, tok, family: str, n: int, steps: int, constrained: bo
         chunk = exs[i:i + batch]
         b = make_batch(tok, [e.prompt for e in chunk], None, C, 106, 0)
         out = generate(model, b.prompt_BL, b.prompt_valid_BL.long(), mode="reference", seed=seed + i,
-                       max_new_tokens=max_new, max_denoising_steps=steps, commit_hook=hook, counters=counters)
+                       max_new_tokens=max_new, max_denoising_steps=steps, commit_hook=hook, counters=counters,
+                       **sampler)
         for row in out[:, b.prompt_BL.shape[1]:].tolist():
             new_tokens += sum(t != 0 for t in row)
             texts.append(decode_answer(tok, row))
