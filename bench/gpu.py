@@ -111,6 +111,25 @@ def calibrate(dev, tiny):
 
 
 # ---- 2. kernel microbenchmarks ----------------------------------------------------------------------------
+def moe_weights(dev, cfg, g):
+    """Random bf16 expert weights at the config's real shapes -> (gate_up_EFH, down_EHI)."""
+    t = cfg.text
+    E, H, Im = t.num_experts, t.hidden_size, t.moe_intermediate_size
+    gu = (torch.randn(E, 2 * Im, H, generator=g) * 0.02).to(dev, torch.bfloat16)
+    dn = (torch.randn(E, H, Im, generator=g) * 0.02).to(dev, torch.bfloat16)
+    return gu, dn
+
+
+def moe_tokens(dev, cfg, g, T):
+    """T random tokens routed top-k -> (x_TH, topk_idx_Tk, topk_w_Tk, bytes of the experts they touch)."""
+    t = cfg.text
+    H, E, k, Im = t.hidden_size, t.num_experts, t.top_k_experts, t.moe_intermediate_size
+    x = torch.randn(T, H, generator=g).to(dev, torch.bfloat16)
+    idx = torch.stack([torch.randperm(E, generator=g)[:k] for _ in range(T)]).to(dev)
+    w = torch.rand(T, k, generator=g).to(dev)
+    return x, idx, w, int(torch.unique(idx).numel()) * (3 * Im * H) * 2
+
+
 def bench_kernels(dev, tiny, cfg):
     t = cfg.text
     H, E, k, Im, V = t.hidden_size, t.num_experts, t.top_k_experts, t.moe_intermediate_size, t.vocab_size
@@ -118,15 +137,10 @@ def bench_kernels(dev, tiny, cfg):
     use_triton = dev.type == "cuda"
     out = []
     g = torch.Generator(device="cpu").manual_seed(0)
-    gu = (torch.randn(E, 2 * Im, H, generator=g) * 0.02).to(dev, torch.bfloat16)
-    dn = (torch.randn(E, H, Im, generator=g) * 0.02).to(dev, torch.bfloat16)
+    gu, dn = moe_weights(dev, cfg, g)
     for canv in (1, 8):
         T = canv * C
-        x = torch.randn(T, H, generator=g).to(dev, torch.bfloat16)
-        idx = torch.stack([torch.randperm(E, generator=g)[:k] for _ in range(T)]).to(dev)
-        w = torch.rand(T, k, generator=g).to(dev)
-        touched = int(torch.unique(idx).numel())
-        wbytes = touched * (3 * Im * H) * 2
+        x, idx, w, wbytes = moe_tokens(dev, cfg, g, T)
         row = {"kernel": "fused_moe", "shape": f"T={T} H={H} E={E} k={k} Im={Im}",
                "torch_ms": ms(dev, fused_moe_torch, x, idx, w, gu, dn),
                "model_moe_forward_ms": ms(dev, model.moe.moe_forward, x, idx, w, gu, dn)}
@@ -177,18 +191,13 @@ MOE_TILES = [  # (block_n, block_k, num_warps, num_stages): around the default (
 
 def moe_tiles(dev, cfg, budget_end):
     """fused_moe over MOE_TILES at 1 and 8 canvases; each row: config, ms, GB/s of expert weights."""
-    t, C = cfg.text, cfg.canvas_length
-    H, E, k, Im = t.hidden_size, t.num_experts, t.top_k_experts, t.moe_intermediate_size
+    C = cfg.canvas_length
     g = torch.Generator(device="cpu").manual_seed(1)
-    gu = (torch.randn(E, 2 * Im, H, generator=g) * 0.02).to(dev, torch.bfloat16)
-    dn = (torch.randn(E, H, Im, generator=g) * 0.02).to(dev, torch.bfloat16)
+    gu, dn = moe_weights(dev, cfg, g)
     rows = []
     for canv in (1, 8):
         T = canv * C
-        x = torch.randn(T, H, generator=g).to(dev, torch.bfloat16)
-        idx = torch.stack([torch.randperm(E, generator=g)[:k] for _ in range(T)]).to(dev)
-        w = torch.rand(T, k, generator=g).to(dev)
-        wbytes = int(torch.unique(idx).numel()) * (3 * Im * H) * 2
+        x, idx, w, wbytes = moe_tokens(dev, cfg, g, T)
         ref = fused_moe_triton(x, idx, w, gu, dn).float()
         for bn, bk, nw, ns in MOE_TILES:
             row = {"T": T, "block_n": bn, "block_k": bk, "num_warps": nw, "num_stages": ns}

@@ -17,6 +17,7 @@ from __future__ import annotations
 import torch
 
 from kernels._triton_compat import interpret_mode, next_pow2, runnable, tl, triton
+from kernels.rms_norm import rms_norm_torch
 
 
 # ---- torch reference: the spec, and the CPU path (the model's original op sequence) ------------------------
@@ -29,9 +30,7 @@ def rotate_half_rope(x_BTHD: torch.Tensor, cos_BTD: torch.Tensor, sin_BTD: torch
 
 def norm_rope_torch(x_BTHD: torch.Tensor, weight_D: torch.Tensor, eps: float, cos_BTD: torch.Tensor,
                     sin_BTD: torch.Tensor) -> torch.Tensor:
-    xf = x_BTHD.float()
-    y = (xf * torch.pow(xf.pow(2).mean(-1, keepdim=True) + eps, -0.5) * weight_D.float()).type_as(x_BTHD)
-    return rotate_half_rope(y, cos_BTD, sin_BTD)
+    return rotate_half_rope(rms_norm_torch(x_BTHD, weight_D, eps), cos_BTD, sin_BTD)
 
 
 # ---- Triton kernel -----------------------------------------------------------------------------------------
