@@ -226,7 +226,7 @@ labeling (support tickets / chat messages -> `{{"category", "priority", "sentime
 copied, quantity from digits or number words, status from a phrase bank). Block-diffusion objective: the
 prompt and previous canvases clean through the causal encoder pass, every response canvas corrupted with
 uniform random tokens at level t ~ U(1e-3, 1), cross-entropy on the canvas, two-pass self-conditioning on
-{sc:.0%} of the batches (detached first-pass logits over a temperature from the sampler's range).
+{sc} (detached first-pass logits over a temperature from the sampler's range).
 {schedule}Final training loss (mean of the last 30 batches) {final_loss:.3f}. Initialisation for a small
 width: see `init_for_training` in jobs/train.py.
 
@@ -270,16 +270,19 @@ def _schedule(state: dict, mix: str) -> tuple[str, str]:
         return text, cmd
     # a stage that names its family schedule gets a column (stages may differ); else the run's mix applies
     per_stage = all("families" in st for st in stages)
+    per_sc = all("self_cond_frac" in st for st in stages)
     rows = ["", "| stage | where | steps x batch | examples | lr (peak, cosine to 10%) | minutes |"
-            + (" batches: labeling / extraction |" if per_stage else ""),
-            "|---|---|---|---|---|---|" + ("---|" if per_stage else "")]
+            + (" batches: labeling / extraction |" if per_stage else "")
+            + (" two-pass batches |" if per_sc else ""),
+            "|---|---|---|---|---|---|" + ("---|" if per_stage else "") + ("---|" if per_sc else "")]
     for i, st in enumerate(stages, 1):
         n_ex = st["steps"] * st["batch"]
         fams = st.get("families", [])
         share = (f" {fams.count('labeling') / len(fams):.0%} / {fams.count('extraction') / len(fams):.0%} |"
                  if per_stage else "")
         rows.append(f"| {i} | {st['where']} | {st['steps']:,} x {st['batch']} | {n_ex:,} "
-                    f"| {st['lr']} | {st['minutes']:.1f} |{share}")
+                    f"| {st['lr']} | {st['minutes']:.1f} |{share}"
+                    + (f" {st['self_cond_frac']:.0%} |" if per_sc else ""))
     total = sum(st["steps"] * st["batch"] for st in stages)
     mix = "family shares per stage below" if per_stage else mix
     text = (f"AdamW, trained in {len(stages)} stages, each continuing from the previous one's weights with a "
@@ -301,13 +304,17 @@ def write_card(report: dict, state: dict, model_dir: str | Path, verdict: str) -
     schedule, reproduce = _schedule(
         state, ", ".join(f"{f} {m / total:.0%} of batches" for f, m in mix.items()))
     losses = [v for _, v in state["losses"][-30:]]
+    # stages that record their own self-conditioning share show it in the stage table
+    staged_sc = all("self_cond_frac" in st for st in state.get("stages") or [{}])
+    sc = ("the share of batches given per stage below" if staged_sc
+          else f"{c['self_cond_frac']:.0%} of the batches")
     text = CARD.format(
         n_params=state["n_params"], layers=t.num_hidden_layers, layer_types=", ".join(
             "F" if i in full else "S" for i in range(t.num_hidden_layers)), hidden=t.hidden_size,
         d_s=t.head_dim, window=t.sliding_window, d_f=t.layer_head_dim(full[0]), inter=t.intermediate_size,
         experts=t.num_experts, top_k=t.top_k_experts, moe=t.moe_intermediate_size, vocab=t.vocab_size,
         canvas=cfg.canvas_length, size_mb=(Path(model_dir) / "model.safetensors").stat().st_size / 2**20,
-        sc=c["self_cond_frac"], schedule=schedule, final_loss=sum(losses) / max(1, len(losses)),
+        sc=sc, schedule=schedule, final_loss=sum(losses) / max(1, len(losses)),
         n=report["n_per_family"], table=markdown_table(report), verdict=verdict, reproduce=reproduce,
         export_from=_last_out(state))
     (Path(model_dir) / "README.md").write_text(text)

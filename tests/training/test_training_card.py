@@ -29,9 +29,23 @@ def test_stages_with_their_own_family_mix_get_a_column():
     ]
     text, cmd = _schedule(_state(stages), "ignored: stages differ")
     assert "ignored" not in text and "family shares per stage below" in text
+    assert "two-pass" not in text  # no stage names its self-conditioning share: no column
     assert "| 1 | CPU | 100 x 16 | 1,600 | 0.003 | 2.0 | 33% / 67% |" in text
     assert "| 2 | GPU | 50 x 128 | 6,400 | 0.0004 | 1.0 | 17% / 83% |" in text
     assert "8,000 examples in all" in text and cmd == "`a --out r1` then `b --out r2`"
     # stages without schedules keep the run-level sentence and no extra column
     text, _ = _schedule(_state([{k: v for k, v in s.items() if k != "families"} for s in stages]), "MIX")
     assert "(MIX)" in text and "labeling / extraction" not in text
+
+
+def test_stages_with_their_own_self_conditioning_share_get_a_column():
+    stages = [
+        {"where": "CPU", "steps": 100, "batch": 16, "lr": 0.003, "minutes": 2.0, "command": "a --out r1",
+         "families": ["labeling", "extraction"], "self_cond_frac": 0.4},
+        {"where": "CPU", "steps": 50, "batch": 32, "lr": 0.0004, "minutes": 1.0, "command": "b --out r2",
+         "families": ["extraction"], "self_cond_frac": 0.5},
+    ]
+    text, _ = _schedule(_state(stages), "ignored")
+    assert "two-pass batches |" in text
+    assert "| 1 | CPU | 100 x 16 | 1,600 | 0.003 | 2.0 | 50% / 50% | 40% |" in text
+    assert "| 2 | CPU | 50 x 32 | 1,600 | 0.0004 | 1.0 | 0% / 100% | 50% |" in text
