@@ -49,3 +49,29 @@ def test_stages_with_their_own_self_conditioning_share_get_a_column():
     assert "two-pass batches |" in text
     assert "| 1 | CPU | 100 x 16 | 1,600 | 0.003 | 2.0 | 50% / 50% | 40% |" in text
     assert "| 2 | CPU | 50 x 32 | 1,600 | 0.0004 | 1.0 | 0% / 100% | 50% |" in text
+
+
+def test_card_renders_report_schedule_and_self_conditioning_share(tmp_path):
+    import shutil
+    from pathlib import Path
+
+    from jobs.evaluate import write_card
+
+    asset = Path(__file__).resolve().parents[2] / "model" / "assets" / "dgbatch-small"
+    for name in ("config.json", "model.safetensors"):
+        shutil.copyfile(asset / name, tmp_path / name)
+    report = {"n_per_family": 7, "results": [
+        {"family": "extraction", "constrained": True, "steps": 12, "exact": 0.5, "valid": 1.0,
+         "tokens_per_forward": 4.0, "fields": {"name": 0.75}}]}
+    state = dict(_state(), n_params=123, losses=[[1, 0.5], [2, 0.25]])
+    text = write_card(report, state, tmp_path, "VERDICT SENTENCE")
+    assert (tmp_path / "README.md").read_text() == text
+    assert "self-conditioning on\n40% of the batches" in text and "VERDICT SENTENCE" in text
+    assert "| extraction | on | 12 | 50.0% | 100.0% | 4.00 | name 75.0% |" in text
+    assert "123-parameter" in text and "(mean of the last 30 batches) 0.375" in text
+    stages = [{"where": "CPU", "steps": 10, "batch": 4, "lr": 0.001, "minutes": 1.0, "command": "x --out r9",
+               "families": ["extraction"], "self_cond_frac": 0.5}]
+    text = write_card(report, dict(state, stages=stages), tmp_path, "V")
+    assert "self-conditioning on\nthe share of batches given per stage below" in text
+    assert "| 1 | CPU | 10 x 4 | 40 | 0.001 | 1.0 | 0% / 100% | 50% |" in text
+    assert "--out r9 --export" in text
