@@ -305,7 +305,8 @@ def write_card(report: dict, state: dict, model_dir: str | Path, verdict: str) -
         state, ", ".join(f"{f} {m / total:.0%} of batches" for f, m in mix.items()))
     losses = [v for _, v in state["losses"][-30:]]
     # stages that record their own self-conditioning share show it in the stage table
-    staged_sc = all("self_cond_frac" in st for st in state.get("stages") or [{}])
+    stages = state.get("stages") or []
+    staged_sc = bool(stages) and all("self_cond_frac" in st for st in stages)
     sc = ("the share of batches given per stage below" if staged_sc
           else f"{c['self_cond_frac']:.0%} of the batches")
     text = CARD.format(
