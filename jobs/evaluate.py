@@ -214,7 +214,9 @@ and `transformers.DiffusionGemmaForBlockDiffusion.from_pretrained`; both give id
 
 ## Tokenizer
 Gemma-style BPE fitted with `tokenizers` on training-split text only (jobs/train_tokenizer.py): byte
-fallback, `\u2581` for spaces, no prefix space, digits split, the Gemma 4 special/control tokens at Gemma 4's
+fallback, `\u2581` for spaces, no prefix space, digits split; pieces never cross a letter/non-letter boundary
+(runs of letters, single digits, runs of spaces and punctuation), so a name copied from a message into JSON
+is the same token sequence in both places. The Gemma 4 special/control tokens sit at Gemma 4's
 ids (`<pad>`=0 `<eos>`=1 `<bos>`=2 `<unk>`=3 `<mask>`=4 `<|tool_response>`=50 `<|think|>`=98 `<|channel>`=100
 `<channel|>`=101 `<|turn>`=105 `<turn|>`=106, `\n`=107), left padding, the Gemma 4 chat template. Replies end
 with `<turn|>`; generation stops on ids 1, 106, 50.
@@ -223,7 +225,8 @@ with `<turn|>`; generation stops on ids 1, 106, 50.
 Data: jobs/synthdata.py, generated on the fly (a pure function of the step), two families:
 labeling (support tickets / chat messages -> `{{"category", "priority", "sentiment"}}` enums) and extraction
 (order messages -> `{{"name", "city", "order_id", "product", "quantity", "status"}}`, strings and the id
-copied, quantity from digits or number words, status from a phrase bank). Block-diffusion objective: the
+copied, quantity from digits or number words, status from a phrase bank). Training names, cities and
+brands are made fresh for every example, so they cannot be memorised. Block-diffusion objective: the
 prompt and previous canvases clean through the causal encoder pass, every response canvas corrupted with
 uniform random tokens at level t ~ U(1e-3, 1), cross-entropy on the canvas, two-pass self-conditioning on
 {sc} (detached first-pass logits over a temperature from the sampler's range).
@@ -266,7 +269,8 @@ def _schedule(state: dict, mix: str) -> tuple[str, str]:
                 "machine. ")
         cmd = (f"`OMP_NUM_THREADS=1 python -m jobs.train --out runs/small --steps {c['steps']} "
                f"--batch-size {c['batch_size']} --lr {c['lr']} --warmup {c['warmup']} "
-               f"--self-cond-frac {c['self_cond_frac']}`")
+               f"--self-cond-frac {c['self_cond_frac']} --seed {c['seed']} "
+               f"--families {','.join(c['families'])}`")
         return text, cmd
     # a stage that names its family schedule gets a column (stages may differ); else the run's mix applies
     per_stage = all("families" in st for st in stages)

@@ -8,10 +8,12 @@
   "status"}: strings and the order id are copied, the quantity is derived (digits or a number word) and the
   status is derived from a phrase bank.
 
-Entities (first/last names, cities, product brands) are made from syllables and split into a train pool and a
-held-out pool by a hash of the value, so held-out examples only ever contain entity values unseen in
-training. Every example is a pure function of (split, seed, index): the trainer streams examples by step and
-resumes exactly.
+Entities (first/last names, cities, product brands) are made from syllables and assigned to a split by a hash
+of the value, so held-out examples only ever contain entity values unseen in training. Held-out examples
+draw from a fixed pool; training examples make a fresh value each time (rejecting held-out-hashed ones), so
+the model cannot memorise a finite list of names and must learn to copy from the text, which is the skill the
+held-out set measures. Every example is a pure function of (split, seed, index): the trainer streams examples
+by step and resumes exactly.
 """
 
 from __future__ import annotations
@@ -161,18 +163,33 @@ _SIGNOFFS = ("Regards, {name}", "Thanks, {name}", "- {name}", "Best, {name} from
              "Cheers, {name}")
 
 
-def _product(rng: random.Random, pools: dict[str, tuple[str, ...]]) -> str:
-    return f"{rng.choice(pools['brand'])} {rng.choice(_ITEMS)}"
+_FRESH_SYLLABLES = {"first": (1, 2, 2), "last": (1, 2, 2), "city": (1, 2), "brand": (2,)}
 
 
-def _person(rng: random.Random, pools: dict[str, tuple[str, ...]]) -> str:
-    return f"{rng.choice(pools['first'])} {rng.choice(pools['last'])}"
+def _entity(rng: random.Random, pools: dict[str, tuple[str, ...]] | None, kind: str) -> str:
+    """A `kind` value: from the held-out pool, or (pools=None, training) a fresh train-hashed value."""
+    if pools is not None:
+        return rng.choice(pools[kind])
+    while True:
+        value = _word(rng, rng.choice(_FRESH_SYLLABLES[kind]))
+        if kind == "city":
+            value += rng.choice(_CITY_SUFFIX)
+        if not _is_heldout(value):
+            return value
 
 
-def _labeling(rng: random.Random, pools: dict[str, tuple[str, ...]]) -> Example:
+def _product(rng: random.Random, pools: dict[str, tuple[str, ...]] | None) -> str:
+    return f"{_entity(rng, pools, 'brand')} {rng.choice(_ITEMS)}"
+
+
+def _person(rng: random.Random, pools: dict[str, tuple[str, ...]] | None) -> str:
+    return f"{_entity(rng, pools, 'first')} {_entity(rng, pools, 'last')}"
+
+
+def _labeling(rng: random.Random, pools: dict[str, tuple[str, ...]] | None) -> Example:
     target = {"category": rng.choice(CATEGORIES), "priority": rng.choice(PRIORITIES),
               "sentiment": rng.choice(SENTIMENTS)}
-    fill = {"product": _product(rng, pools), "name": _person(rng, pools), "city": rng.choice(pools["city"])}
+    fill = {"product": _product(rng, pools), "name": _person(rng, pools), "city": _entity(rng, pools, "city")}
     body = [rng.choice(_CATEGORY_CUES[target["category"]]), rng.choice(_PRIORITY_CUES[target["priority"]]),
             rng.choice(_SENTIMENT_CUES[target["sentiment"]])]
     # The category sentence comes first; the other two cues appear in either order.
@@ -207,9 +224,9 @@ _EXTRACTION_TEMPLATES = (
 )
 
 
-def _extraction(rng: random.Random, pools: dict[str, tuple[str, ...]]) -> Example:
+def _extraction(rng: random.Random, pools: dict[str, tuple[str, ...]] | None) -> Example:
     quantity = rng.randint(1, 12)
-    target = {"name": _person(rng, pools), "city": rng.choice(pools["city"]),
+    target = {"name": _person(rng, pools), "city": _entity(rng, pools, "city"),
               "order_id": rng.randint(10000, 99999), "product": _product(rng, pools),
               "quantity": quantity, "status": rng.choice(STATUSES)}
     qty = _NUMBER_WORDS[quantity - 1] if rng.random() < 0.5 else str(quantity)
@@ -223,7 +240,9 @@ def _extraction(rng: random.Random, pools: dict[str, tuple[str, ...]]) -> Exampl
 # --- public API ---------------------------------------------------------------------------------------
 def example(split: str, index: int, family: str | None = None, seed: int = 0) -> Example:
     """The `index`-th example of `split` (a pure function). `family=None` alternates the two families."""
-    pools = entity_pools(split)
+    pools = entity_pools(split) if split == "heldout" else None
+    if split not in SPLITS:
+        raise ValueError(f"unknown split {split!r}; expected one of {SPLITS}")
     rng = random.Random(SPLIT_SEED[split] + 1_000_000 * seed + index)
     fam = family or FAMILIES[index % 2]
     if fam == "labeling":

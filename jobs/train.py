@@ -85,6 +85,7 @@ class TrainConfig:
     # cosine ends when the budget does; init_from starts from a checkpoint's weights (fresh optimizer).
     device: str = "cpu"
     data_workers: int = 0
+    threads: int = 1  # torch CPU threads; 1 keeps timings steady on a shared machine
     time_budget_s: float = 0.0
     init_from: str = ""
     extra: dict = field(default_factory=dict)
@@ -103,6 +104,8 @@ class TrainConfig:
             raise ValueError(f"device must be cpu or cuda[:N], got {self.device!r}")
         if self.data_workers < 0 or self.time_budget_s < 0:
             raise ValueError("data_workers and time_budget_s must be >= 0")
+        if self.threads < 1:
+            raise ValueError(f"threads must be >= 1, got {self.threads}")
         if self.init_from and not (Path(self.init_from) / "weights.safetensors").exists():
             raise ValueError(f"init_from: no weights.safetensors in {self.init_from}")
 
@@ -220,7 +223,7 @@ def export(ckpt: Path, out: Path = ASSET_DIR) -> DiffusionGemma:
 # --- loop ---------------------------------------------------------------------------------------------
 def train(cfg: TrainConfig, tok=None, progress: bool = True) -> dict:
     """Run (or resume) training to cfg.steps; returns the final JSON state."""
-    torch.set_num_threads(1)
+    torch.set_num_threads(cfg.threads)
     tok = tok or load_tokenizer(str(ASSET_DIR))
     out = Path(cfg.out)
     dev = torch.device(cfg.device)

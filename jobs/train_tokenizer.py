@@ -41,11 +41,13 @@ def _special_table() -> list[str]:
 
 def _pipeline(tok: Tokenizer) -> None:
     tok.normalizer = normalizers.Replace(" ", "▁")
-    tok.pre_tokenizer = pre_tokenizers.Sequence([
-        pre_tokenizers.Split("▁", behavior="merged_with_next"),
-        pre_tokenizers.Split(Regex("\n"), behavior="isolated"),
-        pre_tokenizers.Digits(individual_digits=True),
-    ])
+    # Pieces never cross a letter/non-letter boundary: runs of letters, single digits, "\n", and runs of
+    # spaces and punctuation. A word then tokenizes the same wherever it stands, so a value copied from a
+    # message into JSON (`from Kara.` -> `"Kara",`) is the same token sequence in both places and extraction
+    # is a plain copy. (Attaching `▁` to the next word, as SentencePiece does, gives `▁Kara` in text but
+    # `▁"K` `ara` in JSON, and a small model then drops or doubles the middle pieces of unseen names.)
+    tok.pre_tokenizer = pre_tokenizers.Split(
+        Regex("\\p{L}+|\\p{N}|\n|[^\\p{L}\\p{N}\n]+"), behavior="isolated")
     tok.decoder = decoders.Sequence([decoders.Replace("▁", " "), decoders.ByteFallback(), decoders.Fuse()])
 
 

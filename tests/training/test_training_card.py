@@ -7,7 +7,7 @@ from jobs.evaluate import _schedule
 
 def _state(stages=None):
     cfg = {"lr": 0.003, "warmup": 100, "batch_size": 16, "steps": 2300, "self_cond_frac": 0.4,
-           "families": ["labeling", "extraction", "extraction"]}
+           "families": ["labeling", "extraction", "extraction"], "seed": 3}
     st = {"config": cfg, "step": 2300, "train_seconds": 600.0}
     if stages is not None:
         st["stages"] = stages
@@ -18,6 +18,8 @@ def test_single_run_states_its_schedule():
     text, cmd = _schedule(_state(), "labeling 33% of batches, extraction 67% of batches")
     assert "batch 16, 2300 steps = 36,800 examples" in text and "10 min" in text
     assert "--steps 2300 --batch-size 16 --lr 0.003" in cmd
+    # the command reproduces the run: its seed and family schedule are part of it
+    assert "--seed 3 --families labeling,extraction,extraction`" in cmd
 
 
 def test_stages_with_their_own_family_mix_get_a_column():

@@ -78,3 +78,19 @@ def test_train_config_rejects_bad_device_and_init(tmp_path):
         TrainConfig(device="tpu")
     with pytest.raises(ValueError, match="init_from"):
         TrainConfig(init_from=str(tmp_path))
+    with pytest.raises(ValueError, match="threads"):
+        TrainConfig(threads=0)
+
+
+def test_training_entities_are_fresh_and_never_heldout():
+    # Training names are made per example (not drawn from a finite list the model could memorise), and
+    # every one hashes to the training side, so the held-out pool stays unseen.
+    train = synthdata.dataset("train", 2000, family="extraction")
+    names = [e.target["name"] for e in train]
+    assert len(set(names)) > 0.98 * len(names)
+    held_pool = set().union(*synthdata.entity_pools("heldout").values())
+    for e in train:
+        first, last = e.target["name"].split(" ")
+        brand = e.target["product"].split(" ")[0]
+        for value in (first, last, brand, e.target["city"]):
+            assert not synthdata._is_heldout(value) and value not in held_pool, value

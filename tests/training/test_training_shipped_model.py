@@ -18,11 +18,10 @@ from model.generate import generate
 ASSET = Path(os.environ.get("DGBATCH_SMALL_MODEL", Path(__file__).resolve().parents[2] / "model" / "assets"
                             / "dgbatch-small"))
 # Floors sit well below the model card's held-out numbers (100 examples, reference mode, constraints on:
-# labeling exact 100% at every step count; extraction's copied name field 80-84%, 81% on this 16-example
-# slice) so that sampling variance passes, while a broken model, sampler, loader or constraint hook (or a
-# model that lost entity copying, 0% before the GPU stage) does not. Metric "exact" is the whole object;
-# otherwise a per-field accuracy.
-FLOORS = {"labeling": ("exact", 0.9), "extraction": ("name", 0.5)}
+# labeling exact 100% at every step count; extraction's copied name field 98-99%) so that sampling variance
+# passes, while a broken model, sampler, loader, tokenizer or constraint hook (or a model that lost entity
+# copying: 0% early in training) does not. Metric "exact" is the whole object; otherwise a per-field accuracy.
+FLOORS = {"labeling": ("exact", 0.9), "extraction": ("name", 0.8)}
 
 
 @pytest.fixture(scope="module")

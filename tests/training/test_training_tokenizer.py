@@ -55,3 +55,20 @@ def test_shipped_tokenizer_is_reproducible():
     shipped = json.loads(open(f"{ASSET}/tokenizer.json").read())
     assert fresh["model"]["vocab"] == shipped["model"]["vocab"]
     assert fresh["model"]["merges"] == shipped["model"]["merges"]
+
+
+def test_copied_values_tokenize_as_in_the_text(tok):
+    # Extraction copies a name from prose into JSON; the pre-tokenizer keeps letters apart from spaces and
+    # quotes so the copied value is the same token sequence in both places (a plain copy for the model).
+    def contains(ids: list[int], part: list[int]) -> bool:
+        return any(ids[i:i + len(part)] == part for i in range(len(ids) - len(part) + 1))
+
+    checked = 0
+    for ex in synthdata.dataset("heldout", 60, family="extraction"):
+        prompt = tok.encode(ex.prompt, add_special_tokens=False)
+        answer = tok.encode(ex.answer, add_special_tokens=False)
+        for key in ("name", "city", "product", "order_id"):
+            value = tok.encode(str(ex.target[key]), add_special_tokens=False)
+            assert contains(prompt, value) and contains(answer, value), (key, ex.target[key])
+            checked += 1
+    assert checked == 240
