@@ -240,9 +240,9 @@ def _extraction(rng: random.Random, pools: dict[str, tuple[str, ...]] | None) ->
 # --- public API ---------------------------------------------------------------------------------------
 def example(split: str, index: int, family: str | None = None, seed: int = 0) -> Example:
     """The `index`-th example of `split` (a pure function). `family=None` alternates the two families."""
-    pools = entity_pools(split) if split == "heldout" else None
     if split not in SPLITS:
         raise ValueError(f"unknown split {split!r}; expected one of {SPLITS}")
+    pools = entity_pools(split) if split == "heldout" else None  # training makes fresh values
     rng = random.Random(SPLIT_SEED[split] + 1_000_000 * seed + index)
     fam = family or FAMILIES[index % 2]
     if fam == "labeling":
