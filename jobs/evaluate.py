@@ -107,12 +107,15 @@ def constraint_hook(family: str, tok, model, max_new_tokens: int):
 
 
 def score(examples: list[synthdata.Example], texts: list[str]) -> dict:
-    """exact / valid / per-field accuracy of reply texts against the examples' targets."""
+    """exact / valid / per-field accuracy of reply texts against the examples' targets, plus `misses`: one
+    {row, field, target, got} per wrong field (got is None for an unparseable reply), so a report shows how a
+    field goes wrong, not only how often."""
     schema = synthdata.SCHEMAS[examples[0].family]
     fields = list(schema["properties"])
     exact = valid = 0
     per_field = dict.fromkeys(fields, 0)
-    for ex, text in zip(examples, texts):
+    misses = []
+    for row, (ex, text) in enumerate(zip(examples, texts)):
         obj = parse(text)
         ok = obj is not None
         if ok:
@@ -123,10 +126,14 @@ def score(examples: list[synthdata.Example], texts: list[str]) -> dict:
         valid += ok
         exact += obj == ex.target
         for f in fields:
-            per_field[f] += obj is not None and obj.get(f) == ex.target[f]
+            got = obj.get(f) if obj is not None else None
+            hit = obj is not None and got == ex.target[f]
+            per_field[f] += hit
+            if not hit:
+                misses.append({"row": row, "field": f, "target": ex.target[f], "got": got})
     n = len(examples)
     fields_acc = {f: c / n for f, c in per_field.items()}
-    return {"n": n, "exact": exact / n, "valid": valid / n, "fields": fields_acc}
+    return {"n": n, "exact": exact / n, "valid": valid / n, "fields": fields_acc, "misses": misses}
 
 
 def evaluate_family(model, tok, family: str, n: int, steps: int, constrained: bool, batch: int = 50,
@@ -172,7 +179,7 @@ def run_report(model_dir: str, n: int, steps_list: tuple[int, ...], constraints:
                 r = evaluate_family(model, tok, fam, n, steps, constrained)
                 r.update(family=fam, steps=steps, constrained=constrained)
                 report["results"].append(r)
-                print(json.dumps({k: v for k, v in r.items() if k != "examples"}), flush=True)
+                print(json.dumps({k: v for k, v in r.items() if k not in ("examples", "misses")}), flush=True)
     return report
 
 
