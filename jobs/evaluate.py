@@ -270,13 +270,14 @@ def _schedule(state: dict, mix: str) -> tuple[str, str]:
     c = state["config"]
     stages = state.get("stages")
     if not stages:
+        threads = c.get("threads", 1)  # states written before the option existed ran on one thread
+        where = state.get("where") or f"{threads} CPU thread{'s' if threads > 1 else ''} of a 2-core machine"
         text = (f"AdamW (lr {c['lr']}, warmup {c['warmup']}, cosine to 10%), batch {c['batch_size']}, "
                 f"{state['step']} steps = {state['step'] * c['batch_size']:,} examples ({mix}); "
-                f"{state['train_seconds'] / 60:.0f} min of training on one CPU thread of a shared 2-core "
-                "machine. ")
-        cmd = (f"`OMP_NUM_THREADS=1 python -m jobs.train --out runs/small --steps {c['steps']} "
+                f"{state['train_seconds'] / 60:.0f} min of training on {where}. ")
+        cmd = (f"`python -m jobs.train --out runs/small --steps {c['steps']} "
                f"--batch-size {c['batch_size']} --lr {c['lr']} --warmup {c['warmup']} "
-               f"--self-cond-frac {c['self_cond_frac']} --seed {c['seed']} "
+               f"--self-cond-frac {c['self_cond_frac']} --seed {c['seed']} --threads {threads} "
                f"--families {','.join(c['families'])}`")
         return text, cmd
     # a stage that names its family schedule gets a column (stages may differ); else the run's mix applies

@@ -18,8 +18,11 @@ def test_single_run_states_its_schedule():
     text, cmd = _schedule(_state(), "labeling 33% of batches, extraction 67% of batches")
     assert "batch 16, 2300 steps = 36,800 examples" in text and "10 min" in text
     assert "--steps 2300 --batch-size 16 --lr 0.003" in cmd
+    assert "1 CPU thread of a 2-core machine" in text and "--threads 1 " in cmd  # pre-option states: 1
+    text, cmd = _schedule(dict(_state(), config=dict(_state()["config"], threads=2), where="a GPU"), "MIX")
+    assert "10 min of training on a GPU" in text and "--threads 2 " in cmd
     # the command reproduces the run: its seed and family schedule are part of it
-    assert "--seed 3 --families labeling,extraction,extraction`" in cmd
+    assert "--seed 3 --threads 2 --families labeling,extraction,extraction`" in cmd
 
 
 def test_stages_with_their_own_family_mix_get_a_column():
