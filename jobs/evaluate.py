@@ -271,7 +271,10 @@ def _schedule(state: dict, mix: str) -> tuple[str, str]:
     stages = state.get("stages")
     if not stages:
         threads = c.get("threads", 1)  # states written before the option existed ran on one thread
-        where = state.get("where") or f"{threads} CPU thread{'s' if threads > 1 else ''} of a 2-core machine"
+        device = c.get("device", "cpu")
+        where = state.get("where") or (
+            f"{threads} CPU thread{'s' if threads > 1 else ''} of a 2-core machine" if device == "cpu"
+            else f"one {device} device")
         text = (f"AdamW (lr {c['lr']}, warmup {c['warmup']}, cosine to 10%), batch {c['batch_size']}, "
                 f"{state['step']} steps = {state['step'] * c['batch_size']:,} examples ({mix}); "
                 f"{state['train_seconds'] / 60:.0f} min of training on {where}. ")
