@@ -265,8 +265,9 @@ def _last_out(state: dict) -> str:
 
 
 def _schedule(state: dict, mix: str) -> tuple[str, str]:
-    """The card's training-schedule sentence and reproduce commands: one run, or the `stages` a run was
-    continued through (each stage: where, steps, batch, lr, warmup, minutes, command)."""
+    """The card's training-schedule sentence and reproduce commands: one run (an optional state `where`
+    replaces the machine description derived from the config), or the `stages` a run was continued through
+    (each stage: where, steps, batch, lr, warmup, minutes, command)."""
     c = state["config"]
     stages = state.get("stages")
     if not stages:
@@ -281,6 +282,7 @@ def _schedule(state: dict, mix: str) -> tuple[str, str]:
         cmd = (f"`python -m jobs.train --out runs/small --steps {c['steps']} "
                f"--batch-size {c['batch_size']} --lr {c['lr']} --warmup {c['warmup']} "
                f"--self-cond-frac {c['self_cond_frac']} --seed {c['seed']} --threads {threads} "
+               + (f"--device {device} " if device != "cpu" else "") +
                f"--families {','.join(c['families'])}`")
         return text, cmd
     # a stage that names its family schedule gets a column (stages may differ); else the run's mix applies

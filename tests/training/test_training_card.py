@@ -21,10 +21,11 @@ def test_single_run_states_its_schedule():
     assert "1 CPU thread of a 2-core machine" in text and "--threads 1 " in cmd  # pre-option states: 1
     text, cmd = _schedule(dict(_state(), config=dict(_state()["config"], threads=2), where="a GPU"), "MIX")
     assert "10 min of training on a GPU" in text and "--threads 2 " in cmd
-    text, _ = _schedule(dict(_state(), config=dict(_state()["config"], device="cuda")), "MIX")
-    assert "10 min of training on one cuda device" in text and "CPU thread" not in text
     # the command reproduces the run: its seed and family schedule are part of it
     assert "--seed 3 --threads 2 --families labeling,extraction,extraction`" in cmd
+    text, cmd = _schedule(dict(_state(), config=dict(_state()["config"], device="cuda")), "MIX")
+    assert "10 min of training on one cuda device" in text and "CPU thread" not in text
+    assert "--device cuda " in cmd
 
 
 def test_stages_with_their_own_family_mix_get_a_column():
