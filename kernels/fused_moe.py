@@ -1,18 +1,20 @@
-"""Routed-expert MLP (DiffusionGemma §4.4): torch reference, Triton routing + grouped GEMMs, launcher.
+"""Routed-expert MLP (DiffusionGemma §4.4): torch reference, Triton grouped GEMMs, launcher.
 
 y_TH = sum over j in top-k order of w_Tk[:, j] * down[e_j](gelu_tanh(gate[e_j] x) * up[e_j] x), with each
 expert output in x's dtype, weighted and summed in fp32, cast once (HF's grouped_mm precision).
 
 Triton path (no host sync, so it can sit inside a CUDA graph):
-1. align: assignments a = t*k + j are sorted by expert and each expert's list padded to BLOCK_M, giving
-   sorted_ids (padding = T*k, an invalid id) and one expert id per block; the grid is the static upper bound
-   cdiv(T*k, BLOCK_M) + E blocks and blocks past the real count exit at once (experts with zero tokens own
-   no block).
+1. align (kernels/moe_align.py, three launches): assignments a = t*k + j are sorted by expert and each
+   expert's list padded to BLOCK_M, giving sorted_ids (padding = T*k, an invalid id) and one expert id per
+   block; the grid is the static upper bound cdiv(T*k, BLOCK_M) + E blocks and blocks past the real count
+   exit at once (experts with zero tokens own no block).
 2. gate_up GEMM per block with two accumulators (gate rows n, up rows Im + n) and GELU-tanh * up fused in
    the epilogue -> h_AI (x dtype, indexed by assignment).
 3. down GEMM per block -> y_AH (x dtype, by assignment).
 4. combine: y_TH[t] = sum_j w[t, j] * y_AH[t*k + j] in fp32, in top-k order.
-At one canvas (256 tokens x 8 / 128 experts = 16 rows per expert) each expert's weights stream once.
+At one canvas (256 tokens x 8 / 128 experts: 16 rows per expert on average) the step streams every expert's
+weights; an expert with more than BLOCK_M rows owns several blocks, each reading its weights again (from L2
+when the blocks run together), so BLOCK_M is a tuning choice that bench/gpu.py sweeps.
 
 Legend: T tokens, H hidden, E experts, k top-k, F = 2*I gate+up rows, I expert width (Im), A = T*k
 assignments, M rows of a block.
@@ -25,6 +27,7 @@ import math
 import torch
 
 from kernels._triton_compat import interpret_mode, runnable, tl, triton
+from kernels.moe_align import align_tokens_triton
 
 
 def gelu_tanh(x: torch.Tensor) -> torch.Tensor:
@@ -55,31 +58,6 @@ def fused_moe_torch(x_TH: torch.Tensor, topk_idx_Tk: torch.Tensor, topk_w_Tk: to
     for j in range(k):  # fp32 weighted sum in top-k order, as the reference's grouped_mm path
         acc = acc + topk_w_Tk[:, j, None].float() * y_TkH[:, j].float()
     return acc.to(x_TH.dtype)
-
-
-# ---- routing (moe_align): torch ops on device, no host sync ------------------------------------------------
-def align_tokens(topk_idx_Tk: torch.Tensor, num_experts: int, block_m: int):
-    """-> (sorted_ids_P int32, block_expert_G int32, num_blocks_1 int32) with P = G * block_m and G the
-    static bound cdiv(T*k, block_m) + E. sorted_ids holds assignment ids t*k+j grouped by expert, each group
-    padded to a multiple of block_m with the invalid id T*k."""
-    dev = topk_idx_Tk.device
-    A = topk_idx_Tk.numel()
-    flat_A = topk_idx_Tk.reshape(-1).long()
-    G = -(-A // block_m) + num_experts
-    counts_E = torch.zeros(num_experts, dtype=torch.long, device=dev)
-    counts_E.scatter_add_(0, flat_A, torch.ones_like(flat_A))  # no bincount: it syncs with the host
-    blocks_E = (counts_E + block_m - 1) // block_m
-    block_end_E = torch.cumsum(blocks_E, 0)
-    pad_start_E = (block_end_E - blocks_E) * block_m  # first slot of each expert's padded group
-    first_E = torch.cumsum(counts_E, 0) - counts_E  # first position of each expert in the sorted order
-    order_A = torch.argsort(flat_A, stable=True)
-    e_sorted = flat_A[order_A]
-    dest_A = pad_start_E[e_sorted] + torch.arange(A, device=dev) - first_E[e_sorted]
-    sorted_ids = torch.full((G * block_m,), A, dtype=torch.int32, device=dev)
-    sorted_ids.scatter_(0, dest_A, order_A.to(torch.int32))
-    block_expert = torch.searchsorted(block_end_E, torch.arange(G, device=dev), right=True)
-    block_expert = block_expert.clamp_(max=num_experts - 1).to(torch.int32)
-    return sorted_ids, block_expert, block_end_E[-1:].to(torch.int32)
 
 
 # ---- Triton kernels ----------------------------------------------------------------------------------------
@@ -187,7 +165,7 @@ def fused_moe_triton(x_TH: torch.Tensor, topk_idx_Tk: torch.Tensor, topk_w_Tk: t
     gate_up_EFH, down_EHI = gate_up_EFH.contiguous(), down_EHI.contiguous()
     if block_m is None:  # rows per expert block: small batches waste less padding with 16
         block_m = 16 if A / E <= 24 else (32 if A / E <= 48 else 64)
-    sorted_ids, block_expert, nblk = align_tokens(topk_idx_Tk, E, block_m)
+    sorted_ids, block_expert, nblk = align_tokens_triton(topk_idx_Tk, E, block_m)
     G = block_expert.numel()
     launch = {"num_warps": num_warps} | ({"num_stages": num_stages} if num_stages else {})
     h_AI = torch.empty(A, I, dtype=x_TH.dtype, device=x_TH.device)

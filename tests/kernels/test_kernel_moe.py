@@ -8,7 +8,8 @@ import pytest
 import torch
 from kernel_checks import assert_close
 
-from kernels.fused_moe import align_tokens, fused_moe_torch, fused_moe_triton
+from kernels.fused_moe import fused_moe_torch, fused_moe_triton
+from kernels.moe_align import align_tokens, align_tokens_triton
 
 
 def _inputs(T, H, E, k, I, seed=0, dtype=torch.float32, idle_expert=True):  # noqa: E741
@@ -66,6 +67,23 @@ def test_align_tokens_invariants():
         assert rows.tolist() == sorted(rows.tolist())  # stable: token order within an expert
 
 
+@pytest.mark.parametrize("T,E,k,block_m,chunk,skew", [
+    (5, 4, 2, 4, 64, False),  # one chunk, experts idle
+    (63, 5, 2, 16, 8, False),  # many chunks, a partial last chunk
+    (64, 7, 3, 16, 4, True),  # most assignments on one expert: it spans several blocks
+    (300, 128, 8, 64, 64, False),  # the real expert count and top-k
+])
+def test_triton_align_matches_reference(T, E, k, block_m, chunk, skew):
+    g = torch.Generator().manual_seed(T)
+    idx = torch.stack([torch.randperm(E, generator=g)[:k] for _ in range(T)])
+    if skew:
+        idx[:, 0] = 2  # (a token may then list an expert twice: the layout does not care)
+    want = align_tokens(idx, E, block_m)
+    got = align_tokens_triton(idx.to(torch.int32), E, block_m, chunk=chunk)
+    for name, a, b in zip(("sorted_ids", "block_expert", "num_blocks"), want, got):
+        assert b.dtype == torch.int32 and torch.equal(a, b), f"{name}: {a.tolist()} != {b.tolist()}"
+
+
 @pytest.mark.parametrize("T,block_m", [(1, 16), (63, 16), (63, 32)])
 def test_triton_matches_reference_fp32(T, block_m):
     x, idx, w, gu, dn = _inputs(T, 40, 5, 2, 24, seed=T)
@@ -99,3 +117,12 @@ def test_gpu_real_shapes(cuda, T):
     out = fused_moe_triton(x, idx, w, gu, dn)
     ref = fused_moe_torch(x.float(), idx, w, gu.float(), dn.float())
     assert_close(f"moe gpu T={T}", out, ref, 3e-2, 3e-2)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("T,block_m", [(256, 16), (4096, 64)])
+def test_gpu_align_real_shapes(cuda, T, block_m):
+    g = torch.Generator().manual_seed(T)
+    idx = torch.stack([torch.randperm(128, generator=g)[:8] for _ in range(T)]).to(cuda)
+    for a, b in zip(align_tokens(idx, 128, block_m), align_tokens_triton(idx, 128, block_m)):
+        assert torch.equal(a, b)
