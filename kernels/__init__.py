@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import types
 from collections.abc import Iterator
 
 import torch
@@ -39,7 +40,6 @@ from kernels import norm_rope as _norm_rope
 from kernels import rms_norm as _rms_norm
 from kernels import sampler as _sampler
 from kernels._triton_compat import HAS_TRITON
-from kernels.sampler import derive_keys
 
 __all__ = ["fused_sample", "derive_keys", "fused_moe", "canvas_attention", "rms_norm", "norm_rope",
            "set_backend", "use_backend", "get_backend", "backend_for"]
@@ -53,6 +53,8 @@ _selfcheck: dict[tuple[str, str], bool] = {}  # (op, device) -> passed; resolved
 
 _OPS = {
     "fused_sample": (_sampler.fused_sample_torch, _sampler.fused_sample_triton, _sampler),
+    "derive_keys": (_sampler.derive_keys_torch, _sampler.derive_keys_triton,
+                    types.SimpleNamespace(selfcheck=_sampler.selfcheck_keys)),
     "fused_moe": (_moe.fused_moe_torch, _moe.fused_moe_triton, _moe),
     "canvas_attention": (_attn.canvas_attention_torch, _attn.canvas_attention_triton, _attn),
     "rms_norm": (_rms_norm.rms_norm_torch, _rms_norm.rms_norm_triton, _rms_norm),
@@ -142,6 +144,15 @@ def fused_sample(logits_NV: torch.Tensor, inv_temp_N: torch.Tensor, key_N: torch
     """
     _sampler.check_sample_args(logits_NV, inv_temp_N, key_N, need_sample_N)
     return _impl("fused_sample", logits_NV)(logits_NV, inv_temp_N, key_N, need_sample_N)
+
+
+def derive_keys(seed_B: torch.Tensor | int, canvas_B: torch.Tensor | int, step_B: torch.Tensor | int,
+                C: int) -> torch.Tensor:
+    """Per-position stream keys key_(B*C) int64 for fused_sample (see kernels/sampler.py); ints broadcast.
+    The same bits on either backend; the Triton form is one launch instead of ~130 small integer ops."""
+    ts = [t for t in (seed_B, canvas_B, step_B) if isinstance(t, torch.Tensor)]
+    impl = _impl("derive_keys", *ts) if ts else _sampler.derive_keys_torch
+    return impl(seed_B, canvas_B, step_B, C)
 
 
 def fused_moe(x_TH: torch.Tensor, topk_idx_Tk: torch.Tensor, topk_w_Tk: torch.Tensor,

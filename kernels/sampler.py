@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import torch
 
-from kernels._triton_compat import runnable, tl, triton
+from kernels._triton_compat import next_pow2, runnable, tl, triton
 
 # ---- the noise hash (torch side; the kernel inlines the same arithmetic in uint32) -------------------------
 # Every multiplier is odd and < 2**31, so a 32-bit value times it stays below 2**63: the int64 torch
@@ -57,9 +57,9 @@ def uniform_noise(state_N: torch.Tensor, cols_V: torch.Tensor) -> torch.Tensor:
     return ((h >> 9) * 2 + 1).to(torch.float32) * 2.0**-24
 
 
-def derive_keys(seed_B: torch.Tensor | int, canvas_B: torch.Tensor | int, step_B: torch.Tensor | int,
-                C: int) -> torch.Tensor:
-    """Stream keys key_(B*C) int64 in [0, 2**62) for canvas positions, row-major (b, c).
+def derive_keys_torch(seed_B: torch.Tensor | int, canvas_B: torch.Tensor | int,
+                      step_B: torch.Tensor | int, C: int) -> torch.Tensor:
+    """Stream keys key_(B*C) int64 in [0, 2**62) for canvas positions, row-major (b, c) (torch reference).
 
     seed_B: the request's seed (any int64). canvas_B: index of the canvas within the request. step_B: a step
     counter unique within the canvas (e.g. the denoising step index). Ints broadcast. Distinct inputs give
@@ -123,12 +123,26 @@ def fused_sample_torch(logits_NV: torch.Tensor, inv_temp_N: torch.Tensor, key_N:
 
 # ---- Triton kernel: one program per row, tiles of BLOCK_V, running scalar statistics ----------------------
 @triton.jit
-def _fused_sample_kernel(logits_ptr, stride_n, inv_temp_ptr, state_ptr, need_ptr,
+def _fused_sample_kernel(logits_ptr, stride_n, inv_temp_ptr, key_ptr, need_ptr,
                          am_ptr, h_ptr, s_ptr, m_ptr, lse_ptr, V,
                          BLOCK_V: tl.constexpr, HAS_NEED: tl.constexpr):
     row = tl.program_id(0)
     inv_t = tl.load(inv_temp_ptr + row).to(tl.float32)
-    state = tl.load(state_ptr + row).to(tl.uint32)
+    key = tl.load(key_ptr + row)
+    # row_state(key) = mix32(lo ^ mix32(hi ^ SALT0)), in wrapping uint32 (the mixer written out: kernels call
+    # no @jit helpers, see _triton_compat)
+    a = (key >> 32).to(tl.uint32) ^ 0x1B873593
+    a = a ^ (a >> 16)
+    a = a * 0x21F0AAAD
+    a = a ^ (a >> 15)
+    a = a * 0x735A2D97
+    a = a ^ (a >> 15)
+    state = key.to(tl.uint32) ^ a
+    state = state ^ (state >> 16)
+    state = state * 0x21F0AAAD
+    state = state ^ (state >> 15)
+    state = state * 0x735A2D97
+    state = state ^ (state >> 15)
     do_sample = True
     if HAS_NEED:
         do_sample = tl.load(need_ptr + row) != 0
@@ -185,17 +199,102 @@ def fused_sample_triton(logits_NV: torch.Tensor, inv_temp_N: torch.Tensor, key_N
     if logits_NV.stride(1) != 1:
         logits_NV = logits_NV.contiguous()
     block_v = block_v or min(4096, 1 << max(4, (V - 1).bit_length()))
-    state_N = row_state(key_N.to(torch.int64)).contiguous()
-    need = need_sample_N.to(torch.int8).contiguous() if need_sample_N is not None else state_N
+    key_N = key_N.contiguous()
+    need = need_sample_N.to(torch.int8).contiguous() if need_sample_N is not None else key_N
     outs = (torch.empty(N, dtype=torch.long, device=dev), torch.empty(N, dtype=torch.float32, device=dev),
             torch.empty(N, dtype=torch.long, device=dev), torch.empty(N, dtype=torch.float32, device=dev),
             torch.empty(N, dtype=torch.float32, device=dev))
     if N == 0:
         return outs
     runnable(_fused_sample_kernel)[(N,)](
-        logits_NV, logits_NV.stride(0), inv_temp_N.contiguous(), state_N, need, *outs, V,
+        logits_NV, logits_NV.stride(0), inv_temp_N.contiguous(), key_N, need, *outs, V,
         BLOCK_V=block_v, HAS_NEED=need_sample_N is not None, num_warps=8 if block_v >= 2048 else 4)
     return outs
+
+
+# ---- derive_keys as one launch (the torch form is about 130 small integer ops per call, twice a step) ------
+@triton.jit
+def _derive_keys_kernel(seed_ptr, canvas_ptr, step_ptr, out_ptr, C, s_seed, s_canvas, s_step,
+                        BC: tl.constexpr):
+    b = tl.program_id(0)
+    seed = tl.load(seed_ptr + b * s_seed)
+    # The chain of derive_keys_torch in wrapping uint32; each 5-line block is one mix32.
+    a = (seed >> 32).to(tl.uint32) ^ 0x5BD1E995
+    a = a ^ (a >> 16)
+    a = a * 0x21F0AAAD
+    a = a ^ (a >> 15)
+    a = a * 0x735A2D97
+    a = a ^ (a >> 15)
+    s = seed.to(tl.uint32) ^ a
+    s = s ^ (s >> 16)
+    s = s * 0x21F0AAAD
+    s = s ^ (s >> 15)
+    s = s * 0x735A2D97
+    s = s ^ (s >> 15)
+    a = tl.load(canvas_ptr + b * s_canvas).to(tl.uint32) ^ 0x27D4EB2F
+    a = a ^ (a >> 16)
+    a = a * 0x21F0AAAD
+    a = a ^ (a >> 15)
+    a = a * 0x735A2D97
+    a = a ^ (a >> 15)
+    s = s ^ a
+    s = s ^ (s >> 16)
+    s = s * 0x21F0AAAD
+    s = s ^ (s >> 15)
+    s = s * 0x735A2D97
+    s = s ^ (s >> 15)
+    a = tl.load(step_ptr + b * s_step).to(tl.uint32) ^ 0x165667B1
+    a = a ^ (a >> 16)
+    a = a * 0x21F0AAAD
+    a = a ^ (a >> 15)
+    a = a * 0x735A2D97
+    a = a ^ (a >> 15)
+    s = s ^ a
+    s = s ^ (s >> 16)
+    s = s * 0x21F0AAAD
+    s = s ^ (s >> 15)
+    s = s * 0x735A2D97
+    s = s ^ (s >> 15)
+    pos = tl.arange(0, BC)
+    p = pos.to(tl.uint32) ^ 0x68E31DA4
+    p = p ^ (p >> 16)
+    p = p * 0x21F0AAAD
+    p = p ^ (p >> 15)
+    p = p * 0x735A2D97
+    p = p ^ (p >> 15)
+    lo = s ^ p
+    lo = lo ^ (lo >> 16)
+    lo = lo * 0x21F0AAAD
+    lo = lo ^ (lo >> 15)
+    lo = lo * 0x735A2D97
+    lo = lo ^ (lo >> 15)
+    hi = lo ^ 0x3C6EF372
+    hi = hi ^ (hi >> 16)
+    hi = hi * 0x21F0AAAD
+    hi = hi ^ (hi >> 15)
+    hi = hi * 0x735A2D97
+    hi = hi ^ (hi >> 15)
+    key = ((hi & 0x3FFFFFFF).to(tl.int64) << 32) | lo.to(tl.int64)
+    tl.store(out_ptr + b.to(tl.int64) * C + pos, key, mask=pos < C)
+
+
+def derive_keys_triton(seed_B: torch.Tensor | int, canvas_B: torch.Tensor | int, step_B: torch.Tensor | int,
+                       C: int) -> torch.Tensor:
+    """Same contract and bits as `derive_keys_torch`, one launch on the first tensor argument's device."""
+    dev = next(t.device for t in (seed_B, canvas_B, step_B) if isinstance(t, torch.Tensor))
+    # ints become one-element device tensors read with stride 0 (a fill, not a host copy)
+    ts = [t.reshape(-1).to(torch.int64) if isinstance(t, torch.Tensor)
+          else torch.full((1,), int(t), dtype=torch.int64, device=dev) for t in (seed_B, canvas_B, step_B)]
+    try:
+        (B,) = torch.broadcast_shapes(*(t.shape for t in ts))
+    except RuntimeError:
+        lengths = [t.numel() for t in ts]
+        raise ValueError(f"derive_keys: seed/canvas/step lengths {lengths} do not broadcast") from None
+    out = torch.empty(B * C, dtype=torch.int64, device=dev)
+    if B and C:
+        strides = [0 if t.numel() == 1 else t.stride(0) for t in ts]
+        runnable(_derive_keys_kernel)[(B,)](*ts, out, C, *strides, BC=next_pow2(C))
+    return out
 
 
 def check_sample_args(logits_NV, inv_temp_N, key_N, need_sample_N) -> None:
@@ -220,9 +319,16 @@ def selfcheck(device: torch.device) -> bool:
     g = torch.Generator(device="cpu").manual_seed(0)
     logits = (torch.randn(5, 3001, generator=g) * 4).to(device)
     inv_t = torch.rand(5, generator=g).add(0.5).to(device)
-    keys = derive_keys(7, 0, torch.arange(5), 1).to(device)
+    keys = derive_keys_torch(7, 0, torch.arange(5), 1).to(device)
     need = torch.tensor([True, False, True, True, False], device=device)
     ref = fused_sample_torch(logits, inv_t, keys, need)
     out = fused_sample_triton(logits, inv_t, keys, need)
     return (torch.equal(ref[0], out[0]) and torch.equal(ref[2], out[2])
             and all(torch.allclose(ref[i], out[i], atol=1e-4, rtol=1e-4) for i in (1, 3, 4)))
+
+
+def selfcheck_keys(device: torch.device) -> bool:
+    """One-time bit-for-bit comparison of derive_keys' kernel against its reference on `device`."""
+    seed = torch.tensor([0, 7, -1, 2**62 + 12345, -(2**40)], device=device)
+    step = torch.arange(5, device=device) * 3 + 2
+    return torch.equal(derive_keys_torch(seed, 4, step, 19), derive_keys_triton(seed, 4, step, 19))

@@ -6,14 +6,22 @@ import pytest
 import torch
 from kernel_checks import assert_close
 
-from kernels.sampler import derive_keys, fused_sample_torch, fused_sample_triton, mix32, uniform_noise
+from kernels.sampler import (
+    derive_keys_torch,
+    derive_keys_triton,
+    fused_sample_torch,
+    fused_sample_triton,
+    mix32,
+    selfcheck_keys,
+    uniform_noise,
+)
 
 
 def _inputs(N: int, V: int, seed: int = 0, dtype=torch.float32):
     g = torch.Generator().manual_seed(seed)
     logits = (torch.randn(N, V, generator=g) * 3).clamp(-30, 30).to(dtype)
     inv_t = torch.rand(N, generator=g) * 2 + 0.5
-    keys = derive_keys(torch.arange(N) + 11, 2, 5, 1)
+    keys = derive_keys_torch(torch.arange(N) + 11, 2, 5, 1)
     return logits, inv_t, keys
 
 
@@ -42,7 +50,7 @@ def test_reference_chunking_is_invisible(monkeypatch):
 def test_gumbel_sample_follows_softmax():
     V, n = 6, 6000
     logits = torch.tensor([[2.0, 1.0, 0.0, -1.0, 0.5, 1.5]]).expand(n, V)
-    keys = derive_keys(123, 0, torch.arange(n), 1)
+    keys = derive_keys_torch(123, 0, torch.arange(n), 1)
     smp = fused_sample_torch(logits, torch.ones(n), keys)[2]
     freq = torch.bincount(smp, minlength=V).float() / n
     p = torch.softmax(logits[0], -1)
@@ -53,11 +61,29 @@ def test_noise_and_keys_properties():
     u = uniform_noise(mix32(torch.tensor([5, 6])), torch.arange(4096))
     assert 0 < u.min() and u.max() < 1 and abs(u.mean().item() - 0.5) < 0.02
     assert (u[0] != u[1]).float().mean() > 0.99  # different rows, different streams
-    k1 = derive_keys(torch.tensor([1, 2]), torch.tensor([0, 0]), 3, 4)
+    k1 = derive_keys_torch(torch.tensor([1, 2]), torch.tensor([0, 0]), 3, 4)
     assert k1.shape == (8,) and (k1 >= 0).all() and k1.unique().numel() == 8
-    assert torch.equal(k1, derive_keys(torch.tensor([1, 2]), torch.tensor([0, 0]), 3, 4))
-    assert not torch.equal(k1, derive_keys(torch.tensor([1, 2]), torch.tensor([0, 0]), 4, 4))
-    assert derive_keys(-1, 0, 0, 2).min() >= 0  # negative seeds are fine
+    assert torch.equal(k1, derive_keys_torch(torch.tensor([1, 2]), torch.tensor([0, 0]), 3, 4))
+    assert not torch.equal(k1, derive_keys_torch(torch.tensor([1, 2]), torch.tensor([0, 0]), 4, 4))
+    assert derive_keys_torch(-1, 0, 0, 2).min() >= 0  # negative seeds are fine
+
+
+@pytest.mark.parametrize("seed,canvas,step,C", [
+    (torch.tensor([0, 1, -1, 2**62 + 5, -(2**40) - 3]), 0, torch.arange(5) * 2 + 2, 7),  # odd C, signs
+    (torch.tensor([11]), torch.tensor([3]), torch.tensor([9]), 256),  # one row, the real canvas
+    (torch.tensor([4, 4, 4]), torch.tensor([0, 1, 2**33 + 1]), 5, 1),  # canvas above 32 bits
+])
+def test_triton_derive_keys_bit_identical(seed, canvas, step, C):
+    want = derive_keys_torch(seed, canvas, step, C)
+    got = derive_keys_triton(seed, canvas, step, C)
+    assert got.dtype == torch.int64 and torch.equal(got, want), (got.tolist()[:8], want.tolist()[:8])
+
+
+def test_triton_derive_keys_selfcheck_and_shapes():
+    assert selfcheck_keys(torch.device("cpu"))
+    assert derive_keys_triton(torch.zeros(0, dtype=torch.long), 0, 0, 4).shape == (0,)
+    with pytest.raises(ValueError, match="do not broadcast"):
+        derive_keys_triton(torch.arange(3), torch.arange(2), 0, 4)
 
 
 @pytest.mark.parametrize("N,V,block,dtype", [(1, 1001, 256, torch.float32), (3, 515, 128, torch.bfloat16)])
@@ -92,3 +118,10 @@ def test_gpu_real_vocab(cuda):
     assert (out[2] == ref[2]).float().mean() > 0.99  # log() may differ in the last ulp on rare near-ties
     for name, i in (("entropy", 1), ("max", 3), ("lse", 4)):
         assert_close(name, out[i], ref[i], 1e-3, 1e-4)
+
+
+@pytest.mark.gpu
+def test_gpu_derive_keys(cuda):
+    seed = torch.randint(-(2**62), 2**62, (16,)).to(cuda)
+    canvas, step = torch.arange(16, device=cuda) % 5, torch.arange(16, device=cuda) * 2 + 2
+    assert torch.equal(derive_keys_triton(seed, canvas, step, 256), derive_keys_torch(seed, canvas, step, 256))
