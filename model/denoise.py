@@ -151,6 +151,12 @@ class CanvasBatch:
         return CanvasBatch(**out)
 
 
+def uses_chunked_head(noise: NoiseSource, device: torch.device) -> bool:
+    """Whether the step on `device` takes the chunked vocabulary path (see denoise_step's Path)."""
+    chunked = getattr(noise, "chunked_head", None)
+    return chunked is not None and chunked(device)
+
+
 def denoise_step(
     model,
     cache,
@@ -177,8 +183,9 @@ def denoise_step(
       device).
     want_sc: False when no row takes another step of this canvas, so the chunked path skips the
       self-conditioning GEMM whose result no step would read.
-    Path: a noise source with `chunked_head` on a CPU (the fast mode) never builds [B, C, V] logits
-    (model/vocab_head.py); every other case runs the reference's op sequence on materialised logits.
+    Path: a noise source whose `chunked_head(device)` holds (the fast mode without the fused Triton sampler,
+    i.e. on a CPU) never builds [B, C, V] logits (model/vocab_head.py); every other case runs the
+    reference's op sequence on materialised logits.
     """
     C = st.canvas_BC.shape[1]
     V = model.config.text.vocab_size
@@ -188,7 +195,7 @@ def denoise_step(
         _seed_canvases(st)
     kw = dict(positions_BC=positions_BC, rows_B=rows_B, len_range=len_range)
     soft, chunked = None, False
-    if getattr(noise, "chunked_head", False) and not st.canvas_BC.is_cuda:
+    if uses_chunked_head(noise, st.canvas_BC.device):
         if all_have_sc is not False and st.soft_BCH is not None:
             soft = st.soft_BCH if all_have_sc else st.soft_BCH * st.has_sc_B[:, None, None]
         h = model.decode_hidden(st.canvas_BC, cache, sc_soft_BCH=soft, **kw)

@@ -28,7 +28,7 @@ import torch
 
 from model.commit import is_argmax
 from model.counters import Counters
-from model.denoise import CanvasBatch, denoise_step, finish_row, steer_rows
+from model.denoise import CanvasBatch, denoise_step, finish_row, steer_rows, uses_chunked_head
 from model.params import GenerationParams
 from model.request import Completion, Request
 from model.sampler import RowKeys, RowNoise, RowParams
@@ -157,7 +157,7 @@ class Engine:
             keep_logits = any(not is_argmax(r.req.commit_hook) for r in rows)
             # Passes over [rows, C, V] logits in DRAM: the CPU's chunked vocabulary pass makes none (one
             # write when a commit hook needs the logits); the materialised path makes the noise source's.
-            chunked = getattr(self.noise, "chunked_head", False) and slots.cache.device.type != "cuda"
+            chunked = uses_chunked_head(self.noise, slots.cache.device)
             passes = float(keep_logits) if chunked else self.noise.passes_per_step
             rows_B = torch.tensor([r.slot for r in rows], device=slots.cache.device)
             lens = [self._cached(r) for r in rows]  # host-known cache lengths: no device read per step

@@ -243,11 +243,11 @@ class RowNoise:
     """Per-row counter-based streams (fast mode): every random number is a hash of (row seed, canvas index,
     step index, position, vocabulary column), so a row's draws do not depend on its batch mates or order.
 
-    On the GPU, statistics and the Gumbel-max sample come from `kernels.fused_sample` (one tiled pass for
-    argmax, entropy and log-sum-exp; the sample only where the commit rule keeps it). On the CPU, where the
-    hash-per-vocabulary-entry of Gumbel-max is costly, `lean_stats` and an inverse-CDF draw over the kept
-    rows sample the same law from the same per-position keys (CPU and GPU numbers differ; neither depends on
-    the batch).
+    On the GPU (where `fused` holds), statistics and the Gumbel-max sample come from `kernels.fused_sample`
+    (one tiled pass for argmax, entropy and log-sum-exp; the sample only where the commit rule keeps it). On
+    the CPU, where the hash-per-vocabulary-entry of Gumbel-max is costly, `lean_stats` and an inverse-CDF
+    draw over the kept rows sample the same law from the same per-position keys (CPU and GPU numbers
+    differ; neither depends on the batch).
     Passes over the logits per step: temperature 1 (r/w, in the loop), stats 1 on the GPU (3 row-wise
     sweeps on the CPU, `lean_stats`), sample on kept rows only. On the CPU the fast loop does not build the
     logits at all: `sample_head` samples from model/vocab_head.py's ChunkedHead (statistics come from its
@@ -274,7 +274,7 @@ class RowNoise:
     def stats(self, proc_BCV: torch.Tensor, keys: RowKeys) -> tuple[torch.Tensor, torch.Tensor]:
         B, C, V = proc_BCV.shape
         x_NV = proc_BCV.view(B * C, V)
-        if not x_NV.is_cuda:
+        if not self.fused(x_NV.device):
             am, h, p = lean_stats(x_NV)
             self._probs = (x_NV.data_ptr(), p)  # reused by sample() on the same logits
             return am.view(B, C), h.view(B, C)
@@ -289,11 +289,12 @@ class RowNoise:
         x_NV = proc_BCV.view(B * C, V)
         key_N = self._derive(keys.seed_B, keys.canvas_B, _tag_sample(keys.step_B), C).to(x_NV.device)
         keep_N = keep_BC.reshape(-1)
-        if x_NV.is_cuda:
+        if self.fused(x_NV.device):
             # No host sync on the GPU: the kernel skips the Gumbel work on rows that are not kept.
             ones = torch.ones(B * C, dtype=torch.float32, device=x_NV.device)
             return self._fused(x_NV, ones, key_N, keep_N)[2].view(B, C)
-        # CPU: gather the kept rows (no device to stall) and invert their CDF, reusing the softmax of stats().
+        # CPU: gather the kept rows (a host read, harmless without a device to stall) and invert their CDF,
+        # reusing the softmax of stats().
         idx = keep_N.nonzero().squeeze(1)
         self.kept += idx.numel()
         self.positions += B * C
@@ -308,8 +309,20 @@ class RowNoise:
     def renoise(self, keys: RowKeys, C: int, V: int, device: torch.device) -> torch.Tensor:
         return self._tokens(keys, _tag_renoise(keys.step_B), C, V).to(device)
 
+    @staticmethod
+    def fused(device: torch.device) -> bool:
+        """Whether `kernels.fused_sample` runs as its Triton kernel on `device` (the one dispatch switch:
+        a GPU that passed the kernel's self-check, or a test forcing the Triton backend). Then the step
+        materialises the logits and `stats` / `sample` make one fused pass each; otherwise `chunked_head`
+        is the path."""
+        import kernels
+
+        return kernels.backend_for("fused_sample", torch.empty(0, device=device)) == "triton"
+
     # -- the CPU path over a chunked vocabulary pass (model/vocab_head.py) --------------------------------
-    chunked_head = True  # denoise_step uses ChunkedHead + sample_head instead of stats/sample on CPU
+    def chunked_head(self, device: torch.device) -> bool:
+        """denoise_step uses ChunkedHead + sample_head instead of stats/sample (the CPU path)."""
+        return not self.fused(device)
 
     def sample_head(self, head, sweep, keep_BC: torch.Tensor, keys: RowKeys) -> torch.Tensor:
         """Like `sample`, for logits that exist only as a ChunkedHead (model/vocab_head.py): the same key
