@@ -183,29 +183,38 @@ def bench_kernels(dev, tiny, cfg):
     return out
 
 
-MOE_TILES = [  # (block_n, block_k, num_warps, num_stages): around the default (64, 64, 4, default)
-    (64, 64, 4, None), (64, 128, 4, 3), (64, 128, 4, 4), (64, 256, 4, 3), (128, 64, 4, 3), (128, 128, 4, 3),
-    (128, 128, 8, 3), (128, 128, 8, 4), (64, 256, 8, 3), (128, 256, 8, 3), (32, 256, 4, 4), (256, 64, 8, 3),
+# (block_m, block_n, block_k, num_warps, num_stages) around the default (None, 64, 64, 4, None); None: the
+# launcher's choice. block_m: at one canvas the default is 16 rows for about 16 rows per expert, so an expert
+# with more rows owns two blocks that each read its weights; 32 trades MMA work for one read.
+# Most promising first: the section stops at its time budget.
+MOE_TILES = [
+    (None, 64, 64, 4, None), (32, 64, 128, 4, 3), (None, 64, 128, 4, 3), (None, 128, 128, 8, 3),
+    (32, 128, 128, 4, 3), (None, 64, 256, 4, 3), (None, 128, 64, 4, 3), (None, 128, 128, 4, 3),
+    (32, 64, 256, 4, 3), (None, 64, 128, 4, 4), (None, 128, 128, 8, 4), (None, 64, 256, 8, 3),
+    (None, 128, 256, 8, 3), (64, 64, 128, 4, 3), (None, 32, 256, 4, 4), (None, 256, 64, 8, 3),
 ]
 
 
 def moe_tiles(dev, cfg, budget_end):
-    """fused_moe over MOE_TILES at 1 and 8 canvases; each row: config, ms, GB/s of expert weights."""
+    """fused_moe over MOE_TILES at 1 and 8 canvases (each config at both, so a cut run keeps both sizes);
+    each row: config, ms, GB/s of expert weights."""
     C = cfg.canvas_length
     g = torch.Generator(device="cpu").manual_seed(1)
     gu, dn = moe_weights(dev, cfg, g)
     rows = []
+    inputs = {}
     for canv in (1, 8):
-        T = canv * C
-        x, idx, w, wbytes = moe_tokens(dev, cfg, g, T)
-        ref = fused_moe_triton(x, idx, w, gu, dn).float()
-        for bn, bk, nw, ns in MOE_TILES:
-            row = {"T": T, "block_n": bn, "block_k": bk, "num_warps": nw, "num_stages": ns}
+        x, idx, w, wbytes = moe_tokens(dev, cfg, g, canv * C)
+        inputs[canv * C] = (x, idx, w, wbytes, fused_moe_triton(x, idx, w, gu, dn).float())
+    for bm, bn, bk, nw, ns in MOE_TILES:
+        for T, (x, idx, w, wbytes, ref) in inputs.items():
+            row = {"T": T, "block_m": bm, "block_n": bn, "block_k": bk, "num_warps": nw, "num_stages": ns}
             if time.perf_counter() > budget_end:
                 rows.append(row | {"error": "skipped: time budget"})
                 continue
             try:
-                fn = functools.partial(fused_moe_triton, block_n=bn, block_k=bk, num_warps=nw, num_stages=ns)
+                fn = functools.partial(fused_moe_triton, block_m=bm, block_n=bn, block_k=bk, num_warps=nw,
+                                       num_stages=ns)
                 err = (fn(x, idx, w, gu, dn).float() - ref).abs().max().item()
                 t_ms = ms(dev, fn, x, idx, w, gu, dn, reps=10)
                 rows.append(row | {"ms": t_ms, "weight_GBps": wbytes / t_ms / 1e6, "max_diff_default": err})
@@ -594,7 +603,8 @@ def print_table(results):
     tiles = [r for r in results.get("moe_tiles", []) if "weight_GBps" in r]
     for T in sorted({r["T"] for r in tiles}):
         best = max((r for r in tiles if r["T"] == T), key=lambda r: r["weight_GBps"])
-        print(f"  fused_moe best tile at T={T}: n{best['block_n']} k{best['block_k']} w{best['num_warps']} "
+        print(f"  fused_moe best tile at T={T}: m{best['block_m']} n{best['block_n']} k{best['block_k']} "
+              f"w{best['num_warps']} "
               f"s{best['num_stages']} {best['ms']:.3f} ms, {best['pct_of_copy_bw']:.0f}% of copy bw")
     print(f"  {'variant':8s} {'canv':>4s} {'steps':>5s} {'ms/fwd':>8s} {'tok/s':>9s} {'tok/s e2e':>9s} "
           f"{'%roof':>6s}")

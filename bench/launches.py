@@ -1,0 +1,186 @@
+"""Device launches per denoising step on the GPU path, counted on a CPU (a deterministic counter).
+
+The H100 profile of a full-size forward (bench/RESULTS.md, GPU section) was dominated by small ops: 10,233
+kernel launches per decoder forward at 30 layers. Launch counts do not depend on the device, so this script
+counts them here: it runs the fast engine on the tiny config in bf16 under a torch dispatch mode and counts
+every aten op that would launch a device kernel (views, allocations and metadata ops excluded), plus every
+Triton kernel launch.
+
+Two paths:
+  torch : every kernel op on its torch reference (the CPU path).
+  gpu   : every kernel op on its Triton launcher, as on a GPU. The launcher runs for real, so its own torch
+          ops (allocations, casts, routing) are counted, but its kernels are only recorded, not executed (the
+          interpreter would take minutes); the op's output is then taken from the torch reference, uncounted,
+          so the engine's control flow is the real one.
+Rows are split into the decoder layers (per layer) and the rest of the step (embedding, self-conditioning,
+LM head, sampler, commit). Device -> host reads are the engine's own counters (model/counters.py).
+
+    OMP_NUM_THREADS=1 .venv/bin/python bench/launches.py [--rows 2] [--steps 16] [--json out.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import importlib
+import json
+import sys
+from collections import Counter
+from pathlib import Path
+
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import kernels  # noqa: E402
+from model import DiffusionGemma, DiffusionGemmaConfig  # noqa: E402
+from model.counters import Counters  # noqa: E402
+from model.engine import Engine, Request  # noqa: E402
+from model.params import GenerationParams  # noqa: E402
+
+# aten ops that never launch a device kernel: views, allocations without a fill, metadata
+NO_LAUNCH = frozenset("""
+view _unsafe_view reshape _reshape_alias t transpose permute expand expand_as slice select unsqueeze squeeze
+split split_with_sizes chunk unbind narrow alias as_strided detach lift_fresh empty empty_like new_empty
+empty_strided promote_types result_type size stride sym_size sym_stride is_same_size contiguous
+""".split())
+KERNEL_MODULES = ("kernels.fused_moe", "kernels.moe_align", "kernels.rms_norm", "kernels.norm_rope",
+                  "kernels.canvas_attention", "kernels.sampler")
+
+
+class LaunchCounter(TorchDispatchMode):
+    """Counts launching aten ops by name into `self.where` ("decoder" / "encoder" layers, or "rest");
+    `off` pauses counting."""
+
+    def __init__(self):
+        super().__init__()
+        self.counts = {"decoder": Counter(), "encoder": Counter(), "rest": Counter()}
+        self.where = "rest"
+        self.off = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        name = func.overloadpacket.__name__
+        if not self.off and name not in NO_LAUNCH:
+            self.counts[self.where][name] += 1
+        return func(*args, **(kwargs or {}))
+
+    def record(self, kernel_name: str) -> None:
+        if not self.off:
+            self.counts[self.where]["triton:" + kernel_name] += 1
+
+    @contextlib.contextmanager
+    def paused(self):
+        self.off += 1
+        try:
+            yield
+        finally:
+            self.off -= 1
+
+
+@contextlib.contextmanager
+def dry_triton(counter: LaunchCounter):
+    """Triton launchers run, their kernels are recorded but not executed, and each op returns its torch
+    reference's output (computed uncounted)."""
+    class _Dry:
+        def __init__(self, kernel):
+            self.name = getattr(getattr(kernel, "fn", kernel), "__name__", "kernel")
+
+        def __getitem__(self, grid):
+            return lambda *a, **k: counter.record(self.name)
+
+    mods = [importlib.import_module(m) for m in KERNEL_MODULES]
+    saved_runnable = [(m, m.runnable) for m in mods]
+    saved_ops = dict(kernels._OPS)
+
+    def op(ref, tri):
+        def run(*a, **k):
+            tri(*a, **k)  # counted launcher ops + recorded kernels; its output is not computed
+            with counter.paused():
+                return ref(*a, **k)
+        return run
+
+    for m in mods:
+        m.runnable = _Dry
+    for name, (ref, tri, mod) in saved_ops.items():
+        kernels._OPS[name] = (ref, op(ref, tri), mod)
+    try:
+        with kernels.use_backend("triton"):
+            yield
+    finally:
+        for m, r in saved_runnable:
+            m.runnable = r
+        kernels._OPS.clear()
+        kernels._OPS.update(saved_ops)
+
+
+def count_step_launches(path: str, rows: int = 2, steps: int = 4, seed: int = 0) -> dict:
+    """Run `rows` one-canvas requests of `steps` fixed steps; -> per-decoder-forward launch counts."""
+    torch.manual_seed(seed)
+    cfg = DiffusionGemmaConfig.tiny()
+    m = DiffusionGemma(cfg).to(torch.bfloat16).eval()
+    C, V = cfg.canvas_length, cfg.text.vocab_size
+    params = GenerationParams(max_new_tokens=C, max_denoising_steps=steps, stability_threshold=None,
+                              confidence_threshold=None)
+    g = torch.Generator().manual_seed(seed)
+    reqs = [Request(id=f"r{i}", input_ids=torch.randint(3, V, (20 + 3 * i,), generator=g).tolist(), seed=i,
+                    params=params) for i in range(rows)]
+    counter = LaunchCounter()
+
+    def enter(_mod, _args, kwargs):
+        counter.where = "encoder" if kwargs["encoder"] else "decoder"
+
+    def leave(*_):
+        counter.where = "rest"
+
+    hooks = [h for b in m.layers for h in (b.register_forward_pre_hook(enter, with_kwargs=True),
+                                           b.register_forward_hook(leave))]
+    ctr = Counters()
+    eng = Engine(m, max_batch_rows=rows, counters=ctr)
+    try:
+        with dry_triton(counter) if path == "gpu" else kernels.use_backend("torch"), counter:
+            out = eng.generate(reqs)
+    finally:
+        for h in hooks:
+            h.remove()
+    if any(c.finish_reason == "error" for c in out):
+        raise RuntimeError(f"engine error: {[c.error for c in out]}")
+    L, n = cfg.text.num_hidden_layers, ctr.decoder_forwards
+    dec, rest = counter.counts["decoder"], counter.counts["rest"]
+    return {
+        "path": path, "rows": rows, "steps": steps, "layers": L, "decoder_forwards": n,
+        "encoder_forwards": ctr.encoder_forwards,
+        "decoder_layer": sum(dec.values()) / (n * L),  # launches per decoder layer per decoder forward
+        "rest": sum(rest.values()) / n,  # outside the layers, per decoder forward (prefill/commit included)
+        "encoder_layer_total": sum(counter.counts["encoder"].values()) / L,  # per layer, whole run
+        "host_syncs": ctr.host_syncs, "steady_syncs": ctr.steady_syncs,
+        "decoder_layer_ops": {k: v / (n * L) for k, v in dec.most_common()},
+        "rest_ops": {k: v / n for k, v in rest.most_common()},
+    }
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--rows", type=int, default=2)
+    p.add_argument("--steps", type=int, default=16)
+    p.add_argument("--json", default=None)
+    a = p.parse_args(argv)
+    torch.set_num_threads(1)
+    res = [count_step_launches(path, a.rows, a.steps) for path in ("torch", "gpu")]
+    for r in res:
+        print(f"{r['path']:>5} path: {r['decoder_layer']:6.1f} launches per decoder layer, "
+              f"{r['rest']:6.1f} per decoder forward outside the layers; {r['host_syncs']} host reads "
+              f"({r['steady_syncs']} inside step runs) in {r['decoder_forwards']} decoder forwards")
+    t, gp = res
+    print(f"decoder layer, gpu path / torch path: {gp['decoder_layer'] / t['decoder_layer']:.3f}")
+    for key, what in (("decoder_layer_ops", "one decoder layer"), ("rest_ops", "outside the layers")):
+        print(f"gpu path, {what}, launches per decoder forward by op:")
+        for k, v in gp[key].items():
+            print(f"  {v:6.2f} {k}")
+    if a.json:
+        Path(a.json).write_text(json.dumps(res, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,38 @@
+"""bench/launches.py: the GPU path's launch counts (counted on CPU) stay where the fused kernels put them."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import kernels
+
+
+def _bench():
+    path = Path(__file__).resolve().parents[2] / "bench" / "launches.py"
+    spec = importlib.util.spec_from_file_location("bench_launches", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_gpu_path_launch_counts():
+    bench = _bench()
+    ops = dict(kernels._OPS)
+    torch_path = bench.count_step_launches("torch", rows=2, steps=4)
+    gpu = bench.count_step_launches("gpu", rows=2, steps=4)
+    assert kernels._OPS == ops and kernels.get_backend() == "auto" and kernels._op_backend == {}
+    layer = gpu["decoder_layer_ops"]
+    # every decoder layer runs each kernel: 9 norms (7 block norms, v norm, router norm), q and k norm+RoPE,
+    # canvas attention, the MoE as align (3) + gate_up + down + combine
+    assert layer["triton:_rms_norm_kernel"] == 9 and layer["triton:_norm_rope_kernel"] == 2
+    assert layer["triton:_canvas_attn_kernel"] == 1
+    for k in ("_count_kernel", "_layout_kernel", "_scatter_kernel", "_gate_up_kernel", "_down_kernel",
+              "_combine_kernel"):
+        assert layer["triton:" + k] == 1, k
+    # Regression guards at the counts measured when the MoE routing and the stream keys became kernels
+    # (40.5 per layer, 115 outside at 4 steps); the torch path is the CPU reference, about 185 per layer.
+    assert gpu["decoder_layer"] <= 41 and gpu["rest"] <= 115, (gpu["decoder_layer"], gpu["rest"])
+    assert torch_path["decoder_layer"] > 4 * gpu["decoder_layer"]
+    assert gpu["steady_syncs"] == 0 and "triton:_fused_sample_kernel" in gpu["rest_ops"]
+    assert "triton:_derive_keys_kernel" in gpu["rest_ops"] and "bitwise_xor" not in gpu["rest_ops"]
