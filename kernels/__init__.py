@@ -6,12 +6,19 @@ dim, T flat tokens, E experts, k top-k, F = 2*Im gate+up rows, I = Im expert wid
       -> (argmax_N, entropy_N, sample_N, max_logit_N, logsumexp_N); see kernels/sampler.py.
 - `derive_keys(seed_B, canvas_B, step_B, C) -> key_(B*C)`: per-position noise stream keys for fused_sample.
 - `fused_moe(x_TH, topk_idx_Tk, topk_w_Tk, gate_up_EFH, down_EHI) -> y_TH`; see kernels/fused_moe.py.
-- `canvas_attention(q_BHCD, k_ctx_BKSD, v_ctx_BKSD, ctx_visible_BS, k_can_BKCD, v_can_BKCD, scale=1.0)
-      -> o_BHCD`; see kernels/canvas_attention.py.
+- `canvas_attention(q_BHCD, k_ctx_BKSD, v_ctx_BKSD, ctx_visible_BS, k_can_BKCD, v_can_BKCD, scale=1.0,
+      ctx_rows_B=None) -> o_BHCD`; see kernels/canvas_attention.py.
 - `rms_norm(x, weight, eps, add=None, residual=None, scale=None) -> y`: RMSNorm with the adds around it
       fused; see kernels/rms_norm.py.
 - `norm_rope(x_BTHD, weight_D, eps, cos_BTD, sin_BTD) -> y_BTHD`: per-head RMSNorm then RoPE (q and k);
       see kernels/norm_rope.py.
+- `logit_epilogue(x, cap, temperature_R=None, narrow_dtype=None) -> (y fp32, narrow or None)`: the LM
+      head's softcap, the step's per-row temperature and the self-conditioning copy in one pass; see
+      kernels/logit_epilogue.py.
+- `route(r_TH, scale_H, proj_EH, per_expert_E, top_k, eps) -> (topk_idx_Tk, topk_w_Tk)`: the MoE router;
+      see kernels/router.py.
+- `softmax(x, out_dtype) -> p`: row softmax over the last dim in fp32, written in out_dtype (the
+      self-conditioning input); see kernels/softmax.py.
 
 Backend rule ("auto", the default): Triton only for CUDA tensors, when triton imports, no input needs a
 gradient (the kernels have no backward), the shape is not one where Triton measured slower on a GPU
@@ -36,13 +43,16 @@ import torch
 
 from kernels import canvas_attention as _attn
 from kernels import fused_moe as _moe
+from kernels import logit_epilogue as _epilogue
 from kernels import norm_rope as _norm_rope
 from kernels import rms_norm as _rms_norm
+from kernels import router as _router
 from kernels import sampler as _sampler
+from kernels import softmax as _softmax
 from kernels._triton_compat import HAS_TRITON
 
 __all__ = ["fused_sample", "derive_keys", "fused_moe", "canvas_attention", "rms_norm", "norm_rope",
-           "set_backend", "use_backend", "get_backend", "backend_for"]
+           "logit_epilogue", "softmax", "route", "set_backend", "use_backend", "get_backend", "backend_for"]
 
 _CHOICES = ("auto", "torch", "triton")
 _backend = os.environ.get("DGBATCH_KERNELS", "auto")
@@ -59,6 +69,9 @@ _OPS = {
     "canvas_attention": (_attn.canvas_attention_torch, _attn.canvas_attention_triton, _attn),
     "rms_norm": (_rms_norm.rms_norm_torch, _rms_norm.rms_norm_triton, _rms_norm),
     "norm_rope": (_norm_rope.norm_rope_torch, _norm_rope.norm_rope_triton, _norm_rope),
+    "logit_epilogue": (_epilogue.logit_epilogue_torch, _epilogue.logit_epilogue_triton, _epilogue),
+    "softmax": (_softmax.softmax_torch, _softmax.softmax_triton, _softmax),
+    "route": (_router.route_torch, _router.route_triton, _router),
 }
 
 
@@ -165,11 +178,13 @@ def fused_moe(x_TH: torch.Tensor, topk_idx_Tk: torch.Tensor, topk_w_Tk: torch.Te
 
 def canvas_attention(q_BHCD: torch.Tensor, k_ctx_BKSD: torch.Tensor, v_ctx_BKSD: torch.Tensor,
                      ctx_visible_BS: torch.Tensor, k_can_BKCD: torch.Tensor, v_can_BKCD: torch.Tensor,
-                     scale: float = 1.0) -> torch.Tensor:
-    """Canvas queries over visible cached context keys plus the whole canvas (bidirectional), GQA."""
-    _attn.check_attention_args(q_BHCD, k_ctx_BKSD, v_ctx_BKSD, ctx_visible_BS, k_can_BKCD, v_can_BKCD)
+                     scale: float = 1.0, *, ctx_rows_B: torch.Tensor | None = None) -> torch.Tensor:
+    """Canvas queries over visible cached context keys plus the whole canvas (bidirectional), GQA.
+    ctx_rows_B: row b's context is row ctx_rows_B[b] of k_ctx / v_ctx (read in place by the kernel)."""
+    _attn.check_attention_args(q_BHCD, k_ctx_BKSD, v_ctx_BKSD, ctx_visible_BS, k_can_BKCD, v_can_BKCD,
+                               ctx_rows_B)
     return _impl("canvas_attention", q_BHCD, k_ctx_BKSD, v_ctx_BKSD, k_can_BKCD, v_can_BKCD)(
-        q_BHCD, k_ctx_BKSD, v_ctx_BKSD, ctx_visible_BS, k_can_BKCD, v_can_BKCD, scale)
+        q_BHCD, k_ctx_BKSD, v_ctx_BKSD, ctx_visible_BS, k_can_BKCD, v_can_BKCD, scale, ctx_rows_B=ctx_rows_B)
 
 
 def rms_norm(x: torch.Tensor, weight: torch.Tensor | None, eps: float, *, add: torch.Tensor | None = None,
@@ -184,3 +199,22 @@ def norm_rope(x_BTHD: torch.Tensor, weight_D: torch.Tensor, eps: float, cos_BTD:
     """Per-head scaled RMSNorm over D, then rotate-half RoPE with cos/sin of shape [B, T, D]."""
     _norm_rope.check_norm_rope_args(x_BTHD, weight_D, cos_BTD, sin_BTD)
     return _impl("norm_rope", x_BTHD, weight_D)(x_BTHD, weight_D, eps, cos_BTD, sin_BTD)
+
+
+def logit_epilogue(x: torch.Tensor, cap: float, temperature_R: torch.Tensor | None = None,
+                   narrow_dtype: torch.dtype | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(fp32 tanh(x / cap) * cap [/ temperature_R per leading row], its copy in narrow_dtype or None)."""
+    _epilogue.check_epilogue_args(x, temperature_R)
+    return _impl("logit_epilogue", x)(x, cap, temperature_R, narrow_dtype)
+
+
+def softmax(x: torch.Tensor, out_dtype: torch.dtype) -> torch.Tensor:
+    """softmax(x, dim=-1) computed in fp32 and written in out_dtype."""
+    return _impl("softmax", x)(x, out_dtype)
+
+
+def route(r_TH: torch.Tensor, scale_H: torch.Tensor, proj_EH: torch.Tensor, per_expert_E: torch.Tensor,
+          top_k: int, eps: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """MoE router on the raw residual -> (topk_idx_Tk long, topk_w_Tk fp32), weights in top-k order."""
+    return _impl("route", r_TH, scale_H, proj_EH, per_expert_E)(r_TH, scale_H, proj_EH, per_expert_E, top_k,
+                                                                 eps)

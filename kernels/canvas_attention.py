@@ -27,9 +27,13 @@ MASK_FILL = -1.0e30  # finite: a fully masked row softmaxes to uniform, never Na
 # ---- torch reference: the spec, and the CPU path ----------------------------------------------------------
 def canvas_attention_torch(q_BHCD: torch.Tensor, k_ctx_BKSD: torch.Tensor, v_ctx_BKSD: torch.Tensor,
                            ctx_visible_BS: torch.Tensor, k_can_BKCD: torch.Tensor, v_can_BKCD: torch.Tensor,
-                           scale: float = 1.0) -> torch.Tensor:
+                           scale: float = 1.0, *, ctx_rows_B: torch.Tensor | None = None) -> torch.Tensor:
     """Eager-attention precision (as the HF reference's eager path): QK^T in the input dtype, softmax in
-    fp32, probabilities cast back, PV in the input dtype. Returns o_BHCD in q's dtype."""
+    fp32, probabilities cast back, PV in the input dtype. Returns o_BHCD in q's dtype.
+    ctx_rows_B: row b's context is row ctx_rows_B[b] of k_ctx / v_ctx (a cache with more slots than rows)."""
+    if ctx_rows_B is not None:
+        k_ctx_BKSD = k_ctx_BKSD.index_select(0, ctx_rows_B)
+        v_ctx_BKSD = v_ctx_BKSD.index_select(0, ctx_rows_B)
     B, H, C, D = q_BHCD.shape
     K = k_can_BKCD.shape[1]
     G = H // K
@@ -45,17 +49,20 @@ def canvas_attention_torch(q_BHCD: torch.Tensor, k_ctx_BKSD: torch.Tensor, v_ctx
 
 # ---- Triton kernel ----------------------------------------------------------------------------------------
 @triton.jit
-def _canvas_attn_kernel(q_ptr, kc_ptr, vc_ptr, vis_ptr, kn_ptr, vn_ptr, o_ptr,
+def _canvas_attn_kernel(q_ptr, kc_ptr, vc_ptr, vis_ptr, kn_ptr, vn_ptr, o_ptr, rows_ptr,
                         sq_b, sq_h, sq_c, skc_b, skc_k, skc_s, svc_b, svc_k, svc_s, svis_b,
                         skn_b, skn_k, skn_c, svn_b, svn_k, svn_c, so_b, so_h, so_c,
                         K, G, C, S, D, scale,
                         BM: tl.constexpr, BN: tl.constexpr, BDK: tl.constexpr, BDV: tl.constexpr,
-                        UPCAST: tl.constexpr, IEEE: tl.constexpr):
+                        UPCAST: tl.constexpr, IEEE: tl.constexpr, HAS_ROWS: tl.constexpr):
     pid_m = tl.program_id(0)
     bk = tl.program_id(1)
     pid_d = tl.program_id(2)
     b = (bk // K).to(tl.int64)
     kv = (bk % K).to(tl.int64)
+    bc = b  # the row's context slot in k_ctx / v_ctx
+    if HAS_ROWS:
+        bc = tl.load(rows_ptr + b).to(tl.int64)
     rows = pid_m * BM + tl.arange(0, BM)
     row_ok = rows < G * C
     h = kv * G + (rows // C)
@@ -78,7 +85,7 @@ def _canvas_attn_kernel(q_ptr, kc_ptr, vc_ptr, vis_ptr, kn_ptr, vn_ptr, o_ptr,
         for d0 in range(0, D, BDK):
             d_ok = (d0 + dk) < D
             q = tl.load(q_row[:, None] + (d0 + dk)[None, :], mask=row_ok[:, None] & d_ok[None, :], other=0.0)
-            kt = tl.load(kc_ptr + b * skc_b + kv * skc_k + jc[None, :] * skc_s + (d0 + dk)[:, None],
+            kt = tl.load(kc_ptr + bc * skc_b + kv * skc_k + jc[None, :] * skc_s + (d0 + dk)[:, None],
                          mask=in_ctx[None, :] & d_ok[:, None], other=0.0)
             kt += tl.load(kn_ptr + b * skn_b + kv * skn_k + jn[None, :] * skn_c + (d0 + dk)[:, None],
                           mask=in_can[None, :] & d_ok[:, None], other=0.0)
@@ -95,7 +102,7 @@ def _canvas_attn_kernel(q_ptr, kc_ptr, vc_ptr, vis_ptr, kn_ptr, vn_ptr, o_ptr,
         alpha = tl.exp(m_i - m_new)
         p = tl.exp(scores - m_new[:, None])
         l_i = l_i * alpha + tl.sum(p, 1)
-        v = tl.load(vc_ptr + b * svc_b + kv * svc_k + jc[:, None] * svc_s + dv[None, :],
+        v = tl.load(vc_ptr + bc * svc_b + kv * svc_k + jc[:, None] * svc_s + dv[None, :],
                     mask=in_ctx[:, None] & dv_ok[None, :], other=0.0)
         v += tl.load(vn_ptr + b * svn_b + kv * svn_k + jn[:, None] * svn_c + dv[None, :],
                      mask=in_can[:, None] & dv_ok[None, :], other=0.0)
@@ -118,46 +125,58 @@ def _canvas_attn_kernel(q_ptr, kc_ptr, vc_ptr, vis_ptr, kn_ptr, vn_ptr, o_ptr,
 
 def canvas_attention_triton(q_BHCD: torch.Tensor, k_ctx_BKSD: torch.Tensor, v_ctx_BKSD: torch.Tensor,
                             ctx_visible_BS: torch.Tensor, k_can_BKCD: torch.Tensor, v_can_BKCD: torch.Tensor,
-                            scale: float = 1.0, *, block_m: int | None = None, block_n: int | None = None,
+                            scale: float = 1.0, *, ctx_rows_B: torch.Tensor | None = None,
+                            block_m: int | None = None, block_n: int | None = None,
                             block_dk: int | None = None, block_dv: int | None = None) -> torch.Tensor:
-    """Triton launcher with the same contract as `canvas_attention_torch` (any strides with unit last dim)."""
-    check_attention_args(q_BHCD, k_ctx_BKSD, v_ctx_BKSD, ctx_visible_BS, k_can_BKCD, v_can_BKCD)
+    """Triton launcher with the same contract as `canvas_attention_torch` (any strides with unit last dim);
+    with ctx_rows_B the selected context rows are read in place (no gathered copy)."""
+    check_attention_args(q_BHCD, k_ctx_BKSD, v_ctx_BKSD, ctx_visible_BS, k_can_BKCD, v_can_BKCD, ctx_rows_B)
     B, H, C, D = q_BHCD.shape
     K, S = k_ctx_BKSD.shape[1], k_ctx_BKSD.shape[2]
     G = H // K
     ts = [t if t.stride(-1) == 1 else t.contiguous()
           for t in (q_BHCD, k_ctx_BKSD, v_ctx_BKSD, k_can_BKCD, v_can_BKCD)]
     q, kc, vc, kn, vn = ts
-    vis = ctx_visible_BS.to(torch.int8)
+    vis = ctx_visible_BS  # bool, read in place
     if S == 0:  # keep a valid pointer; no context key is ever read
-        vis = torch.zeros(B, 1, dtype=torch.int8, device=q.device)
-    o = torch.empty(B, H, C, D, dtype=q.dtype, device=q.device)
+        vis = torch.zeros(B, 1, dtype=torch.bool, device=q.device)
+    # o is written in [B, C, H, D] memory order and returned as its [B, H, C, D] view, so the output
+    # projection's transpose back to [B, C, H * D] is free (no copy)
+    o = torch.empty(B, C, H, D, dtype=q.dtype, device=q.device).transpose(1, 2)
     block_m = block_m or min(64 if D <= 256 else 32, max(16, next_pow2(G * C)))
     block_n = block_n or 64
     block_dk = block_dk or min(64, max(16, next_pow2(D)))
     block_dv = block_dv or min(256 if D > 256 else 128, max(16, next_pow2(D)))
     upcast = interpret_mode() or q.dtype == torch.float32
     grid = (triton.cdiv(G * C, block_m), B * K, triton.cdiv(D, block_dv))
+    rows = ctx_rows_B.contiguous() if ctx_rows_B is not None else vis  # vis: never read
     runnable(_canvas_attn_kernel)[grid](
-        q, kc, vc, vis, kn, vn, o,
+        q, kc, vc, vis, kn, vn, o, rows,
         q.stride(0), q.stride(1), q.stride(2), kc.stride(0), kc.stride(1), kc.stride(2),
         vc.stride(0), vc.stride(1), vc.stride(2), vis.stride(0),
         kn.stride(0), kn.stride(1), kn.stride(2), vn.stride(0), vn.stride(1), vn.stride(2),
         o.stride(0), o.stride(1), o.stride(2), K, G, C, S, D, float(scale),
         BM=block_m, BN=block_n, BDK=block_dk, BDV=block_dv, UPCAST=upcast, IEEE=q.dtype == torch.float32,
-        num_warps=8 if D > 128 else 4, num_stages=2)
+        HAS_ROWS=ctx_rows_B is not None, num_warps=8 if D > 128 else 4, num_stages=2)
     return o
 
 
-def check_attention_args(q_BHCD, k_ctx_BKSD, v_ctx_BKSD, ctx_visible_BS, k_can_BKCD, v_can_BKCD) -> None:
+def check_attention_args(q_BHCD, k_ctx_BKSD, v_ctx_BKSD, ctx_visible_BS, k_can_BKCD, v_can_BKCD,
+                         ctx_rows_B=None) -> None:
     """Shape/dtype contract shared by both backends; raises ValueError naming the bad argument."""
     if q_BHCD.dim() != 4:
         raise ValueError(f"canvas_attention: q_BHCD must be 4-D, got {tuple(q_BHCD.shape)}")
     B, H, C, D = q_BHCD.shape
     K = k_can_BKCD.shape[1] if k_can_BKCD.dim() == 4 else -1
     S = k_ctx_BKSD.shape[2] if k_ctx_BKSD.dim() == 4 else -1
-    want = {"k_can_BKCD": (B, K, C, D), "v_can_BKCD": (B, K, C, D), "k_ctx_BKSD": (B, K, S, D),
-            "v_ctx_BKSD": (B, K, S, D), "ctx_visible_BS": (B, S)}
+    Bc = B  # context rows: B, or the slots ctx_rows_B indexes
+    if ctx_rows_B is not None:
+        if ctx_rows_B.shape != (B,) or ctx_rows_B.dtype not in (torch.int32, torch.int64):
+            raise ValueError(f"canvas_attention: ctx_rows_B must be int [{B}], got {tuple(ctx_rows_B.shape)} "
+                             f"{ctx_rows_B.dtype}")
+        Bc = k_ctx_BKSD.shape[0]
+    want = {"k_can_BKCD": (B, K, C, D), "v_can_BKCD": (B, K, C, D), "k_ctx_BKSD": (Bc, K, S, D),
+            "v_ctx_BKSD": (Bc, K, S, D), "ctx_visible_BS": (B, S)}
     got = {"k_can_BKCD": k_can_BKCD, "v_can_BKCD": v_can_BKCD, "k_ctx_BKSD": k_ctx_BKSD,
            "v_ctx_BKSD": v_ctx_BKSD, "ctx_visible_BS": ctx_visible_BS}
     for name, t in got.items():

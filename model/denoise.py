@@ -29,7 +29,6 @@ from model.sampler import (
     RowKeys,
     RowParams,
     accept_mask,
-    apply_temperature_,
     stop_update,
     temperature_B,
 )
@@ -194,7 +193,7 @@ def denoise_step(
     if st.steer_rows is not None:
         _seed_canvases(st)
     kw = dict(positions_BC=positions_BC, rows_B=rows_B, len_range=len_range)
-    soft, chunked = None, False
+    soft, chunked, sc_next = None, False, None
     if uses_chunked_head(noise, st.canvas_BC.device):
         if all_have_sc is not False and st.soft_BCH is not None:
             soft = st.soft_BCH if all_have_sc else st.soft_BCH * st.has_sc_B[:, None, None]
@@ -215,8 +214,10 @@ def denoise_step(
             sc = None
         elif all_have_sc is None and sc is not None:
             sc_mask = st.has_sc_B
-        logits = model.decode(st.canvas_BC, cache, sc_logits_BCV=sc, sc_mask_B=sc_mask, **kw)
-        proc = apply_temperature_(logits, st.steps_left_B, st.rp)
+        h = model.decode_hidden(st.canvas_BC, cache, sc_logits_BCV=sc, sc_mask_B=sc_mask, **kw)
+        # softcap, temperature and the next step's self-conditioning copy: one pass on the GPU
+        temp = temperature_B(st.steps_left_B, st.rp) if st.rp.scheduled else None
+        proc, sc_next = model.head(h, temp, narrow=True)
         argmax, entropy = noise.stats(proc, st.keys)
         keep = accept_mask(entropy, st.rp.bound_B)
         sampled = noise.sample(proc, keep, st.keys)
@@ -231,6 +232,7 @@ def denoise_step(
         canvas = torch.where(d, st.canvas_BC, canvas)
         if exact_frozen and st.sc_BCV is not None and proc is not None:
             proc = torch.where(d[..., None], st.sc_BCV, proc)
+            sc_next = torch.where(d[..., None], st.sc_BCV, sc_next)  # == proc.to(model.dtype)
         st.run_B, stop = stop_update(argmax, st.argmax_BC, st.run_B, entropy.mean(dim=-1), st.rp)
         st.done_B = st.done_B | stop
     if keep_logits:
@@ -243,7 +245,7 @@ def denoise_step(
     if chunked:  # soft is None only when no step of this canvas follows (want_sc False)
         st.soft_BCH, st.sc_BCV = soft, None
     else:
-        st.sc_BCV = proc.to(model.dtype)
+        st.sc_BCV = sc_next
     st.has_sc_B = torch.ones_like(st.has_sc_B)
     st.steps_left_B = st.steps_left_B - 1
     st.keys = RowKeys(st.keys.seed_B, st.keys.canvas_B, st.keys.step_B + 1)

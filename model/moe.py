@@ -15,7 +15,6 @@ from torch import nn
 
 import kernels
 from model.config import TextConfig
-from model.norm import rms_norm
 
 
 def moe_forward(
@@ -62,18 +61,14 @@ class Router(nn.Module):
         super().__init__()
         self.top_k = cfg.top_k_experts
         self.eps = cfg.rms_norm_eps
-        self.root = cfg.hidden_size**-0.5
         self.proj = nn.Linear(cfg.hidden_size, cfg.num_experts, bias=False)
         self.scale = nn.Parameter(torch.ones(cfg.hidden_size))
         self.per_expert_scale = nn.Parameter(torch.ones(cfg.num_experts))
 
     def forward(self, r_TH: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """-> (topk_idx_Tk long, topk_w_Tk fp32): renormalised to sum 1, then times per_expert_scale."""
-        z = rms_norm(r_TH, None, self.eps) * self.scale * self.root
-        probs = F.softmax(self.proj(z), dim=-1, dtype=torch.float32)
-        w, idx = torch.topk(probs, k=self.top_k, dim=-1)
-        w = w / w.sum(dim=-1, keepdim=True)
-        return idx, w * self.per_expert_scale[idx]
+        """-> (topk_idx_Tk long, topk_w_Tk fp32): renormalised to sum 1, then times per_expert_scale.
+        The math is kernels/router.py (three launches on the GPU, the reference's ops on the CPU)."""
+        return kernels.route(r_TH, self.scale, self.proj.weight, self.per_expert_scale, self.top_k, self.eps)
 
 
 class Experts(nn.Module):

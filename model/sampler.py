@@ -88,13 +88,6 @@ def temperature_B(steps_left_B: torch.Tensor, rp: RowParams) -> torch.Tensor:
     return rp.t_min_B + rp.span_B * (steps_left_B.to(torch.int32) / rp.n_steps_B)
 
 
-def apply_temperature_(logits_BCV: torch.Tensor, steps_left_B: torch.Tensor, rp: RowParams) -> torch.Tensor:
-    """proc = logits / T per row, in place (one pass over the logits); unchanged when no row is scheduled."""
-    if not rp.scheduled:
-        return logits_BCV
-    return logits_BCV.div_(temperature_B(steps_left_B, rp)[:, None, None])
-
-
 # ---- entropy and the commit rule --------------------------------------------------------------------------
 def exact_entropy(proc_BCV: torch.Tensor) -> torch.Tensor:
     """Categorical(logits=proc).entropy() with torch.distributions' exact op sequence, fp32 [B, C]."""

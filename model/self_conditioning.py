@@ -11,8 +11,8 @@ without a [B, C, V] softmax); a zero row of soft_BCH is exactly "no self-conditi
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 
+import kernels
 from model.layer import DenseMLP
 from model.norm import RMSNorm, rms_norm
 
@@ -40,7 +40,8 @@ class SelfConditioning(DenseMLP):
         elif sc_logits_BCV is None:
             return rms_norm(emb_BCH, None, self.eps)
         else:
-            probs = F.softmax(sc_logits_BCV, dim=-1, dtype=torch.float32).to(embed_VH.dtype)
+            # fp32 softmax written in the embedding dtype: one fused pass on the GPU (kernels/softmax.py)
+            probs = kernels.softmax(sc_logits_BCV, embed_VH.dtype)
             soft = torch.matmul(probs, embed_VH) * scale.to(emb_BCH.dtype)
         if sc_mask_B is not None:  # training: per-row "no self-conditioning"
             soft = soft * sc_mask_B.to(soft.dtype)[:, None, None]

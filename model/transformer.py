@@ -268,11 +268,15 @@ class DiffusionGemma(nn.Module):
             lo, hi = ranges[lt]
 
             def attend_dec(q, k, v, i=i, lo=lo, hi=hi, lt=lt):
+                kc, vc = cache.k[i][:, :, lo:hi], cache.v[i][:, :, lo:hi]  # views over every cache slot
+                fused = kernels.backend_for("canvas_attention", q, kc, vc, k, v) == "triton"
+                if fused and kc.dtype == k.dtype:
+                    # The fused kernel reads the rows' context and the canvas K/V in place: no gathered copy
+                    # of the selected slots, no concatenation.
+                    vis = masks[lt][:, 0, : hi - lo]
+                    return kernels.canvas_attention(q, kc, vc, vis, k, v, ctx_rows_B=sel)
                 ck = self._ctx(cache.k[i], sel, lo, hi).to(k.dtype)
                 cv = self._ctx(cache.v[i], sel, lo, hi).to(v.dtype)
-                if kernels.backend_for("canvas_attention", q, ck, cv, k, v) == "triton":
-                    # Fused kernel reads context and canvas K/V in place (no concatenated copy).
-                    return kernels.canvas_attention(q, ck, cv, masks[lt][:, 0, : hi - lo], k, v)
                 return attend(q, torch.cat([ck, k], dim=2), torch.cat([cv, v], dim=2), masks[lt])
 
             h = layer(h, *rope[lt], attend_dec, encoder=False)
@@ -280,9 +284,21 @@ class DiffusionGemma(nn.Module):
 
     def logits(self, h_BCH: torch.Tensor) -> torch.Tensor:
         """Final norm, tied LM head, fp32 softcap."""
-        cap = self.text.final_logit_softcapping
-        logits = F.linear(self.norm(h_BCH), self.embed_tokens.weight).float()
-        return torch.tanh(logits / cap) * cap
+        return self.head(h_BCH)[0]
+
+    def head(
+        self, h_BCH: torch.Tensor, temperature_B: torch.Tensor | None = None, narrow: bool = False
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """`logits` divided by a per-row temperature (the step's processed logits, optional) and, with
+        `narrow`, also their copy in the model dtype (the next step's self-conditioning input). One pass over
+        the [B, C, V] logits after the LM head on the GPU (kernels/logit_epilogue.py); the reference's op
+        sequence on the CPU."""
+        return kernels.logit_epilogue(
+            F.linear(self.norm(h_BCH), self.embed_tokens.weight),
+            self.text.final_logit_softcapping,
+            temperature_B,
+            self.dtype if narrow else None,
+        )
 
     # -- weights -----------------------------------------------------------------------------------
     @classmethod

@@ -38,3 +38,30 @@ def test_fused_path_runs_and_rows_are_independent_of_batch(stop_pair, monkeypatc
     assert eng.noise.positions == 0  # the CPU path's inverse-CDF sampler never ran
     assert c.steady_syncs == 0 and c.decoder_forwards > 0
     assert all(v[1] in ("eos", "length") for v in got.values())
+
+
+def test_every_kernel_forced_rows_match_solo_and_the_torch_path(stop_pair, monkeypatch):
+    """The whole GPU path (MoE with its routing layout, router, canvas attention reading cache slots in place,
+    norms, logit epilogue, self-conditioning softmax, sampler, keys) in the interpreter, fp32: rows in a batch
+    of two equal their solo runs, and the decoder's logits match the torch path's."""
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    _, ours = stop_pair
+    reqs = [Request(id=f"r{i}", input_ids=list(range(3 + i, 9 + 2 * i)), seed=7 + i,
+                    params=GenerationParams(max_new_tokens=8, max_denoising_steps=2)) for i in range(2)]
+    key = lambda c: (c.token_ids, c.finish_reason, c.denoising_steps)  # noqa: E731
+    with kernels.use_backend("triton"):
+        solo = [key(Engine(ours, max_batch_rows=1).generate([r])[0]) for r in reqs]
+        both = [key(c) for c in Engine(ours, max_batch_rows=2).generate(reqs[::-1])][::-1]
+    assert both == solo and all(s[2] == 2 for s in solo)
+    # one decoder forward over cache slots 1, 0 of a 2-slot cache, both backends
+    C = ours.config.canvas_length
+    cache = ours.new_cache(2, 16 + C)
+    ids = torch.arange(3, 19).view(2, 8)
+    pos = torch.arange(8).expand(2, 8)
+    ours.encode(ids, cache, positions_BT=pos)
+    canvas, rows = torch.arange(20, 20 + 2 * C).view(2, C), torch.tensor([1, 0])
+    kw = dict(positions_BC=torch.arange(8, 8 + C).expand(2, C), rows_B=rows)
+    want = ours.decode(canvas, cache, **kw)
+    with kernels.use_backend("triton"):
+        got = ours.decode(canvas, cache, **kw)
+    assert (got - want).abs().max() < 1e-4

@@ -77,3 +77,20 @@ def test_gpu_real_shapes(cuda, K, D):
     out = canvas_attention_triton(*args)
     ref = canvas_attention_torch(*(a.float() if a.is_floating_point() else a for a in args))
     assert_close(f"attn gpu D={D}", out, ref, 3e-2, 3e-2)
+
+
+def test_context_rows_read_in_place():
+    # rows 0..2 of the batch read context slots 4, 0, 2 of a 5-slot cache: same as gathering them first
+    g = torch.Generator().manual_seed(7)
+    B, H, K, C, S, D, slots = 3, 4, 2, 5, 9, 16, 5
+    q = torch.randn(B, H, C, D, generator=g)
+    kn, vn = torch.randn(B, K, C, D, generator=g), torch.randn(B, K, C, D, generator=g)
+    kc, vc = torch.randn(slots, K, S, D, generator=g), torch.randn(slots, K, S, D, generator=g)
+    vis = torch.rand(B, S, generator=g) > 0.3
+    rows = torch.tensor([4, 0, 2])
+    want = canvas_attention_torch(q, kc[rows], vc[rows], vis, kn, vn)
+    assert torch.equal(canvas_attention_torch(q, kc, vc, vis, kn, vn, ctx_rows_B=rows), want)
+    got = canvas_attention_triton(q, kc, vc, vis, kn, vn, ctx_rows_B=rows, block_m=16, block_n=16)
+    assert_close("attention ctx rows", got, want, 1e-5, 1e-5)
+    with pytest.raises(ValueError, match="ctx_rows_B must be"):
+        canvas_attention_triton(q, kc, vc, vis, kn, vn, ctx_rows_B=rows[:2])
