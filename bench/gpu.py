@@ -308,9 +308,9 @@ class _GraphedDecode:
     the step's canvas and self-conditioning input into static buffers. Step 0 (no self-conditioning) stays
     eager. Experiment for the benchmark: how much of a forward is launch overhead."""
 
-    def __init__(self, m, cache, pos_c, canvas, sc, ctx):
+    def __init__(self, m, cache, pos_c, canvas, sc, temp_B, ctx):
         self.m, self.cache, self.pos_c, self.ctx = m, cache, pos_c, ctx
-        self.canvas, self.sc = canvas.clone(), sc.clone()
+        self.canvas, self.sc, self.temp = canvas.clone(), sc.clone(), temp_B.clone()
         side = torch.cuda.Stream()
         side.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(side):  # warm-up off the capture stream (allocator, Triton, self-checks)
@@ -319,18 +319,20 @@ class _GraphedDecode:
         torch.cuda.current_stream().wait_stream(side)
         self.graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(self.graph):
-            self.logits = self._run()
+            self.out = self._run()
 
     def _run(self):
         # len_range: every row's context length is known on the host (no device read inside the capture)
-        return self.m.decode(self.canvas, self.cache, positions_BC=self.pos_c, sc_logits_BCV=self.sc,
-                             len_range=(self.ctx, self.ctx))
+        h = self.m.decode_hidden(self.canvas, self.cache, positions_BC=self.pos_c, sc_logits_BCV=self.sc,
+                                 len_range=(self.ctx, self.ctx))
+        return self.m.head(h, self.temp, narrow=True)
 
-    def __call__(self, canvas, sc):
+    def __call__(self, canvas, sc, temp_B):
         self.canvas.copy_(canvas)
         self.sc.copy_(sc)
+        self.temp.copy_(temp_B)
         self.graph.replay()
-        return self.logits
+        return self.out
 
 
 @torch.no_grad()
@@ -349,28 +351,31 @@ def run_canvas(m, cfg, dev, B, N, ctx, graph=False):
     pos_c = torch.arange(ctx, ctx + C, device=dev).expand(B, C)
     seeds = torch.arange(B, device=dev)
     sc, fwd, graphed, capture = None, 0.0, None, 0.0
+    ones = torch.ones(B * C, device=dev)
     for step in range(N):
+        temp_B = torch.full((B,), 0.4 + 0.4 * (N - step) / N, device=dev)
         if graph and sc is not None and graphed is None:
             sync(dev)
             c0 = time.perf_counter()
-            graphed = _GraphedDecode(m, cache, pos_c, canvas, sc, ctx)
+            graphed = _GraphedDecode(m, cache, pos_c, canvas, sc, temp_B, ctx)
             sync(dev)
             capture = time.perf_counter() - c0
         sync(dev)
         f0 = time.perf_counter()
+        # As the engine's step: decoder, then the head with softcap, temperature and the bf16 copy that
+        # self-conditions the next step (model/denoise.py)
         if graphed is not None:
-            logits = graphed(canvas, sc).clone()  # the loop scales logits in place; keep the graph's output
+            logits, sc_next = graphed(canvas, sc, temp_B)
         else:
-            logits = m.decode(canvas, cache, positions_BC=pos_c, sc_logits_BCV=sc, len_range=(ctx, ctx))
+            h = m.decode_hidden(canvas, cache, positions_BC=pos_c, sc_logits_BCV=sc, len_range=(ctx, ctx))
+            logits, sc_next = m.head(h, temp_B, narrow=True)
         sync(dev)
         fwd += time.perf_counter() - f0
-        temp = 0.4 + 0.4 * (N - step) / N
-        inv_t = torch.full((B * C,), 1.0 / temp, device=dev)
         keys = kernels.derive_keys(seeds, 0, step, C)
-        am, ent, smp, _, _ = kernels.fused_sample(logits.view(B * C, V), inv_t, keys)
+        am, ent, smp, _, _ = kernels.fused_sample(logits.view(B * C, V), ones, keys)
         accepted = commit_rule(ent.view(B, C), 0.1)
         canvas = torch.where(accepted, smp.view(B, C), torch.randint(0, V, (B, C), device=dev))
-        sc = (logits.mul_(1.0 / temp)).to(m.dtype)
+        sc = sc_next
         del logits
     sync(dev)
     t2 = time.perf_counter()

@@ -10,10 +10,14 @@ Two paths:
   torch : every kernel op on its torch reference (the CPU path).
   gpu   : every kernel op on its Triton launcher, as on a GPU. The launcher runs for real, so its own torch
           ops (allocations, casts, routing) are counted, but its kernels are only recorded, not executed (the
-          interpreter would take minutes); the op's output is then taken from the torch reference, uncounted,
-          so the engine's control flow is the real one.
+          interpreter would take minutes); the torch reference's values are then copied, uncounted, into the
+          launcher's outputs (so layouts are the kernel's), and the engine's control flow is the real one.
 Rows are split into the decoder layers (per layer) and the rest of the step (embedding, self-conditioning,
-LM head, sampler, commit). Device -> host reads are the engine's own counters (model/counters.py).
+LM head, sampler, commit). Beside launches it sums the bytes read and written in vocabulary-wide tensors
+([.., V]: logits, probabilities), in units of one pass over the step's fp32 logits: at V = 262,144 that
+traffic is a large share of a multi-canvas step. A Triton kernel's tensor arguments count once each, so a
+kernel that reads a row twice (kernels/softmax.py) is under-counted by that second read. Device -> host
+reads are the engine's own counters (model/counters.py).
 
     OMP_NUM_THREADS=1 .venv/bin/python bench/launches.py [--rows 2] [--steps 16] [--json out.json]
 """
@@ -22,7 +26,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import importlib
 import json
 import sys
 from collections import Counter
@@ -45,29 +48,43 @@ view _unsafe_view reshape _reshape_alias t transpose permute expand expand_as sl
 split split_with_sizes chunk unbind narrow alias as_strided detach lift_fresh empty empty_like new_empty
 empty_strided promote_types result_type size stride sym_size sym_stride is_same_size contiguous
 """.split())
-KERNEL_MODULES = ("kernels.fused_moe", "kernels.moe_align", "kernels.rms_norm", "kernels.norm_rope",
-                  "kernels.canvas_attention", "kernels.sampler")
 
 
 class LaunchCounter(TorchDispatchMode):
     """Counts launching aten ops by name into `self.where` ("decoder" / "encoder" layers, or "rest");
-    `off` pauses counting."""
+    `off` pauses counting. Also sums the bytes each launch reads or writes in vocabulary-wide tensors (last
+    dim == vocab, 2-D or more: logits, probabilities), the traffic that dominates a step at V = 262,144."""
 
-    def __init__(self):
+    def __init__(self, vocab: int, weights: tuple[torch.Tensor, ...] = ()):
         super().__init__()
+        self.weight_ptrs = {w.untyped_storage().data_ptr() for w in weights}  # not logits: the tied LM head
         self.counts = {"decoder": Counter(), "encoder": Counter(), "rest": Counter()}
+        self.vocab_bytes: Counter = Counter()  # by op name
+        self.vocab = vocab
         self.where = "rest"
         self.off = 0
 
+    def _vocab_bytes(self, name: str, tensors) -> None:
+        n = sum(t.numel() * t.element_size() for t in tensors
+                if isinstance(t, torch.Tensor) and t.dim() >= 2 and t.shape[-1] == self.vocab
+                and t.untyped_storage().data_ptr() not in self.weight_ptrs)
+        if n:
+            self.vocab_bytes[name] += n
+
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         name = func.overloadpacket.__name__
+        out = func(*args, **(kwargs or {}))
         if not self.off and name not in NO_LAUNCH:
             self.counts[self.where][name] += 1
-        return func(*args, **(kwargs or {}))
+            outs = out if isinstance(out, (tuple, list)) else (out,)
+            self._vocab_bytes(name, [*args, *(kwargs or {}).values(), *outs])
+        return out
 
-    def record(self, kernel_name: str) -> None:
+    def record(self, kernel_name: str, args=()) -> None:
+        """A Triton launch; its tensor arguments stand for what it reads and writes."""
         if not self.off:
             self.counts[self.where]["triton:" + kernel_name] += 1
+            self._vocab_bytes("triton:" + kernel_name, args)
 
     @contextlib.contextmanager
     def paused(self):
@@ -87,17 +104,28 @@ def dry_triton(counter: LaunchCounter):
             self.name = getattr(getattr(kernel, "fn", kernel), "__name__", "kernel")
 
         def __getitem__(self, grid):
-            return lambda *a, **k: counter.record(self.name)
+            return lambda *a, **k: counter.record(self.name, a)
 
-    mods = [importlib.import_module(m) for m in KERNEL_MODULES]
+    # every kernel file launches through its module-level `runnable` (kernels/_triton_compat.py)
+    mods = [m for name, m in list(sys.modules.items())
+            if name.startswith("kernels.") and hasattr(m, "runnable")]
     saved_runnable = [(m, m.runnable) for m in mods]
     saved_ops = dict(kernels._OPS)
 
+    def fill(out, ref):
+        """The reference's values in the launcher's own (never written) outputs: same layouts as on a GPU."""
+        if isinstance(out, torch.Tensor):
+            out.copy_(ref)
+        elif isinstance(out, (tuple, list)):
+            for o, r in zip(out, ref):
+                fill(o, r)
+        return out
+
     def op(ref, tri):
         def run(*a, **k):
-            tri(*a, **k)  # counted launcher ops + recorded kernels; its output is not computed
+            out = tri(*a, **k)  # counted launcher ops + recorded kernels; the outputs are not computed
             with counter.paused():
-                return ref(*a, **k)
+                return fill(out, ref(*a, **k))
         return run
 
     for m in mods:
@@ -125,7 +153,7 @@ def count_step_launches(path: str, rows: int = 2, steps: int = 4, seed: int = 0)
     g = torch.Generator().manual_seed(seed)
     reqs = [Request(id=f"r{i}", input_ids=torch.randint(3, V, (20 + 3 * i,), generator=g).tolist(), seed=i,
                     params=params) for i in range(rows)]
-    counter = LaunchCounter()
+    counter = LaunchCounter(V, tuple(m.parameters()))
 
     def enter(_mod, _args, kwargs):
         counter.where = "encoder" if kwargs["encoder"] else "decoder"
@@ -154,6 +182,9 @@ def count_step_launches(path: str, rows: int = 2, steps: int = 4, seed: int = 0)
         "rest": sum(rest.values()) / n,  # outside the layers, per decoder forward (prefill/commit included)
         "encoder_layer_total": sum(counter.counts["encoder"].values()) / L,  # per layer, whole run
         "host_syncs": ctr.host_syncs, "steady_syncs": ctr.steady_syncs,
+        # traffic over [.., V] tensors per decoder forward, in passes of the fp32 logits of its rows
+        "logit_passes": sum(counter.vocab_bytes.values()) / n / (rows * C * V * 4),
+        "logit_passes_by_op": {k: v / n / (rows * C * V * 4) for k, v in counter.vocab_bytes.most_common()},
         "decoder_layer_ops": {k: v / (n * L) for k, v in dec.most_common()},
         "rest_ops": {k: v / n for k, v in rest.most_common()},
     }
@@ -170,13 +201,17 @@ def main(argv=None) -> int:
     for r in res:
         print(f"{r['path']:>5} path: {r['decoder_layer']:6.1f} launches per decoder layer, "
               f"{r['rest']:6.1f} per decoder forward outside the layers; {r['host_syncs']} host reads "
-              f"({r['steady_syncs']} inside step runs) in {r['decoder_forwards']} decoder forwards")
+              f"({r['steady_syncs']} inside step runs) in {r['decoder_forwards']} decoder forwards; "
+              f"{r['logit_passes']:.1f} fp32 logit passes of traffic per decoder forward")
     t, gp = res
     print(f"decoder layer, gpu path / torch path: {gp['decoder_layer'] / t['decoder_layer']:.3f}")
     for key, what in (("decoder_layer_ops", "one decoder layer"), ("rest_ops", "outside the layers")):
         print(f"gpu path, {what}, launches per decoder forward by op:")
         for k, v in gp[key].items():
             print(f"  {v:6.2f} {k}")
+    print("gpu path, traffic over vocabulary-wide tensors per decoder forward, in fp32 logit passes, by op:")
+    for k, v in gp["logit_passes_by_op"].items():
+        print(f"  {v:6.2f} {k}")
     if a.json:
         Path(a.json).write_text(json.dumps(res, indent=1))
     return 0
