@@ -45,9 +45,18 @@ import model.moe  # noqa: E402
 import model.transformer  # noqa: E402
 from kernels.canvas_attention import canvas_attention_torch, canvas_attention_triton  # noqa: E402
 from kernels.fused_moe import fused_moe_torch, fused_moe_triton  # noqa: E402
+from kernels.logit_epilogue import logit_epilogue_torch, logit_epilogue_triton  # noqa: E402
+from kernels.moe_align import align_tokens, align_tokens_triton  # noqa: E402
 from kernels.norm_rope import norm_rope_torch, norm_rope_triton  # noqa: E402
 from kernels.rms_norm import rms_norm_torch, rms_norm_triton  # noqa: E402
-from kernels.sampler import fused_sample_torch, fused_sample_triton  # noqa: E402
+from kernels.router import route_torch, route_triton  # noqa: E402
+from kernels.sampler import (  # noqa: E402
+    derive_keys_torch,
+    derive_keys_triton,
+    fused_sample_torch,
+    fused_sample_triton,
+)
+from kernels.softmax import softmax_torch, softmax_triton  # noqa: E402
 from model import DiffusionGemma, DiffusionGemmaConfig  # noqa: E402
 from model.config import PLACEHOLDER_VISION_CONFIG  # noqa: E402
 
@@ -177,6 +186,7 @@ def bench_kernels(dev, tiny, cfg):
         out.append(row)
         logits = None
     out += bench_norms(dev, cfg, g)
+    out += bench_step_ops(dev, cfg, g)
     for r in out:
         if "triton_ms" in r:
             r["speedup_vs_torch"] = r["torch_ms"] / r["triton_ms"]
@@ -251,6 +261,46 @@ def bench_norms(dev, cfg, g):
                 row["triton_ms"] = ms(dev, norm_rope_triton, q, wd, 1e-6, cos, sin, reps=10)
                 row["triton_GBps"] = 2 * q.numel() * 2 / row["triton_ms"] / 1e6
             out.append(row)
+    return out
+
+
+def bench_step_ops(dev, cfg, g):
+    """The step's smaller kernels at 1 and 8 canvases against their torch references: the logit epilogue and
+    the self-conditioning softmax (GB/s of their one-pass traffic), the router, the MoE routing layout, the
+    stream keys."""
+    t, C = cfg.text, cfg.canvas_length
+    V, H, E, k = t.vocab_size, t.hidden_size, t.num_experts, t.top_k_experts
+    use_triton = dev.type == "cuda"
+    out = []
+
+    def row(name, shape, ref, tri, args, nbytes=None):
+        r = {"kernel": name, "shape": shape, "torch_ms": ms(dev, ref, *args)}
+        if use_triton:
+            r["triton_ms"] = ms(dev, tri, *args, reps=10)
+            if nbytes:
+                r["triton_GBps"] = nbytes / r["triton_ms"] / 1e6
+        out.append(r)
+
+    for canv in (1, 8):
+        N = canv * C
+        x = (torch.randn(N, V, generator=g) * 20).to(dev, torch.bfloat16)
+        temp = torch.full((canv,), 0.6, device=dev)
+        x3 = x.view(canv, C, V)
+        row("logit_epilogue", f"N={N} V={V} (+temperature, +bf16 copy)", logit_epilogue_torch,
+            logit_epilogue_triton, (x3, t.final_logit_softcapping, temp, torch.bfloat16), N * V * 8)
+        row("softmax", f"N={N} V={V} bf16 -> bf16", softmax_torch, softmax_triton, (x, torch.bfloat16),
+            N * V * 6)
+        x = x3 = None
+        r_TH = torch.randn(N, H, generator=g).to(dev, torch.bfloat16)
+        sc = torch.ones(H, device=dev, dtype=torch.bfloat16)
+        pes = torch.ones(E, device=dev, dtype=torch.bfloat16)
+        proj = (torch.randn(E, H, generator=g) * H**-0.5).to(dev, torch.bfloat16)
+        row("route", f"T={N} H={H} E={E} k={k}", route_torch, route_triton, (r_TH, sc, proj, pes, k, 1e-6))
+        idx = torch.stack([torch.randperm(E, generator=g)[:k] for _ in range(N)]).to(dev)
+        bm = 16 if canv == 1 else 64  # the launcher's choice at these sizes
+        row("moe_align", f"T={N} E={E} k={k} block_m={bm}", align_tokens, align_tokens_triton, (idx, E, bm))
+        seeds = torch.arange(canv, device=dev)
+        row("derive_keys", f"B={canv} C={C}", derive_keys_torch, derive_keys_triton, (seeds, 0, 3, C))
     return out
 
 
