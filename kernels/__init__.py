@@ -8,8 +8,8 @@ dim, T flat tokens, E experts, k top-k, F = 2*Im gate+up rows, I = Im expert wid
 - `fused_moe(x_TH, topk_idx_Tk, topk_w_Tk, gate_up_EFH, down_EHI) -> y_TH`; see kernels/fused_moe.py.
 - `canvas_attention(q_BHCD, k_ctx_BKSD, v_ctx_BKSD, ctx_visible_BS, k_can_BKCD, v_can_BKCD, scale=1.0,
       ctx_rows_B=None) -> o_BHCD`; see kernels/canvas_attention.py.
-- `rms_norm(x, weight, eps, add=None, residual=None, scale=None) -> y`: RMSNorm with the adds around it
-      fused; see kernels/rms_norm.py.
+- `rms_norm(x, weight, eps, add=None, residual=None, scale=None, norm_x=None, norm_add=None) -> y`: RMSNorm
+      with the adds and norms around it fused; see kernels/rms_norm.py.
 - `norm_rope(x_BTHD, weight_D, eps, cos_BTD, sin_BTD) -> y_BTHD`: per-head RMSNorm then RoPE (q and k);
       see kernels/norm_rope.py.
 - `logit_epilogue(x, cap, temperature_R=None, narrow_dtype=None) -> (y fp32, narrow or None)`: the LM
@@ -188,10 +188,12 @@ def canvas_attention(q_BHCD: torch.Tensor, k_ctx_BKSD: torch.Tensor, v_ctx_BKSD:
 
 
 def rms_norm(x: torch.Tensor, weight: torch.Tensor | None, eps: float, *, add: torch.Tensor | None = None,
-             residual: torch.Tensor | None = None, scale: torch.Tensor | None = None) -> torch.Tensor:
-    """[residual +] rms_norm(x [+ add]) [* w], [* scale]: DiffusionGemma's fp32-math norm, in x's dtype."""
-    impl = _impl("rms_norm", x, weight, add, residual)
-    return impl(x, weight, eps, add=add, residual=residual, scale=scale)
+             residual: torch.Tensor | None = None, scale: torch.Tensor | None = None,
+             norm_x: torch.Tensor | None = None, norm_add: torch.Tensor | None = None) -> torch.Tensor:
+    """[residual +] rms_norm(x [+ add]) [* w], [* scale]: DiffusionGemma's fp32-math norm, in x's dtype;
+    norm_x / norm_add normalise x / add first with those weights (the block tail's two inner norms)."""
+    impl = _impl("rms_norm", x, weight, add, residual, norm_x, norm_add)
+    return impl(x, weight, eps, add=add, residual=residual, scale=scale, norm_x=norm_x, norm_add=norm_add)
 
 
 def norm_rope(x_BTHD: torch.Tensor, weight_D: torch.Tensor, eps: float, cos_BTD: torch.Tensor,

@@ -1,5 +1,6 @@
 """RMSNorm with its neighbouring adds fused: torch reference, Triton kernel (one launch), launcher.
 
+    x = norm(x) * wx; add = norm(add) * wa   (optional: the block tail's two post-feed-forward norms)
     x = x + add                        (optional; the block tail's d + m)
     y = x * (mean(x^2) + eps)^-0.5 [* w]   in fp32, cast to x's dtype (DiffusionGemma's norm, scale by w)
     y = residual + y                   (optional; the post-attention / post-feed-forward residual)
@@ -24,9 +25,15 @@ from kernels._triton_compat import interpret_mode, next_pow2, runnable, tl, trit
 # ---- torch reference: the spec, and the CPU path (the model's original op sequence) ------------------------
 def rms_norm_torch(x: torch.Tensor, weight: torch.Tensor | None, eps: float, *,
                    add: torch.Tensor | None = None, residual: torch.Tensor | None = None,
-                   scale: torch.Tensor | None = None) -> torch.Tensor:
-    """`x * (mean(x^2) + eps)^-0.5 [* w]` in fp32, cast back to x's dtype (pow, not rsqrt, as reference)."""
+                   scale: torch.Tensor | None = None, norm_x: torch.Tensor | None = None,
+                   norm_add: torch.Tensor | None = None) -> torch.Tensor:
+    """`x * (mean(x^2) + eps)^-0.5 [* w]` in fp32, cast back to x's dtype (pow, not rsqrt, as reference).
+    norm_x / norm_add: weights of norms applied to x / add first (each its own rounded result)."""
+    if norm_x is not None:
+        x = rms_norm_torch(x, norm_x, eps)
     if add is not None:
+        if norm_add is not None:
+            add = rms_norm_torch(add, norm_add, eps)
         x = x + add
     xf = x.float()
     y = xf * torch.pow(xf.pow(2).mean(-1, keepdim=True) + eps, -0.5)
@@ -42,15 +49,27 @@ def rms_norm_torch(x: torch.Tensor, weight: torch.Tensor | None, eps: float, *,
 
 # ---- Triton kernel -----------------------------------------------------------------------------------------
 @triton.jit
-def _rms_norm_kernel(x_ptr, add_ptr, w_ptr, res_ptr, scale_ptr, out_ptr, D, eps,
+def _rms_norm_kernel(x_ptr, add_ptr, w_ptr, res_ptr, scale_ptr, wx_ptr, wa_ptr, out_ptr, D, eps,
                      HAS_ADD: tl.constexpr, HAS_W: tl.constexpr, HAS_RES: tl.constexpr,
-                     HAS_SCALE: tl.constexpr, ROUND: tl.constexpr, BD: tl.constexpr):
+                     HAS_SCALE: tl.constexpr, NORM_X: tl.constexpr, NORM_ADD: tl.constexpr,
+                     ROUND: tl.constexpr, BD: tl.constexpr):
     row = tl.program_id(0).to(tl.int64)
     cols = tl.arange(0, BD)
     ok = cols < D
     x = tl.load(x_ptr + row * D + cols, mask=ok, other=0.0).to(tl.float32)
+    if NORM_X:  # the same norm written out (kernels call no @jit helpers), rounded as its own torch result
+        x = x * (1.0 / tl.sqrt(tl.sum(x * x, axis=0) / D + eps))
+        x = x * tl.load(wx_ptr + cols, mask=ok, other=0.0).to(tl.float32)
+        if ROUND:
+            x = x.to(x_ptr.dtype.element_ty).to(tl.float32)
     if HAS_ADD:
-        x = x + tl.load(add_ptr + row * D + cols, mask=ok, other=0.0).to(tl.float32)
+        a = tl.load(add_ptr + row * D + cols, mask=ok, other=0.0).to(tl.float32)
+        if NORM_ADD:
+            a = a * (1.0 / tl.sqrt(tl.sum(a * a, axis=0) / D + eps))
+            a = a * tl.load(wa_ptr + cols, mask=ok, other=0.0).to(tl.float32)
+            if ROUND:
+                a = a.to(x_ptr.dtype.element_ty).to(tl.float32)
+        x = x + a
         if ROUND:  # torch rounds the sum to the activation dtype before the norm reads it
             x = x.to(x_ptr.dtype.element_ty).to(tl.float32)
     inv = 1.0 / tl.sqrt(tl.sum(x * x, axis=0) / D + eps)
@@ -70,9 +89,10 @@ def _rms_norm_kernel(x_ptr, add_ptr, w_ptr, res_ptr, scale_ptr, out_ptr, D, eps,
 
 def rms_norm_triton(x: torch.Tensor, weight: torch.Tensor | None, eps: float, *,
                     add: torch.Tensor | None = None, residual: torch.Tensor | None = None,
-                    scale: torch.Tensor | None = None) -> torch.Tensor:
+                    scale: torch.Tensor | None = None, norm_x: torch.Tensor | None = None,
+                    norm_add: torch.Tensor | None = None) -> torch.Tensor:
     """Triton launcher with the same contract as `rms_norm_torch` (one program per row)."""
-    check_norm_args(x, weight, add, residual, scale)
+    check_norm_args(x, weight, add, residual, scale, norm_x, norm_add)
     D = x.shape[-1]
     # torch's promotion: a one-element *1-D* scale promotes (bf16 * fp32 [1] -> fp32), a 0-D one does not
     out_dtype = x.dtype if scale is None or scale.dim() == 0 else torch.promote_types(x.dtype, scale.dtype)
@@ -85,18 +105,23 @@ def rms_norm_triton(x: torch.Tensor, weight: torch.Tensor | None, eps: float, *,
     bd = next_pow2(D)
     runnable(_rms_norm_kernel)[(N,)](
         xc, add.contiguous() if add is not None else dummy, weight if weight is not None else dummy,
-        residual.contiguous() if residual is not None else dummy, scale if scale is not None else dummy, out,
+        residual.contiguous() if residual is not None else dummy, scale if scale is not None else dummy,
+        norm_x if norm_x is not None else dummy, norm_add if norm_add is not None else dummy, out,
         D, float(eps), HAS_ADD=add is not None, HAS_W=weight is not None, HAS_RES=residual is not None,
-        HAS_SCALE=scale is not None, ROUND=x.dtype != torch.float32 and not interpret_mode(), BD=bd,
+        HAS_SCALE=scale is not None, NORM_X=norm_x is not None, NORM_ADD=norm_add is not None,
+        ROUND=x.dtype != torch.float32 and not interpret_mode(), BD=bd,
         num_warps=min(16, max(1, bd // 256)))
     return out
 
 
-def check_norm_args(x, weight, add, residual, scale) -> None:
+def check_norm_args(x, weight, add, residual, scale, norm_x=None, norm_add=None) -> None:
     """Shape/dtype contract of the Triton path; raises ValueError naming the bad argument."""
     D = x.shape[-1]
-    if weight is not None and (weight.dim() != 1 or weight.shape[0] != D):
-        raise ValueError(f"rms_norm: weight {tuple(weight.shape)} does not fit width {D}")
+    for name, w in (("weight", weight), ("norm_x", norm_x), ("norm_add", norm_add)):
+        if w is not None and (w.dim() != 1 or w.shape[0] != D):
+            raise ValueError(f"rms_norm: {name} {tuple(w.shape)} does not fit width {D}")
+    if norm_add is not None and add is None:
+        raise ValueError("rms_norm: norm_add given without add")
     for name, t in (("add", add), ("residual", residual)):
         if t is not None and (t.shape != x.shape or t.dtype != x.dtype):
             raise ValueError(f"rms_norm: {name} {tuple(t.shape)} {t.dtype} must match x {tuple(x.shape)} "

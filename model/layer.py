@@ -66,11 +66,11 @@ class Block(nn.Module):
     ) -> torch.Tensor:
         q, k, v = self.self_attn.qkv(self.input_layernorm(h_BTH), cos, sin)
         r = self.post_attention_layernorm(self.self_attn.out(attend(q, k, v)), residual=h_BTH)
-        d = self.post_feedforward_layernorm_1(self.mlp(self.pre_feedforward_layernorm(r)))
+        d = self.mlp(self.pre_feedforward_layernorm(r))
         r_TH = r.reshape(-1, r.shape[-1])
         idx, w = self.router(r_TH)
         m = self.experts(self.pre_feedforward_layernorm_2(r_TH), idx, w).view_as(r)
-        m = self.post_feedforward_layernorm_2(m)
-        # (r + norm(d + m)) * layer_scalar, one fused call
+        # (r + norm(post_1(d) + post_2(m))) * layer_scalar, one fused call
         return self.post_feedforward_layernorm(
-            d, add=m, residual=r, scale=self.encoder_layer_scalar if encoder else self.layer_scalar)
+            d, add=m, residual=r, scale=self.encoder_layer_scalar if encoder else self.layer_scalar,
+            norm_x=self.post_feedforward_layernorm_1, norm_add=self.post_feedforward_layernorm_2)

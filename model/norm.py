@@ -29,5 +29,9 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(dim))
 
     def forward(self, x: torch.Tensor, *, add: torch.Tensor | None = None,
-                residual: torch.Tensor | None = None, scale: torch.Tensor | None = None) -> torch.Tensor:
-        return kernels.rms_norm(x, self.weight, self.eps, add=add, residual=residual, scale=scale)
+                residual: torch.Tensor | None = None, scale: torch.Tensor | None = None,
+                norm_x: RMSNorm | None = None, norm_add: RMSNorm | None = None) -> torch.Tensor:
+        """norm_x / norm_add: norms (same eps) applied to x / add first, in the same launch on the GPU."""
+        return kernels.rms_norm(x, self.weight, self.eps, add=add, residual=residual, scale=scale,
+                                norm_x=None if norm_x is None else norm_x.weight,
+                                norm_add=None if norm_add is None else norm_add.weight)

@@ -45,6 +45,28 @@ def test_rms_norm_reference_and_triton(has_w, has_add, has_res, has_scale):
     assert_close("rms_norm triton", got, ref, 1e-5, 1e-5)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_block_tail_with_inner_norms(dtype):
+    # (r + norm(norm_1(d) + norm_2(m))) * s: the block tail with its two post-feed-forward norms in one launch
+    N, D = 6, 40
+    d, m, r = (_t(N, D, seed=i, dtype=dtype) * (3.0 if i == 11 else 1.0) for i in (10, 11, 12))
+    w, w1, w2 = (_t(D, seed=i, lo=0.3, dtype=dtype) for i in (13, 14, 15))
+    s = torch.tensor([0.7], dtype=dtype)
+    ref = rms_norm_torch(d, w, 1e-6, add=m, residual=r, scale=s, norm_x=w1, norm_add=w2)
+    d1, m2 = rms_norm_torch(d, w1, 1e-6), rms_norm_torch(m, w2, 1e-6)
+    unfused = rms_norm_torch(d1, w, 1e-6, add=m2, residual=r, scale=s)
+    assert torch.equal(ref, unfused)  # the reference is the model's old sequence of three calls
+    want = _definition(_definition(d, w1, 1e-6), w, 1e-6, _definition(m, w2, 1e-6), r, s)
+    tol = 1e-5 if dtype == torch.float32 else 3e-2  # the interpreter truncates bf16 casts
+    assert_close("block tail ref", ref, want.float(), tol, tol)
+    got = rms_norm_triton(d, w, 1e-6, add=m, residual=r, scale=s, norm_x=w1, norm_add=w2)
+    assert_close("block tail triton", got, ref, tol, tol)
+    with pytest.raises(ValueError, match="norm_add given without add"):
+        rms_norm_triton(d, w, 1e-6, norm_add=w2)
+    with pytest.raises(ValueError, match="norm_x"):
+        rms_norm_triton(d, w, 1e-6, norm_x=torch.ones(D + 1))
+
+
 def test_rms_norm_leading_dims_and_dtype_promotion():
     x = _t(2, 3, 33, seed=5)
     w = _t(33, seed=6, lo=0.5)
