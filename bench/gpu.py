@@ -45,10 +45,16 @@ import model.moe  # noqa: E402
 import model.transformer  # noqa: E402
 from kernels.canvas_attention import canvas_attention_torch, canvas_attention_triton  # noqa: E402
 from kernels.fused_moe import fused_moe_torch, fused_moe_triton  # noqa: E402
+from kernels.gelu_mul import gelu_mul_torch, gelu_mul_triton  # noqa: E402
 from kernels.logit_epilogue import logit_epilogue_torch, logit_epilogue_triton  # noqa: E402
 from kernels.moe_align import align_tokens, align_tokens_triton  # noqa: E402
 from kernels.norm_rope import norm_rope_torch, norm_rope_triton  # noqa: E402
-from kernels.rms_norm import rms_norm_torch, rms_norm_triton  # noqa: E402
+from kernels.rms_norm import (  # noqa: E402
+    rms_norm_pair_torch,
+    rms_norm_pair_triton,
+    rms_norm_torch,
+    rms_norm_triton,
+)
 from kernels.router import route_torch, route_triton  # noqa: E402
 from kernels.sampler import (  # noqa: E402
     derive_keys_torch,
@@ -267,7 +273,7 @@ def bench_norms(dev, cfg, g):
 def bench_step_ops(dev, cfg, g):
     """The step's smaller kernels at 1 and 8 canvases against their torch references: the logit epilogue and
     the self-conditioning softmax (GB/s of their one-pass traffic), the router, the MoE routing layout, the
-    stream keys."""
+    stream keys, the dense MLP's gated GELU, the pre-feed-forward norm pair."""
     t, C = cfg.text, cfg.canvas_length
     V, H, E, k = t.vocab_size, t.hidden_size, t.num_experts, t.top_k_experts
     use_triton = dev.type == "cuda"
@@ -301,6 +307,11 @@ def bench_step_ops(dev, cfg, g):
         row("moe_align", f"T={N} E={E} k={k} block_m={bm}", align_tokens, align_tokens_triton, (idx, E, bm))
         seeds = torch.arange(canv, device=dev)
         row("derive_keys", f"B={canv} C={C}", derive_keys_torch, derive_keys_triton, (seeds, 0, 3, C))
+        I = t.intermediate_size  # noqa: E741
+        gate, up = (torch.randn(N, I, generator=g).to(dev, torch.bfloat16) for _ in range(2))
+        row("gelu_mul", f"T={N} I={I}", gelu_mul_torch, gelu_mul_triton, (gate, up), N * I * 6)
+        row("rms_norm_pair", f"T={N} H={H}", rms_norm_pair_torch, rms_norm_pair_triton, (r_TH, sc, sc, 1e-6),
+            N * H * 6)
     return out
 
 

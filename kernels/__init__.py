@@ -17,6 +17,9 @@ dim, T flat tokens, E experts, k top-k, F = 2*Im gate+up rows, I = Im expert wid
       kernels/logit_epilogue.py.
 - `route(r_TH, scale_H, proj_EH, per_expert_E, top_k, eps) -> (topk_idx_Tk, topk_w_Tk)`: the MoE router;
       see kernels/router.py.
+- `rms_norm_pair(x, w1, w2, eps) -> (y1, y2)`: two scaled RMSNorms of one input (the block's two
+      pre-feed-forward norms of r) in one launch; see kernels/rms_norm.py.
+- `gelu_mul(g, u) -> gelu_tanh(g) * u`: the dense MLPs' gated GELU; see kernels/gelu_mul.py.
 - `softmax(x, out_dtype) -> p`: row softmax over the last dim in fp32, written in out_dtype (the
       self-conditioning input); see kernels/softmax.py.
 
@@ -43,6 +46,7 @@ import torch
 
 from kernels import canvas_attention as _attn
 from kernels import fused_moe as _moe
+from kernels import gelu_mul as _gelu_mul
 from kernels import logit_epilogue as _epilogue
 from kernels import norm_rope as _norm_rope
 from kernels import rms_norm as _rms_norm
@@ -52,7 +56,8 @@ from kernels import softmax as _softmax
 from kernels._triton_compat import HAS_TRITON
 
 __all__ = ["fused_sample", "derive_keys", "fused_moe", "canvas_attention", "rms_norm", "norm_rope",
-           "logit_epilogue", "softmax", "route", "set_backend", "use_backend", "get_backend", "backend_for"]
+           "logit_epilogue", "softmax", "route", "gelu_mul", "rms_norm_pair",
+           "set_backend", "use_backend", "get_backend", "backend_for"]
 
 _CHOICES = ("auto", "torch", "triton")
 _backend = os.environ.get("DGBATCH_KERNELS", "auto")
@@ -72,6 +77,9 @@ _OPS = {
     "logit_epilogue": (_epilogue.logit_epilogue_torch, _epilogue.logit_epilogue_triton, _epilogue),
     "softmax": (_softmax.softmax_torch, _softmax.softmax_triton, _softmax),
     "route": (_router.route_torch, _router.route_triton, _router),
+    "gelu_mul": (_gelu_mul.gelu_mul_torch, _gelu_mul.gelu_mul_triton, _gelu_mul),
+    "rms_norm_pair": (_rms_norm.rms_norm_pair_torch, _rms_norm.rms_norm_pair_triton,
+                      types.SimpleNamespace(selfcheck=_rms_norm.selfcheck_pair)),
 }
 
 
@@ -220,3 +228,14 @@ def route(r_TH: torch.Tensor, scale_H: torch.Tensor, proj_EH: torch.Tensor, per_
     """MoE router on the raw residual -> (topk_idx_Tk long, topk_w_Tk fp32), weights in top-k order."""
     return _impl("route", r_TH, scale_H, proj_EH, per_expert_E)(r_TH, scale_H, proj_EH, per_expert_E, top_k,
                                                                  eps)
+
+
+def gelu_mul(g: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+    """gelu_tanh(g) * u, elementwise, in g's dtype."""
+    return _impl("gelu_mul", g, u)(g, u)
+
+
+def rms_norm_pair(x: torch.Tensor, w1: torch.Tensor, w2: torch.Tensor,
+                  eps: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """(rms_norm(x, w1), rms_norm(x, w2)) in x's dtype."""
+    return _impl("rms_norm_pair", x, w1, w2)(x, w1, w2, eps)

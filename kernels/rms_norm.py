@@ -114,6 +114,49 @@ def rms_norm_triton(x: torch.Tensor, weight: torch.Tensor | None, eps: float, *,
     return out
 
 
+
+# ---- two norms of one input (the block's two pre-feed-forward norms of r) ----------------------------------
+def rms_norm_pair_torch(x: torch.Tensor, w1: torch.Tensor, w2: torch.Tensor, eps: float):
+    """(rms_norm(x, w1), rms_norm(x, w2)): the reference is two separate norms."""
+    return rms_norm_torch(x, w1, eps), rms_norm_torch(x, w2, eps)
+
+
+@triton.jit
+def _rms_norm_pair_kernel(x_ptr, w1_ptr, w2_ptr, y1_ptr, y2_ptr, D, eps, BD: tl.constexpr):
+    row = tl.program_id(0).to(tl.int64)
+    cols = tl.arange(0, BD)
+    ok = cols < D
+    x = tl.load(x_ptr + row * D + cols, mask=ok, other=0.0).to(tl.float32)
+    y = x * (1.0 / tl.sqrt(tl.sum(x * x, axis=0) / D + eps))
+    y1 = y * tl.load(w1_ptr + cols, mask=ok, other=0.0).to(tl.float32)
+    y2 = y * tl.load(w2_ptr + cols, mask=ok, other=0.0).to(tl.float32)
+    tl.store(y1_ptr + row * D + cols, y1.to(y1_ptr.dtype.element_ty), mask=ok)
+    tl.store(y2_ptr + row * D + cols, y2.to(y2_ptr.dtype.element_ty), mask=ok)
+
+
+def rms_norm_pair_triton(x: torch.Tensor, w1: torch.Tensor, w2: torch.Tensor, eps: float):
+    """Same contract as `rms_norm_pair_torch`: one read of x, both outputs, one launch."""
+    for w in (w1, w2):
+        check_norm_args(x, w, None, None, None)
+    x = x.contiguous()
+    y1, y2 = torch.empty_like(x), torch.empty_like(x)
+    D = x.shape[-1]
+    N = x.numel() // D if D else 0
+    if N:
+        bd = next_pow2(D)
+        runnable(_rms_norm_pair_kernel)[(N,)](x, w1, w2, y1, y2, D, float(eps), BD=bd,
+                                              num_warps=min(16, max(1, bd // 256)))
+    return y1, y2
+
+
+def selfcheck_pair(device: torch.device) -> bool:
+    """One-time comparison of the pair kernel with its reference on `device` (bf16)."""
+    g = torch.Generator(device="cpu").manual_seed(0)
+    x = torch.randn(13, 200, generator=g).to(device, torch.bfloat16)
+    w1, w2 = ((torch.rand(200, generator=g) + 0.5).to(device, torch.bfloat16) for _ in range(2))
+    return all(torch.allclose(a.float(), b.float(), rtol=2**-7, atol=1e-3)
+               for a, b in zip(rms_norm_pair_triton(x, w1, w2, 1e-6), rms_norm_pair_torch(x, w1, w2, 1e-6)))
+
 def check_norm_args(x, weight, add, residual, scale, norm_x=None, norm_add=None) -> None:
     """Shape/dtype contract of the Triton path; raises ValueError naming the bad argument."""
     D = x.shape[-1]

@@ -13,9 +13,9 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
+import kernels
 from model.attention import Attention
 from model.config import TextConfig
 from model.moe import Experts, Router
@@ -32,7 +32,8 @@ class DenseMLP(nn.Module):
         self.down_proj = nn.Linear(inter, hidden, bias=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.down_proj(F.gelu(self.gate_proj(x), approximate="tanh") * self.up_proj(x))
+        # gelu_tanh(gate) * up: one launch on the GPU (kernels/gelu_mul.py)
+        return self.down_proj(kernels.gelu_mul(self.gate_proj(x), self.up_proj(x)))
 
 
 # attention callback supplied by the pass: (q [B,Hq,T,D], k [B,KV,T,D], v [B,KV,T,D]) -> o [B,Hq,T,D]
@@ -66,10 +67,13 @@ class Block(nn.Module):
     ) -> torch.Tensor:
         q, k, v = self.self_attn.qkv(self.input_layernorm(h_BTH), cos, sin)
         r = self.post_attention_layernorm(self.self_attn.out(attend(q, k, v)), residual=h_BTH)
-        d = self.mlp(self.pre_feedforward_layernorm(r))
+        # the dense MLP's and the experts' pre-norms of r: one read, one launch on the GPU
+        pre_1, pre_2 = self.pre_feedforward_layernorm, self.pre_feedforward_layernorm_2
+        pre_d, pre_m = kernels.rms_norm_pair(r, pre_1.weight, pre_2.weight, pre_1.eps)
+        d = self.mlp(pre_d)
         r_TH = r.reshape(-1, r.shape[-1])
         idx, w = self.router(r_TH)
-        m = self.experts(self.pre_feedforward_layernorm_2(r_TH), idx, w).view_as(r)
+        m = self.experts(pre_m.reshape(r_TH.shape), idx, w).view_as(r)
         # (r + norm(post_1(d) + post_2(m))) * layer_scalar, one fused call
         return self.post_feedforward_layernorm(
             d, add=m, residual=r, scale=self.encoder_layer_scalar if encoder else self.layer_scalar,

@@ -23,7 +23,7 @@ def test_bench_gpu_tiny_dry_run(tmp_path):
     assert ran >= {("kernels", 2, 3), ("kernels", 1, 2), ("model", 1, 2), ("unfused", 1, 2)}
     assert all(x["tok_s_e2e"] > 0 and x["roofline_ms"] > 0 for x in r["sweep"])
     want = {"fused_moe", "canvas_attention", "fused_sample", "rms_norm", "norm_rope", "logit_epilogue",
-            "softmax", "route", "moe_align", "derive_keys"}
+            "softmax", "route", "moe_align", "derive_keys", "gelu_mul", "rms_norm_pair"}
     assert {k["kernel"] for k in r["kernels"]} == want
     # the dry run's torch overrides (global and the "unfused" per-op one) did not leak
     assert kernels.get_backend() == "auto" and kernels._op_backend == {}

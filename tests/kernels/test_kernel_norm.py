@@ -10,7 +10,13 @@ from kernel_checks import assert_close
 
 import kernels
 from kernels.norm_rope import norm_rope_torch, norm_rope_triton, rotate_half_rope
-from kernels.rms_norm import rms_norm_torch, rms_norm_triton
+from kernels.rms_norm import (
+    rms_norm_pair_torch,
+    rms_norm_pair_triton,
+    rms_norm_torch,
+    rms_norm_triton,
+    selfcheck_pair,
+)
 
 
 def _t(*shape, seed=0, dtype=torch.float32, lo=None):
@@ -65,6 +71,21 @@ def test_block_tail_with_inner_norms(dtype):
         rms_norm_triton(d, w, 1e-6, norm_add=w2)
     with pytest.raises(ValueError, match="norm_x"):
         rms_norm_triton(d, w, 1e-6, norm_x=torch.ones(D + 1))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_rms_norm_pair(dtype):
+    x = _t(2, 5, 48, seed=20, dtype=dtype)
+    w1, w2 = _t(48, seed=21, lo=0.3, dtype=dtype), _t(48, seed=22, lo=0.3, dtype=dtype)
+    ref = rms_norm_pair_torch(x, w1, w2, 1e-6)
+    assert torch.equal(ref[0], rms_norm_torch(x, w1, 1e-6))
+    assert torch.equal(ref[1], rms_norm_torch(x, w2, 1e-6))
+    tol = 1e-5 if dtype == torch.float32 else 3e-2
+    for name, a, b in zip(("first", "second"), rms_norm_pair_triton(x, w1, w2, 1e-6), ref):
+        assert_close(f"pair {name}", a, b, tol, tol)
+    assert selfcheck_pair(torch.device("cpu"))
+    with pytest.raises(ValueError, match="weight"):
+        rms_norm_pair_triton(x, w1, torch.ones(47), 1e-6)
 
 
 def test_rms_norm_leading_dims_and_dtype_promotion():
@@ -165,7 +186,7 @@ def test_model_layer_uses_the_fused_ops_and_stays_exact(monkeypatch):
         G = q.shape[1] // k.shape[1]
         return torch.softmax(q @ k.repeat_interleave(G, 1).transpose(-1, -2), -1) @ v.repeat_interleave(G, 1)
 
-    calls = {"rms_norm": 0, "norm_rope": 0}
+    calls = {"rms_norm": 0, "norm_rope": 0, "rms_norm_pair": 0, "gelu_mul": 0, "route": 0}
     for op in calls:
         ref, tri, mod = kernels._OPS[op]
         def counted(*a, _t=tri, _o=op, **k):
@@ -177,7 +198,8 @@ def test_model_layer_uses_the_fused_ops_and_stays_exact(monkeypatch):
         want = block(h, cos, sin, attend, encoder=False)
         with kernels.use_backend("triton"):
             got = block(h, cos, sin, attend, encoder=False)
-    assert calls["norm_rope"] == 2 and calls["rms_norm"] >= 6
+    # input, post-attention, v and the block tail (with its two inner norms); the pre-feed-forward pair
+    assert calls == {"rms_norm": 4, "norm_rope": 2, "rms_norm_pair": 1, "gelu_mul": 1, "route": 1}
     assert_close("block", got, want, 1e-4, 1e-4)
 
 
