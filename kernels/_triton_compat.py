@@ -7,8 +7,9 @@ Two problems solved here, once, for every kernel file:
    before the variable was set holds a compiled-mode `JITFunction`. `runnable(kernel)` re-wraps the raw Python
    function as an `InterpretedFunction` at launch time when interpreter mode is on, so tests do not depend on
    import order (and the reverse: a kernel decorated under the interpreter is re-jitted for the GPU when the
-   variable is off). Kernels therefore call no other `@triton.jit` helpers (a JITFunction cannot be called
-   from an interpreted kernel); shared math is inlined.
+   variable is off). The `@triton.jit` helpers a kernel calls by module-level name (kernels/_triton_math.py)
+   get the same treatment: interpreted twins for the duration of an interpreted launch, compiled-mode
+   JITFunctions again when a kernel is re-jitted for the GPU.
 """
 
 from __future__ import annotations
@@ -52,6 +53,11 @@ def runnable(kernel):
         if interp:
             _REWRAPPED[key] = _LangPatchedLauncher(InterpretedFunction(kernel.fn))
         else:
+            # helpers decorated under the interpreter become compiled-mode JITFunctions for good
+            g = kernel.fn.__globals__
+            for name, val in list(g.items()):
+                if isinstance(val, InterpretedFunction):
+                    g[name] = triton.JITFunction(val.fn)
             _REWRAPPED[key] = triton.JITFunction(kernel.fn)
     return _REWRAPPED[key]
 
@@ -79,17 +85,17 @@ class _LangPatchedLauncher:
             from triton.runtime.interpreter import InterpretedFunction
             from triton.runtime.jit import JITFunction
 
-            saved = []
-            for mod in _lang_modules():
-                for name, val in list(vars(mod).items()):
+            saved = []  # (namespace dict, name, compiled-mode value)
+            for ns in [vars(m) for m in _lang_modules()] + [self.fn.fn.__globals__]:
+                for name, val in list(ns.items()):
                     if isinstance(val, JITFunction):
-                        saved.append((mod, name, val))
-                        setattr(mod, name, InterpretedFunction(val.fn))
+                        saved.append((ns, name, val))
+                        ns[name] = InterpretedFunction(val.fn)
             try:
                 return self.fn[grid](*args, **kwargs)
             finally:
-                for mod, name, val in saved:
-                    setattr(mod, name, val)
+                for ns, name, val in saved:
+                    ns[name] = val
 
         return launch
 

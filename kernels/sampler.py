@@ -24,6 +24,7 @@ from __future__ import annotations
 import torch
 
 from kernels._triton_compat import next_pow2, runnable, tl, triton
+from kernels._triton_math import mix32_u32
 
 # ---- the noise hash (torch side; the kernel inlines the same arithmetic in uint32) -------------------------
 # Every multiplier is odd and < 2**31, so a 32-bit value times it stays below 2**63: the int64 torch
@@ -129,20 +130,8 @@ def _fused_sample_kernel(logits_ptr, stride_n, inv_temp_ptr, key_ptr, need_ptr,
     row = tl.program_id(0)
     inv_t = tl.load(inv_temp_ptr + row).to(tl.float32)
     key = tl.load(key_ptr + row)
-    # row_state(key) = mix32(lo ^ mix32(hi ^ SALT0)), in wrapping uint32 (the mixer written out: kernels call
-    # no @jit helpers, see _triton_compat)
-    a = (key >> 32).to(tl.uint32) ^ 0x1B873593
-    a = a ^ (a >> 16)
-    a = a * 0x21F0AAAD
-    a = a ^ (a >> 15)
-    a = a * 0x735A2D97
-    a = a ^ (a >> 15)
-    state = key.to(tl.uint32) ^ a
-    state = state ^ (state >> 16)
-    state = state * 0x21F0AAAD
-    state = state ^ (state >> 15)
-    state = state * 0x735A2D97
-    state = state ^ (state >> 15)
+    # row_state(key) = mix32(lo ^ mix32(hi ^ SALT0)), in wrapping uint32
+    state = mix32_u32(key.to(tl.uint32) ^ mix32_u32((key >> 32).to(tl.uint32) ^ 0x1B873593))
     do_sample = True
     if HAS_NEED:
         do_sample = tl.load(need_ptr + row) != 0
@@ -171,12 +160,7 @@ def _fused_sample_kernel(logits_ptr, stride_n, inv_temp_ptr, key_ptr, need_ptr,
         s = alpha * s + tl.sum(e, 0)
         m = new_m
         if do_sample:
-            h = state ^ (cols.to(tl.uint32) * 0x61C88647)
-            h = h ^ (h >> 16)
-            h = h * 0x21F0AAAD
-            h = h ^ (h >> 15)
-            h = h * 0x735A2D97
-            h = h ^ (h >> 15)
+            h = mix32_u32(state ^ (cols.to(tl.uint32) * 0x61C88647))
             u = ((h >> 9) * 2 + 1).to(tl.float32) * 5.9604644775390625e-08
             z = x - tl.log(-tl.log(u))
             tz = tl.max(z, 0)
@@ -218,62 +202,13 @@ def _derive_keys_kernel(seed_ptr, canvas_ptr, step_ptr, out_ptr, C, s_seed, s_ca
                         BC: tl.constexpr):
     b = tl.program_id(0)
     seed = tl.load(seed_ptr + b * s_seed)
-    # The chain of derive_keys_torch in wrapping uint32; each 5-line block is one mix32.
-    a = (seed >> 32).to(tl.uint32) ^ 0x5BD1E995
-    a = a ^ (a >> 16)
-    a = a * 0x21F0AAAD
-    a = a ^ (a >> 15)
-    a = a * 0x735A2D97
-    a = a ^ (a >> 15)
-    s = seed.to(tl.uint32) ^ a
-    s = s ^ (s >> 16)
-    s = s * 0x21F0AAAD
-    s = s ^ (s >> 15)
-    s = s * 0x735A2D97
-    s = s ^ (s >> 15)
-    a = tl.load(canvas_ptr + b * s_canvas).to(tl.uint32) ^ 0x27D4EB2F
-    a = a ^ (a >> 16)
-    a = a * 0x21F0AAAD
-    a = a ^ (a >> 15)
-    a = a * 0x735A2D97
-    a = a ^ (a >> 15)
-    s = s ^ a
-    s = s ^ (s >> 16)
-    s = s * 0x21F0AAAD
-    s = s ^ (s >> 15)
-    s = s * 0x735A2D97
-    s = s ^ (s >> 15)
-    a = tl.load(step_ptr + b * s_step).to(tl.uint32) ^ 0x165667B1
-    a = a ^ (a >> 16)
-    a = a * 0x21F0AAAD
-    a = a ^ (a >> 15)
-    a = a * 0x735A2D97
-    a = a ^ (a >> 15)
-    s = s ^ a
-    s = s ^ (s >> 16)
-    s = s * 0x21F0AAAD
-    s = s ^ (s >> 15)
-    s = s * 0x735A2D97
-    s = s ^ (s >> 15)
+    # the chain of derive_keys_torch in wrapping uint32
+    s = mix32_u32(seed.to(tl.uint32) ^ mix32_u32((seed >> 32).to(tl.uint32) ^ 0x5BD1E995))
+    s = mix32_u32(s ^ mix32_u32(tl.load(canvas_ptr + b * s_canvas).to(tl.uint32) ^ 0x27D4EB2F))
+    s = mix32_u32(s ^ mix32_u32(tl.load(step_ptr + b * s_step).to(tl.uint32) ^ 0x165667B1))
     pos = tl.arange(0, BC)
-    p = pos.to(tl.uint32) ^ 0x68E31DA4
-    p = p ^ (p >> 16)
-    p = p * 0x21F0AAAD
-    p = p ^ (p >> 15)
-    p = p * 0x735A2D97
-    p = p ^ (p >> 15)
-    lo = s ^ p
-    lo = lo ^ (lo >> 16)
-    lo = lo * 0x21F0AAAD
-    lo = lo ^ (lo >> 15)
-    lo = lo * 0x735A2D97
-    lo = lo ^ (lo >> 15)
-    hi = lo ^ 0x3C6EF372
-    hi = hi ^ (hi >> 16)
-    hi = hi * 0x21F0AAAD
-    hi = hi ^ (hi >> 15)
-    hi = hi * 0x735A2D97
-    hi = hi ^ (hi >> 15)
+    lo = mix32_u32(s ^ mix32_u32(pos.to(tl.uint32) ^ 0x68E31DA4))
+    hi = mix32_u32(lo ^ 0x3C6EF372)
     key = ((hi & 0x3FFFFFFF).to(tl.int64) << 32) | lo.to(tl.int64)
     tl.store(out_ptr + b.to(tl.int64) * C + pos, key, mask=pos < C)
 

@@ -1,0 +1,30 @@
+"""Device helpers shared by the Triton kernels (each a leaf: it calls only triton.language).
+
+- `mix32_u32(x)`: the bijective 32-bit xorshift-multiply mixer of the sampler's noise hash, in wrapping uint32
+  arithmetic; bit-identical to kernels/sampler.py's torch `mix32` (int64 masked to 32 bits).
+- `tanh_f32(x)`: fp32 tanh from exp, sign(x) (1 - e) / (1 + e) with e = exp(-2|x|): no overflow, absolute
+  error a few fp32 ulps of 1. The interpreter has no libdevice, so the kernels do not use its tanh.
+
+Kernels call these by their module-level names; kernels/_triton_compat.py makes them callable from kernels run
+in the interpreter too.
+"""
+
+from __future__ import annotations
+
+from kernels._triton_compat import tl, triton
+
+
+@triton.jit
+def mix32_u32(x):
+    x = x ^ (x >> 16)
+    x = x * 0x21F0AAAD
+    x = x ^ (x >> 15)
+    x = x * 0x735A2D97
+    return x ^ (x >> 15)
+
+
+@triton.jit
+def tanh_f32(x):
+    e = tl.exp(-2.0 * tl.abs(x))
+    t = (1.0 - e) / (1.0 + e)
+    return tl.where(x < 0, -t, t)
