@@ -31,8 +31,10 @@ reference, so the CPU path is exactly the reference path. Override with `set_bac
 "auto")`, the `use_backend(...)` context manager, or the env var DGBATCH_KERNELS at import; pass `ops=` to
 either to override only some ops (benchmarks A/B one kernel inside the full model that way).
 
-Note: `kernels.fused_moe` and `kernels.canvas_attention` are the dispatching *functions*; reach the modules
-with `from kernels.fused_moe import fused_moe_torch` (or importlib), never `from kernels import fused_moe`.
+Note: `kernels.fused_moe`, `kernels.canvas_attention`, `kernels.rms_norm`, `kernels.norm_rope`,
+`kernels.logit_epilogue`, `kernels.softmax` and `kernels.gelu_mul` are the dispatching *functions*, named like
+their modules; reach a module with `from kernels.fused_moe import fused_moe_torch` (or importlib), never
+`from kernels import fused_moe`.
 """
 
 from __future__ import annotations

@@ -241,10 +241,11 @@ class RowNoise:
     the CPU, where the hash-per-vocabulary-entry of Gumbel-max is costly, `lean_stats` and an inverse-CDF
     draw over the kept rows sample the same law from the same per-position keys (CPU and GPU numbers
     differ; neither depends on the batch).
-    Passes over the logits per step: temperature 1 (r/w, in the loop), stats 1 on the GPU (3 row-wise
-    sweeps on the CPU, `lean_stats`), sample on kept rows only. On the CPU the fast loop does not build the
-    logits at all: `sample_head` samples from model/vocab_head.py's ChunkedHead (statistics come from its
-    cache-resident sweep; only the kept positions' logits are recomputed).
+    Passes over the logits per step on the GPU: the head writes them once (softcap, temperature and the
+    self-conditioning copy in one kernel, `model.head`), stats read them once, sample reads the kept rows.
+    On the CPU the fast loop does not build the logits at all: `sample_head` samples from
+    model/vocab_head.py's ChunkedHead (statistics come from its cache-resident sweep; only the kept
+    positions' logits are recomputed).
     """
 
     passes_per_step = 2.0  # + the kept fraction for the sample pass, measured by the loop
