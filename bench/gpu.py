@@ -8,8 +8,9 @@ Sections (each guarded: a failure is recorded in the JSON and the run goes on):
 3. sweep: full-size DiffusionGemma with random bf16 weights (meta build, materialised on the GPU), 1k context,
    canvases per forward x fixed steps: ms per forward, tokens/s with and without prefill, % of roofline.
    Variant "kernels" routes MoE and canvas attention through kernels/; "model" is model/ as written (its
-   norms and q/k RoPE go through kernels/ dispatch); "unfused" is "kernels" with the norm kernels forced to
-   their torch references, the A/B for the fused norms.
+   other ops go through kernels/ dispatch); "unfused" is "kernels" with every small-op kernel (norms,
+   router, gated GELU, logit epilogue, softmax, stream keys) forced to its torch reference: the A/B for
+   launch and logit-pass fusion.
    Variant "graph" is "kernels" with each canvas's decoder forward captured once in a CUDA graph and
    replayed for the remaining steps (capture time reported apart): how much of a step is launch overhead.
    On failure (a host sync or host->device copy inside the forward) the row records the error.
@@ -342,16 +343,22 @@ def _attend_adapter(torch_attend):
     return attend
 
 
+# the kernels that fuse small ops (norms, router, gated GELU, logit epilogue, softmax, stream keys): the
+# "unfused" row forces them all to torch, the A/B for launch and logit-pass fusion
+UNFUSED_OPS = ("rms_norm", "norm_rope", "rms_norm_pair", "route", "gelu_mul", "logit_epilogue", "softmax",
+               "derive_keys")
+
+
 @contextlib.contextmanager
 def variant(name):
     """"kernels": MoE and canvas attention through kernels/ dispatch; "model": model/ unchanged;
-    "unfused": "kernels" with rms_norm / norm_rope forced to their torch references."""
+    "unfused": "kernels" with every small-op kernel (UNFUSED_OPS) forced to its torch reference."""
     old = (model.moe.moe_forward, model.transformer.attend)
     if name in ("kernels", "unfused", "graph"):
         model.moe.moe_forward = kernels.fused_moe
         model.transformer.attend = _attend_adapter(old[1])
     try:
-        with kernels.use_backend("torch", ops=("rms_norm", "norm_rope")) if name == "unfused" \
+        with kernels.use_backend("torch", ops=UNFUSED_OPS) if name == "unfused" \
                 else contextlib.nullcontext():
             yield
     finally:
