@@ -146,6 +146,14 @@ def moe_tokens(dev, cfg, g, T):
     return x, idx, w, int(torch.unique(idx).numel()) * (3 * Im * H) * 2
 
 
+def sdpa_attention(q, kc, vc, vis, kn, vn):
+    """canvas_attention through F.scaled_dot_product_attention: [context ; canvas] keys, a boolean mask."""
+    B, C = q.shape[0], q.shape[2]
+    mask = torch.cat([vis, vis.new_ones(B, C)], dim=1)[:, None, None, :]
+    return torch.nn.functional.scaled_dot_product_attention(
+        q, torch.cat([kc, kn], dim=2), torch.cat([vc, vn], dim=2), attn_mask=mask, scale=1.0, enable_gqa=True)
+
+
 def bench_kernels(dev, tiny, cfg):
     t = cfg.text
     H, E, k, Im, V = t.hidden_size, t.num_experts, t.top_k_experts, t.moe_intermediate_size, t.vocab_size
@@ -176,6 +184,14 @@ def bench_kernels(dev, tiny, cfg):
             args = (q, kc, vc, vis, kn, vn)
             row = {"kernel": "canvas_attention", "shape": f"B={B} H={Hq} K={K} C={C} S={S} D={D}",
                    "torch_ms": ms(dev, canvas_attention_torch, *args)}
+            # PyTorch's SDPA with the boolean mask and GQA (its fused backends where they take the shape):
+            # a candidate for the shapes where the Triton kernel measured slower than the eager reference
+            try:
+                ref = canvas_attention_torch(*args).float()
+                row["sdpa_ms"] = ms(dev, sdpa_attention, *args)
+                row["sdpa_max_diff"] = (sdpa_attention(*args).float() - ref).abs().max().item()
+            except Exception as e:  # noqa: BLE001 - a backend may reject the shape
+                row["sdpa_error"] = f"{type(e).__name__}: {e}"[:200]
             if use_triton:
                 row["triton_ms"] = ms(dev, canvas_attention_triton, *args, reps=10)
                 fl = 4 * B * Hq * C * (S + C) * D
@@ -238,6 +254,44 @@ def moe_tiles(dev, cfg, budget_end):
             except Exception as e:  # noqa: BLE001 - e.g. shared memory exceeded for a big tile
                 rows.append(row | {"error": f"{type(e).__name__}: {e}"[:200]})
             print(json.dumps(rows[-1]), flush=True)
+    return rows
+
+
+# (block_m, block_n, block_dv) per head_dim, the launcher's default first (None): at 8 canvases attention
+# measured about 1 ms a layer (eager torch and Triton alike), more than the whole roofline at 30 layers
+ATTN_TILES = {
+    256: [(None, None, None), (64, 64, 256), (128, 64, 256), (64, 128, 256), (128, 32, 256), (64, 64, 128)],
+    512: [(None, None, None), (32, 32, 512), (32, 64, 256), (64, 32, 256), (16, 64, 512), (32, 32, 256)],
+}
+
+
+def attention_tiles(dev, cfg, budget_end):
+    """canvas_attention_triton over ATTN_TILES at 1 and 8 canvases, 1k context; rows: config, ms, TFLOP/s."""
+    t, C = cfg.text, cfg.canvas_length
+    g = torch.Generator(device="cpu").manual_seed(2)
+    rows = []
+    for i in sorted({t.layer_types.index(lt) for lt in set(t.layer_types)}):
+        K, D, Hq, S = t.layer_kv_heads(i), t.layer_head_dim(i), t.num_attention_heads, 1024
+        for B in (1, 8):
+            mk = lambda *s: (torch.randn(*s, generator=g) * 0.1).to(dev, torch.bfloat16)  # noqa: E731
+            args = (mk(B, Hq, C, D), mk(B, K, S, D), mk(B, K, S, D), torch.ones(B, S, dtype=torch.bool,
+                                                                                   device=dev),
+                    mk(B, K, C, D), mk(B, K, C, D))
+            ref = canvas_attention_torch(*args).float()
+            for bm, bn, bdv in ATTN_TILES.get(D, [(None, None, None)]):
+                row = {"B": B, "D": D, "block_m": bm, "block_n": bn, "block_dv": bdv}
+                if time.perf_counter() > budget_end:
+                    rows.append(row | {"error": "skipped: time budget"})
+                    continue
+                try:
+                    fn = functools.partial(canvas_attention_triton, block_m=bm, block_n=bn, block_dv=bdv)
+                    err = (fn(*args).float() - ref).abs().max().item()
+                    t_ms = ms(dev, fn, *args, reps=10)
+                    fl = 4 * B * Hq * C * (S + C) * D
+                    rows.append(row | {"ms": t_ms, "TFLOPs": fl / t_ms / 1e9, "max_diff": err})
+                except Exception as e:  # noqa: BLE001 - e.g. shared memory exceeded for a big tile
+                    rows.append(row | {"error": f"{type(e).__name__}: {e}"[:200]})
+                print(json.dumps(rows[-1]), flush=True)
     return rows
 
 
@@ -627,6 +681,9 @@ def _run(a, dev, cfg, dtype, hf_plan) -> int:
                 if "weight_GBps" in r:
                     r["pct_of_copy_bw"] = 100 * r["weight_GBps"] / cal["copy_bw_GBps"]
         dump()
+        with guarded(results, "attention_tiles"):
+            results["attention_tiles"] = attention_tiles(dev, cfg, t_start + 0.33 * a.budget_s)
+        dump()
     m = None
     with guarded(results, "sweep"):
         m = build_model(cfg, dev, dtype)
@@ -679,6 +736,11 @@ def print_table(results):
         print(f"  fused_moe best tile at T={T}: m{best['block_m']} n{best['block_n']} k{best['block_k']} "
               f"w{best['num_warps']} "
               f"s{best['num_stages']} {best['ms']:.3f} ms, {best['pct_of_copy_bw']:.0f}% of copy bw")
+    att = [r for r in results.get("attention_tiles", []) if "ms" in r]
+    for key in sorted({(r["D"], r["B"]) for r in att}):
+        best = min((r for r in att if (r["D"], r["B"]) == key), key=lambda r: r["ms"])
+        print(f"  canvas_attention best tile at D={key[0]} B={key[1]}: m{best['block_m']} n{best['block_n']} "
+              f"dv{best['block_dv']} {best['ms']:.3f} ms, {best['TFLOPs']:.0f} TFLOP/s")
     print(f"  {'variant':8s} {'canv':>4s} {'steps':>5s} {'ms/fwd':>8s} {'tok/s':>9s} {'tok/s e2e':>9s} "
           f"{'%roof':>6s}")
     for r in results.get("sweep", []):

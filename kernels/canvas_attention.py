@@ -8,9 +8,10 @@ nothing visible stays finite (uniform) instead of NaN.
 
 Triton kernel: flash-attention with an online softmax. One program owns BLOCK_M rows of the G = H/K query
 heads that share one KV head (rows r = g*C + c), so each K/V tile is loaded once for all G heads, and one
-BLOCK_DV slice of the output. Keys run over [context | canvas] as one index space j in [0, S + C); the
-score loop tiles D by BLOCK_DK, so head_dim 512 (the 5 global layers, which FlashAttention rejects) fits in
-registers by splitting the output D across programs.
+BLOCK_DV slice of the output. Its query tile [BLOCK_M, D] is loaded once and stays in registers; the keys
+run in two loops, the cached context (with its visibility mask) and then the canvas (all visible), so no
+block mixes the two. Head_dim 512 (the 5 global layers, which FlashAttention rejects) bounds the
+accumulator by splitting the output D across programs (BLOCK_DV 256), which recomputes the scores.
 
 Legend: B batch, H query heads, K KV heads, G = H/K, C canvas length, S context (cache) length, D head dim.
 """
@@ -49,11 +50,41 @@ def canvas_attention_torch(q_BHCD: torch.Tensor, k_ctx_BKSD: torch.Tensor, v_ctx
 
 # ---- Triton kernel ----------------------------------------------------------------------------------------
 @triton.jit
+def _online_block(q, kt, v, m_i, l_i, acc, key_ok, vis, scale, UPCAST: tl.constexpr, IEEE: tl.constexpr):
+    """One key block of the online softmax: scores q @ kt, invisible keys at -1e30 (finite, as the
+    reference's mask fill), keys past the end at -inf (no weight at all), then the running max, sum and
+    output rescaled and accumulated."""
+    if UPCAST:  # the interpreter's bf16 dot is wrong; fp32 inputs stay exact
+        kt = kt.to(tl.float32)
+    if IEEE:
+        scores = tl.dot(q, kt, input_precision="ieee") * scale
+    else:
+        scores = tl.dot(q, kt) * scale
+    scores = tl.where(vis[None, :], scores, -1.0e30)
+    scores = tl.where(key_ok[None, :], scores, float("-inf"))
+    m_new = tl.maximum(m_i, tl.max(scores, 1))
+    alpha = tl.exp(m_i - m_new)
+    p = tl.exp(scores - m_new[:, None])
+    l_i = l_i * alpha + tl.sum(p, 1)
+    acc = acc * alpha[:, None]
+    if UPCAST:
+        v = v.to(tl.float32)
+        pv = p
+    else:
+        pv = p.to(v.dtype)
+    if IEEE:
+        acc = tl.dot(pv, v, acc, input_precision="ieee")
+    else:
+        acc = tl.dot(pv, v, acc)
+    return m_new, l_i, acc
+
+
+@triton.jit
 def _canvas_attn_kernel(q_ptr, kc_ptr, vc_ptr, vis_ptr, kn_ptr, vn_ptr, o_ptr, rows_ptr,
                         sq_b, sq_h, sq_c, skc_b, skc_k, skc_s, svc_b, svc_k, svc_s, svis_b,
                         skn_b, skn_k, skn_c, svn_b, svn_k, svn_c, so_b, so_h, so_c,
                         K, G, C, S, D, scale,
-                        BM: tl.constexpr, BN: tl.constexpr, BDK: tl.constexpr, BDV: tl.constexpr,
+                        BM: tl.constexpr, BN: tl.constexpr, BD: tl.constexpr, BDV: tl.constexpr,
                         UPCAST: tl.constexpr, IEEE: tl.constexpr, HAS_ROWS: tl.constexpr):
     pid_m = tl.program_id(0)
     bk = tl.program_id(1)
@@ -67,56 +98,43 @@ def _canvas_attn_kernel(q_ptr, kc_ptr, vc_ptr, vis_ptr, kn_ptr, vn_ptr, o_ptr, r
     row_ok = rows < G * C
     h = kv * G + (rows // C)
     c = rows % C
-    q_row = q_ptr + b * sq_b + h.to(tl.int64) * sq_h + c.to(tl.int64) * sq_c
-    dk = tl.arange(0, BDK)
+    dq = tl.arange(0, BD)
+    dq_ok = dq < D
     dv = pid_d * BDV + tl.arange(0, BDV)
     dv_ok = dv < D
-    m_i = tl.full((BM,), -1.0e30, tl.float32)  # finite start: a masked (-1e30) tile cannot give inf - inf
+    # the query tile stays in registers for every key block
+    q_row = q_ptr + b * sq_b + h.to(tl.int64) * sq_h + c.to(tl.int64) * sq_c
+    q = tl.load(q_row[:, None] + dq[None, :], mask=row_ok[:, None] & dq_ok[None, :], other=0.0)
+    if UPCAST:
+        q = q.to(tl.float32)
+    m_i = tl.full((BM,), -1.0e30, tl.float32)  # finite start: a masked (-1e30) block cannot give inf - inf
     l_i = tl.zeros((BM,), tl.float32)
     acc = tl.zeros((BM, BDV), tl.float32)
-    for j0 in range(0, S + C, BN):
+    # cached context keys, each visible or not for this row (padding, sliding window)
+    kc_base = kc_ptr + bc * skc_b + kv * skc_k
+    vc_base = vc_ptr + bc * svc_b + kv * svc_k
+    for j0 in range(0, S, BN):
         j = j0 + tl.arange(0, BN)
-        in_ctx = j < S
-        in_can = (j >= S) & (j < S + C)
-        jc = tl.where(in_ctx, j, 0).to(tl.int64)
-        jn = tl.where(in_can, j - S, 0).to(tl.int64)
-        vis = tl.load(vis_ptr + b * svis_b + jc, mask=in_ctx, other=0) != 0
-        scores = tl.zeros((BM, BN), tl.float32)
-        for d0 in range(0, D, BDK):
-            d_ok = (d0 + dk) < D
-            q = tl.load(q_row[:, None] + (d0 + dk)[None, :], mask=row_ok[:, None] & d_ok[None, :], other=0.0)
-            kt = tl.load(kc_ptr + bc * skc_b + kv * skc_k + jc[None, :] * skc_s + (d0 + dk)[:, None],
-                         mask=in_ctx[None, :] & d_ok[:, None], other=0.0)
-            kt += tl.load(kn_ptr + b * skn_b + kv * skn_k + jn[None, :] * skn_c + (d0 + dk)[:, None],
-                          mask=in_can[None, :] & d_ok[:, None], other=0.0)
-            if UPCAST:  # interpreter bf16 dot is wrong; fp32 inputs stay exact
-                q, kt = q.to(tl.float32), kt.to(tl.float32)
-            if IEEE:
-                scores = tl.dot(q, kt, scores, input_precision="ieee")
-            else:
-                scores = tl.dot(q, kt, scores)
-        scores = scores * scale
-        scores = tl.where((vis | in_can)[None, :], scores, -1.0e30)
-        scores = tl.where((in_ctx | in_can)[None, :], scores, float("-inf"))  # past the end: no weight at all
-        m_new = tl.maximum(m_i, tl.max(scores, 1))
-        alpha = tl.exp(m_i - m_new)
-        p = tl.exp(scores - m_new[:, None])
-        l_i = l_i * alpha + tl.sum(p, 1)
-        v = tl.load(vc_ptr + bc * svc_b + kv * svc_k + jc[:, None] * svc_s + dv[None, :],
-                    mask=in_ctx[:, None] & dv_ok[None, :], other=0.0)
-        v += tl.load(vn_ptr + b * svn_b + kv * svn_k + jn[:, None] * svn_c + dv[None, :],
-                     mask=in_can[:, None] & dv_ok[None, :], other=0.0)
-        acc = acc * alpha[:, None]
-        if UPCAST:
-            v = v.to(tl.float32)
-            pv = p
-        else:
-            pv = p.to(v.dtype)
-        if IEEE:
-            acc = tl.dot(pv, v, acc, input_precision="ieee")
-        else:
-            acc = tl.dot(pv, v, acc)
-        m_i = m_new
+        ok = j < S
+        vis = tl.load(vis_ptr + b * svis_b + j, mask=ok, other=0) != 0
+        j64 = j.to(tl.int64)
+        kt = tl.load(kc_base + j64[None, :] * skc_s + dq[:, None], mask=ok[None, :] & dq_ok[:, None],
+                     other=0.0)
+        v = tl.load(vc_base + j64[:, None] * svc_s + dv[None, :], mask=ok[:, None] & dv_ok[None, :],
+                    other=0.0)
+        m_i, l_i, acc = _online_block(q, kt, v, m_i, l_i, acc, ok, vis, scale, UPCAST, IEEE)
+    # the canvas itself: every key visible (bidirectional)
+    kn_base = kn_ptr + b * skn_b + kv * skn_k
+    vn_base = vn_ptr + b * svn_b + kv * svn_k
+    for j0 in range(0, C, BN):
+        j = j0 + tl.arange(0, BN)
+        ok = j < C
+        j64 = j.to(tl.int64)
+        kt = tl.load(kn_base + j64[None, :] * skn_c + dq[:, None], mask=ok[None, :] & dq_ok[:, None],
+                     other=0.0)
+        v = tl.load(vn_base + j64[:, None] * svn_c + dv[None, :], mask=ok[:, None] & dv_ok[None, :],
+                    other=0.0)
+        m_i, l_i, acc = _online_block(q, kt, v, m_i, l_i, acc, ok, ok, scale, UPCAST, IEEE)
     out = acc / l_i[:, None]
     o_row = o_ptr + b * so_b + h.to(tl.int64) * so_h + c.to(tl.int64) * so_c
     tl.store(o_row[:, None] + dv[None, :], out.to(o_ptr.dtype.element_ty),
@@ -127,7 +145,7 @@ def canvas_attention_triton(q_BHCD: torch.Tensor, k_ctx_BKSD: torch.Tensor, v_ct
                             ctx_visible_BS: torch.Tensor, k_can_BKCD: torch.Tensor, v_can_BKCD: torch.Tensor,
                             scale: float = 1.0, *, ctx_rows_B: torch.Tensor | None = None,
                             block_m: int | None = None, block_n: int | None = None,
-                            block_dk: int | None = None, block_dv: int | None = None) -> torch.Tensor:
+                            block_dv: int | None = None) -> torch.Tensor:
     """Triton launcher with the same contract as `canvas_attention_torch` (any strides with unit last dim);
     with ctx_rows_B the selected context rows are read in place (no gathered copy)."""
     check_attention_args(q_BHCD, k_ctx_BKSD, v_ctx_BKSD, ctx_visible_BS, k_can_BKCD, v_can_BKCD, ctx_rows_B)
@@ -143,10 +161,12 @@ def canvas_attention_triton(q_BHCD: torch.Tensor, k_ctx_BKSD: torch.Tensor, v_ct
     # o is written in [B, C, H, D] memory order and returned as its [B, H, C, D] view, so the output
     # projection's transpose back to [B, C, H * D] is free (no copy)
     o = torch.empty(B, C, H, D, dtype=q.dtype, device=q.device).transpose(1, 2)
+    # Q [BM, D] stays in registers and the score is one dot over the whole D; the output D may be split
+    # across programs (block_dv) to bound the accumulator, at the price of recomputing the scores
+    bd = max(16, next_pow2(D))
     block_m = block_m or min(64 if D <= 256 else 32, max(16, next_pow2(G * C)))
-    block_n = block_n or 64
-    block_dk = block_dk or min(64, max(16, next_pow2(D)))
-    block_dv = block_dv or min(256 if D > 256 else 128, max(16, next_pow2(D)))
+    block_n = block_n or (64 if D <= 256 else 32)
+    block_dv = block_dv or min(bd, 256)
     upcast = interpret_mode() or q.dtype == torch.float32
     grid = (triton.cdiv(G * C, block_m), B * K, triton.cdiv(D, block_dv))
     rows = ctx_rows_B.contiguous() if ctx_rows_B is not None else vis  # vis: never read
@@ -156,7 +176,7 @@ def canvas_attention_triton(q_BHCD: torch.Tensor, k_ctx_BKSD: torch.Tensor, v_ct
         vc.stride(0), vc.stride(1), vc.stride(2), vis.stride(0),
         kn.stride(0), kn.stride(1), kn.stride(2), vn.stride(0), vn.stride(1), vn.stride(2),
         o.stride(0), o.stride(1), o.stride(2), K, G, C, S, D, float(scale),
-        BM=block_m, BN=block_n, BDK=block_dk, BDV=block_dv, UPCAST=upcast, IEEE=q.dtype == torch.float32,
+        BM=block_m, BN=block_n, BD=bd, BDV=block_dv, UPCAST=upcast, IEEE=q.dtype == torch.float32,
         HAS_ROWS=ctx_rows_B is not None, num_warps=8 if D > 128 else 4, num_stages=2)
     return o
 

@@ -39,14 +39,14 @@ def test_reference_matches_definition():
 
 
 @pytest.mark.parametrize("B,H,K,C,S,D,blocks", [
-    (2, 4, 2, 5, 9, 24, (16, 16, 16, 16)),    # D not a multiple of the D tile; two output-D programs
-    (1, 2, 1, 3, 0, 16, (16, 16, 16, 16)),    # no context at all
-    (2, 4, 1, 7, 19, 32, (16, 16, 16, 32)),   # G = 4 heads share a KV head; a fully masked context row
+    (2, 4, 2, 5, 9, 24, (16, 16, 16)),    # D not a multiple of the D tile; two output-D programs
+    (1, 2, 1, 3, 0, 16, (16, 16, 16)),    # no context at all
+    (2, 4, 1, 7, 19, 32, (16, 16, 32)),   # G = 4 heads share a KV head; a fully masked context row
 ])
 def test_triton_matches_reference_fp32(B, H, K, C, S, D, blocks):
     args = _inputs(B, H, K, C, S, D, seed=S + D)
-    bm, bn, bdk, bdv = blocks
-    out = canvas_attention_triton(*args, scale=0.3, block_m=bm, block_n=bn, block_dk=bdk, block_dv=bdv)
+    bm, bn, bdv = blocks
+    out = canvas_attention_triton(*args, scale=0.3, block_m=bm, block_n=bn, block_dv=bdv)
     assert_close("attn", out, canvas_attention_torch(*args, scale=0.3), 1e-5, 1e-5)
 
 
@@ -56,14 +56,14 @@ def test_fully_masked_row_is_finite():
     q, kc, vc, vis, kn, vn = _inputs(1, 2, 1, 2, 20, 16, seed=3)
     vis[:] = False
     vis[0, 18:] = True
-    out = canvas_attention_triton(q, kc, vc, vis, kn, vn, block_m=16, block_n=16, block_dk=16, block_dv=16)
+    out = canvas_attention_triton(q, kc, vc, vis, kn, vn, block_m=16, block_n=16, block_dv=16)
     assert_close("attn masked", out, canvas_attention_torch(q, kc, vc, vis, kn, vn), 1e-5, 1e-5)
 
 
 def test_triton_bf16_inputs():
     args = _inputs(1, 2, 1, 6, 11, 32, seed=7, dtype=torch.bfloat16)
     args = (args[0] * 0.25,) + args[1:]
-    out = canvas_attention_triton(*args, block_m=16, block_n=16, block_dk=16, block_dv=16)
+    out = canvas_attention_triton(*args, block_m=16, block_n=16, block_dv=16)
     assert out.dtype == torch.bfloat16
     ref = canvas_attention_torch(*(a.float() if a.is_floating_point() else a for a in args))
     assert_close("attn bf16", out, ref, 2e-2, 2e-2)
