@@ -3,8 +3,7 @@ it is from the roofline, kernel by kernel and end to end, with the transformers 
 
 Sections (each guarded: a failure is recorded in the JSON and the run goes on):
 1. calibrate: HBM bandwidth (large copy) and bf16 GEMM rate.
-2. kernels: fused_moe / canvas_attention / fused_sample / rms_norm / norm_rope at real shapes, Triton vs
-   torch reference.
+2. kernels: every kernel at real shapes, Triton vs its torch reference (bench/gpu_kernels.py).
 3. sweep: full-size DiffusionGemma with random bf16 weights (meta build, materialised on the GPU), 1k context,
    canvases per forward x fixed steps: ms per forward, tokens/s with and without prefill, % of roofline.
    Variant "kernels" routes MoE and canvas attention through kernels/; "model" is model/ as written (its
@@ -14,8 +13,9 @@ Sections (each guarded: a failure is recorded in the JSON and the run goes on):
    Variant "graph" is "kernels" with each canvas's decoder forward captured once in a CUDA graph and
    replayed for the remaining steps (capture time reported apart): how much of a step is launch overhead.
    On failure (a host sync or host->device copy inside the forward) the row records the error.
-4. moe_tiles: fused_moe tile / warp / stage sweep at 1 and 8 canvases (GB/s of expert weights per config),
-   to pick the launcher's defaults on this card. 5. profile: CUDA-time kernel breakdown of one forward.
+4. moe_tiles / attention_tiles: fused_moe and canvas_attention tile sweeps at 1 and 8 canvases
+   (bench/gpu_kernels.py), to pick the launchers' defaults on this card.
+5. profile: CUDA-time kernel breakdown of one forward.
 6. reference: transformers DiffusionGemmaForBlockDiffusion (random weights) generate() with fixed steps
    (confidence_threshold=None) at the same settings, for the ratio.
 
@@ -27,11 +27,9 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import functools
 import gc
 import json
 import os
-import statistics
 import sys
 import time
 import traceback
@@ -39,58 +37,15 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path[:0] = [str(Path(__file__).resolve().parents[1]), str(Path(__file__).resolve().parent)]
+
+from gpu_kernels import attention_tiles, bench_kernels, moe_tiles, ms, sync  # noqa: E402
 
 import kernels  # noqa: E402
 import model.moe  # noqa: E402
 import model.transformer  # noqa: E402
-from kernels.canvas_attention import canvas_attention_torch, canvas_attention_triton  # noqa: E402
-from kernels.fused_moe import fused_moe_torch, fused_moe_triton  # noqa: E402
-from kernels.gelu_mul import gelu_mul_torch, gelu_mul_triton  # noqa: E402
-from kernels.logit_epilogue import logit_epilogue_torch, logit_epilogue_triton  # noqa: E402
-from kernels.moe_align import align_tokens, align_tokens_triton  # noqa: E402
-from kernels.norm_rope import norm_rope_torch, norm_rope_triton  # noqa: E402
-from kernels.rms_norm import (  # noqa: E402
-    rms_norm_pair_torch,
-    rms_norm_pair_triton,
-    rms_norm_torch,
-    rms_norm_triton,
-)
-from kernels.router import route_torch, route_triton  # noqa: E402
-from kernels.sampler import (  # noqa: E402
-    derive_keys_torch,
-    derive_keys_triton,
-    fused_sample_torch,
-    fused_sample_triton,
-)
-from kernels.softmax import softmax_torch, softmax_triton  # noqa: E402
 from model import DiffusionGemma, DiffusionGemmaConfig  # noqa: E402
 from model.config import PLACEHOLDER_VISION_CONFIG  # noqa: E402
-
-
-# ---- timing -----------------------------------------------------------------------------------------------
-def sync(dev):
-    if dev.type == "cuda":
-        torch.cuda.synchronize()
-
-
-def ms(dev, fn, *args, reps=5) -> float:
-    """Median milliseconds of fn(*args)."""
-    return 1e3 * timeit(lambda: fn(*args), dev, reps=reps)
-
-
-def timeit(fn, dev, reps=5, warmup=1) -> float:
-    """Median seconds of fn() over reps (after warmup), device-synchronised."""
-    for _ in range(warmup):
-        fn()
-    ts = []
-    for _ in range(reps):
-        sync(dev)
-        t = time.perf_counter()
-        fn()
-        sync(dev)
-        ts.append(time.perf_counter() - t)
-    return statistics.median(ts)
 
 
 def guarded(results, name):
@@ -124,250 +79,6 @@ def calibrate(dev, tiny):
     y = torch.randn(m, m, dtype=torch.bfloat16, device=dev)
     flops = 2 * m**3 / ms(dev, torch.matmul, x, y) * 1e3
     return {"copy_bw_GBps": bw / 1e9, "bf16_gemm_TFLOPs": flops / 1e12}
-
-
-# ---- 2. kernel microbenchmarks ----------------------------------------------------------------------------
-def moe_weights(dev, cfg, g):
-    """Random bf16 expert weights at the config's real shapes -> (gate_up_EFH, down_EHI)."""
-    t = cfg.text
-    E, H, Im = t.num_experts, t.hidden_size, t.moe_intermediate_size
-    gu = (torch.randn(E, 2 * Im, H, generator=g) * 0.02).to(dev, torch.bfloat16)
-    dn = (torch.randn(E, H, Im, generator=g) * 0.02).to(dev, torch.bfloat16)
-    return gu, dn
-
-
-def moe_tokens(dev, cfg, g, T):
-    """T random tokens routed top-k -> (x_TH, topk_idx_Tk, topk_w_Tk, bytes of the experts they touch)."""
-    t = cfg.text
-    H, E, k, Im = t.hidden_size, t.num_experts, t.top_k_experts, t.moe_intermediate_size
-    x = torch.randn(T, H, generator=g).to(dev, torch.bfloat16)
-    idx = torch.stack([torch.randperm(E, generator=g)[:k] for _ in range(T)]).to(dev)
-    w = torch.rand(T, k, generator=g).to(dev)
-    return x, idx, w, int(torch.unique(idx).numel()) * (3 * Im * H) * 2
-
-
-def sdpa_attention(q, kc, vc, vis, kn, vn):
-    """canvas_attention through F.scaled_dot_product_attention: [context ; canvas] keys, a boolean mask."""
-    B, C = q.shape[0], q.shape[2]
-    mask = torch.cat([vis, vis.new_ones(B, C)], dim=1)[:, None, None, :]
-    return torch.nn.functional.scaled_dot_product_attention(
-        q, torch.cat([kc, kn], dim=2), torch.cat([vc, vn], dim=2), attn_mask=mask, scale=1.0, enable_gqa=True)
-
-
-def bench_kernels(dev, tiny, cfg):
-    t = cfg.text
-    H, E, k, Im, V = t.hidden_size, t.num_experts, t.top_k_experts, t.moe_intermediate_size, t.vocab_size
-    C = cfg.canvas_length
-    use_triton = dev.type == "cuda"
-    out = []
-    g = torch.Generator(device="cpu").manual_seed(0)
-    gu, dn = moe_weights(dev, cfg, g)
-    for canv in (1, 8):
-        T = canv * C
-        x, idx, w, wbytes = moe_tokens(dev, cfg, g, T)
-        row = {"kernel": "fused_moe", "shape": f"T={T} H={H} E={E} k={k} Im={Im}",
-               "torch_ms": ms(dev, fused_moe_torch, x, idx, w, gu, dn),
-               "model_moe_forward_ms": ms(dev, model.moe.moe_forward, x, idx, w, gu, dn)}
-        if use_triton:
-            row["triton_ms"] = ms(dev, fused_moe_triton, x, idx, w, gu, dn, reps=10)
-            row["triton_weight_GBps"] = wbytes / row["triton_ms"] / 1e6
-        out.append(row)
-    gu = dn = None
-    for i in sorted({t.layer_types.index(lt) for lt in set(t.layer_types)}):
-        K, D, Hq = t.layer_kv_heads(i), t.layer_head_dim(i), t.num_attention_heads
-        for B in (1, 8):
-            S = 64 if tiny else 1024
-            mk = lambda *s: (torch.randn(*s, generator=g) * 0.1).to(dev, torch.bfloat16)  # noqa: E731
-            q, kc, vc = mk(B, Hq, C, D), mk(B, K, S, D), mk(B, K, S, D)
-            kn, vn = mk(B, K, C, D), mk(B, K, C, D)
-            vis = torch.ones(B, S, dtype=torch.bool, device=dev)
-            args = (q, kc, vc, vis, kn, vn)
-            row = {"kernel": "canvas_attention", "shape": f"B={B} H={Hq} K={K} C={C} S={S} D={D}",
-                   "torch_ms": ms(dev, canvas_attention_torch, *args)}
-            # PyTorch's SDPA with the boolean mask and GQA (its fused backends where they take the shape):
-            # a candidate for the shapes where the Triton kernel measured slower than the eager reference
-            try:
-                ref = canvas_attention_torch(*args).float()
-                row["sdpa_ms"] = ms(dev, sdpa_attention, *args)
-                row["sdpa_max_diff"] = (sdpa_attention(*args).float() - ref).abs().max().item()
-            except Exception as e:  # noqa: BLE001 - a backend may reject the shape
-                row["sdpa_error"] = f"{type(e).__name__}: {e}"[:200]
-            if use_triton:
-                row["triton_ms"] = ms(dev, canvas_attention_triton, *args, reps=10)
-                fl = 4 * B * Hq * C * (S + C) * D
-                row["triton_TFLOPs"] = fl / row["triton_ms"] / 1e9
-            out.append(row)
-    for N in (C, 8 * C):
-        logits = (torch.randn(N, V, generator=g) * 5).to(dev)
-        inv_t = torch.full((N,), 1.5, device=dev)
-        keys = kernels.derive_keys(torch.arange(N), 0, 0, 1).to(dev)
-        row = {"kernel": "fused_sample", "shape": f"N={N} V={V}",
-               "torch_ms": ms(dev, fused_sample_torch, logits, inv_t, keys)}
-        if use_triton:
-            row["triton_ms"] = ms(dev, fused_sample_triton, logits, inv_t, keys, reps=10)
-            row["triton_GBps"] = N * V * 4 / row["triton_ms"] / 1e6
-        out.append(row)
-        logits = None
-    out += bench_norms(dev, cfg, g)
-    out += bench_step_ops(dev, cfg, g)
-    for r in out:
-        if "triton_ms" in r:
-            r["speedup_vs_torch"] = r["torch_ms"] / r["triton_ms"]
-    return out
-
-
-# (block_m, block_n, block_k, num_warps, num_stages) around the default (None, 64, 64, 4, None); None: the
-# launcher's choice. block_m: at one canvas the default is 16 rows for about 16 rows per expert, so an expert
-# with more rows owns two blocks that each read its weights; 32 trades MMA work for one read.
-# Most promising first: the section stops at its time budget.
-MOE_TILES = [
-    (None, 64, 64, 4, None), (32, 64, 128, 4, 3), (None, 64, 128, 4, 3), (None, 128, 128, 8, 3),
-    (32, 128, 128, 4, 3), (None, 64, 256, 4, 3), (None, 128, 64, 4, 3), (None, 128, 128, 4, 3),
-    (32, 64, 256, 4, 3), (None, 64, 128, 4, 4), (None, 128, 128, 8, 4), (None, 64, 256, 8, 3),
-    (None, 128, 256, 8, 3), (64, 64, 128, 4, 3), (None, 32, 256, 4, 4), (None, 256, 64, 8, 3),
-]
-
-
-def moe_tiles(dev, cfg, budget_end):
-    """fused_moe over MOE_TILES at 1 and 8 canvases (each config at both, so a cut run keeps both sizes);
-    each row: config, ms, GB/s of expert weights."""
-    C = cfg.canvas_length
-    g = torch.Generator(device="cpu").manual_seed(1)
-    gu, dn = moe_weights(dev, cfg, g)
-    rows = []
-    inputs = {}
-    for canv in (1, 8):
-        x, idx, w, wbytes = moe_tokens(dev, cfg, g, canv * C)
-        inputs[canv * C] = (x, idx, w, wbytes, fused_moe_triton(x, idx, w, gu, dn).float())
-    for bm, bn, bk, nw, ns in MOE_TILES:
-        for T, (x, idx, w, wbytes, ref) in inputs.items():
-            row = {"T": T, "block_m": bm, "block_n": bn, "block_k": bk, "num_warps": nw, "num_stages": ns}
-            if time.perf_counter() > budget_end:
-                rows.append(row | {"error": "skipped: time budget"})
-                continue
-            try:
-                fn = functools.partial(fused_moe_triton, block_m=bm, block_n=bn, block_k=bk, num_warps=nw,
-                                       num_stages=ns)
-                err = (fn(x, idx, w, gu, dn).float() - ref).abs().max().item()
-                t_ms = ms(dev, fn, x, idx, w, gu, dn, reps=10)
-                rows.append(row | {"ms": t_ms, "weight_GBps": wbytes / t_ms / 1e6, "max_diff_default": err})
-            except Exception as e:  # noqa: BLE001 - e.g. shared memory exceeded for a big tile
-                rows.append(row | {"error": f"{type(e).__name__}: {e}"[:200]})
-            print(json.dumps(rows[-1]), flush=True)
-    return rows
-
-
-# (block_m, block_n, block_dv) per head_dim, the launcher's default first (None): at 8 canvases attention
-# measured about 1 ms a layer (eager torch and Triton alike), more than the whole roofline at 30 layers
-ATTN_TILES = {
-    256: [(None, None, None), (64, 64, 256), (128, 64, 256), (64, 128, 256), (128, 32, 256), (64, 64, 128)],
-    512: [(None, None, None), (32, 32, 512), (32, 64, 256), (64, 32, 256), (16, 64, 512), (32, 32, 256)],
-}
-
-
-def attention_tiles(dev, cfg, budget_end):
-    """canvas_attention_triton over ATTN_TILES at 1 and 8 canvases, 1k context; rows: config, ms, TFLOP/s."""
-    t, C = cfg.text, cfg.canvas_length
-    g = torch.Generator(device="cpu").manual_seed(2)
-    rows = []
-    for i in sorted({t.layer_types.index(lt) for lt in set(t.layer_types)}):
-        K, D, Hq, S = t.layer_kv_heads(i), t.layer_head_dim(i), t.num_attention_heads, 1024
-        for B in (1, 8):
-            mk = lambda *s: (torch.randn(*s, generator=g) * 0.1).to(dev, torch.bfloat16)  # noqa: E731
-            args = (mk(B, Hq, C, D), mk(B, K, S, D), mk(B, K, S, D), torch.ones(B, S, dtype=torch.bool,
-                                                                                   device=dev),
-                    mk(B, K, C, D), mk(B, K, C, D))
-            ref = canvas_attention_torch(*args).float()
-            for bm, bn, bdv in ATTN_TILES.get(D, [(None, None, None)]):
-                row = {"B": B, "D": D, "block_m": bm, "block_n": bn, "block_dv": bdv}
-                if time.perf_counter() > budget_end:
-                    rows.append(row | {"error": "skipped: time budget"})
-                    continue
-                try:
-                    fn = functools.partial(canvas_attention_triton, block_m=bm, block_n=bn, block_dv=bdv)
-                    err = (fn(*args).float() - ref).abs().max().item()
-                    t_ms = ms(dev, fn, *args, reps=10)
-                    fl = 4 * B * Hq * C * (S + C) * D
-                    rows.append(row | {"ms": t_ms, "TFLOPs": fl / t_ms / 1e9, "max_diff": err})
-                except Exception as e:  # noqa: BLE001 - e.g. shared memory exceeded for a big tile
-                    rows.append(row | {"error": f"{type(e).__name__}: {e}"[:200]})
-                print(json.dumps(rows[-1]), flush=True)
-    return rows
-
-
-def bench_norms(dev, cfg, g):
-    """The block tail (residual + norm(d + m)) * scalar over the hidden size, and q norm + RoPE per head."""
-    t, C = cfg.text, cfg.canvas_length
-    H, Hq = t.hidden_size, t.num_attention_heads
-    use_triton = dev.type == "cuda"
-    mk = lambda *s: torch.randn(*s, generator=g).to(dev, torch.bfloat16)  # noqa: E731
-    out = []
-    for canv in (1, 8):
-        T = canv * C
-        x, a, r, w = mk(T, H), mk(T, H), mk(T, H), mk(H)
-        s = torch.ones(1, device=dev, dtype=torch.bfloat16)
-        kw = {"add": a, "residual": r, "scale": s}
-        row = {"kernel": "rms_norm", "shape": f"T={T} H={H} (+add, +residual, *scale)",
-               "torch_ms": ms(dev, lambda x=x, w=w, kw=kw: rms_norm_torch(x, w, 1e-6, **kw))}
-        if use_triton:
-            row["triton_ms"] = ms(dev, lambda x=x, w=w, kw=kw: rms_norm_triton(x, w, 1e-6, **kw), reps=10)
-            row["triton_GBps"] = 4 * T * H * 2 / row["triton_ms"] / 1e6
-        out.append(row)
-        for D in sorted({t.layer_head_dim(i) for i in range(t.num_hidden_layers)}):
-            q, wd = mk(canv, C, Hq, D), mk(D)
-            cos, sin = mk(canv, C, D), mk(canv, C, D)
-            row = {"kernel": "norm_rope", "shape": f"B={canv} C={C} heads={Hq} D={D}",
-                   "torch_ms": ms(dev, norm_rope_torch, q, wd, 1e-6, cos, sin)}
-            if use_triton:
-                row["triton_ms"] = ms(dev, norm_rope_triton, q, wd, 1e-6, cos, sin, reps=10)
-                row["triton_GBps"] = 2 * q.numel() * 2 / row["triton_ms"] / 1e6
-            out.append(row)
-    return out
-
-
-def bench_step_ops(dev, cfg, g):
-    """The step's smaller kernels at 1 and 8 canvases against their torch references: the logit epilogue and
-    the self-conditioning softmax (GB/s of their one-pass traffic), the router, the MoE routing layout, the
-    stream keys, the dense MLP's gated GELU, the pre-feed-forward norm pair."""
-    t, C = cfg.text, cfg.canvas_length
-    V, H, E, k = t.vocab_size, t.hidden_size, t.num_experts, t.top_k_experts
-    use_triton = dev.type == "cuda"
-    out = []
-
-    def row(name, shape, ref, tri, args, nbytes=None):
-        r = {"kernel": name, "shape": shape, "torch_ms": ms(dev, ref, *args)}
-        if use_triton:
-            r["triton_ms"] = ms(dev, tri, *args, reps=10)
-            if nbytes:
-                r["triton_GBps"] = nbytes / r["triton_ms"] / 1e6
-        out.append(r)
-
-    for canv in (1, 8):
-        N = canv * C
-        x = (torch.randn(N, V, generator=g) * 20).to(dev, torch.bfloat16)
-        temp = torch.full((canv,), 0.6, device=dev)
-        x3 = x.view(canv, C, V)
-        row("logit_epilogue", f"N={N} V={V} (+temperature, +bf16 copy)", logit_epilogue_torch,
-            logit_epilogue_triton, (x3, t.final_logit_softcapping, temp, torch.bfloat16), N * V * 8)
-        row("softmax", f"N={N} V={V} bf16 -> bf16", softmax_torch, softmax_triton, (x, torch.bfloat16),
-            N * V * 6)
-        x = x3 = None
-        r_TH = torch.randn(N, H, generator=g).to(dev, torch.bfloat16)
-        sc = torch.ones(H, device=dev, dtype=torch.bfloat16)
-        pes = torch.ones(E, device=dev, dtype=torch.bfloat16)
-        proj = (torch.randn(E, H, generator=g) * H**-0.5).to(dev, torch.bfloat16)
-        row("route", f"T={N} H={H} E={E} k={k}", route_torch, route_triton, (r_TH, sc, proj, pes, k, 1e-6))
-        idx = torch.stack([torch.randperm(E, generator=g)[:k] for _ in range(N)]).to(dev)
-        bm = 16 if canv == 1 else 64  # the launcher's choice at these sizes
-        row("moe_align", f"T={N} E={E} k={k} block_m={bm}", align_tokens, align_tokens_triton, (idx, E, bm))
-        seeds = torch.arange(canv, device=dev)
-        row("derive_keys", f"B={canv} C={C}", derive_keys_torch, derive_keys_triton, (seeds, 0, 3, C))
-        I = t.intermediate_size  # noqa: E741
-        gate, up = (torch.randn(N, I, generator=g).to(dev, torch.bfloat16) for _ in range(2))
-        row("gelu_mul", f"T={N} I={I}", gelu_mul_torch, gelu_mul_triton, (gate, up), N * I * 6)
-        row("rms_norm_pair", f"T={N} H={H}", rms_norm_pair_torch, rms_norm_pair_triton, (r_TH, sc, sc, 1e-6),
-            N * H * 6)
-    return out
 
 
 # ---- 3. full model sweep ----------------------------------------------------------------------------------
