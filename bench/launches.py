@@ -29,6 +29,7 @@ import contextlib
 import json
 import sys
 from collections import Counter
+from collections.abc import Iterator
 from pathlib import Path
 
 import torch
@@ -96,7 +97,7 @@ class LaunchCounter(TorchDispatchMode):
 
 
 @contextlib.contextmanager
-def dry_triton(counter: LaunchCounter):
+def dry_triton(counter: LaunchCounter) -> Iterator[None]:
     """Triton launchers run, their kernels are recorded but not executed, and each op returns its torch
     reference's output (computed uncounted)."""
     class _Dry:

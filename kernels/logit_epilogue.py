@@ -31,7 +31,7 @@ BLOCK = 2048
 
 # ---- torch reference: the spec, and the CPU path (the model's and the reference sampler's op sequence) ----
 def logit_epilogue_torch(x: torch.Tensor, cap: float, temperature_R: torch.Tensor | None = None,
-                         narrow_dtype: torch.dtype | None = None):
+                         narrow_dtype: torch.dtype | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
     y = torch.tanh(x.float() / cap) * cap
     if temperature_R is not None:
         y = y.div_(temperature_R.view(-1, *([1] * (y.dim() - 1))))
@@ -53,8 +53,10 @@ def _epilogue_kernel(x_ptr, t_ptr, y_ptr, n_ptr, V, cap, ROWS_PER_T,
         tl.store(n_ptr + row * V + cols, y.to(n_ptr.dtype.element_ty), mask=ok)
 
 
-def logit_epilogue_triton(x: torch.Tensor, cap: float, temperature_R: torch.Tensor | None = None,
-                          narrow_dtype: torch.dtype | None = None):
+def logit_epilogue_triton(
+    x: torch.Tensor, cap: float, temperature_R: torch.Tensor | None = None,
+    narrow_dtype: torch.dtype | None = None,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Same contract as `logit_epilogue_torch`, one launch."""
     check_epilogue_args(x, temperature_R)
     x = x.contiguous()

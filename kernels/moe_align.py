@@ -29,7 +29,8 @@ from kernels._triton_compat import next_pow2, runnable, tl, triton
 
 
 # ---- torch reference --------------------------------------------------------------------------------------
-def align_tokens(topk_idx_Tk: torch.Tensor, num_experts: int, block_m: int):
+def align_tokens(topk_idx_Tk: torch.Tensor, num_experts: int,
+                 block_m: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """-> (sorted_ids_P int32, block_expert_G int32, num_blocks_1 int32); see the module doc."""
     dev = topk_idx_Tk.device
     A = topk_idx_Tk.numel()
@@ -103,7 +104,8 @@ def _scatter_kernel(idx_ptr, off_ptr, ids_ptr, A, EP: tl.constexpr, CH: tl.const
     tl.store(ids_ptr + base + rank, offs.to(tl.int32), mask=ok)
 
 
-def align_tokens_triton(topk_idx_Tk: torch.Tensor, num_experts: int, block_m: int, *, chunk: int = 64):
+def align_tokens_triton(topk_idx_Tk: torch.Tensor, num_experts: int, block_m: int, *,
+                        chunk: int = 64) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Same contract and output as `align_tokens`, in three launches."""
     dev = topk_idx_Tk.device
     A = topk_idx_Tk.numel()

@@ -116,7 +116,8 @@ def rms_norm_triton(x: torch.Tensor, weight: torch.Tensor | None, eps: float, *,
 
 
 # ---- two norms of one input (the block's two pre-feed-forward norms of r) ----------------------------------
-def rms_norm_pair_torch(x: torch.Tensor, w1: torch.Tensor, w2: torch.Tensor, eps: float):
+def rms_norm_pair_torch(x: torch.Tensor, w1: torch.Tensor, w2: torch.Tensor,
+                        eps: float) -> tuple[torch.Tensor, torch.Tensor]:
     """(rms_norm(x, w1), rms_norm(x, w2)): the reference is two separate norms."""
     return rms_norm_torch(x, w1, eps), rms_norm_torch(x, w2, eps)
 
@@ -134,7 +135,8 @@ def _rms_norm_pair_kernel(x_ptr, w1_ptr, w2_ptr, y1_ptr, y2_ptr, D, eps, BD: tl.
     tl.store(y2_ptr + row * D + cols, y2.to(y2_ptr.dtype.element_ty), mask=ok)
 
 
-def rms_norm_pair_triton(x: torch.Tensor, w1: torch.Tensor, w2: torch.Tensor, eps: float):
+def rms_norm_pair_triton(x: torch.Tensor, w1: torch.Tensor, w2: torch.Tensor,
+                         eps: float) -> tuple[torch.Tensor, torch.Tensor]:
     """Same contract as `rms_norm_pair_torch`: one read of x, both outputs, one launch."""
     for w in (w1, w2):
         check_norm_args(x, w, None, None, None)
