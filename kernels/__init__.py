@@ -158,16 +158,18 @@ def _impl(op: str, *tensors):
 
 
 def fused_sample(logits_NV: torch.Tensor, inv_temp_N: torch.Tensor, key_N: torch.Tensor,
-                 need_sample_N: torch.Tensor | None = None):
+                 need_sample_N: torch.Tensor | None = None, *, sample_only: bool = False):
     """One pass over x = logits_NV * inv_temp_N[:, None] (logits already softcapped, fp32).
 
     Returns (argmax_N long, entropy_N fp32, sample_N long, max_logit_N fp32, logsumexp_N fp32).
     sample_N is a Gumbel-max draw from softmax(x) driven by key_N (int64, see `derive_keys`); it is -1 for
     rows where need_sample_N (bool [N]) is False. Same keys and logits give the same sample on either backend
-    up to last-ulp differences in log().
+    up to last-ulp differences in log(). sample_only: the caller reads only sample_N, so the kernel skips
+    unsampled rows entirely (their other outputs are then unspecified).
     """
     _sampler.check_sample_args(logits_NV, inv_temp_N, key_N, need_sample_N)
-    return _impl("fused_sample", logits_NV)(logits_NV, inv_temp_N, key_N, need_sample_N)
+    return _impl("fused_sample", logits_NV)(logits_NV, inv_temp_N, key_N, need_sample_N,
+                                            sample_only=sample_only)
 
 
 def derive_keys(seed_B: torch.Tensor | int, canvas_B: torch.Tensor | int, step_B: torch.Tensor | int,

@@ -81,12 +81,13 @@ def derive_keys_torch(seed_B: torch.Tensor | int, canvas_B: torch.Tensor | int,
 
 # ---- torch reference: the spec, and the CPU path ----------------------------------------------------------
 def fused_sample_torch(logits_NV: torch.Tensor, inv_temp_N: torch.Tensor, key_N: torch.Tensor,
-                       need_sample_N: torch.Tensor | None = None):
+                       need_sample_N: torch.Tensor | None = None, *, sample_only: bool = False):
     """Per row of x = logits_NV * inv_temp_N[:, None] (fp32):
 
     returns (argmax_N long, entropy_N fp32 = H(softmax(x)), sample_N long = argmax(x + gumbel(key, v)) or -1
     where need_sample_N is False, max_logit_N fp32 = max(x), logsumexp_N fp32 = logsumexp(x)).
     Ties in argmax resolve to the lowest index. Works on row chunks to bound memory (a few passes each).
+    sample_only lets the Triton kernel skip unsampled rows; here every output is computed regardless.
     """
     N, V = logits_NV.shape
     dev = logits_NV.device
@@ -126,8 +127,12 @@ def fused_sample_torch(logits_NV: torch.Tensor, inv_temp_N: torch.Tensor, key_N:
 @triton.jit
 def _fused_sample_kernel(logits_ptr, stride_n, inv_temp_ptr, key_ptr, need_ptr,
                          am_ptr, h_ptr, s_ptr, m_ptr, lse_ptr, V,
-                         BLOCK_V: tl.constexpr, HAS_NEED: tl.constexpr):
+                         BLOCK_V: tl.constexpr, HAS_NEED: tl.constexpr, SAMPLE_ONLY: tl.constexpr):
     row = tl.program_id(0)
+    if SAMPLE_ONLY:  # a row nobody samples is not read at all (its statistics stay unwritten)
+        if tl.load(need_ptr + row) == 0:
+            tl.store(s_ptr + row, tl.full([], -1, tl.int64))
+            return
     inv_t = tl.load(inv_temp_ptr + row).to(tl.float32)
     key = tl.load(key_ptr + row)
     # row_state(key) = mix32(lo ^ mix32(hi ^ SALT0)), in wrapping uint32
@@ -175,8 +180,10 @@ def _fused_sample_kernel(logits_ptr, stride_n, inv_temp_ptr, key_ptr, need_ptr,
 
 
 def fused_sample_triton(logits_NV: torch.Tensor, inv_temp_N: torch.Tensor, key_N: torch.Tensor,
-                        need_sample_N: torch.Tensor | None = None, *, block_v: int | None = None):
-    """Triton launcher with the same contract as `fused_sample_torch`."""
+                        need_sample_N: torch.Tensor | None = None, *, sample_only: bool = False,
+                        block_v: int | None = None):
+    """Triton launcher with the same contract as `fused_sample_torch`. sample_only (with need_sample_N):
+    rows not sampled are skipped without reading them, so their statistics are left unwritten."""
     check_sample_args(logits_NV, inv_temp_N, key_N, need_sample_N)
     N, V = logits_NV.shape
     dev = logits_NV.device
@@ -192,7 +199,8 @@ def fused_sample_triton(logits_NV: torch.Tensor, inv_temp_N: torch.Tensor, key_N
         return outs
     runnable(_fused_sample_kernel)[(N,)](
         logits_NV, logits_NV.stride(0), inv_temp_N.contiguous(), key_N, need, *outs, V,
-        BLOCK_V=block_v, HAS_NEED=need_sample_N is not None, num_warps=8 if block_v >= 2048 else 4)
+        BLOCK_V=block_v, HAS_NEED=need_sample_N is not None,
+        SAMPLE_ONLY=sample_only and need_sample_N is not None, num_warps=8 if block_v >= 2048 else 4)
     return outs
 
 

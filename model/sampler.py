@@ -286,7 +286,8 @@ class RowNoise:
         if self.fused(x_NV.device):
             # No host sync on the GPU: the kernel skips the Gumbel work on rows that are not kept.
             ones = torch.ones(B * C, dtype=torch.float32, device=x_NV.device)
-            return self._fused(x_NV, ones, key_N, keep_N)[2].view(B, C)
+            # sample_only: the kernel reads only the kept rows (their statistics came from stats())
+            return self._fused(x_NV, ones, key_N, keep_N, sample_only=True)[2].view(B, C)
         # CPU: gather the kept rows (a host read, harmless without a device to stall) and invert their CDF,
         # reusing the softmax of stats().
         idx = keep_N.nonzero().squeeze(1)

@@ -99,6 +99,17 @@ def test_triton_matches_reference(N, V, block, dtype):
             assert_close(name, out[i], ref[i], 1e-5, 1e-5)
 
 
+def test_sample_only_skips_unsampled_rows():
+    logits, inv_t, keys = _inputs(4, 300, seed=8)
+    need = torch.tensor([False, True, False, True])
+    full = fused_sample_triton(logits, inv_t, keys, need, block_v=128)
+    only = fused_sample_triton(logits, inv_t, keys, need, sample_only=True, block_v=128)
+    assert torch.equal(only[2], full[2]) and (only[2][~need] == -1).all()
+    assert torch.equal(only[0][need], full[0][need])  # sampled rows still get their statistics
+    ref = fused_sample_torch(logits, inv_t, keys, need, sample_only=True)  # the reference ignores the hint
+    assert torch.equal(ref[2], full[2]) and torch.equal(ref[0], full[0])
+
+
 def test_triton_sample_on_row_subset_equals_full():
     logits, inv_t, keys = _inputs(3, 300, seed=3)
     full = fused_sample_triton(logits, inv_t, keys, block_v=128)[2]
