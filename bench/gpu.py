@@ -10,6 +10,8 @@ Sections (each guarded: a failure is recorded in the JSON and the run goes on):
    other ops go through kernels/ dispatch); "unfused" is "kernels" with every small-op kernel (norms,
    router, gated GELU, logit epilogue, softmax, stream keys) forced to its torch reference: the A/B for
    launch and logit-pass fusion.
+   Variant "sdpa" is "kernels" with every decoder attention through PyTorch's fused SDPA (K/V heads repeated,
+   boolean mask): the end-to-end A/B for the shapes where the Triton kernel measured slower.
    Variant "graph" is "kernels" with each canvas's decoder forward captured once in a CUDA graph and
    replayed for the remaining steps (capture time reported apart): how much of a step is launch overhead.
    On failure (a host sync or host->device copy inside the forward) the row records the error.
@@ -44,6 +46,7 @@ from gpu_kernels import attention_tiles, bench_kernels, moe_tiles, ms, sync  # n
 import kernels  # noqa: E402
 import model.moe  # noqa: E402
 import model.transformer  # noqa: E402
+from kernels.canvas_attention import canvas_attention_sdpa  # noqa: E402
 from model import DiffusionGemma, DiffusionGemmaConfig  # noqa: E402
 from model.config import PLACEHOLDER_VISION_CONFIG  # noqa: E402
 
@@ -96,14 +99,13 @@ def build_model(cfg, dev, dtype):
     return m.eval()
 
 
-def _attend_adapter(torch_attend):
-    """model/transformer.attend(q, [ctx;canvas] k, v, mask) -> kernels.canvas_attention for decoder masks."""
+def _attend_adapter(torch_attend, canvas_attention=kernels.canvas_attention):
+    """model/transformer.attend(q, [ctx;canvas] k, v, mask) -> canvas_attention for decoder masks."""
     def attend(q, k, v, mask):
         if mask.dim() == 3 and mask.shape[1] == 1 and mask.dtype == torch.bool:
             C = q.shape[2]
             S = k.shape[2] - C
-            return kernels.canvas_attention(q, k[:, :, :S], v[:, :, :S], mask[:, 0, :S],
-                                            k[:, :, S:], v[:, :, S:])
+            return canvas_attention(q, k[:, :, :S], v[:, :, :S], mask[:, 0, :S], k[:, :, S:], v[:, :, S:])
         return torch_attend(q, k, v, mask)
     return attend
 
@@ -117,11 +119,13 @@ UNFUSED_OPS = ("rms_norm", "norm_rope", "rms_norm_pair", "route", "gelu_mul", "l
 @contextlib.contextmanager
 def variant(name):
     """"kernels": MoE and canvas attention through kernels/ dispatch; "model": model/ unchanged;
-    "unfused": "kernels" with every small-op kernel (UNFUSED_OPS) forced to its torch reference."""
+    "unfused": "kernels" with every small-op kernel (UNFUSED_OPS) forced to its torch reference;
+    "sdpa": "kernels" with every decoder attention through PyTorch's SDPA (canvas_attention_sdpa)."""
     old = (model.moe.moe_forward, model.transformer.attend)
-    if name in ("kernels", "unfused", "graph"):
+    if name in ("kernels", "unfused", "graph", "sdpa"):
         model.moe.moe_forward = kernels.fused_moe
-        model.transformer.attend = _attend_adapter(old[1])
+        model.transformer.attend = _attend_adapter(
+            old[1], canvas_attention_sdpa if name == "sdpa" else kernels.canvas_attention)
     try:
         with kernels.use_backend("torch", ops=UNFUSED_OPS) if name == "unfused" \
                 else contextlib.nullcontext():
@@ -243,7 +247,7 @@ def sweep(m, cfg, dev, args, cal, results):
     key = {B: i for i, B in enumerate(sorted(args.canvases, key=lambda B: (B not in (1, 8, 16), B)))}
     plan = sorted([("kernels", B, N) for B in args.canvases for N in args.steps],
                   key=lambda r: (r[2] != max(args.steps), key[r[1]]))
-    plan += [(v, B, min(args.steps)) for B in args.model_canvases for v in ("unfused", "model")]
+    plan += [(v, B, min(args.steps)) for B in args.model_canvases for v in ("unfused", "model", "sdpa")]
     if dev.type == "cuda":
         plan += [("graph", B, max(args.steps)) for B in args.model_canvases]
     warmed = set()

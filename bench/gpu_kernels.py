@@ -5,6 +5,7 @@ canvas_attention tile sweeps that pick the launchers' defaults on a card, and th
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import statistics
@@ -18,7 +19,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import kernels  # noqa: E402
 import model.moe  # noqa: E402
-from kernels.canvas_attention import canvas_attention_torch, canvas_attention_triton  # noqa: E402
+from kernels.canvas_attention import (  # noqa: E402
+    canvas_attention_sdpa,
+    canvas_attention_torch,
+    canvas_attention_triton,
+)
 from kernels.fused_moe import fused_moe_torch, fused_moe_triton  # noqa: E402
 from kernels.gelu_mul import gelu_mul_torch, gelu_mul_triton  # noqa: E402
 from kernels.logit_epilogue import logit_epilogue_torch, logit_epilogue_triton  # noqa: E402
@@ -85,12 +90,33 @@ def moe_tokens(dev, cfg, g, T):
     return x, idx, w, int(torch.unique(idx).numel()) * (3 * Im * H) * 2
 
 
-def sdpa_attention(q, kc, vc, vis, kn, vn):
-    """canvas_attention through F.scaled_dot_product_attention: [context ; canvas] keys, a boolean mask."""
+def sdpa_gqa_attention(q, kc, vc, vis, kn, vn):
+    """The enable_gqa form of SDPA with the boolean mask (session 8's timing): with a mask, CUDA's SDPA takes
+    GQA only in its math backend, so this row shows what that fallback costs, not a fused kernel."""
     B, C = q.shape[0], q.shape[2]
     mask = torch.cat([vis, vis.new_ones(B, C)], dim=1)[:, None, None, :]
     return torch.nn.functional.scaled_dot_product_attention(
         q, torch.cat([kc, kn], dim=2), torch.cat([vc, vn], dim=2), attn_mask=mask, scale=1.0, enable_gqa=True)
+
+
+def sdpa_rows(dev, args, ref):
+    """kernels.canvas_attention_sdpa (K/V heads repeated, boolean mask) under SDPA's default choice and pinned
+    to each backend (a backend that rejects the shape records its error), plus the enable_gqa form."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    row = {}
+    forms = [("sdpa", canvas_attention_sdpa, None), ("sdpa_gqa", sdpa_gqa_attention, None)]
+    pinned = (SDPBackend.EFFICIENT_ATTENTION, SDPBackend.CUDNN_ATTENTION, SDPBackend.FLASH_ATTENTION,
+              SDPBackend.MATH)
+    forms += [(f"sdpa_{b.name.lower()}", canvas_attention_sdpa, b) for b in pinned]
+    for name, fn, backend in forms:
+        try:
+            with sdpa_kernel(backend) if backend is not None else contextlib.nullcontext():
+                row[f"{name}_max_diff"] = (fn(*args).float() - ref).abs().max().item()
+                row[f"{name}_ms"] = ms(dev, fn, *args)
+        except Exception as e:  # noqa: BLE001 - a backend may reject the shape; record why
+            row[f"{name}_error"] = f"{type(e).__name__}: {e}"[:200]
+    return row
 
 
 def bench_kernels(dev, tiny, cfg):
@@ -123,14 +149,9 @@ def bench_kernels(dev, tiny, cfg):
             args = (q, kc, vc, vis, kn, vn)
             row = {"kernel": "canvas_attention", "shape": f"B={B} H={Hq} K={K} C={C} S={S} D={D}",
                    "torch_ms": ms(dev, canvas_attention_torch, *args)}
-            # PyTorch's SDPA with the boolean mask and GQA (its fused backends where they take the shape):
-            # a candidate for the shapes where the Triton kernel measured slower than the eager reference
-            try:
-                ref = canvas_attention_torch(*args).float()
-                row["sdpa_ms"] = ms(dev, sdpa_attention, *args)
-                row["sdpa_max_diff"] = (sdpa_attention(*args).float() - ref).abs().max().item()
-            except Exception as e:  # noqa: BLE001 - a backend may reject the shape
-                row["sdpa_error"] = f"{type(e).__name__}: {e}"[:200]
+            # PyTorch's SDPA, per backend: a candidate for the shapes where the Triton kernel measured slower
+            # than the eager reference
+            row |= sdpa_rows(dev, args, canvas_attention_torch(*args).float())
             if use_triton:
                 row["triton_ms"] = ms(dev, canvas_attention_triton, *args, reps=10)
                 fl = 4 * B * Hq * C * (S + C) * D

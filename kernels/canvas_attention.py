@@ -1,4 +1,5 @@
-"""Canvas attention (DiffusionGemma §4.3, decoder pass): torch reference, Triton kernel, launcher.
+"""Canvas attention (DiffusionGemma §4.3, decoder pass): torch reference, its PyTorch-SDPA form, Triton
+kernel, launcher.
 
 Canvas queries attend to the visible cached context keys plus every canvas key (bidirectional, no causal
 mask). The caller encodes left padding and sliding windows in ctx_visible_BS (a sliding decoder layer sees
@@ -46,6 +47,26 @@ def canvas_attention_torch(q_BHCD: torch.Tensor, k_ctx_BKSD: torch.Tensor, v_ctx
     scores = scores.masked_fill(~vis_BJ[:, None, None, :], MASK_FILL)
     p = torch.softmax(scores, dim=-1).to(v_BKJD.dtype)
     return (p @ v_BKJD).reshape(B, H, C, v_BKJD.shape[-1]).to(q_BHCD.dtype)
+
+
+def canvas_attention_sdpa(q_BHCD: torch.Tensor, k_ctx_BKSD: torch.Tensor, v_ctx_BKSD: torch.Tensor,
+                          ctx_visible_BS: torch.Tensor, k_can_BKCD: torch.Tensor, v_can_BKCD: torch.Tensor,
+                          scale: float = 1.0, *, ctx_rows_B: torch.Tensor | None = None) -> torch.Tensor:
+    """The same op through PyTorch's fused `scaled_dot_product_attention`: a GPU candidate for the shapes
+    where the Triton kernel measured slower (bench/gpu.py times it per SDPA backend); not dispatched yet.
+    K/V heads are repeated to the query heads instead of passing enable_gqa, because with a mask CUDA's SDPA
+    only takes GQA in its math backend (which materialises the scores like the eager form). Canvas keys are
+    always visible, so no row is fully masked and the -inf fill agrees with the reference's -1e30."""
+    if ctx_rows_B is not None:
+        k_ctx_BKSD = k_ctx_BKSD.index_select(0, ctx_rows_B)
+        v_ctx_BKSD = v_ctx_BKSD.index_select(0, ctx_rows_B)
+    B, H, C, _ = q_BHCD.shape
+    G = H // k_can_BKCD.shape[1]
+    k_BHJD = torch.cat([k_ctx_BKSD, k_can_BKCD], dim=2).repeat_interleave(G, dim=1)  # head h reads h // G
+    v_BHJD = torch.cat([v_ctx_BKSD, v_can_BKCD], dim=2).repeat_interleave(G, dim=1)
+    vis_B11J = torch.cat([ctx_visible_BS, ctx_visible_BS.new_ones(B, C)], dim=1)[:, None, None, :]
+    return torch.nn.functional.scaled_dot_product_attention(q_BHCD, k_BHJD, v_BHJD, attn_mask=vis_B11J,
+                                                            scale=scale)
 
 
 # ---- Triton kernel ----------------------------------------------------------------------------------------

@@ -6,7 +6,7 @@ import pytest
 import torch
 from kernel_checks import assert_close
 
-from kernels.canvas_attention import canvas_attention_torch, canvas_attention_triton
+from kernels.canvas_attention import canvas_attention_sdpa, canvas_attention_torch, canvas_attention_triton
 
 
 def _inputs(B, H, K, C, S, D, seed=0, dtype=torch.float32):
@@ -94,3 +94,37 @@ def test_context_rows_read_in_place():
     assert_close("attention ctx rows", got, want, 1e-5, 1e-5)
     with pytest.raises(ValueError, match="ctx_rows_B must be"):
         canvas_attention_triton(q, kc, vc, vis, kn, vn, ctx_rows_B=rows[:2])
+
+
+@pytest.mark.parametrize("B,H,K,C,S,D", [(2, 4, 2, 5, 9, 24), (1, 2, 1, 3, 0, 16), (2, 8, 2, 7, 19, 32)])
+def test_sdpa_form_matches_reference(B, H, K, C, S, D):
+    # padding, a fully masked context row (canvas keys still visible), G = 2 and 4, no context at all
+    args = _inputs(B, H, K, C, S, D, seed=B + S)
+    want = canvas_attention_torch(*args, scale=0.3)
+    assert_close("attn sdpa", canvas_attention_sdpa(*args, scale=0.3), want, 1e-5, 1e-5)
+
+
+def test_sdpa_form_context_rows_and_bf16():
+    g = torch.Generator().manual_seed(11)
+    B, H, K, C, S, D, slots = 3, 4, 2, 5, 9, 16, 5
+    mk = lambda *s: torch.randn(*s, generator=g).to(torch.bfloat16)  # noqa: E731
+    q, kn, vn = mk(B, H, C, D) * 0.25, mk(B, K, C, D), mk(B, K, C, D)
+    kc, vc = mk(slots, K, S, D), mk(slots, K, S, D)
+    vis = torch.rand(B, S, generator=g) > 0.3
+    rows = torch.tensor([4, 0, 2])
+    out = canvas_attention_sdpa(q, kc, vc, vis, kn, vn, ctx_rows_B=rows)
+    assert out.dtype == torch.bfloat16 and out.shape == (B, H, C, D)
+    ref = canvas_attention_torch(q.float(), kc.float(), vc.float(), vis, kn.float(), vn.float(),
+                                 ctx_rows_B=rows)
+    assert_close("attn sdpa bf16 rows", out, ref, 2e-2, 2e-2)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("K,D", [(8, 256), (2, 512)])
+def test_gpu_sdpa_form_real_shapes(cuda, K, D):
+    # whichever fused backend SDPA picks for the repeated-head, masked form at the model's shapes
+    args = [a.to(cuda) for a in _inputs(2, 16, K, 256, 1024, D, dtype=torch.bfloat16)]
+    args[0] = args[0] * D**-0.5
+    out = canvas_attention_sdpa(*args)
+    ref = canvas_attention_torch(*(a.float() if a.is_floating_point() else a for a in args))
+    assert_close(f"attn sdpa gpu D={D}", out, ref, 3e-2, 3e-2)
