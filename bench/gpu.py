@@ -11,7 +11,9 @@ Sections (each guarded: a failure is recorded in the JSON and the run goes on):
    router, gated GELU, logit epilogue, softmax, stream keys) forced to its torch reference: the A/B for
    launch and logit-pass fusion.
    Variant "sdpa" is "kernels" with every decoder attention through PyTorch's fused SDPA (K/V heads repeated,
-   boolean mask): the end-to-end A/B for the shapes where the Triton kernel measured slower.
+   boolean mask): the end-to-end A/B for the shapes where the Triton kernel measured slower. Variant
+   "grouped" is "kernels" with the routed experts through PyTorch's grouped GEMM (CUTLASS): the A/B for the
+   Triton MoE GEMMs.
    Variant "graph" is "kernels" with each canvas's decoder forward captured once in a CUDA graph and
    replayed for the remaining steps (capture time reported apart): how much of a step is launch overhead.
    On failure (a host sync or host->device copy inside the forward) the row records the error.
@@ -47,6 +49,7 @@ import kernels  # noqa: E402
 import model.moe  # noqa: E402
 import model.transformer  # noqa: E402
 from kernels.canvas_attention import canvas_attention_sdpa  # noqa: E402
+from kernels.fused_moe import fused_moe_grouped  # noqa: E402
 from model import DiffusionGemma, DiffusionGemmaConfig  # noqa: E402
 from model.config import PLACEHOLDER_VISION_CONFIG  # noqa: E402
 
@@ -120,10 +123,11 @@ UNFUSED_OPS = ("rms_norm", "norm_rope", "rms_norm_pair", "route", "gelu_mul", "l
 def variant(name):
     """"kernels": MoE and canvas attention through kernels/ dispatch; "model": model/ unchanged;
     "unfused": "kernels" with every small-op kernel (UNFUSED_OPS) forced to its torch reference;
-    "sdpa": "kernels" with every decoder attention through PyTorch's SDPA (canvas_attention_sdpa)."""
+    "sdpa": "kernels" with every decoder attention through PyTorch's SDPA (canvas_attention_sdpa);
+    "grouped": "kernels" with the routed experts through PyTorch's grouped GEMM (fused_moe_grouped)."""
     old = (model.moe.moe_forward, model.transformer.attend)
-    if name in ("kernels", "unfused", "graph", "sdpa"):
-        model.moe.moe_forward = kernels.fused_moe
+    if name in ("kernels", "unfused", "graph", "sdpa", "grouped"):
+        model.moe.moe_forward = fused_moe_grouped if name == "grouped" else kernels.fused_moe
         model.transformer.attend = _attend_adapter(
             old[1], canvas_attention_sdpa if name == "sdpa" else kernels.canvas_attention)
     try:
@@ -247,7 +251,8 @@ def sweep(m, cfg, dev, args, cal, results):
     key = {B: i for i, B in enumerate(sorted(args.canvases, key=lambda B: (B not in (1, 8, 16), B)))}
     plan = sorted([("kernels", B, N) for B in args.canvases for N in args.steps],
                   key=lambda r: (r[2] != max(args.steps), key[r[1]]))
-    plan += [(v, B, min(args.steps)) for B in args.model_canvases for v in ("unfused", "model", "sdpa")]
+    plan += [(v, B, min(args.steps)) for B in args.model_canvases
+             for v in ("unfused", "model", "sdpa", "grouped")]
     if dev.type == "cuda":
         plan += [("graph", B, max(args.steps)) for B in args.model_canvases]
     warmed = set()

@@ -1,5 +1,6 @@
 """Kernel microbenchmarks and tile sweeps at DiffusionGemma's real shapes, for bench/gpu.py (its sections 2
-and 4): each Triton kernel against its torch reference (and PyTorch's SDPA for attention), the fused_moe and
+and 4): each Triton kernel against its torch reference (and PyTorch's SDPA for attention, its grouped GEMM for
+the MoE), the fused_moe and
 canvas_attention tile sweeps that pick the launchers' defaults on a card, and the timing helpers both use.
 """
 
@@ -24,7 +25,7 @@ from kernels.canvas_attention import (  # noqa: E402
     canvas_attention_torch,
     canvas_attention_triton,
 )
-from kernels.fused_moe import fused_moe_torch, fused_moe_triton  # noqa: E402
+from kernels.fused_moe import fused_moe_grouped, fused_moe_torch, fused_moe_triton  # noqa: E402
 from kernels.gelu_mul import gelu_mul_torch, gelu_mul_triton  # noqa: E402
 from kernels.logit_epilogue import logit_epilogue_torch, logit_epilogue_triton  # noqa: E402
 from kernels.moe_align import align_tokens, align_tokens_triton  # noqa: E402
@@ -136,6 +137,13 @@ def bench_kernels(dev, tiny, cfg):
         if use_triton:
             row["triton_ms"] = ms(dev, fused_moe_triton, x, idx, w, gu, dn, reps=10)
             row["triton_weight_GBps"] = wbytes / row["triton_ms"] / 1e6
+        try:  # PyTorch's grouped GEMM (CUTLASS on the GPU): the candidate beside our Triton GEMMs
+            ref = fused_moe_torch(x, idx, w, gu, dn).float()
+            row["grouped_max_diff"] = (fused_moe_grouped(x, idx, w, gu, dn).float() - ref).abs().max().item()
+            row["grouped_ms"] = ms(dev, fused_moe_grouped, x, idx, w, gu, dn, reps=10)
+            row["grouped_weight_GBps"] = wbytes / row["grouped_ms"] / 1e6
+        except Exception as e:  # noqa: BLE001 - e.g. a torch without grouped_mm on this card
+            row["grouped_error"] = f"{type(e).__name__}: {e}"[:200]
         out.append(row)
     gu = dn = None
     for i in sorted({t.layer_types.index(lt) for lt in set(t.layer_types)}):

@@ -1,4 +1,5 @@
-"""Routed-expert MLP (DiffusionGemma §4.4): torch reference, Triton grouped GEMMs, launcher.
+"""Routed-expert MLP (DiffusionGemma §4.4): torch reference, a PyTorch grouped-GEMM form, Triton grouped
+GEMMs, launcher.
 
 y_TH = sum over j in top-k order of w_Tk[:, j] * down[e_j](gelu_tanh(gate[e_j] x) * up[e_j] x), with each
 expert output in x's dtype, weighted and summed in fp32, cast once (HF's grouped_mm precision).
@@ -26,8 +27,9 @@ import math
 
 import torch
 
-from kernels._triton_compat import interpret_mode, runnable, tl, triton
+from kernels._triton_compat import HAS_TRITON, interpret_mode, runnable, tl, triton
 from kernels._triton_math import tanh_f32
+from kernels.gelu_mul import gelu_mul_triton
 from kernels.moe_align import align_tokens_triton
 
 
@@ -54,11 +56,58 @@ def fused_moe_torch(x_TH: torch.Tensor, topk_idx_Tk: torch.Tensor, topk_w_Tk: to
         start += n
         gu = x_TH[a // k] @ gate_up_EFH[e].t()
         y_AH = y_AH.index_put((a,), (gelu_tanh(gu[:, :I]) * gu[:, I:]) @ down_EHI[e].t())
-    y_TkH = y_AH.view(T, k, H)
-    acc = torch.zeros(T, H, dtype=torch.float32, device=x_TH.device)
-    for j in range(k):  # fp32 weighted sum in top-k order, as the reference's grouped_mm path
+    return combine_torch(y_AH, topk_w_Tk).to(x_TH.dtype)
+
+
+def combine_torch(y_AH: torch.Tensor, topk_w_Tk: torch.Tensor) -> torch.Tensor:
+    """fp32 sum over j of w[t, j] * y_AH[t*k + j], in top-k order (the reference's grouped_mm path)."""
+    T, k = topk_w_Tk.shape
+    y_TkH = y_AH.view(T, k, -1)
+    acc = torch.zeros(T, y_AH.shape[1], dtype=torch.float32, device=y_AH.device)
+    for j in range(k):
         acc = acc + topk_w_Tk[:, j, None].float() * y_TkH[:, j].float()
-    return acc.to(x_TH.dtype)
+    return acc
+
+
+# ---- the same op through PyTorch's grouped GEMM: a GPU candidate, measured beside the Triton GEMMs ---------
+def _grouped_mm(a_MK: torch.Tensor, b_EKN: torch.Tensor, offs_E: torch.Tensor) -> torch.Tensor:
+    gmm = getattr(torch.nn.functional, "grouped_mm", None) or getattr(torch, "_grouped_mm", None)
+    if gmm is None:
+        raise RuntimeError(f"fused_moe_grouped: torch {torch.__version__} has no grouped GEMM "
+                           "(torch.nn.functional.grouped_mm or torch._grouped_mm)")
+    return gmm(a_MK, b_EKN, offs=offs_E)
+
+
+def fused_moe_grouped(x_TH: torch.Tensor, topk_idx_Tk: torch.Tensor, topk_w_Tk: torch.Tensor,
+                      gate_up_EFH: torch.Tensor, down_EHI: torch.Tensor) -> torch.Tensor:
+    """Same contract through `grouped_mm` (CUTLASS grouped GEMMs on sm80+ GPUs; a loop over experts on the
+    CPU): assignments sorted by expert with no padding and no host read (sort + searchsorted give the group
+    ends), one grouped call per projection, each expert output in x's dtype, then the fp32 top-k combine.
+    On CUDA the gated GELU (kernels/gelu_mul.py) and the combine run as Triton kernels. Not dispatched yet:
+    bench/gpu.py measures it against the Triton GEMMs (CUTLASS's tuned kernels against our untuned tiles)."""
+    check_moe_args(x_TH, topk_idx_Tk, topk_w_Tk, gate_up_EFH, down_EHI)
+    T, H = x_TH.shape
+    k = topk_idx_Tk.shape[1]
+    E, _, I = down_EHI.shape  # noqa: E741
+    if T == 0:
+        return torch.empty_like(x_TH)
+    e_sorted_A, order_A = torch.sort(topk_idx_Tk.reshape(-1), stable=True)
+    experts_E = torch.arange(E, device=x_TH.device, dtype=e_sorted_A.dtype)
+    offs_E = torch.searchsorted(e_sorted_A, experts_E, right=True).to(torch.int32)  # end of each group
+    x_AH = x_TH.index_select(0, order_A // k)  # rows grouped by expert, token order within a group
+    gu_AF = _grouped_mm(x_AH, gate_up_EFH.transpose(1, 2), offs_E)
+    fused = x_TH.is_cuda and HAS_TRITON
+    g_AI, u_AI = gu_AF[:, :I], gu_AF[:, I:]
+    h_AI = gelu_mul_triton(g_AI, u_AI) if fused else gelu_tanh(g_AI) * u_AI
+    y_sorted_AH = _grouped_mm(h_AI, down_EHI.transpose(1, 2), offs_E)
+    y_AH = torch.empty_like(y_sorted_AH).index_copy_(0, order_A, y_sorted_AH)  # back to assignment order
+    if not fused:
+        return combine_torch(y_AH, topk_w_Tk).to(x_TH.dtype)
+    out = torch.empty_like(x_TH)
+    bh = min(1024, 1 << max(4, (H - 1).bit_length()))
+    runnable(_combine_kernel)[(T, triton.cdiv(H, bh))](y_AH, topk_w_Tk.float().contiguous(), out, H, TOPK=k,
+                                                       BH=bh)
+    return out
 
 
 # ---- Triton kernels ----------------------------------------------------------------------------------------

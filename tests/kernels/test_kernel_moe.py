@@ -8,7 +8,7 @@ import pytest
 import torch
 from kernel_checks import assert_close
 
-from kernels.fused_moe import fused_moe_torch, fused_moe_triton
+from kernels.fused_moe import fused_moe_grouped, fused_moe_torch, fused_moe_triton
 from kernels.moe_align import align_tokens, align_tokens_triton
 
 
@@ -126,3 +126,35 @@ def test_gpu_align_real_shapes(cuda, T, block_m):
     idx = torch.stack([torch.randperm(128, generator=g)[:8] for _ in range(T)]).to(cuda)
     for a, b in zip(align_tokens(idx, 128, block_m), align_tokens_triton(idx, 128, block_m)):
         assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("T,E,k,skew", [(1, 5, 2, False), (37, 6, 2, False), (64, 7, 3, True),
+                                        (300, 128, 8, False)])
+def test_grouped_form_matches_reference_fp32(T, E, k, skew):
+    # the grouped-GEMM form: idle experts (empty groups), a single token, one expert holding most rows
+    x, idx, w, gu, dn = _inputs(T, 48, E, k, 24, seed=T)
+    if skew:
+        idx[:, 0] = 2
+    out = fused_moe_grouped(x, idx, w, gu, dn)
+    assert_close(f"moe grouped T={T}", out, fused_moe_torch(x, idx, w, gu, dn), 1e-5, 1e-5)
+
+
+def test_grouped_form_bf16_and_empty():
+    x, idx, w, gu, dn = _inputs(20, 48, 4, 2, 16, seed=5, dtype=torch.bfloat16)
+    out = fused_moe_grouped(x, idx, w, gu, dn)
+    assert out.dtype == torch.bfloat16
+    # same roundings as the reference (gate/up and each expert output in bf16): equal up to the GEMMs' own
+    # accumulation order
+    assert_close("moe grouped bf16", out, fused_moe_torch(x, idx, w, gu, dn), 2e-2, 2e-2)
+    assert fused_moe_grouped(x[:0], idx[:0], w[:0], gu, dn).shape == (0, 48)
+    with pytest.raises(ValueError, match="do not fit hidden"):
+        fused_moe_grouped(x, idx, w, gu[:, :, :40], dn)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("T", [1, 256, 2048])
+def test_gpu_grouped_form_real_shapes(cuda, T):
+    x, idx, w, gu, dn = (t.to(cuda) for t in _inputs(T, 2816, 128, 8, 704, dtype=torch.bfloat16))
+    out = fused_moe_grouped(x, idx, w, gu, dn)
+    ref = fused_moe_torch(x.float(), idx, w, gu.float(), dn.float())
+    assert_close(f"moe grouped gpu T={T}", out, ref, 3e-2, 3e-2)
