@@ -450,6 +450,10 @@ def print_table(results):
         if "pct_of_copy_bw" in r:
             tri += f" weights {r['triton_weight_GBps']:.0f} GB/s = {r['pct_of_copy_bw']:.0f}% of copy bw"
         print(f"  {r['kernel']:17s} {r['shape']:40s} torch {r['torch_ms']:.3f} ms  {tri}")
+        alts = [f"{name[:-3]} {r[name]:.3f}" for name in sorted(r) if name.endswith("_ms") and
+                (name.startswith("sdpa") or name.startswith("grouped"))]
+        if alts:  # the PyTorch candidates (SDPA per backend, the grouped GEMM), ms
+            print(f"  {'':17s} {'':40s} " + ", ".join(alts))
     tiles = [r for r in results.get("moe_tiles", []) if "weight_GBps" in r]
     for T in sorted({r["T"] for r in tiles}):
         best = max((r for r in tiles if r["T"] == T), key=lambda r: r["weight_GBps"])
