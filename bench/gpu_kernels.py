@@ -187,10 +187,14 @@ def bench_kernels(dev, tiny, cfg):
 # (block_m, block_n, block_k, num_warps, num_stages) around the default (None, 64, 64, 4, None); None: the
 # launcher's choice. block_m: at one canvas the default is 16 rows for about 16 rows per expert, so an expert
 # with more rows owns two blocks that each read its weights; 32 trades MMA work for one read. At 8 canvases
-# (about 128 rows per expert) the MoE measured 1.4 ms a layer, 5x its compute bound and 42 ms over 30 layers:
-# bigger tiles and more warps (wgmma-sized blocks of 128 rows) are the candidates there.
+# (about 128 rows per expert) the MoE measured 1.4 ms a layer against a bound of 0.51 ms (every expert's
+# 1.52 GB at 3 TB/s; its 195 GFLOP take 0.25 ms): the same 34-37% of copy bandwidth as at one canvas, so both
+# sizes want more bytes in flight per program. The first two are the shapes public H100 tunings of grouped
+# MoE GEMMs of this size pick (one [M, 2N] gate+up tile there is our two [M, N] tiles): 32 x 2*128 x 128 with
+# 8 warps near 256 tokens, 128 x 2*128 x 64 with 8 warps and 4 stages near 2048.
 # Most promising first: the section stops at its time budget.
 MOE_TILES = [
+    (32, 128, 128, 8, 3), (128, 128, 64, 8, 4),
     (None, 64, 64, 4, None), (32, 64, 128, 4, 3), (None, 128, 128, 8, 3), (128, 128, 64, 8, 3),
     (None, 64, 128, 4, 3), (32, 128, 128, 4, 3), (128, 64, 128, 8, 3), (None, 64, 256, 4, 3),
     (None, 128, 64, 4, 3), (None, 128, 128, 4, 3), (32, 64, 256, 4, 3), (None, 64, 128, 4, 4),
