@@ -24,6 +24,7 @@ Sections (each guarded: a failure is recorded in the JSON and the run goes on):
    (confidence_threshold=None) at the same settings, for the ratio.
 
 Usage: python bench/gpu.py [--tiny] [--out results.json]   (--tiny: CPU, tiny config, torch backend, seconds)
+       python bench/gpu.py --layers 12 --ratio-only          (the ratio to transformers on 12 layers only)
 JSON goes to --out, else $OUT/bench_gpu.json when $OUT is set.
 """
 
@@ -241,23 +242,32 @@ def roofline_s(m, cfg, B, ctx, bw, peak):
     return max(nbytes / bw, flops / peak)
 
 
+AB_VARIANTS = ("kernels", "sdpa", "grouped", "graph", "unfused", "model")
+
+
+def sweep_plan(args, dev) -> list[tuple[str, int, int]]:
+    """(variant, canvases, steps) rows, most telling first, so a run that reaches its time budget drops the
+    in-between rows rather than the ones decisions rest on: the headline sizes (1, 8, 16 canvases) at the
+    longest step count; then every A/B variant at 8 canvases, then at 1 (at the shortest step count, beside
+    "kernels" at the same count); then the other sizes. --ratio-only: just the reference's settings."""
+    if args.ratio_only:
+        return [("kernels", B, N) for B, N in args.hf_plan]
+    plan = [("kernels", B, max(args.steps)) for B in (1, 8, 16) if B in args.canvases]
+    ab = [v for v in AB_VARIANTS if v != "graph" or dev.type == "cuda"]  # CUDA graphs need a GPU
+    plan += [(v, B, min(args.steps)) for B in sorted(args.model_canvases, reverse=True) for v in ab]
+    plan += [("kernels", B, N) for N in sorted(args.steps, reverse=True) for B in args.canvases]
+    return list(dict.fromkeys(plan))  # each row once, first place kept
+
+
 def sweep(m, cfg, dev, args, cal, results):
     C = cfg.canvas_length
     # Roofline against the ceilings measured in this run (METHOD: datasheet rates are only leads).
     nom = {"bw": cal["copy_bw_GBps"] * 1e9, "flops": cal["bf16_gemm_TFLOPs"] * 1e12}
     rows = results["sweep"] = []
-    # Most telling rows first (1, 8, 16 canvases at the longest step count), so a run that reaches its time
-    # budget drops the in-between rows rather than the headline ones.
-    key = {B: i for i, B in enumerate(sorted(args.canvases, key=lambda B: (B not in (1, 8, 16), B)))}
-    plan = sorted([("kernels", B, N) for B in args.canvases for N in args.steps],
-                  key=lambda r: (r[2] != max(args.steps), key[r[1]]))
-    plan += [(v, B, min(args.steps)) for B in args.model_canvases
-             for v in ("unfused", "model", "sdpa", "grouped")]
-    if dev.type == "cuda":
-        plan += [("graph", B, max(args.steps)) for B in args.model_canvases]
+    plan = sweep_plan(args, dev)
     warmed = set()
     for name, B, N in plan:
-        if time.perf_counter() - args.t_start > 0.55 * args.budget_s:
+        if time.perf_counter() - args.t_start > args.sweep_until * args.budget_s:
             rows.append({"variant": name, "canvases": B, "steps": N, "error": "skipped: time budget"})
             continue
         try:
@@ -348,7 +358,11 @@ def main(argv=None) -> int:
                    help="keep only the first N decoder layers (both implementations), e.g. to fit the "
                         "reference's construction peak on an 80 GB card")
     p.add_argument("--budget-s", type=float, default=450.0,
-                   help="wall budget: sweep rows start before 55%% of it, reference runs before 85%%")
+                   help="wall budget: sweep rows start before 55%% of it (85%% with --skip-hf), reference "
+                        "runs before 85%%")
+    p.add_argument("--ratio-only", action="store_true",
+                   help="only what the ratio to transformers needs: calibration, our sweep rows at the "
+                        "reference's settings, the reference (the kernel sections already ran at full size)")
     a = p.parse_args(argv)
     torch.set_num_threads(1 if a.tiny else torch.get_num_threads())
     dev = torch.device("cpu" if a.tiny or not torch.cuda.is_available() else "cuda")
@@ -365,7 +379,10 @@ def main(argv=None) -> int:
     a.ctx = 24 if a.tiny else 1024
     a.canvases, a.steps = ([1, 2], [2, 3]) if a.tiny else ([1, 2, 4, 8, 16], [8, 16])
     a.model_canvases = [1] if a.tiny else [1, 8]
-    hf_plan = [(1, 3)] if a.tiny else [(1, 16), (8, 16), (4, 16)]
+    hf_plan = a.hf_plan = [(1, 3)] if a.tiny else [(1, 16), (8, 16), (4, 16)]
+    a.sweep_until = 0.85 if a.skip_hf else 0.55  # the reference needs the rest when it runs
+    if a.ratio_only and a.skip_hf:
+        p.error("--ratio-only measures the ratio to transformers; it cannot skip the reference")
     with kernels.use_backend("torch" if a.tiny else kernels.get_backend()):
         return _run(a, dev, cfg, dtype, hf_plan)
 
@@ -387,14 +404,15 @@ def _run(a, dev, cfg, dtype, hf_plan) -> int:
         cal = results["calibrate"] = calibrate(dev, a.tiny)
         print("calibrate", cal, flush=True)
     dump()
-    with guarded(results, "kernels"):
-        results["kernels"] = bench_kernels(dev, a.tiny, cfg)
-        for r in results["kernels"]:
-            if "triton_weight_GBps" in r:  # the MoE target: share of the copy bandwidth measured above
-                r["pct_of_copy_bw"] = 100 * r["triton_weight_GBps"] / cal["copy_bw_GBps"]
-            print(json.dumps(r), flush=True)
-    dump()
-    if dev.type == "cuda":
+    if not a.ratio_only:
+        with guarded(results, "kernels"):
+            results["kernels"] = bench_kernels(dev, a.tiny, cfg)
+            for r in results["kernels"]:
+                if "triton_weight_GBps" in r:  # the MoE target: share of the copy bandwidth measured above
+                    r["pct_of_copy_bw"] = 100 * r["triton_weight_GBps"] / cal["copy_bw_GBps"]
+                print(json.dumps(r), flush=True)
+        dump()
+    if dev.type == "cuda" and not a.ratio_only:
         with guarded(results, "moe_tiles"):
             results["moe_tiles"] = moe_tiles(dev, cfg, t_start + 0.25 * a.budget_s)
             for r in results["moe_tiles"]:
@@ -410,7 +428,8 @@ def _run(a, dev, cfg, dtype, hf_plan) -> int:
         sweep(m, cfg, dev, a, cal, results)
     dump()
     with guarded(results, "profile"):
-        if m is not None and not a.tiny:  # the profiler's start-up alone is seconds on CPU
+        # (the profiler's start-up alone is seconds on CPU)
+        if m is not None and not a.tiny and not a.ratio_only:
             profile_forward(m, cfg, dev, a, results)
     dump()
     if m is not None:  # free the weights even if a failed section's traceback still references the module

@@ -4,16 +4,24 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import types
 from pathlib import Path
+
+import torch
 
 import kernels
 
 
-def test_bench_gpu_tiny_dry_run(tmp_path):
+def _bench():
     path = Path(__file__).resolve().parents[2] / "bench" / "gpu.py"
     spec = importlib.util.spec_from_file_location("bench_gpu", path)
     bench = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bench)
+    return bench
+
+
+def test_bench_gpu_tiny_dry_run(tmp_path):
+    bench = _bench()
     out = tmp_path / "r.json"
     rc = bench.main(["--tiny", "--skip-hf", "--out", str(out)])
     r = json.loads(out.read_text())
@@ -35,3 +43,28 @@ def test_bench_gpu_tiny_dry_run(tmp_path):
     assert moe and all(k["grouped_ms"] > 0 and k["grouped_max_diff"] < 1e-2 for k in moe)
     # the dry run's torch overrides (global and the "unfused" per-op one) did not leak
     assert kernels.get_backend() == "auto" and kernels._op_backend == {}
+
+
+def test_sweep_plan_puts_decisions_first():
+    # a GPU run that reaches its time budget must keep the headline sizes and the A/B rows at 8 canvases
+    bench = _bench()
+    args = types.SimpleNamespace(ratio_only=False, canvases=[1, 2, 4, 8, 16], steps=[8, 16],
+                                 model_canvases=[1, 8], hf_plan=[(1, 16), (8, 16)])
+    plan = bench.sweep_plan(args, torch.device("cuda"))
+    assert plan[:3] == [("kernels", 1, 16), ("kernels", 8, 16), ("kernels", 16, 16)]
+    assert plan[3:9] == [(v, 8, 8) for v in bench.AB_VARIANTS]
+    assert plan[9:15] == [(v, 1, 8) for v in bench.AB_VARIANTS]
+    # then the 5 "kernels" rows not yet run (2 and 4 canvases at 16 steps; 2, 4 and 16 at 8)
+    assert plan[15:] == [("kernels", B, 16) for B in (2, 4)] + [("kernels", B, 8) for B in (2, 4, 16)]
+    assert ("graph", 8, 8) not in bench.sweep_plan(args, torch.device("cpu"))
+    args.ratio_only = True
+    assert bench.sweep_plan(args, torch.device("cuda")) == [("kernels", 1, 16), ("kernels", 8, 16)]
+
+
+def test_bench_gpu_ratio_only_dry_run(tmp_path):
+    out = tmp_path / "r.json"
+    assert _bench().main(["--tiny", "--ratio-only", "--out", str(out)]) == 0
+    r = json.loads(out.read_text())
+    assert "kernels" not in r and "profile" not in r
+    assert [(x["variant"], x["canvases"], x["steps"]) for x in r["sweep"]] == [("kernels", 1, 3)]
+    assert r["reference"][0]["ours_over_reference_e2e"] > 0
