@@ -163,6 +163,18 @@ class JobSpec(_Section):
     resources: ResourcesSpec = Field(default_factory=ResourcesSpec)
     storage: StorageSpec = Field(default_factory=StorageSpec)
 
+    @field_validator("model", "output", mode="before")
+    @classmethod
+    def _path_shorthand(cls, value: Any) -> Any:
+        # `model: /models/x` and `output: s3://bucket/run` mean {path: ...}, as a model name or an output URL
+        # is written everywhere else (vLLM, transformers, Ray Data)
+        if isinstance(value, str):
+            return {"path": value}
+        if value is not None and not isinstance(value, (dict, BaseModel)):
+            raise ValueError(f"expected a path (string) or a mapping like {{path: ...}}, got "
+                             f"{type(value).__name__} {value!r}")
+        return value
+
     @model_validator(mode="after")
     def _columns_disjoint(self) -> JobSpec:
         from pipeline.outputs import RESERVED_COLUMNS

@@ -54,6 +54,20 @@ def test_spec_structured_output_exactly_one_source():
         JobSpec.parse(spec("in", "out", structured_output={"choice": ["y"], "steering": "fast"}))
 
 
+def test_spec_model_and_output_take_a_path_string(tmp_path):
+    # `model: PATH` and `output: URL` are shorthand for {path: ...}; the long form still works
+    p = tmp_path / "job.yaml"
+    p.write_text("model: /models/dg\ninput: {path: x, prompt_column: p}\noutput: s3://bucket/run\n")
+    short = JobSpec.load(p)
+    assert short.model.path == "/models/dg" and short.model.dtype == "float32"
+    assert short.output.path == "s3://bucket/run" and short.output.passthrough_columns == []
+    long = {"model": {"path": "/models/dg"}, "input": {"path": "x", "prompt_column": "p"},
+            "output": {"path": "s3://bucket/run"}}
+    assert short == JobSpec.parse(long)
+    with pytest.raises(SpecError, match=r"output: .*expected a path \(string\) or a mapping"):
+        JobSpec.parse({"input": {"path": "x", "prompt_column": "p"}, "output": 3})
+
+
 def test_spec_loads_yaml_and_reports_file(tmp_path):
     p = tmp_path / "job.yaml"
     p.write_text("input: {path: x, prompt_column: p}\noutput: {path: o}\ngeneration: {max_new_tokens: 0}\n")
