@@ -49,8 +49,6 @@ from gpu_kernels import attention_tiles, bench_kernels, moe_tiles, ms, sync  # n
 import kernels  # noqa: E402
 import model.moe  # noqa: E402
 import model.transformer  # noqa: E402
-from kernels.canvas_attention import canvas_attention_sdpa  # noqa: E402
-from kernels.fused_moe import fused_moe_grouped  # noqa: E402
 from model import DiffusionGemma, DiffusionGemmaConfig  # noqa: E402
 from model.config import PLACEHOLDER_VISION_CONFIG  # noqa: E402
 
@@ -103,13 +101,14 @@ def build_model(cfg, dev, dtype):
     return m.eval()
 
 
-def _attend_adapter(torch_attend, canvas_attention=kernels.canvas_attention):
-    """model/transformer.attend(q, [ctx;canvas] k, v, mask) -> canvas_attention for decoder masks."""
+def _attend_adapter(torch_attend):
+    """model/transformer.attend(q, [ctx;canvas] k, v, mask) -> kernels.canvas_attention for decoder masks."""
     def attend(q, k, v, mask):
         if mask.dim() == 3 and mask.shape[1] == 1 and mask.dtype == torch.bool:
             C = q.shape[2]
             S = k.shape[2] - C
-            return canvas_attention(q, k[:, :, :S], v[:, :, :S], mask[:, 0, :S], k[:, :, S:], v[:, :, S:])
+            return kernels.canvas_attention(q, k[:, :, :S], v[:, :, :S], mask[:, 0, :S], k[:, :, S:],
+                                            v[:, :, S:])
         return torch_attend(q, k, v, mask)
     return attend
 
@@ -120,6 +119,12 @@ UNFUSED_OPS = ("rms_norm", "norm_rope", "rms_norm_pair", "route", "gelu_mul", "l
                "derive_keys")
 
 
+# per-op backend overrides of the A/B variants (kernels/__init__.py): the fused small ops forced to torch, and
+# PyTorch's fused alternatives for attention and the experts, each run by the engine's own dispatch
+OVERRIDES = {"unfused": ("torch", UNFUSED_OPS), "sdpa": ("sdpa", ("canvas_attention",)),
+             "grouped": ("grouped", ("fused_moe",))}
+
+
 @contextlib.contextmanager
 def variant(name):
     """"kernels": MoE and canvas attention through kernels/ dispatch; "model": model/ unchanged;
@@ -127,13 +132,11 @@ def variant(name):
     "sdpa": "kernels" with every decoder attention through PyTorch's SDPA (canvas_attention_sdpa);
     "grouped": "kernels" with the routed experts through PyTorch's grouped GEMM (fused_moe_grouped)."""
     old = (model.moe.moe_forward, model.transformer.attend)
-    if name in ("kernels", "unfused", "graph", "sdpa", "grouped"):
-        model.moe.moe_forward = fused_moe_grouped if name == "grouped" else kernels.fused_moe
-        model.transformer.attend = _attend_adapter(
-            old[1], canvas_attention_sdpa if name == "sdpa" else kernels.canvas_attention)
+    if name != "model":
+        model.moe.moe_forward = kernels.fused_moe
+        model.transformer.attend = _attend_adapter(old[1])
     try:
-        with kernels.use_backend("torch", ops=UNFUSED_OPS) if name == "unfused" \
-                else contextlib.nullcontext():
+        with kernels.use_backend(*OVERRIDES[name]) if name in OVERRIDES else contextlib.nullcontext():
             yield
     finally:
         model.moe.moe_forward, model.transformer.attend = old

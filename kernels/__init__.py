@@ -23,6 +23,9 @@ dim, T flat tokens, E experts, k top-k, F = 2*Im gate+up rows, I = Im expert wid
 - `softmax(x, out_dtype) -> p`: row softmax over the last dim in fp32, written in out_dtype (the
       self-conditioning input); see kernels/softmax.py.
 
+Alternatives: canvas_attention also runs as PyTorch's fused SDPA ("sdpa") and fused_moe as PyTorch's grouped
+GEMM ("grouped"), chosen only by a per-op override, e.g. `use_backend("sdpa", ops=("canvas_attention",))`.
+
 Backend rule ("auto", the default): Triton only for CUDA tensors, when triton imports, no input needs a
 gradient (the kernels have no backward), the shape is not one where Triton measured slower on a GPU
 (`measured_slower`), and the op's one-time self-check on that device (a small
@@ -68,6 +71,14 @@ if _backend not in _CHOICES:
 _op_backend: dict[str, str] = {}  # per-op overrides, consulted before the global choice
 _selfcheck: dict[tuple[str, str], bool] = {}  # (op, device) -> passed; resolved once per process
 
+# Other implementations of an op, reachable by a per-op override (`set_backend("sdpa", ops=(
+# "canvas_attention",))`): PyTorch's fused kernels, measured beside ours by bench/gpu.py. "auto" never picks
+# them until a GPU measurement says where they win (`measured_choice`).
+_ALTERNATIVES = {
+    "canvas_attention": {"sdpa": _attn.canvas_attention_sdpa},
+    "fused_moe": {"grouped": _moe.fused_moe_grouped},
+}
+
 _OPS = {
     "fused_sample": (_sampler.fused_sample_torch, _sampler.fused_sample_triton, _sampler),
     "derive_keys": (_sampler.derive_keys_torch, _sampler.derive_keys_triton,
@@ -86,16 +97,21 @@ _OPS = {
 
 
 def set_backend(name: str, ops: tuple[str, ...] | None = None) -> None:
-    """Force every op (or just `ops`) to "torch" or "triton", or restore "auto"."""
+    """Force every op (or just `ops`) to "torch" or "triton", or restore "auto"; a per-op override may also
+    name one of that op's alternatives (`_ALTERNATIVES`: "sdpa" for canvas_attention, "grouped" for
+    fused_moe)."""
     global _backend
-    if name not in _CHOICES:
-        raise ValueError(f"backend must be one of {_CHOICES}, got {name!r}")
     if ops is None:
+        if name not in _CHOICES:
+            raise ValueError(f"backend must be one of {_CHOICES}, got {name!r}")
         _backend = name
         return
     for op in ops:
         if op not in _OPS:
             raise ValueError(f"unknown kernel op {op!r}; expected one of {sorted(_OPS)}")
+        allowed = _CHOICES + tuple(_ALTERNATIVES.get(op, ()))
+        if name not in allowed:
+            raise ValueError(f"backend for {op} must be one of {allowed}, got {name!r}")
         if name == "auto":
             _op_backend.pop(op, None)
         else:
@@ -131,7 +147,8 @@ def measured_slower(op: str, first: torch.Tensor) -> bool:
 
 
 def backend_for(op: str, *tensors: torch.Tensor | None) -> str:
-    """Which implementation `op` uses for these inputs: "torch" or "triton"."""
+    """Which implementation `op` uses for these inputs: "torch", "triton", or an alternative's name when a
+    per-op override chose one."""
     if op in _op_backend:
         return _op_backend[op]
     if _backend != "auto":
@@ -154,7 +171,8 @@ def backend_for(op: str, *tensors: torch.Tensor | None) -> str:
 
 def _impl(op: str, *tensors):
     ref, tri, _ = _OPS[op]
-    return tri if backend_for(op, *tensors) == "triton" else ref
+    name = backend_for(op, *tensors)
+    return tri if name == "triton" else ref if name == "torch" else _ALTERNATIVES[op][name]
 
 
 def fused_sample(logits_NV: torch.Tensor, inv_temp_N: torch.Tensor, key_N: torch.Tensor,

@@ -29,8 +29,9 @@ def moe_forward(
     Pairs (token, slot) are sorted by expert and each expert with tokens runs one batched matmul, so the
     Python loop is over active experts only. Differentiable (no in-place writes on autograd tensors).
     """
-    if kernels.backend_for("fused_moe", x_TH, topk_w_Tk, gate_up_EFH, down_EHI) == "triton":
-        # The one dispatch switch (kernels/__init__.py): Triton on CUDA once its self-check passed.
+    if kernels.backend_for("fused_moe", x_TH, topk_w_Tk, gate_up_EFH, down_EHI) != "torch":
+        # The one dispatch switch (kernels/__init__.py): Triton on CUDA once its self-check passed, or an
+        # alternative a per-op override chose (PyTorch's grouped GEMM).
         return kernels.fused_moe(x_TH, topk_idx_Tk, topk_w_Tk, gate_up_EFH, down_EHI)
     T, H = x_TH.shape
     k = topk_idx_Tk.shape[1]

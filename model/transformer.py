@@ -269,10 +269,10 @@ class DiffusionGemma(nn.Module):
 
             def attend_dec(q, k, v, i=i, lo=lo, hi=hi, lt=lt):
                 kc, vc = cache.k[i][:, :, lo:hi], cache.v[i][:, :, lo:hi]  # views over every cache slot
-                fused = kernels.backend_for("canvas_attention", q, kc, vc, k, v) == "triton"
+                fused = kernels.backend_for("canvas_attention", q, kc, vc, k, v) != "torch"
                 if fused and kc.dtype == k.dtype:
                     # The fused kernel reads the rows' context and the canvas K/V in place: no gathered copy
-                    # of the selected slots, no concatenation.
+                    # of the selected slots, no concatenation (an alternative such as SDPA does its own).
                     vis = masks[lt][:, 0, : hi - lo]
                     return kernels.canvas_attention(q, kc, vc, vis, k, v, ctx_rows_B=sel)
                 ck = self._ctx(cache.k[i], sel, lo, hi).to(k.dtype)

@@ -65,3 +65,26 @@ def test_every_kernel_forced_rows_match_solo_and_the_torch_path(stop_pair, monke
     with kernels.use_backend("triton"):
         got = ours.decode(canvas, cache, **kw)
     assert (got - want).abs().max() < 1e-4
+
+
+def test_alternative_backends_reach_the_decoder_and_match_the_torch_path(stop_pair, monkeypatch):
+    """Per-op overrides to PyTorch's SDPA (canvas attention, reading cache slots 1, 0 of 2 via ctx_rows_B) and
+    grouped GEMM (the routed experts) run inside the real decoder and give the torch path's logits (fp32)."""
+    _, ours = stop_pair
+    calls = []
+    for op, name in (("canvas_attention", "sdpa"), ("fused_moe", "grouped")):
+        real = kernels._ALTERNATIVES[op][name]
+        spy = lambda *a, _real=real, _op=op, **k: calls.append(_op) or _real(*a, **k)  # noqa: E731
+        monkeypatch.setitem(kernels._ALTERNATIVES, op, {name: spy})
+    C = ours.config.canvas_length
+    cache = ours.new_cache(2, 16 + C)
+    ours.encode(torch.arange(3, 19).view(2, 8), cache, positions_BT=torch.arange(8).expand(2, 8))
+    canvas = torch.arange(20, 20 + 2 * C).view(2, C)
+    kw = dict(positions_BC=torch.arange(8, 8 + C).expand(2, C), rows_B=torch.tensor([1, 0]))
+    want = ours.decode(canvas, cache, **kw)
+    with (kernels.use_backend("sdpa", ops=("canvas_attention",)),
+          kernels.use_backend("grouped", ops=("fused_moe",))):
+        got = ours.decode(canvas, cache, **kw)
+    layers = ours.config.text.num_hidden_layers
+    assert calls.count("canvas_attention") == layers and calls.count("fused_moe") == layers
+    assert (got - want).abs().max() < 1e-5

@@ -98,3 +98,20 @@ def test_per_op_override_leaves_other_ops_alone(monkeypatch):
     assert kernels.backend_for("rms_norm", x) == "triton" and kernels._op_backend == {}
     with pytest.raises(ValueError, match="unknown kernel op"):
         kernels.set_backend("torch", ops=("rmsnorm",))
+
+
+def test_alternatives_only_per_op_and_only_their_own(monkeypatch):
+    x = _FakeCuda(8, 16, 256, 256)
+    with kernels.use_backend("sdpa", ops=("canvas_attention",)):
+        assert kernels.backend_for("canvas_attention", x) == "sdpa"
+        assert kernels._impl("canvas_attention", x) is kernels._ALTERNATIVES["canvas_attention"]["sdpa"]
+        assert kernels.backend_for("fused_moe", x) == "torch"  # auto, no Triton on this box
+    assert kernels._op_backend == {}
+    with pytest.raises(ValueError, match="backend must be one of"):
+        kernels.set_backend("sdpa")  # not a global choice
+    with pytest.raises(ValueError, match=r"backend for fused_moe must be one of .*'grouped'"):
+        kernels.set_backend("sdpa", ops=("fused_moe",))
+    # auto never picks an alternative by itself
+    monkeypatch.setattr(kernels, "HAS_TRITON", True)
+    monkeypatch.setitem(kernels._selfcheck, ("canvas_attention", "cuda"), True)
+    assert kernels.backend_for("canvas_attention", x) in ("torch", "triton")
