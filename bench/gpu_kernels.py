@@ -174,6 +174,14 @@ def bench_kernels(dev, tiny, cfg):
         if use_triton:
             row["triton_ms"] = ms(dev, fused_sample_triton, logits, inv_t, keys, reps=10)
             row["triton_GBps"] = N * V * 4 / row["triton_ms"] / 1e6
+            # as the engine calls it (model/sampler.py RowNoise): statistics of every row without sampling,
+            # then the Gumbel sample of the kept rows only (1 in 32 here: about 8 of a canvas's 256)
+            none = torch.zeros(N, dtype=torch.bool, device=dev)
+            keep = torch.arange(N, device=dev) % 32 == 0
+            row["engine_stats_ms"] = ms(dev, fused_sample_triton, logits, inv_t, keys, none, reps=10)
+            row["engine_stats_GBps"] = N * V * 4 / row["engine_stats_ms"] / 1e6
+            row["engine_sample_only_ms"] = ms(dev, functools.partial(fused_sample_triton, sample_only=True),
+                                              logits, inv_t, keys, keep, reps=10)
         out.append(row)
         logits = None
     out += bench_norms(dev, cfg, g)
