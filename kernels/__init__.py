@@ -73,7 +73,7 @@ _selfcheck: dict[tuple[str, str], bool] = {}  # (op, device) -> passed; resolved
 
 # Other implementations of an op, reachable by a per-op override (`set_backend("sdpa", ops=(
 # "canvas_attention",))`): PyTorch's fused kernels, measured beside ours by bench/gpu.py. "auto" never picks
-# them until a GPU measurement says where they win (`measured_choice`).
+# them; once a GPU measurement says where they win, the auto rule (`backend_for`) names them there.
 _ALTERNATIVES = {
     "canvas_attention": {"sdpa": _attn.canvas_attention_sdpa},
     "fused_moe": {"grouped": _moe.fused_moe_grouped},
