@@ -8,8 +8,9 @@ Sections (each guarded: a failure is recorded in the JSON and the run goes on):
    canvases per forward x fixed steps: ms per forward, tokens/s with and without prefill, % of roofline.
    Variant "kernels" routes MoE and canvas attention through kernels/; "model" is model/ as written (its
    other ops go through kernels/ dispatch); "unfused" is "kernels" with every small-op kernel (norms,
-   router, gated GELU, logit epilogue, softmax, stream keys) forced to its torch reference: the A/B for
-   launch and logit-pass fusion.
+   router, gated GELU, logit epilogue, softmax, stream keys, the sampler's head mode) forced to its torch
+   reference: the A/B for launch and logit-pass fusion. Each step runs as the engine's (model/denoise.py):
+   the head, statistics of every position, the commit rule, the Gumbel sample of the kept ones.
    Variant "sdpa" is "kernels" with every decoder attention through PyTorch's fused SDPA (K/V heads repeated,
    boolean mask): the end-to-end A/B for the shapes where the Triton kernel measured slower. Variant
    "grouped" is "kernels" with the routed experts through PyTorch's grouped GEMM (CUTLASS): the A/B for the
@@ -51,6 +52,7 @@ import model.moe  # noqa: E402
 import model.transformer  # noqa: E402
 from model import DiffusionGemma, DiffusionGemmaConfig  # noqa: E402
 from model.config import PLACEHOLDER_VISION_CONFIG  # noqa: E402
+from model.sampler import RowNoise  # noqa: E402
 
 
 def guarded(results, name):
@@ -113,10 +115,10 @@ def _attend_adapter(torch_attend):
     return attend
 
 
-# the kernels that fuse small ops (norms, router, gated GELU, logit epilogue, softmax, stream keys): the
-# "unfused" row forces them all to torch, the A/B for launch and logit-pass fusion
+# the kernels that fuse small ops (norms, router, gated GELU, logit epilogue, softmax, stream keys, the
+# sampler's head mode): the "unfused" row forces them all to torch, the A/B for launch and logit-pass fusion
 UNFUSED_OPS = ("rms_norm", "norm_rope", "rms_norm_pair", "route", "gelu_mul", "logit_epilogue", "softmax",
-               "derive_keys")
+               "derive_keys", "head_sample")
 
 
 # per-op backend overrides of the A/B variants (kernels/__init__.py): the fused small ops forced to torch, and
@@ -170,7 +172,7 @@ class _GraphedDecode:
         # len_range: every row's context length is known on the host (no device read inside the capture)
         h = self.m.decode_hidden(self.canvas, self.cache, positions_BC=self.pos_c, sc_logits_BCV=self.sc,
                                  len_range=(self.ctx, self.ctx))
-        return self.m.head(h, self.temp, narrow=True)
+        return engine_head(self.m, h, self.temp)
 
     def __call__(self, canvas, sc, temp_B):
         self.canvas.copy_(canvas)
@@ -178,6 +180,34 @@ class _GraphedDecode:
         self.temp.copy_(temp_B)
         self.graph.replay()
         return self.out
+
+
+def engine_head(m, h, temp_B):
+    """The head as the engine's GPU step runs it (model/denoise.py): in the sampler's head mode, the raw LM
+    head output and the bf16 self-conditioning copy (no fp32 logits); otherwise the processed fp32 logits
+    and the copy."""
+    if RowNoise.head_mode(h.device):
+        return m.head_raw(h, temp_B)
+    return m.head(h, temp_B, narrow=True)
+
+
+def engine_sample(m, x, temp_B, keys, bound):
+    """The engine's sampling on the head's output: statistics of every position, the entropy-bounded commit
+    rule, then the Gumbel sample of the kept positions only."""
+    B, C, V = x.shape
+    zeros = torch.zeros(B * C, dtype=torch.int64, device=x.device)
+    none = torch.zeros(B * C, dtype=torch.bool, device=x.device)
+    if RowNoise.head_mode(x.device):
+        cap = m.text.final_logit_softcapping
+        ent = kernels.head_sample(x.view(B * C, V), cap, temp_B, zeros, none)[1]
+        accepted = commit_rule(ent.view(B, C), bound)
+        smp = kernels.head_sample(x.view(B * C, V), cap, temp_B, keys, accepted.view(-1), sample_only=True)[2]
+    else:
+        ones = torch.ones(B * C, device=x.device)
+        ent = kernels.fused_sample(x.view(B * C, V), ones, zeros, none)[1]
+        accepted = commit_rule(ent.view(B, C), bound)
+        smp = kernels.fused_sample(x.view(B * C, V), ones, keys, accepted.view(-1), sample_only=True)[2]
+    return accepted, smp.view(B, C)
 
 
 @torch.no_grad()
@@ -196,7 +226,6 @@ def run_canvas(m, cfg, dev, B, N, ctx, graph=False):
     pos_c = torch.arange(ctx, ctx + C, device=dev).expand(B, C)
     seeds = torch.arange(B, device=dev)
     sc, fwd, graphed, capture = None, 0.0, None, 0.0
-    ones = torch.ones(B * C, device=dev)
     for step in range(N):
         temp_B = torch.full((B,), 0.4 + 0.4 * (N - step) / N, device=dev)
         if graph and sc is not None and graphed is None:
@@ -213,13 +242,12 @@ def run_canvas(m, cfg, dev, B, N, ctx, graph=False):
             logits, sc_next = graphed(canvas, sc, temp_B)
         else:
             h = m.decode_hidden(canvas, cache, positions_BC=pos_c, sc_logits_BCV=sc, len_range=(ctx, ctx))
-            logits, sc_next = m.head(h, temp_B, narrow=True)
+            logits, sc_next = engine_head(m, h, temp_B)
         sync(dev)
         fwd += time.perf_counter() - f0
         keys = kernels.derive_keys(seeds, 0, step, C)
-        am, ent, smp, _, _ = kernels.fused_sample(logits.view(B * C, V), ones, keys)
-        accepted = commit_rule(ent.view(B, C), 0.1)
-        canvas = torch.where(accepted, smp.view(B, C), torch.randint(0, V, (B, C), device=dev))
+        accepted, smp = engine_sample(m, logits, temp_B, keys, 0.1)
+        canvas = torch.where(accepted, smp, torch.randint(0, V, (B, C), device=dev))
         sc = sc_next
         del logits
     sync(dev)

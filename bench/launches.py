@@ -82,10 +82,19 @@ class LaunchCounter(TorchDispatchMode):
         return out
 
     def record(self, kernel_name: str, args=()) -> None:
-        """A Triton launch; its tensor arguments stand for what it reads and writes."""
+        """A Triton launch; its tensor arguments stand for what it reads and writes (a tensor passed twice,
+        as a launcher does for an unused output pointer, counts once)."""
         if not self.off:
             self.counts[self.where]["triton:" + kernel_name] += 1
-            self._vocab_bytes("triton:" + kernel_name, args)
+            seen, distinct = set(), []
+            for a in args:
+                if isinstance(a, torch.Tensor):
+                    ident = (a.data_ptr(), a.dtype, tuple(a.shape))
+                    if ident in seen:
+                        continue
+                    seen.add(ident)
+                distinct.append(a)
+            self._vocab_bytes("triton:" + kernel_name, distinct)
 
     @contextlib.contextmanager
     def paused(self):

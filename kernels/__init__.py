@@ -4,6 +4,8 @@ Public ops (shapes use the legend B batch, H heads or hidden, K KV heads, C canv
 dim, T flat tokens, E experts, k top-k, F = 2*Im gate+up rows, I = Im expert width, N rows, V vocab):
 - `fused_sample(logits_NV, inv_temp_N, key_N, need_sample_N=None)`
       -> (argmax_N, entropy_N, sample_N, max_logit_N, logsumexp_N); see kernels/sampler.py.
+- `head_sample(x_NV, cap, temperature_R, key_N, need_sample_N=None)`: fused_sample of the LM head's raw
+      output, the logit epilogue's softcap and temperature applied in the same pass; see kernels/sampler.py.
 - `derive_keys(seed_B, canvas_B, step_B, C) -> key_(B*C)`: per-position noise stream keys for fused_sample.
 - `fused_moe(x_TH, topk_idx_Tk, topk_w_Tk, gate_up_EFH, down_EHI) -> y_TH`; see kernels/fused_moe.py.
 - `canvas_attention(q_BHCD, k_ctx_BKSD, v_ctx_BKSD, ctx_visible_BS, k_can_BKCD, v_can_BKCD, scale=1.0,
@@ -12,9 +14,9 @@ dim, T flat tokens, E experts, k top-k, F = 2*Im gate+up rows, I = Im expert wid
       with the adds and norms around it fused; see kernels/rms_norm.py.
 - `norm_rope(x_BTHD, weight_D, eps, cos_BTD, sin_BTD) -> y_BTHD`: per-head RMSNorm then RoPE (q and k);
       see kernels/norm_rope.py.
-- `logit_epilogue(x, cap, temperature_R=None, narrow_dtype=None) -> (y fp32, narrow or None)`: the LM
-      head's softcap, the step's per-row temperature and the self-conditioning copy in one pass; see
-      kernels/logit_epilogue.py.
+- `logit_epilogue(x, cap, temperature_R=None, narrow_dtype=None, keep_fp32=True) -> (y fp32 or None,
+      narrow or None)`: the LM head's softcap, the step's per-row temperature and the self-conditioning copy
+      in one pass; see kernels/logit_epilogue.py.
 - `route(r_TH, scale_H, proj_EH, per_expert_E, top_k, eps) -> (topk_idx_Tk, topk_w_Tk)`: the MoE router;
       see kernels/router.py.
 - `rms_norm_pair(x, w1, w2, eps) -> (y1, y2)`: two scaled RMSNorms of one input (the block's two
@@ -60,8 +62,8 @@ from kernels import sampler as _sampler
 from kernels import softmax as _softmax
 from kernels._triton_compat import HAS_TRITON
 
-__all__ = ["fused_sample", "derive_keys", "fused_moe", "canvas_attention", "rms_norm", "norm_rope",
-           "logit_epilogue", "softmax", "route", "gelu_mul", "rms_norm_pair",
+__all__ = ["fused_sample", "head_sample", "derive_keys", "fused_moe", "canvas_attention", "rms_norm",
+           "norm_rope", "logit_epilogue", "softmax", "route", "gelu_mul", "rms_norm_pair",
            "set_backend", "use_backend", "get_backend", "backend_for"]
 
 _CHOICES = ("auto", "torch", "triton")
@@ -83,6 +85,8 @@ _OPS = {
     "fused_sample": (_sampler.fused_sample_torch, _sampler.fused_sample_triton, _sampler),
     "derive_keys": (_sampler.derive_keys_torch, _sampler.derive_keys_triton,
                     types.SimpleNamespace(selfcheck=_sampler.selfcheck_keys)),
+    "head_sample": (_sampler.head_sample_torch, _sampler.head_sample_triton,
+                    types.SimpleNamespace(selfcheck=_sampler.selfcheck_head)),
     "fused_moe": (_moe.fused_moe_torch, _moe.fused_moe_triton, _moe),
     "canvas_attention": (_attn.canvas_attention_torch, _attn.canvas_attention_triton, _attn),
     "rms_norm": (_rms_norm.rms_norm_torch, _rms_norm.rms_norm_triton, _rms_norm),
@@ -190,6 +194,15 @@ def fused_sample(logits_NV: torch.Tensor, inv_temp_N: torch.Tensor, key_N: torch
                                             sample_only=sample_only)
 
 
+def head_sample(x_NV: torch.Tensor, cap: float, temperature_R: torch.Tensor | None, key_N: torch.Tensor,
+                need_sample_N: torch.Tensor | None = None, *, sample_only: bool = False):
+    """`fused_sample` of logit_epilogue(x_NV, cap, temperature_R) straight from the LM head's raw output x_NV
+    (temperature_R: one per N / R rows, or None); the Triton form applies the softcap and temperature in its
+    one pass, as the epilogue kernel does, so its statistics are those of the materialised fp32 logits."""
+    _sampler.check_head_sample_args(x_NV, temperature_R, key_N, need_sample_N)
+    return _impl("head_sample", x_NV)(x_NV, cap, temperature_R, key_N, need_sample_N, sample_only=sample_only)
+
+
 def derive_keys(seed_B: torch.Tensor | int, canvas_B: torch.Tensor | int, step_B: torch.Tensor | int,
                 C: int) -> torch.Tensor:
     """Per-position stream keys key_(B*C) int64 for fused_sample (see kernels/sampler.py); ints broadcast.
@@ -235,10 +248,12 @@ def norm_rope(x_BTHD: torch.Tensor, weight_D: torch.Tensor, eps: float, cos_BTD:
 
 
 def logit_epilogue(x: torch.Tensor, cap: float, temperature_R: torch.Tensor | None = None,
-                   narrow_dtype: torch.dtype | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """(fp32 tanh(x / cap) * cap [/ temperature_R per leading row], its copy in narrow_dtype or None)."""
-    _epilogue.check_epilogue_args(x, temperature_R)
-    return _impl("logit_epilogue", x)(x, cap, temperature_R, narrow_dtype)
+                   narrow_dtype: torch.dtype | None = None, *, keep_fp32: bool = True
+                   ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """(fp32 tanh(x / cap) * cap [/ temperature_R per leading row] or None without keep_fp32, its copy in
+    narrow_dtype or None)."""
+    _epilogue.check_epilogue_args(x, temperature_R, narrow_dtype, keep_fp32)
+    return _impl("logit_epilogue", x)(x, cap, temperature_R, narrow_dtype, keep_fp32=keep_fp32)
 
 
 def softmax(x: torch.Tensor, out_dtype: torch.dtype) -> torch.Tensor:

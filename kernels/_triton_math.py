@@ -4,6 +4,8 @@
   arithmetic; bit-identical to kernels/sampler.py's torch `mix32` (int64 masked to 32 bits).
 - `tanh_f32(x)`: fp32 tanh from exp, sign(x) (1 - e) / (1 + e) with e = exp(-2|x|): no overflow, absolute
   error a few fp32 ulps of 1. The interpreter has no libdevice, so the kernels do not use its tanh.
+- `softcap_f32(x, cap)`: the LM head's final softcap, tanh(x / cap) * cap. The logit epilogue and the
+  sampler's head mode both call it, so the logits one writes and the other recomputes are the same bits.
 
 Kernels call these by their module-level names; kernels/_triton_compat.py makes them callable from kernels run
 in the interpreter too.
@@ -28,3 +30,12 @@ def tanh_f32(x):
     e = tl.exp(-2.0 * tl.abs(x))
     t = (1.0 - e) / (1.0 + e)
     return tl.where(x < 0, -t, t)
+
+
+@triton.jit
+def softcap_f32(x, cap):
+    # tanh_f32 written out: a helper is a leaf (kernels/_triton_compat.py patches only the kernel's globals)
+    z = x / cap
+    e = tl.exp(-2.0 * tl.abs(z))
+    t = (1.0 - e) / (1.0 + e)
+    return tl.where(z < 0, -t, t) * cap

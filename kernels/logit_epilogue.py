@@ -24,57 +24,66 @@ from __future__ import annotations
 import torch
 
 from kernels._triton_compat import runnable, tl, triton
-from kernels._triton_math import tanh_f32
+from kernels._triton_math import softcap_f32
 
 BLOCK = 2048
 
 
 # ---- torch reference: the spec, and the CPU path (the model's and the reference sampler's op sequence) ----
 def logit_epilogue_torch(x: torch.Tensor, cap: float, temperature_R: torch.Tensor | None = None,
-                         narrow_dtype: torch.dtype | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+                         narrow_dtype: torch.dtype | None = None, *, keep_fp32: bool = True
+                         ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
     y = torch.tanh(x.float() / cap) * cap
     if temperature_R is not None:
         y = y.div_(temperature_R.view(-1, *([1] * (y.dim() - 1))))
-    return y, (y.to(narrow_dtype) if narrow_dtype is not None else None)
+    return (y if keep_fp32 else None), (y.to(narrow_dtype) if narrow_dtype is not None else None)
 
 
 # ---- Triton kernel: grid (rows, V blocks) -----------------------------------------------------------------
 @triton.jit
 def _epilogue_kernel(x_ptr, t_ptr, y_ptr, n_ptr, V, cap, ROWS_PER_T,
-                     HAS_T: tl.constexpr, HAS_NARROW: tl.constexpr, BLOCK: tl.constexpr):
+                     HAS_T: tl.constexpr, HAS_NARROW: tl.constexpr, WRITE_Y: tl.constexpr,
+                     BLOCK: tl.constexpr):
     row = tl.program_id(0).to(tl.int64)
     cols = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
     ok = cols < V
-    y = tanh_f32(tl.load(x_ptr + row * V + cols, mask=ok, other=0.0).to(tl.float32) / cap) * cap
+    y = softcap_f32(tl.load(x_ptr + row * V + cols, mask=ok, other=0.0).to(tl.float32), cap)
     if HAS_T:
         y = y / tl.load(t_ptr + row // ROWS_PER_T).to(tl.float32)
-    tl.store(y_ptr + row * V + cols, y, mask=ok)
+    if WRITE_Y:
+        tl.store(y_ptr + row * V + cols, y, mask=ok)
     if HAS_NARROW:
         tl.store(n_ptr + row * V + cols, y.to(n_ptr.dtype.element_ty), mask=ok)
 
 
 def logit_epilogue_triton(
     x: torch.Tensor, cap: float, temperature_R: torch.Tensor | None = None,
-    narrow_dtype: torch.dtype | None = None,
-) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Same contract as `logit_epilogue_torch`, one launch."""
-    check_epilogue_args(x, temperature_R)
+    narrow_dtype: torch.dtype | None = None, *, keep_fp32: bool = True,
+) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """Same contract as `logit_epilogue_torch`, one launch; without keep_fp32 the fp32 logits are never
+    written (the sampler's head mode recomputes them from x: kernels/sampler.py)."""
+    check_epilogue_args(x, temperature_R, narrow_dtype, keep_fp32)
     x = x.contiguous()
     V = x.shape[-1]
-    y = torch.empty(x.shape, dtype=torch.float32, device=x.device)
+    y = torch.empty(x.shape, dtype=torch.float32, device=x.device) if keep_fp32 else None
     n = torch.empty(x.shape, dtype=narrow_dtype, device=x.device) if narrow_dtype is not None else None
     N = x.numel() // V if V else 0
     if N:
-        t = temperature_R.float().contiguous() if temperature_R is not None else y
+        out = y if y is not None else n
+        t = temperature_R.float().contiguous() if temperature_R is not None else out
         runnable(_epilogue_kernel)[(N, triton.cdiv(V, BLOCK))](
-            x, t, y, n if n is not None else y, V, float(cap),
+            x, t, out, n if n is not None else out, V, float(cap),
             N // temperature_R.numel() if temperature_R is not None else 1,
-            HAS_T=temperature_R is not None, HAS_NARROW=n is not None, BLOCK=BLOCK, num_warps=8)
+            HAS_T=temperature_R is not None, HAS_NARROW=n is not None, WRITE_Y=keep_fp32, BLOCK=BLOCK,
+            num_warps=8)
     return y, n
 
 
-def check_epilogue_args(x: torch.Tensor, temperature_R: torch.Tensor | None) -> None:
+def check_epilogue_args(x: torch.Tensor, temperature_R: torch.Tensor | None,
+                        narrow_dtype: torch.dtype | None = None, keep_fp32: bool = True) -> None:
     """Shape contract shared by both backends; raises ValueError naming the bad argument."""
+    if not keep_fp32 and narrow_dtype is None:
+        raise ValueError("logit_epilogue: keep_fp32=False needs narrow_dtype (otherwise nothing is written)")
     if x.dim() < 2:
         raise ValueError(f"logit_epilogue: x must be [R, ..., V], got {tuple(x.shape)}")
     if temperature_R is not None and (temperature_R.dim() != 1 or temperature_R.numel() != x.shape[0]

@@ -2,7 +2,9 @@
 
 Owns: the torch reference (`fused_sample_torch`, the spec and the CPU path), the Triton kernel, its launcher
 (`fused_sample_triton`), the counter-based noise hash shared bit-for-bit by both, and `derive_keys`, which
-turns (row seed, canvas index, step index, position) into the per-row stream keys.
+turns (row seed, canvas index, step index, position) into the per-row stream keys. Head mode
+(`head_sample_*`): the same pass over the LM head's raw output, softcap and temperature applied in the kernel
+exactly as kernels/logit_epilogue.py applies them, so the GPU step never materialises fp32 logits.
 
 Why: the reference generate() makes ~15 passes over fp32 logits per step (performance.md §"What dominates");
 here every statistic the denoising loop needs comes out of one tiled pass over x = logits * inv_temp.
@@ -24,7 +26,8 @@ from __future__ import annotations
 import torch
 
 from kernels._triton_compat import next_pow2, runnable, tl, triton
-from kernels._triton_math import mix32_u32
+from kernels._triton_math import mix32_u32, softcap_f32
+from kernels.logit_epilogue import logit_epilogue_torch
 
 # ---- the noise hash (torch side; the kernel inlines the same arithmetic in uint32) -------------------------
 # Every multiplier is odd and < 2**31, so a 32-bit value times it stays below 2**63: the int64 torch
@@ -126,14 +129,23 @@ def fused_sample_torch(logits_NV: torch.Tensor, inv_temp_N: torch.Tensor, key_N:
 # ---- Triton kernel: one program per row, tiles of BLOCK_V, running scalar statistics ----------------------
 @triton.jit
 def _fused_sample_kernel(logits_ptr, stride_n, inv_temp_ptr, key_ptr, need_ptr,
-                         am_ptr, h_ptr, s_ptr, m_ptr, lse_ptr, V,
-                         BLOCK_V: tl.constexpr, HAS_NEED: tl.constexpr, SAMPLE_ONLY: tl.constexpr):
+                         am_ptr, h_ptr, s_ptr, m_ptr, lse_ptr, V, cap, ROWS_PER_T,
+                         BLOCK_V: tl.constexpr, HAS_NEED: tl.constexpr, SAMPLE_ONLY: tl.constexpr,
+                         HEAD: tl.constexpr, HAS_T: tl.constexpr):
     row = tl.program_id(0)
     if SAMPLE_ONLY:  # a row nobody samples is not read at all (its statistics stay unwritten)
         if tl.load(need_ptr + row) == 0:
             tl.store(s_ptr + row, tl.full([], -1, tl.int64))
             return
-    inv_t = tl.load(inv_temp_ptr + row).to(tl.float32)
+    # HEAD: the LM head's raw output, processed here as kernels/logit_epilogue.py does (same helper, same
+    # division by the row's temperature: the same bits), so the fp32 logits never go through memory;
+    # inv_temp_ptr then holds the per-canvas temperatures (one per ROWS_PER_T rows)
+    if HEAD:
+        inv_t = 1.0
+        if HAS_T:
+            temp = tl.load(inv_temp_ptr + row // ROWS_PER_T).to(tl.float32)
+    else:
+        inv_t = tl.load(inv_temp_ptr + row).to(tl.float32)
     key = tl.load(key_ptr + row)
     # row_state(key) = mix32(lo ^ mix32(hi ^ SALT0)), in wrapping uint32
     state = mix32_u32(key.to(tl.uint32) ^ mix32_u32((key >> 32).to(tl.uint32) ^ 0x1B873593))
@@ -152,7 +164,13 @@ def _fused_sample_kernel(logits_ptr, stride_n, inv_temp_ptr, key_ptr, need_ptr,
     for start in range(0, V, BLOCK_V):
         cols = start + offs
         mask = cols < V
-        x = tl.load(base + cols, mask=mask, other=float("-inf")).to(tl.float32) * inv_t
+        x = tl.load(base + cols, mask=mask, other=float("-inf")).to(tl.float32)
+        if HEAD:
+            x = softcap_f32(x, cap)
+            if HAS_T:
+                x = x / temp
+        else:
+            x = x * inv_t
         x = tl.where(mask, x, float("-inf"))
         tm = tl.max(x, 0)
         ti = tl.argmax(x, 0)
@@ -185,6 +203,11 @@ def fused_sample_triton(logits_NV: torch.Tensor, inv_temp_N: torch.Tensor, key_N
     """Triton launcher with the same contract as `fused_sample_torch`. sample_only (with need_sample_N):
     rows not sampled are skipped without reading them, so their statistics are left unwritten."""
     check_sample_args(logits_NV, inv_temp_N, key_N, need_sample_N)
+    return _launch(logits_NV, inv_temp_N, key_N, need_sample_N, sample_only, block_v)
+
+
+def _launch(logits_NV, t_N, key_N, need_sample_N, sample_only, block_v, cap=None):
+    """The kernel over every row; cap set: head mode (t_N is then the per-canvas temperature or None)."""
     N, V = logits_NV.shape
     dev = logits_NV.device
     if logits_NV.stride(1) != 1:
@@ -197,11 +220,48 @@ def fused_sample_triton(logits_NV: torch.Tensor, inv_temp_N: torch.Tensor, key_N
             torch.empty(N, dtype=torch.float32, device=dev))
     if N == 0:
         return outs
+    head, has_t = cap is not None, t_N is not None
+    t = t_N.float().contiguous() if has_t else outs[1]
     runnable(_fused_sample_kernel)[(N,)](
-        logits_NV, logits_NV.stride(0), inv_temp_N.contiguous(), key_N, need, *outs, V,
+        logits_NV, logits_NV.stride(0), t, key_N, need, *outs, V, float(cap or 1.0),
+        N // t_N.numel() if head and has_t else 1,
         BLOCK_V=block_v, HAS_NEED=need_sample_N is not None,
-        SAMPLE_ONLY=sample_only and need_sample_N is not None, num_warps=8 if block_v >= 2048 else 4)
+        SAMPLE_ONLY=sample_only and need_sample_N is not None, HEAD=head, HAS_T=has_t,
+        num_warps=8 if block_v >= 2048 else 4)
     return outs
+
+
+# ---- head mode: the same statistics and sample straight from the LM head's raw output ----------------------
+def head_sample_torch(x_NV: torch.Tensor, cap: float, temperature_R: torch.Tensor | None,
+                      key_N: torch.Tensor, need_sample_N: torch.Tensor | None = None, *,
+                      sample_only: bool = False):
+    """fused_sample of the processed logits logit_epilogue(x, cap, temperature_R) (the spec)."""
+    N, V = x_NV.shape
+    R = temperature_R.numel() if temperature_R is not None else N
+    y = logit_epilogue_torch(x_NV.view(R, N // max(R, 1), V), cap, temperature_R)[0].view(N, V)
+    ones = torch.ones(N, dtype=torch.float32, device=x_NV.device)
+    return fused_sample_torch(y, ones, key_N, need_sample_N, sample_only=sample_only)
+
+
+def head_sample_triton(x_NV: torch.Tensor, cap: float, temperature_R: torch.Tensor | None,
+                       key_N: torch.Tensor, need_sample_N: torch.Tensor | None = None, *,
+                       sample_only: bool = False, block_v: int | None = None):
+    """Same contract as `head_sample_torch`: the fused sampler's one pass reads the raw [N, V] LM head output
+    (2 bytes a logit in bf16) and applies the softcap and temperature itself, so the step never writes or
+    reads the fp32 logits."""
+    check_head_sample_args(x_NV, temperature_R, key_N, need_sample_N)
+    return _launch(x_NV, temperature_R, key_N, need_sample_N, sample_only, block_v, cap=cap)
+
+
+def check_head_sample_args(x_NV, temperature_R, key_N, need_sample_N) -> None:
+    """head_sample's contract: fused_sample's, with temperature_R [R] (one per N / R rows) or None."""
+    ones = torch.empty(x_NV.shape[0] if x_NV.dim() == 2 else 0, device=x_NV.device)
+    check_sample_args(x_NV, ones, key_N, need_sample_N)
+    N = x_NV.shape[0]
+    if temperature_R is not None and (temperature_R.dim() != 1 or temperature_R.numel() == 0
+                                      or N % temperature_R.numel() or temperature_R.device != x_NV.device):
+        raise ValueError(f"head_sample: temperature_R must be [R] with R dividing {N} on {x_NV.device}, got "
+                         f"{tuple(temperature_R.shape)} on {temperature_R.device}")
 
 
 # ---- derive_keys as one launch (the torch form is about 130 small integer ops per call, twice a step) ------
@@ -266,6 +326,20 @@ def selfcheck(device: torch.device) -> bool:
     need = torch.tensor([True, False, True, True, False], device=device)
     ref = fused_sample_torch(logits, inv_t, keys, need)
     out = fused_sample_triton(logits, inv_t, keys, need)
+    return (torch.equal(ref[0], out[0]) and torch.equal(ref[2], out[2])
+            and all(torch.allclose(ref[i], out[i], atol=1e-4, rtol=1e-4) for i in (1, 3, 4)))
+
+
+def selfcheck_head(device: torch.device) -> bool:
+    """One-time comparison of the head mode against its reference on `device` (bf16 raw logits, two
+    temperatures): the same argmax and samples, statistics within 1e-4."""
+    g = torch.Generator(device="cpu").manual_seed(1)
+    x = (torch.randn(6, 3001, generator=g) * 40).to(device, torch.bfloat16)
+    temp = torch.tensor([0.6, 1.3], device=device)
+    keys = derive_keys_torch(3, 0, torch.arange(6), 1).to(device)
+    need = torch.tensor([True, False, True, True, False, True], device=device)
+    ref = head_sample_torch(x, 30.0, temp, keys, need)
+    out = head_sample_triton(x, 30.0, temp, keys, need)
     return (torch.equal(ref[0], out[0]) and torch.equal(ref[2], out[2])
             and all(torch.allclose(ref[i], out[i], atol=1e-4, rtol=1e-4) for i in (1, 3, 4)))
 

@@ -156,6 +156,13 @@ def uses_chunked_head(noise: NoiseSource, device: torch.device) -> bool:
     return chunked is not None and chunked(device)
 
 
+def uses_head_mode(noise: NoiseSource, device: torch.device) -> bool:
+    """Whether the materialised path on `device` may sample from the raw LM head output instead (RowNoise on
+    a GPU: see RowNoise.head_mode); denoise_step also needs no consumer of the fp32 logits that step."""
+    head_mode = getattr(noise, "head_mode", None)
+    return head_mode is not None and head_mode(device)
+
+
 def denoise_step(
     model,
     cache,
@@ -171,7 +178,7 @@ def denoise_step(
     want_sc: bool = True,
 ) -> torch.Tensor | None:
     """One denoising step for every row of `st` (updated in place). Returns the processed logits (B, C, V),
-    or None on the chunked path when keep_logits is off (the logits were never materialised).
+    or None when keep_logits is off and they were never materialised (the chunked path; the GPU head mode).
 
     freeze: some row uses adaptive stopping (else the stop rule is skipped entirely).
     exact_frozen: keep frozen rows' self-conditioning logits as the reference does (an extra pass over the
@@ -217,10 +224,21 @@ def denoise_step(
         h = model.decode_hidden(st.canvas_BC, cache, sc_logits_BCV=sc, sc_mask_B=sc_mask, **kw)
         # softcap, temperature and the next step's self-conditioning copy: one pass on the GPU
         temp = temperature_B(st.steps_left_B, st.rp) if st.rp.scheduled else None
-        proc, sc_next = model.head(h, temp, narrow=True)
-        argmax, entropy = noise.stats(proc, st.keys)
-        keep = accept_mask(entropy, st.rp.bound_B)
-        sampled = noise.sample(proc, keep, st.keys)
+        if uses_head_mode(noise, st.canvas_BC.device) and not keep_logits and st.steer_rows is None \
+                and not (freeze and exact_frozen):
+            # nothing needs the fp32 logits: the sampler reads the raw LM head output (the same statistics
+            # and samples, bit for bit: kernels/sampler.py head mode)
+            raw, sc_next = model.head_raw(h, temp)
+            cap = model.config.text.final_logit_softcapping
+            argmax, entropy = noise.raw_stats(raw, cap, temp, st.keys)
+            keep = accept_mask(entropy, st.rp.bound_B)
+            sampled = noise.raw_sample(raw, cap, temp, keep, st.keys)
+            proc = None
+        else:
+            proc, sc_next = model.head(h, temp, narrow=True)
+            argmax, entropy = noise.stats(proc, st.keys)
+            keep = accept_mask(entropy, st.rp.bound_B)
+            sampled = noise.sample(proc, keep, st.keys)
     if st.steer_rows is not None and proc is not None:
         argmax, sampled = _steer(st, proc, argmax, keep, sampled)
     fresh = noise.renoise(st.keys, C, V, st.canvas_BC.device)

@@ -243,6 +243,9 @@ class RowNoise:
     differ; neither depends on the batch).
     Passes over the logits per step on the GPU: the head writes them once (softcap, temperature and the
     self-conditioning copy in one kernel, `model.head`), stats read them once, sample reads the kept rows.
+    In head mode (`head_mode`, when no commit hook, steering or exact frozen-row logits need the fp32
+    logits) the head writes only the self-conditioning copy and stats / sample read the raw LM head output
+    (`raw_stats`, `raw_sample`): both passes at the model dtype's width, and no [B, C, V] fp32 tensor.
     On the CPU the fast loop does not build the logits at all: `sample_head` samples from
     model/vocab_head.py's ChunkedHead (statistics come from its cache-resident sweep; only the kept
     positions' logits are recomputed).
@@ -313,6 +316,42 @@ class RowNoise:
         import kernels
 
         return kernels.backend_for("fused_sample", torch.empty(0, device=device)) == "triton"
+
+    # -- the GPU path's head mode: statistics and samples straight from the raw LM head output ----------
+    @staticmethod
+    def head_mode(device: torch.device) -> bool:
+        """Whether the step may skip the fp32 logits on `device`: the fused sampler runs as its kernel and so
+        does its head mode (kernels.head_sample, which applies the softcap and temperature itself)."""
+        import kernels
+
+        probe = torch.empty(0, device=device)
+        return RowNoise.fused(device) and kernels.backend_for("head_sample", probe) == "triton"
+
+    def raw_stats(
+        self, raw_BCV: torch.Tensor, cap: float, temp_B: torch.Tensor | None, keys: RowKeys
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """`stats` of the processed logits softcap(raw) / temp_B, from the raw LM head output (same bits)."""
+        import kernels
+
+        B, C, V = raw_BCV.shape
+        dev = raw_BCV.device
+        key = torch.zeros(B * C, dtype=torch.int64, device=dev)
+        none = torch.zeros(B * C, dtype=torch.bool, device=dev)
+        am, h, _, _, _ = kernels.head_sample(raw_BCV.view(B * C, V), cap, temp_B, key, none)
+        return am.view(B, C), h.view(B, C)
+
+    def raw_sample(
+        self, raw_BCV: torch.Tensor, cap: float, temp_B: torch.Tensor | None, keep_BC: torch.Tensor,
+        keys: RowKeys,
+    ) -> torch.Tensor:
+        """`sample` of the same processed logits: the kernel reads only the kept rows of the raw output."""
+        import kernels
+
+        B, C, V = raw_BCV.shape
+        key_N = self._derive(keys.seed_B, keys.canvas_B, _tag_sample(keys.step_B), C).to(raw_BCV.device)
+        out = kernels.head_sample(raw_BCV.view(B * C, V), cap, temp_B, key_N, keep_BC.reshape(-1),
+                                  sample_only=True)
+        return out[2].view(B, C)
 
     # -- the CPU path over a chunked vocabulary pass (model/vocab_head.py) --------------------------------
     def chunked_head(self, device: torch.device) -> bool:

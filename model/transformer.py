@@ -300,6 +300,18 @@ class DiffusionGemma(nn.Module):
             self.dtype if narrow else None,
         )
 
+    def head_raw(
+        self, h_BCH: torch.Tensor, temperature_B: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The GPU step's head when its sampler reads the LM head's output itself (kernels.head_sample):
+        (the raw LM head output in the model dtype, the next step's self-conditioning copy of the processed
+        logits). The fp32 processed logits are never written (kernels/logit_epilogue.py, keep_fp32=False)."""
+        x = F.linear(self.norm(h_BCH), self.embed_tokens.weight)
+        _, narrow = kernels.logit_epilogue(
+            x, self.text.final_logit_softcapping, temperature_B, self.dtype, keep_fp32=False
+        )
+        return x, narrow
+
     # -- weights -----------------------------------------------------------------------------------
     @classmethod
     def from_pretrained(

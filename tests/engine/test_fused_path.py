@@ -88,3 +88,26 @@ def test_alternative_backends_reach_the_decoder_and_match_the_torch_path(stop_pa
     layers = ours.config.text.num_hidden_layers
     assert calls.count("canvas_attention") == layers and calls.count("fused_moe") == layers
     assert (got - want).abs().max() < 1e-5
+
+
+def test_head_mode_gives_the_materialised_paths_tokens(stop_pair, monkeypatch):
+    """The GPU step samples from the raw LM head output when nothing needs the fp32 logits (the kernels' head
+    mode); forcing head_sample to torch turns that off. Both give the same tokens, and the head mode ran."""
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    _, ours = stop_pair
+    reqs = [Request(id=f"r{i}", input_ids=list(range(4 + i, 10 + 2 * i)), seed=3 + i,
+                    params=GenerationParams(max_new_tokens=8, max_denoising_steps=3)) for i in range(2)]
+    key = lambda c: (c.token_ids, c.finish_reason, c.denoising_steps)  # noqa: E731
+    calls = []
+    real = kernels._OPS["head_sample"]
+    spy = lambda *a, **k: calls.append(1) or real[1](*a, **k)  # noqa: E731
+    monkeypatch.setitem(kernels._OPS, "head_sample", (real[0], spy, real[2]))
+    with kernels.use_backend("triton"):
+        assert RowNoise.head_mode(torch.device("cpu"))
+        head = [key(c) for c in Engine(ours, max_batch_rows=2).generate(reqs)]
+        ran = len(calls)
+        with kernels.use_backend("torch", ops=("head_sample",)):
+            assert not RowNoise.head_mode(torch.device("cpu"))
+            mat = [key(c) for c in Engine(ours, max_batch_rows=2).generate(reqs)]
+    assert ran > 0 and len(calls) == ran  # head mode ran in the first engine only
+    assert head == mat
