@@ -45,6 +45,7 @@ import torch
 
 sys.path[:0] = [str(Path(__file__).resolve().parents[1]), str(Path(__file__).resolve().parent)]
 
+from decide import decisions  # noqa: E402
 from gpu_kernels import attention_tiles, bench_kernels, moe_tiles, ms, sync  # noqa: E402
 
 import kernels  # noqa: E402
@@ -532,6 +533,11 @@ def print_table(results):
               f"  ours/ref {r.get('ours_over_reference_e2e', float('nan')):.2f}")
     for k, v in results.get("errors", {}).items():
         print(f"  ERROR {k}: {v.splitlines()[0]}")
+    lines = decisions(results)
+    if lines:  # the fastest measured form of each kernel and each sweep size (bench/decide.py)
+        print("  -- fastest first")
+        for line in lines:
+            print("  " + line)
 
 
 if __name__ == "__main__":

@@ -131,7 +131,7 @@ def bench_kernels(dev, tiny, cfg):
     for canv in (1, 8):
         T = canv * C
         x, idx, w, wbytes = moe_tokens(dev, cfg, g, T)
-        row = {"kernel": "fused_moe", "shape": f"T={T} H={H} E={E} k={k} Im={Im}",
+        row = {"kernel": "fused_moe", "shape": f"T={T} H={H} E={E} k={k} Im={Im}", "weight_bytes": wbytes,
                "torch_ms": ms(dev, fused_moe_torch, x, idx, w, gu, dn),
                "model_moe_forward_ms": ms(dev, model.moe.moe_forward, x, idx, w, gu, dn)}
         if use_triton:

@@ -1,0 +1,105 @@
+"""What a bench/gpu.py run decides: the fastest measured form of each kernel at each shape, and the fastest
+sweep variant at each size, read from its JSON (so the run's numbers turn into dispatch rules and launcher
+defaults without re-reading the whole file by hand).
+
+- canvas attention, per (D, B): the torch reference, the Triton kernel (default tiles and the best of the
+  tile sweep) and PyTorch's SDPA (its own choice and each backend it accepted).
+- fused MoE, per token count: the Triton kernel (default tiles and the best tile), the grouped GEMM, the
+  torch reference; with the share of the measured copy bandwidth the expert weights streamed at.
+- sweep, per canvases per forward at each step count: ms per forward of every variant that ran, fastest first.
+
+    python bench/decide.py RESULTS.json [MORE.json ...]
+Nothing here is a measurement; it only ranks the ones in the file.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import sys
+from pathlib import Path
+
+
+def _shape(s: str) -> dict[str, int]:
+    return {k: int(v) for k, v in re.findall(r"(\w+)=(\d+)", s)}
+
+
+def _ranked(cands: dict[str, float]) -> str:
+    order = sorted(cands.items(), key=lambda kv: kv[1])
+    return " < ".join(f"{name} {ms:.3f}" for name, ms in order)
+
+
+def attention(results: dict) -> list[str]:
+    tiles = [r for r in results.get("attention_tiles", []) if "ms" in r]
+    lines = []
+    for r in results.get("kernels", []):
+        if r.get("kernel") != "canvas_attention":
+            continue
+        sh = _shape(r["shape"])
+        cands = {"torch": r["torch_ms"]}
+        if "triton_ms" in r:
+            cands["triton"] = r["triton_ms"]
+        cands |= {k[:-3]: v for k, v in r.items() if k.startswith("sdpa") and k.endswith("_ms")}
+        best = [t for t in tiles if (t["D"], t["B"]) == (sh.get("D"), sh.get("B"))]
+        if best:
+            t = min(best, key=lambda t: t["ms"])
+            cands[f"triton[m{t['block_m']} n{t['block_n']} dv{t['block_dv']}]"] = t["ms"]
+        lines.append(f"canvas_attention D={sh.get('D')} B={sh.get('B')}: {_ranked(cands)} ms")
+    return lines
+
+
+def moe(results: dict) -> list[str]:
+    bw = results.get("calibrate", {}).get("copy_bw_GBps")
+    tiles = [r for r in results.get("moe_tiles", []) if "ms" in r]
+    lines = []
+    for r in results.get("kernels", []):
+        if r.get("kernel") != "fused_moe":
+            continue
+        T = _shape(r["shape"]).get("T")
+        cands = {"torch": r["torch_ms"]}
+        for name in ("triton", "grouped"):
+            if f"{name}_ms" in r:
+                cands[name] = r[f"{name}_ms"]
+        best = [t for t in tiles if t["T"] == T]
+        if best:
+            t = min(best, key=lambda t: t["ms"])
+            cands[f"triton[m{t['block_m']} n{t['block_n']} k{t['block_k']} w{t['num_warps']} "
+                  f"s{t['num_stages']}]"] = t["ms"]
+        line = f"fused_moe T={T}: {_ranked(cands)} ms"
+        fast = {k: v for k, v in cands.items() if k != "torch"}
+        if bw and fast and r.get("weight_bytes"):
+            name, ms = min(fast.items(), key=lambda kv: kv[1])
+            pct = 100 * r["weight_bytes"] / (ms * 1e-3) / (bw * 1e9)
+            line += f"; {name} streams the experts at {pct:.0f}% of copy bandwidth (target 80%)"
+        lines.append(line)
+    return lines
+
+
+def sweep(results: dict) -> list[str]:
+    rows = [r for r in results.get("sweep", []) if "ms_per_forward" in r]
+    lines = []
+    for B, N in sorted({(r["canvases"], r["steps"]) for r in rows}):
+        cands = {r["variant"]: r["ms_per_forward"] for r in rows if (r["canvases"], r["steps"]) == (B, N)}
+        if len(cands) > 1:
+            lines.append(f"sweep {B} canvases x {N} steps, ms per forward: {_ranked(cands)}")
+    return lines
+
+
+def decisions(results: dict) -> list[str]:
+    return attention(results) + moe(results) + sweep(results)
+
+
+def main(argv: list[str] | None = None) -> int:
+    paths = (argv if argv is not None else sys.argv[1:])
+    if not paths:
+        print(__doc__.strip().splitlines()[-2].strip())
+        return 2
+    for p in paths:
+        print(f"== {p}")
+        for line in decisions(json.loads(Path(p).read_text())):
+            print("  " + line)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,56 @@
+"""bench/decide.py ranks what a bench/gpu.py run measured (synthetic results shaped like a GPU run's)."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+
+def _decide():
+    path = Path(__file__).resolve().parents[2] / "bench" / "decide.py"
+    spec = importlib.util.spec_from_file_location("bench_decide", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+RESULTS = {
+    "calibrate": {"copy_bw_GBps": 3000.0},
+    "kernels": [
+        {"kernel": "canvas_attention", "shape": "B=8 H=16 K=8 C=256 S=1024 D=256", "torch_ms": 0.92,
+         "triton_ms": 1.01, "sdpa_ms": 0.41, "sdpa_efficient_attention_ms": 0.40,
+         "sdpa_cudnn_attention_error": "RuntimeError: rejected"},
+        {"kernel": "fused_moe", "shape": "T=256 H=2816 E=128 k=8 Im=704", "weight_bytes": 1.5e9,
+         "torch_ms": 13.6, "triton_ms": 0.96, "grouped_ms": 0.70},
+        {"kernel": "fused_sample", "shape": "N=256 V=262144", "torch_ms": 10.0},
+    ],
+    "attention_tiles": [{"B": 8, "D": 256, "block_m": 128, "block_n": 64, "block_dv": 256, "ms": 0.35},
+                        {"B": 8, "D": 256, "block_m": 64, "block_n": 64, "block_dv": 256, "ms": 0.55},
+                        {"B": 1, "D": 256, "block_m": 64, "block_n": 64, "block_dv": 256, "ms": 0.1}],
+    "moe_tiles": [{"T": 256, "block_m": 32, "block_n": 128, "block_k": 128, "num_warps": 8, "num_stages": 3,
+                   "ms": 0.625},
+                  {"T": 2048, "block_m": 128, "block_n": 128, "block_k": 64, "num_warps": 8, "num_stages": 4,
+                   "ms": 0.6}],
+    "sweep": [{"variant": "kernels", "canvases": 8, "steps": 8, "ms_per_forward": 90.0},
+              {"variant": "sdpa", "canvases": 8, "steps": 8, "ms_per_forward": 70.0},
+              {"variant": "graph", "canvases": 8, "steps": 8, "error": "RuntimeError: capture"},
+              {"variant": "kernels", "canvases": 1, "steps": 16, "ms_per_forward": 40.0}],
+}
+
+
+def test_each_shape_ranked_fastest_first(tmp_path, capsys):
+    lines = _decide().decisions(RESULTS)
+    att, moe, sweep = lines
+    # attention: the best sweep tile of this shape only, SDPA per backend, rejected backends left out
+    assert att == ("canvas_attention D=256 B=8: triton[m128 n64 dv256] 0.350 "
+                   "< sdpa_efficient_attention 0.400 < sdpa 0.410 < torch 0.920 < triton 1.010 ms")
+    # MoE: the best tile beats grouped here; 1.5 GB in 0.625 ms at 3 TB/s copy bandwidth is 80%
+    assert moe.startswith("fused_moe T=256: triton[m32 n128 k128 w8 s3] 0.625 < grouped 0.700 < triton 0.960")
+    assert moe.endswith("streams the experts at 80% of copy bandwidth (target 80%)")
+    # sweep: only sizes with two variants that ran; the failed graph row is not a candidate
+    assert sweep == "sweep 8 canvases x 8 steps, ms per forward: sdpa 70.000 < kernels 90.000"
+    p = tmp_path / "r.json"
+    p.write_text(json.dumps(RESULTS))
+    assert _decide().main([str(p)]) == 0
+    assert "sdpa 70.000 < kernels 90.000" in capsys.readouterr().out
