@@ -23,6 +23,7 @@ from typing import Any
 
 import torch
 
+import kernels
 from model.params import GenerationParams
 from model.sampler import (
     NoiseSource,
@@ -71,7 +72,11 @@ class CanvasBatch:
     keys: RowKeys  # per-row random stream position (fast mode)
     rp: RowParams
     pos0_B: torch.Tensor  # long, position of the canvas' first token
-    last_BCV: torch.Tensor | None = None  # fp32 processed logits of the last live step (commit hooks only)
+    # the last live step's logits for commit hooks (read them with `last_logits`): fp32 processed logits, or
+    # in the GPU head mode the raw LM head output, with last_cap / last_temp_B to process it at commit
+    last_BCV: torch.Tensor | None = None
+    last_cap: float | None = None  # set: last_BCV is raw (head mode); the model's final softcap
+    last_temp_B: torch.Tensor | None = None  # head mode: each row's temperature of that step (None: none)
     soft_BCH: torch.Tensor | None = None  # chunked path: self-conditioning soft embedding (replaces sc_BCV)
     steer_rows: list[RowSteer | None] | None = None  # optional steering (see module doc); None: off
 
@@ -99,6 +104,16 @@ class CanvasBatch:
     def size(self) -> int:
         return self.canvas_BC.shape[0]
 
+    def last_logits(self, b: int) -> torch.Tensor:
+        """Row b's fp32 processed logits [C, V] of its last live step (what a commit hook reads). In head mode
+        the raw output is processed here, by the same epilogue as the materialised path (the same bits)."""
+        if self.last_BCV is None:
+            raise ValueError("last_logits: no step kept its logits (keep_logits was off)")
+        if self.last_cap is None:
+            return self.last_BCV[b]
+        temp = None if self.last_temp_B is None else self.last_temp_B[b : b + 1]
+        return kernels.logit_epilogue(self.last_BCV[b : b + 1], self.last_cap, temp)[0][0]
+
     def select(self, idx_B: torch.Tensor) -> CanvasBatch:
         """Rows idx_B of this batch (a new batch; sc/last gathered only when present)."""
         out = {}
@@ -117,23 +132,27 @@ class CanvasBatch:
     @staticmethod
     def cat(parts: list[CanvasBatch], V: int, sc_dtype: torch.dtype) -> CanvasBatch:
         """Concatenate batches; rows without self-conditioning get zero logits (masked by has_sc_B) or a
-        zero soft embedding (which is exactly no self-conditioning)."""
+        zero soft embedding (which is exactly no self-conditioning); rows without a kept step's temperature
+        get 1."""
         parts = [p for p in parts if p.size]
         if len(parts) == 1:
             return parts[0]
         out = {}
         for f in fields(CanvasBatch):
             vals = [getattr(p, f.name) for p in parts]
-            if f.name in ("sc_BCV", "last_BCV", "soft_BCH"):
+            if f.name == "last_cap":  # one model per engine: the same cap wherever it is set
+                out[f.name] = next((v for v in vals if v is not None), None)
+                continue
+            if f.name in ("sc_BCV", "last_BCV", "soft_BCH", "last_temp_B"):
                 if all(v is None for v in vals):
                     out[f.name] = None
                     continue
                 ref = next(v for v in vals if v is not None)
+                # a missing temperature is 1 (none); missing logits are zero (masked by has_sc_B, or
+                # overwritten by the row's next step before anything reads them)
+                fill = ref.new_ones if f.name == "last_temp_B" else ref.new_zeros
                 out[f.name] = torch.cat(
-                    [
-                        v if v is not None else ref.new_zeros((p.size, *ref.shape[1:]))
-                        for v, p in zip(vals, parts)
-                    ]
+                    [v if v is not None else fill((p.size, *ref.shape[1:])) for v, p in zip(vals, parts)]
                 )
             elif f.name == "steer_rows":
                 out[f.name] = (
@@ -178,12 +197,14 @@ def denoise_step(
     want_sc: bool = True,
 ) -> torch.Tensor | None:
     """One denoising step for every row of `st` (updated in place). Returns the processed logits (B, C, V),
-    or None when keep_logits is off and they were never materialised (the chunked path; the GPU head mode).
+    or None when they were never materialised (the chunked path without keep_logits; the GPU head mode
+    without steering or exact frozen rows: commit hooks then read `st.last_logits`).
 
     freeze: some row uses adaptive stopping (else the stop rule is skipped entirely).
     exact_frozen: keep frozen rows' self-conditioning logits as the reference does (an extra pass over the
       logits; the fast engine drops frozen rows instead, so it only needs their argmax).
-    keep_logits: maintain st.last_BCV (fp32) for commit hooks.
+    keep_logits: maintain st.last_BCV for commit hooks (fp32 processed logits, or in the GPU head mode the
+      raw LM head output; hooks read either through st.last_logits).
     all_have_sc: host-known hint that every row (True) or no row (False) has self-conditioning; None: mixed.
     len_range: host-known (min, max) cache length of the rows (then the decoder reads nothing from the
       device).
@@ -200,7 +221,7 @@ def denoise_step(
     if st.steer_rows is not None:
         _seed_canvases(st)
     kw = dict(positions_BC=positions_BC, rows_B=rows_B, len_range=len_range)
-    soft, chunked, sc_next = None, False, None
+    soft, chunked, sc_next, head_mode = None, False, None, False
     if uses_chunked_head(noise, st.canvas_BC.device):
         if all_have_sc is not False and st.soft_BCH is not None:
             soft = st.soft_BCH if all_have_sc else st.soft_BCH * st.has_sc_B[:, None, None]
@@ -224,16 +245,18 @@ def denoise_step(
         h = model.decode_hidden(st.canvas_BC, cache, sc_logits_BCV=sc, sc_mask_B=sc_mask, **kw)
         # softcap, temperature and the next step's self-conditioning copy: one pass on the GPU
         temp = temperature_B(st.steps_left_B, st.rp) if st.rp.scheduled else None
-        if uses_head_mode(noise, st.canvas_BC.device) and not keep_logits and st.steer_rows is None \
-                and not (freeze and exact_frozen):
-            # nothing needs the fp32 logits: the sampler reads the raw LM head output (the same statistics
-            # and samples, bit for bit: kernels/sampler.py head mode)
+        if uses_head_mode(noise, st.canvas_BC.device):
+            # The sampler reads the raw LM head output (the same statistics and samples, bit for bit:
+            # kernels/sampler.py head mode) and commit hooks keep it raw (`last_logits`): the fp32 logits are
+            # built only for steering or the reference's exact frozen rows.
             raw, sc_next = model.head_raw(h, temp)
             cap = model.config.text.final_logit_softcapping
             argmax, entropy = noise.raw_stats(raw, cap, temp, st.keys)
             keep = accept_mask(entropy, st.rp.bound_B)
             sampled = noise.raw_sample(raw, cap, temp, keep, st.keys)
-            proc = None
+            need_proc = st.steer_rows is not None or (freeze and exact_frozen)
+            proc = kernels.logit_epilogue(raw, cap, temp)[0] if need_proc else None
+            head_mode = True
         else:
             proc, sc_next = model.head(h, temp, narrow=True)
             argmax, entropy = noise.stats(proc, st.keys)
@@ -255,10 +278,19 @@ def denoise_step(
         st.done_B = st.done_B | stop
     if keep_logits:
         # Frozen rows keep the logits of the step they froze at: that is what their argmax came from.
-        last = proc.float()
+        last, last_temp = (raw, temp) if head_mode else (proc.float(), None)
         if freeze and st.last_BCV is not None:
             last = torch.where(done_before[:, None, None], st.last_BCV, last)
-        st.last_BCV = last
+            if head_mode and (last_temp is not None or st.last_temp_B is not None):
+                # no temperature is a temperature of 1 (x / 1 is exact) where frozen and live rows mix
+                ones = torch.ones_like(done_before, dtype=torch.float32)
+                last_temp = torch.where(
+                    done_before,
+                    st.last_temp_B if st.last_temp_B is not None else ones,
+                    last_temp.float() if last_temp is not None else ones,
+                )
+        st.last_BCV, st.last_temp_B = last, last_temp
+        st.last_cap = model.config.text.final_logit_softcapping if head_mode else None
     st.argmax_BC, st.canvas_BC = argmax, canvas
     if chunked:  # soft is None only when no step of this canvas follows (want_sc False)
         st.soft_BCH, st.sc_BCV = soft, None

@@ -304,7 +304,7 @@ class Engine:
         if not is_argmax(r.req.commit_hook):
             try:
                 toks, r.hook_state, hook_done = r.req.commit_hook.commit(
-                    batch.last_BCV[j],
+                    batch.last_logits(j),
                     r.hook_state,
                     tokens_left=p.max_new_tokens - len(r.tokens),
                     last_canvas=last,

@@ -173,7 +173,7 @@ def _generate_reference(
         if use_hook:
             for b in range(B):
                 toks, hook_states[b], hook_done[b] = hook.commit(
-                    st.last_BCV[b],
+                    st.last_logits(b),
                     hook_states[b],
                     tokens_left=params.max_new_tokens - k * C,
                     last_canvas=k == K - 1,

@@ -3,6 +3,8 @@ from the derive_keys kernel, both run in Triton's interpreter through the one di
 
 from __future__ import annotations
 
+import copy
+
 import torch
 
 import kernels
@@ -111,3 +113,73 @@ def test_head_mode_gives_the_materialised_paths_tokens(stop_pair, monkeypatch):
             mat = [key(c) for c in Engine(ours, max_batch_rows=2).generate(reqs)]
     assert ran > 0 and len(calls) == ran  # head mode ran in the first engine only
     assert head == mat
+
+
+class _Recording:
+    """A commit hook that takes the argmax of the logits it is given and keeps a copy of them."""
+
+    def __init__(self):
+        self.seen = []
+
+    def initial_state(self):
+        return None
+
+    def commit(self, logits_CV, state, *, tokens_left, last_canvas):
+        self.seen.append(logits_CV.clone())
+        return logits_CV.argmax(dim=-1), state, False
+
+
+def test_head_mode_commit_hooks_read_the_same_logits(stop_pair, monkeypatch):
+    """With commit hooks the head mode keeps the raw LM head output (bf16 here) and the row's temperature and
+    processes a row only at commit: the hook gets the fp32 logits of the materialised path, bit for bit,
+    including rows frozen early by adaptive stopping and a batch whose rows join at different times."""
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    ours = copy.deepcopy(stop_pair[1]).to(torch.bfloat16)  # the fixture's model stays fp32
+
+    def run():
+        hook = _Recording()
+        params = [GenerationParams(max_new_tokens=8, max_denoising_steps=8, confidence_threshold=2.0),
+                  GenerationParams(max_new_tokens=16, max_denoising_steps=3)]
+        reqs = [Request(id=f"r{i}", input_ids=list(range(5 + i, 11 + 2 * i)), seed=9 + i, params=p,
+                        commit_hook=hook) for i, p in enumerate(params)]
+        eng = Engine(ours, max_batch_rows=2)
+        out = [(c.token_ids, c.canvases, c.denoising_steps) for c in eng.generate(reqs)]
+        return out, hook.seen
+
+    with kernels.use_backend("triton"):
+        head, seen_head = run()
+        with kernels.use_backend("torch", ops=("head_sample",)):
+            mat, seen_mat = run()
+    assert head == mat and len(seen_head) == len(seen_mat) >= 3
+    for a, b in zip(seen_head, seen_mat):
+        assert a.dtype == b.dtype == torch.float32 and torch.equal(a, b)
+    assert head[0][2] < 8  # row 0 froze early, and row 1's steps went on beside it
+
+
+class _Steering(_Recording):
+    """A steering hook (model/denoise.py RowSteer) that records the logits each step shows it."""
+
+    steering_on = True
+
+    def steer(self, logits_CV, argmax_C, keep_C, sampled_C, state, *, tokens_left, last_canvas):
+        self.seen.append(logits_CV.clone())
+        return None
+
+
+def test_head_mode_steering_sees_the_materialised_logits(stop_pair, monkeypatch):
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    _, ours = stop_pair
+
+    def run():
+        hook = _Steering()
+        req = Request(id="s", input_ids=[4, 5, 6, 7], seed=2, commit_hook=hook,
+                      params=GenerationParams(max_new_tokens=8, max_denoising_steps=2))
+        (c,) = Engine(ours, max_batch_rows=1).generate([req])
+        return c.token_ids, hook.seen
+
+    with kernels.use_backend("triton"):
+        head, seen_head = run()
+        with kernels.use_backend("torch", ops=("head_sample",)):
+            mat, seen_mat = run()
+    assert head == mat and len(seen_head) == len(seen_mat) == 3  # two steps' steering, one commit
+    assert all(torch.equal(a, b) for a, b in zip(seen_head, seen_mat))
