@@ -39,6 +39,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import kernels  # noqa: E402
 from model import DiffusionGemma, DiffusionGemmaConfig  # noqa: E402
+from model.commit import ArgmaxCommit  # noqa: E402
 from model.counters import Counters  # noqa: E402
 from model.engine import Engine, Request  # noqa: E402
 from model.params import GenerationParams  # noqa: E402
@@ -152,8 +153,16 @@ def dry_triton(counter: LaunchCounter) -> Iterator[None]:
         kernels._OPS.update(saved_ops)
 
 
-def count_step_launches(path: str, rows: int = 2, steps: int = 4, seed: int = 0) -> dict:
-    """Run `rows` one-canvas requests of `steps` fixed steps; -> per-decoder-forward launch counts."""
+class _KeepLogits(ArgmaxCommit):
+    """The argmax commit under another type, so the engine keeps each step's logits for it (as for a
+    structured-output row's commit hook) without changing any token."""
+
+
+def count_step_launches(path: str, rows: int = 2, steps: int = 4, seed: int = 0, *, hooked: bool = False,
+                        head_mode: bool = True) -> dict:
+    """Run `rows` one-canvas requests of `steps` fixed steps; -> per-decoder-forward launch counts.
+    hooked: every row has a commit hook that needs the logits; head_mode False: the GPU path as it was
+    before the sampler's head mode (fp32 logits materialised every step)."""
     torch.manual_seed(seed)
     cfg = DiffusionGemmaConfig.tiny()
     m = DiffusionGemma(cfg).to(torch.bfloat16).eval()
@@ -162,7 +171,7 @@ def count_step_launches(path: str, rows: int = 2, steps: int = 4, seed: int = 0)
                               confidence_threshold=None)
     g = torch.Generator().manual_seed(seed)
     reqs = [Request(id=f"r{i}", input_ids=torch.randint(3, V, (20 + 3 * i,), generator=g).tolist(), seed=i,
-                    params=params) for i in range(rows)]
+                    params=params, commit_hook=_KeepLogits() if hooked else None) for i in range(rows)]
     counter = LaunchCounter(V, tuple(m.parameters()))
 
     def enter(_mod, _args, kwargs):
@@ -176,7 +185,9 @@ def count_step_launches(path: str, rows: int = 2, steps: int = 4, seed: int = 0)
     ctr = Counters()
     eng = Engine(m, max_batch_rows=rows, counters=ctr)
     try:
-        with dry_triton(counter) if path == "gpu" else kernels.use_backend("torch"), counter:
+        off = ("head_sample",)
+        no_head = contextlib.nullcontext() if head_mode else kernels.use_backend("torch", ops=off)
+        with dry_triton(counter) if path == "gpu" else kernels.use_backend("torch"), no_head, counter:
             out = eng.generate(reqs)
     finally:
         for h in hooks:
@@ -215,6 +226,12 @@ def main(argv=None) -> int:
               f"{r['logit_passes']:.1f} fp32 logit passes of traffic per decoder forward")
     t, gp = res
     print(f"decoder layer, gpu path / torch path: {gp['decoder_layer'] / t['decoder_layer']:.3f}")
+    # rows with a commit hook that reads the logits (structured output), with and without the head mode
+    for head_mode in (True, False):
+        r = count_step_launches("gpu", a.rows, a.steps, hooked=True, head_mode=head_mode)
+        mode = "on " if head_mode else "off"
+        print(f"  gpu path, every row hooked, head mode {mode}: {r['rest']:6.1f} launches per decoder "
+              f"forward outside the layers; {r['logit_passes']:.1f} fp32 logit passes of traffic")
     for key, what in (("decoder_layer_ops", "one decoder layer"), ("rest_ops", "outside the layers")):
         print(f"gpu path, {what}, launches per decoder forward by op:")
         for k, v in gp[key].items():
