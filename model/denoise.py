@@ -176,8 +176,8 @@ def uses_chunked_head(noise: NoiseSource, device: torch.device) -> bool:
 
 
 def uses_head_mode(noise: NoiseSource, device: torch.device) -> bool:
-    """Whether the materialised path on `device` may sample from the raw LM head output instead (RowNoise on
-    a GPU: see RowNoise.head_mode); denoise_step also needs no consumer of the fp32 logits that step."""
+    """Whether the step on `device` samples from the raw LM head output instead of materialised fp32 logits
+    (RowNoise on a GPU: see RowNoise.head_mode)."""
     head_mode = getattr(noise, "head_mode", None)
     return head_mode is not None and head_mode(device)
 
@@ -211,8 +211,9 @@ def denoise_step(
     want_sc: False when no row takes another step of this canvas, so the chunked path skips the
       self-conditioning GEMM whose result no step would read.
     Path: a noise source whose `chunked_head(device)` holds (the fast mode without the fused Triton sampler,
-    i.e. on a CPU) never builds [B, C, V] logits (model/vocab_head.py); every other case runs the
-    reference's op sequence on materialised logits.
+    i.e. on a CPU) never builds [B, C, V] logits (model/vocab_head.py); one whose `head_mode(device)` holds
+    (the fast mode on a GPU) samples from the raw LM head output and builds fp32 logits only for steering or
+    exact frozen rows; every other case runs the reference's op sequence on materialised logits.
     """
     C = st.canvas_BC.shape[1]
     V = model.config.text.vocab_size

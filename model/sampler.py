@@ -241,11 +241,12 @@ class RowNoise:
     the CPU, where the hash-per-vocabulary-entry of Gumbel-max is costly, `lean_stats` and an inverse-CDF
     draw over the kept rows sample the same law from the same per-position keys (CPU and GPU numbers
     differ; neither depends on the batch).
-    Passes over the logits per step on the GPU: the head writes them once (softcap, temperature and the
-    self-conditioning copy in one kernel, `model.head`), stats read them once, sample reads the kept rows.
-    In head mode (`head_mode`, when no commit hook, steering or exact frozen-row logits need the fp32
-    logits) the head writes only the self-conditioning copy and stats / sample read the raw LM head output
-    (`raw_stats`, `raw_sample`): both passes at the model dtype's width, and no [B, C, V] fp32 tensor.
+    Passes over the logits per step on the GPU: in head mode (`head_mode`: the fused sampler and its head
+    mode both run as kernels) the head writes only the self-conditioning copy and stats / sample read the
+    raw LM head output (`raw_stats`, `raw_sample`), both at the model dtype's width, with no [B, C, V] fp32
+    tensor; commit hooks get their rows processed at commit (CanvasBatch.last_logits). Otherwise the head
+    writes the fp32 logits once (softcap, temperature and the self-conditioning copy in one kernel,
+    `model.head`), stats read them once, sample reads the kept rows.
     On the CPU the fast loop does not build the logits at all: `sample_head` samples from
     model/vocab_head.py's ChunkedHead (statistics come from its cache-resident sweep; only the kept
     positions' logits are recomputed).
