@@ -171,8 +171,8 @@ class _GraphedDecode:
 
     def _run(self):
         # len_range: every row's context length is known on the host (no device read inside the capture)
-        h = self.m.decode_hidden(self.canvas, self.cache, positions_BC=self.pos_c, sc_logits_BCV=self.sc,
-                                 len_range=(self.ctx, self.ctx))
+        h = self.m.decode_hidden(self.canvas, self.cache, positions_BC=self.pos_c,
+                                 len_range=(self.ctx, self.ctx), **sc_input(self.canvas.device, self.sc))
         return engine_head(self.m, h, self.temp)
 
     def __call__(self, canvas, sc, temp_B):
@@ -184,12 +184,18 @@ class _GraphedDecode:
 
 
 def engine_head(m, h, temp_B):
-    """The head as the engine's GPU step runs it (model/denoise.py): in the sampler's head mode, the raw LM
-    head output and the bf16 self-conditioning copy (no fp32 logits); otherwise the processed fp32 logits
-    and the copy."""
+    """The head as the engine's GPU step runs it (model/denoise.py): in the head mode, the raw LM head
+    output and the next step's self-conditioning probabilities written straight from it (no fp32 logits, no
+    copy); otherwise the processed fp32 logits and their bf16 copy."""
     if RowNoise.head_mode(h.device):
-        return m.head_raw(h, temp_B)
+        x = m.head_raw(h)
+        return x, kernels.softmax(x, m.dtype, cap=m.text.final_logit_softcapping, temperature_R=temp_B)
     return m.head(h, temp_B, narrow=True)
+
+
+def sc_input(dev, sc):
+    """decode_hidden's self-conditioning argument for engine_head's second output."""
+    return {"sc_probs_BCV" if RowNoise.head_mode(dev) else "sc_logits_BCV": sc}
 
 
 def engine_sample(m, x, temp_B, keys, bound):
@@ -242,7 +248,7 @@ def run_canvas(m, cfg, dev, B, N, ctx, graph=False):
         if graphed is not None:
             logits, sc_next = graphed(canvas, sc, temp_B)
         else:
-            h = m.decode_hidden(canvas, cache, positions_BC=pos_c, sc_logits_BCV=sc, len_range=(ctx, ctx))
+            h = m.decode_hidden(canvas, cache, positions_BC=pos_c, len_range=(ctx, ctx), **sc_input(dev, sc))
             logits, sc_next = engine_head(m, h, temp_B)
         sync(dev)
         fwd += time.perf_counter() - f0

@@ -22,8 +22,9 @@ dim, T flat tokens, E experts, k top-k, F = 2*Im gate+up rows, I = Im expert wid
 - `rms_norm_pair(x, w1, w2, eps) -> (y1, y2)`: two scaled RMSNorms of one input (the block's two
       pre-feed-forward norms of r) in one launch; see kernels/rms_norm.py.
 - `gelu_mul(g, u) -> gelu_tanh(g) * u`: the dense MLPs' gated GELU; see kernels/gelu_mul.py.
-- `softmax(x, out_dtype) -> p`: row softmax over the last dim in fp32, written in out_dtype (the
-      self-conditioning input); see kernels/softmax.py.
+- `softmax(x, out_dtype, cap=None, temperature_R=None) -> p`: row softmax over the last dim in fp32,
+      written in out_dtype (the self-conditioning input; with cap, of the LM head's raw output processed as
+      the logit epilogue's copy); see kernels/softmax.py.
 
 Alternatives: canvas_attention also runs as PyTorch's fused SDPA ("sdpa") and fused_moe as PyTorch's grouped
 GEMM ("grouped"), chosen only by a per-op override, e.g. `use_backend("sdpa", ops=("canvas_attention",))`.
@@ -256,9 +257,13 @@ def logit_epilogue(x: torch.Tensor, cap: float, temperature_R: torch.Tensor | No
     return _impl("logit_epilogue", x)(x, cap, temperature_R, narrow_dtype, keep_fp32=keep_fp32)
 
 
-def softmax(x: torch.Tensor, out_dtype: torch.dtype) -> torch.Tensor:
-    """softmax(x, dim=-1) computed in fp32 and written in out_dtype."""
-    return _impl("softmax", x)(x, out_dtype)
+def softmax(x: torch.Tensor, out_dtype: torch.dtype, *, cap: float | None = None,
+            temperature_R: torch.Tensor | None = None) -> torch.Tensor:
+    """softmax(x, dim=-1) computed in fp32 and written in out_dtype. Head mode (cap given): x is the LM head's
+    raw output, processed first as the logit epilogue's narrow copy (softcap, / temperature_R per leading row,
+    rounded to out_dtype): the self-conditioning input straight from the LM head."""
+    _softmax.check_softmax_args(x, cap, temperature_R)
+    return _impl("softmax", x)(x, out_dtype, cap=cap, temperature_R=temperature_R)
 
 
 def route(r_TH: torch.Tensor, scale_H: torch.Tensor, proj_EH: torch.Tensor, per_expert_E: torch.Tensor,

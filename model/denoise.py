@@ -63,7 +63,8 @@ class CanvasBatch:
 
     canvas_BC: torch.Tensor  # long, the noised canvas fed to the decoder next
     argmax_BC: torch.Tensor  # long, argmax of the last processed step: the commit candidate (-1 before any)
-    sc_BCV: torch.Tensor | None  # processed logits of the last step in the embedding dtype; None: no step yet
+    sc_BCV: torch.Tensor | None  # processed logits of the last step in the embedding dtype (or their softmax:
+    # sc_probs); None: no step yet
     has_sc_B: torch.Tensor  # bool, rows whose sc_BCV is real (False: first step of a canvas -> soft = 0)
     done_B: torch.Tensor  # bool, frozen by adaptive stopping (state no longer updated)
     run_B: torch.Tensor  # long, stability run length
@@ -78,6 +79,7 @@ class CanvasBatch:
     last_cap: float | None = None  # set: last_BCV is raw (head mode); the model's final softcap
     last_temp_B: torch.Tensor | None = None  # head mode: each row's temperature of that step (None: none)
     soft_BCH: torch.Tensor | None = None  # chunked path: self-conditioning soft embedding (replaces sc_BCV)
+    sc_probs: bool = False  # sc_BCV holds softmax(logits) already (the GPU head mode), not the logits
     steer_rows: list[RowSteer | None] | None = None  # optional steering (see module doc); None: off
 
     @classmethod
@@ -142,6 +144,12 @@ class CanvasBatch:
             vals = [getattr(p, f.name) for p in parts]
             if f.name == "last_cap":  # one model per engine: the same cap wherever it is set
                 out[f.name] = next((v for v in vals if v is not None), None)
+                continue
+            if f.name == "sc_probs":  # what sc_BCV holds: one kind per step path, so per batch
+                kinds = {p.sc_probs for p in parts if p.sc_BCV is not None}
+                if len(kinds) > 1:
+                    raise ValueError("CanvasBatch.cat: parts hold self-conditioning logits and probabilities")
+                out[f.name] = kinds.pop() if kinds else False
                 continue
             if f.name in ("sc_BCV", "last_BCV", "soft_BCH", "last_temp_B"):
                 if all(v is None for v in vals):
@@ -222,7 +230,7 @@ def denoise_step(
     if st.steer_rows is not None:
         _seed_canvases(st)
     kw = dict(positions_BC=positions_BC, rows_B=rows_B, len_range=len_range)
-    soft, chunked, sc_next, head_mode = None, False, None, False
+    soft, chunked, sc_next, head_mode, sc_probs = None, False, None, False, False
     if uses_chunked_head(noise, st.canvas_BC.device):
         if all_have_sc is not False and st.soft_BCH is not None:
             soft = st.soft_BCH if all_have_sc else st.soft_BCH * st.has_sc_B[:, None, None]
@@ -243,20 +251,27 @@ def denoise_step(
             sc = None
         elif all_have_sc is None and sc is not None:
             sc_mask = st.has_sc_B
-        h = model.decode_hidden(st.canvas_BC, cache, sc_logits_BCV=sc, sc_mask_B=sc_mask, **kw)
+        sc_kw = {"sc_probs_BCV" if st.sc_probs else "sc_logits_BCV": sc}
+        h = model.decode_hidden(st.canvas_BC, cache, sc_mask_B=sc_mask, **sc_kw, **kw)
         # softcap, temperature and the next step's self-conditioning copy: one pass on the GPU
         temp = temperature_B(st.steps_left_B, st.rp) if st.rp.scheduled else None
         if uses_head_mode(noise, st.canvas_BC.device):
             # The sampler reads the raw LM head output (the same statistics and samples, bit for bit:
             # kernels/sampler.py head mode) and commit hooks keep it raw (`last_logits`): the fp32 logits are
             # built only for steering or the reference's exact frozen rows.
-            raw, sc_next = model.head_raw(h, temp)
+            raw = model.head_raw(h)
             cap = model.config.text.final_logit_softcapping
             argmax, entropy = noise.raw_stats(raw, cap, temp, st.keys)
             keep = accept_mask(entropy, st.rp.bound_B)
             sampled = noise.raw_sample(raw, cap, temp, keep, st.keys)
-            need_proc = st.steer_rows is not None or (freeze and exact_frozen)
-            proc = kernels.logit_epilogue(raw, cap, temp)[0] if need_proc else None
+            if freeze and exact_frozen:
+                # the reference's frozen rows keep their self-conditioning logits as their logits: keep logits
+                proc, sc_next = kernels.logit_epilogue(raw, cap, temp, model.dtype)
+            else:
+                # the next step's self-conditioning input straight from the LM head (softmax head mode)
+                proc = kernels.logit_epilogue(raw, cap, temp)[0] if st.steer_rows is not None else None
+                sc_next = kernels.softmax(raw, model.dtype, cap=cap, temperature_R=temp)
+                sc_probs = True
             head_mode = True
         else:
             proc, sc_next = model.head(h, temp, narrow=True)
@@ -296,7 +311,7 @@ def denoise_step(
     if chunked:  # soft is None only when no step of this canvas follows (want_sc False)
         st.soft_BCH, st.sc_BCV = soft, None
     else:
-        st.sc_BCV = sc_next
+        st.sc_BCV, st.sc_probs = sc_next, sc_probs
     st.has_sc_B = torch.ones_like(st.has_sc_B)
     st.steps_left_B = st.steps_left_B - 1
     st.keys = RowKeys(st.keys.seed_B, st.keys.canvas_B, st.keys.step_B + 1)

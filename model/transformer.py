@@ -228,18 +228,21 @@ class DiffusionGemma(nn.Module):
         sc_mask_B: torch.Tensor | None = None,
         len_range: tuple[int, int] | None = None,
         sc_soft_BCH: torch.Tensor | None = None,
+        sc_probs_BCV: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """`decode` without the LM head -> the last layer's output h_BCH (before the final norm).
 
         sc_soft_BCH: the self-conditioning soft embedding softmax(previous logits) @ E * sqrt(H), already
         computed (fast mode computes it inside its vocabulary pass); excludes sc_logits_BCV. Rows with no
         self-conditioning pass zeros, which is exactly "no self-conditioning".
+        sc_probs_BCV: softmax(previous logits) in the embedding dtype, already computed (the GPU head mode
+        writes it straight from the LM head: kernels.softmax); excludes the other two.
         len_range: host-known (min, max) of the rows' cache lengths (skips a device read; must be exact).
         """
         R, C = canvas_BC.shape
         _check_shape("positions_BC", positions_BC, (R, C))
-        if sc_soft_BCH is not None and sc_logits_BCV is not None:
-            raise ValueError("decode: pass sc_logits_BCV or sc_soft_BCH, not both")
+        if sum(x is not None for x in (sc_soft_BCH, sc_logits_BCV, sc_probs_BCV)) > 1:
+            raise ValueError("decode: pass at most one of sc_logits_BCV, sc_soft_BCH, sc_probs_BCV")
         rows = cache.rows(rows_B)
         _check_shape("rows_B", rows, (R,))
         sel = None if rows_B is None else rows
@@ -260,7 +263,8 @@ class DiffusionGemma(nn.Module):
         if sc_logits_BCV is not None:
             sc_logits_BCV = sc_logits_BCV.to(self.dtype)  # the reference feeds embedding-dtype logits
         h = self.self_conditioning(
-            emb, sc_logits_BCV, self.embed_tokens.weight, self._scale(), sc_mask_B, soft_BCH=sc_soft_BCH
+            emb, sc_logits_BCV, self.embed_tokens.weight, self._scale(), sc_mask_B, soft_BCH=sc_soft_BCH,
+            probs_BCV=sc_probs_BCV,
         )
         rope = self._rope(positions_BC, h.dtype)
         for i, layer in enumerate(self.layers):
@@ -300,17 +304,11 @@ class DiffusionGemma(nn.Module):
             self.dtype if narrow else None,
         )
 
-    def head_raw(
-        self, h_BCH: torch.Tensor, temperature_B: torch.Tensor | None = None
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """The GPU step's head when its sampler reads the LM head's output itself (kernels.head_sample):
-        (the raw LM head output in the model dtype, the next step's self-conditioning copy of the processed
-        logits). The fp32 processed logits are never written (kernels/logit_epilogue.py, keep_fp32=False)."""
-        x = F.linear(self.norm(h_BCH), self.embed_tokens.weight)
-        _, narrow = kernels.logit_epilogue(
-            x, self.text.final_logit_softcapping, temperature_B, self.dtype, keep_fp32=False
-        )
-        return x, narrow
+    def head_raw(self, h_BCH: torch.Tensor) -> torch.Tensor:
+        """The GPU step's head when its kernels read the LM head's output themselves: final norm and the
+        tied LM head only, in the model dtype (softcap and temperature are applied by kernels.head_sample and
+        by kernels.softmax's head mode, as kernels/logit_epilogue.py would)."""
+        return F.linear(self.norm(h_BCH), self.embed_tokens.weight)
 
     # -- weights -----------------------------------------------------------------------------------
     @classmethod
