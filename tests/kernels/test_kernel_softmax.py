@@ -67,3 +67,13 @@ def test_gpu_real_vocab(cuda):
     x = (torch.randn(256, 262144, device=cuda) * 8).to(torch.bfloat16)
     got, want = softmax_triton(x, torch.bfloat16).float(), softmax_torch(x, torch.bfloat16).float()
     assert_close("softmax gpu", got, want, 1e-7, 1e-2)
+
+
+@pytest.mark.gpu
+def test_gpu_head_mode_real_vocab(cuda):
+    g = torch.Generator().manual_seed(4)
+    x = (torch.randn(2, 128, 262144, generator=g) * 40).to(cuda, torch.bfloat16)
+    temp = torch.tensor([0.7, 1.4], device=cuda)
+    got = softmax_triton(x, torch.bfloat16, cap=30.0, temperature_R=temp)
+    narrow = logit_epilogue_triton(x, 30.0, temp, torch.bfloat16, keep_fp32=False)[1]
+    assert_close("head softmax gpu", got.float(), softmax_triton(narrow, torch.bfloat16).float(), 1e-7, 2**-7)
