@@ -141,11 +141,11 @@ def _fused_sample_kernel(logits_ptr, stride_n, inv_temp_ptr, key_ptr, need_ptr,
     # division by the row's temperature: the same bits), so the fp32 logits never go through memory;
     # inv_temp_ptr then holds the per-canvas temperatures (one per ROWS_PER_T rows)
     if HEAD:
-        inv_t = 1.0
+        temp = tl.full([], 1.0, tl.float32)
         if HAS_T:
             temp = tl.load(inv_temp_ptr + row // ROWS_PER_T).to(tl.float32)
     else:
-        inv_t = tl.load(inv_temp_ptr + row).to(tl.float32)
+        temp = tl.load(inv_temp_ptr + row).to(tl.float32)  # here the inverse temperature
     key = tl.load(key_ptr + row)
     # row_state(key) = mix32(lo ^ mix32(hi ^ SALT0)), in wrapping uint32
     state = mix32_u32(key.to(tl.uint32) ^ mix32_u32((key >> 32).to(tl.uint32) ^ 0x1B873593))
@@ -170,7 +170,7 @@ def _fused_sample_kernel(logits_ptr, stride_n, inv_temp_ptr, key_ptr, need_ptr,
             if HAS_T:
                 x = x / temp
         else:
-            x = x * inv_t
+            x = x * temp
         x = tl.where(mask, x, float("-inf"))
         tm = tl.max(x, 0)
         ti = tl.argmax(x, 0)

@@ -34,16 +34,16 @@ def softmax_torch(x: torch.Tensor, out_dtype: torch.dtype, *, cap: float | None 
 
 # ---- Triton kernel: one program per row, tiles of BLOCK_V -------------------------------------------------
 @triton.jit
-def _load_row(x_ptr, row, cols, V, t, cap, HEAD: tl.constexpr, HAS_T: tl.constexpr, narrow_ty):
-    """One tile of a row in fp32; HEAD: processed as the logit epilogue's narrow copy (same ops, same
-    rounding). Tail columns are -inf (no probability)."""
+def _load_row(x_ptr, p_ptr, row, cols, V, t, cap, HEAD: tl.constexpr, HAS_T: tl.constexpr):
+    """One tile of a row in fp32; HEAD: processed as the logit epilogue's narrow copy (same ops, rounded to
+    the output dtype as its store would). Tail columns are -inf (no probability)."""
     ok = cols < V
     x = tl.load(x_ptr + row * V + cols, mask=ok, other=0.0).to(tl.float32)
     if HEAD:
         x = softcap_f32(x, cap)
         if HAS_T:
             x = x / t
-        x = x.to(narrow_ty).to(tl.float32)
+        x = x.to(p_ptr.dtype.element_ty).to(tl.float32)
     return tl.where(ok, x, float("-inf"))
 
 
@@ -52,22 +52,21 @@ def _softmax_kernel(x_ptr, p_ptr, t_ptr, V, cap, ROWS_PER_T, BLOCK_V: tl.constex
                     HAS_T: tl.constexpr):
     row = tl.program_id(0).to(tl.int64)
     offs = tl.arange(0, BLOCK_V)
-    t = 1.0
+    t = tl.full([], 1.0, tl.float32)
     if HAS_T:
         t = tl.load(t_ptr + row // ROWS_PER_T).to(tl.float32)
-    narrow_ty = p_ptr.dtype.element_ty
     # finite start: exp(m - new_m) underflows to 0 instead of giving inf - inf
     m = tl.full([], -3.0e38, tl.float32)
     s = tl.zeros([], tl.float32)
     for start in range(0, V, BLOCK_V):
-        x = _load_row(x_ptr, row, start + offs, V, t, cap, HEAD, HAS_T, narrow_ty)
+        x = _load_row(x_ptr, p_ptr, row, start + offs, V, t, cap, HEAD, HAS_T)
         new_m = tl.maximum(m, tl.max(x, 0))
         s = s * tl.exp(m - new_m) + tl.sum(tl.exp(x - new_m), 0)
         m = new_m
     inv_s = 1.0 / s
     for start in range(0, V, BLOCK_V):
         cols = start + offs
-        x = _load_row(x_ptr, row, cols, V, t, cap, HEAD, HAS_T, narrow_ty)
+        x = _load_row(x_ptr, p_ptr, row, cols, V, t, cap, HEAD, HAS_T)
         tl.store(p_ptr + row * V + cols, (tl.exp(x - m) * inv_s).to(p_ptr.dtype.element_ty), mask=cols < V)
 
 
