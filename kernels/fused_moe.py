@@ -83,12 +83,15 @@ def fused_moe_grouped(x_TH: torch.Tensor, topk_idx_Tk: torch.Tensor, topk_w_Tk: 
     """Same contract through `grouped_mm` (CUTLASS grouped GEMMs on sm80+ GPUs; a loop over experts on the
     CPU): assignments sorted by expert with no padding and no host read (sort + searchsorted give the group
     ends), one grouped call per projection, each expert output in x's dtype, then the fp32 top-k combine.
-    On CUDA the gated GELU (kernels/gelu_mul.py) and the combine run as Triton kernels. Not dispatched yet:
+    On CUDA (and in Triton's interpreter) the gated GELU (kernels/gelu_mul.py, reading the two halves of the
+    gate+up output in place) and the combine (reading each row where the grouped GEMM left it) run as Triton
+    kernels, so no [A, 2I] or [A, H] copy is made. Not dispatched yet:
     bench/gpu.py measures it against the Triton GEMMs (CUTLASS's tuned kernels against our untuned tiles)."""
     check_moe_args(x_TH, topk_idx_Tk, topk_w_Tk, gate_up_EFH, down_EHI)
     T, H = x_TH.shape
     k = topk_idx_Tk.shape[1]
     E, _, I = down_EHI.shape  # noqa: E741
+    A = T * k
     if T == 0:
         return torch.empty_like(x_TH)
     e_sorted_A, order_A = torch.sort(topk_idx_Tk.reshape(-1), stable=True)
@@ -96,18 +99,16 @@ def fused_moe_grouped(x_TH: torch.Tensor, topk_idx_Tk: torch.Tensor, topk_w_Tk: 
     offs_E = torch.searchsorted(e_sorted_A, experts_E, right=True).to(torch.int32)  # end of each group
     x_AH = x_TH.index_select(0, order_A // k)  # rows grouped by expert, token order within a group
     gu_AF = _grouped_mm(x_AH, gate_up_EFH.transpose(1, 2), offs_E)
-    fused = x_TH.is_cuda and HAS_TRITON
+    fused = HAS_TRITON and (x_TH.is_cuda or interpret_mode())  # the Triton kernels wherever they run
     g_AI, u_AI = gu_AF[:, :I], gu_AF[:, I:]
     h_AI = gelu_mul_triton(g_AI, u_AI) if fused else gelu_tanh(g_AI) * u_AI
     y_sorted_AH = _grouped_mm(h_AI, down_EHI.transpose(1, 2), offs_E)
-    y_AH = torch.empty_like(y_sorted_AH).index_copy_(0, order_A, y_sorted_AH)  # back to assignment order
     if not fused:
+        y_AH = torch.empty_like(y_sorted_AH).index_copy_(0, order_A, y_sorted_AH)  # back to assignment order
         return combine_torch(y_AH, topk_w_Tk).to(x_TH.dtype)
-    out = torch.empty_like(x_TH)
-    bh = min(1024, 1 << max(4, (H - 1).bit_length()))
-    runnable(_combine_kernel)[(T, triton.cdiv(H, bh))](y_AH, topk_w_Tk.float().contiguous(), out, H, TOPK=k,
-                                                       BH=bh)
-    return out
+    # the combine reads each assignment's row where the GEMM left it (no [A, H] permutation copy)
+    where_A = torch.empty_like(order_A).scatter_(0, order_A, torch.arange(A, device=x_TH.device))
+    return _combine(y_sorted_AH, topk_w_Tk, torch.empty_like(x_TH), where_A)
 
 
 # ---- Triton kernels ----------------------------------------------------------------------------------------
@@ -186,15 +187,31 @@ def _down_kernel(h_ptr, w_ptr, y_ptr, ids_ptr, bexp_ptr, nblk_ptr, A, H, I,  # n
 
 
 @triton.jit
-def _combine_kernel(y_ptr, w_ptr, out_ptr, H, TOPK: tl.constexpr, BH: tl.constexpr):
+def _combine_kernel(y_ptr, w_ptr, out_ptr, rows_ptr, H, TOPK: tl.constexpr, BH: tl.constexpr,
+                    HAS_ROWS: tl.constexpr):
     t = tl.program_id(0).to(tl.int64)
     hs = tl.program_id(1) * BH + tl.arange(0, BH)
     ok = hs < H
     acc = tl.zeros((BH,), tl.float32)
     for j in tl.static_range(TOPK):  # top-k order, fp32
         w = tl.load(w_ptr + t * TOPK + j).to(tl.float32)
-        acc += w * tl.load(y_ptr + (t * TOPK + j) * H + hs, mask=ok, other=0.0).to(tl.float32)
+        r = t * TOPK + j
+        if HAS_ROWS:  # assignment r's output row (the grouped GEMM leaves them sorted by expert)
+            r = tl.load(rows_ptr + r).to(tl.int64)
+        acc += w * tl.load(y_ptr + r * H + hs, mask=ok, other=0.0).to(tl.float32)
     tl.store(out_ptr + t * H + hs, acc.to(out_ptr.dtype.element_ty), mask=ok)
+
+
+def _combine(y_RH: torch.Tensor, topk_w_Tk: torch.Tensor, out_TH: torch.Tensor,
+             rows_A: torch.Tensor | None = None) -> torch.Tensor:
+    """out[t] = sum_j w[t, j] * y[rows[t*k + j]] in fp32 (rows None: the identity), one launch."""
+    T, k = topk_w_Tk.shape
+    H = out_TH.shape[1]
+    bh = min(1024, 1 << max(4, (H - 1).bit_length()))
+    runnable(_combine_kernel)[(T, triton.cdiv(H, bh))](
+        y_RH, topk_w_Tk.float().contiguous(), out_TH, rows_A if rows_A is not None else topk_w_Tk, H, TOPK=k,
+        BH=bh, HAS_ROWS=rows_A is not None)
+    return out_TH
 
 
 def fused_moe_triton(x_TH: torch.Tensor, topk_idx_Tk: torch.Tensor, topk_w_Tk: torch.Tensor,
@@ -230,10 +247,7 @@ def fused_moe_triton(x_TH: torch.Tensor, topk_idx_Tk: torch.Tensor, topk_w_Tk: t
         h_AI, down_EHI, y_AH, sorted_ids, block_expert, nblk, A, H, I,
         h_AI.stride(0), down_EHI.stride(0), down_EHI.stride(1), y_AH.stride(0),
         BM=block_m, BN=block_n, BK=block_k, UPCAST=upcast, IEEE=ieee, **launch)
-    bh = min(1024, 1 << max(4, (H - 1).bit_length()))
-    runnable(_combine_kernel)[(T, triton.cdiv(H, bh))](
-        y_AH, topk_w_Tk.float().contiguous(), out, H, TOPK=k, BH=bh)
-    return out
+    return _combine(y_AH, topk_w_Tk, out)
 
 
 def check_moe_args(x_TH, topk_idx_Tk, topk_w_Tk, gate_up_EFH, down_EHI) -> None:

@@ -29,28 +29,34 @@ def gelu_mul_torch(g: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
 
 # ---- Triton kernel ----------------------------------------------------------------------------------------
 @triton.jit
-def _gelu_mul_kernel(g_ptr, u_ptr, y_ptr, N, ROUND: tl.constexpr, BLOCK: tl.constexpr):
+def _gelu_mul_kernel(g_ptr, u_ptr, y_ptr, N, I, sg, su, ROUND: tl.constexpr, BLOCK: tl.constexpr):  # noqa: E741
     offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
     ok = offs < N
-    g = tl.load(g_ptr + offs, mask=ok, other=0.0).to(tl.float32)
+    # rows of I elements, each input row at its own stride (a [T, 2I] gate+up output is read in place)
+    row, col = offs // I, offs % I
+    g = tl.load(g_ptr + row * sg + col, mask=ok, other=0.0).to(tl.float32)
     a = 0.5 * g * (1.0 + tanh_f32(0.7978845608028654 * (g + 0.044715 * g * g * g)))
     if ROUND:  # torch's gelu returns the activation dtype before the product
         a = a.to(y_ptr.dtype.element_ty).to(tl.float32)
-    y = a * tl.load(u_ptr + offs, mask=ok, other=0.0).to(tl.float32)
+    y = a * tl.load(u_ptr + row * su + col, mask=ok, other=0.0).to(tl.float32)
     tl.store(y_ptr + offs, y.to(y_ptr.dtype.element_ty), mask=ok)
 
 
 def gelu_mul_triton(g: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
-    """Same contract as `gelu_mul_torch` (same shapes and dtype), one launch."""
+    """Same contract as `gelu_mul_torch` (same shapes and dtype), one launch; row-strided inputs with
+    contiguous rows (the two halves of a gate+up GEMM output) are read in place."""
     if g.shape != u.shape or g.dtype != u.dtype:
         raise ValueError(f"gelu_mul: gate {tuple(g.shape)} {g.dtype} and up {tuple(u.shape)} {u.dtype} "
                          "differ")
-    g, u = g.contiguous(), u.contiguous()
-    y = torch.empty_like(g)
+    I = g.shape[-1] if g.dim() else 1  # noqa: E741
+    g2, u2 = (t.reshape(-1, I) if t.dim() else t.reshape(1, 1) for t in (g, u))
+    g2, u2 = (t if t.stride(-1) == 1 else t.contiguous() for t in (g2, u2))  # reshape copies if it must
+    y = torch.empty(g.shape, dtype=g.dtype, device=g.device)
     N = g.numel()
     if N:
+        rnd = g.dtype != torch.float32 and not interpret_mode()
         runnable(_gelu_mul_kernel)[(triton.cdiv(N, BLOCK),)](
-            g, u, y, N, ROUND=g.dtype != torch.float32 and not interpret_mode(), BLOCK=BLOCK, num_warps=4)
+            g2, u2, y, N, I, g2.stride(0), u2.stride(0), ROUND=rnd, BLOCK=BLOCK, num_warps=4)
     return y
 
 

@@ -32,6 +32,17 @@ def test_selfcheck_dispatch_and_bad_args():
         gelu_mul_triton(g, u[:, :8])
 
 
+def test_halves_of_a_gate_up_output_read_in_place():
+    # the grouped-GEMM MoE hands over the two halves of its [A, 2I] output: row-strided views, no copies
+    gu = torch.randn(37, 2 * 45, generator=torch.Generator().manual_seed(2))
+    g, u = gu[:, :45], gu[:, 45:]
+    assert not g.is_contiguous()
+    assert torch.equal(gelu_mul_triton(g, u), gelu_mul_triton(g.contiguous(), u.contiguous()))
+    assert_close("gelu_mul halves", gelu_mul_triton(g, u), gelu_mul_torch(g, u), 1e-5, 1e-5)
+    col = torch.randn(9, 5).t()  # a transposed operand (inner stride 5): copied, still right
+    assert_close("gelu_mul transposed", gelu_mul_triton(col, col), gelu_mul_torch(col, col), 1e-5, 1e-5)
+
+
 @pytest.mark.gpu
 def test_gpu_real_shapes(cuda):
     g, u = (torch.randn(2048, 2112, device=cuda).to(torch.bfloat16) for _ in range(2))
