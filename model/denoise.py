@@ -217,7 +217,7 @@ def denoise_step(
     len_range: host-known (min, max) cache length of the rows (then the decoder reads nothing from the
       device).
     want_sc: False when no row takes another step of this canvas, so the chunked path skips the
-      self-conditioning GEMM whose result no step would read.
+      self-conditioning GEMM and the head mode its softmax, whose result no step would read.
     Path: a noise source whose `chunked_head(device)` holds (the fast mode without the fused Triton sampler,
     i.e. on a CPU) never builds [B, C, V] logits (model/vocab_head.py); one whose `head_mode(device)` holds
     (the fast mode on a GPU) samples from the raw LM head output and builds fp32 logits only for steering or
@@ -253,7 +253,6 @@ def denoise_step(
             sc_mask = st.has_sc_B
         sc_kw = {"sc_probs_BCV" if st.sc_probs else "sc_logits_BCV": sc}
         h = model.decode_hidden(st.canvas_BC, cache, sc_mask_B=sc_mask, **sc_kw, **kw)
-        # softcap, temperature and the next step's self-conditioning copy: one pass on the GPU
         temp = temperature_B(st.steps_left_B, st.rp) if st.rp.scheduled else None
         if uses_head_mode(noise, st.canvas_BC.device):
             # The sampler reads the raw LM head output (the same statistics and samples, bit for bit:
@@ -268,12 +267,14 @@ def denoise_step(
                 # the reference's frozen rows keep their self-conditioning logits as their logits: keep logits
                 proc, sc_next = kernels.logit_epilogue(raw, cap, temp, model.dtype)
             else:
-                # the next step's self-conditioning input straight from the LM head (softmax head mode)
+                # the next step's self-conditioning input straight from the LM head (softmax head mode), only
+                # when a step of this canvas follows
                 proc = kernels.logit_epilogue(raw, cap, temp)[0] if st.steer_rows is not None else None
-                sc_next = kernels.softmax(raw, model.dtype, cap=cap, temperature_R=temp)
+                sc_next = kernels.softmax(raw, model.dtype, cap=cap, temperature_R=temp) if want_sc else None
                 sc_probs = True
             head_mode = True
         else:
+            # softcap, temperature and the next step's self-conditioning copy: one pass on the GPU
             proc, sc_next = model.head(h, temp, narrow=True)
             argmax, entropy = noise.stats(proc, st.keys)
             keep = accept_mask(entropy, st.rp.bound_B)
