@@ -1,8 +1,22 @@
-"""Shared assertions for kernel tests: tolerances with max and mean error in the message."""
+"""Shared helpers for kernel tests: tolerances with max and mean error in the message, and loading a bench
+script (bench/ is scripts, not a package) as a module."""
 
 from __future__ import annotations
 
+import importlib.util
+from pathlib import Path
+from types import ModuleType
+
 import torch
+
+
+def load_bench(name: str) -> ModuleType:
+    """bench/<name>.py as a fresh module."""
+    path = Path(__file__).resolve().parents[2] / "bench" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(f"bench_{name}", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
 
 
 def err_msg(name: str, got: torch.Tensor, want: torch.Tensor) -> str:

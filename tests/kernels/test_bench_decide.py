@@ -2,18 +2,9 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
-from pathlib import Path
 
-
-def _decide():
-    path = Path(__file__).resolve().parents[2] / "bench" / "decide.py"
-    spec = importlib.util.spec_from_file_location("bench_decide", path)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
+from kernel_checks import load_bench
 
 RESULTS = {
     "calibrate": {"copy_bw_GBps": 3000.0},
@@ -40,7 +31,7 @@ RESULTS = {
 
 
 def test_each_shape_ranked_fastest_first(tmp_path, capsys):
-    lines = _decide().decisions(RESULTS)
+    lines = load_bench("decide").decisions(RESULTS)
     att, moe, sweep = lines
     # attention: the best sweep tile of this shape only, SDPA per backend, rejected backends left out
     assert att == ("canvas_attention D=256 B=8: triton[m128 n64 dv256] 0.350 "
@@ -52,5 +43,5 @@ def test_each_shape_ranked_fastest_first(tmp_path, capsys):
     assert sweep == "sweep 8 canvases x 8 steps, ms per forward: sdpa 70.000 < kernels 90.000"
     p = tmp_path / "r.json"
     p.write_text(json.dumps(RESULTS))
-    assert _decide().main([str(p)]) == 0
+    assert load_bench("decide").main([str(p)]) == 0
     assert "sdpa 70.000 < kernels 90.000" in capsys.readouterr().out

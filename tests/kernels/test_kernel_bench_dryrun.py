@@ -2,26 +2,17 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import types
-from pathlib import Path
 
 import torch
+from kernel_checks import load_bench
 
 import kernels
 
 
-def _bench():
-    path = Path(__file__).resolve().parents[2] / "bench" / "gpu.py"
-    spec = importlib.util.spec_from_file_location("bench_gpu", path)
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
-    return bench
-
-
 def test_bench_gpu_tiny_dry_run(tmp_path):
-    bench = _bench()
+    bench = load_bench("gpu")
     out = tmp_path / "r.json"
     rc = bench.main(["--tiny", "--skip-hf", "--out", str(out)])
     r = json.loads(out.read_text())
@@ -47,7 +38,7 @@ def test_bench_gpu_tiny_dry_run(tmp_path):
 
 def test_sweep_plan_puts_decisions_first():
     # a GPU run that reaches its time budget must keep the headline sizes and the A/B rows at 8 canvases
-    bench = _bench()
+    bench = load_bench("gpu")
     args = types.SimpleNamespace(ratio_only=False, canvases=[1, 2, 4, 8, 16], steps=[8, 16],
                                  model_canvases=[1, 8], hf_plan=[(1, 16), (8, 16)])
     plan = bench.sweep_plan(args, torch.device("cuda"))
@@ -63,7 +54,7 @@ def test_sweep_plan_puts_decisions_first():
 
 def test_bench_gpu_ratio_only_dry_run(tmp_path):
     out = tmp_path / "r.json"
-    assert _bench().main(["--tiny", "--ratio-only", "--out", str(out)]) == 0
+    assert load_bench("gpu").main(["--tiny", "--ratio-only", "--out", str(out)]) == 0
     r = json.loads(out.read_text())
     assert "kernels" not in r and "profile" not in r
     assert [(x["variant"], x["canvases"], x["steps"]) for x in r["sweep"]] == [("kernels", 1, 3)]

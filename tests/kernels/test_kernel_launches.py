@@ -2,22 +2,13 @@
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
+from kernel_checks import load_bench
 
 import kernels
 
 
-def _bench():
-    path = Path(__file__).resolve().parents[2] / "bench" / "launches.py"
-    spec = importlib.util.spec_from_file_location("bench_launches", path)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
 def test_gpu_path_launch_counts():
-    bench = _bench()
+    bench = load_bench("launches")
     ops = dict(kernels._OPS)
     torch_path = bench.count_step_launches("torch", rows=2, steps=4)
     gpu = bench.count_step_launches("gpu", rows=2, steps=4)
@@ -56,7 +47,7 @@ def test_hooked_rows_keep_the_head_mode():
     # rows whose commit hook reads the logits (structured output) keep the raw bf16 output and process a row
     # only at its commit (the epilogue then runs on that row alone): about 2.4 fp32 passes less per decoder
     # forward than materialising every step
-    bench = _bench()
+    bench = load_bench("launches")
     head = bench.count_step_launches("gpu", rows=2, steps=4, hooked=True)
     old = bench.count_step_launches("gpu", rows=2, steps=4, hooked=True, head_mode=False)
     assert head["logit_passes"] <= old["logit_passes"] - 2.3, (head["logit_passes"], old["logit_passes"])
