@@ -71,10 +71,12 @@ def test_triton_bf16_inputs():
 
 @pytest.mark.gpu
 @pytest.mark.parametrize("K,D", [(8, 256), (2, 512)])
-def test_gpu_real_shapes(cuda, K, D):
+@pytest.mark.parametrize("impl", [canvas_attention_triton, canvas_attention_sdpa], ids=["triton", "sdpa"])
+def test_gpu_real_shapes(cuda, K, D, impl):
+    # the Triton kernel, and the SDPA form with whichever fused backend SDPA picks, at the model's shapes
     args = [a.to(cuda) for a in _inputs(2, 16, K, 256, 1024, D, dtype=torch.bfloat16)]
     args[0] = args[0] * D**-0.5
-    out = canvas_attention_triton(*args)
+    out = impl(*args)
     ref = canvas_attention_torch(*(a.float() if a.is_floating_point() else a for a in args))
     assert_close(f"attn gpu D={D}", out, ref, 3e-2, 3e-2)
 
@@ -118,13 +120,3 @@ def test_sdpa_form_context_rows_and_bf16():
                                  ctx_rows_B=rows)
     assert_close("attn sdpa bf16 rows", out, ref, 2e-2, 2e-2)
 
-
-@pytest.mark.gpu
-@pytest.mark.parametrize("K,D", [(8, 256), (2, 512)])
-def test_gpu_sdpa_form_real_shapes(cuda, K, D):
-    # whichever fused backend SDPA picks for the repeated-head, masked form at the model's shapes
-    args = [a.to(cuda) for a in _inputs(2, 16, K, 256, 1024, D, dtype=torch.bfloat16)]
-    args[0] = args[0] * D**-0.5
-    out = canvas_attention_sdpa(*args)
-    ref = canvas_attention_torch(*(a.float() if a.is_floating_point() else a for a in args))
-    assert_close(f"attn sdpa gpu D={D}", out, ref, 3e-2, 3e-2)

@@ -112,9 +112,11 @@ def test_triton_bf16_inputs():
 
 @pytest.mark.gpu
 @pytest.mark.parametrize("T", [1, 256, 2048])
-def test_gpu_real_shapes(cuda, T):
+@pytest.mark.parametrize("impl", [fused_moe_triton, fused_moe_grouped], ids=["triton", "grouped"])
+def test_gpu_real_shapes(cuda, T, impl):
+    # the Triton GEMMs, and the grouped-GEMM form, at the real expert shapes
     x, idx, w, gu, dn = (t.to(cuda) for t in _inputs(T, 2816, 128, 8, 704, dtype=torch.bfloat16))
-    out = fused_moe_triton(x, idx, w, gu, dn)
+    out = impl(x, idx, w, gu, dn)
     ref = fused_moe_torch(x.float(), idx, w, gu.float(), dn.float())
     assert_close(f"moe gpu T={T}", out, ref, 3e-2, 3e-2)
 
@@ -150,11 +152,3 @@ def test_grouped_form_bf16_and_empty():
     with pytest.raises(ValueError, match="do not fit hidden"):
         fused_moe_grouped(x, idx, w, gu[:, :, :40], dn)
 
-
-@pytest.mark.gpu
-@pytest.mark.parametrize("T", [1, 256, 2048])
-def test_gpu_grouped_form_real_shapes(cuda, T):
-    x, idx, w, gu, dn = (t.to(cuda) for t in _inputs(T, 2816, 128, 8, 704, dtype=torch.bfloat16))
-    out = fused_moe_grouped(x, idx, w, gu, dn)
-    ref = fused_moe_torch(x.float(), idx, w, gu.float(), dn.float())
-    assert_close(f"moe grouped gpu T={T}", out, ref, 3e-2, 3e-2)
