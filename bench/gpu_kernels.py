@@ -200,14 +200,18 @@ def bench_kernels(dev, tiny, cfg):
 # sizes want more bytes in flight per program. The first two are the shapes public H100 tunings of grouped
 # MoE GEMMs of this size pick (one [M, 2N] gate+up tile there is our two [M, N] tiles): 32 x 2*128 x 128 with
 # 8 warps near 256 tokens, 128 x 2*128 x 64 with 8 warps and 4 stages near 2048.
-# Most promising first: the section stops at its time budget.
+# Most promising first: the section stops at its time budget. Every entry compiles for sm_90 and fits the
+# H100's shared memory (bench/compile_sm90.py, tests/kernels/test_sm90_compile.py; 2026-11-27 that dropped 8
+# entries with block_m None, which at 8 canvases means 64-row blocks and needed 240-480 KiB); the explicit
+# block_m keeps each entry's shared memory the same at both sizes. block_m >= 64 compiles to Hopper's wgmma,
+# 16 and 32 to mma.sync.
 MOE_TILES = [
-    (32, 128, 128, 8, 3), (128, 128, 64, 8, 4),
-    (None, 64, 64, 4, None), (32, 64, 128, 4, 3), (None, 128, 128, 8, 3), (128, 128, 64, 8, 3),
-    (None, 64, 128, 4, 3), (32, 128, 128, 4, 3), (128, 64, 128, 8, 3), (None, 64, 256, 4, 3),
-    (None, 128, 64, 4, 3), (None, 128, 128, 4, 3), (32, 64, 256, 4, 3), (None, 64, 128, 4, 4),
-    (None, 128, 128, 8, 4), (None, 64, 256, 8, 3), (None, 128, 256, 8, 3), (64, 64, 128, 4, 3),
-    (None, 32, 256, 4, 4), (None, 256, 64, 8, 3),
+    (32, 128, 128, 8, 3), (128, 128, 64, 8, 4), (None, 64, 64, 4, None),
+    (16, 64, 128, 4, 4), (64, 64, 128, 4, 3), (16, 128, 128, 4, 3), (128, 128, 64, 8, 3),
+    (32, 64, 128, 4, 3), (64, 128, 64, 4, 3), (16, 64, 256, 4, 3), (128, 64, 128, 8, 3),
+    (16, 128, 64, 4, 4), (64, 64, 64, 4, 4), (32, 64, 256, 4, 3), (128, 64, 64, 4, 4),
+    (16, 32, 256, 4, 4), (64, 128, 64, 8, 4), (32, 128, 128, 4, 3), (16, 256, 64, 8, 3),
+    (64, 256, 64, 8, 3),
 ]
 
 
@@ -241,10 +245,16 @@ def moe_tiles(dev, cfg, budget_end):
 
 
 # (block_m, block_n, block_dv) per head_dim, the launcher's default first (None): at 8 canvases attention
-# measured about 1 ms a layer (eager torch and Triton alike), more than the whole roofline at 30 layers
+# measured about 1 ms a layer (eager torch and Triton alike), more than the whole roofline at 30 layers.
+# From the sm_90 compile (bench/compile_sm90.py): the default 64-row tiles at head_dim 256 take 240 registers,
+# one program (8 warps) per SM, and at one canvas the grid is only 64 programs for 132 SMs, so 32-row tiles
+# (128 programs, mma.sync instead of wgmma) are candidates; at head_dim 512 the default 32-row tiles use
+# mma.sync and 64-row ones wgmma. (64, 128, 256) at head_dim 256 needed 288 KiB and was dropped.
 ATTN_TILES = {
-    256: [(None, None, None), (64, 64, 256), (128, 64, 256), (64, 128, 256), (128, 32, 256), (64, 64, 128)],
-    512: [(None, None, None), (32, 32, 512), (32, 64, 256), (64, 32, 256), (16, 64, 512), (32, 32, 256)],
+    256: [(None, None, None), (32, 64, 256), (128, 64, 256), (64, 32, 256), (128, 32, 256), (64, 64, 128),
+          (32, 32, 256)],
+    512: [(None, None, None), (64, 32, 256), (32, 32, 512), (32, 64, 256), (16, 64, 512), (64, 64, 128),
+          (64, 32, 128)],
 }
 
 

@@ -4,6 +4,7 @@ script (bench/ is scripts, not a package) as a module."""
 from __future__ import annotations
 
 import importlib.util
+import sys
 from pathlib import Path
 from types import ModuleType
 
@@ -15,6 +16,7 @@ def load_bench(name: str) -> ModuleType:
     path = Path(__file__).resolve().parents[2] / "bench" / f"{name}.py"
     spec = importlib.util.spec_from_file_location(f"bench_{name}", path)
     mod = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = mod  # registered before it runs, as an import would (dataclasses look it up)
     spec.loader.exec_module(mod)
     return mod
 
