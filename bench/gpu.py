@@ -304,9 +304,13 @@ def sweep(m, cfg, dev, args, cal, results):
     rows = results["sweep"] = []
     plan = sweep_plan(args, dev)
     warmed = set()
+    failed: dict[str, str] = {}  # variant -> its first error; its later rows are skipped, not retried
     for name, B, N in plan:
         if time.perf_counter() - args.t_start > args.sweep_until * args.budget_s:
             rows.append({"variant": name, "canvases": B, "steps": N, "error": "skipped: time budget"})
+            continue
+        if name in failed:
+            rows.append({"variant": name, "canvases": B, "steps": N, "error": f"skipped: {failed[name]}"})
             continue
         try:
             with variant(name):
@@ -318,11 +322,11 @@ def sweep(m, cfg, dev, args, cal, results):
             rows.append({"variant": name, "canvases": B, "steps": N, "error": f"OOM: {e}"[:200]})
             torch.cuda.empty_cache()
             continue
-        except RuntimeError as e:  # e.g. a sync inside graph capture: record it, keep the other rows
-            if name != "graph":
-                raise
-            rows.append({"variant": name, "canvases": B, "steps": N,
-                         "error": f"{type(e).__name__}: {e}"[:400]})
+        except Exception as e:  # noqa: BLE001 - e.g. a sync inside graph capture, a backend that rejects a
+            # shape: record it and keep the other variants' rows (the decisions rest on them)
+            failed[name] = f"{type(e).__name__}: {e}"[:400]
+            rows.append({"variant": name, "canvases": B, "steps": N, "error": failed[name]})
+            print(json.dumps(rows[-1]), flush=True)
             continue
         ms_fwd = 1e3 * r["decoder_s"] / N
         roof = 1e3 * roofline_s(m, cfg, B, args.ctx, nom["bw"], nom["flops"])

@@ -59,3 +59,20 @@ def test_bench_gpu_ratio_only_dry_run(tmp_path):
     assert "kernels" not in r and "profile" not in r
     assert [(x["variant"], x["canvases"], x["steps"]) for x in r["sweep"]] == [("kernels", 1, 3)]
     assert r["reference"][0]["ours_over_reference_e2e"] > 0
+
+
+def test_a_failing_sweep_variant_keeps_the_others(tmp_path, monkeypatch):
+    # a variant whose implementation raises on the GPU (a backend that rejects a shape) is recorded once,
+    # its later rows are skipped, and every other variant's rows still run
+    def reject(*_a, **_k):
+        raise RuntimeError("grouped_mm: no kernel for this shape")
+
+    monkeypatch.setitem(kernels._ALTERNATIVES["fused_moe"], "grouped", reject)
+    bench = load_bench("gpu")
+    out = tmp_path / "r.json"
+    assert bench.main(["--tiny", "--skip-hf", "--out", str(out)]) == 0
+    r = json.loads(out.read_text())
+    grouped = [x for x in r["sweep"] if x["variant"] == "grouped"]
+    assert grouped and all("no kernel for this shape" in x["error"] for x in grouped)
+    ok = {(x["variant"], x["canvases"]) for x in r["sweep"] if "error" not in x}
+    assert {("kernels", 1), ("kernels", 2), ("sdpa", 1), ("unfused", 1), ("model", 1)} <= ok
