@@ -14,6 +14,7 @@ Two problems solved here, once, for every kernel file:
 
 from __future__ import annotations
 
+import contextlib
 import os
 import types
 
@@ -91,13 +92,53 @@ class _LangPatchedLauncher:
                     if isinstance(val, JITFunction):
                         saved.append((ns, name, val))
                         ns[name] = InterpretedFunction(val.fn)
-            try:
-                return self.fn[grid](*args, **kwargs)
-            finally:
-                for ns, name, val in saved:
-                    ns[name] = val
+            with _lang_patches_undone():
+                try:
+                    return self.fn[grid](*args, **kwargs)
+                finally:
+                    for ns, name, val in saved:
+                        ns[name] = val
 
         return launch
+
+
+@contextlib.contextmanager
+def _lang_patches_undone():
+    """Undo, after an interpreted launch, every patch the interpreter made to triton.language.
+
+    The interpreter patches triton.language's builtins for a kernel's run and restores them after it, but an
+    interpreted @jit function called *from* the kernel (tl.sum, tl.max and our _triton_math helpers all are)
+    patches them again, through the modules its own globals name (triton.language.core for the standard
+    library), and never restores that. A process that interprets a kernel and later compiles one for a GPU
+    (the whole test suite on a GPU box, tests/kernels/test_sm90_compile.py here) then fails in code
+    generation ("'value' object has no attribute 'dtype'") on any kernel its disk cache does not hold. This
+    records the first original value of every attribute the interpreter sets during the launch and puts it
+    back afterwards."""
+    try:
+        from triton.runtime import interpreter as interp
+
+        scope_cls, missing = interp._LangPatchScope, interp._MISSING
+    except (ImportError, AttributeError):  # another Triton: nothing known to undo
+        yield
+        return
+    first: dict[tuple[int, str], tuple[object, str, object]] = {}
+    set_attr = scope_cls.set_attr
+
+    def recording_set_attr(scope, obj, name, value):
+        first.setdefault((id(obj), name), (obj, name, getattr(obj, name, missing)))
+        set_attr(scope, obj, name, value)
+
+    scope_cls.set_attr = recording_set_attr
+    try:
+        yield
+    finally:
+        scope_cls.set_attr = set_attr
+        for obj, name, original in first.values():
+            if original is missing:
+                if name in vars(obj):
+                    delattr(obj, name)
+            else:
+                setattr(obj, name, original)
 
 
 def next_pow2(n: int) -> int:
