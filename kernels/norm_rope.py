@@ -36,20 +36,25 @@ def norm_rope_torch(x_BTHD: torch.Tensor, weight_D: torch.Tensor, eps: float, co
 # ---- Triton kernel -----------------------------------------------------------------------------------------
 @triton.jit
 def _norm_rope_kernel(x_ptr, w_ptr, cos_ptr, sin_ptr, out_ptr, HEADS, D, HALF, eps,
-                      ROUND: tl.constexpr, BH: tl.constexpr):
-    row = tl.program_id(0).to(tl.int64)  # one (token, head) row of D values
-    tok = row // HEADS
+                      ROUND: tl.constexpr, BH: tl.constexpr, HP: tl.constexpr):
+    # one token per program: its HEADS rows of D values share one cos/sin row (loaded once). One row per
+    # program was 256-512 bytes of work each, and at one warp a program the 32-programs-per-SM cap held an
+    # H100 to half its warps (bench/compile_sm90.py)
+    tok = tl.program_id(0).to(tl.int64)
+    heads = tl.arange(0, HP)
     cols = tl.arange(0, BH)
-    ok = cols < HALF
-    x1 = tl.load(x_ptr + row * D + cols, mask=ok, other=0.0).to(tl.float32)
-    x2 = tl.load(x_ptr + row * D + HALF + cols, mask=ok, other=0.0).to(tl.float32)
-    inv = 1.0 / tl.sqrt((tl.sum(x1 * x1, axis=0) + tl.sum(x2 * x2, axis=0)) / D + eps)
-    y1 = x1 * inv * tl.load(w_ptr + cols, mask=ok, other=0.0).to(tl.float32)
-    y2 = x2 * inv * tl.load(w_ptr + HALF + cols, mask=ok, other=0.0).to(tl.float32)
-    c1 = tl.load(cos_ptr + tok * D + cols, mask=ok, other=0.0).to(tl.float32)
-    c2 = tl.load(cos_ptr + tok * D + HALF + cols, mask=ok, other=0.0).to(tl.float32)
-    s1 = tl.load(sin_ptr + tok * D + cols, mask=ok, other=0.0).to(tl.float32)
-    s2 = tl.load(sin_ptr + tok * D + HALF + cols, mask=ok, other=0.0).to(tl.float32)
+    c_ok = cols < HALF
+    ok = (heads < HEADS)[:, None] & c_ok[None, :]
+    at = (tok * HEADS + heads)[:, None] * D + cols[None, :]
+    x1 = tl.load(x_ptr + at, mask=ok, other=0.0).to(tl.float32)
+    x2 = tl.load(x_ptr + at + HALF, mask=ok, other=0.0).to(tl.float32)
+    inv = 1.0 / tl.sqrt((tl.sum(x1 * x1, axis=1) + tl.sum(x2 * x2, axis=1)) / D + eps)
+    y1 = x1 * inv[:, None] * tl.load(w_ptr + cols, mask=c_ok, other=0.0).to(tl.float32)[None, :]
+    y2 = x2 * inv[:, None] * tl.load(w_ptr + HALF + cols, mask=c_ok, other=0.0).to(tl.float32)[None, :]
+    c1 = tl.load(cos_ptr + tok * D + cols, mask=c_ok, other=0.0).to(tl.float32)[None, :]
+    c2 = tl.load(cos_ptr + tok * D + HALF + cols, mask=c_ok, other=0.0).to(tl.float32)[None, :]
+    s1 = tl.load(sin_ptr + tok * D + cols, mask=c_ok, other=0.0).to(tl.float32)[None, :]
+    s2 = tl.load(sin_ptr + tok * D + HALF + cols, mask=c_ok, other=0.0).to(tl.float32)[None, :]
     dt = x_ptr.dtype.element_ty
     if ROUND:  # round where torch's bf16 ops round: the norm's output, each product, the sum
         y1 = y1.to(dt).to(tl.float32)
@@ -59,25 +64,25 @@ def _norm_rope_kernel(x_ptr, w_ptr, cos_ptr, sin_ptr, out_ptr, HEADS, D, HALF, e
     else:
         o1 = y1 * c1 - y2 * s1
         o2 = y2 * c2 + y1 * s2
-    tl.store(out_ptr + row * D + cols, o1.to(out_ptr.dtype.element_ty), mask=ok)
-    tl.store(out_ptr + row * D + HALF + cols, o2.to(out_ptr.dtype.element_ty), mask=ok)
+    tl.store(out_ptr + at, o1.to(out_ptr.dtype.element_ty), mask=ok)
+    tl.store(out_ptr + at + HALF, o2.to(out_ptr.dtype.element_ty), mask=ok)
 
 
 def norm_rope_triton(x_BTHD: torch.Tensor, weight_D: torch.Tensor, eps: float, cos_BTD: torch.Tensor,
                      sin_BTD: torch.Tensor) -> torch.Tensor:
-    """Triton launcher with the same contract as `norm_rope_torch` (one program per token-head row)."""
+    """Triton launcher with the same contract as `norm_rope_torch` (one program per token, all its heads)."""
     check_norm_rope_args(x_BTHD, weight_D, cos_BTD, sin_BTD)
     B, T, Hh, D = x_BTHD.shape
     out = torch.empty_like(x_BTHD, memory_format=torch.contiguous_format)
     if out.numel() == 0:
         return out
     half = D // 2
-    bh = next_pow2(half)
+    bh, hp = next_pow2(half), next_pow2(Hh)
     cos_BTD, sin_BTD = (t.expand(B, T, D).contiguous() for t in (cos_BTD, sin_BTD))  # [1, T, D] broadcasts
-    runnable(_norm_rope_kernel)[(B * T * Hh,)](
+    runnable(_norm_rope_kernel)[(B * T,)](
         x_BTHD.contiguous(), weight_D, cos_BTD, sin_BTD, out, Hh, D, half,
-        float(eps), ROUND=x_BTHD.dtype != torch.float32 and not interpret_mode(), BH=bh,
-        num_warps=min(8, max(1, bh // 128)))
+        float(eps), ROUND=x_BTHD.dtype != torch.float32 and not interpret_mode(), BH=bh, HP=hp,
+        num_warps=min(8, max(1, hp * bh // 512)))
     return out
 
 
