@@ -176,9 +176,9 @@ def compile_only(arch: int = 90) -> Iterator[list[Compiled]]:
 
     class _Compile:
         def __init__(self, kernel):
-            # the launcher's own `runnable` gives the compiled-mode kernel (it also swaps any interpreted
-            # helper the kernel calls back to compiled mode); a fresh copy of it keeps its caches untouched
-            compiled = runnable_of[id(kernel)](kernel) if id(kernel) in runnable_of else kernel
+            # the shared `runnable` gives the compiled-mode kernel (it also swaps any interpreted helper the
+            # kernel calls back to compiled mode); a fresh copy of it keeps its caches untouched
+            compiled = _triton_compat.runnable(kernel)
             self.kernel = fresh.setdefault(id(compiled), triton.JITFunction(compiled.fn))
 
         def __getitem__(self, grid):
@@ -202,8 +202,6 @@ def compile_only(arch: int = 90) -> Iterator[list[Compiled]]:
 
     mods = [importlib.import_module(f"kernels.{m}") for m in KERNEL_MODULES]
     saved_runnable = [(m, m.runnable) for m in mods]
-    # each module's kernels resolve through that module's runnable (all the same function today)
-    runnable_of = {id(v): m.runnable for m in mods for v in vars(m).values() if hasattr(v, "fn")}
     saved_driver = driver._active
     os.environ["TRITON_INTERPRET"] = "0"  # compiled mode throughout
     driver.set_active(_CompileOnlyDriver(arch))
