@@ -230,6 +230,7 @@ def real_cases(cfg, tiles: bool, canvases: tuple[int, ...] = (1, 8)) -> dict[str
     and 8 canvases per forward (`canvases`); `tiles` adds every configuration bench/gpu.py sweeps."""
     from functools import partial as P
 
+    from decide import attention_tile
     from gpu_kernels import ATTN_TILES, MOE_TILES
 
     from kernels.canvas_attention import canvas_attention_triton
@@ -270,11 +271,13 @@ def real_cases(cfg, tiles: bool, canvases: tuple[int, ...] = (1, 8)) -> dict[str
             K, D = t.layer_kv_heads(i), t.layer_head_dim(i)
             args = (e(canv, Hq, C, D), e(canv + 1, K, S, D), e(canv + 1, K, S, D),
                     torch.ones(canv, S, dtype=torch.bool), e(canv, K, C, D), e(canv, K, C, D))
-            for bm, bn, bdv in ATTN_TILES.get(D, [(None, None, None)]) if tiles else [(None, None, None)]:
-                label = "default tiles" if bm is None else f"tile bm={bm} bn={bn} bdv={bdv}"
+            for tile in ATTN_TILES.get(D, [(None,) * 5]) if tiles else [(None,) * 5]:
+                bm, bn, bdv, splits, warps = tile
+                named = dict(zip(("block_m", "block_n", "block_dv", "num_splits", "num_warps"), tile))
+                label = "default tiles" if tile == (None,) * 5 else f"tile {attention_tile(named)}"
                 attn.append((f"canvas_attention B={canv} D={D} {label}",
                              P(canvas_attention_triton, *args, ctx_rows_B=torch.arange(canv), block_m=bm,
-                               block_n=bn, block_dv=bdv)))
+                               block_n=bn, block_dv=bdv, num_splits=splits or 1, num_warps=warps)))
 
         raw = e(T, V)  # the LM head's raw bf16 output, one row per canvas position
         temp = torch.rand(canv, generator=g) + 0.5

@@ -29,6 +29,15 @@ def _ranked(cands: dict[str, float]) -> str:
     return " < ".join(f"{name} {ms:.3f}" for name, ms in order)
 
 
+def attention_tile(r: dict) -> str:
+    """A sweep row's tile, naming only what the row set (None: the launcher's choice; older runs have no
+    key splits or warps)."""
+    parts = [f"{name}{r[key]}" for name, key in (("m", "block_m"), ("n", "block_n"), ("dv", "block_dv"),
+                                                 ("split", "num_splits"), ("w", "num_warps"))
+             if r.get(key) is not None]
+    return " ".join(parts) or "default"
+
+
 def attention(results: dict) -> list[str]:
     tiles = [r for r in results.get("attention_tiles", []) if "ms" in r]
     lines = []
@@ -43,7 +52,7 @@ def attention(results: dict) -> list[str]:
         best = [t for t in tiles if (t["D"], t["B"]) == (sh.get("D"), sh.get("B"))]
         if best:
             t = min(best, key=lambda t: t["ms"])
-            cands[f"triton[m{t['block_m']} n{t['block_n']} dv{t['block_dv']}]"] = t["ms"]
+            cands[f"triton[{attention_tile(t)}]"] = t["ms"]
         lines.append(f"canvas_attention D={sh.get('D')} B={sh.get('B')}: {_ranked(cands)} ms")
     return lines
 

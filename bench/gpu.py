@@ -45,7 +45,7 @@ import torch
 
 sys.path[:0] = [str(Path(__file__).resolve().parents[1]), str(Path(__file__).resolve().parent)]
 
-from decide import decisions  # noqa: E402
+from decide import attention_tile, decisions  # noqa: E402
 from gpu_kernels import attention_tiles, bench_kernels, moe_tiles, ms, sync  # noqa: E402
 
 import kernels  # noqa: E402
@@ -524,8 +524,8 @@ def print_table(results):
     att = [r for r in results.get("attention_tiles", []) if "ms" in r]
     for key in sorted({(r["D"], r["B"]) for r in att}):
         best = min((r for r in att if (r["D"], r["B"]) == key), key=lambda r: r["ms"])
-        print(f"  canvas_attention best tile at D={key[0]} B={key[1]}: m{best['block_m']} n{best['block_n']} "
-              f"dv{best['block_dv']} {best['ms']:.3f} ms, {best['TFLOPs']:.0f} TFLOP/s")
+        print(f"  canvas_attention best tile at D={key[0]} B={key[1]}: {attention_tile(best)} "
+              f"{best['ms']:.3f} ms, {best['TFLOPs']:.0f} TFLOP/s")
     print(f"  {'variant':8s} {'canv':>4s} {'steps':>5s} {'ms/fwd':>8s} {'tok/s':>9s} {'tok/s e2e':>9s} "
           f"{'%roof':>6s}")
     for r in results.get("sweep", []):

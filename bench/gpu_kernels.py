@@ -244,19 +244,25 @@ def moe_tiles(dev, cfg, budget_end):
     return rows
 
 
-# (block_m, block_n, block_dv) per head_dim, the launcher's default first (None): at 8 canvases attention
-# measured about 1 ms a layer (eager torch and Triton alike), more than the whole roofline at 30 layers.
-# From the sm_90 compile (bench/compile_sm90.py): the default 64-row tiles at head_dim 256 take 240 registers,
-# one program (8 warps) per SM, and at one canvas the grid is only 64 programs for 132 SMs, so 32-row tiles
-# (128 programs, mma.sync instead of wgmma) are candidates; at head_dim 512 the default 32-row tiles use
-# mma.sync and 64-row ones wgmma. (64, 128, 256) at head_dim 256 needed 288 KiB and was dropped.
+# (block_m, block_n, block_dv, num_splits, num_warps) per head_dim, the launcher's default first (None: its
+# choice; splits None is 1): at 8 canvases attention measured about 1 ms a layer (eager torch and Triton
+# alike), more than the whole roofline at 30 layers. From the sm_90 compile (bench/compile_sm90.py): the
+# default 64-row tiles at head_dim 256 take 222 registers, one program (8 warps) per SM, and at one canvas the
+# grid is only 64 programs for 132 SMs. Three ways to fill the card are swept: key splits (2 or 4 ranges
+# merged by a second kernel; wgmma kept), 32-row tiles (128 programs, mma.sync instead of wgmma) and 4-warp
+# tiles (two programs per SM: 178-180 registers with mma.sync; the one 4-warp wgmma tile, 64 x 32, at 254
+# without spilling). At head_dim 512 the default 32-row tiles use mma.sync and 64-row ones wgmma. (64, 128,
+# 256) at head_dim 256 needed 288 KiB and was dropped; the other 4-warp tiles tried at 255 registers were left
+# out (one step from spilling). Most promising first: the section stops at its time budget.
 ATTN_TILES = {
-    256: [(None, None, None), (32, 64, 256), (128, 64, 256), (64, 32, 256), (128, 32, 256), (64, 64, 128),
-          (32, 32, 256)],
-    512: [(None, None, None), (64, 32, 256), (32, 32, 512), (32, 64, 256), (16, 64, 512), (64, 64, 128),
-          (64, 32, 128)],
+    256: [(None, None, None, None, None), (None, None, None, 2, None), (32, 64, 256, None, None),
+          (64, 32, 256, None, 4), (None, None, None, 4, None), (32, 64, 256, None, 4),
+          (128, 64, 256, None, None), (64, 32, 256, None, None), (128, 32, 256, None, None),
+          (64, 64, 128, None, None), (32, 32, 256, None, None)],
+    512: [(None, None, None, None, None), (None, None, None, 2, None), (64, 32, 256, None, None),
+          (32, 32, 256, None, 4), (32, 32, 512, None, None), (32, 64, 256, None, None),
+          (16, 64, 512, None, None), (64, 64, 128, None, None), (64, 32, 128, None, None)],
 }
-
 
 def attention_tiles(dev, cfg, budget_end):
     """canvas_attention_triton over ATTN_TILES at 1 and 8 canvases, 1k context; rows: config, ms, TFLOP/s."""
@@ -271,13 +277,15 @@ def attention_tiles(dev, cfg, budget_end):
                                                                                    device=dev),
                     mk(B, K, C, D), mk(B, K, C, D))
             ref = canvas_attention_torch(*args).float()
-            for bm, bn, bdv in ATTN_TILES.get(D, [(None, None, None)]):
-                row = {"B": B, "D": D, "block_m": bm, "block_n": bn, "block_dv": bdv}
+            for bm, bn, bdv, splits, warps in ATTN_TILES.get(D, [(None,) * 5]):
+                row = {"B": B, "D": D, "block_m": bm, "block_n": bn, "block_dv": bdv, "num_splits": splits,
+                       "num_warps": warps}
                 if time.perf_counter() > budget_end:
                     rows.append(row | {"error": "skipped: time budget"})
                     continue
                 try:
-                    fn = functools.partial(canvas_attention_triton, block_m=bm, block_n=bn, block_dv=bdv)
+                    fn = functools.partial(canvas_attention_triton, block_m=bm, block_n=bn, block_dv=bdv,
+                                           num_splits=splits or 1, num_warps=warps)
                     err = (fn(*args).float() - ref).abs().max().item()
                     t_ms = ms(dev, fn, *args, reps=10)
                     fl = 4 * B * Hq * C * (S + C) * D

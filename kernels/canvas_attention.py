@@ -14,6 +14,12 @@ run in two loops, the cached context (with its visibility mask) and then the can
 block mixes the two. Head_dim 512 (the 5 global layers, which FlashAttention rejects) bounds the
 accumulator by splitting the output D across programs (BLOCK_DV 256), which recomputes the scores.
 
+Split keys (num_splits > 1): at one canvas the grid is small (head_dim 256: 64 programs of one per SM on a
+132-SM H100, bench/compile_sm90.py), so the key sequence [context | canvas] may be cut into contiguous
+ranges, one program each. Each writes its unnormalised fp32 output with its running max and sum, and a
+second kernel merges the ranges (out = sum_s e^(m_s - M) acc_s / sum_s e^(m_s - M) l_s), the same algebra
+as the online softmax within a program. One split is the single-kernel path, unchanged.
+
 Legend: B batch, H query heads, K KV heads, G = H/K, C canvas length, S context (cache) length, D head dim.
 """
 
@@ -101,15 +107,20 @@ def _online_block(q, kt, v, m_i, l_i, acc, key_ok, vis, scale, UPCAST: tl.conste
 
 
 @triton.jit
-def _canvas_attn_kernel(q_ptr, kc_ptr, vc_ptr, vis_ptr, kn_ptr, vn_ptr, o_ptr, rows_ptr,
+def _canvas_attn_kernel(q_ptr, kc_ptr, vc_ptr, vis_ptr, kn_ptr, vn_ptr, o_ptr, rows_ptr, ml_ptr,
                         sq_b, sq_h, sq_c, skc_b, skc_k, skc_s, svc_b, svc_k, svc_s, svis_b,
                         skn_b, skn_k, skn_c, svn_b, svn_k, svn_c, so_b, so_h, so_c,
-                        K, G, C, S, D, scale,
+                        K, G, C, S, D, scale, N_DV, KEYS_PER_SPLIT, ROWS_ALL,
                         BM: tl.constexpr, BN: tl.constexpr, BD: tl.constexpr, BDV: tl.constexpr,
-                        UPCAST: tl.constexpr, IEEE: tl.constexpr, HAS_ROWS: tl.constexpr):
+                        UPCAST: tl.constexpr, IEEE: tl.constexpr, HAS_ROWS: tl.constexpr,
+                        SPLIT: tl.constexpr):
     pid_m = tl.program_id(0)
     bk = tl.program_id(1)
-    pid_d = tl.program_id(2)
+    pid_d = tl.program_id(2) % N_DV
+    split = tl.program_id(2) // N_DV
+    # this program's keys: [lo, hi) of the sequence [context (S) | canvas (C)]
+    lo = split * KEYS_PER_SPLIT
+    hi = tl.minimum(lo + KEYS_PER_SPLIT, S + C)
     b = (bk // K).to(tl.int64)
     kv = (bk % K).to(tl.int64)
     bc = b  # the row's context slot in k_ctx / v_ctx
@@ -134,9 +145,10 @@ def _canvas_attn_kernel(q_ptr, kc_ptr, vc_ptr, vis_ptr, kn_ptr, vn_ptr, o_ptr, r
     # cached context keys, each visible or not for this row (padding, sliding window)
     kc_base = kc_ptr + bc * skc_b + kv * skc_k
     vc_base = vc_ptr + bc * svc_b + kv * svc_k
-    for j0 in range(0, S, BN):
+    ctx_hi = tl.minimum(hi, S)
+    for j0 in range(lo, ctx_hi, BN):
         j = j0 + tl.arange(0, BN)
-        ok = j < S
+        ok = j < ctx_hi
         vis = tl.load(vis_ptr + b * svis_b + j, mask=ok, other=0) != 0
         j64 = j.to(tl.int64)
         kt = tl.load(kc_base + j64[None, :] * skc_s + dq[:, None], mask=ok[None, :] & dq_ok[:, None],
@@ -147,17 +159,56 @@ def _canvas_attn_kernel(q_ptr, kc_ptr, vc_ptr, vis_ptr, kn_ptr, vn_ptr, o_ptr, r
     # the canvas itself: every key visible (bidirectional)
     kn_base = kn_ptr + b * skn_b + kv * skn_k
     vn_base = vn_ptr + b * svn_b + kv * svn_k
-    for j0 in range(0, C, BN):
+    can_hi = hi - S
+    for j0 in range(tl.maximum(lo, S) - S, can_hi, BN):
         j = j0 + tl.arange(0, BN)
-        ok = j < C
+        ok = j < can_hi
         j64 = j.to(tl.int64)
         kt = tl.load(kn_base + j64[None, :] * skn_c + dq[:, None], mask=ok[None, :] & dq_ok[:, None],
                      other=0.0)
         v = tl.load(vn_base + j64[:, None] * svn_c + dv[None, :], mask=ok[:, None] & dv_ok[None, :],
                     other=0.0)
         m_i, l_i, acc = _online_block(q, kt, v, m_i, l_i, acc, ok, ok, scale, UPCAST, IEEE)
-    out = acc / l_i[:, None]
-    o_row = o_ptr + b * so_b + h.to(tl.int64) * so_h + c.to(tl.int64) * so_c
+    if SPLIT:  # unnormalised partials into o_ptr = fp32 [splits, B*H*C, D], ml_ptr = [2, splits, B*H*C]
+        r = (split * ROWS_ALL + (b * K + kv) * G * C + rows).to(tl.int64)  # (b*H + h)*C + c, by split
+        tl.store(o_ptr + r[:, None] * D + dv[None, :], acc, mask=row_ok[:, None] & dv_ok[None, :])
+        first_dv = row_ok & ((rows * 0 + pid_d) == 0)  # every output-D program has the same max and sum
+        tl.store(ml_ptr + r, m_i, mask=first_dv)
+        tl.store(ml_ptr + tl.num_programs(2) // N_DV * ROWS_ALL + r, l_i, mask=first_dv)
+    else:
+        out = acc / l_i[:, None]
+        o_row = o_ptr + b * so_b + h.to(tl.int64) * so_h + c.to(tl.int64) * so_c
+        tl.store(o_row[:, None] + dv[None, :], out.to(o_ptr.dtype.element_ty),
+                 mask=row_ok[:, None] & dv_ok[None, :])
+
+
+@triton.jit
+def _merge_splits_kernel(part_ptr, ml_ptr, o_ptr, H, C, D, so_b, so_h, so_c, ROWS_ALL,
+                         NS: tl.constexpr, BR: tl.constexpr, BDV: tl.constexpr):
+    """out[row] = sum_s e^(m_s - M) acc_s / sum_s e^(m_s - M) l_s over the key ranges, M = max_s m_s."""
+    rows = tl.program_id(0) * BR + tl.arange(0, BR)
+    row_ok = rows < ROWS_ALL
+    dv = tl.program_id(1) * BDV + tl.arange(0, BDV)
+    dv_ok = dv < D
+    r64 = rows.to(tl.int64)
+    m_max = tl.full((BR,), -1.0e30, tl.float32)
+    for s in tl.static_range(NS):
+        m_max = tl.maximum(m_max, tl.load(ml_ptr + s * ROWS_ALL + r64, mask=row_ok, other=-1.0e30))
+    num = tl.zeros((BR, BDV), tl.float32)
+    den = tl.zeros((BR,), tl.float32)
+    for s in tl.static_range(NS):
+        m_s = tl.load(ml_ptr + s * ROWS_ALL + r64, mask=row_ok, other=-1.0e30)
+        l_s = tl.load(ml_ptr + (NS + s) * ROWS_ALL + r64, mask=row_ok, other=0.0)
+        w = tl.exp(m_s - m_max)
+        den += w * l_s
+        acc = tl.load(part_ptr + (s * ROWS_ALL + r64)[:, None] * D + dv[None, :],
+                      mask=row_ok[:, None] & dv_ok[None, :], other=0.0)
+        num += w[:, None] * acc
+    out = num / tl.where(row_ok, den, 1.0)[:, None]
+    b = (rows // (H * C)).to(tl.int64)
+    h = ((rows // C) % H).to(tl.int64)
+    c = (rows % C).to(tl.int64)
+    o_row = o_ptr + b * so_b + h * so_h + c * so_c
     tl.store(o_row[:, None] + dv[None, :], out.to(o_ptr.dtype.element_ty),
              mask=row_ok[:, None] & dv_ok[None, :])
 
@@ -166,10 +217,15 @@ def canvas_attention_triton(q_BHCD: torch.Tensor, k_ctx_BKSD: torch.Tensor, v_ct
                             ctx_visible_BS: torch.Tensor, k_can_BKCD: torch.Tensor, v_can_BKCD: torch.Tensor,
                             scale: float = 1.0, *, ctx_rows_B: torch.Tensor | None = None,
                             block_m: int | None = None, block_n: int | None = None,
-                            block_dv: int | None = None) -> torch.Tensor:
+                            block_dv: int | None = None, num_splits: int = 1,
+                            num_warps: int | None = None) -> torch.Tensor:
     """Triton launcher with the same contract as `canvas_attention_torch` (any strides with unit last dim);
-    with ctx_rows_B the selected context rows are read in place (no gathered copy)."""
+    with ctx_rows_B the selected context rows are read in place (no gathered copy). Tiles, key splits and
+    warps are arguments so bench/gpu.py can sweep them (num_splits is capped at one key block a split)."""
     check_attention_args(q_BHCD, k_ctx_BKSD, v_ctx_BKSD, ctx_visible_BS, k_can_BKCD, v_can_BKCD, ctx_rows_B)
+    if num_splits < 1 or (num_warps is not None and num_warps not in (1, 2, 4, 8, 16)):
+        raise ValueError(f"canvas_attention: num_splits must be >= 1 and num_warps a power of two up to 16, "
+                         f"got {num_splits}, {num_warps}")
     B, H, C, D = q_BHCD.shape
     K, S = k_ctx_BKSD.shape[1], k_ctx_BKSD.shape[2]
     G = H // K
@@ -188,17 +244,33 @@ def canvas_attention_triton(q_BHCD: torch.Tensor, k_ctx_BKSD: torch.Tensor, v_ct
     block_m = block_m or min(64 if D <= 256 else 32, max(16, next_pow2(G * C)))
     block_n = block_n or (64 if D <= 256 else 32)
     block_dv = block_dv or min(bd, 256)
+    n_dv = triton.cdiv(D, block_dv)
+    # each split owns a whole number of key blocks and none is empty (so at most one split per block)
+    per_split = triton.cdiv(S + C, min(num_splits, triton.cdiv(S + C, block_n)))
+    per_split = triton.cdiv(per_split, block_n) * block_n
+    n_splits = triton.cdiv(S + C, per_split)
+    rows_all = B * H * C
     upcast = interpret_mode() or q.dtype == torch.float32
-    grid = (triton.cdiv(G * C, block_m), B * K, triton.cdiv(D, block_dv))
+    grid = (triton.cdiv(G * C, block_m), B * K, n_dv * n_splits)
     rows = ctx_rows_B.contiguous() if ctx_rows_B is not None else vis  # vis: never read
+    split = n_splits > 1
+    # split: fp32 partial outputs [splits, B*H*C, D] and their running max and sum [2, splits, B*H*C]
+    dest = torch.empty(n_splits, rows_all, D, dtype=torch.float32, device=q.device) if split else o
+    ml = torch.empty(2, n_splits, rows_all, dtype=torch.float32, device=q.device) if split else vis
     runnable(_canvas_attn_kernel)[grid](
-        q, kc, vc, vis, kn, vn, o, rows,
+        q, kc, vc, vis, kn, vn, dest, rows, ml,
         q.stride(0), q.stride(1), q.stride(2), kc.stride(0), kc.stride(1), kc.stride(2),
         vc.stride(0), vc.stride(1), vc.stride(2), vis.stride(0),
         kn.stride(0), kn.stride(1), kn.stride(2), vn.stride(0), vn.stride(1), vn.stride(2),
-        o.stride(0), o.stride(1), o.stride(2), K, G, C, S, D, float(scale),
+        o.stride(0), o.stride(1), o.stride(2), K, G, C, S, D, float(scale), n_dv, per_split, rows_all,
         BM=block_m, BN=block_n, BD=bd, BDV=block_dv, UPCAST=upcast, IEEE=q.dtype == torch.float32,
-        HAS_ROWS=ctx_rows_B is not None, num_warps=8 if D > 128 else 4, num_stages=2)
+        HAS_ROWS=ctx_rows_B is not None, SPLIT=split, num_warps=num_warps or (8 if D > 128 else 4),
+        num_stages=2)
+    if split:
+        br = 16
+        runnable(_merge_splits_kernel)[(triton.cdiv(rows_all, br), n_dv)](
+            dest, ml, o, H, C, D, o.stride(0), o.stride(1), o.stride(2), rows_all,
+            NS=n_splits, BR=br, BDV=block_dv, num_warps=4)
     return o
 
 

@@ -18,7 +18,9 @@ RESULTS = {
     ],
     "attention_tiles": [{"B": 8, "D": 256, "block_m": 128, "block_n": 64, "block_dv": 256, "ms": 0.35},
                         {"B": 8, "D": 256, "block_m": 64, "block_n": 64, "block_dv": 256, "ms": 0.55},
-                        {"B": 1, "D": 256, "block_m": 64, "block_n": 64, "block_dv": 256, "ms": 0.1}],
+                        {"B": 1, "D": 256, "block_m": 64, "block_n": 64, "block_dv": 256, "ms": 0.1},
+                        {"B": 8, "D": 256, "block_m": 32, "block_n": None, "block_dv": None, "num_splits": 2,
+                         "num_warps": 4, "ms": 0.3}],
     "moe_tiles": [{"T": 256, "block_m": 32, "block_n": 128, "block_k": 128, "num_warps": 8, "num_stages": 3,
                    "ms": 0.625},
                   {"T": 2048, "block_m": 128, "block_n": 128, "block_k": 64, "num_warps": 8, "num_stages": 4,
@@ -34,8 +36,11 @@ def test_each_shape_ranked_fastest_first(tmp_path, capsys):
     lines = load_bench("decide").decisions(RESULTS)
     att, moe, sweep = lines
     # attention: the best sweep tile of this shape only, SDPA per backend, rejected backends left out
-    assert att == ("canvas_attention D=256 B=8: triton[m128 n64 dv256] 0.350 "
+    # (a tile names only what it set: the launcher chose n and dv here)
+    assert att == ("canvas_attention D=256 B=8: triton[m32 split2 w4] 0.300 "
                    "< sdpa_efficient_attention 0.400 < sdpa 0.410 < torch 0.920 < triton 1.010 ms")
+    unset = {"block_m": None, "block_n": None, "block_dv": None, "num_splits": None, "num_warps": None}
+    assert load_bench("decide").attention_tile(unset) == "default"
     # MoE: the best tile beats grouped here; 1.5 GB in 0.625 ms at 3 TB/s copy bandwidth is 80%
     assert moe.startswith("fused_moe T=256: triton[m32 n128 k128 w8 s3] 0.625 < grouped 0.700 < triton 0.960")
     assert moe.endswith("streams the experts at 80% of copy bandwidth (target 80%)")

@@ -60,6 +60,35 @@ def test_fully_masked_row_is_finite():
     assert_close("attn masked", out, canvas_attention_torch(q, kc, vc, vis, kn, vn), 1e-5, 1e-5)
 
 
+
+@pytest.mark.parametrize("B,H,K,C,S,D,blocks,splits", [
+    (2, 4, 2, 5, 9, 24, (16, 16, 16), 2),   # a split spans the context/canvas boundary; two output-D programs
+    (2, 4, 1, 7, 40, 32, (16, 16, 32), 3),  # context-only, boundary and canvas-only splits; fully masked row
+    (1, 2, 1, 3, 0, 16, (16, 16, 16), 4),   # no context: capped at one split per key block (one split here)
+    (2, 4, 2, 5, 9, 24, (16, 16, 16), 9),   # more splits asked than key blocks
+])
+def test_split_keys_match_reference(B, H, K, C, S, D, blocks, splits):
+    # key ranges merged by their running max and sum give the single-pass result
+    args = _inputs(B, H, K, C, S, D, seed=S + D + splits)
+    bm, bn, bdv = blocks
+    out = canvas_attention_triton(*args, scale=0.3, block_m=bm, block_n=bn, block_dv=bdv, num_splits=splits)
+    assert_close("attn split", out, canvas_attention_torch(*args, scale=0.3), 1e-5, 1e-5)
+
+
+def test_split_keys_masked_first_range_and_context_rows():
+    # the first key range is all padding (its max is the -1e30 fill), read through ctx_rows_B in bf16
+    q, kc, vc, vis, kn, vn = _inputs(2, 4, 2, 6, 40, 16, seed=5, dtype=torch.bfloat16)
+    vis[:, :32] = False
+    rows = torch.tensor([1, 0])
+    out = canvas_attention_triton(q * 0.25, kc, vc, vis, kn, vn, ctx_rows_B=rows, block_m=16, block_n=16,
+                                  block_dv=16, num_splits=3, num_warps=2)
+    assert out.dtype == torch.bfloat16 and torch.isfinite(out.float()).all()
+    f = (lambda t: t.float())
+    ref = canvas_attention_torch(f(q) * 0.25, f(kc), f(vc), vis, f(kn), f(vn), ctx_rows_B=rows)
+    assert_close("attn split masked bf16", out, ref, 2e-2, 2e-2)
+    with pytest.raises(ValueError, match="num_splits must be >= 1"):
+        canvas_attention_triton(q, kc, vc, vis, kn, vn, num_splits=0)
+
 def test_triton_bf16_inputs():
     args = _inputs(1, 2, 1, 6, 11, 32, seed=7, dtype=torch.bfloat16)
     args = (args[0] * 0.25,) + args[1:]
@@ -79,6 +108,18 @@ def test_gpu_real_shapes(cuda, K, D, impl):
     out = impl(*args)
     ref = canvas_attention_torch(*(a.float() if a.is_floating_point() else a for a in args))
     assert_close(f"attn gpu D={D}", out, ref, 3e-2, 3e-2)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("K,D,splits,warps", [(8, 256, 2, None), (8, 256, 4, None), (8, 256, 1, 4),
+                                              (2, 512, 2, None)])
+def test_gpu_split_keys_and_warps(cuda, K, D, splits, warps):
+    # the sweep's key-split and 4-warp forms at the model's shapes, one canvas (where they fill the card)
+    args = [a.to(cuda) for a in _inputs(1, 16, K, 256, 1024, D, dtype=torch.bfloat16)]
+    args[0] = args[0] * D**-0.5
+    out = canvas_attention_triton(*args, num_splits=splits, num_warps=warps)
+    ref = canvas_attention_torch(*(a.float() if a.is_floating_point() else a for a in args))
+    assert_close(f"attn gpu split D={D}", out, ref, 3e-2, 3e-2)
 
 
 def test_context_rows_read_in_place():

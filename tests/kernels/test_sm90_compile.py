@@ -59,11 +59,14 @@ def test_the_bench_tile_sweeps_fit_sm90(monkeypatch):
     from model import DiffusionGemmaConfig
 
     cases = cs.real_cases(DiffusionGemmaConfig.full_size(), tiles=True, canvases=(8,))
-    picked = {g: [c for c in cases[g] if " tile bm=" in c[0]] for g in ("moe", "attention")}
+    picked = {g: [c for c in cases[g] if " tile " in c[0]] for g in ("moe", "attention")}
     rows = cs.run_cases(picked)
     assert rows and not [r for r in rows if r.get("error")], [r for r in rows if r.get("error")]
     over = [(r["case"], r["kernel"], r["shared"]) for r in rows if not r["fits_smem"]]
     assert not over, over
     gk = load_bench("gpu_kernels")
-    n_attn = sum(len([t for t in v if t[0] is not None]) for v in gk.ATTN_TILES.values())
+    n_attn = sum(len([t for t in v if t != (None,) * 5]) for v in gk.ATTN_TILES.values())
     assert (len(picked["moe"]), len(picked["attention"])) == (len(gk.MOE_TILES), n_attn)
+    # the key-split entries compile their merge kernel too
+    merged = {r["case"] for r in rows if r["kernel"] == "_merge_splits_kernel"}
+    assert merged and all(" split" in case for case in merged), merged
