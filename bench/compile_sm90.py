@@ -231,7 +231,7 @@ def real_cases(cfg, tiles: bool, canvases: tuple[int, ...] = (1, 8)) -> dict[str
     from functools import partial as P
 
     from decide import attention_tile
-    from gpu_kernels import ATTN_TILES, MOE_TILES
+    from gpu_kernels import ATTN_TILES, MOE_DOWN_TILES, MOE_TILES
 
     from kernels.canvas_attention import canvas_attention_triton
     from kernels.fused_moe import _combine, fused_moe_triton
@@ -263,6 +263,10 @@ def real_cases(cfg, tiles: bool, canvases: tuple[int, ...] = (1, 8)) -> dict[str
             moe.append((f"fused_moe T={T} tile bm={bm} bn={bn} bk={bk} w={nw} s={ns}",
                         P(fused_moe_triton, x, idx, w, gu, dn, block_m=bm, block_n=bn, block_k=bk,
                           num_warps=nw, num_stages=ns)))
+        big_m = max(t[0] or 0 for t in MOE_TILES)  # the down tiles meet every block_m; the largest needs most
+        for down in MOE_DOWN_TILES if tiles else ():
+            label = "fused_moe T={} tile bm={} down tile bn={} bk={} w={} s={}".format(T, big_m, *down)
+            moe.append((label, P(fused_moe_triton, x, idx, w, gu, dn, block_m=big_m, down_tile=down)))
         gu_AF = e(T * k, 2 * I)  # the grouped form's Triton parts: gelu_mul on the halves, the row combine
         moe.append((f"grouped gelu_mul T={T}", P(gelu_mul_triton, gu_AF[:, :I], gu_AF[:, I:])))
         moe.append((f"grouped combine T={T}", P(_combine, e(T * k, H), w, e(T, H), torch.randperm(T * k))))

@@ -57,6 +57,14 @@ def attention(results: dict) -> list[str]:
     return lines
 
 
+def moe_tile(r: dict) -> str:
+    """A MoE sweep row's tile; "down n.. k.. w.. s.." where the down GEMM ran on its own tile."""
+    label = f"m{r['block_m']} n{r['block_n']} k{r['block_k']} w{r['num_warps']} s{r['num_stages']}"
+    if r.get("down_tile"):
+        label += " down n{} k{} w{} s{}".format(*r["down_tile"])
+    return label
+
+
 def moe(results: dict) -> list[str]:
     bw = results.get("calibrate", {}).get("copy_bw_GBps")
     tiles = [r for r in results.get("moe_tiles", []) if "ms" in r]
@@ -72,8 +80,7 @@ def moe(results: dict) -> list[str]:
         best = [t for t in tiles if t["T"] == T]
         if best:
             t = min(best, key=lambda t: t["ms"])
-            cands[f"triton[m{t['block_m']} n{t['block_n']} k{t['block_k']} w{t['num_warps']} "
-                  f"s{t['num_stages']}]"] = t["ms"]
+            cands[f"triton[{moe_tile(t)}]"] = t["ms"]
         line = f"fused_moe T={T}: {_ranked(cands)} ms"
         fast = {k: v for k, v in cands.items() if k != "torch"}
         if bw and fast and r.get("weight_bytes"):

@@ -45,7 +45,7 @@ import torch
 
 sys.path[:0] = [str(Path(__file__).resolve().parents[1]), str(Path(__file__).resolve().parent)]
 
-from decide import attention_tile, decisions  # noqa: E402
+from decide import attention_tile, decisions, moe_tile  # noqa: E402
 from gpu_kernels import attention_tiles, bench_kernels, moe_tiles, ms, sync  # noqa: E402
 
 import kernels  # noqa: E402
@@ -518,9 +518,8 @@ def print_table(results):
     tiles = [r for r in results.get("moe_tiles", []) if "weight_GBps" in r]
     for T in sorted({r["T"] for r in tiles}):
         best = max((r for r in tiles if r["T"] == T), key=lambda r: r["weight_GBps"])
-        print(f"  fused_moe best tile at T={T}: m{best['block_m']} n{best['block_n']} k{best['block_k']} "
-              f"w{best['num_warps']} "
-              f"s{best['num_stages']} {best['ms']:.3f} ms, {best['pct_of_copy_bw']:.0f}% of copy bw")
+        print(f"  fused_moe best tile at T={T}: {moe_tile(best)} {best['ms']:.3f} ms, "
+              f"{best['pct_of_copy_bw']:.0f}% of copy bw")
     att = [r for r in results.get("attention_tiles", []) if "ms" in r]
     for key in sorted({(r["D"], r["B"]) for r in att}):
         best = min((r for r in att if (r["D"], r["B"]) == key), key=lambda r: r["ms"])

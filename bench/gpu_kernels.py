@@ -214,33 +214,55 @@ MOE_TILES = [
     (64, 256, 64, 8, 3),
 ]
 
+# The down GEMM's own (block_n, block_k, num_warps, num_stages), tried at each size with everything else
+# pinned to the fastest MOE_TILES entry measured before it: the two GEMMs have transposed shapes (gate_up
+# reads K = 2816 for 2 x 704 outputs, down K = 704 for 2816), so the best shared tile need not suit down.
+# Short K loops (704 / 64 = 11 steps) spend a larger share in the pipeline's fill, hence wider N and deeper K
+# here. Every entry fits the H100's shared memory at 128-row blocks (the largest block_m above).
+MOE_DOWN_TILES = [(128, 64, 4, 4), (64, 128, 4, 3), (128, 128, 8, 3), (256, 64, 8, 3), (64, 64, 4, 5),
+                  (32, 128, 4, 4)]
 
-def moe_tiles(dev, cfg, budget_end):
-    """fused_moe over MOE_TILES at 1 and 8 canvases (each config at both, so a cut run keeps both sizes);
-    each row: config, ms, GB/s of expert weights."""
+
+def moe_tiles(dev, cfg, budget_end, canvases=(1, 8)):
+    """fused_moe over MOE_TILES at 1 and 8 canvases (each config at both, so a cut run keeps both sizes),
+    then over MOE_DOWN_TILES for the down GEMM with the rest pinned to each size's fastest entry so far (the
+    last fifth of the budget is kept for those); each row: config, ms, GB/s of expert weights."""
     C = cfg.canvas_length
     g = torch.Generator(device="cpu").manual_seed(1)
     gu, dn = moe_weights(dev, cfg, g)
     rows = []
     inputs = {}
-    for canv in (1, 8):
+    for canv in canvases:
         x, idx, w, wbytes = moe_tokens(dev, cfg, g, canv * C)
         inputs[canv * C] = (x, idx, w, wbytes, fused_moe_triton(x, idx, w, gu, dn).float())
+    shared_end = time.perf_counter() + 0.8 * (budget_end - time.perf_counter())
+
+    def measure(row, end, **kw):
+        x, idx, w, wbytes, ref = inputs[row["T"]]
+        if time.perf_counter() > end:
+            rows.append(row | {"error": "skipped: time budget"})
+            return
+        try:
+            fn = functools.partial(fused_moe_triton, **kw)
+            err = (fn(x, idx, w, gu, dn).float() - ref).abs().max().item()
+            t_ms = ms(dev, fn, x, idx, w, gu, dn, reps=10)
+            rows.append(row | {"ms": t_ms, "weight_GBps": wbytes / t_ms / 1e6, "max_diff_default": err})
+        except Exception as e:  # noqa: BLE001 - e.g. shared memory exceeded for a big tile
+            rows.append(row | {"error": f"{type(e).__name__}: {e}"[:200]})
+        print(json.dumps(rows[-1]), flush=True)
+
     for bm, bn, bk, nw, ns in MOE_TILES:
-        for T, (x, idx, w, wbytes, ref) in inputs.items():
+        for T in inputs:
             row = {"T": T, "block_m": bm, "block_n": bn, "block_k": bk, "num_warps": nw, "num_stages": ns}
-            if time.perf_counter() > budget_end:
-                rows.append(row | {"error": "skipped: time budget"})
+            measure(row, shared_end, block_m=bm, block_n=bn, block_k=bk, num_warps=nw, num_stages=ns)
+    best = {T: min((r for r in rows if r["T"] == T and "ms" in r), key=lambda r: r["ms"], default=None)
+            for T in inputs}
+    for down in MOE_DOWN_TILES:
+        for T, b in best.items():
+            if b is None:
                 continue
-            try:
-                fn = functools.partial(fused_moe_triton, block_m=bm, block_n=bn, block_k=bk, num_warps=nw,
-                                       num_stages=ns)
-                err = (fn(x, idx, w, gu, dn).float() - ref).abs().max().item()
-                t_ms = ms(dev, fn, x, idx, w, gu, dn, reps=10)
-                rows.append(row | {"ms": t_ms, "weight_GBps": wbytes / t_ms / 1e6, "max_diff_default": err})
-            except Exception as e:  # noqa: BLE001 - e.g. shared memory exceeded for a big tile
-                rows.append(row | {"error": f"{type(e).__name__}: {e}"[:200]})
-            print(json.dumps(rows[-1]), flush=True)
+            tile = {k: b[k] for k in ("block_m", "block_n", "block_k", "num_warps", "num_stages")}
+            measure({"T": T} | tile | {"down_tile": list(down)}, budget_end, **tile, down_tile=down)
     return rows
 
 
@@ -264,13 +286,13 @@ ATTN_TILES = {
           (16, 64, 512, None, None), (64, 64, 128, None, None), (64, 32, 128, None, None)],
 }
 
-def attention_tiles(dev, cfg, budget_end):
+def attention_tiles(dev, cfg, budget_end, context=1024):
     """canvas_attention_triton over ATTN_TILES at 1 and 8 canvases, 1k context; rows: config, ms, TFLOP/s."""
     t, C = cfg.text, cfg.canvas_length
     g = torch.Generator(device="cpu").manual_seed(2)
     rows = []
     for i in sorted({t.layer_types.index(lt) for lt in set(t.layer_types)}):
-        K, D, Hq, S = t.layer_kv_heads(i), t.layer_head_dim(i), t.num_attention_heads, 1024
+        K, D, Hq, S = t.layer_kv_heads(i), t.layer_head_dim(i), t.num_attention_heads, context
         for B in (1, 8):
             mk = lambda *s: (torch.randn(*s, generator=g) * 0.1).to(dev, torch.bfloat16)  # noqa: E731
             args = (mk(B, Hq, C, D), mk(B, K, S, D), mk(B, K, S, D), torch.ones(B, S, dtype=torch.bool,

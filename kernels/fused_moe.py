@@ -217,10 +217,17 @@ def _combine(y_RH: torch.Tensor, topk_w_Tk: torch.Tensor, out_TH: torch.Tensor,
 def fused_moe_triton(x_TH: torch.Tensor, topk_idx_Tk: torch.Tensor, topk_w_Tk: torch.Tensor,
                      gate_up_EFH: torch.Tensor, down_EHI: torch.Tensor, *, block_m: int | None = None,
                      block_n: int = 64, block_k: int = 64, num_warps: int = 4,
-                     num_stages: int | None = None) -> torch.Tensor:
+                     num_stages: int | None = None,
+                     down_tile: tuple[int, int, int, int | None] | None = None) -> torch.Tensor:
     """Triton launcher with the same contract as `fused_moe_torch`. Tile sizes, warps and pipeline stages
-    are arguments so bench/gpu.py can sweep them at real shapes (None stages: Triton's default)."""
+    are arguments so bench/gpu.py can sweep them at real shapes (None stages: Triton's default).
+    down_tile = (block_n, block_k, num_warps, num_stages) of the down GEMM where it differs from gate_up's:
+    the two have transposed shapes (gate_up reads K = H = 2816 for 2 x 704 outputs, down K = 704 for 2816),
+    so one tile need not suit both; block_m is shared because both walk the same aligned blocks."""
     check_moe_args(x_TH, topk_idx_Tk, topk_w_Tk, gate_up_EFH, down_EHI)
+    if down_tile is not None and (len(down_tile) != 4 or min(down_tile[:3]) < 1):
+        raise ValueError(f"fused_moe: down_tile must be (block_n, block_k, num_warps, num_stages), got "
+                         f"{down_tile}")
     T, H = x_TH.shape
     k = topk_idx_Tk.shape[1]
     E, _, I = down_EHI.shape  # noqa: E741
@@ -243,10 +250,12 @@ def fused_moe_triton(x_TH: torch.Tensor, topk_idx_Tk: torch.Tensor, topk_w_Tk: t
         x_TH, gate_up_EFH, h_AI, sorted_ids, block_expert, nblk, A, k, H, I,
         x_TH.stride(0), gate_up_EFH.stride(0), gate_up_EFH.stride(1), h_AI.stride(0),
         BM=block_m, BN=block_n, BK=block_k, UPCAST=upcast, IEEE=ieee, **launch)
-    runnable(_down_kernel)[(G, triton.cdiv(H, block_n))](
+    dn_n, dn_k, dn_warps, dn_stages = down_tile or (block_n, block_k, num_warps, num_stages)
+    dn_launch = {"num_warps": dn_warps} | ({"num_stages": dn_stages} if dn_stages else {})
+    runnable(_down_kernel)[(G, triton.cdiv(H, dn_n))](
         h_AI, down_EHI, y_AH, sorted_ids, block_expert, nblk, A, H, I,
         h_AI.stride(0), down_EHI.stride(0), down_EHI.stride(1), y_AH.stride(0),
-        BM=block_m, BN=block_n, BK=block_k, UPCAST=upcast, IEEE=ieee, **launch)
+        BM=block_m, BN=dn_n, BK=dn_k, UPCAST=upcast, IEEE=ieee, **dn_launch)
     return _combine(y_AH, topk_w_Tk, out)
 
 

@@ -76,3 +76,30 @@ def test_a_failing_sweep_variant_keeps_the_others(tmp_path, monkeypatch):
     assert grouped and all("no kernel for this shape" in x["error"] for x in grouped)
     ok = {(x["variant"], x["canvases"]) for x in r["sweep"] if "error" not in x}
     assert {("kernels", 1), ("kernels", 2), ("sdpa", 1), ("unfused", 1), ("model", 1)} <= ok
+
+
+def test_tile_sweeps_run_in_the_interpreter(monkeypatch):
+    # the GPU run's tile sweeps (bench/gpu_kernels.py) only run on CUDA there; here their code runs in the
+    # interpreter at the tiny geometry with small tile lists: the shared MoE tiles, the down tiles pinned to
+    # the fastest shared tile, key splits and warps for attention, and a tile that cannot run recorded as one
+    gk = load_bench("gpu_kernels")
+    from model import DiffusionGemmaConfig
+
+    calls = iter(range(100, 0, -1))  # each timing faster than the last: the pinned tile is the last to run
+    monkeypatch.setattr(gk, "ms", lambda dev, fn, *a, reps=5: fn(*a) is not None and float(next(calls)))
+    monkeypatch.setattr(gk, "MOE_TILES", [(16, 16, 16, 2, None), (32, 16, 32, 2, 2), (16, 24, 16, 2, None)])
+    monkeypatch.setattr(gk, "MOE_DOWN_TILES", [(32, 16, 2, None)])
+    cfg = DiffusionGemmaConfig.tiny()
+    rows = gk.moe_tiles(torch.device("cpu"), cfg, budget_end=float("inf"), canvases=(1,))
+    T = cfg.canvas_length
+    bad = [r for r in rows if "error" in r]
+    assert [(r["T"], r["block_n"]) for r in bad] == [(T, 24)]  # block_n 24: not a power of two
+    down = [r for r in rows if "down_tile" in r]
+    assert [(r["T"], r["block_m"], r["down_tile"]) for r in down] == [(T, 32, [32, 16, 2, None])]
+    assert all(r["max_diff_default"] < 1e-2 for r in rows if "ms" in r)
+    tiles = [(None,) * 5, (None, None, None, 2, None), (16, 16, 16, None, 2)]
+    monkeypatch.setattr(gk, "ATTN_TILES", {16: tiles, 32: tiles[:1]})
+    att = gk.attention_tiles(torch.device("cpu"), cfg, budget_end=float("inf"), context=40)
+    d16 = [(r["B"], r["num_splits"], r["num_warps"]) for r in att if r["D"] == 16]
+    assert d16 == [(B, s, w) for B in (1, 8) for s, w in ((None, None), (2, None), (None, 2))]
+    assert all("ms" in r and r["max_diff"] < 2e-2 for r in att)

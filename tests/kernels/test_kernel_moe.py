@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import math
 
 import pytest
@@ -10,6 +11,9 @@ from kernel_checks import assert_close
 
 from kernels.fused_moe import fused_moe_grouped, fused_moe_torch, fused_moe_triton
 from kernels.moe_align import align_tokens, align_tokens_triton
+
+# the module (kernels/__init__.py's `fused_moe` function shadows the attribute of that name)
+fused_moe_mod = importlib.import_module("kernels.fused_moe")
 
 
 def _inputs(T, H, E, k, I, seed=0, dtype=torch.float32, idle_expert=True):  # noqa: E741
@@ -91,7 +95,7 @@ def test_triton_matches_reference_fp32(T, block_m):
     assert_close(f"moe T={T}", out, fused_moe_torch(x, idx, w, gu, dn), 1e-5, 1e-5)
 
 
-def test_triton_tile_options_do_not_change_results():
+def test_triton_tile_options_do_not_change_results(monkeypatch):
     # bench/gpu.py sweeps tiles, warps and stages; every setting must compute the same thing
     x, idx, w, gu, dn = _inputs(21, 40, 5, 2, 24, seed=3)
     ref = fused_moe_torch(x, idx, w, gu, dn)
@@ -99,6 +103,28 @@ def test_triton_tile_options_do_not_change_results():
         out = fused_moe_triton(x, idx, w, gu, dn, block_m=16, block_n=bn, block_k=bk, num_warps=nw,
                                num_stages=ns)
         assert_close(f"moe tiles {bn}x{bk}", out, ref, 1e-5, 1e-5)
+    # the down GEMM on its own tile (H = 40 is not a multiple of its 32 columns): its grid has 2 column
+    # blocks where gate_up's 16-column tile would give 3
+    grids = []
+    real = fused_moe_mod.runnable
+
+    class Recorded:  # the down kernel's launcher, noting each grid it is launched on
+        def __init__(self, launcher):
+            self.launcher = launcher
+
+        def __getitem__(self, grid):
+            grids.append(grid)
+            return self.launcher[grid]
+
+    def recording(kernel):
+        return Recorded(real(kernel)) if kernel is fused_moe_mod._down_kernel else real(kernel)
+
+    monkeypatch.setattr(fused_moe_mod, "runnable", recording)
+    out = fused_moe_triton(x, idx, w, gu, dn, block_m=16, block_n=16, block_k=16, down_tile=(32, 16, 2, 3))
+    assert_close("moe down tile", out, ref, 1e-5, 1e-5)
+    assert [g[1] for g in grids] == [2]
+    with pytest.raises(ValueError, match="down_tile must be"):
+        fused_moe_triton(x, idx, w, gu, dn, down_tile=(32, 16))
 
 
 def test_triton_bf16_inputs():

@@ -66,7 +66,8 @@ def test_the_bench_tile_sweeps_fit_sm90(monkeypatch):
     assert not over, over
     gk = load_bench("gpu_kernels")
     n_attn = sum(len([t for t in v if t != (None,) * 5]) for v in gk.ATTN_TILES.values())
-    assert (len(picked["moe"]), len(picked["attention"])) == (len(gk.MOE_TILES), n_attn)
+    n_moe = len(gk.MOE_TILES) + len(gk.MOE_DOWN_TILES)
+    assert (len(picked["moe"]), len(picked["attention"])) == (n_moe, n_attn)
     # the key-split entries compile their merge kernel too
     merged = {r["case"] for r in rows if r["kernel"] == "_merge_splits_kernel"}
     assert merged and all(" split" in case for case in merged), merged
