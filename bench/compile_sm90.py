@@ -291,6 +291,8 @@ def real_cases(cfg, tiles: bool, canvases: tuple[int, ...] = (1, 8)) -> dict[str
             (f"head_sample N={T} statistics", P(head_sample_triton, raw, cap, temp, keys)),
             (f"head_sample N={T} sample_only", P(head_sample_triton, raw, cap, temp, keys, need,
                                                  sample_only=True)),
+            (f"head_sample N={T} statistics in 8 column chunks", P(head_sample_triton, raw, cap, temp, keys,
+                                                                   chunks=8)),
             (f"fused_sample N={T} fp32", P(fused_sample_triton, torch.empty(T, V), torch.ones(T), keys,
                                            need)),
             (f"softmax head mode N={T}", P(softmax_triton, raw.view(canv, C, V), bf, cap=cap,

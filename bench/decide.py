@@ -6,6 +6,7 @@ defaults without re-reading the whole file by hand).
   tile sweep) and PyTorch's SDPA (its own choice and each backend it accepted).
 - fused MoE, per token count: the Triton kernel (default tiles and the best tile), the grouped GEMM, the
   torch reference; with the share of the measured copy bandwidth the expert weights streamed at.
+- the head-mode sampler's statistics pass, per row count: each column-chunk count and the torch reference.
 - sweep, per canvases per forward at each step count: ms per forward of every variant that ran, fastest first.
 
     python bench/decide.py RESULTS.json [MORE.json ...]
@@ -91,6 +92,22 @@ def moe(results: dict) -> list[str]:
     return lines
 
 
+def sampler(results: dict) -> list[str]:
+    """The head-mode statistics pass per column-chunk count, per row count."""
+    lines = []
+    for r in results.get("kernels", []):
+        if r.get("kernel") != "head_sample":
+            continue
+        cands = {k[:-3]: v for k, v in r.items() if k.startswith("chunks") and k.endswith("_ms")}
+        cands["torch"] = r["torch_ms"]
+        differ = [k[:-len("_same_argmax")] for k, v in r.items() if k.endswith("_same_argmax") and not v]
+        line = f"head_sample N={_shape(r['shape']).get('N')}: {_ranked(cands)} ms"
+        if differ:
+            line += f"; argmax differs from one pass with {', '.join(differ)} (a bug)"
+        lines.append(line)
+    return lines
+
+
 def sweep(results: dict) -> list[str]:
     rows = [r for r in results.get("sweep", []) if "ms_per_forward" in r]
     lines = []
@@ -102,7 +119,7 @@ def sweep(results: dict) -> list[str]:
 
 
 def decisions(results: dict) -> list[str]:
-    return attention(results) + moe(results) + sweep(results)
+    return attention(results) + moe(results) + sampler(results) + sweep(results)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -42,6 +42,8 @@ from kernels.sampler import (  # noqa: E402
     derive_keys_triton,
     fused_sample_torch,
     fused_sample_triton,
+    head_sample_torch,
+    head_sample_triton,
 )
 from kernels.softmax import softmax_torch, softmax_triton  # noqa: E402
 
@@ -184,6 +186,8 @@ def bench_kernels(dev, tiny, cfg):
                                               logits, inv_t, keys, keep, reps=10)
         out.append(row)
         logits = None
+        if use_triton:
+            out.append(head_sample_chunks(dev, cfg, g, N))
     out += bench_norms(dev, cfg, g)
     out += bench_step_ops(dev, cfg, g)
     for r in out:
@@ -316,6 +320,35 @@ def attention_tiles(dev, cfg, budget_end, context=1024):
                     rows.append(row | {"error": f"{type(e).__name__}: {e}"[:200]})
                 print(json.dumps(rows[-1]), flush=True)
     return rows
+
+
+# Column chunks per row for the head-mode sampler's statistics pass: one program per row gives a canvas 256
+# programs for 132 SMs, each with one 8 KiB tile in flight (no cp.async in its sm_90 build), and session 2
+# measured 0.43-0.78 TB/s for this pass.
+SAMPLER_CHUNKS = (1, 2, 4, 8, 16)
+
+
+def head_sample_chunks(dev, cfg, g, N):
+    """The engine's statistics pass (head mode: bf16 LM head output, softcap and temperature in the kernel,
+    no row sampled) over SAMPLER_CHUNKS column chunks: ms and GB/s of the raw logits per chunk count."""
+    t, C = cfg.text, cfg.canvas_length
+    V = t.vocab_size
+    x = (torch.randn(N, V, generator=g) * 20).to(dev, torch.bfloat16)
+    temp = torch.full((N // C,), 0.6, device=dev)
+    keys = kernels.derive_keys(torch.arange(N // C), 0, 0, C).to(dev)
+    none = torch.zeros(N, dtype=torch.bool, device=dev)
+    cap = t.final_logit_softcapping
+    row = {"kernel": "head_sample", "shape": f"N={N} V={V} (statistics, no sample)",
+           "torch_ms": ms(dev, head_sample_torch, x, cap, temp, keys, none)}
+    one = head_sample_triton(x, cap, temp, keys, none)
+    for c in SAMPLER_CHUNKS:
+        fn = functools.partial(head_sample_triton, chunks=c)
+        got = fn(x, cap, temp, keys, none)
+        row[f"chunks{c}_same_argmax"] = bool(torch.equal(got[0], one[0]))
+        row[f"chunks{c}_ms"] = ms(dev, fn, x, cap, temp, keys, none, reps=10)
+        row[f"chunks{c}_GBps"] = N * V * 2 / row[f"chunks{c}_ms"] / 1e6
+    row["triton_ms"] = row["chunks1_ms"]
+    return row
 
 
 def bench_norms(dev, cfg, g):

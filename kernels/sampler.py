@@ -129,13 +129,19 @@ def fused_sample_torch(logits_NV: torch.Tensor, inv_temp_N: torch.Tensor, key_N:
 # ---- Triton kernel: one program per row, tiles of BLOCK_V, running scalar statistics ----------------------
 @triton.jit
 def _fused_sample_kernel(logits_ptr, stride_n, inv_temp_ptr, key_ptr, need_ptr,
-                         am_ptr, h_ptr, s_ptr, m_ptr, lse_ptr, V, cap, ROWS_PER_T,
+                         am_ptr, h_ptr, s_ptr, m_ptr, lse_ptr, V, cap, ROWS_PER_T, N, CHUNK, part_f_ptr,
+                         part_i_ptr,
                          BLOCK_V: tl.constexpr, HAS_NEED: tl.constexpr, SAMPLE_ONLY: tl.constexpr,
-                         HEAD: tl.constexpr, HAS_T: tl.constexpr):
+                         HEAD: tl.constexpr, HAS_T: tl.constexpr, SPLIT: tl.constexpr):
     row = tl.program_id(0)
+    # SPLIT: this program covers columns [chunk * CHUNK, chunk * CHUNK + CHUNK) of the row and leaves its
+    # running statistics for _merge_chunks_kernel (more programs for few rows; same comparisons, so the
+    # argmax and the sample are the same columns)
+    chunk = tl.program_id(1)
     if SAMPLE_ONLY:  # a row nobody samples is not read at all (its statistics stay unwritten)
         if tl.load(need_ptr + row) == 0:
-            tl.store(s_ptr + row, tl.full([], -1, tl.int64))
+            if not SPLIT:
+                tl.store(s_ptr + row, tl.full([], -1, tl.int64))
             return
     # HEAD: the LM head's raw output, processed here as kernels/logit_epilogue.py does (same helper, same
     # division by the row's temperature: the same bits), so the fp32 logits never go through memory;
@@ -161,9 +167,14 @@ def _fused_sample_kernel(logits_ptr, stride_n, inv_temp_ptr, key_ptr, need_ptr,
     best = tl.zeros([], tl.int32)
     gmax = tl.full([], float("-inf"), tl.float32)
     gidx = tl.full([], -1, tl.int32)
-    for start in range(0, V, BLOCK_V):
+    col_end = V
+    col_start = 0
+    if SPLIT:
+        col_start = chunk * CHUNK
+        col_end = tl.minimum(col_start + CHUNK, V)
+    for start in range(col_start, col_end, BLOCK_V):
         cols = start + offs
-        mask = cols < V
+        mask = cols < col_end
         x = tl.load(base + cols, mask=mask, other=float("-inf")).to(tl.float32)
         if HEAD:
             x = softcap_f32(x, cap)
@@ -190,24 +201,87 @@ def _fused_sample_kernel(logits_ptr, stride_n, inv_temp_ptr, key_ptr, need_ptr,
             tzi = tl.argmax(z, 0)
             gidx = tl.where(tz > gmax, start + tzi, gidx)
             gmax = tl.maximum(gmax, tz)
-    tl.store(am_ptr + row, best.to(tl.int64))
-    tl.store(h_ptr + row, tl.log(s) - t / s)
-    tl.store(s_ptr + row, gidx.to(tl.int64))
-    tl.store(m_ptr + row, m)
-    tl.store(lse_ptr + row, m + tl.log(s))
+    if SPLIT:  # fp32 [4, chunks, N] = (m, s, t, gmax), int32 [2, chunks, N] = (best, gidx)
+        at = chunk * N + row
+        plane = tl.num_programs(1) * N
+        tl.store(part_f_ptr + at, m)
+        tl.store(part_f_ptr + plane + at, s)
+        tl.store(part_f_ptr + 2 * plane + at, t)
+        tl.store(part_f_ptr + 3 * plane + at, gmax)
+        tl.store(part_i_ptr + at, best)
+        tl.store(part_i_ptr + plane + at, gidx)
+    else:
+        tl.store(am_ptr + row, best.to(tl.int64))
+        tl.store(h_ptr + row, tl.log(s) - t / s)
+        tl.store(s_ptr + row, gidx.to(tl.int64))
+        tl.store(m_ptr + row, m)
+        tl.store(lse_ptr + row, m + tl.log(s))
+
+
+@triton.jit
+def _merge_chunks_kernel(part_f_ptr, part_i_ptr, need_ptr, am_ptr, h_ptr, s_ptr, m_ptr, lse_ptr, N,
+                         CHUNKS: tl.constexpr, BR: tl.constexpr, SAMPLE_ONLY: tl.constexpr):
+    """Each row's statistics from its column chunks' running ones, in column order: max M, then
+    s = sum_c e^(m_c - M) s_c, t = sum_c e^(m_c - M) (t_c + (m_c - M) s_c) (the kernel's own rescaling), and
+    the first chunk holding the largest logit (or Gumbel score) gives the argmax (or sample): the lowest
+    column on ties, as in one pass."""
+    rows = tl.program_id(0) * BR + tl.arange(0, BR)
+    ok = rows < N
+    write = ok
+    if SAMPLE_ONLY:  # rows nobody samples: sample -1, statistics unwritten (as without chunks)
+        keep = tl.load(need_ptr + rows, mask=ok, other=0) != 0
+        tl.store(s_ptr + rows, tl.full((BR,), -1, tl.int64), mask=ok & ~keep)
+        write = ok & keep
+    ok = write  # their chunks wrote no partials: read none
+    plane = CHUNKS * N
+    big = tl.full((BR,), -3.0e38, tl.float32)
+    for c in tl.static_range(CHUNKS):
+        big = tl.maximum(big, tl.load(part_f_ptr + c * N + rows, mask=ok, other=-3.0e38))
+    s = tl.zeros((BR,), tl.float32)
+    t = tl.zeros((BR,), tl.float32)
+    best_m = tl.full((BR,), -3.0e38, tl.float32)
+    best = tl.zeros((BR,), tl.int32)
+    gmax = tl.full((BR,), float("-inf"), tl.float32)
+    gidx = tl.full((BR,), -1, tl.int32)
+    for c in tl.static_range(CHUNKS):
+        at = c * N + rows
+        m_c = tl.load(part_f_ptr + at, mask=ok, other=-3.0e38)
+        s_c = tl.load(part_f_ptr + plane + at, mask=ok, other=1.0)  # (1: a finite log for rows not read)
+        t_c = tl.load(part_f_ptr + 2 * plane + at, mask=ok, other=0.0)
+        g_c = tl.load(part_f_ptr + 3 * plane + at, mask=ok, other=float("-inf"))
+        w = tl.exp(m_c - big)
+        t = t + w * (t_c + (m_c - big) * s_c)
+        s = s + w * s_c
+        take = m_c > best_m
+        best = tl.where(take, tl.load(part_i_ptr + at, mask=ok, other=0), best)
+        best_m = tl.where(take, m_c, best_m)
+        gtake = g_c > gmax
+        gidx = tl.where(gtake, tl.load(part_i_ptr + plane + at, mask=ok, other=-1), gidx)
+        gmax = tl.where(gtake, g_c, gmax)
+    tl.store(am_ptr + rows, best.to(tl.int64), mask=write)
+    tl.store(h_ptr + rows, tl.log(s) - t / s, mask=write)
+    tl.store(s_ptr + rows, gidx.to(tl.int64), mask=write)
+    tl.store(m_ptr + rows, big, mask=write)
+    tl.store(lse_ptr + rows, big + tl.log(s), mask=write)
 
 
 def fused_sample_triton(logits_NV: torch.Tensor, inv_temp_N: torch.Tensor, key_N: torch.Tensor,
                         need_sample_N: torch.Tensor | None = None, *, sample_only: bool = False,
-                        block_v: int | None = None):
+                        block_v: int | None = None, chunks: int = 1):
     """Triton launcher with the same contract as `fused_sample_torch`. sample_only (with need_sample_N):
-    rows not sampled are skipped without reading them, so their statistics are left unwritten."""
+    rows not sampled are skipped without reading them, so their statistics are left unwritten.
+    chunks > 1 splits each row's columns over that many programs plus a merge launch (for few rows: one
+    canvas is 256 rows for 132 SMs); the argmax and sample are the same columns, the statistics round
+    differently in the last bits. The count is the caller's, never derived from N, so a row's results do not
+    depend on how many rows share the call."""
     check_sample_args(logits_NV, inv_temp_N, key_N, need_sample_N)
-    return _launch(logits_NV, inv_temp_N, key_N, need_sample_N, sample_only, block_v)
+    return _launch(logits_NV, inv_temp_N, key_N, need_sample_N, sample_only, block_v, chunks=chunks)
 
 
-def _launch(logits_NV, t_N, key_N, need_sample_N, sample_only, block_v, cap=None):
+def _launch(logits_NV, t_N, key_N, need_sample_N, sample_only, block_v, cap=None, chunks=1):
     """The kernel over every row; cap set: head mode (t_N is then the per-canvas temperature or None)."""
+    if chunks < 1:
+        raise ValueError(f"fused_sample: chunks must be >= 1, got {chunks}")
     N, V = logits_NV.shape
     dev = logits_NV.device
     if logits_NV.stride(1) != 1:
@@ -222,12 +296,23 @@ def _launch(logits_NV, t_N, key_N, need_sample_N, sample_only, block_v, cap=None
         return outs
     head, has_t = cap is not None, t_N is not None
     t = t_N.float().contiguous() if has_t else outs[1]
-    runnable(_fused_sample_kernel)[(N,)](
+    # whole tiles per chunk, none empty
+    chunk_cols = triton.cdiv(triton.cdiv(V, min(chunks, triton.cdiv(V, block_v))), block_v) * block_v
+    n_chunks = triton.cdiv(V, chunk_cols)
+    split = n_chunks > 1
+    part_f = torch.empty(4, n_chunks, N, dtype=torch.float32, device=dev) if split else outs[1]
+    part_i = torch.empty(2, n_chunks, N, dtype=torch.int32, device=dev) if split else outs[1]
+    sample_only = sample_only and need_sample_N is not None
+    runnable(_fused_sample_kernel)[(N, n_chunks)](
         logits_NV, logits_NV.stride(0), t, key_N, need, *outs, V, float(cap or 1.0),
-        N // t_N.numel() if head and has_t else 1,
+        N // t_N.numel() if head and has_t else 1, N, chunk_cols, part_f, part_i,
         BLOCK_V=block_v, HAS_NEED=need_sample_N is not None,
-        SAMPLE_ONLY=sample_only and need_sample_N is not None, HEAD=head, HAS_T=has_t,
+        SAMPLE_ONLY=sample_only, HEAD=head, HAS_T=has_t, SPLIT=split,
         num_warps=8 if block_v >= 2048 else 4)
+    if split:
+        br = 128
+        runnable(_merge_chunks_kernel)[(triton.cdiv(N, br),)](
+            part_f, part_i, need, *outs, N, CHUNKS=n_chunks, BR=br, SAMPLE_ONLY=sample_only, num_warps=4)
     return outs
 
 
@@ -245,12 +330,12 @@ def head_sample_torch(x_NV: torch.Tensor, cap: float, temperature_R: torch.Tenso
 
 def head_sample_triton(x_NV: torch.Tensor, cap: float, temperature_R: torch.Tensor | None,
                        key_N: torch.Tensor, need_sample_N: torch.Tensor | None = None, *,
-                       sample_only: bool = False, block_v: int | None = None):
+                       sample_only: bool = False, block_v: int | None = None, chunks: int = 1):
     """Same contract as `head_sample_torch`: the fused sampler's one pass reads the raw [N, V] LM head output
     (2 bytes a logit in bf16) and applies the softcap and temperature itself, so the step never writes or
-    reads the fp32 logits."""
+    reads the fp32 logits. chunks: as in `fused_sample_triton`."""
     check_head_sample_args(x_NV, temperature_R, key_N, need_sample_N)
-    return _launch(x_NV, temperature_R, key_N, need_sample_N, sample_only, block_v, cap=cap)
+    return _launch(x_NV, temperature_R, key_N, need_sample_N, sample_only, block_v, cap=cap, chunks=chunks)
 
 
 def check_head_sample_args(x_NV, temperature_R, key_N, need_sample_N) -> None:

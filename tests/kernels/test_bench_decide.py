@@ -15,6 +15,9 @@ RESULTS = {
         {"kernel": "fused_moe", "shape": "T=256 H=2816 E=128 k=8 Im=704", "weight_bytes": 1.5e9,
          "torch_ms": 13.6, "triton_ms": 0.96, "grouped_ms": 0.70},
         {"kernel": "fused_sample", "shape": "N=256 V=262144", "torch_ms": 10.0},
+        {"kernel": "head_sample", "shape": "N=256 V=262144 (statistics, no sample)", "torch_ms": 9.0,
+         "chunks1_ms": 0.5, "chunks1_same_argmax": True, "chunks8_ms": 0.2, "chunks8_same_argmax": True,
+         "chunks16_ms": 0.25, "chunks16_same_argmax": False, "chunks8_GBps": 670.0},
     ],
     "attention_tiles": [{"B": 8, "D": 256, "block_m": 128, "block_n": 64, "block_dv": 256, "ms": 0.35},
                         {"B": 8, "D": 256, "block_m": 64, "block_n": 64, "block_dv": 256, "ms": 0.55},
@@ -36,7 +39,7 @@ RESULTS = {
 
 def test_each_shape_ranked_fastest_first(tmp_path, capsys):
     lines = load_bench("decide").decisions(RESULTS)
-    att, moe, sweep = lines
+    att, moe, smp, sweep = lines
     # attention: the best sweep tile of this shape only, SDPA per backend, rejected backends left out
     # (a tile names only what it set: the launcher chose n and dv here)
     assert att == ("canvas_attention D=256 B=8: triton[m32 split2 w4] 0.300 "
@@ -46,6 +49,9 @@ def test_each_shape_ranked_fastest_first(tmp_path, capsys):
     # MoE: the best tile beats grouped here; 1.5 GB in 0.625 ms at 3 TB/s copy bandwidth is 80%
     assert moe.startswith("fused_moe T=256: triton[m32 n128 k128 w8 s3] 0.625 < grouped 0.700 < triton 0.960")
     assert moe.endswith("streams the experts at 80% of copy bandwidth (target 80%)")
+    # sampler: every chunk count ranked; a count whose argmax differed from one pass is called out
+    assert smp == ("head_sample N=256: chunks8 0.200 < chunks16 0.250 < chunks1 0.500 < torch 9.000 ms; "
+                   "argmax differs from one pass with chunks16 (a bug)")
     # sweep: only sizes with two variants that ran; the failed graph row is not a candidate
     assert sweep == "sweep 8 canvases x 8 steps, ms per forward: sdpa 70.000 < kernels 90.000"
     p = tmp_path / "r.json"

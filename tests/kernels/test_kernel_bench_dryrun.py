@@ -103,3 +103,6 @@ def test_tile_sweeps_run_in_the_interpreter(monkeypatch):
     d16 = [(r["B"], r["num_splits"], r["num_warps"]) for r in att if r["D"] == 16]
     assert d16 == [(B, s, w) for B in (1, 8) for s, w in ((None, None), (2, None), (None, 2))]
     assert all("ms" in r and r["max_diff"] < 2e-2 for r in att)
+    # the sampler's chunk sweep (the tiny vocabulary is one tile, so every count runs as one chunk)
+    row = gk.head_sample_chunks(torch.device("cpu"), cfg, torch.Generator().manual_seed(0), cfg.canvas_length)
+    assert all(row[f"chunks{c}_same_argmax"] and row[f"chunks{c}_ms"] > 0 for c in gk.SAMPLER_CHUNKS)

@@ -121,6 +121,31 @@ def test_triton_sample_on_row_subset_equals_full():
     assert torch.equal(sub, full[idx])
 
 
+@pytest.mark.parametrize("V,block,chunks", [(1001, 128, 3), (515, 128, 9), (300, 128, 2)])
+def test_column_chunks_merge_to_one_pass(V, block, chunks):
+    # chunks of whole tiles (more asked than tiles: one per tile) merged by their running statistics: the
+    # same argmax and sample columns as one pass, statistics within rounding, sample_only respected
+    logits, inv_t, keys = _inputs(3, V, seed=V + chunks)
+    logits[0, 5] = logits[0].max() + 1  # a tie across chunks: the lowest column wins, as in one pass
+    logits[0, V - 3] = logits[0, 5]
+    logits[2, : V // 2] = float("-inf")  # a row whose first chunks are fully masked
+    need = torch.tensor([True, False, True])
+    ref = fused_sample_torch(logits, inv_t, keys, need)
+    for only in (False, True):
+        out = fused_sample_triton(logits, inv_t, keys, need, sample_only=only, block_v=block, chunks=chunks)
+        assert torch.equal(out[2], ref[2])
+        rows = need if only else torch.ones(3, dtype=torch.bool)
+        assert torch.equal(out[0][rows], ref[0][rows]) and out[0][0] == 5
+        for name, i in (("entropy", 1), ("max", 3), ("lse", 4)):
+            assert_close(f"chunked {name}", out[i][rows], ref[i][rows], 1e-5, 1e-5)
+    x, temp, hkeys, hneed = _head_inputs(2, 3, 433, seed=5, dtype=torch.bfloat16)
+    href = head_sample_torch(x, 30.0, temp, hkeys, hneed)
+    hout = head_sample_triton(x, 30.0, temp, hkeys, hneed, block_v=128, chunks=chunks)
+    assert torch.equal(hout[0], href[0]) and torch.equal(hout[2], href[2])
+    assert_close("chunked head entropy", hout[1], href[1], 1e-4, 1e-5)
+    with pytest.raises(ValueError, match="chunks must be >= 1"):
+        fused_sample_triton(logits, inv_t, keys, chunks=0)
+
 def _head_inputs(R, C, V, seed, dtype):
     g = torch.Generator().manual_seed(seed)
     x = (torch.randn(R * C, V, generator=g) * 40).to(dtype)  # beyond the softcap's linear range
@@ -158,6 +183,17 @@ def test_head_mode_is_the_materialised_path_bit_for_bit():
     assert torch.equal(only[2], mat[2])
     with pytest.raises(ValueError, match="temperature_R must be"):
         head_sample_triton(x, 30.0, torch.ones(3), keys, need)
+
+
+@pytest.mark.gpu
+def test_gpu_head_mode_chunked_real_vocab(cuda):
+    # one canvas of rows in 8 column chunks: the same argmax and samples as one pass, at the real vocabulary
+    x, temp, keys, need = (t.to(cuda) for t in _head_inputs(2, 128, 262144, seed=2, dtype=torch.bfloat16))
+    one = head_sample_triton(x, 30.0, temp, keys, need)
+    eight = head_sample_triton(x, 30.0, temp, keys, need, chunks=8)
+    assert torch.equal(one[0], eight[0]) and torch.equal(one[2], eight[2])
+    for i in (1, 3, 4):
+        assert_close("chunked gpu stats", eight[i], one[i], 1e-4, 1e-5)
 
 
 @pytest.mark.gpu

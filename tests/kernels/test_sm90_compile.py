@@ -60,6 +60,7 @@ def test_the_bench_tile_sweeps_fit_sm90(monkeypatch):
 
     cases = cs.real_cases(DiffusionGemmaConfig.full_size(), tiles=True, canvases=(8,))
     picked = {g: [c for c in cases[g] if " tile " in c[0]] for g in ("moe", "attention")}
+    picked["sampler"] = [c for c in cases["sampler"] if "column chunks" in c[0]]  # its merge kernel too
     rows = cs.run_cases(picked)
     assert rows and not [r for r in rows if r.get("error")], [r for r in rows if r.get("error")]
     over = [(r["case"], r["kernel"], r["shared"]) for r in rows if not r["fits_smem"]]
@@ -71,3 +72,5 @@ def test_the_bench_tile_sweeps_fit_sm90(monkeypatch):
     # the key-split entries compile their merge kernel too
     merged = {r["case"] for r in rows if r["kernel"] == "_merge_splits_kernel"}
     assert merged and all(" split" in case for case in merged), merged
+    assert {r["kernel"] for r in rows if "column chunks" in r["case"]} == {"_fused_sample_kernel",
+                                                                         "_merge_chunks_kernel"}
