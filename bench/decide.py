@@ -118,6 +118,44 @@ def sweep(results: dict) -> list[str]:
     return lines
 
 
+def tuned_settings(results: dict) -> dict[str, list]:
+    """The fastest measured launch settings of this run, in `kernels.set_tuned`'s form ({op: [(size key,
+    kwargs)]}): per token count the fastest MoE tile (its down tile too), per (head dim, canvases) the fastest
+    attention tile, marked prefer_triton where it beat the torch reference at that shape, per row count the
+    fastest sampler chunk count. None in a row means the launcher's choice and is left out."""
+    out: dict[str, list] = {}
+    moe_rows = [r for r in results.get("moe_tiles", []) if "ms" in r]
+    for T in sorted({r["T"] for r in moe_rows}):
+        best = min((r for r in moe_rows if r["T"] == T), key=lambda r: r["ms"])
+        kw = {k: best[k] for k in ("block_m", "block_n", "block_k", "num_warps", "num_stages", "down_tile")
+              if best.get(k) is not None}
+        if "down_tile" in kw:
+            kw["down_tile"] = tuple(kw["down_tile"])
+        out.setdefault("fused_moe", []).append(((T,), kw))
+    torch_ms = {}
+    for r in results.get("kernels", []):
+        if r.get("kernel") == "canvas_attention":
+            sh = _shape(r["shape"])
+            torch_ms[(sh.get("D"), sh.get("B"))] = r["torch_ms"]
+    att_rows = [r for r in results.get("attention_tiles", []) if "ms" in r]
+    for key in sorted({(r["D"], r["B"]) for r in att_rows}):
+        best = min((r for r in att_rows if (r["D"], r["B"]) == key), key=lambda r: r["ms"])
+        kw = {k: best[k] for k in ("block_m", "block_n", "block_dv", "num_splits", "num_warps")
+              if best.get(k) is not None}
+        if best["ms"] < torch_ms.get(key, 0.0):
+            kw["prefer_triton"] = True
+        out.setdefault("canvas_attention", []).append((key, kw))
+    for r in results.get("kernels", []):
+        if r.get("kernel") != "head_sample":
+            continue
+        chunks = {int(k[len("chunks"):-3]): v for k, v in r.items()
+                  if k.startswith("chunks") and k.endswith("_ms") and r.get(k[:-3] + "_same_argmax", True)}
+        if chunks:
+            out.setdefault("head_sample", []).append(((_shape(r["shape"])["N"],),
+                                                     {"chunks": min(chunks, key=chunks.get)}))
+    return out
+
+
 def decisions(results: dict) -> list[str]:
     return attention(results) + moe(results) + sampler(results) + sweep(results)
 
@@ -129,8 +167,11 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     for p in paths:
         print(f"== {p}")
-        for line in decisions(json.loads(Path(p).read_text())):
+        results = json.loads(Path(p).read_text())
+        for line in decisions(results):
             print("  " + line)
+        for op, entries in tuned_settings(results).items():  # what the "tuned" sweep row ran with
+            print(f"  tuned {op}: " + "; ".join(f"{key} {kw}" for key, kw in entries))
     return 0
 
 

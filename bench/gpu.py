@@ -18,8 +18,12 @@ Sections (each guarded: a failure is recorded in the JSON and the run goes on):
    Variant "graph" is "kernels" with each canvas's decoder forward captured once in a CUDA graph and
    replayed for the remaining steps (capture time reported apart): how much of a step is launch overhead.
    On failure (a host sync or host->device copy inside the forward) the row records the error.
+   Variant "tuned" (GPU only) is "kernels" with the fastest launch settings section 4 measured (MoE and
+   attention tiles, attention key splits, sampler column chunks; `kernels.use_tuned`), so one run shows
+   what the sweeps' choices do end to end before any default changes.
 4. moe_tiles / attention_tiles: fused_moe and canvas_attention tile sweeps at 1 and 8 canvases
-   (bench/gpu_kernels.py), to pick the launchers' defaults on this card.
+   (bench/gpu_kernels.py), to pick the launchers' defaults on this card; they run before the sweep, and
+   their fastest entries (with the sampler's chunk counts from section 2) become "tuned" (bench/decide.py).
 5. profile: CUDA-time kernel breakdown of one forward.
 6. reference: transformers DiffusionGemmaForBlockDiffusion (random weights) generate() with fixed steps
    (confidence_threshold=None) at the same settings, for the ratio.
@@ -45,7 +49,7 @@ import torch
 
 sys.path[:0] = [str(Path(__file__).resolve().parents[1]), str(Path(__file__).resolve().parent)]
 
-from decide import attention_tile, decisions, moe_tile  # noqa: E402
+from decide import attention_tile, decisions, moe_tile, tuned_settings  # noqa: E402
 from gpu_kernels import attention_tiles, bench_kernels, moe_tiles, ms, sync  # noqa: E402
 
 import kernels  # noqa: E402
@@ -133,13 +137,15 @@ def variant(name):
     """"kernels": MoE and canvas attention through kernels/ dispatch; "model": model/ unchanged;
     "unfused": "kernels" with every small-op kernel (UNFUSED_OPS) forced to its torch reference;
     "sdpa": "kernels" with every decoder attention through PyTorch's SDPA (canvas_attention_sdpa);
-    "grouped": "kernels" with the routed experts through PyTorch's grouped GEMM (fused_moe_grouped)."""
+    "grouped": "kernels" with the routed experts through PyTorch's grouped GEMM (fused_moe_grouped);
+    "tuned": "kernels" with the fastest tiles, splits and chunks this run's kernel sweeps measured (TUNED)."""
     old = (model.moe.moe_forward, model.transformer.attend)
     if name != "model":
         model.moe.moe_forward = kernels.fused_moe
         model.transformer.attend = _attend_adapter(old[1])
     try:
-        with kernels.use_backend(*OVERRIDES[name]) if name in OVERRIDES else contextlib.nullcontext():
+        with (kernels.use_backend(*OVERRIDES[name]) if name in OVERRIDES else contextlib.nullcontext(),
+              kernels.use_tuned(TUNED) if name == "tuned" else contextlib.nullcontext()):
             yield
     finally:
         model.moe.moe_forward, model.transformer.attend = old
@@ -280,7 +286,9 @@ def roofline_s(m, cfg, B, ctx, bw, peak):
     return max(nbytes / bw, flops / peak)
 
 
-AB_VARIANTS = ("kernels", "sdpa", "grouped", "graph", "unfused", "model")
+AB_VARIANTS = ("kernels", "tuned", "sdpa", "grouped", "graph", "unfused", "model")
+# the "tuned" row's launch settings (kernels.set_tuned's form), filled from this run's tile sweeps
+TUNED: dict[str, list] = {}
 
 
 def sweep_plan(args, dev) -> list[tuple[str, int, int]]:
@@ -291,7 +299,8 @@ def sweep_plan(args, dev) -> list[tuple[str, int, int]]:
     if args.ratio_only:
         return [("kernels", B, N) for B, N in args.hf_plan]
     plan = [("kernels", B, max(args.steps)) for B in (1, 8, 16) if B in args.canvases]
-    ab = [v for v in AB_VARIANTS if v != "graph" or dev.type == "cuda"]  # CUDA graphs need a GPU
+    # CUDA graphs need a GPU; "tuned" needs the tile sweeps (GPU only) to have found something
+    ab = [v for v in AB_VARIANTS if (v != "graph" or dev.type == "cuda") and (v != "tuned" or TUNED)]
     plan += [(v, B, min(args.steps)) for B in sorted(args.model_canvases, reverse=True) for v in ab]
     plan += [("kernels", B, N) for N in sorted(args.steps, reverse=True) for B in args.canvases]
     return list(dict.fromkeys(plan))  # each row once, first place kept
@@ -464,6 +473,13 @@ def _run(a, dev, cfg, dtype, hf_plan) -> int:
         with guarded(results, "attention_tiles"):
             results["attention_tiles"] = attention_tiles(dev, cfg, t_start + 0.33 * a.budget_s)
         dump()
+        with guarded(results, "tuned"):
+            settings = tuned_settings(results)
+            kernels.set_tuned(settings)  # checked now (a bad entry leaves TUNED empty: no "tuned" row)
+            kernels.set_tuned(None)
+            TUNED.clear()
+            TUNED.update(settings)
+            results["tuned"] = TUNED
     m = None
     with guarded(results, "sweep"):
         m = build_model(cfg, dev, dtype)
@@ -547,6 +563,8 @@ def print_table(results):
         print("  -- fastest first")
         for line in lines:
             print("  " + line)
+    for op, entries in results.get("tuned", {}).items():  # the "tuned" row's settings
+        print(f"  tuned {op}: " + "; ".join(f"{tuple(key)} {kw}" for key, kw in entries))
 
 
 if __name__ == "__main__":

@@ -37,6 +37,12 @@ reference, so the CPU path is exactly the reference path. Override with `set_bac
 "auto")`, the `use_backend(...)` context manager, or the env var DGBATCH_KERNELS at import; pass `ops=` to
 either to override only some ops (benchmarks A/B one kernel inside the full model that way).
 
+Measured launch settings: `use_tuned({op: [(size_key, kwargs), ...]})` (or `set_tuned`) hands the Triton
+launcher of fused_moe, canvas_attention, fused_sample or head_sample extra keyword arguments (tiles, warps,
+key splits, column chunks) by input size; "prefer_triton" in canvas_attention's kwargs also lifts
+`measured_slower` for that size. Nothing is set by default. bench/gpu.py fills it from its own tile sweeps for
+its "tuned" row. See `tuned_for` for how a size key is matched.
+
 Note: `kernels.fused_moe`, `kernels.canvas_attention`, `kernels.rms_norm`, `kernels.norm_rope`,
 `kernels.logit_epilogue`, `kernels.softmax` and `kernels.gelu_mul` are the dispatching *functions*, named like
 their modules; reach a module with `from kernels.fused_moe import fused_moe_torch` (or importlib), never
@@ -46,6 +52,8 @@ their modules; reach a module with `from kernels.fused_moe import fused_moe_torc
 from __future__ import annotations
 
 import contextlib
+import functools
+import inspect
 import os
 import types
 from collections.abc import Iterator
@@ -65,7 +73,7 @@ from kernels._triton_compat import HAS_TRITON
 
 __all__ = ["fused_sample", "head_sample", "derive_keys", "fused_moe", "canvas_attention", "rms_norm",
            "norm_rope", "logit_epilogue", "softmax", "route", "gelu_mul", "rms_norm_pair",
-           "set_backend", "use_backend", "get_backend", "backend_for"]
+           "set_backend", "use_backend", "get_backend", "backend_for", "set_tuned", "use_tuned", "tuned_for"]
 
 _CHOICES = ("auto", "torch", "triton")
 _backend = os.environ.get("DGBATCH_KERNELS", "auto")
@@ -140,6 +148,63 @@ def use_backend(name: str, ops: tuple[str, ...] | None = None) -> Iterator[None]
         _op_backend.update(old_ops)
 
 
+# op -> the size key of its first input: every part but the last must match an entry exactly (the head dim of
+# attention), the last is a size (tokens, batch rows, sampler rows)
+_SIZE_KEY = {
+    "fused_moe": lambda x_TH: (x_TH.shape[0],),
+    "canvas_attention": lambda q_BHCD: (q_BHCD.shape[-1], q_BHCD.shape[0]),
+    "fused_sample": lambda logits_NV: (logits_NV.shape[0],),
+    "head_sample": lambda x_NV: (x_NV.shape[0],),
+}
+_tuned: dict[str, list[tuple[tuple[int, ...], dict]]] = {}
+
+
+def set_tuned(settings: dict[str, list] | None) -> None:
+    """Replace the measured launch settings: {op: [(size_key, kwargs), ...]} (None or {}: none). Checked
+    here, before any launch: a known op, keys of the right length, kwargs the op's Triton launcher takes."""
+    new: dict[str, list[tuple[tuple[int, ...], dict]]] = {}
+    for op, entries in (settings or {}).items():
+        if op not in _SIZE_KEY:
+            raise ValueError(f"tuned settings: {op!r} takes none; tunable ops are {sorted(_SIZE_KEY)}")
+        allowed = set(inspect.signature(_OPS[op][1]).parameters)
+        allowed |= {"prefer_triton"} if op == "canvas_attention" else set()
+        n_key = 2 if op == "canvas_attention" else 1
+        for key, kwargs in entries:
+            key = tuple(int(k) for k in key)
+            bad = sorted(set(kwargs) - allowed)
+            if len(key) != n_key or bad:
+                raise ValueError(f"tuned settings for {op}: key {key} must have {n_key} parts and kwargs "
+                                 f"only the launcher's keyword arguments (unknown: {bad})")
+            new.setdefault(op, []).append((key, dict(kwargs)))
+    _tuned.clear()
+    _tuned.update(new)
+
+
+@contextlib.contextmanager
+def use_tuned(settings: dict[str, list] | None) -> Iterator[None]:
+    """Temporarily use these measured launch settings (benchmarks)."""
+    old = {op: list(v) for op, v in _tuned.items()}
+    set_tuned(settings)
+    try:
+        yield
+    finally:
+        _tuned.clear()
+        _tuned.update(old)
+
+
+def tuned_for(op: str, first: torch.Tensor) -> dict:
+    """The measured settings for this call: among the op's entries whose key matches all but its last part,
+    the one with the largest size not above the call's, else the smallest size ({} when there are none)."""
+    if op not in _tuned:
+        return {}
+    key = _SIZE_KEY[op](first)
+    same = sorted((k[-1], kw) for k, kw in _tuned[op] if k[:-1] == key[:-1])
+    if not same:
+        return {}
+    below = [kw for size, kw in same if size <= key[-1]]
+    return below[-1] if below else same[0][1]
+
+
 def measured_slower(op: str, first: torch.Tensor) -> bool:
     """Shapes where the Triton kernel measured slower than its torch reference on a GPU ("auto" keeps torch).
 
@@ -163,7 +228,7 @@ def backend_for(op: str, *tensors: torch.Tensor | None) -> str:
         return "torch"
     if torch.is_grad_enabled() and any(t.requires_grad for t in ts):
         return "torch"
-    if measured_slower(op, ts[0]):
+    if measured_slower(op, ts[0]) and not tuned_for(op, ts[0]).get("prefer_triton"):
         return "torch"
     key = (op, str(ts[0].device))
     if key not in _selfcheck:
@@ -177,6 +242,9 @@ def backend_for(op: str, *tensors: torch.Tensor | None) -> str:
 def _impl(op: str, *tensors):
     ref, tri, _ = _OPS[op]
     name = backend_for(op, *tensors)
+    if name == "triton" and op in _tuned:
+        kw = {k: v for k, v in tuned_for(op, tensors[0]).items() if k != "prefer_triton"}
+        return functools.partial(tri, **kw) if kw else tri
     return tri if name == "triton" else ref if name == "torch" else _ALTERNATIVES[op][name]
 
 

@@ -58,3 +58,28 @@ def test_each_shape_ranked_fastest_first(tmp_path, capsys):
     p.write_text(json.dumps(RESULTS))
     assert load_bench("decide").main([str(p)]) == 0
     assert "sdpa 70.000 < kernels 90.000" in capsys.readouterr().out
+
+
+def test_tuned_settings_are_the_fastest_measured_and_load(capsys, tmp_path):
+    # what the "tuned" sweep row runs with: the fastest tile per size (None left to the launcher), attention
+    # preferred over torch only where its tile beat the torch reference, chunk counts whose argmax agreed
+    decide = load_bench("decide")
+    tuned = decide.tuned_settings(RESULTS)
+    assert tuned["fused_moe"] == [((256,), {"block_m": 32, "block_n": 128, "block_k": 128, "num_warps": 8,
+                                            "num_stages": 3}),
+                                  ((2048,), {"block_m": 128, "block_n": 128, "block_k": 64, "num_warps": 8,
+                                             "num_stages": 4})]
+    assert tuned["canvas_attention"] == [((256, 1), {"block_m": 64, "block_n": 64, "block_dv": 256}),
+                                         ((256, 8), {"block_m": 32, "num_splits": 2, "num_warps": 4,
+                                                     "prefer_triton": True})]
+    assert tuned["head_sample"] == [((256,), {"chunks": 8})]
+    slow_moe = dict(RESULTS, moe_tiles=RESULTS["moe_tiles"][:2] + [dict(RESULTS["moe_tiles"][2], ms=0.5)])
+    assert decide.tuned_settings(slow_moe)["fused_moe"][0][1]["down_tile"] == (128, 64, 4, 4)
+    import kernels
+
+    with kernels.use_tuned(tuned):  # the dispatch accepts what decide writes
+        assert kernels._tuned["head_sample"] == [((256,), {"chunks": 8})]
+    p = tmp_path / "r.json"
+    p.write_text(json.dumps(RESULTS))
+    assert decide.main([str(p)]) == 0
+    assert "tuned head_sample: (256,) {'chunks': 8}" in capsys.readouterr().out

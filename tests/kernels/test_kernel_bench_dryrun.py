@@ -41,13 +41,16 @@ def test_sweep_plan_puts_decisions_first():
     bench = load_bench("gpu")
     args = types.SimpleNamespace(ratio_only=False, canvases=[1, 2, 4, 8, 16], steps=[8, 16],
                                  model_canvases=[1, 8], hf_plan=[(1, 16), (8, 16)])
+    bench.TUNED["fused_moe"] = [((256,), {"block_m": 32})]  # as a GPU run's tile sweeps leave it
     plan = bench.sweep_plan(args, torch.device("cuda"))
     assert plan[:3] == [("kernels", 1, 16), ("kernels", 8, 16), ("kernels", 16, 16)]
-    assert plan[3:9] == [(v, 8, 8) for v in bench.AB_VARIANTS]
-    assert plan[9:15] == [(v, 1, 8) for v in bench.AB_VARIANTS]
+    assert plan[3:10] == [(v, 8, 8) for v in bench.AB_VARIANTS] and bench.AB_VARIANTS[1] == "tuned"
+    assert plan[10:17] == [(v, 1, 8) for v in bench.AB_VARIANTS]
     # then the 5 "kernels" rows not yet run (2 and 4 canvases at 16 steps; 2, 4 and 16 at 8)
-    assert plan[15:] == [("kernels", B, 16) for B in (2, 4)] + [("kernels", B, 8) for B in (2, 4, 16)]
+    assert plan[17:] == [("kernels", B, 16) for B in (2, 4)] + [("kernels", B, 8) for B in (2, 4, 16)]
     assert ("graph", 8, 8) not in bench.sweep_plan(args, torch.device("cpu"))
+    bench.TUNED.clear()  # no tile sweep ran (a CPU run): no "tuned" row
+    assert ("tuned", 8, 8) not in bench.sweep_plan(args, torch.device("cuda"))
     args.ratio_only = True
     assert bench.sweep_plan(args, torch.device("cuda")) == [("kernels", 1, 16), ("kernels", 8, 16)]
 
@@ -106,3 +109,14 @@ def test_tile_sweeps_run_in_the_interpreter(monkeypatch):
     # the sampler's chunk sweep (the tiny vocabulary is one tile, so every count runs as one chunk)
     row = gk.head_sample_chunks(torch.device("cpu"), cfg, torch.Generator().manual_seed(0), cfg.canvas_length)
     assert all(row[f"chunks{c}_same_argmax"] and row[f"chunks{c}_ms"] > 0 for c in gk.SAMPLER_CHUNKS)
+
+
+def test_tuned_variant_applies_the_runs_settings(monkeypatch):
+    # the "tuned" sweep row runs the model with TUNED in kernels' dispatch, and only inside that row
+    bench = load_bench("gpu")
+    monkeypatch.setattr(bench, "TUNED", {"head_sample": [((256,), {"chunks": 8})]})
+    with bench.variant("tuned"):
+        assert kernels._tuned == {"head_sample": [((256,), {"chunks": 8})]}
+    with bench.variant("kernels"):
+        assert kernels._tuned == {}
+    assert kernels._tuned == {}

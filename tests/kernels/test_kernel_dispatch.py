@@ -115,3 +115,45 @@ def test_alternatives_only_per_op_and_only_their_own(monkeypatch):
     monkeypatch.setattr(kernels, "HAS_TRITON", True)
     monkeypatch.setitem(kernels._selfcheck, ("canvas_attention", "cuda"), True)
     assert kernels.backend_for("canvas_attention", x) in ("torch", "triton")
+
+
+def test_tuned_settings_pick_by_size_and_reach_the_launcher(monkeypatch):
+    # measured launch settings: the entry with the largest size not above the call's (else the smallest),
+    # matched on the head dim for attention; passed to the Triton launcher only, restored afterwards
+    settings = {"fused_moe": [((256,), {"block_m": 32}),
+                              ((2048,), {"block_m": 128, "down_tile": (128, 64, 4, 4)})],
+                "canvas_attention": [((256, 1), {"num_splits": 2}), ((512, 1), {"num_splits": 2}),
+                                     ((512, 8), {"prefer_triton": True})],
+                "head_sample": [((256,), {"chunks": 8})]}
+    with kernels.use_tuned(settings):
+        assert kernels.tuned_for("fused_moe", _FakeCuda(16, 64)) == {"block_m": 32}  # below every size
+        assert kernels.tuned_for("fused_moe", _FakeCuda(1024, 64)) == {"block_m": 32}
+        assert kernels.tuned_for("fused_moe", _FakeCuda(4096, 64))["block_m"] == 128
+        assert kernels.tuned_for("canvas_attention", _FakeCuda(4, 16, 256, 256)) == {"num_splits": 2}
+        assert kernels.tuned_for("canvas_attention", _FakeCuda(4, 16, 256, 128)) == {}  # no head dim 128
+        assert kernels.tuned_for("fused_sample", _FakeCuda(256, 70)) == {}
+        # prefer_triton lifts measured_slower at that size only
+        monkeypatch.setattr(kernels, "HAS_TRITON", True)
+        monkeypatch.setitem(kernels._selfcheck, ("canvas_attention", "cuda"), True)
+        assert kernels.backend_for("canvas_attention", _FakeCuda(8, 16, 256, 512)) == "triton"
+        assert kernels.backend_for("canvas_attention", _FakeCuda(16, 16, 256, 512)) == "triton"
+        assert kernels.backend_for("canvas_attention", _FakeCuda(1, 16, 256, 512)) == "torch"
+        # the launcher gets the kwargs (the torch reference never does)
+        calls = []
+        monkeypatch.setitem(kernels._OPS, "head_sample", (sampler.head_sample_torch,
+                                                          lambda *a, **k: calls.append(k), sampler))
+        x = torch.randn(256, 40)
+        keys = kernels.derive_keys(torch.arange(2), 0, 0, 128)
+        with kernels.use_backend("triton"):
+            kernels.head_sample(x, 30.0, None, keys)
+        assert calls == [{"sample_only": False, "chunks": 8}]
+        kernels.head_sample(x, 30.0, None, keys)  # auto on CPU: the reference, no extra kwargs
+        assert len(calls) == 1
+    assert kernels._tuned == {} and kernels.tuned_for("fused_moe", _FakeCuda(256, 64)) == {}
+    with pytest.raises(ValueError, match="unknown: \\['block_q'\\]"):
+        kernels.set_tuned({"canvas_attention": [((256, 1), {"block_q": 32})]})
+    with pytest.raises(ValueError, match="must have 2 parts"):
+        kernels.set_tuned({"canvas_attention": [((256,), {"num_splits": 2})]})
+    with pytest.raises(ValueError, match="tunable ops"):
+        kernels.set_tuned({"rms_norm": [((8,), {})]})
+    assert kernels._tuned == {}
