@@ -290,6 +290,7 @@ ATTN_TILES = {
           (16, 64, 512, None, None), (64, 64, 128, None, None), (64, 32, 128, None, None)],
 }
 
+
 def attention_tiles(dev, cfg, budget_end, context=1024):
     """canvas_attention_triton over ATTN_TILES at 1 and 8 canvases, 1k context; rows: config, ms, TFLOP/s."""
     t, C = cfg.text, cfg.canvas_length
