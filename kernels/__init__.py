@@ -171,10 +171,12 @@ def set_tuned(settings: dict[str, list] | None) -> None:
         n_key = 2 if op == "canvas_attention" else 1
         for key, kwargs in entries:
             key = tuple(int(k) for k in key)
+            if len(key) != n_key:
+                raise ValueError(f"tuned settings for {op}: key {key} must have {n_key} parts")
             bad = sorted(set(kwargs) - allowed)
-            if len(key) != n_key or bad:
-                raise ValueError(f"tuned settings for {op}: key {key} must have {n_key} parts and kwargs "
-                                 f"only the launcher's keyword arguments (unknown: {bad})")
+            if bad:
+                raise ValueError(f"tuned settings for {op} at {key}: {bad} are not keyword arguments of "
+                                 f"{_OPS[op][1].__name__}")
             new.setdefault(op, []).append((key, dict(kwargs)))
     _tuned.clear()
     _tuned.update(new)
