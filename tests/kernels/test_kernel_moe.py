@@ -148,6 +148,16 @@ def test_gpu_real_shapes(cuda, T, impl):
 
 
 @pytest.mark.gpu
+@pytest.mark.parametrize("T,block_m,down_tile", [(256, 32, (128, 64, 4, 4)), (2048, 128, (256, 64, 8, 3))])
+def test_gpu_real_shapes_own_down_tile(cuda, T, block_m, down_tile):
+    # the sweep's separate down-GEMM tiles at the real expert shapes (one canvas and eight)
+    x, idx, w, gu, dn = (t.to(cuda) for t in _inputs(T, 2816, 128, 8, 704, dtype=torch.bfloat16))
+    out = fused_moe_triton(x, idx, w, gu, dn, block_m=block_m, down_tile=down_tile)
+    ref = fused_moe_torch(x.float(), idx, w, gu.float(), dn.float())
+    assert_close(f"moe gpu T={T} down tile", out, ref, 3e-2, 3e-2)
+
+
+@pytest.mark.gpu
 @pytest.mark.parametrize("T,block_m", [(256, 16), (4096, 64)])
 def test_gpu_align_real_shapes(cuda, T, block_m):
     g = torch.Generator().manual_seed(T)
