@@ -25,9 +25,10 @@ fi
   python3 -c "import sys, torch, triton, transformers; print(sys.version.split()[0], 'torch', torch.__version__,
 'triton', triton.__version__, 'transformers', transformers.__version__, torch.cuda.get_device_name())"
   echo "== gpu-marked tests"
-  # about 30 kernel specialisations compile here (session 2: 6 tests, 36 s); the bench's budget is whatever
-  # time is left, so a slower compile shortens the sweep, not the total
-  timeout 150 python3 -m pytest -q -m gpu tests/kernels -p no:cacheprovider -rs 2>&1 | tail -30
+  # 30 tests, most compiling their own kernel specialisations (session 2: 6 tests, 36 s); the bench's budget
+  # is whatever time is left, so a slower compile shortens the sweep, not the total. -v names each result as
+  # it lands, so a run the timeout cuts still shows which passed.
+  timeout 150 python3 -m pytest -v -m gpu tests/kernels -p no:cacheprovider -rs 2>&1 | grep -E "PASSED|FAILED|ERROR|SKIPPED|passed|failed|Error" | tail -45
 } > "$OUT/env_and_tests.txt" 2>&1
 cat "$OUT/env_and_tests.txt"
 
