@@ -109,6 +109,17 @@ def test_tile_sweeps_run_in_the_interpreter(monkeypatch):
     # the sampler's chunk sweep (the tiny vocabulary is one tile, so every count runs as one chunk)
     row = gk.head_sample_chunks(torch.device("cpu"), cfg, torch.Generator().manual_seed(0), cfg.canvas_length)
     assert all(row[f"chunks{c}_same_argmax"] and row[f"chunks{c}_ms"] > 0 for c in gk.SAMPLER_CHUNKS)
+    # these rows, as a GPU run leaves them, become the "tuned" row's settings, which the dispatch accepts
+    # (the timing stub made each row faster than the one before, so the last measured one wins)
+    measured = {"moe_tiles": rows, "attention_tiles": att, "kernels": [row]}
+    settings = load_bench("decide").tuned_settings(measured)
+    assert settings["fused_moe"] == [((T,), {"block_m": 32, "block_n": 16, "block_k": 32, "num_warps": 2,
+                                              "num_stages": 2, "down_tile": (32, 16, 2, None)})]
+    assert settings["canvas_attention"][0] == ((16, 1), {"block_m": 16, "block_n": 16, "block_dv": 16,
+                                                         "num_warps": 2})
+    assert settings["head_sample"] == [((T,), {"chunks": 16})]
+    with kernels.use_tuned(settings):
+        assert kernels.tuned_for("fused_moe", torch.empty(T, 4))["down_tile"] == (32, 16, 2, None)
 
 
 def test_tuned_variant_applies_the_runs_settings(monkeypatch):
