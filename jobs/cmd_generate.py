@@ -5,6 +5,8 @@ terminal it also redraws the decoded argmax canvas after every denoising step (a
 denoising), which costs one device read per step and is therefore off when output is piped.
 Structured output takes the job spec's options as flags (--json-schema, --pydantic, --regex, --choice,
 --steering): every answer then validates, and a choice answer also prints its per-label scores.
+Error messages are printed scrubbed of secret-shaped text (a model URL's user info, a signed query:
+pipeline/redact.py); prompts and answers are the user's own text and are printed as they are.
 """
 
 from __future__ import annotations
@@ -43,13 +45,14 @@ def run(args: argparse.Namespace) -> int:
     from model import DiffusionGemma, load_tokenizer
     from model.generate import _decode, _encode_prompt
     from model.params import GenerationParams
+    from pipeline.redact import scrub
 
     torch.set_num_threads(1)
     try:
         model = DiffusionGemma.from_pretrained(args.model, dtype=getattr(torch, args.dtype)).eval()
         tok = load_tokenizer(args.model)
     except (OSError, ValueError) as e:
-        print(f"dgbatch generate: cannot load {args.model}: {e}", file=sys.stderr)
+        print(scrub(f"dgbatch generate: cannot load {args.model}: {e}"), file=sys.stderr)
         return 2
     try:
         params = GenerationParams.from_model(
@@ -57,12 +60,12 @@ def run(args: argparse.Namespace) -> int:
         )
         ids = [_encode_prompt(tok, p, chat=not args.no_chat) for p in args.prompt]
     except ValueError as e:
-        print(f"dgbatch generate: {e}", file=sys.stderr)
+        print(scrub(f"dgbatch generate: {e}"), file=sys.stderr)
         return 2
     try:
         section, hook = _constraint(args, tok, model, params)
     except (OSError, ValueError, ImportError) as e:  # unsupported keyword, too short a budget, bad file
-        print(f"dgbatch generate: structured output: {e}", file=sys.stderr)
+        print(scrub(f"dgbatch generate: structured output: {e}"), file=sys.stderr)
         return 2
     live = args.live == "on" or (args.live == "auto" and sys.stdout.isatty())
     view = _LiveView(tok, len(ids)) if live else None
@@ -79,7 +82,7 @@ def run(args: argparse.Namespace) -> int:
         status, _, err = check_output(section, text)
         print(f"=== [{i}] {prompt}\n{text}")
         if status != "ok":
-            print(f"dgbatch generate: answer {i}: {err}", file=sys.stderr)
+            print(scrub(f"dgbatch generate: answer {i}: {err}"), file=sys.stderr)
             return 1
         if section.get("choice") is not None:
             print(f"scores: {choice_json(text, state)}")
@@ -107,6 +110,7 @@ def _generate(model, ids: list[list[int]], params, args, view, hook=None) -> tup
 
     from model.engine import Engine, Request
     from model.generate import generate
+    from pipeline.redact import scrub
 
     if args.mode == "fast":
         reqs = [Request(str(i), x, args.seed + i, params, commit_hook=hook) for i, x in enumerate(ids)]
@@ -120,7 +124,7 @@ def _generate(model, ids: list[list[int]], params, args, view, hook=None) -> tup
         out = []
         for c in comps:
             if c.finish_reason == "error":
-                raise SystemExit(f"dgbatch generate: prompt {c.id}: {c.error}")
+                raise SystemExit(scrub(f"dgbatch generate: prompt {c.id}: {c.error}"))
             out.append(c.token_ids)
         return out, [c.hook_state for c in comps]
     L = max(len(x) for x in ids)

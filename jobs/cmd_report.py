@@ -1,13 +1,15 @@
 """`dgbatch report OUT`: write an HTML run report (charts, errors, spec, manifest) under OUT/_report/.
 
 Works on a finished run and on one still in progress; rerun it to refresh. For S3-compatible stores pass
-`--endpoint-url` (credentials come from the environment, as for the job itself).
+`--endpoint-url` (credentials come from the environment, as for the job itself). The page and what this
+prints are scrubbed of secret-shaped text (pipeline/redact.py).
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
+import traceback
 
 
 def add_parser(parser: argparse.ArgumentParser) -> None:
@@ -19,12 +21,17 @@ def add_parser(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from pipeline.redact import scrub
     from pipeline.report import write_report
 
     try:
         index = write_report(args.out, endpoint_url=args.endpoint_url, report_dir=args.report_dir)
     except FileNotFoundError as exc:
-        print(f"dgbatch report: {exc}", file=sys.stderr)
+        print(scrub(f"dgbatch report: {exc}"), file=sys.stderr)
         return 1
-    print(index)
+    except Exception as exc:  # noqa: BLE001 - the interpreter would print the traceback unscrubbed
+        print(scrub(traceback.format_exc()), file=sys.stderr, end="")
+        print(scrub(f"dgbatch report: failed: {type(exc).__name__}: {exc}"), file=sys.stderr)
+        return 1
+    print(scrub(index))
     return 0

@@ -1,10 +1,15 @@
-"""`dgbatch run job.yaml`: run or resume a batch job on Ray (local unless --ray-address or RAY_ADDRESS)."""
+"""`dgbatch run job.yaml`: run or resume a batch job on Ray (local unless --ray-address or RAY_ADDRESS).
+
+Everything it prints (errors, tracebacks, the summary) is scrubbed of secret-shaped text
+(pipeline/redact.py).
+"""
 
 from __future__ import annotations
 
 import argparse
 import json
 import sys
+import traceback
 
 
 def add_parser(parser: argparse.ArgumentParser) -> None:
@@ -16,6 +21,7 @@ def add_parser(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from pipeline.redact import scrub, scrub_json
     from pipeline.spec import JobSpec, SpecError
 
     try:
@@ -24,10 +30,14 @@ def run(args: argparse.Namespace) -> int:
 
         manifest = run_job(spec, ray_address=args.ray_address, progress=not args.quiet)
     except SpecError as exc:
-        print(f"dgbatch run: {exc}", file=sys.stderr)
+        print(scrub(f"dgbatch run: {exc}"), file=sys.stderr)
         return 2
+    except Exception as exc:  # noqa: BLE001 - the interpreter would print the traceback unscrubbed
+        print(scrub(traceback.format_exc()), file=sys.stderr, end="")
+        print(scrub(f"dgbatch run: failed: {type(exc).__name__}: {exc}"), file=sys.stderr)
+        return 1
     keys = ("output", "rows", "rows_by_status", "valid_pct", "tokens", "rows_per_s", "wall_s", "retries",
             "replica_restarts")
     summary = {k: manifest[k] for k in keys}
-    print(json.dumps(summary, indent=1))
+    print(json.dumps(scrub_json(summary), indent=1))
     return 0

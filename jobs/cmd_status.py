@@ -1,10 +1,12 @@
-"""`dgbatch status OUT`: summarise a run in progress or done from its output prefix."""
+"""`dgbatch status OUT`: summarise a run in progress or done from its output prefix (printed scrubbed of
+secret-shaped text, pipeline/redact.py)."""
 
 from __future__ import annotations
 
 import argparse
 import json
 import sys
+import traceback
 
 
 def add_parser(parser: argparse.ArgumentParser) -> None:
@@ -15,13 +17,19 @@ def add_parser(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from pipeline.redact import scrub, scrub_json
     from pipeline.sink import status
 
     try:
         s = status(args.output, endpoint_url=args.endpoint_url)
     except FileNotFoundError as exc:
-        print(f"dgbatch status: {exc}", file=sys.stderr)
+        print(scrub(f"dgbatch status: {exc}"), file=sys.stderr)
         return 2
+    except Exception as exc:  # noqa: BLE001 - the interpreter would print the traceback unscrubbed
+        print(scrub(traceback.format_exc()), file=sys.stderr, end="")
+        print(scrub(f"dgbatch status: failed: {type(exc).__name__}: {exc}"), file=sys.stderr)
+        return 1
+    s = scrub_json(s)
     if args.json:
         print(json.dumps(s, indent=1))
         return 0

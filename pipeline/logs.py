@@ -10,7 +10,9 @@ captures per worker (`/tmp/ray/session_latest/logs/worker-*.err`) and echoes to 
     slog = log.bind(shard="s00012", attempt=2)
     slog.info("shard done", extra={"rows": 250, "tokens_per_s": 812.5})
 
-Fields whose names look like credentials are replaced by "***": logs must never hold a secret.
+Logs must never hold a secret: fields whose names look like credentials are replaced by "***", and every
+string of the line (message, fields, traceback) is scrubbed of secret-shaped text (`pipeline.redact`), so
+an exception message quoting a signed URL or an `Authorization:` header is logged redacted.
 """
 
 from __future__ import annotations
@@ -22,6 +24,8 @@ import os
 import re
 import sys
 from typing import Any
+
+from pipeline.redact import scrub_json
 
 _CONTEXT_KEYS = ("replica", "shard", "attempt")
 _SECRET_KEY = re.compile(r"secret|passw|credential|access_key|session_token|auth_token|api_key", re.I)
@@ -72,7 +76,8 @@ class JsonFormatter(logging.Formatter):
         line.update(redact(fields))
         if record.exc_info:
             line["exc"] = self.formatException(record.exc_info)
-        return json.dumps(_jsonable(line), ensure_ascii=False)
+        # Scrubbed as data, before encoding: a redaction can then never break the JSON.
+        return json.dumps(scrub_json(_jsonable(line)), ensure_ascii=False)
 
 
 class BoundLogger(logging.LoggerAdapter):

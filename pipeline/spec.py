@@ -2,9 +2,11 @@
 
 Owns the field names users write (`model.path`, `input.prompt_column`, `resources.shard_rows`, ...), the
 checks that need nothing but the spec itself (exactly one of prompt_column/template, exactly one
-structured-output source, no credentials in storage options), and `JobSpec.public_dict()`, the resolved
-spec that is written next to the results. Checks that need the input files or the model live in
-`pipeline.validate`.
+structured-output source, no credentials anywhere: not in storage options or headers, not as user info or
+signed query parameters in a URL), and `JobSpec.public_dict()`, the resolved spec that is written next to
+the results (scrubbed: pipeline/redact.py). A section set to null (`model:` with no value in YAML) means
+its default. Error messages name the field and never echo a refused value. Checks that need the input files
+or the model live in `pipeline.validate`.
 """
 
 from __future__ import annotations
@@ -17,10 +19,25 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-# Option names that would carry a secret. Credentials come from the environment or the credential chain
-# only, so a spec that names one is refused before it can be logged or written into _job.json.
-_SECRET_KEYS = {"key", "secret", "token", "password", "aws_access_key_id", "aws_secret_access_key",
-                "aws_session_token", "access_key", "secret_key", "session_token", "account_key", "sas_token"}
+from pipeline.redact import REDACTED, is_auth_header, is_credential_name, scrub, scrub_json, url_credentials
+
+# Credentials come from the environment or the credential chain only, so a spec that carries one (an option
+# or header named like one, user info or a signature in a URL) is refused before it can be logged or
+# written into _job.json. The message names the field, never the value.
+_FROM_ENV = "credentials are taken only from the environment or the credential chain, never from the job spec"
+
+
+def _refuse_url_credentials(where: str, url: str | None) -> str | None:
+    """`url` unchanged, or a ValueError naming `where` when it carries user info or a signed query."""
+    what = url_credentials(url) if isinstance(url, str) else None
+    if what:
+        raise ValueError(f"{where}: the URL carries credentials ({what}); {_FROM_ENV}")
+    return url
+
+
+def _null_means_default(value: Any) -> Any:
+    # `options:` with no value in YAML (null) means the default, as leaving the key out does
+    return {} if value is None else value
 
 
 class _Section(BaseModel):
@@ -32,6 +49,11 @@ class ModelSpec(_Section):
     path: str | None = None
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
 
+    @field_validator("path")
+    @classmethod
+    def _no_credentials(cls, v: str | None) -> str | None:
+        return _refuse_url_credentials("model.path", v)
+
 
 class InputSpec(_Section):
     path: str
@@ -39,6 +61,11 @@ class InputSpec(_Section):
     template: str | None = None  # a str.format string over input columns, e.g. "Summarise: {body}"
     id_column: str | None = None
     chat: bool = True
+
+    @field_validator("path")
+    @classmethod
+    def _no_credentials(cls, v: str) -> str:
+        return _refuse_url_credentials("input.path", v)
 
     @model_validator(mode="after")
     def _one_prompt_source(self) -> InputSpec:
@@ -62,7 +89,7 @@ class InputSpec(_Section):
                 continue
             base = name.split(".")[0].split("[")[0]
             if not base or base.isdigit():
-                raise ValueError(f"input.template: fields must name columns, got {{{name}}}")
+                raise ValueError(f"input.template: fields must name columns, got {{{scrub(name)}}}")
             if base not in cols:
                 cols.append(base)
         return cols
@@ -71,6 +98,16 @@ class InputSpec(_Section):
 class OutputSpec(_Section):
     path: str
     passthrough_columns: list[str] = Field(default_factory=list)
+
+    @field_validator("path")
+    @classmethod
+    def _no_credentials(cls, v: str) -> str:
+        return _refuse_url_credentials("output.path", v)
+
+    @field_validator("passthrough_columns", mode="before")
+    @classmethod
+    def _null_is_default(cls, v: Any) -> Any:
+        return [] if v is None else v
 
 
 class GenerationSpec(_Section):
@@ -101,6 +138,11 @@ class StructuredOutputSpec(_Section):
     # Per-step steering by the constraint (pipeline/constraints/steering.py): "off" (commit-time DP only),
     # "kept" / "valid_sampling", "all", or a comma list of option names. Costs one DP per row per step.
     steering: str = "off"
+
+    @field_validator("json_schema")
+    @classmethod
+    def _no_credentials(cls, v: Any) -> Any:
+        return _refuse_url_credentials("structured_output.json_schema", v) if isinstance(v, str) else v
 
     @field_validator("steering")
     @classmethod
@@ -135,22 +177,54 @@ class ResourcesSpec(_Section):
     # A shard lease older than this is presumed hung (e.g. a stuck OOM): the replica is killed and replaced.
     shard_timeout_s: float | None = Field(default=3600.0, gt=0)
 
+    @field_validator("custom_resources", mode="before")
+    @classmethod
+    def _null_is_default(cls, v: Any) -> Any:
+        return _null_means_default(v)
+
 
 class StorageSpec(_Section):
     endpoint_url: str | None = None
     options: dict[str, Any] = Field(default_factory=dict)
 
+    @field_validator("endpoint_url")
+    @classmethod
+    def _no_url_credentials(cls, v: str | None) -> str | None:
+        if v is not None and "@" in v:  # an endpoint is scheme://host:port; '@' can only be user info
+            raise ValueError("storage.endpoint_url: the URL carries credentials (user info "
+                             f"(user:password@)); {_FROM_ENV}")
+        return _refuse_url_credentials("storage.endpoint_url", v)
+
+    @field_validator("options", mode="before")
+    @classmethod
+    def _null_is_default(cls, v: Any) -> Any:
+        return _null_means_default(v)
+
     @field_validator("options")
     @classmethod
     def _no_credentials(cls, v: dict[str, Any]) -> dict[str, Any]:
-        def walk(d: dict[str, Any], where: str) -> None:
-            for k, val in d.items():
-                if k.lower() in _SECRET_KEYS:
-                    raise ValueError(f"storage.options{where}.{k}: credentials are taken only from the "
-                                     "environment or the credential chain, never from the job spec")
-                if isinstance(val, dict):
-                    walk(val, f"{where}.{k}")
-        walk(v, "")
+        def refuse(where: str, what: str) -> None:
+            raise ValueError(f"storage.options{where}: {what}; {_FROM_ENV}")
+
+        def walk(val: Any, where: str, headers: bool) -> None:
+            if isinstance(val, dict):
+                for k, sub in val.items():
+                    name = str(k)
+                    if is_credential_name(name) or (headers and is_auth_header(name)):
+                        refuse(f"{where}.{name}", "credentials")
+                    walk(sub, f"{where}.{name}", headers or "headers" in name.lower())
+            elif isinstance(val, (list, tuple)):
+                if headers and len(val) == 2 and isinstance(val[0], str) and is_auth_header(val[0]):
+                    refuse(f"{where}", f"credentials (header {val[0]!r})")  # headers as [name, value] pairs
+                for i, sub in enumerate(val):
+                    walk(sub, f"{where}[{i}]", headers)
+            elif isinstance(val, str):
+                what = url_credentials(val)
+                if what:
+                    refuse(where, f"the URL carries credentials ({what})")
+                if headers and scrub(val) != val:
+                    refuse(where, "a header value shaped like a credential")
+        walk(v, "", False)
         return v
 
 
@@ -163,6 +237,11 @@ class JobSpec(_Section):
     resources: ResourcesSpec = Field(default_factory=ResourcesSpec)
     storage: StorageSpec = Field(default_factory=StorageSpec)
 
+    @field_validator("model", "generation", "resources", "storage", mode="before")
+    @classmethod
+    def _null_section(cls, value: Any) -> Any:
+        return _null_means_default(value)
+
     @field_validator("model", "output", mode="before")
     @classmethod
     def _path_shorthand(cls, value: Any) -> Any:
@@ -170,9 +249,9 @@ class JobSpec(_Section):
         # is written everywhere else (vLLM, transformers, Ray Data)
         if isinstance(value, str):
             return {"path": value}
-        if value is not None and not isinstance(value, (dict, BaseModel)):
+        if value is not None and not isinstance(value, (dict, BaseModel)):  # the value is not echoed
             raise ValueError(f"expected a path (string) or a mapping like {{path: ...}}, got "
-                             f"{type(value).__name__} {value!r}")
+                             f"{type(value).__name__}")
         return value
 
     @model_validator(mode="after")
@@ -191,11 +270,13 @@ class JobSpec(_Section):
         try:
             text = p.read_text()
         except OSError as exc:
-            raise SpecError(f"{p}: cannot read job spec: {exc}") from exc
+            raise SpecError(scrub(f"{p}: cannot read job spec: {exc}")) from None
         try:
             data = json.loads(text) if p.suffix == ".json" else yaml.safe_load(text)
         except (json.JSONDecodeError, yaml.YAMLError) as exc:
-            raise SpecError(f"{p}: not valid {'JSON' if p.suffix == '.json' else 'YAML'}: {exc}") from exc
+            # `from None`: the parser's own exception quotes the offending line, which may hold a secret
+            raise SpecError(f"{p}: not valid {'JSON' if p.suffix == '.json' else 'YAML'}: "
+                            f"{_syntax_error_text(exc)}") from None
         return cls.parse(data, source=str(p))
 
     @classmethod
@@ -211,12 +292,48 @@ class JobSpec(_Section):
             for err in exc.errors():
                 loc = ".".join(str(x) for x in err["loc"]) or "(top level)"
                 msg = "unknown field" if err["type"] == "extra_forbidden" else err["msg"]
-                lines.append(f"  {loc}: {msg}")
+                lines.append(f"  {loc}: {_without_secret_input(msg, err.get('input'))}")
+            # `from None`: pydantic's own error carries every refused value. Not scrub() of the whole text:
+            # our messages name fields ("headers.Authorization: credentials"), which look like assignments.
             raise SpecError(f"{source}: invalid job spec:\n" + "\n".join(lines)) from None
 
     def public_dict(self) -> dict[str, Any]:
-        """The resolved spec as plain JSON data (credentials are refused at load, so nothing to redact)."""
-        return self.model_dump(mode="json")
+        """The resolved spec as plain JSON data, for records (`_job.json`, the report): credentials are
+        refused at load, and anything secret-shaped in free text (a template, an option value) is scrubbed.
+        Hand the spec on (to replicas) with `model_dump(mode="json")`, which is exact."""
+        return scrub_json(self.model_dump(mode="json"))
+
+
+def _strings(value: Any, depth: int = 0) -> list[str]:
+    """The strings inside a refused input value (bounded: a whole spec can be an input)."""
+    if isinstance(value, str):
+        return [value]
+    if depth > 8:
+        return []
+    if isinstance(value, dict):
+        return [s for k, v in value.items() for s in _strings(k, depth + 1) + _strings(v, depth + 1)]
+    if isinstance(value, (list, tuple)):
+        return [s for v in value for s in _strings(v, depth + 1)]
+    return []
+
+
+def _without_secret_input(msg: str, value: Any) -> str:
+    """`msg` with every secret-shaped string of the refused input replaced by "***" (pydantic's messages
+    sometimes quote the input they refuse)."""
+    for s in sorted(_strings(value), key=len, reverse=True):
+        if len(s) >= 4 and s in msg and (url_credentials(s) or scrub(s) != s):
+            msg = msg.replace(s, REDACTED)
+    return msg
+
+
+def _syntax_error_text(exc: Exception) -> str:
+    """A YAML/JSON syntax error as "problem (line L, column C)": never the quoted source line."""
+    mark, problem = getattr(exc, "problem_mark", None), getattr(exc, "problem", None)
+    if mark is not None and problem:
+        context = getattr(exc, "context", None)
+        return scrub(f"{context + ': ' if context else ''}{problem} (line {mark.line + 1}, "
+                     f"column {mark.column + 1})")
+    return scrub(str(exc))
 
 
 class SpecError(ValueError):
