@@ -64,8 +64,9 @@ def bare(spec_dict: dict, factory) -> dict:
     shards = plan_shards(list_inputs(spec.input.path), spec.resources.shard_rows)
     t0, model_s, rows = time.perf_counter(), 0.0, 0
     for s in shards:
-        table = read_shard(s, gen.input_columns())
-        out, st = gen.process(table, file_rel=s.file_rel, first_row=s.start, attempt=1)
+        got = read_shard(s, gen.input_columns())
+        out, st = gen.process(got.table, file_rel=s.file_rel, first_row=s.start, attempt=1,
+                              unreadable=got.unreadable)
         model_s += st.model_s
         rows += out.num_rows
     return {"wall": time.perf_counter() - t0, "model_s": model_s, "rows": rows}

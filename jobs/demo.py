@@ -5,12 +5,23 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import sys
 import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+
+
+def _clear_previous_demo(out: Path) -> None:
+    """Delete an earlier demo's output: only names a job writes (pipeline/prefix.py), never anything else;
+    a prefix holding other files is then refused by the run, naming them."""
+    from pipeline.prefix import is_ours
+
+    for p in sorted(out.rglob("*"), reverse=True) if out.is_dir() else []:
+        if p.is_file() and is_ours(p.relative_to(out).as_posix()):
+            p.unlink()
+        elif p.is_dir() and not any(p.iterdir()):
+            p.rmdir()
 
 
 def main() -> int:
@@ -21,11 +32,11 @@ def main() -> int:
     from pipeline.spec import JobSpec
 
     spec = JobSpec.load(ROOT / "jobs" / "examples" / "demo.yaml")
-    data = spec.public_dict()
+    data = spec.model_dump(mode="json")
     data["input"]["path"] = str(ROOT / spec.input.path)
     out = Path(os.environ.get("DGBATCH_DEMO_OUT", ROOT / spec.output.path))
     data["output"]["path"] = str(out)
-    shutil.rmtree(out, ignore_errors=True)
+    _clear_previous_demo(out)
     path, label = resolve_model_path(spec.model)
     print(f"model: {path}\n       {label}")
     if label == FALLBACK_LABEL:

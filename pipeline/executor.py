@@ -1,8 +1,9 @@
 """The Ray side, and the only file under pipeline/ that imports Ray: the replica actor and the driver loop.
 
-`run_job(spec)`: validate (fail before any work), plan or resume (`_plan.json`, `_commits/`), start
-`resources.replicas` actors that each build their backend (load the model) once, then lease units to
-idle replicas until every shard is committed, and finalize (manifest, `_SUCCESS`).
+`run_job(spec)`: validate (fail before any work), plan or resume (`_plan.json`, `_commits/`; a finished
+job is returned untouched), keep this run's record (pipeline/runs.py), start `resources.replicas` actors
+that each build their backend once, lease units to idle replicas until every shard is committed, and
+finalize (manifest, `_SUCCESS`). A local Ray it starts is watched by pipeline/reaper.py.
 
 Fault handling lives in the driver, not in Ray's retry knobs: actors run with max_restarts=0 and
 max_task_retries=0, so a dead replica surfaces as one failed unit. The driver kills what is left of it,
@@ -34,13 +35,20 @@ from ray.exceptions import GetTimeoutError, RayActorError, RayTaskError
 from pipeline.backend import EngineBackendFactory
 from pipeline.coordinator import Coordinator, WorkUnit
 from pipeline.generator import RowGenerator, error_rows
+from pipeline.logs import get_logger
+from pipeline.metrics import Metrics
 from pipeline.plan import load_or_create_plan
-from pipeline.shards import read_shard
+from pipeline.progress import Progress
+from pipeline.reaper import Reaper
+from pipeline.redact import scrub
+from pipeline.runs import RunLog, new_run_id
+from pipeline.shards import read_schema, read_shard
 from pipeline.sink import (
     BackgroundCommitter,
     commit_name,
     committed,
     finalize,
+    finished_manifest,
     next_attempts,
     write_and_commit,
     write_job,
@@ -48,15 +56,6 @@ from pipeline.sink import (
 from pipeline.spec import JobSpec, SpecError
 from pipeline.storage import Storage
 from pipeline.validate import validate_job
-
-try:
-    from pipeline.metrics import Metrics
-except ImportError:  # pragma: no cover - observability is optional
-    Metrics = None  # type: ignore[assignment,misc]
-try:
-    from pipeline.logs import get_logger
-except ImportError:  # pragma: no cover
-    get_logger = None  # type: ignore[assignment]
 
 
 class ReplicaInitError(RuntimeError):
@@ -67,17 +66,17 @@ class ReplicaInitError(RuntimeError):
 class Replica:
     """Loads the backend once, then turns leased units into committed shards (or rows for the driver)."""
 
-    def __init__(self, spec_json: dict, factory: Any, replica_id: str):
+    def __init__(self, spec_json: dict, factory: Any, replica_id: str, run_id: str):
         self.spec = JobSpec.parse(spec_json)
-        self.replica_id = replica_id
+        self.replica_id, self.run_id = replica_id, run_id
         st = self.spec.storage
         self.storage = Storage(self.spec.output.path, st.endpoint_url, st.options)
-        self.metrics = Metrics(replica_id) if Metrics is not None else None
-        self.log = get_logger(replica_id) if get_logger is not None else None
+        self.metrics = Metrics(replica_id)
+        self.log = get_logger(replica_id)
         try:
             backend = factory(self.spec)
         except Exception as exc:
-            msg = f"replica {replica_id}: cannot build backend: {type(exc).__name__}: {exc}"
+            msg = scrub(f"replica {replica_id}: cannot build backend: {type(exc).__name__}: {exc}")
             raise ReplicaInitError(msg) from exc
         self.gen = RowGenerator(self.spec, backend, self.metrics)
         self.columns = self.gen.input_columns()
@@ -91,18 +90,17 @@ class Replica:
         """Generate one unit. A whole shard is queued for commit (reported later in `commits`)."""
         started = time.time()
         st = self.spec.storage
-        table = read_shard(unit.piece, self.columns, st.endpoint_url, st.options)
-        out, stats = self.gen.process(table, file_rel=unit.piece.file_rel, first_row=unit.piece.start,
-                                      attempt=unit.attempt)
+        got = read_shard(unit.piece, self.columns, st.endpoint_url, st.options)
+        out, stats = self.gen.process(got.table, file_rel=unit.piece.file_rel, first_row=unit.piece.start,
+                                      attempt=unit.attempt, unreadable=got.unreadable)
         info = {"stats": stats.to_json(), "replica_id": self.replica_id, "started_at": started}
         if unit.mode == "rows":
             return {**info, "rows": out, "finished_at": time.time(), "commits": self.committer.take()}
         finished = time.time()
         marker = {**stats.to_json(), "replica_id": self.replica_id, "started_at": started,
                   "finished_at": finished, "duration_s": round(finished - started, 6), "bisected": False,
-                  "input": _input_ref(unit)}
-        if self.metrics is not None:
-            self.metrics.shard_seconds(finished - started)
+                  "input": _input_ref(unit), "run_id": self.run_id}
+        self.metrics.shard_seconds(finished - started)
         self.committer.submit(unit.shard.id, unit.attempt, out, marker)
         return {**info, "finished_at": finished, "commits": self.committer.take()}
 
@@ -111,10 +109,9 @@ class Replica:
         return {"commits": self.committer.take(wait=True)}
 
     def _log_commit(self, shard_id: str, attempt: int, won: bool, marker: dict) -> None:
-        if self.log is not None:
-            self.log.bind(shard=shard_id, attempt=attempt).info(
-                "shard committed" if won else "shard already committed by another attempt",
-                extra={"rows": marker.get("rows"), "tokens": marker.get("tokens")})
+        self.log.bind(shard=shard_id, attempt=attempt).info(
+            "shard committed" if won else "shard already committed by another attempt",
+            extra={"rows": marker.get("rows"), "tokens": marker.get("tokens")})
 
 
 @dataclass
@@ -136,90 +133,83 @@ class _Slot:
         return f"r{self.index}.{self.generation}"
 
 
-class _Progress:
-    def __init__(self, total_rows: int, done_rows: int, enabled: bool):
-        self.total, self.done, self.enabled = total_rows, done_rows, enabled
-        self.t0, self.last, self.rows_run, self.tokens = time.monotonic(), 0.0, 0, 0
-
-    def add(self, rows: int, tokens: int) -> None:
-        self.done += rows
-        self.rows_run += rows
-        self.tokens += tokens
-
-    def line(self, retries: int, restarts: int, live: int, replicas: int) -> str:
-        el = max(1e-9, time.monotonic() - self.t0)
-        rate = self.rows_run / el
-        eta = (self.total - self.done) / rate if rate > 0 else float("nan")
-        pct = 100.0 * self.done / max(1, self.total)
-        eta_s = f"{eta:.0f}s" if eta == eta else "?"
-        return (f"[dgbatch] {self.done}/{self.total} rows ({pct:.1f}%) | {rate:.1f} rows/s | "
-                f"{self.tokens / el:.1f} tok/s | ETA {eta_s} | retries {retries} | "
-                f"restarts {restarts} | replicas {live}/{replicas}")
-
-    def maybe_print(self, force: bool, *args: int) -> None:
-        now = time.monotonic()
-        if self.enabled and (force or now - self.last >= 2.0):
-            self.last = now
-            print(self.line(*args), file=sys.stderr, flush=True)
-
-
 def run_job(spec: JobSpec | dict, *, backend_factory: Any = None, ray_address: str | None = None,
             progress: bool = True) -> dict[str, Any]:
     """Run (or resume) a job to completion; returns the manifest. Raises SpecError on unusable input."""
     spec = JobSpec.parse(spec)
     factory = backend_factory if backend_factory is not None else EngineBackendFactory()
     is_engine = isinstance(factory, EngineBackendFactory)
-    checked = validate_job(spec, check_model=is_engine)
+    checked = validate_job(spec, check_model=is_engine,
+                           identity=None if is_engine else {"backend": repr(factory)})
     storage = checked.output
     if is_engine:
-        from pipeline.model_path import model_identity, resolve_model_path
+        from pipeline.model_path import resolve_model_path
 
-        ident = model_identity(spec.model)
-        model_info = {"path": resolve_model_path(spec.model)[0], "label": ident["label"]}
+        model_info = {"path": resolve_model_path(spec.model)[0], "label": checked.identity["label"]}
     else:
-        ident = {"backend": repr(factory)}
         model_info = {"path": None, "label": f"stub backend {factory!r}"}
-    plan, _ = load_or_create_plan(storage, spec, checked.files, ident)
+    plan, _ = load_or_create_plan(storage, spec, checked.files, checked.identity)
+    finished = finished_manifest(storage, plan)
+    if finished is not None:  # a rerun of a finished job changes nothing, its records included
+        _say(progress, f"already finished: {finished['rows']} rows -> {storage.url}; nothing to do")
+        return finished
+    if not plan.shards:
+        _say(True, f"warning: input {spec.input.path} has no rows; the job finishes with an empty result")
     write_job(storage, spec.public_dict(), model_info, plan.fingerprint)
-    done = committed(storage)
-    todo = [s for s in plan.shards if s.id not in done]
-    t0 = time.monotonic()
-    run = {"rows": 0, "tokens": 0, "retries": 0, "replica_restarts": 0}
-    if todo:
-        started_ray = False
-        if not ray.is_initialized():
-            ray.init(address=ray_address, include_dashboard=False, log_to_driver=True)
-            started_ray = True
-        try:
-            run = _drive(spec, factory, storage, todo, plan.total_rows,
-                         sum(c["rows"] for c in done.values()), progress)
-        finally:
-            if started_ray:
-                ray.shutdown()
-    run["wall_s"] = time.monotonic() - t0
-    manifest = finalize(storage, plan, run)
-    if progress:
-        print(f"[dgbatch] done: {manifest['rows']} rows ({manifest['rows_by_status']}) in "
-              f"{run['wall_s']:.1f}s -> {storage.url}", file=sys.stderr, flush=True)
+    runlog = RunLog(storage, new_run_id())
+    runlog.update(0, 0)
+    try:
+        done = committed(storage)
+        todo = [s for s in plan.shards if s.id not in done]
+        if todo:
+            started_ray = False
+            if not ray.is_initialized():
+                reaper = Reaper()  # what this process ran before ray.init is not the watchdog's to stop
+                ray.init(address=ray_address, include_dashboard=False, log_to_driver=True)
+                started_ray = True
+                reaper.watch()  # if this driver dies, however it dies, what ray.init started goes too
+            try:
+                _drive(spec, factory, storage, todo, plan.total_rows, sum(c["rows"] for c in done.values()),
+                       progress, runlog)
+            finally:
+                if started_ray:
+                    ray.shutdown()
+                    reaper.done()  # a normal end: the watchdog exits and stops nothing
+        st, first = spec.storage, checked.files[0]
+        schema = RowGenerator(spec, None).output_schema(read_schema(first.path, st.endpoint_url, st.options),
+                                                        first.rel)
+        manifest = finalize(storage, plan, runlog.all_runs_ending_now(), runlog.run_id, schema)
+    except BaseException as exc:
+        runlog.fail(exc)
+        raise
+    runlog.end("finished")
+    this = manifest["runs"][-1]
+    _say(progress, f"done: {manifest['rows']} rows ({manifest['rows_by_status']}); this run {this['rows']} "
+                   f"rows in {this['wall_s']:.1f}s -> {storage.url}")
     return manifest
 
 
+def _say(show: bool, line: str) -> None:
+    if show:
+        print(scrub(f"[dgbatch] {line}"), file=sys.stderr, flush=True)
+
+
 def _drive(spec: JobSpec, factory: Any, storage: Storage, todo: list, total_rows: int, done_rows: int,
-           show: bool) -> dict[str, Any]:
+           show: bool, runlog: RunLog) -> None:
     res = spec.resources
     coord = Coordinator(todo, max_attempts=res.max_attempts, backoff_s=res.retry_backoff_s,
                         attempt_base=next_attempts(storage))
-    metrics = Metrics("driver") if Metrics is not None else None
-    spec_json = spec.public_dict()
+    metrics = Metrics("driver")
+    spec_json = spec.model_dump(mode="json")  # the replicas' spec: public_dict() is scrubbed for records
     options = {"num_cpus": res.num_cpus_per_replica, "num_gpus": res.num_gpus_per_replica}
     if res.custom_resources:
         options["resources"] = dict(res.custom_resources)
     slots = [_Slot(i) for i in range(min(res.replicas, len(todo)))]
-    prog = _Progress(total_rows, done_rows, show)
+    prog = Progress(total_rows, done_rows, show)
     restarts = 0
 
     def start(slot: _Slot) -> None:
-        slot.actor = Replica.options(**options).remote(spec_json, factory, slot.replica_id)
+        slot.actor = Replica.options(**options).remote(spec_json, factory, slot.replica_id, runlog.run_id)
         slot.ready_ref, slot.alive = slot.actor.ready.remote(), False
         slot.ref, slot.unit, slot.pending = None, None, {}
 
@@ -232,8 +222,7 @@ def _drive(spec: JobSpec, factory: Any, storage: Storage, todo: list, total_rows
         lost_pending(slot, reason)
         slot.generation += 1
         restarts += 1
-        if metrics is not None:
-            metrics.replica_restart()
+        metrics.replica_restart()
         start(slot)
 
     def lost_pending(slot: _Slot, reason: str) -> None:
@@ -271,15 +260,14 @@ def _drive(spec: JobSpec, factory: Any, storage: Storage, todo: list, total_rows
             fail_unit(unit, reason)
 
     def fail_unit(unit: WorkUnit, reason: str) -> None:
-        if metrics is not None:
-            metrics.retries(1)
+        metrics.retries(1)
         action = coord.failed(unit)
         if action == "give_up":
             st = spec.storage
-            table = read_shard(unit.piece, list(storage_columns), st.endpoint_url, st.options)
-            rows = error_rows(spec, table, file_rel=unit.piece.file_rel, first_row=unit.piece.start,
-                              attempt=unit.attempt,
-                              message=f"generation failed {unit.tries} times; last: {reason[:300]}")
+            got = read_shard(unit.piece, list(storage_columns), st.endpoint_url, st.options)
+            rows = error_rows(spec, got.table, file_rel=unit.piece.file_rel, first_row=unit.piece.start,
+                              attempt=unit.attempt, unreadable=got.unreadable,
+                              message=f"generation failed {unit.tries} times; last: {scrub(reason)[:300]}")
             piece_rows(unit, rows, {"tokens": 0, "rows": rows.num_rows})
             prog.add(rows.num_rows, 0)
 
@@ -298,7 +286,7 @@ def _drive(spec: JobSpec, factory: Any, storage: Storage, todo: list, total_rows
                   "denoising_steps": int(pc.sum(out.column("denoising_steps")).as_py() or 0),
                   "model_s": 0.0, "replica_id": "driver", "started_at": now, "finished_at": now,
                   "duration_s": 0.0, "bisected": True,
-                  "input": _input_ref(unit)}
+                  "input": _input_ref(unit), "run_id": runlog.run_id}
         write_and_commit(storage, unit.shard.id, attempt, out, marker)
         coord.committed(unit)
 
@@ -315,8 +303,7 @@ def _drive(spec: JobSpec, factory: Any, storage: Storage, todo: list, total_rows
                         slot.unit, slot.leased_at, slot.ref = unit, now, slot.actor.work.remote(unit)
                     elif slot.pending:
                         slot.unit, slot.leased_at, slot.ref = None, now, slot.actor.flush.remote()
-            if metrics is not None:
-                metrics.queue_depth(coord.queued)
+            metrics.queue_depth(coord.queued)
             busy = [s for s in slots if s.ref is not None]
             starting = [s for s in slots if not s.alive]
             if not busy and not starting:
@@ -339,6 +326,7 @@ def _drive(spec: JobSpec, factory: Any, storage: Storage, todo: list, total_rows
                     replace(slot, why)
             live = sum(s.alive for s in slots)
             prog.maybe_print(False, coord.retries, restarts, live, res.replicas)
+            runlog.update(coord.retries, restarts)
         prog.maybe_print(True, coord.retries, restarts, sum(s.alive for s in slots), res.replicas)
     finally:
         for slot in slots:
@@ -346,8 +334,7 @@ def _drive(spec: JobSpec, factory: Any, storage: Storage, todo: list, total_rows
                 ray.kill(slot.actor, no_restart=True)
             except Exception:  # noqa: BLE001
                 pass
-    return {"rows": prog.rows_run, "tokens": prog.tokens, "retries": coord.retries,
-            "replica_restarts": restarts}
+    runlog.update(coord.retries, restarts)
 
 
 def _became_ready(slot: _Slot, replace) -> None:
@@ -367,7 +354,7 @@ def _became_ready(slot: _Slot, replace) -> None:
     slot.alive, slot.init_deaths = True, 0
 
 
-def _collect(slot: _Slot, coord: Coordinator, prog: _Progress, fail, replace, piece_rows, commits) -> None:
+def _collect(slot: _Slot, coord: Coordinator, prog: Progress, fail, replace, piece_rows, commits) -> None:
     unit = slot.unit
     try:
         result = ray.get(slot.ref, timeout=60)

@@ -2,8 +2,9 @@
 
 `RowGenerator.process` prepares rows (ids, seeds, prompts; bad rows become error rows without touching the
 model), sends the good ones to the backend, and assembles the output table with the passthrough columns,
-one output row per input row in input order. It also tallies rows by status and tokens for the commit
-marker and the metrics. No storage and no Ray here.
+one output row per input row in input order. Rows the shard reader could not decode (`unreadable`, from
+pipeline.shards.read_shard) are error rows like any other bad row. It also tallies rows by status and
+tokens for the commit marker and the metrics. No storage and no Ray here.
 """
 
 from __future__ import annotations
@@ -16,14 +17,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from pipeline.backend import Backend
+from pipeline.metrics import Metrics
 from pipeline.outputs import STATUSES, RowResult, build_table, error_result
-from pipeline.rows import PreparedRow, prepare_rows
+from pipeline.rows import PreparedRow, output_ids, prepare_rows
 from pipeline.spec import JobSpec
-
-try:  # observability is another area's module; the pipeline must work without it
-    from pipeline.metrics import Metrics
-except ImportError:  # pragma: no cover
-    Metrics = None  # type: ignore[assignment,misc]
 
 
 @dataclass
@@ -40,7 +37,7 @@ class BatchStats:
 
 
 class RowGenerator:
-    def __init__(self, spec: JobSpec, backend: Backend, metrics: object | None = None):
+    def __init__(self, spec: JobSpec, backend: Backend, metrics: Metrics | None = None):
         self.spec, self.backend, self.metrics = spec, backend, metrics
         so = spec.structured_output
         self.extra_columns = (so.schema_column,) if so is not None and so.schema_column else ()
@@ -68,10 +65,15 @@ class RowGenerator:
                           structured=self.spec.structured_output is not None)
         pq.write_table(out, io.BytesIO(), compression="zstd")
 
-    def process(self, table: pa.Table, *, file_rel: str, first_row: int, attempt: int
-                ) -> tuple[pa.Table, BatchStats]:
+    def output_schema(self, input_schema: pa.Schema, file_rel: str) -> pa.Schema:
+        """The schema of this job's output table for an input file of `input_schema` (no backend needed)."""
+        empty = input_schema.empty_table().select(self.input_columns())
+        return self.process(empty, file_rel=file_rel, first_row=0, attempt=0)[0].schema
+
+    def process(self, table: pa.Table, *, file_rel: str, first_row: int, attempt: int,
+                unreadable: dict[int, str] | None = None) -> tuple[pa.Table, BatchStats]:
         rows = prepare_rows(table, self.spec.input, job_seed=self.spec.generation.seed, file_rel=file_rel,
-                            first_row=first_row, extra_columns=self.extra_columns)
+                            first_row=first_row, extra_columns=self.extra_columns, unreadable=unreadable)
         good = [r for r in rows if r.error is None]
         stats = BatchStats(rows=len(rows))
         t0 = time.perf_counter()
@@ -95,17 +97,21 @@ class RowGenerator:
                 self.metrics.tokens_per_s(stats.tokens / stats.model_s)
         passthrough = table.select(self.spec.output.passthrough_columns)
         out = build_table(rows, results, passthrough, attempt=attempt,
-                          structured=self.spec.structured_output is not None)
+                          structured=self.spec.structured_output is not None,
+                          ids=output_ids(table, self.spec.input, rows))
         return out, stats
 
 
 def error_rows(spec: JobSpec, table: pa.Table, *, file_rel: str, first_row: int, attempt: int,
-               message: str) -> pa.Table:
-    """Output rows for input rows that could not be generated (the driver gives up on them)."""
+               message: str, unreadable: dict[int, str] | None = None) -> pa.Table:
+    """Output rows for input rows that could not be generated (the driver gives up on them).
+
+    Same ids and types as `RowGenerator.process` gives, so these rows join the shard's other pieces.
+    """
     so = spec.structured_output
     extra = (so.schema_column,) if so is not None and so.schema_column else ()
     rows = prepare_rows(table, spec.input, job_seed=spec.generation.seed, file_rel=file_rel,
-                        first_row=first_row, extra_columns=extra)
+                        first_row=first_row, extra_columns=extra, unreadable=unreadable)
     results = [error_result(r.error or f"row {r.id}: {message}") for r in rows]
     return build_table(rows, results, table.select(spec.output.passthrough_columns), attempt=attempt,
-                       structured=so is not None)
+                       structured=so is not None, ids=output_ids(table, spec.input, rows))

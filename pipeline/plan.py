@@ -21,6 +21,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+from pipeline.redact import scrub_json
 from pipeline.shards import InputFile, Shard, plan_shards
 from pipeline.spec import JobSpec, SpecError
 from pipeline.storage import Storage
@@ -80,23 +81,41 @@ def fingerprint(components: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(components, sort_keys=True, default=str).encode()).hexdigest()
 
 
-def load_or_create_plan(storage: Storage, spec: JobSpec, files: list[InputFile],
-                        model_identity: dict[str, Any]) -> tuple[Plan, bool]:
-    """(plan, created). Reuses an existing plan with the same fingerprint; refuses a different one."""
-    comps = fingerprint_components(spec, files, model_identity)
-    fp = fingerprint(comps)
+def existing_plan(storage: Storage, components: dict[str, Any]) -> Plan | None:
+    """The plan already under the prefix, None if there is none; SpecError if it is another job's.
+
+    `dgbatch validate` calls this too, so a prefix holding a different job is refused before any work.
+    """
     storage.invalidate()
     if not storage.exists(PLAN_FILE):
-        plan = Plan(fp, comps, plan_shards(files, spec.resources.shard_rows), time.time(), spec.input.path)
-        if storage.create(PLAN_FILE, json.dumps(plan.to_json(), indent=1).encode()):
-            return plan, True
-        # another driver planned first: fall through and check that it planned the same job
+        return None
     old = Plan.from_json(json.loads(storage.read_bytes(PLAN_FILE)))
+    fp = fingerprint(components)
     if old.fingerprint != fp:
-        changed = sorted(k for k in set(comps) | set(old.components)
-                         if json.dumps(comps.get(k), sort_keys=True, default=str)
+        changed = sorted(k for k in set(components) | set(old.components)
+                         if json.dumps(components.get(k), sort_keys=True, default=str)
                          != json.dumps(old.components.get(k), sort_keys=True, default=str))
         raise SpecError(f"output.path {storage.url}: holds a different job (plan fingerprint "
                         f"{old.fingerprint[:12]} != {fp[:12]}; changed: {', '.join(changed)}). "
                         "Use a new output prefix, or rerun with the original spec to resume.")
+    return old
+
+
+def load_or_create_plan(storage: Storage, spec: JobSpec, files: list[InputFile],
+                        model_identity: dict[str, Any]) -> tuple[Plan, bool]:
+    """(plan, created). Reuses an existing plan with the same fingerprint; refuses a different one."""
+    comps = fingerprint_components(spec, files, model_identity)
+    old = existing_plan(storage, comps)
+    if old is not None:
+        return old, False
+    plan = Plan(fingerprint(comps), comps, plan_shards(files, spec.resources.shard_rows), time.time(),
+                spec.input.path)
+    body = plan.to_json()
+    body["components"] = scrub_json(body["components"])  # informational; the fingerprint is already taken
+    if storage.create(PLAN_FILE, json.dumps(body, indent=1).encode()):
+        return plan, True
+    # another driver planned first: it must have planned the same job
+    old = existing_plan(storage, comps)
+    if old is None:
+        raise RuntimeError(f"{storage.uri(PLAN_FILE)}: creating it failed as taken, yet it is not there")
     return old, False

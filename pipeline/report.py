@@ -5,6 +5,10 @@ tokens-per-forward and denoising-step distributions, errors grouped by kind, per
 resolved job spec and manifest. It reads through `pipeline.report_data` (commit markers and the data files
 they name), so it works on a finished run and on one still in progress (no `_manifest.json` or `_SUCCESS`
 yet), and it can be rerun at any time: each run overwrites the previous report.
+
+Nothing secret reaches the page: every string taken from the run (spec, manifest, plan, error messages,
+problems, URLs) is scrubbed by `pipeline.redact` before it is escaped (escaping would hide a signed URL's
+`&sig=` from the patterns), and the finished page is scrubbed once more.
 """
 
 from __future__ import annotations
@@ -21,6 +25,8 @@ import pyarrow.compute as pc
 import yaml
 
 from pipeline import report_plots as plots
+from pipeline.prefix import CHARTS
+from pipeline.redact import scrub, scrub_json
 from pipeline.report_data import RunSnapshot, first, load_run
 
 REPORT_DIR = "_report"
@@ -96,6 +102,8 @@ def _errors(snap: RunSnapshot) -> list[dict[str, Any]]:
     n = bad.num_rows
     ids, errs = _col(bad, "id") or [None] * n, _col(bad, "error") or [None] * n
     for rid, st, err in zip(ids, _col(bad, "status"), errs):
+        err = scrub(err) if err else err  # grouped, charted and quoted: scrubbed before any of that
+        rid = scrub(rid) if isinstance(rid, str) else rid
         kind = error_kind(err or "")
         g = groups.setdefault(kind, {"kind": kind, "count": 0, "status": Counter(), "example": err or "",
                                      "example_id": rid})
@@ -166,6 +174,18 @@ def _table(head: list[str], rows: list[list[Any]]) -> str:
     return f"<table>{thead}<tbody>{body}</tbody></table>"
 
 
+def _runs_table(manifest: dict[str, Any] | None) -> str:
+    """One line per driver run (the manifest's `runs`): a resumed job shows what each run did."""
+    runs = (manifest or {}).get("runs")
+    if not runs:
+        return "<p class='muted'>No per-run records (the job has not finished, or predates them).</p>"
+    rows = [[r.get("run_id"), r.get("outcome"), _when(r.get("started_at")), f"{r.get('wall_s', 0):.1f}",
+             r.get("rows"), r.get("tokens"), r.get("retries"), r.get("replica_restarts"),
+             scrub(str(r.get("error") or ""))[:200]] for r in runs]
+    return _table(["run", "outcome", "started", "wall s", "rows", "tokens", "retries", "replica restarts",
+                   "error"], rows)
+
+
 def _img(charts: dict[str, bytes], name: str, alt: str) -> str:
     return f'<figure><img src="{name}" alt="{html.escape(alt)}"></figure>' if name in charts else ""
 
@@ -174,7 +194,8 @@ def _data_block(title: str, obj: Any, missing: str) -> str:
     """`obj` as YAML (the job spec's own format; shorter than indented JSON) under a heading."""
     if obj is None:
         return f"<h2>{title}</h2><pre>{missing}</pre>"
-    text = yaml.safe_dump(json.loads(json.dumps(_abbreviate(obj), default=str)), sort_keys=False, width=100)
+    data = scrub_json(json.loads(json.dumps(_abbreviate(obj), default=str)))
+    text = yaml.safe_dump(data, sort_keys=False, width=100)
     return f"<h2>{title}</h2><pre>{html.escape(text)}</pre>"
 
 
@@ -232,12 +253,12 @@ def render_html(snap: RunSnapshot, st: dict[str, Any], charts: dict[str, bytes])
     model = snap.model_info
     if model:
         label = f" ({model['label']})" if model.get("label") else ""
-        summary.insert(1, ["model", f"{model.get('path', '?')}{label}"])
-    if snap.manifest:  # the driver's own accounting for its last run (a resumed run counts only its part)
+        summary.insert(1, ["model", scrub(f"{model.get('path', '?')}{label}")])
+    if snap.manifest:  # the drivers' own accounting, totals across every run (pipeline/runs.py)
         for key in ("valid_pct", "replica_seconds", "wall_s", "rows_per_s", "tokens_per_s", "retries",
                     "replica_restarts"):
             if key in snap.manifest:
-                summary.append([f"manifest: {key}", str(snap.manifest[key])])
+                summary.append([f"manifest: {key}", scrub(str(snap.manifest[key]))])
         if isinstance(snap.manifest.get("finished_at"), (int, float)):
             summary.append(["manifest: finished_at", _when(snap.manifest["finished_at"])])
     replicas = [[k, int(v["rows"]), int(v["shards"]), f"{v['busy_s']:.1f}",
@@ -247,16 +268,16 @@ def render_html(snap: RunSnapshot, st: dict[str, Any], charts: dict[str, bytes])
     err_rows = [[g["kind"], g["count"], ", ".join(f"{k}: {v}" for k, v in g["status"].items()),
                  g["example_id"], g["example"][:300]] for g in errs]
     generated = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
+    out_url = html.escape(scrub(snap.out_url))
     parts = [
-        f"<!doctype html><html><head><meta charset='utf-8'><title>dgbatch report: {html.escape(snap.out_url)}"
+        f"<!doctype html><html><head><meta charset='utf-8'><title>dgbatch report: {out_url}"
         f"</title><style>{_CSS}</style></head><body>",
-        f"<h1>dgbatch run report</h1><p class='muted'>{html.escape(snap.out_url)} &middot; generated "
-        f"{generated}</p>",
+        f"<h1>dgbatch run report</h1><p class='muted'>{out_url} &middot; generated {generated}</p>",
         f"<p><span class='state {'done' if snap.finished else 'running'}'>{state}</span></p>",
         "<h2>Summary</h2>", _table([], summary),
     ]
     if snap.problems:
-        items = "".join(f"<li>{html.escape(p)}</li>" for p in snap.problems)
+        items = "".join(f"<li>{html.escape(scrub(p))}</li>" for p in snap.problems)
         parts.append(f"<h2>Problems reading the run</h2><ul class='problems'>{items}</ul>")
     parts += [
         "<h2>Progress and status</h2><div class='grid'>",
@@ -275,6 +296,7 @@ def render_html(snap: RunSnapshot, st: dict[str, Any], charts: dict[str, bytes])
         (_img(charts, "errors.png", "errors by kind")
          + _table(["kind", "rows", "status", "example id", "example message"], err_rows))
         if errs else "<p class='muted'>No invalid or error rows.</p>",
+        "<h2>Runs</h2>", _runs_table(snap.manifest),
         "<h2>Replicas</h2>", _img(charts, "per_replica.png", "rows per second per replica"),
         _table(["replica", "rows", "shards", "busy s", "rows/s"], replicas) if replicas else "",
         _data_block("Resolved job spec", snap.spec, "<span class='muted'>not written yet</span>"),
@@ -286,7 +308,7 @@ def render_html(snap: RunSnapshot, st: dict[str, Any], charts: dict[str, bytes])
         _table(["shard", "state", "attempt", "replica", "rows", "seconds"], _shard_rows(snap)),
         "</body></html>",
     ]
-    return "\n".join(parts)
+    return scrub("\n".join(parts))
 
 
 def write_report(out_url: str, endpoint_url: str | None = None, options: dict[str, Any] | None = None,
@@ -305,9 +327,9 @@ def write_report(out_url: str, endpoint_url: str | None = None, options: dict[st
     fs, root = filesystem(target, endpoint_url, options)
     root = root.rstrip("/")
     fs.makedirs(root, exist_ok=True)
-    for old in fs.glob(f"{root}/*.png"):  # a chart that has no data this time must not linger
-        if old.rsplit("/", 1)[-1] not in charts:
-            fs.rm_file(old)
+    for name in CHARTS:  # a chart that has no data this time must not linger (only our chart names)
+        if f"{name}.png" not in charts and fs.exists(f"{root}/{name}.png"):
+            fs.rm_file(f"{root}/{name}.png")
     for name, data in charts.items():
         fs.pipe_file(f"{root}/{name}", data)
     index = f"{root}/index.html"

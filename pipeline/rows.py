@@ -1,10 +1,15 @@
 """Input rows to prompts: the prompt text, the row id, the per-row seed, and bad rows as typed failures.
 
 A row id is the `input.id_column` value when set, else `<file relative to input root>#<row index>`, which
-is stable across runs and retries. The seed is a hash of (job seed, row id), so a retried or bisected row
-reproduces exactly what the first attempt would have produced. A row whose prompt is null, empty,
-undecodable, or whose template needs a null value becomes a `PreparedRow` with `error` set: it is written
-as an error row, it never reaches the model and never fails its shard.
+is stable across runs and retries. The seed is a hash of (job seed, row id as text), so a retried or
+bisected row reproduces exactly what the first attempt would have produced. A row whose prompt is null,
+empty, undecodable, whose template needs a null value, or whose cells the Parquet reader could not decode
+(`unreadable`, from pipeline.shards) becomes a `PreparedRow` with `error` set: it is written as an error
+row, it never reaches the model and never fails its shard.
+
+The output `id` column keeps the id column's Arrow type (`output_ids`): int64 ids stay int64. A text id
+column holds the derived `file#row` id where an id is null or unreadable; any other type cannot, so the id
+is null there and the row's error message names its `<file> row <n>` position.
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from pipeline.spec import InputSpec
 
@@ -55,8 +61,13 @@ def _as_text(value: Any, what: str) -> tuple[str | None, str | None]:
 
 
 def prepare_rows(table: pa.Table, spec: InputSpec, *, job_seed: int, file_rel: str, first_row: int,
-                 extra_columns: tuple[str, ...] = ()) -> list[PreparedRow]:
-    """One PreparedRow per table row, in order. `first_row` is the table's first row index in its file."""
+                 extra_columns: tuple[str, ...] = (), unreadable: dict[int, str] | None = None
+                 ) -> list[PreparedRow]:
+    """One PreparedRow per table row, in order. `first_row` is the table's first row index in its file.
+
+    `unreadable` maps a table row to why its cells could not be read (pipeline.shards.ShardRead): such a
+    row is an error row whose id comes from the id column if that cell was read, else is derived.
+    """
     cols = {name: table.column(name).to_pylist() for name in set(spec.template_columns())
             | ({spec.id_column} if spec.id_column else set()) | set(extra_columns)}
     out: list[PreparedRow] = []
@@ -74,6 +85,8 @@ def prepare_rows(table: pa.Table, spec: InputSpec, *, job_seed: int, file_rel: s
                 rid = raw_id.decode("utf-8", "replace") if isinstance(raw_id, bytes) else str(raw_id)
         else:
             rid = derived_id(file_rel, first_row + i)
+        if unreadable and i in unreadable:
+            error = f"unreadable input: {unreadable[i]}"
         prompt = None
         if error is None:
             if prompt_col is not None:
@@ -103,3 +116,23 @@ def prepare_rows(table: pa.Table, spec: InputSpec, *, job_seed: int, file_rel: s
         extra = {c: cols[c][i] for c in extra_columns} if extra_columns else None
         out.append(PreparedRow(i, rid, row_seed(job_seed, rid), prompt, error, extra))
     return out
+
+
+_TEXT_TYPES = (pa.types.is_string, pa.types.is_large_string, pa.types.is_binary, pa.types.is_large_binary)
+
+
+def output_ids(table: pa.Table, spec: InputSpec, rows: list[PreparedRow]) -> pa.Array:
+    """The output `id` column for `rows` (prepared from `table`), typed as the id column (module docstring).
+
+    Without `input.id_column` the ids are the derived `file#row` strings.
+    """
+    derived = pa.array([r.id for r in rows], pa.string())
+    if not spec.id_column:
+        return derived
+    col = table.column(spec.id_column).combine_chunks()
+    if pa.types.is_dictionary(col.type):
+        col = col.dictionary_decode()
+    if any(is_text(col.type) for is_text in _TEXT_TYPES):
+        # The column's own values where present (binary ids keep their bytes), else the derived id.
+        return pc.coalesce(col, derived.cast(col.type))
+    return col

@@ -11,17 +11,25 @@ Layout under the output prefix OUT (all JSON is UTF-8, times are unix seconds as
       shard_id, file (relative to OUT), attempt, rows, rows_by_status {ok, invalid, error}, tokens,
       denoising_steps, model_s (seconds inside the model), replica_id, started_at, finished_at,
       duration_s (replica seconds for this attempt), bytes, bisected (rows came from split pieces),
-      input {file, start, num_rows}, fingerprint
+      input {file, start, num_rows}, run_id (the driver run that leased the shard), fingerprint
+  OUT/_runs/run-<run id>.json          one record per driver run (see pipeline.runs)
   OUT/_manifest.json                   written at the end. Fields:
-      version, fingerprint, output, input, finished_at, shards, rows, rows_by_status, valid_pct (ok/rows,
-      percent), tokens, denoising_steps, replica_seconds (sum of commit duration_s), wall_s (this run),
-      rows_this_run, rows_per_s (this run), tokens_per_s (this run), retries, replica_restarts,
-      files: [{shard_id, file, rows, rows_by_status, tokens, attempt, replica_id, started_at,
+      version (2), fingerprint, output, input, finished_at, shards, rows, rows_by_status, valid_pct
+      (ok/rows, percent), tokens, denoising_steps, replica_seconds (sum of commit duration_s),
+      runs: [{run_id, started_at, ended_at, outcome, error, wall_s, rows, tokens, retries,
+              replica_restarts}] (one per driver run, oldest first; rows and tokens from the markers),
+      and totals across runs: wall_s, rows_per_s, tokens_per_s, retries, replica_restarts;
+      output_schema (the output table's Arrow schema, IPC bytes in base64, so a 0-row result reads back),
+      files: [{shard_id, file, rows, rows_by_status, tokens, attempt, replica_id, run_id, started_at,
                finished_at, duration_s}]
   OUT/_SUCCESS                         empty; written last
 
 Readers trust only data files named by a commit marker. A writer that loses the commit race deletes its
-own data file; attempt files left without a marker are removed at finalize.
+own data file; attempt files left without a marker are removed at finalize. Nothing else is ever deleted:
+what may be is pipeline/prefix.py's rule (names this layout could have written), and a prefix holding any
+other file is refused before work. Every JSON record passes through `pipeline.redact.scrub_json`.
+A job whose input has no rows has no shards; it finishes with a manifest (rows 0, its output_schema) and
+`read_results` returns an empty table of that schema.
 
 `BackgroundCommitter` runs `write_and_commit` on one thread of the replica, so a shard's write + fsync +
 marker overlap the next shard's generation. It changes when a commit happens, not what one is: the driver
@@ -31,9 +39,9 @@ commit still queued simply loses that attempt (the driver re-leases the shard; f
 
 from __future__ import annotations
 
+import base64
 import io
 import json
-import re
 import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -44,11 +52,18 @@ import pyarrow.parquet as pq
 
 from pipeline.outputs import STATUSES
 from pipeline.plan import PLAN_FILE, Plan
+from pipeline.prefix import ATTEMPT_FILE
+from pipeline.redact import scrub_json
+from pipeline.runs import summarize
 from pipeline.storage import Storage
 
 COMMITS, DATA = "_commits", "data"
 MANIFEST, SUCCESS, JOB = "_manifest.json", "_SUCCESS", "_job.json"
-_ATTEMPT_RE = re.compile(r"^shard-(?P<id>.+)\.attempt-(?P<k>\d+)\.parquet$")
+
+
+def json_bytes(record: Any) -> bytes:
+    """A JSON record as written under OUT: scrubbed of anything secret-shaped (pipeline/redact.py)."""
+    return json.dumps(scrub_json(record), indent=1).encode()
 
 
 def data_name(shard_id: str, attempt: int) -> str:
@@ -71,7 +86,7 @@ def write_and_commit(storage: Storage, shard_id: str, attempt: int, table: pa.Ta
         raise FileExistsError(f"{storage.uri(rel)} already exists")
     body = {"shard_id": shard_id, "file": rel, "attempt": attempt, "rows": table.num_rows,
             "bytes": buf.tell(), **marker}
-    if storage.create(commit_name(shard_id), json.dumps(body, indent=1).encode()):
+    if storage.create(commit_name(shard_id), json_bytes(body)):
         return True
     storage.delete(rel)  # lost the race (a zombie attempt or a concurrent driver): first writer wins
     return False
@@ -153,18 +168,22 @@ def next_attempts(storage: Storage) -> dict[str, int]:
     """shard id -> highest attempt number with a data file, so a resumed run numbers attempts above it."""
     out: dict[str, int] = {}
     for name in storage.list(DATA):
-        m = _ATTEMPT_RE.match(name)
+        m = ATTEMPT_FILE.match(name)
         if m:
             out[m["id"]] = max(out.get(m["id"], 0), int(m["k"]))
     return out
 
 
 def remove_orphans(storage: Storage, commits: dict[str, dict]) -> list[str]:
-    """Delete data files no commit marker names (failed or zombie attempts). Returns what was removed."""
+    """Delete attempt files that no commit marker names (failed or zombie attempts); returns their names.
+
+    Only names of our attempt-file form are candidates (pipeline/prefix.py): anything else under data/ is
+    not ours to delete, whatever it is.
+    """
     keep = {c["file"].split("/", 1)[1] for c in commits.values()}
     removed = []
     for name in storage.list(DATA):
-        if name not in keep:
+        if ATTEMPT_FILE.match(name) and name not in keep:
             storage.delete(f"{DATA}/{name}")
             removed.append(name)
     return removed
@@ -172,11 +191,25 @@ def remove_orphans(storage: Storage, commits: dict[str, dict]) -> list[str]:
 
 def write_job(storage: Storage, spec_json: dict, model_info: dict, fp: str) -> None:
     body = {"spec": spec_json, "model": model_info, "fingerprint": fp, "written_at": time.time()}
-    storage.write_bytes(JOB, json.dumps(body, indent=1).encode())
+    storage.write_bytes(JOB, json_bytes(body))
 
 
-def finalize(storage: Storage, plan: Plan, run: dict[str, Any]) -> dict[str, Any]:
-    """Every shard committed: remove orphans, write the manifest, then _SUCCESS. Returns the manifest."""
+def finished_manifest(storage: Storage, plan: Plan) -> dict[str, Any] | None:
+    """The manifest of this plan's job if it already finished (`_SUCCESS` and a matching manifest)."""
+    storage.invalidate()
+    if not (storage.exists(SUCCESS) and storage.exists(MANIFEST)):
+        return None
+    manifest = json.loads(storage.read_bytes(MANIFEST))
+    return manifest if manifest.get("fingerprint") == plan.fingerprint else None
+
+
+def finalize(storage: Storage, plan: Plan, runs: list[dict[str, Any]], current_run: str | None,
+             output_schema: pa.Schema) -> dict[str, Any]:
+    """Every shard committed: remove orphans, write the manifest, then _SUCCESS. Returns the manifest.
+
+    `runs` are the run records (pipeline.runs.load_runs, with the current run's own record as it ends),
+    `output_schema` the schema of the output table (recorded so that a 0-row result reads back).
+    """
     commits = committed(storage)
     missing = [s.id for s in plan.shards if s.id not in commits]
     if missing:
@@ -185,25 +218,30 @@ def finalize(storage: Storage, plan: Plan, run: dict[str, Any]) -> dict[str, Any
     remove_orphans(storage, commits)
     by_status = {s: sum(c["rows_by_status"].get(s, 0) for c in commits.values()) for s in STATUSES}
     rows = sum(c["rows"] for c in commits.values())
-    wall = max(1e-9, run.get("wall_s", 0.0))
-    keys = ("shard_id", "file", "rows", "rows_by_status", "tokens", "attempt", "replica_id", "started_at",
-            "finished_at", "duration_s")
+    keys = ("shard_id", "file", "rows", "rows_by_status", "tokens", "attempt", "replica_id", "run_id",
+            "started_at", "finished_at", "duration_s")
     files = [{k: commits[s.id].get(k) for k in keys} for s in plan.shards]
+    run_list, totals = summarize(runs, commits, current_run)
     manifest = {
-        "version": 1, "fingerprint": plan.fingerprint, "output": storage.url, "input": plan.input,
+        "version": 2, "fingerprint": plan.fingerprint, "output": storage.url, "input": plan.input,
         "finished_at": time.time(), "shards": len(plan.shards), "rows": rows, "rows_by_status": by_status,
         "valid_pct": round(100.0 * by_status["ok"] / rows, 3) if rows else 0.0,
         "tokens": sum(c.get("tokens", 0) for c in commits.values()),
         "denoising_steps": sum(c.get("denoising_steps", 0) for c in commits.values()),
         "replica_seconds": round(sum(c.get("duration_s", 0.0) for c in commits.values()), 3),
-        "wall_s": round(run.get("wall_s", 0.0), 3), "rows_this_run": run.get("rows", 0),
-        "rows_per_s": round(run.get("rows", 0) / wall, 3),
-        "tokens_per_s": round(run.get("tokens", 0) / wall, 3),
-        "retries": run.get("retries", 0), "replica_restarts": run.get("replica_restarts", 0), "files": files,
+        **totals, "runs": run_list,
+        "output_schema": base64.b64encode(output_schema.serialize().to_pybytes()).decode(),
+        "files": files,
     }
-    storage.write_bytes(MANIFEST, json.dumps(manifest, indent=1).encode())
+    storage.write_bytes(MANIFEST, json_bytes(manifest))
     storage.write_bytes(SUCCESS, b"")
     return manifest
+
+
+def manifest_schema(manifest: dict[str, Any]) -> pa.Schema | None:
+    """The output schema a manifest records (None for manifests written before it was recorded)."""
+    raw = manifest.get("output_schema")
+    return pa.ipc.read_schema(pa.py_buffer(base64.b64decode(raw))) if raw else None
 
 
 def read_results(url: str, endpoint_url: str | None = None, options: dict | None = None) -> pa.Table:
@@ -216,7 +254,12 @@ def read_results(url: str, endpoint_url: str | None = None, options: dict | None
     tables = [pq.read_table(io.BytesIO(storage.read_bytes(commits[sid]["file"])))
               for sid in sorted(commits, key=lambda s: (order.get(s, len(order)), s))]
     if not tables:
-        raise FileNotFoundError(f"{url}: no committed shards")
+        schema = None
+        if storage.exists(SUCCESS) and storage.exists(MANIFEST):
+            schema = manifest_schema(json.loads(storage.read_bytes(MANIFEST)))
+        if schema is None:
+            raise FileNotFoundError(f"{url}: no committed shards")
+        return schema.empty_table()  # a finished job whose input had no rows
     return pa.concat_tables(tables, promote_options="permissive")
 
 

@@ -1,21 +1,27 @@
 """Checks that need the world, run before any generation: inputs, columns, output prefix, model, constraints.
 
 `validate_job` is what `dgbatch validate` runs and what `run_job` runs first, so a corrupt Parquet file, a
-missing column, an unreachable bucket, a bad model path, an unsupported schema keyword or a constraint that
-cannot finish within max_new_tokens fails the job before a replica starts, with a `SpecError` naming the
-file, column, URL, path, keyword or minimum length.
+missing column, an unreachable bucket, an output prefix that overlaps the input, holds files that are not
+ours or holds a different job (pipeline/prefix.py, pipeline/plan.py), a bad model path, an unsupported
+schema keyword or a constraint that cannot finish within max_new_tokens fails the job before a replica
+starts, with a `SpecError` naming the file, column, URL, path, keyword or minimum length. Whatever
+`run_job` refuses before work, this refuses first.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
+import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from pipeline.shards import InputFile, list_inputs, plan_shards
+from pipeline.plan import existing_plan, fingerprint_components
+from pipeline.prefix import check_output_prefix
+from pipeline.shards import InputFile, list_inputs, plan_shards, read_row_groups, read_schema
 from pipeline.spec import JobSpec, SpecError
-from pipeline.storage import Storage, filesystem
+from pipeline.storage import Storage, filesystem, with_retries
 
 
 @dataclass
@@ -24,7 +30,9 @@ class Validated:
     rows: int
     shards: int
     output: Storage
+    identity: dict[str, Any]  # what the plan fingerprint knows of the model (or the backend)
     min_new_tokens: int | None = None  # the constraint's minimum output length (shared constraints only)
+    resumes: bool = False  # the prefix already holds this job's plan: a run resumes it
 
 
 def required_columns(spec: JobSpec) -> dict[str, str]:
@@ -47,9 +55,7 @@ def check_columns(spec: JobSpec, files: list[InputFile]) -> None:
     need = required_columns(spec)
     st = spec.storage
     for f in files:
-        fs, path = filesystem(f.path, st.endpoint_url, st.options)
-        with fs.open(path, "rb") as fh:
-            names = pq.ParquetFile(fh).schema_arrow.names
+        names = read_schema(f.path, st.endpoint_url, st.options).names
         for col, field in need.items():
             if col not in names:
                 raise SpecError(f"input file {f.path}: missing column {col!r} (needed by {field}); "
@@ -57,34 +63,51 @@ def check_columns(spec: JobSpec, files: list[InputFile]) -> None:
 
 
 def check_unique_ids(spec: JobSpec, files: list[InputFile]) -> None:
-    """With input.id_column, ids must be unique across all files (exactly-once is defined on them)."""
+    """With input.id_column, ids must be unique across all files (exactly-once is defined on them).
+
+    An id the reader cannot decode (a corrupt row group) is skipped like a null one: its row becomes an
+    error row at run time (pipeline.shards.read_shard, pipeline.rows).
+    """
     col, st, seen = spec.input.id_column, spec.storage, {}
     for f in files:
         fs, path = filesystem(f.path, st.endpoint_url, st.options)
-        with fs.open(path, "rb") as fh:
-            ids = pq.read_table(fh, columns=[col]).column(col)
-        values = pc.cast(ids, "string").to_pylist()
+
+        def read(fs=fs, path=path, f=f) -> pa.Table:
+            with fs.open(path, "rb") as fh:
+                pf = pq.ParquetFile(fh)
+                return read_row_groups(pf, list(range(pf.metadata.num_row_groups)), [col], what=f.path).table
+        ids = with_retries(read, what=f.path)
+        values = pc.cast(ids.column(col), "string").to_pylist()
         for i, v in enumerate(values):
             if v is None:
-                continue  # a null id becomes an error row with a derived id (pipeline.rows)
+                continue  # a null or unreadable id becomes an error row (pipeline.rows)
             if v in seen:
                 raise SpecError(f"input.id_column {col!r}: id {v!r} appears twice ({seen[v]} and "
                                 f"{f.path} row {i}); ids must be unique")
             seen[v] = f"{f.path} row {i}"
 
 
-def validate_job(spec: JobSpec, *, check_model: bool = True) -> Validated:
+def validate_job(spec: JobSpec, *, check_model: bool = True, identity: dict[str, Any] | None = None
+                 ) -> Validated:
+    """Every check that needs the world, in the order a user would fix them. `identity` is the backend's
+    part of the plan fingerprint (None: the engine's model, pipeline.model_path.model_identity)."""
     st = spec.storage
     files = list_inputs(spec.input.path, st.endpoint_url, st.options)
     check_columns(spec, files)
     if spec.input.id_column:
         check_unique_ids(spec, files)
     output = Storage(spec.output.path, st.endpoint_url, st.options)
-    output.check_writable()
+    check_output_prefix(output, spec.input.path, files, st.endpoint_url, st.options)
     if check_model:
         from pipeline.model_path import check_model_path
 
         check_model_path(spec.model)
+    if identity is None:
+        from pipeline.model_path import model_identity
+
+        identity = model_identity(spec.model)
+    resumes = existing_plan(output, fingerprint_components(spec, files, identity)) is not None
+    output.check_writable()
     min_tokens = None
     if spec.structured_output is not None:
         from pipeline.backend import constraints_module
@@ -93,7 +116,7 @@ def validate_job(spec: JobSpec, *, check_model: bool = True) -> Validated:
         if check_model:  # the stub backends of the tests generate no constrained text
             min_tokens = check_structured_output(spec)
     n_shards = len(plan_shards(files, spec.resources.shard_rows))
-    return Validated(files, sum(f.num_rows for f in files), n_shards, output, min_tokens)
+    return Validated(files, sum(f.num_rows for f in files), n_shards, output, identity, min_tokens, resumes)
 
 
 def check_structured_output(spec: JobSpec) -> int | None:

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import argparse
+import json
+import time
 from collections import Counter
 from pathlib import Path
 
@@ -44,3 +47,24 @@ def assert_exactly_once(table: pa.Table, ids: list[str]) -> None:
     assert not dup, f"duplicated ids: {dup[:5]}"
     missing, extra = sorted(set(ids) - set(got)), sorted(set(got) - set(ids))
     assert sorted(got) == sorted(ids), f"missing {missing[:5]}, extra {extra[:5]}"
+
+
+def wait_for(pred, timeout_s: float, what) -> None:
+    """Poll `pred` until true; `what` (a description, or a callable making one) names it on timeout."""
+    deadline = time.monotonic() + timeout_s
+    while not pred():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout_s}s waiting for "
+                                 f"{what() if callable(what) else what}")
+        time.sleep(0.05)
+
+
+def validate_cli(tmp_path: Path, job: dict, capsys) -> tuple[int, str]:
+    """`dgbatch validate` on `job` written as a JSON spec file: (exit status, stdout + stderr)."""
+    from jobs import cmd_validate
+
+    path = tmp_path / "job.json"
+    path.write_text(json.dumps(job))
+    code = cmd_validate.run(argparse.Namespace(spec=str(path)))
+    cap = capsys.readouterr()
+    return code, cap.out + cap.err

@@ -9,12 +9,11 @@ import signal
 import subprocess
 import sys
 import threading
-import time
 from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
-from pipeline_helpers import STUB, assert_exactly_once, spec, write_prompts
+from pipeline_helpers import STUB, assert_exactly_once, spec, wait_for, write_prompts
 
 from pipeline import read_results, status
 from pipeline.backend import EngineBackendFactory, StubBackendFactory
@@ -49,8 +48,10 @@ def test_local_run_every_row_once_with_bad_rows_and_resume(tmp_path, ray_local):
     for k in ("shard_id", "file", "rows_by_status", "tokens", "replica_id", "started_at", "finished_at"):
         assert k in marker
     before = {p.name: p.read_text() for p in (out / "_commits").iterdir()}
-    m2 = run_job(job, backend_factory=STUB, progress=False)  # a rerun redoes nothing
-    assert m2["rows_this_run"] == 0
+    manifest_bytes = (out / "_manifest.json").read_bytes()
+    m2 = run_job(job, backend_factory=STUB, progress=False)  # a rerun redoes nothing, rewrites nothing
+    assert m2 == m and (out / "_manifest.json").read_bytes() == manifest_bytes
+    assert len(m2["runs"]) == 1 and m2["runs"][0]["rows"] == 14
     assert {p.name: p.read_text() for p in (out / "_commits").iterdir()} == before
     s = status(str(out))
     assert s["succeeded"] and s["rows_committed"] == 14 and s["shards_committed"] == s["shards"]
@@ -126,14 +127,6 @@ def test_poison_row_becomes_one_error_row(tmp_path, ray_local):
     assert m["replica_restarts"] >= 4 and m["retries"] >= 4
 
 
-def _wait_for(pred, timeout: float, what: str) -> None:
-    end = time.monotonic() + timeout
-    while not pred():
-        if time.monotonic() > end:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.05)
-
-
 def _alive(pid: int) -> bool:
     try:
         with open(f"/proc/{pid}/stat") as f:
@@ -151,7 +144,7 @@ def test_replica_sigkill_mid_shard(tmp_path, ray_local):
     th = threading.Thread(target=lambda: result.update(run_job(job, backend_factory=factory, progress=False)))
     th.start()
     commits = tmp_path / "out" / "_commits"
-    _wait_for(lambda: commits.exists() and len(list(commits.iterdir())) >= 1, 120, "a first commit")
+    wait_for(lambda: commits.exists() and len(list(commits.iterdir())) >= 1, 120, "a first commit")
     victim = int(sorted(pids.iterdir(), key=os.path.getmtime)[0].name)
     os.kill(victim, signal.SIGKILL)
     th.join(180)
@@ -171,14 +164,14 @@ def test_driver_killed_then_rerun(tmp_path, ray_local):
     first = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     commits = out / "_commits"
     try:
-        _wait_for(lambda: commits.exists() and len(list(commits.iterdir())) >= 3, 120, "three commits")
+        wait_for(lambda: commits.exists() and len(list(commits.iterdir())) >= 3, 120, "three commits")
     finally:
         first.kill()
     first.wait(30)
     # Replicas commit their own shards, so one still finishing a shard may commit after the driver died
     # (exactly once still holds: first writer wins). Snapshot only once the killed run's replicas are gone.
     orphans = [int(p.name) for p in (tmp_path / "pids").iterdir()]
-    _wait_for(lambda: not any(_alive(pid) for pid in orphans), 60, "the killed run's replicas to exit")
+    wait_for(lambda: not any(_alive(pid) for pid in orphans), 60, "the killed run's replicas to exit")
     before = {p.name: p.read_text() for p in commits.iterdir()}
     assert 3 <= len(before) < 10 and not (out / "_SUCCESS").exists()
     second = subprocess.run(cmd, capture_output=True, text=True, timeout=180)
@@ -186,8 +179,9 @@ def test_driver_killed_then_rerun(tmp_path, ray_local):
     assert_exactly_once(read_results(str(out)), _ids(40))
     after = {p.name: p.read_text() for p in commits.iterdir()}
     assert all(after[k] == v for k, v in before.items())  # committed shards were not redone
-    assert json.loads((out / "_manifest.json").read_text())["rows_this_run"] == 40 - sum(
-        json.loads(v)["rows"] for v in before.values())
+    runs = json.loads((out / "_manifest.json").read_text())["runs"]
+    assert [r["outcome"] for r in runs] == ["interrupted", "finished"]
+    assert sum(r["rows"] for r in runs) == 40 and runs[0]["rows"] >= 3 * 4
     # The data files are exactly the committed ones: orphans of the killed run are gone.
     files = sorted(p.name for p in (out / "data").iterdir())
     assert files == sorted(json.loads(v)["file"].split("/")[1] for v in after.values())

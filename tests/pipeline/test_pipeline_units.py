@@ -68,6 +68,25 @@ def test_spec_model_and_output_take_a_path_string(tmp_path):
         JobSpec.parse({"input": {"path": "x", "prompt_column": "p"}, "output": 3})
 
 
+def test_spec_null_section_means_the_default(tmp_path):
+    # `model:` with no value (YAML null) or JSON null means what leaving the key out means, for every
+    # section with a default; a required section (output) stays required, with a message that says so
+    p = tmp_path / "job.yaml"
+    p.write_text("model:\ninput: {path: x, prompt_column: p}\noutput: {path: o, passthrough_columns: }\n"
+                 "generation:\nresources:\nstorage: {endpoint_url: , options: }\nstructured_output:\n")
+    omitted = JobSpec.parse({"input": {"path": "x", "prompt_column": "p"}, "output": {"path": "o"}})
+    assert JobSpec.load(p) == omitted
+    j = tmp_path / "job.json"
+    j.write_text(json.dumps({"model": None, "input": {"path": "x", "prompt_column": "p"},
+                             "output": {"path": "o"}, "generation": None,
+                             "resources": {"custom_resources": None}, "storage": None,
+                             "structured_output": None}))
+    assert JobSpec.load(j) == omitted
+    assert omitted.model.path is None and omitted.resources.replicas == 1 and omitted.storage.options == {}
+    with pytest.raises(SpecError, match=r"output: "):
+        JobSpec.parse({"input": {"path": "x", "prompt_column": "p"}, "output": None})
+
+
 def test_spec_loads_yaml_and_reports_file(tmp_path):
     p = tmp_path / "job.yaml"
     p.write_text("input: {path: x, prompt_column: p}\noutput: {path: o}\ngeneration: {max_new_tokens: 0}\n")
@@ -104,9 +123,11 @@ def test_read_shard_reads_the_right_rows(tmp_path):
     files = list_inputs(str(tmp_path))
     assert files[0].row_groups == (5, 5, 5, 5, 3)
     shards = plan_shards(files, 7)
-    got = [r for s in shards for r in read_shard(s, ["prompt"]).column("prompt").to_pylist()]
+    reads = [read_shard(s, ["prompt"]) for s in shards]
+    assert all(r.unreadable == {} for r in reads)  # a healthy file: nothing to salvage
+    got = [r for read in reads for r in read.table.column("prompt").to_pylist()]
     assert got == [f"p{i}" for i in range(23)]
-    piece = read_shard(shards[1].sub(shards[1].start + 2, 3), ["n"]).column("n").to_pylist()
+    piece = read_shard(shards[1].sub(shards[1].start + 2, 3), ["n"]).table.column("n").to_pylist()
     assert piece == list(range(shards[1].start + 2, shards[1].start + 5))
 
 
