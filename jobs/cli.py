@@ -2,13 +2,23 @@
 
 Each command module exposes `add_parser(subparsers) -> None` and `run(args) -> int`. Modules are imported
 lazily so that `dgbatch validate` does not pay for torch or Ray when it does not need them.
+
+A reader that stops early (`dgbatch status --json OUT | head`) ends every command quietly, with exit
+status 141 (128 + SIGPIPE), what a shell reports for a command killed by SIGPIPE such as `cat` or `grep`
+in the same place: Python ignores SIGPIPE, so without this the write raises BrokenPipeError and the
+interpreter prints a traceback. 141 rather than 0 because the output was cut short, which `set -o
+pipefail` scripts then see exactly as they would for any other Unix tool.
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib
+import os
+import select
 import sys
+
+EXIT_BROKEN_PIPE = 128 + 13  # 128 + SIGPIPE
 
 # subcommand -> (module, one-line help). The module adds its own arguments.
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -32,6 +42,17 @@ def build_parser(argv: list[str]) -> tuple[argparse.ArgumentParser, argparse.Nam
     return parser, None
 
 
+def _stdout_reader_gone() -> bool:
+    """True when stdout is a pipe (or socket) whose reading end is closed: poll reports POLLERR for it.
+    A BrokenPipeError from anything else (a storage connection) is a real error and keeps its traceback."""
+    try:
+        poller = select.poll()
+        poller.register(sys.stdout.fileno(), select.POLLOUT)
+        return any(ev & (select.POLLERR | select.POLLHUP) for _, ev in poller.poll(0))
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     parser, _ = build_parser(argv)
@@ -40,7 +61,19 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 2
     module = importlib.import_module(COMMANDS[args.command][0])
-    return int(module.run(args) or 0)
+    try:
+        code = int(module.run(args) or 0)
+        sys.stdout.flush()  # here, not at interpreter exit, where a closed pipe could only be reported
+    except BrokenPipeError:
+        if not _stdout_reader_gone():
+            raise
+        # Anything still buffered would raise again in the interpreter's final flush: send it nowhere.
+        # (The recipe in https://docs.python.org/3/library/signal.html#note-on-sigpipe.)
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+        return EXIT_BROKEN_PIPE
+    return code
 
 
 if __name__ == "__main__":

@@ -188,10 +188,19 @@ def test_dockerfiles(name, base, torch_index):
     assert [a for i, a in ins if i == "USER"][-1] not in ("root", "0")
     ignore = (INFRA / f"{name}.dockerignore").read_text().split()
     assert ignore[ignore.index("**") + 1:] and ".venv" not in " ".join(x for x in ignore if x.startswith("!"))
+    # Entrypoints say `python` (rayjob.yaml, infra/README.md) and run with the head's PATH: the build checks
+    # that the `python` on the image's PATH imports dgbatch, and a venv image puts its bin first on PATH.
+    assert any(a.startswith("pip install --no-deps .") and 'python -c "import' in a and "jobs.generate" in a
+               for a in runs)
+    env = " ".join(a for i, a in ins if i == "ENV")
+    venv = re.search(r"VIRTUAL_ENV=(\S+)", env)
+    assert venv is None or f"PATH={venv.group(1)}/bin:$PATH" in env
 
 
 def test_readme_covers_submit_resume_outputs_and_sizing():
     text = (INFRA / "README.md").read_text()
     for needle in ("ray job submit", "--runtime-env-json", "RAY_AUTH_MODE", "## Resuming", "_commits/",
+                   "-- python -m jobs.generate job.yaml", "dgbatch-ray start --head",
+                   "No module named 'jobs'",
                    "H100 80GB", "H200 141GB", "A100 80GB", "L40S 48GB", "dgbatch report"):
         assert needle in text, needle

@@ -1,6 +1,12 @@
-"""End to end as a cluster user would: `ray start --head` on loopback, `ray job submit` the example job,
-then check its output, the metrics on the head's Prometheus endpoint, and the report. Stops only the head
-it started (never `ray stop`, which would kill every other Ray on the machine, other tests' included).
+"""End to end as a cluster user would: `dgbatch-ray start --head` on loopback, `ray job submit` the example
+job with the documented entrypoint (`python -m jobs.generate job.yaml`), then check its output, the metrics
+on the head's Prometheus endpoint, and the report. Stops only the head it started (never `ray stop`, which
+would kill every other Ray on the machine, other tests' included).
+
+The head is started from a shell where the venv is not active: its PATH's `python` is a stub that fails
+(another interpreter, as a pyenv shim or /usr/bin/python would be). `ray job submit` runs entrypoints in
+the head's environment, so the documented command works only because `dgbatch-ray` (jobs/generate.py)
+puts the venv's bin first on the head's PATH.
 
 The head runs with token auth on and a private token (RAY_AUTH_MODE=token, RAY_AUTH_TOKEN), as Ray 2.60
 does by default once a token exists; `ray job submit` needs the same two variables, as on a real cluster.
@@ -11,6 +17,7 @@ from __future__ import annotations
 import json
 import os
 import secrets
+import shutil
 import signal
 import socket
 import subprocess
@@ -28,6 +35,7 @@ import yaml
 REPO = Path(__file__).resolve().parents[2]
 DEMO_SPEC = REPO / "jobs" / "examples" / "demo.yaml"
 RAY = str(Path(sys.executable).with_name("ray"))
+DGBATCH_RAY = str(Path(sys.executable).with_name("dgbatch-ray"))
 
 
 def _free_port() -> int:
@@ -51,24 +59,41 @@ def _processes_mentioning(text: str) -> list[int]:
     return [p for p in pids if p != os.getpid()]
 
 
+def _foreign_python_path(stub_dir: str) -> str:
+    """A PATH whose `python` is not this venv's: a stub that fails loudly first, then the current PATH
+    without the venv's bin directory (a shell where the venv is not activated)."""
+    os.makedirs(stub_dir, exist_ok=True)
+    stub = os.path.join(stub_dir, "python")
+    with open(stub, "w") as f:
+        f.write("#!/bin/sh\necho 'the stub python of a shell without the venv' >&2\nexit 97\n")
+    os.chmod(stub, 0o755)
+    venv_bin = os.path.dirname(os.path.abspath(sys.executable))
+    rest = [p for p in os.environ.get("PATH", "").split(os.pathsep) if p and os.path.abspath(p) != venv_bin]
+    return os.pathsep.join([stub_dir, *rest])
+
+
 class Head:
-    """A `ray start --head --block` process on 127.0.0.1 with every port chosen free, in its own session."""
+    """A `dgbatch-ray start --head --block` process on 127.0.0.1 with every port chosen free, in its own
+    session, started from a PATH whose `python` is a stub (`foreign_python`)."""
 
     def __init__(self) -> None:
         # Short path: Ray's Unix sockets live under it and must stay below the 107-byte limit.
         self.temp_dir = tempfile.mkdtemp(prefix="dgh-", dir="/tmp")
+        self.foreign_python = os.path.join(self.temp_dir, "shell-bin", "python")
         self.dashboard_port = _free_port()
         self.metrics_port = _free_port()
         self.gcs_port = _free_port()
         self.env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(32),
                     "OMP_NUM_THREADS": "1", "RAY_USAGE_STATS_ENABLED": "0"}
         self.env.pop("RAY_ADDRESS", None)
+        self.env.pop("VIRTUAL_ENV", None)
+        self.env["PATH"] = _foreign_python_path(os.path.dirname(self.foreign_python))
         ports = {"--port": self.gcs_port, "--dashboard-port": self.dashboard_port,
                  "--metrics-export-port": self.metrics_port, "--ray-client-server-port": _free_port(),
                  "--dashboard-agent-listen-port": _free_port(), "--dashboard-agent-grpc-port": _free_port(),
                  "--runtime-env-agent-port": _free_port(), "--node-manager-port": _free_port(),
                  "--object-manager-port": _free_port()}
-        cmd = [RAY, "start", "--head", "--block", f"--temp-dir={self.temp_dir}",
+        cmd = [DGBATCH_RAY, "start", "--head", "--block", f"--temp-dir={self.temp_dir}",
                "--node-ip-address=127.0.0.1", "--dashboard-host=127.0.0.1", "--include-dashboard=true",
                "--num-cpus=2",
                "--disable-usage-stats", *(f"{k}={v}" for k, v in ports.items()),
@@ -156,6 +181,25 @@ def _submit(head: Head, *entrypoint: str, timeout_s: float = 300) -> subprocess.
     return subprocess.run(cmd, env=head.env, cwd=REPO, capture_output=True, text=True, timeout=timeout_s)
 
 
+def test_dgbatch_ray_runs_ray_with_this_interpreter_first_on_path(monkeypatch):
+    """The console script `dgbatch-ray` (pyproject.toml) execs this environment's `ray` with its bin first."""
+    import tomllib
+
+    from jobs import generate
+
+    scripts = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["scripts"]
+    assert scripts["dgbatch-ray"] == "jobs.generate:ray_main"
+    seen: dict = {}
+    monkeypatch.setattr(os, "execve", lambda path, argv, env: seen.update(path=path, argv=argv, env=env))
+    monkeypatch.setenv("PATH", _foreign_python_path(tempfile.mkdtemp(prefix="dgp-")))
+    assert generate.ray_main(["start", "--head", "--block"]) == 0
+    bin_dir = os.path.dirname(os.path.abspath(sys.executable))
+    assert seen["path"] == os.path.join(bin_dir, "ray") and seen["argv"][1:] == ["start", "--head", "--block"]
+    path = seen["env"]["PATH"].split(os.pathsep)
+    assert path[0] == bin_dir and bin_dir not in path[1:] and path[1:] == os.environ["PATH"].split(os.pathsep)
+    assert shutil.which("python", path=seen["env"]["PATH"]) == os.path.join(bin_dir, "python")
+
+
 @pytest.mark.slow
 def test_job_submit_requires_the_token(head):
     env = {k: v for k, v in head.env.items() if k != "RAY_AUTH_TOKEN"}
@@ -163,6 +207,15 @@ def test_job_submit_requires_the_token(head):
     out = subprocess.run([RAY, "job", "list", "--address", head.address], env=env, capture_output=True,
                          text=True, timeout=120)
     assert out.returncode != 0 and "uthenticat" in out.stdout + out.stderr
+
+
+@pytest.mark.slow
+def test_entrypoint_python_is_the_heads_not_the_shells(head):
+    """`python` in an entrypoint is the venv's although the shell that started the head had another."""
+    assert shutil.which("python", path=head.env["PATH"]) == head.foreign_python
+    out = _submit(head, "python", "-c", "import sys, jobs.generate; print('EXE', sys.executable)")
+    assert out.returncode == 0, out.stdout[-4000:] + out.stderr[-4000:]
+    assert f"EXE {os.path.abspath(sys.executable)}" in out.stdout, out.stdout[-4000:]
 
 
 @pytest.mark.slow
@@ -177,7 +230,7 @@ def test_submit_example_job_check_output_metrics_and_report(head, tmp_path):
     job_yaml = tmp_path / "job.yaml"
     job_yaml.write_text(yaml.safe_dump(spec))
 
-    out = _submit(head, sys.executable, "-m", "jobs.generate", str(job_yaml))
+    out = _submit(head, "python", "-m", "jobs.generate", str(job_yaml))  # as infra/README.md says
     assert out.returncode == 0, out.stdout[-4000:] + out.stderr[-4000:]
     assert "succeeded" in out.stdout
     assert (out_dir / "_SUCCESS").exists()
