@@ -3,8 +3,9 @@
 - `EngineBackend` wraps `model.engine.Engine` (fast mode, continuous batching): chat template + tokenize,
   one `Request` per row with the row's seed, decode, and hand the text to the structured-output check.
 - `StubBackend` costs a fixed time per row and echoes its prompt; a prompt containing `poison_marker`
-  kills the whole process (`os._exit`), one containing `raise_marker` raises. It stands in for the model in
-  tests and in bench/pipeline_overhead.py, so faults hit real processes without loading torch.
+  kills the whole process (`os._exit`), one containing `raise_marker` raises, one containing
+  `slow_marker` sleeps `slow_s` (a hung replica whose lease expires). It stands in for the model in tests,
+  bench/pipeline_overhead.py and bench/chaos.py, so faults hit real processes without loading torch.
 
 A backend is built inside the replica by a *factory*: a small picklable callable `factory(spec) -> Backend`,
 so the driver ships a recipe, not a model.
@@ -36,6 +37,14 @@ class StubBackendFactory:
     raise_marker: str | None = "__RAISE__"
     load_s: float = 0.0  # model-load time stand-in (paid once per replica)
     pid_dir: str | None = None  # each backend process touches <pid_dir>/<pid> (fault tests find replicas)
+    # A prompt containing slow_marker sleeps slow_s before its row (0: the marker does nothing). With
+    # slow_dir, only its first slow_tries tries are slow, counted across processes by files created there,
+    # so a row that outlives its lease once is generated normally when retried; without, it is slow every
+    # time and ends as an error row after max_attempts, like a poison row.
+    slow_marker: str | None = "__SLOW__"
+    slow_s: float = 0.0
+    slow_dir: str | None = None
+    slow_tries: int = 1
 
     def __call__(self, spec: JobSpec) -> StubBackend:
         return StubBackend(self)
@@ -60,6 +69,9 @@ class StubBackend:
                 os._exit(77)  # a hard crash, like a segfault in a kernel: no exception, no cleanup
             if self.cfg.raise_marker and self.cfg.raise_marker in r.prompt:
                 raise RuntimeError(f"stub backend asked to fail on row {r.id}")
+            if self.cfg.slow_s and self.cfg.slow_marker and self.cfg.slow_marker in r.prompt \
+                    and self._slow_try(r.id):
+                time.sleep(self.cfg.slow_s)
             t0 = time.perf_counter()
             if self.cfg.cost_per_row_s:
                 time.sleep(self.cfg.cost_per_row_s)
@@ -69,6 +81,20 @@ class StubBackend:
                                  denoising_steps=max(1, n // 2), tokens_per_forward=n / max(1, n // 2),
                                  latency_s=time.perf_counter() - t0))
         return out
+
+    def _slow_try(self, row_id: str) -> bool:
+        """Whether this try of a slow row is slow: one of its first `slow_tries` (claimed by O_EXCL files)."""
+        if not self.cfg.slow_dir:
+            return True
+        os.makedirs(self.cfg.slow_dir, exist_ok=True)
+        key = hashlib.blake2b(row_id.encode(), digest_size=8).hexdigest()
+        for i in range(self.cfg.slow_tries):
+            try:
+                os.close(os.open(os.path.join(self.cfg.slow_dir, f"{key}.{i}"), os.O_CREAT | os.O_EXCL))
+                return True
+            except FileExistsError:
+                continue
+        return False
 
 
 @dataclass(frozen=True)

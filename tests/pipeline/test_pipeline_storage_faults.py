@@ -1,131 +1,38 @@
 """Whole jobs on an S3 endpoint that fails: throttling and 5xx are retried, permanent errors fail cleanly.
 
-A small HTTP proxy on 127.0.0.1 sits in front of the moto server and answers some requests itself, on a
-deterministic schedule keyed by (method, path): S3 errors (503 SlowDown, 503 ServiceUnavailable), a
-request that moto applied but whose answer is "lost" (replaced by a 500 InternalError, as when S3 commits
-a write and the connection then drops), or 403 AccessDenied once a test revokes write access. The store
-is used with production settings (botocore's 3 attempts, s3fs's SlowDown retries), so a fault reaches
-the pipeline's own retry loop only when it outlasts both. Everything goes through the proxy: the driver,
-the replicas (separate Ray worker processes, which only need the endpoint URL) and the readers;
-assertions look at the bucket directly. Loopback only, a few dozen requests per test.
+The fault proxy (tests/pipeline/fault_proxy.py) sits in front of the moto server and answers some
+requests itself, on a deterministic schedule keyed by (method, path): S3 errors (503 SlowDown, 503
+ServiceUnavailable), a request that moto applied but whose answer is "lost" (replaced by a 500
+InternalError, as when S3 commits a write and the connection then drops), or 403 AccessDenied once a
+test revokes write access. The store is used with production settings (botocore's 3 attempts, s3fs's
+SlowDown retries), so a fault reaches the pipeline's own retry loop only when it outlasts both.
+Everything goes through the proxy: the driver, the replicas (separate Ray worker processes, which only
+need the endpoint URL) and the readers; assertions look at the bucket directly. Loopback only, a few
+dozen requests per test.
 """
 
 from __future__ import annotations
 
 import errno
-import http.client
 import json
 import re
-import threading
 from collections import Counter
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from urllib.parse import unquote, urlsplit
 
 import fsspec
 import pytest
+from fault_proxy import OUT, FaultProxy
 from pipeline_helpers import STUB, assert_exactly_once, spec, write_prompts
 
 from pipeline import read_results
 from pipeline.executor import run_job
 from pipeline.storage import is_transient, with_retries
 
-_ERRORS = {  # fault -> (HTTP status, S3 error code, message)
-    "slowdown": (503, "SlowDown", "Please reduce your request rate."),
-    "unavailable": (503, "ServiceUnavailable", "Service is unable to handle request."),
-    "lost": (500, "InternalError", "We encountered an internal error. Please try again."),
-    "denied": (403, "AccessDenied", "Access Denied"),
-}
-_OUT = re.compile(r"[/=]out/")  # a key or a listing prefix under the job's output prefix
-
-
-class FaultProxy(ThreadingHTTPServer):
-    """Forwards S3 requests to `upstream` unless `policy(method, target, n)` names a fault.
-
-    `n` counts earlier requests with the same method and target, so every key meets its faults in the
-    same order whatever the timing. `faults` counts what was injected, by (fault, method, area).
-    """
-
-    daemon_threads = True
-
-    def __init__(self, upstream: str):
-        super().__init__(("127.0.0.1", 0), _Handler)
-        self.upstream = urlsplit(upstream).netloc
-        self.policy = lambda method, target, n: "pass"
-        self.lock = threading.Lock()
-        self.seen: Counter = Counter()
-        self.faults: Counter = Counter()
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.server_address[1]}"
-
-    def decide(self, method: str, target: str) -> str:
-        with self.lock:
-            n = self.seen[(method, target)]
-            self.seen[(method, target)] += 1
-            fault = self.policy(method, target, n)
-            if fault != "pass":
-                area = "out" if _OUT.search(target) else "in"
-                self.faults[(fault, method, "commit" if "/_commits/" in target else area)] += 1
-            return fault
-
-    def reset(self, policy) -> None:
-        with self.lock:
-            self.policy, self.seen, self.faults = policy, Counter(), Counter()
-
-
-class _Handler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-
-    def _relay(self) -> None:
-        length = int(self.headers.get("Content-Length") or 0)
-        body = self.rfile.read(length) if length else b""
-        fault = self.server.decide(self.command, unquote(self.path))
-        if fault in ("pass", "lost"):
-            headers = {k: v for k, v in self.headers.items() if k.lower() not in ("expect", "connection")}
-            conn = http.client.HTTPConnection(self.server.upstream, timeout=30)
-            try:
-                conn.request(self.command, self.path, body=body, headers=headers)
-                resp = conn.getresponse()
-                data = resp.read()
-            finally:
-                conn.close()
-            if fault == "pass":
-                self.send_response(resp.status)
-                for k, v in resp.getheaders():
-                    if k.lower() not in ("transfer-encoding", "connection", "content-length"):
-                        self.send_header(k, v)
-                # A HEAD answer carries the object's length but no body.
-                self.send_header("Content-Length", resp.getheader("Content-Length", "0")
-                                 if self.command == "HEAD" else str(len(data)))
-                self.end_headers()
-                if self.command != "HEAD":
-                    self.wfile.write(data)
-                return
-        status, code, message = _ERRORS[fault]
-        xml = (f'<?xml version="1.0" encoding="UTF-8"?>\n<Error><Code>{code}</Code><Message>{message}'
-               f"</Message><RequestId>fault-proxy</RequestId></Error>").encode()
-        self.send_response(status)
-        self.send_header("Content-Type", "application/xml")
-        self.send_header("Content-Length", str(len(xml)))
-        self.end_headers()
-        if self.command != "HEAD":
-            self.wfile.write(xml)
-
-    do_GET = do_PUT = do_POST = do_DELETE = do_HEAD = _relay
-
-    def log_message(self, *args) -> None:  # quiet
-        pass
-
 
 @pytest.fixture(scope="module")
 def proxy(s3_endpoint):
-    server = FaultProxy(s3_endpoint)
-    th = threading.Thread(target=server.serve_forever, daemon=True)
-    th.start()
+    server = FaultProxy(s3_endpoint).start()
     yield server
-    server.shutdown()
-    server.server_close()
+    server.stop()
 
 
 _ONCE_ONLY = re.compile(r"/_commits/shard-[^/]*\.json$|/_plan\.json$")  # created first-writer-wins
@@ -138,7 +45,7 @@ def transient_faults(method: str, target: str, n: int) -> str:
     botocore's third attempt meets its own object. The listing of `_commits/`: throttled, then refused
     twice, so the pipeline retries it too. _SUCCESS loses one answer; every third read of an input object
     is throttled. No more than this: each fault costs about 0.5-1 s of botocore's backoff."""
-    if not _OUT.search(target):
+    if not OUT.search(target):
         return "slowdown" if method == "GET" and "?" not in target and n % 3 == 0 else "pass"
     if method == "PUT" and _ONCE_ONLY.search(target):
         return ("lost", "unavailable", "unavailable", "pass")[min(n, 3)]
@@ -222,7 +129,7 @@ def test_revoked_write_access_fails_the_job_naming_the_url_then_resumes(bucket, 
 
     def revoke_after_one_commit(method: str, target: str, n: int) -> str:
         """Write access to the output prefix is lost for good once a shard is committed."""
-        if method in ("PUT", "DELETE") and _OUT.search(target):
+        if method in ("PUT", "DELETE") and OUT.search(target):
             if markers_put["n"] >= 1:
                 return "denied"
             if "/_commits/" in target:
@@ -246,7 +153,8 @@ def test_revoked_write_access_fails_the_job_naming_the_url_then_resumes(bucket, 
 
     proxy.reset(lambda method, target, n: "pass")  # access restored: the same command finishes the job
     m = run_job(job, backend_factory=STUB, progress=False)
-    assert m["rows_this_run"] == 12
+    # The failed run could not record its end (writes were denied): it reads as interrupted.
+    assert [r["rows"] for r in m["runs"]] == [4, 12] and m["runs"][0]["outcome"] == "interrupted"
     assert_exactly_once(read_results(out, endpoint_url=s3_endpoint), _ids(16))
     after, data = _committed_files(fs, out)
     assert all(after[k] == v for k, v in before.items())  # committed shards were not redone
