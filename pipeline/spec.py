@@ -204,7 +204,7 @@ class StorageSpec(_Section):
     @classmethod
     def _no_credentials(cls, v: dict[str, Any]) -> dict[str, Any]:
         def refuse(where: str, what: str) -> None:
-            raise ValueError(f"storage.options{where}: {what}; {_FROM_ENV}")
+            raise ValueError(f"storage.options{where} is refused ({what}); {_FROM_ENV}")
 
         def walk(val: Any, where: str, headers: bool) -> None:
             if isinstance(val, dict):

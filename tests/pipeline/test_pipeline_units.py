@@ -34,7 +34,7 @@ def test_spec_needs_exactly_one_prompt_source():
 
 
 def test_spec_refuses_credentials_in_storage_options():
-    with pytest.raises(SpecError, match=r"storage\.options\.secret: credentials"):
+    with pytest.raises(SpecError, match=r"storage\.options\.secret is refused \(credentials\)"):
         JobSpec.parse(spec("in", "out", storage={"options": {"secret": "hunter2"}}))
     with pytest.raises(SpecError, match=r"aws_secret_access_key"):
         JobSpec.parse(spec("in", "out",
