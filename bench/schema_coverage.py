@@ -1,10 +1,13 @@
-"""Coverage of the structured-output compiler on real schemas (JSONSchemaBench Glaiveai2K by default).
+"""Coverage of the structured-output compiler on real schemas (JSONSchemaBench Glaiveai2K).
 
 For each schema: translate, compile against a Gemma-style tokenizer, generate under random logits through
 the commit DP (multi-canvas), validate with jsonschema. Counts: supported, valid, unsupported by keyword,
 timeouts, crashes, invalid outputs (the last two must be zero). Parallelism 1, one worker with a timeout.
 
-    OMP_NUM_THREADS=1 .venv/bin/python bench/schema_coverage.py [--tokenizer PATH] [--limit N] [--timeout 60]
+    OMP_NUM_THREADS=1 .venv/bin/python bench/schema_coverage.py [--data DIR] [--tokenizer PATH] [--limit N]
+
+`--data` defaults to the 20-schema sample shipped for the tests (tests/constraints/data/glaive_sample, MIT);
+point it at a directory holding the whole split (one schema per .json file) for the full figure.
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ sys.path.insert(0, str(ROOT))
 from jobs.cmd_check_schema import check_many  # noqa: E402
 from pipeline.constraints.vocab_bytes import token_bytes  # noqa: E402
 
-DEFAULT_DATA = ROOT.parent / "shared/data/jsonschemabench/Glaiveai2K"
+DEFAULT_DATA = ROOT / "tests/constraints/data/glaive_sample"
 SHIPPED_TOKENIZER = ROOT / "model/assets/dgbatch-small/tokenizer.json"
 
 

@@ -9,7 +9,7 @@ decoder forwards per row and wall seconds. Generation: reference mode (`model.ge
 seed per batch: jobs/evaluate.py's setting, so the "off" rows equal its constrained rows) or the fast engine.
 Option sets are explicit ("off" is commit-only), whatever the hook's default (SteeringOptions.kept()).
 
-    OMP_NUM_THREADS=1 .venv/bin/python bench/steering.py --model /work/train_runs/gpumodel --n 50
+    OMP_NUM_THREADS=1 .venv/bin/python bench/steering.py --model model/assets/dgbatch-small --n 50
 """
 
 from __future__ import annotations

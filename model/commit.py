@@ -1,6 +1,6 @@
 """The canvas commit decision: which tokens a finished canvas commits (`CommitHook`), argmax by default.
 
-Owns: the CommitHook protocol (engine_api.md) and `ArgmaxCommit`, the reference behaviour (commit the argmax
+Owns: the CommitHook protocol and `ArgmaxCommit`, the reference behaviour (commit the argmax
 of the last denoising step's processed logits). Structured output plugs a constrained hook in here; the
 denoising loop calls `commit` once per row per committed canvas, in canvas order, and nowhere else.
 

@@ -1,6 +1,6 @@
 """The fast-mode engine: continuous batching at canvas granularity over the one denoising step.
 
-Owns: `Request` / `Completion` (engine_api.md), per-row host state (`_Row`), and `Engine.run`, the
+Owns: `Request` / `Completion` (model/request.py), per-row host state (`_Row`), and `Engine.run`, the
 production loop: rows join when a slot and budget are free (prefill), rows at different canvases share one
 decoder forward (per-row positions and cache lengths), a finished canvas is committed (argmax or the row's
 CommitHook) and encoded, a finished row leaves and yields its Completion. Frozen rows (adaptive stop) are

@@ -1,4 +1,4 @@
-"""Request and Completion: what the pipeline hands the fast engine and what it gets back (engine_api.md).
+"""Request and Completion: what the pipeline hands the fast engine and what it gets back.
 
 Owns the two records only; model/engine.py runs them. A Completion is produced for every Request, including
 per-row failures (finish_reason "error" with a message), so rows in == rows out.

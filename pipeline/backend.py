@@ -106,7 +106,7 @@ class EngineBackendFactory:
 
 
 class EngineBackend:
-    """The DiffusionGemma fast engine behind the Backend interface (see briefs' engine API contract)."""
+    """The DiffusionGemma fast engine behind the Backend interface (model/request.py, model/engine.py)."""
 
     def __init__(self, spec: JobSpec):
         import torch

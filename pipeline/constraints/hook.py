@@ -1,4 +1,4 @@
-"""ConstraintHook: the engine's CommitHook for structured output (see /work/briefs/engine_api.md).
+"""ConstraintHook: the engine's CommitHook for structured output (protocol: model/commit.py).
 
 Per row and canvas the engine hands over the last denoising step's logits [C, V]; the hook replaces the
 argmax commit with the best valid path (dp.best_path) from the DFA state carried in ConstraintState. Once
