@@ -90,7 +90,8 @@ def write_input(fs, bucket: str, rows: int, rng: random.Random, poison: int, slo
         with fs.open(f"{bucket}/in/{_file_name(f)}", "wb") as fh:
             pq.write_table(pa.table({"prompt": prompts}), fh, row_group_size=ROW_GROUP)
         groups = tuple(min(ROW_GROUP, n - g) for g in range(0, n, ROW_GROUP))
-        files.append(InputFile(f"s3://{bucket}/in/{_file_name(f)}", _file_name(f), groups))
+        files.append(InputFile(f"s3://{bucket}/in/{_file_name(f)}", _file_name(f), groups,
+                               pa.schema([("prompt", pa.string())])))
     ids = input_ids(rows)
     return {ids[i]: kind for i, kind in planted.items()}, files
 

@@ -13,10 +13,13 @@ pipefail` scripts then see exactly as they would for any other Unix tool.
 from __future__ import annotations
 
 import argparse
+import functools
 import importlib
 import os
 import select
 import sys
+import traceback
+from collections.abc import Callable
 
 EXIT_BROKEN_PIPE = 128 + 13  # 128 + SIGPIPE
 
@@ -40,6 +43,28 @@ def build_parser(argv: list[str]) -> tuple[argparse.ArgumentParser, argparse.Nam
         if name == wanted:
             importlib.import_module(module_name).add_parser(cmd_parser)
     return parser, None
+
+
+def scrubbed_failures(prog: str) -> Callable[[Callable[[argparse.Namespace], int]],
+                                             Callable[[argparse.Namespace], int]]:
+    """Decorator for a command's `run(args)`: an unexpected exception prints its traceback scrubbed of
+    secret-shaped text (pipeline/redact.py; the interpreter's own traceback would not be) and returns 1.
+    A closed stdout (BrokenPipeError) is left to `main`."""
+    def wrap(run: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
+        @functools.wraps(run)
+        def guarded(args: argparse.Namespace) -> int:
+            try:
+                return run(args)
+            except BrokenPipeError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - reported, scrubbed
+                from pipeline.redact import scrub
+
+                print(scrub(traceback.format_exc()), file=sys.stderr, end="")
+                print(scrub(f"{prog}: failed: {type(exc).__name__}: {exc}"), file=sys.stderr)
+                return 1
+        return guarded
+    return wrap
 
 
 def _stdout_reader_gone() -> bool:

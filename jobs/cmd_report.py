@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import argparse
 import sys
-import traceback
+
+from jobs.cli import scrubbed_failures
 
 
 def add_parser(parser: argparse.ArgumentParser) -> None:
@@ -20,6 +21,7 @@ def add_parser(parser: argparse.ArgumentParser) -> None:
                         help="write the report here instead of OUT/_report (e.g. a local dir for an S3 run)")
 
 
+@scrubbed_failures("dgbatch report")
 def run(args: argparse.Namespace) -> int:
     from pipeline.redact import scrub
     from pipeline.report import write_report
@@ -28,10 +30,6 @@ def run(args: argparse.Namespace) -> int:
         index = write_report(args.out, endpoint_url=args.endpoint_url, report_dir=args.report_dir)
     except FileNotFoundError as exc:
         print(scrub(f"dgbatch report: {exc}"), file=sys.stderr)
-        return 1
-    except Exception as exc:  # noqa: BLE001 - the interpreter would print the traceback unscrubbed
-        print(scrub(traceback.format_exc()), file=sys.stderr, end="")
-        print(scrub(f"dgbatch report: failed: {type(exc).__name__}: {exc}"), file=sys.stderr)
         return 1
     print(scrub(index))
     return 0

@@ -9,7 +9,8 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import traceback
+
+from jobs.cli import scrubbed_failures
 
 
 def add_parser(parser: argparse.ArgumentParser) -> None:
@@ -20,6 +21,7 @@ def add_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--quiet", action="store_true", help="no progress lines")
 
 
+@scrubbed_failures("dgbatch run")
 def run(args: argparse.Namespace) -> int:
     from pipeline.redact import scrub, scrub_json
     from pipeline.spec import JobSpec, SpecError
@@ -32,10 +34,6 @@ def run(args: argparse.Namespace) -> int:
     except SpecError as exc:
         print(scrub(f"dgbatch run: {exc}"), file=sys.stderr)
         return 2
-    except Exception as exc:  # noqa: BLE001 - the interpreter would print the traceback unscrubbed
-        print(scrub(traceback.format_exc()), file=sys.stderr, end="")
-        print(scrub(f"dgbatch run: failed: {type(exc).__name__}: {exc}"), file=sys.stderr)
-        return 1
     keys = ("output", "rows", "rows_by_status", "valid_pct", "tokens", "rows_per_s", "wall_s", "retries",
             "replica_restarts")
     summary = {k: manifest[k] for k in keys}

@@ -6,7 +6,8 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import traceback
+
+from jobs.cli import scrubbed_failures
 
 
 def add_parser(parser: argparse.ArgumentParser) -> None:
@@ -16,6 +17,7 @@ def add_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", action="store_true", help="print the summary as JSON")
 
 
+@scrubbed_failures("dgbatch status")
 def run(args: argparse.Namespace) -> int:
     from pipeline.redact import scrub, scrub_json
     from pipeline.sink import status
@@ -25,10 +27,6 @@ def run(args: argparse.Namespace) -> int:
     except FileNotFoundError as exc:
         print(scrub(f"dgbatch status: {exc}"), file=sys.stderr)
         return 2
-    except Exception as exc:  # noqa: BLE001 - the interpreter would print the traceback unscrubbed
-        print(scrub(traceback.format_exc()), file=sys.stderr, end="")
-        print(scrub(f"dgbatch status: failed: {type(exc).__name__}: {exc}"), file=sys.stderr)
-        return 1
     s = scrub_json(s)
     if args.json:
         print(json.dumps(s, indent=1))

@@ -8,13 +8,15 @@ from __future__ import annotations
 
 import argparse
 import sys
-import traceback
+
+from jobs.cli import scrubbed_failures
 
 
 def add_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("spec", help="job spec, YAML or JSON")
 
 
+@scrubbed_failures("dgbatch validate")
 def run(args: argparse.Namespace) -> int:
     from pipeline.redact import scrub
     from pipeline.spec import JobSpec, SpecError
@@ -26,10 +28,6 @@ def run(args: argparse.Namespace) -> int:
     except SpecError as exc:
         print(scrub(f"dgbatch validate: {exc}"), file=sys.stderr)  # errors quote URLs and library messages
         return 2
-    except Exception as exc:  # noqa: BLE001 - the interpreter would print the traceback unscrubbed
-        print(scrub(traceback.format_exc()), file=sys.stderr, end="")
-        print(scrub(f"dgbatch validate: failed: {type(exc).__name__}: {exc}"), file=sys.stderr)
-        return 1
     from pipeline.model_path import resolve_model_path
 
     path, label = resolve_model_path(spec.model)

@@ -42,7 +42,7 @@ from pipeline.progress import Progress
 from pipeline.reaper import Reaper
 from pipeline.redact import scrub
 from pipeline.runs import RunLog, new_run_id
-from pipeline.shards import read_schema, read_shard
+from pipeline.shards import read_shard
 from pipeline.sink import (
     BackgroundCommitter,
     commit_name,
@@ -175,9 +175,8 @@ def run_job(spec: JobSpec | dict, *, backend_factory: Any = None, ray_address: s
                 if started_ray:
                     ray.shutdown()
                     reaper.done()  # a normal end: the watchdog exits and stops nothing
-        st, first = spec.storage, checked.files[0]
-        schema = RowGenerator(spec, None).output_schema(read_schema(first.path, st.endpoint_url, st.options),
-                                                        first.rel)
+        first = checked.files[0]
+        schema = RowGenerator(spec, None).output_schema(first.schema, first.rel)
         manifest = finalize(storage, plan, runlog.all_runs_ending_now(), runlog.run_id, schema)
     except BaseException as exc:
         runlog.fail(exc)

@@ -258,7 +258,7 @@ def render_html(snap: RunSnapshot, st: dict[str, Any], charts: dict[str, bytes])
         for key in ("valid_pct", "replica_seconds", "wall_s", "rows_per_s", "tokens_per_s", "retries",
                     "replica_restarts"):
             if key in snap.manifest:
-                summary.append([f"manifest: {key}", scrub(str(snap.manifest[key]))])
+                summary.append([f"manifest: {key}", str(snap.manifest[key])])  # numbers
         if isinstance(snap.manifest.get("finished_at"), (int, float)):
             summary.append(["manifest: finished_at", _when(snap.manifest["finished_at"])])
     replicas = [[k, int(v["rows"]), int(v["shards"]), f"{v['busy_s']:.1f}",

@@ -126,13 +126,12 @@ def output_ids(table: pa.Table, spec: InputSpec, rows: list[PreparedRow]) -> pa.
 
     Without `input.id_column` the ids are the derived `file#row` strings.
     """
-    derived = pa.array([r.id for r in rows], pa.string())
     if not spec.id_column:
-        return derived
+        return pa.array([r.id for r in rows], pa.string())
     col = table.column(spec.id_column).combine_chunks()
     if pa.types.is_dictionary(col.type):
         col = col.dictionary_decode()
     if any(is_text(col.type) for is_text in _TEXT_TYPES):
         # The column's own values where present (binary ids keep their bytes), else the derived id.
-        return pc.coalesce(col, derived.cast(col.type))
+        return pc.coalesce(col, pa.array([r.id for r in rows], pa.string()).cast(col.type))
     return col

@@ -30,6 +30,7 @@ class InputFile:
     path: str  # full URL, as given to the reader
     rel: str  # path relative to the input root: the part of row ids derived from the file
     row_groups: tuple[int, ...]  # rows per row group
+    schema: pa.Schema  # the file's Arrow schema, from the footer read at listing (never read twice)
 
     @property
     def num_rows(self) -> int:
@@ -80,7 +81,8 @@ def list_inputs(url: str, endpoint_url: str | None = None, options: dict | None 
         full = protocol + p if protocol else p
         rel = p[len(base):].lstrip("/") if p.startswith(base) else p.rsplit("/", 1)[-1]
         md = read_metadata(fs, p, full)
-        files.append(InputFile(full, rel, tuple(md.row_group(i).num_rows for i in range(md.num_row_groups))))
+        files.append(InputFile(full, rel, tuple(md.row_group(i).num_rows for i in range(md.num_row_groups)),
+                               md.schema.to_arrow_schema()))
     return files
 
 
@@ -95,11 +97,6 @@ def read_metadata(fs: fsspec.AbstractFileSystem, path: str, url: str) -> pq.File
     except Exception as exc:  # noqa: BLE001 - corrupt or unreachable input fails the job up front
         what = "cannot be read" if is_transient(exc) else "not a readable Parquet file"
         raise SpecError(f"input file {url}: {what}: {type(exc).__name__}: {exc}") from exc
-
-
-def read_schema(url: str, endpoint_url: str | None = None, options: dict | None = None) -> pa.Schema:
-    fs, path = filesystem(url, endpoint_url, options)
-    return read_metadata(fs, path, url).schema.to_arrow_schema()
 
 
 def plan_shards(files: list[InputFile], shard_rows: int) -> list[Shard]:

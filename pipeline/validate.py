@@ -19,7 +19,7 @@ import pyarrow.parquet as pq
 
 from pipeline.plan import existing_plan, fingerprint_components
 from pipeline.prefix import check_output_prefix
-from pipeline.shards import InputFile, list_inputs, plan_shards, read_row_groups, read_schema
+from pipeline.shards import InputFile, list_inputs, plan_shards, read_row_groups
 from pipeline.spec import JobSpec, SpecError
 from pipeline.storage import Storage, filesystem, with_retries
 
@@ -53,9 +53,8 @@ def required_columns(spec: JobSpec) -> dict[str, str]:
 
 def check_columns(spec: JobSpec, files: list[InputFile]) -> None:
     need = required_columns(spec)
-    st = spec.storage
     for f in files:
-        names = read_schema(f.path, st.endpoint_url, st.options).names
+        names = f.schema.names  # read with the footer at listing
         for col, field in need.items():
             if col not in names:
                 raise SpecError(f"input file {f.path}: missing column {col!r} (needed by {field}); "

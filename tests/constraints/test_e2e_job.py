@@ -7,7 +7,6 @@ the job before any work, at `dgbatch validate` and at `run_job`.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import re
@@ -23,6 +22,7 @@ from pipeline.executor import run_job
 from pipeline.spec import JobSpec, SpecError
 from pipeline.validate import validate_job
 from tests.constraints.pyd_models import Person
+from tests.pipeline.pipeline_helpers import validate_cli
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -137,22 +137,12 @@ def test_job_schema_per_row(tmp_path, ray_up):
         assert json.loads(r["json"]) == json.loads(r["text"])
 
 
-def _validate_cli(job: dict, tmp_path: Path, capsys) -> tuple[int, str]:
-    from jobs import cmd_validate
-
-    path = tmp_path / "job.json"
-    path.write_text(json.dumps(job))
-    rc = cmd_validate.run(argparse.Namespace(spec=str(path)))
-    got = capsys.readouterr()
-    return rc, got.out + got.err
-
-
 def test_refused_before_any_work(tmp_path, capsys):
     """Too short a budget names the minimum; an unsupported keyword is named; nothing is written."""
     short = _job(tmp_path, "short", {"json_schema": ITEM}, max_new_tokens=3)
     with pytest.raises(SpecError, match=r"needs at least (\d+) new tokens, but max_new_tokens=3"):
         validate_job(JobSpec.parse(short))
-    rc, err = _validate_cli(short, tmp_path, capsys)
+    rc, err = validate_cli(tmp_path, short, capsys)
     assert rc == 2 and "needs at least" in err and "max_new_tokens=3" in err
     with pytest.raises(SpecError, match="needs at least"):
         run_job(short, progress=False)  # no Ray is needed to refuse: validation runs first
@@ -161,14 +151,14 @@ def test_refused_before_any_work(tmp_path, capsys):
     enough = _job(tmp_path, "enough", {"json_schema": ITEM})
     need = validate_job(JobSpec.parse(enough)).min_new_tokens
     assert need is not None and 3 < need <= 48
-    rc, out = _validate_cli(enough, tmp_path, capsys)
+    rc, out = validate_cli(tmp_path, enough, capsys)
     assert rc == 0 and f"needs at least {need} new tokens" in out
     assert f"needs at least {need} new tokens, but max_new_tokens=3" in err  # the refusal named this minimum
 
     unsup = _job(tmp_path, "unsup", {"json_schema": {"type": "object", "patternProperties": {"^x": {}}}})
     with pytest.raises(SpecError, match="unsupported: patternProperties"):
         validate_job(JobSpec.parse(unsup))
-    rc, err = _validate_cli(unsup, tmp_path, capsys)
+    rc, err = validate_cli(tmp_path, unsup, capsys)
     assert rc == 2 and "unsupported: patternProperties" in err
     with pytest.raises(SpecError, match="unsupported: patternProperties"):
         run_job(unsup, progress=False)

@@ -105,7 +105,8 @@ def test_template_columns_and_passthrough_clash():
 @given(st.lists(st.lists(st.integers(1, 30), min_size=1, max_size=6), min_size=1, max_size=4),
        st.integers(1, 40))
 def test_plan_shards_covers_every_row_once(files, shard_rows):
-    inputs = [InputFile(f"/d/f{i}.parquet", f"f{i}.parquet", tuple(rgs)) for i, rgs in enumerate(files)]
+    inputs = [InputFile(f"/d/f{i}.parquet", f"f{i}.parquet", tuple(rgs), pa.schema([]))
+              for i, rgs in enumerate(files)]
     shards = plan_shards(inputs, shard_rows)
     assert len({s.id for s in shards}) == len(shards)
     assert shards == plan_shards(inputs, shard_rows)  # pure and stable
