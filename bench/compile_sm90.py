@@ -35,6 +35,8 @@ import torch
 
 sys.path[:0] = [str(Path(__file__).resolve().parents[1]), str(Path(__file__).resolve().parent)]
 
+from compile_sm90_quant import quant_cases  # noqa: E402
+
 # H100 SXM (sm_90) per-SM limits (CUDA occupancy calculator)
 SM90 = {"regs_per_sm": 65536, "smem_per_sm": 233472, "smem_per_block": 232448, "warps_per_sm": 64,
         "blocks_per_sm": 32, "smem_reserved_per_block": 1024}
@@ -221,7 +223,7 @@ def compile_only(arch: int = 90) -> Iterator[list[Compiled]]:
 
 compile_only.case = ""
 KERNEL_MODULES = ("canvas_attention", "fused_moe", "gelu_mul", "logit_epilogue", "moe_align", "norm_rope",
-                  "rms_norm", "router", "sampler", "softmax")
+                  "quant_linear", "quant_moe", "rms_norm", "router", "sampler", "softmax")
 
 
 # ---- the cases: each dispatched op's Triton launcher at DiffusionGemma's real shapes ----------------------
@@ -316,6 +318,7 @@ def real_cases(cfg, tiles: bool, canvases: tuple[int, ...] = (1, 8)) -> dict[str
             small.append((f"norm_rope T={T} D={D}", P(norm_rope_triton, e(canv, C, Hq, D), e(D), 1e-6,
                                                       e(canv, C, D), e(canv, C, D))))
             small.append((f"v norm T={T} D={D}", P(rms_norm_triton, e(T * 8, D), None, 1e-6)))
+    cases["quant"] = quant_cases(cfg, canvases)  # bench/compile_sm90_quant.py
     return cases
 
 
@@ -357,7 +360,7 @@ def summary_line(r: dict) -> str:
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--only", default="", help="comma-separated groups: moe, attention, sampler, small")
+    p.add_argument("--only", default="", help="comma-separated groups: moe, attention, sampler, small, quant")
     p.add_argument("--no-tiles", action="store_true", help="skip the tile configurations bench/gpu.py sweeps")
     p.add_argument("--arch", type=int, default=90)
     p.add_argument("--json", default=None)

@@ -31,6 +31,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "status": ("jobs.cmd_status", "summarise a run in progress or done"),
     "check-schema": ("jobs.cmd_check_schema", "compile JSON Schemas and report support"),
     "report": ("jobs.cmd_report", "write an HTML run report under OUT/_report/"),
+    "plan-memory": ("jobs.cmd_plan_memory", "does a model fit on a card; how many canvases per forward"),
 }
 
 

@@ -24,6 +24,9 @@ def add_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--steps", type=int, default=None, help="max denoising steps per canvas")
     parser.add_argument("--no-chat", action="store_true", help="do not apply the chat template")
     parser.add_argument("--dtype", choices=("bfloat16", "float32"), default="bfloat16")
+    parser.add_argument("--quantization", choices=("fp8", "w4a16"), default=None,
+                        help="quantize a bf16 checkpoint as it loads (compressed-tensors checkpoints load "
+                             "quantized without this)")
     so = parser.add_argument_group("structured output (at most one; the answer always validates)")
     ex = so.add_mutually_exclusive_group()
     ex.add_argument("--json-schema", help="a JSON Schema: inline JSON, or a file path / fsspec URL")
@@ -49,7 +52,8 @@ def run(args: argparse.Namespace) -> int:
 
     torch.set_num_threads(1)
     try:
-        model = DiffusionGemma.from_pretrained(args.model, dtype=getattr(torch, args.dtype)).eval()
+        model = DiffusionGemma.from_pretrained(args.model, dtype=getattr(torch, args.dtype),
+                                               quantization=args.quantization).eval()
         tok = load_tokenizer(args.model)
     except (OSError, ValueError) as e:
         print(scrub(f"dgbatch generate: cannot load {args.model}: {e}"), file=sys.stderr)

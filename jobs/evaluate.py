@@ -166,13 +166,14 @@ def evaluate_family(model, tok, family: str, n: int, steps: int, constrained: bo
     return res
 
 
-def run_report(model_dir: str, n: int, steps_list: tuple[int, ...], constraints: tuple[bool, ...]) -> dict:
+def run_report(model_dir: str, n: int, steps_list: tuple[int, ...], constraints: tuple[bool, ...],
+               quantization: str | None = None) -> dict:
     from model import DiffusionGemma, load_tokenizer
 
     torch.set_num_threads(1)
-    model = DiffusionGemma.from_pretrained(model_dir, dtype=torch.float32).eval()
+    model = DiffusionGemma.from_pretrained(model_dir, dtype=torch.float32, quantization=quantization).eval()
     tok = load_tokenizer(model_dir)
-    report = {"model_dir": str(model_dir), "n_per_family": n, "results": []}
+    report = {"model_dir": str(model_dir), "quantization": quantization, "n_per_family": n, "results": []}
     for fam in synthdata.FAMILIES:
         for constrained in constraints:
             for steps in steps_list:
@@ -349,9 +350,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--card-state", type=Path, default=None,
                     help="training state.json: also write the model card README.md into --model")
     ap.add_argument("--verdict", default="", help="a sentence for the card under the table")
+    ap.add_argument("--quantization", choices=("fp8", "w4a16"), default=None,
+                    help="quantize the bf16 checkpoint on load (compressed-tensors models load quantized)")
     args = ap.parse_args(argv)
     cons = {"both": (False, True), "on": (True,), "off": (False,)}[args.constraints]
-    report = run_report(args.model, args.n, tuple(int(s) for s in args.steps.split(",")), cons)
+    report = run_report(args.model, args.n, tuple(int(s) for s in args.steps.split(",")), cons,
+                        args.quantization)
     table = markdown_table(report)
     print(table)
     if args.out:

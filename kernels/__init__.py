@@ -8,6 +8,10 @@ dim, T flat tokens, E experts, k top-k, F = 2*Im gate+up rows, I = Im expert wid
       output, the logit epilogue's softcap and temperature applied in the same pass; see kernels/sampler.py.
 - `derive_keys(seed_B, canvas_B, step_B, C) -> key_(B*C)`: per-position noise stream keys for fused_sample.
 - `fused_moe(x_TH, topk_idx_Tk, topk_w_Tk, gate_up_EFH, down_EHI) -> y_TH`; see kernels/fused_moe.py.
+- `quant_moe(x_TH, topk_idx_Tk, topk_w_Tk, gate_up, down) -> y_TH`: fused_moe with quantized expert weights
+      (`QuantTensor`s [E, F, H] and [E, H, I], kernels/dequant.py); see kernels/quant_moe.py.
+- `quant_linear(x, w) -> x @ w^T`: a dense linear with a quantized weight (`QuantTensor` [N, K]), x [..., K];
+      see kernels/quant_linear.py.
 - `canvas_attention(q_BHCD, k_ctx_BKSD, v_ctx_BKSD, ctx_visible_BS, k_can_BKCD, v_can_BKCD, scale=1.0,
       ctx_rows_B=None) -> o_BHCD`; see kernels/canvas_attention.py.
 - `rms_norm(x, weight, eps, add=None, residual=None, scale=None, norm_x=None, norm_add=None) -> y`: RMSNorm
@@ -44,9 +48,9 @@ key splits, column chunks) by input size; "prefer_triton" in canvas_attention's 
 its "tuned" row. See `tuned_for` for how a size key is matched.
 
 Note: `kernels.fused_moe`, `kernels.canvas_attention`, `kernels.rms_norm`, `kernels.norm_rope`,
-`kernels.logit_epilogue`, `kernels.softmax` and `kernels.gelu_mul` are the dispatching *functions*, named like
-their modules; reach a module with `from kernels.fused_moe import fused_moe_torch` (or importlib), never
-`from kernels import fused_moe`.
+`kernels.logit_epilogue`, `kernels.softmax`, `kernels.gelu_mul`, `kernels.quant_linear` and
+`kernels.quant_moe` are the dispatching *functions*, named like their modules; reach a module with
+`from kernels.fused_moe import fused_moe_torch` (or importlib), never `from kernels import fused_moe`.
 """
 
 from __future__ import annotations
@@ -65,15 +69,19 @@ from kernels import fused_moe as _moe
 from kernels import gelu_mul as _gelu_mul
 from kernels import logit_epilogue as _epilogue
 from kernels import norm_rope as _norm_rope
+from kernels import quant_linear as _qlinear
+from kernels import quant_moe as _qmoe
 from kernels import rms_norm as _rms_norm
 from kernels import router as _router
 from kernels import sampler as _sampler
 from kernels import softmax as _softmax
 from kernels._triton_compat import HAS_TRITON
+from kernels.dequant import QuantTensor
 
 __all__ = ["fused_sample", "head_sample", "derive_keys", "fused_moe", "canvas_attention", "rms_norm",
-           "norm_rope", "logit_epilogue", "softmax", "route", "gelu_mul", "rms_norm_pair",
-           "set_backend", "use_backend", "get_backend", "backend_for", "set_tuned", "use_tuned", "tuned_for"]
+           "norm_rope", "logit_epilogue", "softmax", "route", "gelu_mul", "rms_norm_pair", "quant_linear",
+           "quant_moe", "set_backend", "use_backend", "get_backend", "backend_for", "set_tuned", "use_tuned",
+           "tuned_for"]
 
 _CHOICES = ("auto", "torch", "triton")
 _backend = os.environ.get("DGBATCH_KERNELS", "auto")
@@ -104,6 +112,8 @@ _OPS = {
     "softmax": (_softmax.softmax_torch, _softmax.softmax_triton, _softmax),
     "route": (_router.route_torch, _router.route_triton, _router),
     "gelu_mul": (_gelu_mul.gelu_mul_torch, _gelu_mul.gelu_mul_triton, _gelu_mul),
+    "quant_linear": (_qlinear.quant_linear_torch, _qlinear.quant_linear_triton, _qlinear),
+    "quant_moe": (_qmoe.quant_moe_torch, _qmoe.quant_moe_triton, _qmoe),
     "rms_norm_pair": (_rms_norm.rms_norm_pair_torch, _rms_norm.rms_norm_pair_triton,
                       types.SimpleNamespace(selfcheck=_rms_norm.selfcheck_pair)),
 }
@@ -289,6 +299,20 @@ def fused_moe(x_TH: torch.Tensor, topk_idx_Tk: torch.Tensor, topk_w_Tk: torch.Te
     _moe.check_moe_args(x_TH, topk_idx_Tk, topk_w_Tk, gate_up_EFH, down_EHI)
     return _impl("fused_moe", x_TH, topk_w_Tk, gate_up_EFH, down_EHI)(
         x_TH, topk_idx_Tk, topk_w_Tk, gate_up_EFH, down_EHI)
+
+
+def quant_moe(x_TH: torch.Tensor, topk_idx_Tk: torch.Tensor, topk_w_Tk: torch.Tensor, gate_up: QuantTensor,
+              down: QuantTensor) -> torch.Tensor:
+    """fused_moe with quantized expert weights (each weight dequantized as kernels/dequant.py rounds it)."""
+    _qmoe.check_quant_moe_args(x_TH, topk_idx_Tk, topk_w_Tk, gate_up, down)
+    return _impl("quant_moe", x_TH, topk_w_Tk, gate_up.data, down.data)(
+        x_TH, topk_idx_Tk, topk_w_Tk, gate_up, down)
+
+
+def quant_linear(x: torch.Tensor, w: QuantTensor) -> torch.Tensor:
+    """y = x @ w^T in x's dtype for a quantized weight w [N, K] and x [..., K]."""
+    _qlinear.check_quant_linear_args(x, w)
+    return _impl("quant_linear", x, w.data)(x, w)
 
 
 def canvas_attention(q_BHCD: torch.Tensor, k_ctx_BKSD: torch.Tensor, v_ctx_BKSD: torch.Tensor,

@@ -313,12 +313,15 @@ class DiffusionGemma(nn.Module):
     # -- weights -----------------------------------------------------------------------------------
     @classmethod
     def from_pretrained(
-        cls, path_or_url: str, *, dtype: torch.dtype = torch.bfloat16, device: str | torch.device = "cpu"
+        cls, path_or_url: str, *, dtype: torch.dtype = torch.bfloat16, device: str | torch.device = "cpu",
+        quantization: str | None = None,
     ) -> DiffusionGemma:
-        """Load a released checkpoint dir (local or fsspec URL): meta build, then tensor-by-tensor load."""
+        """Load a released checkpoint dir (local or fsspec URL): meta build, then tensor-by-tensor load.
+        Compressed-tensors checkpoints load quantized; `quantization` ("fp8" | "w4a16") quantizes a bf16
+        checkpoint as it loads (model/quant/)."""
         from model.weights import load_pretrained
 
-        return load_pretrained(cls, path_or_url, dtype=dtype, device=device)
+        return load_pretrained(cls, path_or_url, dtype=dtype, device=device, quantization=quantization)
 
     def save_pretrained(self, directory: str) -> None:
         """Write config.json (+ generation_config.json) and model.safetensors with the released key names."""

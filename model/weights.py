@@ -24,6 +24,8 @@ from safetensors.torch import save_file
 from torch import nn
 
 from model.config import DiffusionGemmaConfig
+from model.quant.checkpoint import OnLoadQuantizer, QuantPlan, load_quantized, unquantized_experts_warning
+from model.quant.scheme import CheckpointQuant, QuantScheme
 
 TEXT = "model.decoder."
 ENCODER_TEXT = "model.encoder.language_model."  # fallback location of text weights (tied copies)
@@ -79,6 +81,7 @@ _DTYPES = {
     "I8": torch.int8,
     "U8": torch.uint8,
     "BOOL": torch.bool,
+    "F8_E4M3": torch.float8_e4m3fn,  # fp8 quantized weights and nvfp4 group scales (model/quant/)
 }
 _NAMES = {v: k for k, v in _DTYPES.items()}
 
@@ -173,15 +176,24 @@ def _weight_files(fs: Any, root: str, where: str) -> list[str]:
     raise FileNotFoundError(f"{where}: no model.safetensors or model.safetensors.index.json")
 
 
-def _plan(config: DiffusionGemmaConfig, headers: dict[str, dict[str, dict]], where: str):
-    """Match headers to the key map -> {our key: (file, released key)}; raise on any mismatch."""
+def _plan(config: DiffusionGemmaConfig, headers: dict[str, dict[str, dict]], where: str,
+          quant: QuantPlan | None = None):
+    """Match headers to the key map -> {our key: (file, released key)}; raise on any mismatch. With `quant`,
+    the quantized linears' stored parts are matched by it instead (model/quant/checkpoint.py)."""
     layout = checkpoint_layout(config)
+    if quant is not None:
+        layout = {k: v for k, v in layout.items() if v[0] not in quant.replaced}
     plan: dict[str, tuple[str, str]] = {}
     problems: list[str] = []
     fallback: dict[str, tuple[str, str]] = {}
     for path, header in headers.items():
         for key, entry in header.items():
             if key.startswith(SKIPPED):
+                continue
+            claimed = quant.claim(key, path, entry) if quant is not None else False
+            if isinstance(claimed, str):
+                problems.append(claimed)
+            if claimed:
                 continue
             target = key
             if key == OPTIONAL_TIED:
@@ -206,6 +218,7 @@ def _plan(config: DiffusionGemmaConfig, headers: dict[str, dict[str, dict]], whe
     for key, (ours, shape) in layout.items():
         if ours not in plan:
             problems.append(f"missing tensor {key!r} (expected shape {list(shape)})")
+    problems += quant.missing() if quant is not None else []
     if problems:
         more = f" (+{len(problems) - 20} more)" if len(problems) > 20 else ""
         raise ValueError(f"{where}: checkpoint does not match the config: " + "; ".join(problems[:20]) + more)
@@ -222,18 +235,30 @@ def _assign(model: nn.Module, ours: str, tensor: torch.Tensor) -> None:
 
 
 def load_pretrained(
-    cls: type, path_or_url: str, *, dtype: torch.dtype = torch.bfloat16, device: str | torch.device = "cpu"
+    cls: type, path_or_url: str, *, dtype: torch.dtype = torch.bfloat16, device: str | torch.device = "cpu",
+    quantization: str | None = None,
 ) -> nn.Module:
+    """Load a checkpoint; a compressed-tensors one (config.json `quantization_config`) loads quantized, and
+    `quantization` ("fp8" | "w4a16") quantizes a bf16 checkpoint tensor by tensor as it is read."""
     where = str(path_or_url).rstrip("/")
     config = DiffusionGemmaConfig.from_dir(where)
     fs, root = fsspec.core.url_to_fs(where)
+    with fs.open(f"{root.rstrip('/')}/config.json", "r") as f:
+        stored_qc = json.load(f).get("quantization_config")
+    stored = CheckpointQuant.parse(stored_qc, f"{where}/config.json") if stored_qc is not None else None
+    if stored is not None and quantization is not None:
+        raise ValueError(f"{where}: the checkpoint is already quantized (compressed-tensors); remove "
+                         f"quantization={quantization!r} (model.quantization / --quantization)")
+    on_load = OnLoadQuantizer(config, QuantScheme.on_load(quantization), device) if quantization else None
     files = _weight_files(fs, root.rstrip("/"), where)
     headers: dict[str, dict[str, dict]] = {}
     starts: dict[str, int] = {}
     for path in files:
         with fs.open(path, "rb") as f:
             headers[path], starts[path] = read_header(f, path)
-    plan = _plan(config, headers, where)
+    qplan = QuantPlan(config, checkpoint_layout(config), stored, where) if stored is not None else None
+    plan = _plan(config, headers, where, qplan)
+    unquantized_experts_warning(config, qplan, where)
     with torch.device("meta"):
         model = cls(config)
     by_file: dict[str, list[tuple[str, str]]] = {}
@@ -244,7 +269,16 @@ def load_pretrained(
         with fs.open(path, "rb") as f:
             for ours, key in items:
                 t = read_tensor(f, headers[path][key], starts[path], f"{path}:{key}")
+                if on_load is not None and ours in on_load.targets:
+                    on_load.put(model, ours, t)
+                    continue
                 _assign(model, ours, t.to(device=device, dtype=dtype if t.is_floating_point() else t.dtype))
+    if qplan is not None:
+        def read(path: str, key: str) -> torch.Tensor:
+            with fs.open(path, "rb") as f:
+                return read_tensor(f, headers[path][key], starts[path], f"{path}:{key}")
+
+        load_quantized(model, qplan, read, device)
     left = [n for n, p in list(model.named_parameters()) + list(model.named_buffers()) if p.is_meta]
     if left:
         raise ValueError(f"{where}: tensors not loaded: {left[:10]}")

@@ -60,6 +60,16 @@ def check_model_path(m: ModelSpec) -> None:
         raise SpecError(f"model.path {path}: cannot be read: {type(exc).__name__}: {exc}") from exc
     if not ok:
         raise SpecError(f"model.path {path}: no config.json there; expected a model directory")
+    from model.quant.scheme import checkpoint_scheme
+
+    try:
+        config = json.loads(fs.cat_file(f"{p.rstrip('/')}/config.json"))
+        stored = checkpoint_scheme(config) if isinstance(config, dict) else None
+    except ValueError as exc:  # an unsupported quantization_config fails here, before any work
+        raise SpecError(f"model.path {path}: {exc}") from None
+    if stored is not None and m.quantization is not None:
+        raise SpecError(f"model.quantization: {path} is already quantized ({stored[0]}); remove "
+                        "model.quantization to load it as it is")
 
 
 def model_identity(m: ModelSpec) -> dict[str, Any]:
@@ -117,7 +127,7 @@ def load_model_and_tokenizer(m: ModelSpec):
         path = str(ensure_fallback())
     dtype = getattr(torch, m.dtype)
     try:
-        net = DiffusionGemma.from_pretrained(path, dtype=dtype)
+        net = DiffusionGemma.from_pretrained(path, dtype=dtype, quantization=m.quantization)
         tok = load_tokenizer(path)
     except Exception as exc:
         raise SpecError(f"model.path {path}: cannot load model: {type(exc).__name__}: {exc}") from exc

@@ -65,7 +65,9 @@ class Plan:
 def fingerprint_components(spec: JobSpec, files: list[InputFile], model_identity: dict[str, Any]
                            ) -> dict[str, Any]:
     return {
-        "model": {"path": spec.model.path, "dtype": spec.model.dtype, **model_identity},
+        # quantization only when set, so the fingerprints of unquantized jobs keep their components
+        "model": {"path": spec.model.path, "dtype": spec.model.dtype, **model_identity,
+                  **({"quantization": spec.model.quantization} if spec.model.quantization else {})},
         "prompt": spec.input.model_dump(exclude={"path"}),
         "passthrough_columns": list(spec.output.passthrough_columns),
         "generation": spec.generation.model_dump(),

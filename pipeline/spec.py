@@ -48,6 +48,9 @@ class ModelSpec(_Section):
     # None -> the small model shipped with the package (see pipeline.model_path.resolve_model_path).
     path: str | None = None
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    # Quantize a bf16 checkpoint as it loads (model/quant/); a compressed-tensors checkpoint (FP8, W4A16,
+    # NVFP4) loads quantized with this left unset.
+    quantization: Literal["fp8", "w4a16"] | None = None
 
     @field_validator("path")
     @classmethod

@@ -131,3 +131,17 @@ def test_tuned_variant_applies_the_runs_settings(monkeypatch):
     with bench.variant("kernels"):
         assert kernels._tuned == {}
     assert kernels._tuned == {}
+
+
+def test_bench_gpu_quant_tiny_dry_run(tmp_path):
+    """bench/gpu_quant.py --tiny: every scheme's rows, quantized weights smaller than bf16's."""
+    bench = load_bench("gpu_quant")
+    out = tmp_path / "q.json"
+    assert bench.main(["--tiny", "--out", str(out)]) == 0
+    r = json.loads(out.read_text())
+    assert not r.get("errors"), r.get("errors")
+    rows = {(x["scheme"], x["canvases"]): x for x in r["rows"]}
+    assert set(rows) == {(s, b) for s in ("bf16", "fp8", "w4a16") for b in (1, 2)}
+    assert all(x["ms_per_forward"] > 0 and x["roofline_ms"] > 0 for x in r["rows"])
+    experts = {s: rows[(s, 1)]["weight_bytes_by_part"]["experts"] for s in ("bf16", "fp8", "w4a16")}
+    assert experts["w4a16"] < experts["fp8"] < experts["bf16"]
