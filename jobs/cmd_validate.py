@@ -33,6 +33,8 @@ def run(args: argparse.Namespace) -> int:
     path, label = resolve_model_path(spec.model)
     print(scrub(f"ok: {len(v.files)} input file(s), {v.rows} rows, {v.shards} shards of <= "
                 f"{spec.resources.shard_rows} rows -> {v.output.url}\nmodel: {path} ({label})"))
+    if spec.model.quantization:
+        print(f"model.quantization: {spec.model.quantization} (the bf16 weights are quantized as they load)")
     if v.min_new_tokens is not None:
         print(f"structured_output: compiles; needs at least {v.min_new_tokens} new tokens")
     if v.resumes:

@@ -24,6 +24,8 @@ def test_quantized_job_end_to_end_and_fingerprinted(tmp_path, ray_local, capsys)
     job = spec(str(tmp_path / "in.parquet"), str(tmp_path / "out"), model={"quantization": "w4a16"},
                generation={"max_new_tokens": 16, "max_denoising_steps": 4, "seed": 1},
                resources={"replicas": 1, "shard_rows": 8, "batch_size": 4})
+    code, out = validate_cli(tmp_path, job, capsys)
+    assert code == 0 and "model.quantization: w4a16" in out, out
     m = run_job(job, progress=False)
     assert_exactly_once(read_results(str(tmp_path / "out")), [f"in.parquet#{i}" for i in range(3)])
     assert m["rows_by_status"]["ok"] == 3
