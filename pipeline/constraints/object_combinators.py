@@ -4,6 +4,8 @@ Function-call schemas often say "oneOf: [{required: [radius]}, {required: [lengt
 `not: {required: [...]}` or `properties: {shape: {const: ...}}`). For each branch we emit objects with a fixed
 set of branch-relevant keys (the parent's required keys plus the branch's), drop the optional keys another
 branch (oneOf) or the branch's own `not` mentions, and keep the rest optional (they cannot change a verdict).
+A key's value schema is what the parent and the branch both say about it, each one's additionalProperties
+included (object_keys.py): a closed parent forbids a key only the branch declares, and vice versa.
 For oneOf each kept branch must provably fail every other branch (a required key absent, a forbidden key
 present, a `not required` satisfied, or a const mismatch); a branch we cannot prove exclusive is dropped.
 Returns None when no branch survives or a branch uses keywords outside this small language.
@@ -11,11 +13,16 @@ Returns None when no branch survives or a branch uses keywords outside this smal
 
 from __future__ import annotations
 
+from pipeline.constraints.object_keys import (
+    OBJECT_KEYS,
+    close_required,
+    conjoin,
+    dependency_lists,
+    is_forbidden,
+    key_schema,
+)
+
 _BRANCH_KEYS = {"required", "properties", "not", "type", "additionalProperties", "title", "description"}
-
-
-def _forbidden(v) -> bool:
-    return v is False or (isinstance(v, dict) and v.get("not") == {})
 
 
 def _values(v) -> list | None:
@@ -49,19 +56,6 @@ def _normalise(b) -> tuple[set, set | None, dict] | None:
     return set(b.get("required", [])), not_req, dict(b.get("properties", {}))
 
 
-def _close(present: set, deps: dict) -> set:
-    present = set(present)
-    changed = True
-    while changed:
-        changed = False
-        for k in list(present):
-            for d in deps.get(k, []) if isinstance(deps.get(k), list) else []:
-                if d not in present:
-                    present.add(d)
-                    changed = True
-    return present
-
-
 def _violates(branch: tuple[set, set | None, dict], present: set, props: dict) -> bool:
     """True when an object with exactly `present` of the mentioned keys (values per `props`) fails it."""
     req, not_req, bprops = branch
@@ -72,7 +66,7 @@ def _violates(branch: tuple[set, set | None, dict], present: set, props: dict) -
     for k, v in bprops.items():
         if k not in present:
             continue
-        if _forbidden(v):
+        if is_forbidden(v):
             return True
         allowed, ours = _values(v), _values(props.get(k))
         if allowed is not None and ours is not None and not any(o in allowed for o in ours):
@@ -81,45 +75,42 @@ def _violates(branch: tuple[set, set | None, dict], present: set, props: dict) -
 
 
 def expand_object_branches(parent: dict, branches: list, *, exclusive: bool, path: str) -> list[dict] | None:
-    """Plain object schemas (no anyOf/oneOf) whose union is a subset of parent AND (any|one)Of(branches)."""
+    """Plain object schemas (no anyOf/oneOf) whose union is a subset of parent AND (any|one)Of(branches).
+
+    Each key's value schema is what both the parent and the branch say about it (object_keys.py): a key
+    only the branch declares still takes the parent's additionalProperties (False: the key is left out),
+    and a key only the parent declares takes the branch's. The schemas returned list every key they allow
+    and close the object (additionalProperties false), so no key outside that analysis is ever emitted.
+    """
     norm = [_normalise(b) for b in branches]
     if any(n is None for n in norm) or not norm:
         return None
     if parent.get("type", "object") != "object":
         return None
-    base_props = dict(parent.get("properties", {}))
-    deps = {**parent.get("dependencies", {}), **parent.get("dependentRequired", {})}
+    deps = dependency_lists(parent)
     keys = [req | (not_req or set()) | set(bprops) for req, not_req, bprops in norm]
-    rest = {k: v for k, v in parent.items() if k not in ("properties", "required", "type")}
+    rest = {k: v for k, v in parent.items() if k not in (*OBJECT_KEYS, "type")}
     out: list[dict] = []
-    for i, (req, not_req, bprops) in enumerate(norm):
-        present = _close(set(parent.get("required", [])) | req, deps)
+    for i, (branch, (_, not_req, bprops)) in enumerate(zip(branches, norm)):
+        present_order = close_required([*parent.get("required", []), *branch.get("required", [])], deps)
+        present = set(present_order)
         if not_req is not None and not_req <= present:
             continue  # this branch can never be satisfied with its own required keys
-        props = dict(base_props)
-        feasible = True
-        for k, v in bprops.items():
-            if _forbidden(v):
-                if k in present:
-                    feasible = False
-                props.pop(k, None)
-            elif k in props:
-                props[k] = {"allOf": [props[k], v]}
-            else:
+        props = {}
+        for k in dict.fromkeys([*parent.get("properties", {}), *bprops, *present_order]):
+            v = conjoin([key_schema(parent, k), key_schema(branch, k)])
+            if not is_forbidden(v):
                 props[k] = v
-        for k in present:
-            props.setdefault(k, {})
-        if not feasible:
-            continue
+        if not present <= set(props):
+            continue  # a key this branch needs is forbidden by the parent or the branch
         if exclusive and not all(_violates(norm[j], present, props) for j in range(len(norm)) if j != i):
             continue
         # optional keys stay optional unless another branch's verdict (oneOf) or our own `not` depends on them
         others = set().union(*(keys[j] for j in range(len(norm)) if j != i)) if exclusive else set()
         drop = others | (not_req or set())
         keep = {k: v for k, v in props.items() if k in present or k not in drop}
-        out.append(
-            {**rest, "type": "object", "properties": keep, "required": [k for k in keep if k in present]}
-        )
+        closed = {"type": "object", "properties": keep, "additionalProperties": False}
+        out.append({**rest, **closed, "required": [k for k in keep if k in present]})
     return out or None
 
 

@@ -1,4 +1,4 @@
-"""Regex building blocks for JSON text: literals, strings, integer/number ranges and string formats.
+"""Regex building blocks for JSON text: literals, strings, integer/number ranges, formats, object bodies.
 
 Every pattern here describes a *subset* of what the matching JSON Schema keyword accepts, never a superset:
 the generator may only produce values that validate (pydantic / jsonschema with format checking). Patterns
@@ -166,3 +166,18 @@ CHECKED_FORMATS = {
     "duration",
     "color",
 }
+
+
+def object_body(fields: list[tuple[str, bool]], sep: str) -> str:
+    """Fields in order; required ones always present, optional ones optional, commas only between."""
+    if not fields:
+        return r"\{\}"
+    req = [i for i, (_, r) in enumerate(fields) if r]
+    if req:
+        first = req[0]
+        body = "".join(f"(?:{f}{sep})?" for f, _ in fields[:first]) + fields[first][0]
+        body += "".join(f"{sep}{f}" if r else f"(?:{sep}{f})?" for f, r in fields[first + 1 :])
+    else:  # all optional: choose the first present field, the rest optional after it
+        alts = [f + "".join(f"(?:{sep}{g})?" for g, _ in fields[i + 1 :]) for i, (f, _) in enumerate(fields)]
+        body = "(?:" + "|".join(alts) + ")?"
+    return r"\{" + body + r"\}"

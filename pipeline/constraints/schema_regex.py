@@ -5,24 +5,22 @@ ignores keywords (integer minimum/maximum among them) and so can generate invali
 either honoured exactly (a subset of the valid values, never a superset) or refused with
 `UnsupportedSchema("unsupported: <keyword>")`. Unknown keywords are ignored, as validators ignore them.
 
-Output shape: properties in declared order, no extra keys, an optional space after ':' and ','.
+Output shape: properties in declared order, no extra keys, an optional space after ':' and ','. An optional
+property or an anyOf/oneOf branch that no value satisfies (schema_errors.Unsatisfiable) is left out, which is
+exact; when a required one has none the schema is refused.
 """
 
 from __future__ import annotations
 
-import copy
 import importlib
-import json
 
 import jsonschema
 
 from pipeline.constraints import regex_atoms as ra
+from pipeline.constraints.all_of import merge_conjuncts
 from pipeline.constraints.object_combinators import disjoint_kinds, expand_object_branches
-
-
-class UnsupportedSchema(ValueError):
-    """The schema uses a keyword (or combination) we cannot generate exactly; the message names it."""
-
+from pipeline.constraints.object_keys import close_required, dependency_lists, is_forbidden, key_schema
+from pipeline.constraints.schema_errors import Unsatisfiable, UnsupportedSchema
 
 ANNOTATIONS = {
     "title",
@@ -62,6 +60,15 @@ UNSUPPORTED = {
     "additionalItems",
 }
 _KINDS = ("object", "array", "string", "integer", "number", "boolean", "null")
+# keywords that constrain objects only: with one of them and no `type`, only objects are generated
+_OBJECT_ONLY = {
+    "properties",
+    "required",
+    "additionalProperties",
+    "dependencies",
+    "dependentRequired",
+    "minProperties",
+}
 MAX_REF_DEPTH = 8  # recursive schemas are unrolled this deep, then refused
 ANY_DEPTH = 1  # nesting depth of values generated for an unconstrained ({}) schema
 
@@ -96,8 +103,10 @@ class _Translator:
     def value(self, s: dict | bool, path: str, depth: int) -> str:
         if s is True or s == {}:
             return self.any_value(ANY_DEPTH)
-        if s is False or not isinstance(s, dict):
-            raise UnsupportedSchema(f"unsupported: false schema at {path} (no value validates)")
+        if s is False:
+            raise Unsatisfiable(f"unsupported: false schema at {path} (no value validates)")
+        if not isinstance(s, dict):
+            raise UnsupportedSchema(f"unsupported: {type(s).__name__} as a schema (at {path})")
         for key in s:
             if key in UNSUPPORTED:
                 raise UnsupportedSchema(f"unsupported: {key} (at {path})")
@@ -106,7 +115,7 @@ class _Translator:
         if "$ref" in s:
             return self.value(self.resolve_ref(s, path, depth), path + "/$ref", depth + 1)
         if "allOf" in s:
-            return self.value(self.merge_all_of(s, path), path, depth)
+            return self.value(self.merge_all_of(s, path, depth), path, depth)
         if "const" in s or "enum" in s:
             return self.enum(s, path)
         if "not" in s:
@@ -120,7 +129,7 @@ class _Translator:
     def kinds(self, s: dict, path: str) -> list[str]:
         t = s.get("type")
         if t is None:  # infer from the keywords present, as a validator would accept any type
-            if "properties" in s or "required" in s or "additionalProperties" in s:
+            if _OBJECT_ONLY & set(s):  # not any value: its objects could break those keywords
                 return ["object"]
             if "items" in s or "minItems" in s or "maxItems" in s:
                 return ["array"]
@@ -201,9 +210,7 @@ class _Translator:
         checker = strict_validator(rest)
         ok = [v for v in values if checker.is_valid(v)]  # only values the rest of the schema accepts
         if not ok:
-            raise UnsupportedSchema(
-                f"unsupported: enum/const with no value valid under the schema (at {path})"
-            )
+            raise Unsatisfiable(f"unsupported: enum/const with no value valid under the schema (at {path})")
         lits = sorted({ra.json_literal(v) for v in ok}, key=lambda x: (-len(x), x))
         return lits[0] if len(lits) == 1 else "(?:" + "|".join(lits) + ")"
 
@@ -226,51 +233,46 @@ class _Translator:
 
     def object(self, s: dict, path: str, depth: int) -> str:
         props: dict = dict(s.get("properties", {}))
-        required = list(dict.fromkeys(s.get("required", [])))
+        ap = s.get("additionalProperties", True)
+        for kw in ("dependencies", "dependentRequired"):
+            for key, dep in s.get(kw, {}).items():
+                if not isinstance(dep, list):
+                    raise UnsupportedSchema(f"unsupported: {kw} with a schema (at {path}/{kw}/{key})")
+        deps = dependency_lists(s)
+        required = close_required(s.get("required", []), deps)
+        for key in required:  # undeclared (required or via dependencies): additionalProperties governs it
+            props.setdefault(key, key_schema(s, key))
         for key in required:
-            if key not in props:  # required but undeclared: any value will do
-                props[key] = {}
-        forbidden = {k for k, v in props.items() if isinstance(v, dict) and v.get("not") == {} or v is False}
-        bad = forbidden & set(required)
-        if bad:
-            raise UnsupportedSchema(
-                f"unsupported: required property {sorted(bad)[0]!r} forbidden (at {path})"
-            )
-        required = self.close_dependencies(s, props, required, path)
-        emit_optional = [k for k in props if k not in required and k not in forbidden]
-        deps = s.get("dependencies", {}) | s.get("dependentRequired", {})
-        emit_optional = [k for k in emit_optional if set(deps.get(k, [])) <= set(required)]
+            if is_forbidden(props[key]):  # unsatisfiable: refuse rather than emit an invalid object
+                kw = "properties/" + key if key in s.get("properties", {}) else "additionalProperties"
+                why = "required" if key in s.get("required", []) else "required (by dependencies)"
+                raise Unsatisfiable(
+                    f"unsupported: {why} property {key!r} forbidden by {kw.split('/')[0]} "
+                    f"(no object validates) (at {path}/{kw})"
+                )
+        forbidden = {k for k, v in props.items() if is_forbidden(v)}
+        # an optional key is emitted only when its dependencies are present anyway
+        emit_optional = [
+            k for k in props if k not in required + list(forbidden) and set(deps.get(k, [])) <= set(required)
+        ]
         if int(s.get("minProperties", 0)) > len(required):
             raise UnsupportedSchema(f"unsupported: minProperties (at {path})")
         fields = []
-        for key in props:
-            if key in required or key in emit_optional:
+        for key in [k for k in props if k in required or k in emit_optional]:
+            try:
                 val = self.value(props[key], f"{path}/properties/{key}", depth + 1)
-                fields.append((f'"{ra.escape(_json_key(key))}":{self.ws}{val}', key in required))
-        ap = s.get("additionalProperties", True)
+            except Unsatisfiable:
+                if key in required:
+                    raise
+                continue  # no value validates: a valid object never has this key
+            fields.append((f"{ra.json_literal(key)}:{self.ws}{val}", key in required))
         if not props and ap is not False:  # a free-form map: string keys, values per additionalProperties
+            if deps:  # any generated key could be a dependency's trigger
+                raise UnsupportedSchema(f"unsupported: dependencies on a map without properties (at {path})")
             val = self.value(ap if isinstance(ap, dict) else {}, path + "/additionalProperties", depth + 1)
             pair = f"{ra.string_pattern()}:{self.ws}{val}"
             return rf"\{{(?:{pair}(?:,{self.ws}{pair})*)?\}}"
-        return _object_body(fields, "," + self.ws)
-
-    def close_dependencies(self, s: dict, props: dict, required: list[str], path: str) -> list[str]:
-        """Required keys closed under `dependencies` (array form): present key => its dependencies present."""
-        deps = dict(s.get("dependencies", {}))
-        deps.update(s.get("dependentRequired", {}))
-        for dep in deps.values():
-            if not isinstance(dep, list):
-                raise UnsupportedSchema(f"unsupported: dependencies with a schema (at {path})")
-        changed = True
-        while changed:
-            changed = False
-            for key in list(required):
-                for d in deps.get(key, []):
-                    if d not in required:
-                        required.append(d)
-                        props.setdefault(d, {})
-                        changed = True
-        return required
+        return ra.object_body(fields, "," + self.ws)
 
     def union(self, s: dict, path: str, depth: int) -> str:
         kw = "oneOf" if "oneOf" in s else "anyOf"
@@ -282,7 +284,7 @@ class _Translator:
             merged = expand_object_branches(parent, branches, exclusive=kw == "oneOf", path=path)
             if merged is None:
                 raise UnsupportedSchema(f"unsupported: {kw} (branches not provably exclusive) (at {path})")
-            alts = [self.value(b, f"{path}/{kw}", depth + 1) for b in merged]
+            resolved, where = merged, [f"{path}/{kw}"] * len(merged)
         else:
             resolved = [self.deref(b, path, depth) for b in branches]
             if kw == "oneOf" and not disjoint_kinds(resolved):
@@ -290,15 +292,28 @@ class _Translator:
                 if merged is None:
                     raise UnsupportedSchema(f"unsupported: oneOf (branches may overlap) (at {path})")
                 resolved = merged
-            alts = [self.value(b, f"{path}/{kw}/{i}", depth + 1) for i, b in enumerate(resolved)]
+            where = [f"{path}/{kw}/{i}" for i in range(len(resolved))]
+        alts = []
+        for b, at in zip(resolved, where):
+            try:
+                alts.append(self.value(b, at, depth + 1))
+            except Unsatisfiable:
+                continue  # a branch no value satisfies adds nothing to the union
+        if not alts:
+            raise UnsupportedSchema(f"unsupported: {kw} (no branch has a valid instance) (at {path})")
         alts = list(dict.fromkeys(alts))
         return alts[0] if len(alts) == 1 else "(?:" + "|".join(alts) + ")"
 
     # --- references and merging -----------------------------------------------------------------
     def resolve_ref(self, s: dict, path: str, depth: int) -> dict:
+        """The schema s's $ref names, merged with s's sibling keywords (they hold too, as in allOf)."""
         if depth > MAX_REF_DEPTH:
             raise UnsupportedSchema(f"unsupported: $ref recursion deeper than {MAX_REF_DEPTH} (at {path})")
-        ref = s["$ref"]
+        if any(k != "$ref" and k not in ANNOTATIONS for k in s):
+            return self.merge_all_of(s, path, depth)
+        return self.lookup(s["$ref"], path)
+
+    def lookup(self, ref, path: str):
         if not isinstance(ref, str) or not ref.startswith("#"):
             raise UnsupportedSchema(f"unsupported: non-local $ref {ref!r} (at {path})")
         node = self.root
@@ -307,10 +322,7 @@ class _Translator:
             if not isinstance(node, dict) or part not in node:
                 raise UnsupportedSchema(f"unsupported: unresolvable $ref {ref!r} (at {path})")
             node = node[part]
-        siblings = {k: v for k, v in s.items() if k != "$ref" and k not in ANNOTATIONS}
-        if not siblings:
-            return node
-        return self.merge_all_of({"allOf": [node, siblings]}, path)
+        return node
 
     def deref(self, s, path: str, depth: int):
         while isinstance(s, dict) and "$ref" in s:
@@ -318,33 +330,31 @@ class _Translator:
             depth += 1
         return s
 
-    def merge_all_of(self, s: dict, path: str) -> dict:
-        out = {k: v for k, v in s.items() if k != "allOf"}
-        for part in s["allOf"]:
-            part = self.deref(part, path, 0)
-            if not isinstance(part, dict):
-                raise UnsupportedSchema(f"unsupported: allOf with a boolean schema (at {path})")
-            for k, v in part.items():
-                if k in ANNOTATIONS:
-                    continue
-                if k == "required":
-                    out["required"] = list(dict.fromkeys(out.get("required", []) + list(v)))
-                elif k == "properties" and "properties" in out:
-                    clash = set(v) & set(out["properties"])
-                    if clash:
-                        raise UnsupportedSchema(
-                            f"unsupported: allOf redefining property {sorted(clash)[0]!r}"
-                        )
-                    out["properties"] = {**out["properties"], **v}
-                elif k in ("enum", "const") and ("enum" in out or "const" in out):
-                    mine = [out.pop("const")] if "const" in out else out.pop("enum")
-                    theirs = [v] if k == "const" else list(v)
-                    out["enum"] = [x for x in mine if x in theirs]  # both must hold: intersect
-                elif k in out and out[k] != v:
-                    raise UnsupportedSchema(f"unsupported: allOf with conflicting {k!r} (at {path})")
-                else:
-                    out[k] = copy.deepcopy(v)
-        return out
+    def conjuncts(self, s, path: str, depth: int) -> list[tuple[str, dict]]:
+        """(JSON pointer, schema) of each schema that must hold for `s`: $refs resolved, nested allOf flat.
+
+        Each $ref followed counts toward MAX_REF_DEPTH, so `allOf: [{$ref: <itself>}]` is refused, not
+        unrolled forever.
+        """
+        if s is True:
+            return []
+        if s is False:
+            raise Unsatisfiable(f"unsupported: allOf with a false schema (no value validates) (at {path})")
+        if not isinstance(s, dict):
+            raise UnsupportedSchema(f"unsupported: {type(s).__name__} as a schema (at {path})")
+        if "$ref" in s:
+            target = self.resolve_ref({"$ref": s["$ref"]}, path, depth)  # the depth guard, then the lookup
+            siblings = {k: v for k, v in s.items() if k != "$ref"}
+            return self.conjuncts(target, path + "/$ref", depth + 1) + self.conjuncts(siblings, path, depth)
+        own = {k: v for k, v in s.items() if k != "allOf" and k not in ANNOTATIONS}
+        parts = [(path, own)] if own else []
+        for i, part in enumerate(s.get("allOf", [])):
+            parts += self.conjuncts(part, f"{path}/allOf/{i}", depth)
+        return parts
+
+    def merge_all_of(self, s: dict, path: str, depth: int) -> dict:
+        """One schema (no allOf, no $ref at its top) that holds exactly when all of s's conjuncts hold."""
+        return merge_conjuncts(self.conjuncts(s, path, depth), path)
 
     def any_value(self, depth: int) -> str:
         """Any JSON value up to `depth` nesting; repetition with '*' keeps the automaton small."""
@@ -355,22 +365,3 @@ class _Translator:
             pair = f"{ra.string_pattern()}:{self.ws}{inner}"
             alts.append(rf"\{{(?:{pair}(?:{sep}{pair})*)?\}}")
         return "(?:" + "|".join(alts) + ")"
-
-
-def _json_key(key: str) -> str:
-    return json.dumps(key, ensure_ascii=False)[1:-1]
-
-
-def _object_body(fields: list[tuple[str, bool]], sep: str) -> str:
-    """Fields in order; required ones always present, optional ones optional, commas only between."""
-    if not fields:
-        return r"\{\}"
-    req = [i for i, (_, r) in enumerate(fields) if r]
-    if req:
-        first = req[0]
-        body = "".join(f"(?:{f}{sep})?" for f, _ in fields[:first]) + fields[first][0]
-        body += "".join(f"{sep}{f}" if r else f"(?:{sep}{f})?" for f, r in fields[first + 1 :])
-    else:  # all optional: choose the first present field, the rest optional after it
-        alts = [f + "".join(f"(?:{sep}{g})?" for g, _ in fields[i + 1 :]) for i, (f, _) in enumerate(fields)]
-        body = "(?:" + "|".join(alts) + ")?"
-    return r"\{" + body + r"\}"
