@@ -12,10 +12,12 @@ embedding / LM head, the router, norms and scalars.
 What OUR engine allocates on a GPU (bf16 activations, a = 2 bytes; C canvas, V vocabulary, H hidden, L the
 row's context, i.e. its cached tokens, A = C * top_k expert assignments). Each item is per canvas.
 KV cache (model/cache.py KVCache, model/scheduler.py SlotCache):
-  k and v [KV_i, S, D_i] for EVERY layer, sliding layers included, at S = L rounded up to whole canvases
-  (SlotCache grows lengths in canvas steps), plus valid_BS bool [S] and length_B. SlotCache._resize
-  allocates the new cache before dropping the old, and copies the used rows layer by layer (an indexed
-  gather: one layer's K of those rows): from an empty batch rows double 1, 2, 4, ... N, so the first
+  k and v [KV_i, S, D_i] on global layers at S = L rounded up to whole canvases (SlotCache grows lengths in
+  canvas steps); on sliding layers a ring of min(S, W - 1 + window_chunk) slots (the window plus one
+  encoder chunk: 1535 for the full-size model at window_chunk 512), a fixed cost per row past it; plus
+  valid_BS bool [S] and length_B. SlotCache._resize allocates the new cache before dropping the old, and
+  copies the used rows layer by layer (an indexed gather: one layer's K of those rows, the largest being
+  max over layers of slots x KV_i x D_i): from an empty batch rows double 1, 2, 4, ... N, so the first
   admission holds (previous + N) rows and that copy at once.
 Vocabulary-wide buffers [C, V] (model/denoise.py denoise_step, GPU head mode: RowNoise.head_mode):
   held between steps   sc_BCV    a     softmax of the last step, the self-conditioning input
@@ -41,14 +43,18 @@ Canvas-scaled activations (decoder pass: model/transformer.py decode_hidden, mod
   dim 512 and at 8 or more canvases): q [Hq, C, D], k, v [KV, C, D]; the context rows' K and V copied
   (index_select [KV, S, D]) and concatenated with the canvas' ([KV, S + C, D]), q's grouped copy; scores
   [Hq, C, S + C]: the masked copy a beside F.softmax's fp32 copy of it and fp32 output (ATen converts a
-  bf16 input first): 10 bytes a score. S = L on full layers, min(L, W - 1) on sliding ones.
+  bf16 input first): 10 bytes a score. S = L on full layers; on sliding ones min(L, W - 1) while the row
+  fits its ring (L <= W - 1 + window_chunk), else the whole ring (slot order is not key order then).
   MLP and experts (q, k, v stay alive): r, both pre-norms, the dense MLP's [C, I] gate, up and product,
   kernels/fused_moe.py's h_AI [A, Im] and y_AH [A, H], the output [C, H].
   head: h, its norm and the vocabulary buffers above.
-Prefill (model/transformer.py encode of a P-token prompt into a fresh slot; always the torch attend, and
-  sliding layers see every key of a fresh row): two bool masks [P, P] held, scores [Hq, P, P] at 10 bytes
-  a score (2.7 GB for P = 4096: the prompt is not chunked), or the experts' [P * top_k, H + Im]. Prompts
-  of equal length admitted together share one pass (model/engine.py _prefill); the plan counts one.
+Prefill (model/transformer.py encode of a P-token prompt into a fresh slot; always the torch attend): a
+  prompt that fits the sliding ring (P <= W - 1 + window_chunk) is one pass: two bool masks [P, P] held,
+  scores [Hq, P, P] at 10 bytes a score, or the experts' [P * top_k, H + Im]. A longer one is encoded in
+  chunks of T = window_chunk tokens: per chunk masks [T, S] per layer type and scores [Hq, T, S] with S the
+  keys read (the chunk's end on full layers, the whole ring once it wraps): O(T x P), 0.38 GB at P = 4096
+  instead of 2.9 GB. Prompts of equal length admitted together share one pass (model/engine.py _prefill);
+  the plan counts one.
 canvases_fit: the largest N whose peak over the engine's phases (MemoryPlan.phases: a decode step, the commit
   of hook rows, a canvas boundary, one prompt's prefill beside N - 1 running rows, the cache's first growth)
   fits the card less the weights and RESERVE_BYTES.
@@ -67,8 +73,8 @@ from dataclasses import asdict, dataclass
 import torch
 
 from kernels.dequant import NVFP4_GROUP, QuantTensor
+from model.cache import WINDOW_CHUNK, kv_row_bytes, window_slots
 from model.config import FULL, SLIDING, DiffusionGemmaConfig
-from model.scheduler import kv_bytes_per_token
 from model.weights import checkpoint_layout
 
 SCHEMES = ("bf16", "fp8", "w4a16", "nvfp4")
@@ -263,7 +269,14 @@ def _score_bytes(heads: int, a: int) -> int:
     return max(heads * (a + 4 + (4 if a != 4 else 0)), 2 * heads * a + 1)
 
 
-def decode_bytes(config: DiffusionGemmaConfig, context: int, canvas: int, a: int = 2) -> tuple[int, int]:
+def _sliding_keys(config: DiffusionGemmaConfig, context: int, window_chunk: int) -> int:
+    """Keys a decoder pass reads per row on sliding layers (module doc): the window, or the wrapped ring."""
+    ring = config.text.sliding_window - 1 + window_chunk
+    return ring if context > ring else min(context, config.text.sliding_window - 1)
+
+
+def decode_bytes(config: DiffusionGemmaConfig, context: int, canvas: int, a: int = 2,
+                 window_chunk: int = WINDOW_CHUNK) -> tuple[int, int]:
     """(layer phase, carry) bytes per canvas of one decoder pass: the larger of the attention and the
     MLP+experts peak over layer types, and what the pass carries through its layers."""
     t = config.text
@@ -272,7 +285,7 @@ def decode_bytes(config: DiffusionGemmaConfig, context: int, canvas: int, a: int
     carry = 2 * C * H * a + sum(2 * C * d * a for d, _ in geo.values())  # emb, h, cos/sin per layer type
     peak = 0
     for lt, (D, KV) in geo.items():
-        S = context if lt == FULL else min(context, t.sliding_window - 1)
+        S = context if lt == FULL else _sliding_keys(config, context, window_chunk)
         qkv = (Hq + 2 * KV) * C * D * a
         ctx = 2 * KV * D * a * (2 * S + C)  # k and v: the rows' copy [S] and the concatenation [S + C]
         # + attend's grouped reshape of the transposed q (a copy)
@@ -284,21 +297,32 @@ def decode_bytes(config: DiffusionGemmaConfig, context: int, canvas: int, a: int
     return peak, carry
 
 
-def prefill_bytes(config: DiffusionGemmaConfig, prompt: int, a: int = 2) -> int:
-    """Peak bytes of encoding one P-token prompt into a fresh slot (model/transformer.py encode)."""
+def prefill_bytes(config: DiffusionGemmaConfig, prompt: int, a: int = 2,
+                  window_chunk: int = WINDOW_CHUNK) -> int:
+    """Peak bytes of encoding one P-token prompt into a fresh slot of a cache with room for it
+    (model/transformer.py encode: one pass, or chunks of window_chunk once the prompt passes the ring)."""
     t = config.text
-    P, H, Hq = prompt, t.hidden_size, t.num_attention_heads
+    P, H, Hq, W = prompt, t.hidden_size, t.num_attention_heads, t.sliding_window
     geo = _layer_geometry(config)
-    masks = len(geo) * P * P  # bool [P, P] per layer type, held through the pass
-    carry = P * H * a + sum(2 * P * d * a for d, _ in geo.values())
-    peak = 0
-    for D, KV in geo.values():
-        qkv = (Hq + 2 * KV) * P * D * a
-        # q's grouped copy, the row's K/V copy, the scores
-        attn = qkv + Hq * P * D * a + 2 * KV * P * D * a + P * P * _score_bytes(Hq, a)
-        moe = qkv + 4 * P * H * a + P * t.top_k_experts * (t.moe_intermediate_size + H) * a + P * H * a
-        peak = max(peak, attn, moe)
-    return masks + carry + peak
+    ring = window_slots(config, P, window_chunk)  # a cache of more than P tokens has the same ring here
+    step = P if P <= ring else window_chunk
+    worst = 0
+    for start in range(0, P, step):
+        T = min(step, P - start)
+        end = start + T
+        keys = {FULL: end, SLIDING: ring if end > ring else end - max(0, start - W + 1)}
+        masks = sum(T * keys[lt] for lt in geo)  # bool [T, S] per layer type, held through the pass
+        carry = T * H * a + sum(2 * T * d * a for d, _ in geo.values())
+        peak = 0
+        for lt, (D, KV) in geo.items():
+            S = keys[lt]
+            qkv = (Hq + 2 * KV) * T * D * a
+            # q's grouped copy, the row's K/V copy, the scores
+            attn = qkv + Hq * T * D * a + 2 * KV * S * D * a + T * S * _score_bytes(Hq, a)
+            moe = qkv + 4 * T * H * a + T * t.top_k_experts * (t.moe_intermediate_size + H) * a + T * H * a
+            peak = max(peak, attn, moe)
+        worst = max(worst, masks + carry + peak)
+    return worst
 
 
 # ---- the plan ------------------------------------------------------------------------------------------
@@ -306,11 +330,13 @@ def plan_memory(config: DiffusionGemmaConfig, scheme: str | None, gpu_memory_byt
                 group_size: int | None = 128, canvas_length: int | None = None, *,
                 prompt_tokens: int | None = None,
                 keep_logits: bool = False, adaptive_stop: bool = True, steering: bool = False,
-                asymmetric: bool = False, reserve_bytes: int = RESERVE_BYTES) -> MemoryPlan:
+                asymmetric: bool = False, reserve_bytes: int = RESERVE_BYTES,
+                window_chunk: int = WINDOW_CHUNK) -> MemoryPlan:
     """Plan one card for `config` with weights in `scheme` (None: bf16), rows of `context` cached tokens,
     prompts of `prompt_tokens` (None: the whole context) and commit behaviour: keep_logits (commit hooks,
     i.e. structured output), adaptive_stop (the sampler's stop rule is on), steering (per-step steering).
     group_size: w4a16's columns per scale (None: one scale per row). asymmetric: w4a16 with zero points.
+    window_chunk: the caches' sliding ring slack (model/cache.py; DiffusionGemma.window_chunk).
     Raises ValueError naming a bad argument."""
     scheme = scheme or "bf16"
     if scheme not in SCHEMES:
@@ -326,11 +352,13 @@ def plan_memory(config: DiffusionGemmaConfig, scheme: str | None, gpu_memory_byt
     parts, _ = weights_by_part(config, scheme, group_size, asymmetric)
     a, V = torch.empty((), dtype=ACT).element_size(), config.text.vocab_size
     S = -(-context // C) * C  # SlotCache grows lengths in whole canvases
-    kv = S * kv_bytes_per_token(config, ACT) + S + 8  # + valid_BS, length_B
+    kv = kv_row_bytes(config, ACT, S, window_chunk) + S + 8  # + valid_BS, length_B
     t = config.text
-    copy = S * max(t.layer_kv_heads(i) * t.layer_head_dim(i) * a for i in range(t.num_hidden_layers))
+    N = window_slots(config, S, window_chunk)
+    copy = max((N if t.is_sliding(i) else S) * t.layer_kv_heads(i) * t.layer_head_dim(i) * a
+               for i in range(t.num_hidden_layers))
     vb = vocab_buffers(keep_logits, adaptive_stop, steering)
-    layer, carry = decode_bytes(config, context, C, a)
+    layer, carry = decode_bytes(config, context, C, a, window_chunk)
     head = 2 * C * config.text.hidden_size * a  # h and its norm
     held = vb.held * C * V * a
     vocab_step = (vb.step_act - vb.held) * C * V * a + vb.step_fp32 * C * V * 4
@@ -339,7 +367,7 @@ def plan_memory(config: DiffusionGemmaConfig, scheme: str | None, gpu_memory_byt
                 kv_cache_bytes=kv, resize_copy_bytes=copy, held_bytes=held,
                 workspace_bytes=held + max(layer + carry, head + vocab_step),
                 boundary_bytes=vb.boundary_act * C * V * a, batch_bytes=vb.commit_fp32 * C * V * 4,
-                prefill_bytes=prefill_bytes(config, P, a), reserve_bytes=reserve_bytes)
+                prefill_bytes=prefill_bytes(config, P, a, window_chunk), reserve_bytes=reserve_bytes)
     n, limit = _fit(plan, gpu_memory_bytes - sum(parts.values()) - reserve_bytes)
     return MemoryPlan(**plan, canvases_fit=n, limit=limit)
 

@@ -5,8 +5,10 @@ only while the budget allows, and refuses a request that could never fit. The bu
 holds while it is in the batch: its cache slots (prompt + all canvases but the last, every layer's K and V)
 plus its per-step vocabulary buffers (fp32 logits and the self-conditioning copy, C x V each).
 
-Legend: R slots (cache rows), S cache length (tokens per slot), C canvas, V vocabulary.
-The cache is dense ([R, KV, S, D] per layer), so its bytes are R * S * bytes_per_token: admission checks the
+Legend: R slots (cache rows), S cache length (tokens per slot), N sliding ring slots, C canvas, V vocabulary.
+The cache is dense ([R, KV, S, D] per global layer, [R, KV, N, D] per sliding layer with
+N = min(S, W - 1 + window_chunk): model/cache.py), so its bytes are R * model/cache.py kv_row_bytes(S):
+a fixed cost per row on sliding layers once S passes N, S tokens' worth on global ones. Admission checks the
 cache the batch would need after growing, not the sum of the rows' own needs.
 """
 
@@ -14,11 +16,12 @@ from __future__ import annotations
 
 import torch
 
-from model.cache import KVCache
+from model.cache import KVCache, kv_row_bytes
 
 
 def kv_bytes_per_token(config, dtype: torch.dtype) -> int:
-    """K and V bytes of one cached token over all layers."""
+    """K and V bytes of one cached token over all layers (what a row costs per token while it is shorter
+    than the sliding ring; model/cache.py kv_row_bytes is the cost of a row of any length)."""
     t = config.text
     esize = torch.empty((), dtype=dtype).element_size()
     return sum(2 * t.layer_kv_heads(i) * t.layer_head_dim(i) * esize for i in range(t.num_hidden_layers))
@@ -32,7 +35,6 @@ class SlotCache:
         self.max_rows = max_rows
         self.budget = budget_bytes
         self.step = max(1, length_step)  # grow the length in canvas multiples (fewer reallocations)
-        self.per_token = kv_bytes_per_token(model.config, model.dtype)
         V, C = model.config.text.vocab_size, model.config.canvas_length
         esize = torch.empty((), dtype=model.dtype).element_size()
         self.per_row_work = C * V * (4 + esize + 4)  # logits, self-conditioning copy, the proc temporaries
@@ -41,7 +43,8 @@ class SlotCache:
         self.used: set[int] = set()
 
     def bytes_for(self, rows: int, length: int) -> int:
-        return rows * length * self.per_token + rows * self.per_row_work
+        kv = kv_row_bytes(self.model.config, self.model.dtype, length, self.model.window_chunk)
+        return rows * (kv + self.per_row_work)
 
     def fits_alone(self, need: int) -> bool:
         return self.budget is None or self.bytes_for(1, need) <= self.budget
@@ -79,14 +82,8 @@ class SlotCache:
         new = self.model.new_cache(rows, length)
         old = self.cache
         if old is not None and self.used:
-            keep = sorted(self.used)
-            idx = torch.tensor(keep, device=new.device)
-            n = min(old.max_len, length)
-            for i in range(len(new.k)):
-                new.k[i][idx, :, :n] = old.k[i][idx, :, :n]
-                new.v[i][idx, :, :n] = old.v[i][idx, :, :n]
-            new.valid_BS[idx, :n] = old.valid_BS[idx, :n]
-            new.length_B[idx] = old.length_B[idx]
+            # layer by layer (one layer's rows gathered at a time); sliding rings keep their slot layout
+            new.copy_rows(old, torch.tensor(sorted(self.used), device=new.device))
         old_rows = 0 if old is None else old.batch_size
         self.free = sorted(set(self.free) | set(range(old_rows, rows)) - self.used)
         self.cache = new

@@ -14,7 +14,10 @@ Legend: B rows, T new tokens, C canvas, H hidden, V vocab, S key length, R selec
       precomputed instead of logits.
 Key ranges are trimmed on the host so sliding layers only touch the last window. They come from the cache
 lengths (one device read per pass) unless the caller, who knows every row's length, passes `len_range`
-= (min, max) over the pass's rows: then the pass reads nothing from the device.
+= (min, max) over the pass's rows: then the pass reads nothing from the device. Sliding layers keep a ring
+of cache.window_slots slots per row (model/cache.py): while no row of a pass is longer than the ring, slot
+= position and the pass is the full-length one; past it the ring is read whole, with masks from the
+positions its slots hold, and encode splits more new tokens than the ring takes into causal chunks.
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ from torch import nn
 
 import kernels
 from model.attention import attend
-from model.cache import KVCache
+from model.cache import WINDOW_CHUNK, KVCache
 from model.config import FULL, SLIDING, DiffusionGemmaConfig, embed_scale
 from model.layer import Block
 from model.norm import RMSNorm
@@ -60,6 +63,8 @@ class DiffusionGemma(nn.Module):
         self.layers = nn.ModuleList(Block(t, i) for i in range(t.num_hidden_layers))
         self.norm = RMSNorm(t.hidden_size, t.rms_norm_eps)
         self.self_conditioning = SelfConditioning(t.hidden_size, t.intermediate_size, t.rms_norm_eps)
+        # new tokens per encoder pass beyond the window, i.e. the sliding ring's slack of caches made here
+        self.window_chunk = WINDOW_CHUNK
         self._inv_freq = {}  # CPU masters; per-device copies in _device_consts
         self._consts: dict[tuple, tuple] = {}
         for lt in set(t.layer_types):
@@ -147,6 +152,8 @@ class DiffusionGemma(nn.Module):
 
         len_range: host-known (min, max) of the rows' cache lengths before this pass (skips a device read;
         must be exact). return_hidden: return the last layer's output h_BTH (before the final norm).
+        More new tokens than the sliding layers' ring can take beside the window (model/cache.py) are encoded
+        in causal chunks of cache.window_chunk, the same function with O(chunk x context) attention memory.
         """
         R, T = input_ids_BT.shape
         _check_shape("positions_BT", positions_BT, (R, T))
@@ -156,7 +163,6 @@ class DiffusionGemma(nn.Module):
             return None
         rows = cache.rows(rows_B)
         _check_shape("rows_B", rows, (R,))
-        sel = None if rows_B is None else rows
         if valid_BT is None:
             valid_BT = torch.ones(R, T, dtype=torch.bool, device=cache.device)
         l0 = cache.length_B.index_select(0, rows)
@@ -165,14 +171,51 @@ class DiffusionGemma(nn.Module):
             raise ValueError(
                 f"encode: cache capacity {cache.max_len} exceeded (length {l0_max} + {T} new tokens)"
             )
+        step = T if not cache.wraps(l0_max + T) else cache.window_chunk
+        hs = []
+        for a in range(0, T, step):
+            b = min(T, a + step)
+            h = self._encode_pass(
+                input_ids_BT[:, a:b], cache, positions_BT[:, a:b], valid_BT[:, a:b], rows,
+                None if rows_B is None else rows, l0 + a if a else l0, (l0_min + a, l0_max + a))
+            if return_hidden:  # else each chunk's output is freed before the next (prefill memory)
+                hs.append(h)
+        if not return_hidden:
+            return None
+        return hs[0] if len(hs) == 1 else torch.cat(hs, dim=1)
+
+    def _encode_pass(
+        self,
+        input_ids_BT: torch.Tensor,
+        cache: KVCache,
+        positions_BT: torch.Tensor,
+        valid_BT: torch.Tensor,
+        rows: torch.Tensor,
+        sel: torch.Tensor | None,
+        l0: torch.Tensor,
+        len_range: tuple[int, int],
+    ) -> torch.Tensor:
+        """One causal pass whose new tokens fit the sliding ring beside the window -> h_BTH."""
+        T = input_ids_BT.shape[1]
+        l0_min, l0_max = len_range
         q_idx_RT = l0[:, None] + torch.arange(T, device=cache.device)
         cache.valid_BS[rows[:, None], q_idx_RT] = valid_BT.to(device=cache.device, dtype=torch.bool)
         W, hi = self.text.sliding_window, l0_max + T
-        ranges = {FULL: (0, hi), SLIDING: (max(0, l0_min - W + 1), hi)}
+        wrapped = cache.wraps(hi)
+        # sliding layers' ring slots of the new tokens, once for all layers (the identity before any wrap)
+        ring_RT = q_idx_RT % cache.window_slots if wrapped else q_idx_RT
+        # key slot ranges read per layer type; a wrapped ring is read whole (slot order is not key order)
+        sliding = (0, cache.window_slots) if wrapped else (max(0, l0_min - W + 1), hi)
+        ranges = {FULL: (0, hi), SLIDING: sliding}
         masks = {}
-        for lt, (lo, _) in ranges.items():
-            j = torch.arange(lo, hi, device=cache.device)
-            vis = self._valid(cache, sel, lo, hi)[:, None, :] & (j <= q_idx_RT[..., None])
+        for lt, (lo, top) in ranges.items():
+            if lt == SLIDING and wrapped:
+                pos_RN = cache.held_positions(l0 + T)  # after this pass's writes, which precede every read
+                j, vis = pos_RN[:, None, :], cache.held_valid(sel, pos_RN)[:, None, :]
+            else:
+                j = torch.arange(lo, top, device=cache.device)
+                vis = self._valid(cache, sel, lo, top)[:, None, :]
+            vis = vis & (j <= q_idx_RT[..., None])
             if lt == SLIDING:
                 vis = vis & (j > q_idx_RT[..., None] - W)
             masks[lt] = vis  # [R, T, S]
@@ -181,17 +224,17 @@ class DiffusionGemma(nn.Module):
         rope = self._rope(positions_BT, h.dtype)
         for i, layer in enumerate(self.layers):
             lt = self.text.layer_types[i]
-            lo, _ = ranges[lt]
+            lo, top = ranges[lt]
 
-            def attend_enc(q, k, v, i=i, lo=lo, lt=lt):
-                cache.write(i, rows, q_idx_RT, k, v)
+            def attend_enc(q, k, v, i=i, lo=lo, top=top, lt=lt):
+                cache.write(i, rows, q_idx_RT, k, v, ring_RT=ring_RT)
                 return attend(
-                    q, self._ctx(cache.k[i], sel, lo, hi), self._ctx(cache.v[i], sel, lo, hi), masks[lt]
+                    q, self._ctx(cache.k[i], sel, lo, top), self._ctx(cache.v[i], sel, lo, top), masks[lt]
                 )
 
             h = layer(h, *rope[lt], attend_enc, encoder=True)
         cache.length_B[rows] = l0 + T
-        return h if return_hidden else None
+        return h
 
     # -- decoder pass ------------------------------------------------------------------------------
     def decode(
@@ -249,11 +292,18 @@ class DiffusionGemma(nn.Module):
         length = cache.length_B.index_select(0, rows)
         l_min, l_max = self._len_range(length, len_range)
         W = self.text.sliding_window
-        ranges = {FULL: (0, l_max), SLIDING: (max(0, l_min - (W - 1)), l_max)}
+        wrapped = cache.wraps(l_max)
+        # a wrapped ring is read whole: its slot order is not key order, masks come from held positions
+        sliding = (0, cache.window_slots) if wrapped else (max(0, l_min - (W - 1)), l_max)
+        ranges = {FULL: (0, l_max), SLIDING: sliding}
         masks = {}
         for lt, (lo, hi) in ranges.items():
-            j = torch.arange(lo, hi, device=cache.device)
-            vis = self._valid(cache, sel, lo, hi) & (j < length[:, None])
+            if lt == SLIDING and wrapped:
+                pos_RN = cache.held_positions(length)  # every held position is < length
+                j, vis = pos_RN, cache.held_valid(sel, pos_RN)
+            else:
+                j = torch.arange(lo, hi, device=cache.device)
+                vis = self._valid(cache, sel, lo, hi) & (j < length[:, None])
             if lt == SLIDING:
                 vis = vis & (j >= length[:, None] - (W - 1))
             canvas = torch.ones(R, C, dtype=torch.bool, device=cache.device)
@@ -330,4 +380,6 @@ class DiffusionGemma(nn.Module):
         save_pretrained(self, directory)
 
     def new_cache(self, batch_size: int, max_len: int) -> KVCache:
-        return KVCache(self.config, batch_size, max_len, dtype=self.dtype, device=self.device)
+        """An empty cache in the model's dtype and device, its sliding ring sized by self.window_chunk."""
+        return KVCache(self.config, batch_size, max_len, dtype=self.dtype, device=self.device,
+                       window_chunk=self.window_chunk)
