@@ -28,6 +28,19 @@ def add_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-new-tokens", type=int, default=1024)
     parser.add_argument("--canvas-length", type=int, default=32)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--ref-depth",
+        type=int,
+        default=None,
+        help="unroll a recursive $ref at most this many times on a path (default: the most, up to "
+        "pipeline/constraints/refs.py REF_DEPTH, whose regex fits the size budget)",
+    )
+    parser.add_argument(
+        "--walks",
+        type=int,
+        default=0,
+        help="also validate N random words of the compiled automaton (walks.py), within the token budget",
+    )
     parser.add_argument("--jsonl", help="also write one JSON result per schema to this file")
 
 
@@ -39,9 +52,22 @@ def schema_files(paths: list[str]) -> list[Path]:
 
 
 def check_one(
-    schema, vocab, eos_ids, *, max_new_tokens: int, canvas_length: int, seed: int, generate=None
+    schema,
+    vocab,
+    eos_ids,
+    *,
+    max_new_tokens: int,
+    canvas_length: int,
+    seed: int,
+    generate=None,
+    ref_depth: int | None = None,
+    walks: int = 0,
 ) -> dict:
-    """Compile `schema` against the byte vocabulary and generate once; never raises for a schema problem."""
+    """Compile `schema` against the byte vocabulary and generate once; never raises for a schema problem.
+
+    walks > 0: also validate that many random words of the token automaton (pipeline/constraints/walks.py);
+    the first one that fails is reported as the counterexample.
+    """
     import torch
 
     from pipeline.constraints import UnsupportedSchema, validate_output
@@ -52,7 +78,7 @@ def check_one(
     res: dict = {"supported": False}
     t0 = time.perf_counter()
     try:
-        regex = schema_to_regex(schema)
+        regex = schema_to_regex(schema, ref_depth=ref_depth)
         dfa = build_token_dfa(regex, vocab, eos_ids)
     except UnsupportedSchema as e:
         return {**res, "error": str(e)}
@@ -88,7 +114,33 @@ def check_one(
     res.update(generate_s=round(time.perf_counter() - t1, 3), valid=ok, tokens=len(tokens), text=text[:200])
     if not ok:
         res["error"] = f"INVALID OUTPUT (a bug): {err}"
+    if walks > 0:
+        res.update(_check_walks(schema, dfa, vocab, walks, budget=budget, seed=seed))
     return res
+
+
+def _check_walks(schema, dfa, vocab, n: int, *, budget: int, seed: int) -> dict:
+    """Validate n random words of the automaton; the counts and the first invalid one (if any)."""
+    from pipeline.constraints import validate_output
+    from pipeline.constraints.walks import decode, token_walks
+
+    t0 = time.perf_counter()
+    bad, first = 0, None
+    for tokens in token_walks(dfa, vocab, n, budget=budget, seed=seed):
+        try:
+            text = decode(tokens, vocab)
+        except UnicodeDecodeError as e:
+            ok, err, text = False, f"not UTF-8: {e}", repr(b"".join(vocab[t] or b"" for t in tokens))
+        else:
+            ok, _, err = validate_output({"json_schema": schema}, text)
+        if not ok:
+            bad += 1
+            first = first or {"text": text[:500], "why": err}
+    out: dict = {"walks": n, "walks_invalid": bad, "walks_s": round(time.perf_counter() - t0, 3)}
+    if first:
+        out.update(valid=False, counterexample=first)
+        out["error"] = f"INVALID WALK (a bug): {bad}/{n} invalid; first: {first['why']} in {first['text']!r}"
+    return out
 
 
 _WORKER: dict = {}
@@ -185,7 +237,13 @@ def run(args: argparse.Namespace) -> int:
             schemas.append(json.loads(f.read_text()))
         except (OSError, json.JSONDecodeError) as e:
             schemas.append({"$invalid": f"{f}: {e}"})
-    kwargs = dict(max_new_tokens=args.max_new_tokens, canvas_length=args.canvas_length, seed=args.seed)
+    kwargs = dict(
+        max_new_tokens=args.max_new_tokens,
+        canvas_length=args.canvas_length,
+        seed=args.seed,
+        ref_depth=args.ref_depth,
+        walks=args.walks,
+    )
     sink = open(args.jsonl, "w") if args.jsonl else None
     n_sup = n_valid = 0
     for f, schema, res in zip(
@@ -205,6 +263,10 @@ def run(args: argparse.Namespace) -> int:
                 f"classes={res['classes']} edges={res['edges']} min_tokens={res['min_tokens']} "
                 f"valid={'yes' if res['valid'] else 'NO'}"
             )
+            if "walks" in res:
+                line += f" walks={res['walks'] - res['walks_invalid']}/{res['walks']} valid"
+            if not res["valid"]:
+                line += f"\n  counterexample: {res['error']}"
         else:
             line = f"{f.name}: {res['error']}"
         print(line, flush=True)

@@ -138,6 +138,9 @@ class StructuredOutputSpec(_Section):
     choice: list[str] | None = None
     schema_column: str | None = None  # per-row JSON Schema in this input column
     compile_timeout_s: float = Field(default=30.0, gt=0)
+    # How deep a recursive $ref is unrolled (pipeline/constraints/refs.py); None: its default, lowered until
+    # the schema's regex fits its size budget.
+    ref_depth: int | None = Field(default=None, ge=1)
     # Per-step steering by the constraint (pipeline/constraints/steering.py): "off" (commit-time DP only),
     # "kept" / "valid_sampling", "all", or a comma list of option names. Costs one DP per row per step.
     steering: str = "off"

@@ -90,7 +90,7 @@ def as_section(section) -> dict:
     else:
         d = {
             k: getattr(section, k)
-            for k in (*_KINDS, "compile_timeout_s", "steering")
+            for k in (*_KINDS, "compile_timeout_s", "steering", "ref_depth")
             if getattr(section, k, None) is not None
         }
     js = d.get("json_schema")

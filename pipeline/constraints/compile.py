@@ -65,7 +65,7 @@ def section_regex(section: dict, row: dict | None = None) -> tuple[str, dict | N
             raise ValueError("structured_output.json_schema: expected a JSON Schema object")
     else:
         schema = row_schema(section, row)
-    return schema_to_regex(schema), schema
+    return schema_to_regex(schema, ref_depth=section.get("ref_depth")), schema
 
 
 _MEMO: dict[str, TokenDFA] = {}

@@ -13,7 +13,9 @@ the key may not appear at all.
 
 from __future__ import annotations
 
-OBJECT_KEYS = ("properties", "required", "additionalProperties")
+from pipeline.constraints.string_patterns import search_key
+
+OBJECT_KEYS = ("properties", "required", "additionalProperties", "patternProperties")
 
 
 def is_forbidden(v) -> bool:
@@ -22,10 +24,15 @@ def is_forbidden(v) -> bool:
 
 
 def key_schema(part: dict, key: str):
-    """The schema `part` imposes on the value of `key`: its own property schema, else additionalProperties."""
+    """The schema `part` imposes on the value of `key`: its own property schema and those of the
+    patternProperties whose pattern matches the key, else (neither) additionalProperties."""
     props = part.get("properties", {})
+    pp = part.get("patternProperties", {})
+    matched = [v for p, v in pp.items() if search_key(p, key, "patternProperties")]
     if key in props:
-        return props[key]
+        return conjoin([props[key], *matched]) if matched else props[key]
+    if matched:
+        return conjoin(matched)
     return part.get("additionalProperties", True)
 
 
@@ -51,6 +58,9 @@ def merge_object_parts(parts: list[dict]) -> dict:
     additionalProperties. Keys keep the order in which the parts first declare them.
     """
     keys = list(dict.fromkeys(k for p in parts for k in p.get("properties", {})))
+    patterned = any(p.get("patternProperties") for p in parts)
+    if patterned:  # required keys get every part's say here; the merge keeps no patterns (see below)
+        keys = list(dict.fromkeys(keys + [k for p in parts for k in p.get("required", [])]))
     out: dict = {}
     if keys:
         out["properties"] = {k: conjoin([key_schema(p, k) for p in parts]) for k in keys}
@@ -60,6 +70,8 @@ def merge_object_parts(parts: list[dict]) -> dict:
     extra = [p["additionalProperties"] for p in parts if "additionalProperties" in p]
     if extra:
         out["additionalProperties"] = conjoin(extra)
+    if patterned:  # an undeclared key's schema depends on which patterns match it: generate no such keys
+        out["additionalProperties"] = False
     return out
 
 

@@ -17,6 +17,9 @@ WS = "[ ]?"
 # One JSON string character: any Unicode scalar except '"', '\\' and C0 controls, or a simple escape.
 # \uXXXX escapes are left out on purpose: a lone surrogate would decode to a string pydantic rejects.
 STRING_CHAR = r'(?:[^"\\\x00-\x1f]|\\["\\/bfnrt])'
+# STRING_CHAR without the escaped quote, for counted repetitions: outlines-core's automaton build is
+# exponential in the count of `"(?:...|\\"){0,n}"` (n=18 takes 33 s), linear without `\"` (n=1024: 0.4 s).
+COUNTED_CHAR = r'(?:[^"\\\x00-\x1f]|\\[\\/bfnrt])'
 
 # Digit caps: Python refuses to parse ints over 4,300 digits, and 1e999 parses as inf; keep values sane.
 MAX_INT_DIGITS = 16
@@ -40,10 +43,11 @@ def json_literal(value: object) -> str:
 
 def string_pattern(min_len: int = 0, max_len: int | None = None) -> str:
     """A quoted JSON string whose decoded length (code points, as jsonschema/pydantic count) is in range."""
-    hi = "" if max_len is None else str(max_len)
-    if max_len is not None and max_len == min_len:
-        return f'"{STRING_CHAR}{{{min_len}}}"'
-    return f'"{STRING_CHAR}{{{min_len},{hi}}}"'
+    if max_len is None:  # the counted minimum without quote escapes (COUNTED_CHAR), then free
+        return f'"{COUNTED_CHAR}{{{min_len}}}{STRING_CHAR}*"' if min_len else f'"{STRING_CHAR}{{0,}}"'
+    if max_len == min_len:
+        return f'"{COUNTED_CHAR}{{{min_len}}}"'
+    return f'"{COUNTED_CHAR}{{{min_len},{max_len}}}"'
 
 
 def _same_length(lo: str, hi: str) -> list[str]:

@@ -16,11 +16,16 @@ import importlib
 
 import jsonschema
 
+from pipeline.constraints import conditionals, counting
 from pipeline.constraints import regex_atoms as ra
 from pipeline.constraints.all_of import merge_conjuncts
-from pipeline.constraints.object_combinators import disjoint_kinds, expand_object_branches
+from pipeline.constraints.budget import cap_items, cap_length, check_size
 from pipeline.constraints.object_keys import close_required, dependency_lists, is_forbidden, key_schema
+from pipeline.constraints.pattern_properties import pattern_pairs, with_extra_pairs
+from pipeline.constraints.refs import REF_DEPTH, RefStack, pointer, unroll
 from pipeline.constraints.schema_errors import Unsatisfiable, UnsupportedSchema
+from pipeline.constraints.string_patterns import string_regex
+from pipeline.constraints.unions import union
 
 ANNOTATIONS = {
     "title",
@@ -40,24 +45,13 @@ ANNOTATIONS = {
     "definitions",
 }
 UNSUPPORTED = {
-    "pattern",
-    "patternProperties",
-    "multipleOf",
-    "prefixItems",
     "contains",
     "minContains",
     "maxContains",
-    "if",
-    "then",
-    "else",
-    "propertyNames",
     "unevaluatedProperties",
     "unevaluatedItems",
-    "dependentSchemas",
-    "maxProperties",
     "$dynamicRef",
     "$recursiveRef",
-    "additionalItems",
 }
 _KINDS = ("object", "array", "string", "integer", "number", "boolean", "null")
 # keywords that constrain objects only: with one of them and no `type`, only objects are generated
@@ -68,8 +62,9 @@ _OBJECT_ONLY = {
     "dependencies",
     "dependentRequired",
     "minProperties",
+    "patternProperties",
+    *conditionals.OBJECT_ONLY,
 }
-MAX_REF_DEPTH = 8  # recursive schemas are unrolled this deep, then refused
 ANY_DEPTH = 1  # nesting depth of values generated for an unconstrained ({}) schema
 
 
@@ -90,17 +85,26 @@ def strict_validator(schema):
     return cls(schema, format_checker=cls.FORMAT_CHECKER)
 
 
-def schema_to_regex(schema: dict | bool, *, whitespace: str = ra.WS) -> str:
-    """Translate a JSON Schema to a regex; raises UnsupportedSchema naming the first unsupported keyword."""
-    return _Translator(schema, whitespace).value(schema, "#", 0)
+def schema_to_regex(schema: dict | bool, *, whitespace: str = ra.WS, ref_depth: int | None = None) -> str:
+    """Translate a JSON Schema to a regex; raises UnsupportedSchema naming the first unsupported keyword.
+
+    `ref_depth`: how many times one recursive $ref target may be unrolled on a path; None: the largest
+    depth up to refs.REF_DEPTH whose regex fits refs.REGEX_BUDGET.
+    """
+    return unroll(lambda d: _Translator(schema, whitespace, d).value(schema, "#", 0), ref_depth)
 
 
 class _Translator:
-    def __init__(self, root: dict | bool, ws: str):
+    def __init__(self, root: dict | bool, ws: str, ref_depth: int = REF_DEPTH):
         self.root, self.ws = root, ws
+        self.refs = RefStack(root, ref_depth)
 
     # --- entry point per subschema -------------------------------------------------------------
     def value(self, s: dict | bool, path: str, depth: int) -> str:
+        with self.refs.frame():  # the $refs resolved while translating s are popped when s is done
+            return self.value_in_frame(s, path, depth)
+
+    def value_in_frame(self, s: dict | bool, path: str, depth: int) -> str:
         if s is True or s == {}:
             return self.any_value(ANY_DEPTH)
         if s is False:
@@ -110,12 +114,14 @@ class _Translator:
         for key in s:
             if key in UNSUPPORTED:
                 raise UnsupportedSchema(f"unsupported: {key} (at {path})")
-        if s.get("uniqueItems") and s.get("maxItems", 2) > 1:
-            raise UnsupportedSchema(f"unsupported: uniqueItems (at {path})")
-        if "$ref" in s:
-            return self.value(self.resolve_ref(s, path, depth), path + "/$ref", depth + 1)
+        if "$ref" in s:  # memoised per target and recursion state (refs.py)
+            return self.refs.follow(
+                s, path, lambda: self.value(self.resolve_ref(s, path, depth), path + "/$ref", depth + 1)
+            )
         if "allOf" in s:
             return self.value(self.merge_all_of(s, path, depth), path, depth)
+        if (rx := conditionals.translate(self, s, path, depth)) is not None:  # if/then/else, dependencies
+            return rx
         if "const" in s or "enum" in s:
             return self.enum(s, path)
         if "not" in s:
@@ -131,11 +137,11 @@ class _Translator:
         if t is None:  # infer from the keywords present, as a validator would accept any type
             if _OBJECT_ONLY & set(s):  # not any value: its objects could break those keywords
                 return ["object"]
-            if "items" in s or "minItems" in s or "maxItems" in s:
+            if {"items", "minItems", "maxItems", *counting.ARRAY_ONLY} & set(s):
                 return ["array"]
-            if "minLength" in s or "maxLength" in s or "format" in s:
+            if "minLength" in s or "maxLength" in s or "format" in s or "pattern" in s:
                 return ["string"]
-            if any(k in s for k in ("minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum")):
+            if {"minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum", "multipleOf"} & set(s):
                 return ["number"]
             return ["any"]
         kinds = [t] if isinstance(t, str) else list(t)
@@ -166,16 +172,15 @@ class _Translator:
         lo, hi = int(s.get("minLength", 0)), s.get("maxLength")
         if hi is not None and int(hi) < lo:
             raise UnsupportedSchema(f"unsupported: minLength > maxLength (at {path})")
-        fmt = s.get("format")
-        if fmt in ra.FORMATS:
-            if "minLength" in s or "maxLength" in s:
-                raise UnsupportedSchema(f"unsupported: format {fmt!r} with minLength/maxLength (at {path})")
-            return '"' + ra.FORMATS[fmt] + '"'
-        if fmt in ra.CHECKED_FORMATS:
-            raise UnsupportedSchema(f"unsupported: format {fmt!r} (at {path})")
+        hi = cap_length(lo, hi, path)  # budget.py: compile-time bound, shorter strings still validate
+        patterned = string_regex(s, lo, None if hi is None else int(hi), path)  # pattern / format
+        if patterned is not None:
+            return patterned
         return ra.string_pattern(lo, None if hi is None else int(hi))
 
     def numeric(self, s: dict, kind: str, path: str) -> str:
+        if "multipleOf" in s:
+            return counting.multiple_of(self, s, kind, path)
         lo, hi = s.get("minimum"), s.get("maximum")
         lo_x, hi_x = False, False
         xlo, xhi = s.get("exclusiveMinimum"), s.get("exclusiveMaximum")
@@ -216,23 +221,31 @@ class _Translator:
 
     # --- containers -----------------------------------------------------------------------------
     def array(self, s: dict, path: str, depth: int) -> str:
+        if counting.handles_array(s):  # uniqueItems, tuple items
+            return counting.array(self, s, path, depth)
         items = s.get("items", {})
         if isinstance(items, list):
             raise UnsupportedSchema(f"unsupported: items as a list (tuple validation) (at {path})")
         lo, hi = int(s.get("minItems", 0)), s.get("maxItems")
         if hi is not None and int(hi) < lo:
             raise UnsupportedSchema(f"unsupported: minItems > maxItems (at {path})")
+        hi = cap_items(lo, hi, path)  # budget.py: compile-time bound, shorter arrays still validate
         if hi is not None and int(hi) == 0:
             return r"\[\]"
-        item = self.value(items, path + "/items", depth + 1)
+        try:
+            item = self.value(items, path + "/items", depth + 1)
+        except Unsatisfiable:  # no item value (or none that ends at the $ref bound, refs.py)
+            if lo > 0:
+                raise
+            return r"\[\]"
         sep = "," + self.ws
         more_lo = max(lo - 1, 0)
         more_hi = "" if hi is None else str(int(hi) - 1)
         body = f"{item}(?:{sep}{item}){{{more_lo},{more_hi}}}"
-        return rf"\[{body}\]" if lo >= 1 else rf"\[(?:{body})?\]"
+        return check_size(rf"\[{body}\]" if lo >= 1 else rf"\[(?:{body})?\]", path, "array (items x count)")
 
     def object(self, s: dict, path: str, depth: int) -> str:
-        props: dict = dict(s.get("properties", {}))
+        props: dict = {k: key_schema(s, k) for k in s.get("properties", {})}  # with matching patterns
         ap = s.get("additionalProperties", True)
         for kw in ("dependencies", "dependentRequired"):
             for key, dep in s.get(kw, {}).items():
@@ -255,8 +268,6 @@ class _Translator:
         emit_optional = [
             k for k in props if k not in required + list(forbidden) and set(deps.get(k, [])) <= set(required)
         ]
-        if int(s.get("minProperties", 0)) > len(required):
-            raise UnsupportedSchema(f"unsupported: minProperties (at {path})")
         fields = []
         for key in [k for k in props if k in required or k in emit_optional]:
             try:
@@ -266,63 +277,41 @@ class _Translator:
                     raise
                 continue  # no value validates: a valid object never has this key
             fields.append((f"{ra.json_literal(key)}:{self.ws}{val}", key in required))
+        if s.get("patternProperties"):  # keys from the patterns' languages (pattern_properties.py)
+            pairs = pattern_pairs(self, s, props, deps, path, depth)
+            return with_extra_pairs(counting.count_fields(fields, s, path), pairs, "," + self.ws)
         if not props and ap is not False:  # a free-form map: string keys, values per additionalProperties
             if deps:  # any generated key could be a dependency's trigger
                 raise UnsupportedSchema(f"unsupported: dependencies on a map without properties (at {path})")
-            val = self.value(ap if isinstance(ap, dict) else {}, path + "/additionalProperties", depth + 1)
-            pair = f"{ra.string_pattern()}:{self.ws}{val}"
-            return rf"\{{(?:{pair}(?:,{self.ws}{pair})*)?\}}"
-        return ra.object_body(fields, "," + self.ws)
+            try:
+                apv = ap if isinstance(ap, dict) else {}
+                val = self.value(apv, path + "/additionalProperties", depth + 1)
+            except Unsatisfiable:  # no value for any key (or none that ends at the $ref bound): only {}
+                if int(s.get("minProperties", 0)) > 0:
+                    raise
+                return r"\{\}"
+            return counting.free_map(self, s, val, path, depth)
+        obj = ra.object_body(counting.count_fields(fields, s, path), "," + self.ws)
+        return check_size(obj, path, "object")  # budget.py: refuse an automaton too big to compile
 
     def union(self, s: dict, path: str, depth: int) -> str:
-        kw = "oneOf" if "oneOf" in s else "anyOf"
-        if "oneOf" in s and "anyOf" in s:
-            raise UnsupportedSchema(f"unsupported: anyOf together with oneOf (at {path})")
-        branches = s[kw]
-        parent = {k: v for k, v in s.items() if k != kw and k not in ANNOTATIONS}
-        if parent:  # object-level combinator over one parent object (required/not/const refinements)
-            merged = expand_object_branches(parent, branches, exclusive=kw == "oneOf", path=path)
-            if merged is None:
-                raise UnsupportedSchema(f"unsupported: {kw} (branches not provably exclusive) (at {path})")
-            resolved, where = merged, [f"{path}/{kw}"] * len(merged)
-        else:
-            resolved = [self.deref(b, path, depth) for b in branches]
-            if kw == "oneOf" and not disjoint_kinds(resolved):
-                merged = expand_object_branches({"type": "object"}, resolved, exclusive=True, path=path)
-                if merged is None:
-                    raise UnsupportedSchema(f"unsupported: oneOf (branches may overlap) (at {path})")
-                resolved = merged
-            where = [f"{path}/{kw}/{i}" for i in range(len(resolved))]
-        alts = []
-        for b, at in zip(resolved, where):
-            try:
-                alts.append(self.value(b, at, depth + 1))
-            except Unsatisfiable:
-                continue  # a branch no value satisfies adds nothing to the union
-        if not alts:
-            raise UnsupportedSchema(f"unsupported: {kw} (no branch has a valid instance) (at {path})")
-        alts = list(dict.fromkeys(alts))
-        return alts[0] if len(alts) == 1 else "(?:" + "|".join(alts) + ")"
+        return union(self, s, path, depth, ANNOTATIONS)  # unions.py: overlap for anyOf, exclusivity for oneOf
 
     # --- references and merging -----------------------------------------------------------------
     def resolve_ref(self, s: dict, path: str, depth: int) -> dict:
-        """The schema s's $ref names, merged with s's sibling keywords (they hold too, as in allOf)."""
-        if depth > MAX_REF_DEPTH:
-            raise UnsupportedSchema(f"unsupported: $ref recursion deeper than {MAX_REF_DEPTH} (at {path})")
+        """The schema s's $ref names, merged with s's sibling keywords (they hold too, as in allOf).
+
+        The ref is pushed on the recursion stack (refs.py) until the subschema being translated is done;
+        RefBound when its target is already there ref-depth times.
+        """
         if any(k != "$ref" and k not in ANNOTATIONS for k in s):
-            return self.merge_all_of(s, path, depth)
-        return self.lookup(s["$ref"], path)
+            return self.merge_all_of(s, path, depth)  # conjuncts() resolves (and pushes) the $ref
+        target = self.lookup(s["$ref"], path)
+        self.refs.enter(s["$ref"], path)
+        return target
 
     def lookup(self, ref, path: str):
-        if not isinstance(ref, str) or not ref.startswith("#"):
-            raise UnsupportedSchema(f"unsupported: non-local $ref {ref!r} (at {path})")
-        node = self.root
-        for part in [p for p in ref[1:].split("/") if p]:
-            part = part.replace("~1", "/").replace("~0", "~")
-            if not isinstance(node, dict) or part not in node:
-                raise UnsupportedSchema(f"unsupported: unresolvable $ref {ref!r} (at {path})")
-            node = node[part]
-        return node
+        return pointer(self.root, ref, path)
 
     def deref(self, s, path: str, depth: int):
         while isinstance(s, dict) and "$ref" in s:
@@ -333,8 +322,8 @@ class _Translator:
     def conjuncts(self, s, path: str, depth: int) -> list[tuple[str, dict]]:
         """(JSON pointer, schema) of each schema that must hold for `s`: $refs resolved, nested allOf flat.
 
-        Each $ref followed counts toward MAX_REF_DEPTH, so `allOf: [{$ref: <itself>}]` is refused, not
-        unrolled forever.
+        Each $ref followed is pushed on the recursion stack (refs.py), so `allOf: [{$ref: <itself>}]` hits
+        the ref-depth bound and is refused, not unrolled forever.
         """
         if s is True:
             return []
@@ -343,7 +332,7 @@ class _Translator:
         if not isinstance(s, dict):
             raise UnsupportedSchema(f"unsupported: {type(s).__name__} as a schema (at {path})")
         if "$ref" in s:
-            target = self.resolve_ref({"$ref": s["$ref"]}, path, depth)  # the depth guard, then the lookup
+            target = self.resolve_ref({"$ref": s["$ref"]}, path, depth)  # the lookup and the push
             siblings = {k: v for k, v in s.items() if k != "$ref"}
             return self.conjuncts(target, path + "/$ref", depth + 1) + self.conjuncts(siblings, path, depth)
         own = {k: v for k, v in s.items() if k != "allOf" and k not in ANNOTATIONS}

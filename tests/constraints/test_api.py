@@ -138,7 +138,7 @@ def test_check_schema_command(gemma_tok, tmp_path, capsys):
     tok_path = tmp_path / "tokenizer.json"
     gemma_tok.save(str(tok_path))
     (tmp_path / "ok.json").write_text(json.dumps(PERSON))
-    (tmp_path / "bad.json").write_text(json.dumps({"type": "string", "pattern": "^a$"}))
+    (tmp_path / "bad.json").write_text(json.dumps({"type": "string", "pattern": "^a(?=b)"}))  # a lookahead
     import argparse
 
     p = argparse.ArgumentParser()

@@ -1,0 +1,343 @@
+"""Issue 24: $ref depth counts recursion only (refs.py); overlapping anyOf, exclusive oneOf (unions.py).
+
+Each schema that compiles: the byte automaton accepts known-valid instances and rejects known-invalid ones,
+and >= 100 random walks over it all validate with jsonschema. What stays unsupported is refused naming the
+keyword (or the $ref and the bound) and its pointer.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+
+import pytest
+
+from jobs.cmd_check_schema import check_one
+from pipeline.constraints import refs
+from pipeline.constraints.dfa import byte_dfa
+from pipeline.constraints.schema_regex import UnsupportedSchema, schema_to_regex, strict_validator
+from pipeline.constraints.unions import exclusive
+from pipeline.constraints.vocab_bytes import token_bytes
+from tests.constraints.test_schema_regex import samples
+
+
+def accepts(regex: str, text: str) -> bool:
+    delta, final = byte_dfa(regex)
+    q = 0
+    for b in text.encode("utf-8"):
+        q = int(delta[q, b])
+        if q >= final.size:
+            return False
+    return bool(final[q])
+
+
+def assert_sound(schema, regex: str, n: int = 100, seed: int = 0) -> None:
+    v = strict_validator(schema)
+    for text in samples(regex, n, seed=seed):
+        errors = list(v.iter_errors(json.loads(text)))
+        assert not errors, (text, errors[0].message)
+
+
+def chain(n: int) -> dict:
+    """n definitions, each an object holding the next: deep nesting, no recursion."""
+    defs = {f"d{i}": {"type": "object", "properties": {"x": {"$ref": f"#/$defs/d{i + 1}"}}} for i in range(n)}
+    defs[f"d{n}"] = {"type": "integer", "minimum": 0, "maximum": 9}
+    return {"$defs": defs, "$ref": "#/$defs/d0"}
+
+
+NODE = {
+    "type": "object",
+    "properties": {
+        "v": {"type": "integer", "minimum": 0, "maximum": 9},
+        "kids": {"type": "array", "items": {"$ref": "#/$defs/node"}, "maxItems": 2},
+    },
+    "required": ["v"],
+    "additionalProperties": False,
+}
+TREE = {"$defs": {"node": NODE}, "$ref": "#/$defs/node"}
+LIST = {  # a linked list: next is null or another cell
+    "$defs": {
+        "cell": {
+            "type": "object",
+            "properties": {
+                "v": {"type": "boolean"},
+                "next": {"anyOf": [{"type": "null"}, {"$ref": "#/$defs/cell"}]},
+            },
+            "required": ["v", "next"],
+            "additionalProperties": False,
+        }
+    },
+    "$ref": "#/$defs/cell",
+}
+
+
+def nested(levels: int) -> str:
+    """A TREE instance `levels` nodes deep."""
+    return '{"v":1}' if levels == 1 else '{"v":1,"kids":[' + nested(levels - 1) + "]}"
+
+
+# --- $ref: nesting is not recursion -----------------------------------------------------------------------
+def test_deep_acyclic_refs_compile_and_validate():
+    schema = chain(14)  # refused before issue 24 as "$ref recursion deeper than 8"
+    rx = schema_to_regex(schema)
+    deep = '{"x":' * 14 + "7" + "}" * 14
+    assert accepts(rx, deep)
+    assert not accepts(rx, '{"x":' * 14 + "12" + "}" * 14)  # the leaf's maximum still holds
+    assert_sound(schema, rx)
+
+
+def test_shared_definition_is_translated_once_per_recursion_state():
+    """A DAG: each level refers to the next twice. Memoised, it compiles; its regex is linear in depth."""
+    defs = {
+        f"d{i}": {
+            "type": "object",
+            "properties": {"a": {"$ref": f"#/$defs/d{i + 1}"}, "b": {"$ref": f"#/$defs/d{i + 1}"}},
+        }
+        for i in range(6)
+    }
+    defs["d6"] = {"type": "boolean"}
+    schema = {"$defs": defs, "$ref": "#/$defs/d0"}
+    rx = schema_to_regex(schema)
+    assert accepts(rx, '{"a":{},"b":{"a":{"b":{"a":{"a":{"b":true}}}}}}')
+    assert not accepts(rx, '{"a":{"a":{"a":{"a":{"a":{"a":1}}}}}}')
+    assert_sound(schema, rx)
+
+
+# --- $ref: recursion is unrolled to the bound, then only terminating choices ------------------------------
+@pytest.mark.parametrize("depth", [1, 2, 3])
+def test_recursive_tree_unrolls_to_the_bound(depth):
+    rx = schema_to_regex(TREE, ref_depth=depth)
+    assert accepts(rx, nested(depth))
+    assert not accepts(rx, nested(depth + 1))  # valid, but past the bound: not generated (a subset)
+    assert not accepts(rx, '{"v":1,"kids":[{"kids":[]}]}')  # a kid without its required v
+    assert not accepts(rx, '{"v":1,"w":2}')  # additionalProperties false
+    assert_sound(TREE, rx, seed=depth)
+
+
+def test_linked_list_ends_with_the_non_recursive_branch():
+    rx = schema_to_regex(LIST, ref_depth=2)
+    assert accepts(rx, '{"v":true,"next":{"v":false,"next":null}}')
+    assert not accepts(rx, '{"v":true,"next":{"v":false,"next":{"v":true,"next":null}}}')  # past the bound
+    assert not accepts(rx, '{"v":true}')  # next is required
+    assert_sound(LIST, rx)
+
+
+def test_default_depth_is_refs_constant():
+    rx = schema_to_regex(TREE)
+    assert accepts(rx, nested(refs.REF_DEPTH)) and not accepts(rx, nested(refs.REF_DEPTH + 1))
+
+
+def test_recursion_in_an_optional_property_through_allof_compiles():
+    """Was refused (test_soundness_shapes RECURSIVE allOf_ref_in_property): next is optional, so it ends."""
+    schema = {
+        "$defs": {"n": {"type": "object", "properties": {"next": {"allOf": [{"$ref": "#/$defs/n"}]}}}},
+        "$ref": "#/$defs/n",
+    }
+    rx = schema_to_regex(schema)
+    assert accepts(rx, '{"next":{"next":{}}}')
+    assert not accepts(rx, '{"next":1}')
+    assert_sound(schema, rx)
+
+
+@pytest.mark.parametrize(
+    "schema,ref",
+    [
+        (  # every n needs a next n: no finite instance, so no terminating choice at any bound
+            {
+                "$defs": {
+                    "n": {
+                        "type": "object",
+                        "properties": {"next": {"$ref": "#/$defs/n"}},
+                        "required": ["next"],
+                    }
+                },
+                "$ref": "#/$defs/n",
+            },
+            "#/$defs/n",
+        ),
+        ({"$defs": {"n": {"allOf": [{"$ref": "#/$defs/n"}]}}, "$ref": "#/$defs/n"}, "#/$defs/n"),
+        (
+            {"$defs": {"a": {"$ref": "#/$defs/b"}, "b": {"$ref": "#/$defs/a"}}, "$ref": "#/$defs/a"},
+            "#/$defs/a",
+        ),
+    ],
+)
+def test_recursion_without_a_terminating_choice_is_refused_naming_ref_and_bound(schema, ref):
+    with pytest.raises(UnsupportedSchema, match=r"^unsupported: \$ref recursion deeper than 2 ") as err:
+        schema_to_regex(schema, ref_depth=2)
+    assert f"for '{ref}'" in str(err.value) and "(at #" in str(err.value)
+
+
+def test_large_unrolling_lowers_the_default_depth_or_refuses(monkeypatch):
+    """Each level holds four recursive slots: the regex grows ~4x per level; the default depth shrinks."""
+    slots = {k: {"$ref": "#/$defs/t"} for k in "abcd"}
+    schema = {
+        "$defs": {"t": {"type": "object", "properties": slots, "additionalProperties": False}},
+        "$ref": "#/$defs/t",
+    }
+    full = schema_to_regex(schema, ref_depth=3)
+    monkeypatch.setattr(refs, "REGEX_BUDGET", len(full) - 1)
+    lowered = schema_to_regex(schema)  # depth 3 is over the budget: depth 2 is used
+    assert lowered == schema_to_regex(schema, ref_depth=2)
+    assert accepts(lowered, '{"a":{},"d":{}}') and not accepts(lowered, '{"a":{"b":{}}}')
+    assert_sound(schema, lowered)
+    with pytest.raises(UnsupportedSchema, match=r"\$ref '#/\$defs/t' expands to a regex over .* ref depth 3"):
+        schema_to_regex(schema, ref_depth=3)  # an explicit depth is used as given
+    monkeypatch.setattr(refs, "REGEX_BUDGET", 3)  # even the depth-1 regex (an empty object) is over
+    with pytest.raises(UnsupportedSchema, match=r"expands to a regex over 3 characters .* ref depth 1"):
+        schema_to_regex(schema)
+
+
+def test_exponential_dag_is_refused_quickly_not_hung():
+    """40 levels, each referring to the next twice: 2^40 copies unmemoised; refused by the size budget."""
+    defs = {
+        f"d{i}": {
+            "type": "object",
+            "properties": {"a": {"$ref": f"#/$defs/d{i + 1}"}, "b": {"$ref": f"#/$defs/d{i + 1}"}},
+        }
+        for i in range(40)
+    }
+    defs["d40"] = {"type": "null"}
+    t0 = time.perf_counter()
+    with pytest.raises(
+        UnsupportedSchema,
+        match=r"too large to compile",  # refs.py's budget or the automaton's bound
+    ):
+        schema_to_regex({"$defs": defs, "$ref": "#/$defs/d0"})
+    assert time.perf_counter() - t0 < 60  # generous: shared CPUs; unmemoised this never ends
+
+
+def test_check_schema_ref_depth_option(gemma_tok):
+    vocab = token_bytes(gemma_tok)
+    for depth in (1, 3):
+        res = check_one(TREE, vocab, [1], max_new_tokens=256, canvas_length=32, seed=depth, ref_depth=depth)
+        assert res["supported"] and res["valid"], res
+    res = check_one(LIST, vocab, [1], max_new_tokens=256, canvas_length=32, seed=0, ref_depth=0)
+    assert not res["supported"] and "ref depth" in res["error"]
+
+
+# --- anyOf: overlap is fine -------------------------------------------------------------------------------
+def test_overlapping_anyof_with_parent_keywords():
+    schema = {"type": "integer", "minimum": 0, "anyOf": [{"maximum": 50}, {"exclusiveMinimum": 10}]}
+    rx = schema_to_regex(schema)  # was "anyOf (branches not provably exclusive)"
+    for good in ("0", "30", "2000"):
+        assert accepts(rx, good), good
+    assert not accepts(rx, "-1") and not accepts(rx, "1.5")
+    assert_sound(schema, rx)
+
+
+def test_overlapping_anyof_of_objects_with_parent():
+    schema = {
+        "type": "object",
+        "properties": {"id": {"type": "integer", "minimum": 0, "maximum": 99}},
+        "additionalProperties": False,
+        "anyOf": [
+            {"properties": {"id": {"exclusiveMaximum": 10}}, "required": ["id"], "$comment": "small ids"},
+            {"properties": {"id": {"exclusiveMinimum": 4}}},
+        ],
+    }
+    rx = schema_to_regex(schema)
+    assert accepts(rx, '{"id":7}') and accepts(rx, '{"id":60}') and accepts(rx, "{}")
+    assert not accepts(rx, '{"id":100}') and not accepts(rx, '{"x":1}')
+    assert_sound(schema, rx)
+
+
+# --- oneOf: exclusive when a discriminator or the kinds say so; overlap still refused ---------------------
+def test_oneof_discriminated_by_property_type():
+    schema = {
+        "oneOf": [
+            {"type": "object", "properties": {"v": {"type": "string", "maxLength": 3}}, "required": ["v"]},
+            {"type": "object", "properties": {"v": {"type": "integer"}}, "required": ["v"]},
+        ]
+    }
+    rx = schema_to_regex(schema)  # was "oneOf (branches may overlap)"
+    assert accepts(rx, '{"v":"ab"}') and accepts(rx, '{"v":12}')
+    assert not accepts(rx, '{"v":true}') and not accepts(rx, "{}")
+    assert_sound(schema, rx)
+
+
+def test_oneof_of_refs_discriminated_by_const_with_parent():
+    kind = {"type": "string"}
+    schema = {
+        "$defs": {
+            "circle": {
+                "properties": {"kind": {"const": "circle"}, "r": {"type": "number"}},
+                "required": ["kind", "r"],
+                "$comment": "a keyword object_combinators.py does not read: unions.py proves exclusivity",
+            },
+            "square": {
+                "properties": {"kind": {"enum": ["square", "box"]}, "side": {"type": "integer"}},
+                "required": ["kind"],
+            },
+        },
+        "type": "object",
+        "properties": {"kind": kind},
+        "oneOf": [{"$ref": "#/$defs/circle"}, {"$ref": "#/$defs/square"}],
+    }
+    rx = schema_to_regex(schema)
+    assert accepts(rx, '{"kind":"circle","r":1.5}') and accepts(rx, '{"kind":"box"}')
+    assert not accepts(rx, '{"kind":"circle"}') and not accepts(rx, '{"kind":"oval"}')
+    assert_sound(schema, rx)
+
+
+def test_oneof_kinds_through_a_nested_anyof():
+    schema = {
+        "$defs": {"flag": {"anyOf": [{"type": "boolean"}, {"type": "string", "maxLength": 2}]}},
+        "oneOf": [{"$ref": "#/$defs/flag"}, {"type": "array", "items": {"type": "null"}, "maxItems": 2}],
+    }
+    rx = schema_to_regex(schema)
+    assert accepts(rx, "true") and accepts(rx, '"ab"') and accepts(rx, "[null]")
+    assert not accepts(rx, "1") and not accepts(rx, '"abc"')
+    assert_sound(schema, rx)
+
+
+@pytest.mark.parametrize(
+    "schema,where",
+    [
+        ({"oneOf": [{"type": "integer"}, {"type": "number"}]}, "#"),
+        (
+            {
+                "type": "object",
+                "properties": {
+                    "p": {
+                        "oneOf": [
+                            {"type": "object", "properties": {"a": {"type": "string"}}, "$comment": "x"},
+                            {"type": "object", "properties": {"b": {"type": "string"}}, "$comment": "y"},
+                        ]
+                    }
+                },
+            },
+            "#/properties/p",
+        ),
+        ({"type": "string", "oneOf": [{"maxLength": 3}, {"minLength": 2}]}, "#"),
+    ],
+)
+def test_overlapping_oneof_is_refused_naming_the_pointer(schema, where):
+    with pytest.raises(UnsupportedSchema, match=r"^unsupported: oneOf ") as err:
+        schema_to_regex(schema)
+    assert str(err.value).endswith(f"(at {where})")
+
+
+def test_exclusive_is_json_equality_and_conservative():
+    assert exclusive({}, {"const": True}, {"const": 1})  # true is not 1 in JSON
+    assert not exclusive({}, {"enum": [1, 2]}, {"const": 1.0})  # 1.0 is 1
+    assert not exclusive({}, {"minLength": 2}, {"type": "array"})  # an array validates minLength: overlap
+    assert not exclusive({}, {"$ref": "#/nowhere"}, {"type": "null"})  # unknown: no proof
+    closed = {"type": "object", "properties": {"a": {}}, "additionalProperties": False}
+    assert exclusive({}, closed, {"type": "object", "required": ["b"]})
+    patterned = {**closed, "patternProperties": {"^b": {}}}
+    assert not exclusive({}, patterned, {"type": "object", "required": ["b"]})  # b matches the pattern
+
+
+def test_job_spec_ref_depth_reaches_the_translator():
+    """structured_output.ref_depth (pipeline/spec.py) is the bound the job's constraint is compiled with."""
+    from pipeline.constraints import as_section
+    from pipeline.constraints.compile import section_regex
+    from pipeline.spec import StructuredOutputSpec
+
+    shallow = section_regex(as_section(StructuredOutputSpec(json_schema=TREE, ref_depth=1)))[0]
+    deep = section_regex(as_section(StructuredOutputSpec(json_schema=TREE, ref_depth=2)))[0]
+    assert shallow == schema_to_regex(TREE, ref_depth=1) and deep == schema_to_regex(TREE, ref_depth=2)
+    assert len(deep) > len(shallow)
+    with pytest.raises(ValueError, match="ref_depth"):
+        StructuredOutputSpec(json_schema=TREE, ref_depth=0)

@@ -1,0 +1,274 @@
+"""Issue 24: `pattern`, `patternProperties` and `format` (with length bounds) are enforced exactly.
+
+Every feature: the byte automaton rejects known-invalid instances and accepts valid ones, random walks over
+it (>= 100 per schema) all validate with jsonschema (formats checked), and what stays unsupported is refused
+naming the keyword and its JSON pointer.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+
+import pytest
+
+from pipeline.constraints import ecma_regex as er
+from pipeline.constraints.schema_regex import UnsupportedSchema, schema_to_regex, strict_validator
+from pipeline.constraints.string_patterns import FORMATS
+from tests.constraints.test_schema_regex import samples
+from tests.constraints.test_soundness_shapes import accepts
+
+WALKS = 120
+
+
+def assert_walks_valid(schema: dict, n: int = WALKS) -> list:
+    rx = schema_to_regex(schema)
+    v = strict_validator(schema)
+    out = []
+    for text in samples(rx, n, max_len=120):
+        value = json.loads(text)
+        errors = list(v.iter_errors(value))
+        assert not errors, (text, errors[0].message)
+        out.append(value)
+    return out
+
+
+def s(pattern: str, **kw) -> dict:
+    return {"type": "string", "pattern": pattern, **kw}
+
+
+# --- pattern: exact accept / reject --------------------------------------------------------------------
+# (schema, JSON texts the automaton must accept, JSON texts it must reject)
+EXACT = {
+    "anchored_class": (s("^[a-z]+$"), ['"abc"'], ['"abC"', '""', '"ab1"']),
+    "unanchored": (s("ab+c"), ['"xxabbc yy"', '"abc"'], ['"ac"', '"xyz"']),
+    "start_anchor_only": (s("^id-"), ['"id-7"', '"id-"'], ['"xid-"']),
+    "end_anchor_only": (s(r"\.png$"), ['"a.png"'], ['"a.pngx"', '"apng"']),
+    "counts_digits": (s(r"^\d{3}-\d{2,4}$"), ['"123-45"', '"123-4567"'], ['"12-45"', '"123-45678"']),
+    "alternation": (s("^(cat|dog)s?$|^x$"), ['"cats"', '"dog"', '"x"'], ['"cow"', '"xx"', '"catdog"']),
+    "json_escaped": (s(r'^a"b\\c/$'), [r'"a\"b\\c/"', r'"a\"b\\c\/"'], [r'"a\"bc/"', '"ab"']),
+    "negated_class": (s(r"^[^a-c]{2}$"), ['"xy"', r'"\n\""'], ['"ax"', '"x"']),
+    "dot_no_newline": (s("^a.b$"), ['"a-b"', '"a\\tb"'], ['"a\\nb"', '"a\\rb"', '"ab"']),
+    "lazy_and_groups": (s(r"^(?:ab)+?(c)??$"), ['"ab"', '"ababc"'], ['"abcc"', '"a"']),
+    "unicode_escape": (s(r"^\u00e9\x41$"), ['"éA"'], ['"eA"']),
+    "count_capped": (s("^a{2,100000}$"), ['"aa"', '"' + "a" * 64 + '"'], ['"a"', '"' + "a" * 65 + '"']),
+    "length_and_pattern": (s("^[a-z]+$", minLength=2, maxLength=3), ['"ab"', '"abc"'], ['"a"', '"abcd"']),
+    "padding_within_length": (s("abc", maxLength=5), ['"abc"', '"abc12"'], ['"abc123"', '"12abc3"']),
+}
+
+
+@pytest.mark.parametrize("name", sorted(EXACT))
+def test_pattern_exact(name):
+    schema, good, bad = EXACT[name]
+    rx = schema_to_regex(schema)
+    v = strict_validator(schema)
+    for text in good:
+        assert v.is_valid(json.loads(text)), text  # the example itself is right
+        assert accepts(rx, text), (name, text)
+    for text in bad:
+        assert not accepts(rx, text), (name, text)
+    assert_walks_valid(schema)
+
+
+WALK_SCHEMAS = [
+    s(r"^[A-Z][\w .-]*$", maxLength=12),
+    s(r"\D\W\S\s"),
+    s(r"^[^\d\s]+[\d]*$"),
+    s(r"^(\+|-)?\d+(\.\d+)?([eE][+-]?\d+)?$", minLength=3, maxLength=9),
+    s(r"^(?P<user>[a-z0-9._%+-]+)@([a-z0-9.-]+)\.[a-z]{2,}$"),
+    s(r"^[\u0400-\u04ff\s]{1,5}$"),
+    s(r"^#?([a-f0-9]{6}|[a-f0-9]{3})$"),
+    s(r"[{}]x{2,}|\[\]"),
+    s(r'^[\\"\t]+$', minLength=2, maxLength=4),
+    s(r"^(([a-z]+)-)*[a-z]{2}$", maxLength=10),
+    s(".*", minLength=4, maxLength=6),
+    {"type": ["string", "null"], "pattern": "^v[0-9]+$"},
+    {"pattern": "^[0-9]{4}$"},  # no type: only strings are generated
+]
+
+
+@pytest.mark.parametrize("i", range(len(WALK_SCHEMAS)))
+def test_pattern_walks_validate(i):
+    assert assert_walks_valid(WALK_SCHEMAS[i])
+
+
+# --- the two dialects: generate only what both ECMA-262 and Python's re accept --------------------------
+_ECMA = {
+    "d": lambda c: "0" <= c <= "9",
+    "w": lambda c: c.isascii() and (c.isalnum() or c == "_"),
+    "s": lambda c: (
+        c in "\t\n\v\f\r \xa0\u1680\u2028\u2029\u202f\u205f\u3000\ufeff" or "\u2000" <= c <= "\u200a"
+    ),
+}
+
+
+@pytest.mark.parametrize("esc", ["d", "D", "w", "W", "s", "S"])
+def test_class_escapes_sound_in_both_dialects(esc):
+    must, may = (er._CLASS_ESCAPES[esc][i] for i in (0, 1))
+    py = re.compile("\\" + esc)
+    ecma = _ECMA[esc.lower()] if esc.islower() else (lambda c: not _ECMA[esc.lower()](c))
+    for cp in list(range(0x10000)) + [0x1D7CE, 0x1F600, 0x10FFFF]:
+        if 0xD800 <= cp <= 0xDFFF:
+            continue
+        c = chr(cp)
+        matches_py, matches_ecma = py.fullmatch(c) is not None, ecma(c)
+        in_must = any(a <= cp <= b for a, b in must)
+        in_may = any(a <= cp <= b for a, b in may)
+        assert not in_must or (matches_py and matches_ecma), (esc, hex(cp))
+        assert in_may or not (matches_py or matches_ecma), (esc, hex(cp))
+
+
+@pytest.mark.parametrize(
+    "pattern,why",
+    [
+        ("^a(?=b)", "lookaround"),
+        ("(?<!a)b", "lookaround"),
+        (r"(a)\1", "backreference"),
+        (r"\bword", "word boundary"),
+        ("(?i)abc", "inline flags"),
+        ("a{,3}", "'{,n}'"),
+        ("[]a]", "starting with ']'"),
+        (r"\Aabc", "escape \\A"),
+        ("(^a|b)c", "an anchor inside"),
+        ("a$|b^", "an anchor inside"),
+        ("a(", "Python's re rejects it"),
+        (r"\p{L}", "Python's re rejects it"),
+        ("(?<name>a)", "Python's re rejects it"),  # an ECMA named group
+    ],
+)
+def test_unsupported_pattern_is_named(pattern, why):
+    schema = {"type": "object", "properties": {"p": s(pattern)}, "required": ["p"]}
+    with pytest.raises(UnsupportedSchema, match=re.escape(f"unsupported: pattern {pattern!r}")) as e:
+        schema_to_regex(schema)
+    assert why in str(e.value) and "(at #/properties/p/pattern)" in str(e.value)
+
+
+def test_pattern_with_no_generatable_string():
+    # the only allowed characters are controls without a short JSON escape: refused (or left out if optional)
+    with pytest.raises(UnsupportedSchema, match="no string we generate matches"):
+        schema_to_regex(s("^[\x01-\x07]$"))
+    rx = schema_to_regex({"type": "object", "properties": {"a": s("^[\x01-\x07]$"), "b": {"type": "null"}}})
+    assert accepts(rx, '{"b":null}') and not accepts(rx, '{"a":"x"}')
+    with pytest.raises(UnsupportedSchema, match=r"minLength/maxLength 4..5 \(no string we generate fits\)"):
+        schema_to_regex(s("^[a-z]{2}$", minLength=4, maxLength=5))
+    with pytest.raises(UnsupportedSchema, match="pattern together with format 'date'"):
+        schema_to_regex({"type": "string", "pattern": "^2", "format": "date"})
+
+
+# --- formats -------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("fmt", sorted(FORMATS))
+def test_formats_validate(fmt):
+    # the format checkers jsonschema finds installed check these; each regex is a subset of its format
+    values = assert_walks_valid({"type": "string", "format": fmt})
+    assert len(set(values)) > 1 or fmt == "regex"
+
+
+@pytest.mark.parametrize(
+    "fmt,lo,hi", [("uri", 0, 24), ("hostname", 3, 8), ("email", 8, 12), ("date", 0, 10), ("ipv4", 9, 11)]
+)
+def test_formats_with_length_bounds(fmt, lo, hi):
+    schema = {"type": "string", "format": fmt, "minLength": lo, "maxLength": hi}
+    values = assert_walks_valid(schema)
+    assert all(lo <= len(x) <= hi for x in values)
+
+
+def test_format_length_impossible_is_refused():
+    with pytest.raises(UnsupportedSchema, match=r"format 'date' with minLength/maxLength 0..5"):
+        schema_to_regex({"type": "string", "format": "date", "maxLength": 5})
+
+
+def test_format_known_invalid_rejected():
+    rx = schema_to_regex({"type": "string", "format": "ipv6"})
+    assert accepts(rx, '"fe80:0:0:0:0:0:0:1"')
+    assert not accepts(rx, '"fe80::1::2"') and not accepts(rx, '"1.2.3.4"')
+    rx = schema_to_regex({"type": "string", "format": "hostname", "maxLength": 5})
+    assert accepts(rx, '"ab.c"') and not accepts(rx, '"-ab"') and not accepts(rx, '"abc.de"')
+
+
+# --- patternProperties ---------------------------------------------------------------------------------
+INT = {"type": "integer"}
+PP_EXACT = {
+    "closed_map": (
+        {"type": "object", "patternProperties": {"^x-[a-z]+$": INT}, "additionalProperties": False},
+        ['{"x-a":1,"x-bc":2}', "{}"],
+        ['{"y":1}', '{"x-a":"s"}', '{"x-":1}'],
+    ),
+    "declared_key_takes_pattern_schema": (
+        {
+            "type": "object",
+            "properties": {"ab": INT},
+            "patternProperties": {"^a": {"maximum": 5}},
+            "additionalProperties": False,
+            "required": ["ab"],
+        },
+        ['{"ab":5}', '{"ab":5,"a":1}'],
+        ['{"ab":7}', '{"ab":1,"zz":1}', '{"ab":1,"a":9}'],
+    ),
+    "two_patterns_overlap": (  # "ab" matches both: a generated key's value satisfies both schemas
+        {
+            "type": "object",
+            "patternProperties": {"^a": INT, "b$": {"type": "number", "minimum": 0}},
+            "additionalProperties": False,
+        },
+        ['{"ab":3}', '{"a":0,"b":1}'],
+        ['{"ab":-1}', '{"a":-1}', '{"c":1}'],
+    ),
+    "required_key_matching_pattern": (
+        {
+            "type": "object",
+            "patternProperties": {"^n_": INT},
+            "additionalProperties": {"type": "string"},
+            "required": ["n_1"],
+        },
+        ['{"n_1":4}', '{"n_1":4,"n_2":5}'],
+        ['{"n_1":"s"}', "{}"],
+    ),
+    "untyped_is_object_only": ({"patternProperties": {"^k": INT}}, ['{"k":1}'], ['"s"', "1", '{"k":"s"}']),
+}
+
+
+@pytest.mark.parametrize("name", sorted(PP_EXACT))
+def test_pattern_properties_exact(name):
+    schema, good, bad = PP_EXACT[name]
+    rx = schema_to_regex(schema)
+    v = strict_validator(schema)
+    for text in good:
+        assert v.is_valid(json.loads(text)), text
+        assert accepts(rx, text), (name, text)
+    for text in bad:
+        assert not accepts(rx, text), (name, text)
+    values = assert_walks_valid(schema)
+    if name != "untyped_is_object_only":
+        assert any(len(x) > len(schema.get("required", [])) for x in values)  # pattern keys are generated
+
+
+def test_pattern_properties_that_supply_no_keys():
+    # a pattern that could produce a dependency's trigger, or that sits beside propertyNames / maxProperties,
+    # supplies no keys; declared keys are still checked against it
+    dep = {
+        "type": "object",
+        "properties": {"a": INT},
+        "patternProperties": {"^[a-z]$": INT},
+        "dependentRequired": {"q": ["a"]},
+    }
+    rx = schema_to_regex(dep)
+    assert not accepts(rx, '{"q":1}') and accepts(rx, '{"a":1}') and not accepts(rx, '{"a":1,"b":2}')
+    assert_walks_valid(dep)
+    schema_dep = {**dep, "dependentRequired": {}, "dependentSchemas": {"q": {"required": ["a"]}}}
+    assert not accepts(schema_to_regex(schema_dep), '{"q":1}')
+    capped = {"type": "object", "patternProperties": {"^k": INT}, "maxProperties": 1}
+    assert schema_to_regex(capped) == r"\{\}" or not accepts(schema_to_regex(capped), '{"k":1,"k2":2}')
+
+
+def test_pattern_properties_in_all_of():
+    # B is closed: the x-keys A's pattern allows are additional for B, so the merge generates none
+    schema = {
+        "allOf": [
+            {"type": "object", "patternProperties": {"^x": INT}, "required": ["x1"]},
+            {"properties": {"x1": {"minimum": 3}}, "additionalProperties": False},
+        ]
+    }
+    rx = schema_to_regex(schema)
+    assert accepts(rx, '{"x1":3}') and not accepts(rx, '{"x1":2}') and not accepts(rx, '{"x1":3,"x2":4}')
+    assert not accepts(rx, '{"x1":"s"}')
+    assert_walks_valid(schema)
