@@ -28,6 +28,17 @@ def _byte_distances(delta: np.ndarray, final: np.ndarray) -> np.ndarray:
         dist = new
 
 
+def byte_accepts(regex: str, text: str) -> bool:
+    """Whether the regex's byte automaton accepts exactly `text` (UTF-8)."""
+    delta, final = byte_dfa(regex)
+    q = 0
+    for b in text.encode("utf-8"):
+        q = int(delta[q, b])
+        if q >= final.size:
+            return False
+    return bool(final[q])
+
+
 def byte_walks(regex: str, n: int, seed: int = 0, max_len: int = 300, stop_p: float = 0.15) -> list[str]:
     """`n` random strings of the regex's language: walks on its byte automaton, steered to finish."""
     delta, final = byte_dfa(regex)

@@ -18,8 +18,8 @@ from jobs.cmd_check_schema import check_one
 from pipeline.constraints.counting import divides_one
 from pipeline.constraints.schema_regex import UnsupportedSchema, schema_to_regex, strict_validator
 from pipeline.constraints.vocab_bytes import token_bytes
+from pipeline.constraints.walks import byte_accepts as accepts
 from tests.constraints.test_schema_regex import samples
-from tests.constraints.test_soundness_shapes import accepts
 
 REAL = Path(__file__).resolve().parent / "data" / "counting_conditionals"
 D4 = "http://json-schema.org/draft-04/schema#"

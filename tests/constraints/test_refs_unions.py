@@ -14,21 +14,11 @@ import pytest
 
 from jobs.cmd_check_schema import check_one
 from pipeline.constraints import refs
-from pipeline.constraints.dfa import byte_dfa
 from pipeline.constraints.schema_regex import UnsupportedSchema, schema_to_regex, strict_validator
 from pipeline.constraints.unions import exclusive
 from pipeline.constraints.vocab_bytes import token_bytes
+from pipeline.constraints.walks import byte_accepts as accepts
 from tests.constraints.test_schema_regex import samples
-
-
-def accepts(regex: str, text: str) -> bool:
-    delta, final = byte_dfa(regex)
-    q = 0
-    for b in text.encode("utf-8"):
-        q = int(delta[q, b])
-        if q >= final.size:
-            return False
-    return bool(final[q])
 
 
 def assert_sound(schema, regex: str, n: int = 100, seed: int = 0) -> None:

@@ -14,9 +14,9 @@ from pathlib import Path
 import pytest
 
 from jobs.cmd_check_schema import check_one
-from pipeline.constraints.dfa import byte_dfa
 from pipeline.constraints.schema_regex import UnsupportedSchema, schema_to_regex, strict_validator
 from pipeline.constraints.vocab_bytes import token_bytes
+from pipeline.constraints.walks import byte_accepts as accepts
 from tests.constraints.test_schema_regex import samples
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -170,17 +170,6 @@ REFUSED = {
 RECURSIVE = {
     "allOf_self_ref": {"$defs": {"n": {"allOf": [{"$ref": "#/$defs/n"}]}}, "$ref": "#/$defs/n"},
 }
-
-
-def accepts(regex: str, text: str) -> bool:
-    """Whether the constraint's byte automaton accepts exactly `text`."""
-    delta, final = byte_dfa(regex)
-    q = 0
-    for b in text.encode("utf-8"):
-        q = int(delta[q, b])
-        if q >= final.size:
-            return False
-    return bool(final[q])
 
 
 @pytest.fixture(scope="module")

@@ -15,8 +15,8 @@ import pytest
 from pipeline.constraints import ecma_regex as er
 from pipeline.constraints.schema_regex import UnsupportedSchema, schema_to_regex, strict_validator
 from pipeline.constraints.string_patterns import FORMATS
+from pipeline.constraints.walks import byte_accepts as accepts
 from tests.constraints.test_schema_regex import samples
-from tests.constraints.test_soundness_shapes import accepts
 
 WALKS = 120
 

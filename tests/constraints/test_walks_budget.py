@@ -21,6 +21,7 @@ from pipeline.constraints.dfa import build_token_dfa, byte_dfa
 from pipeline.constraints.schema_errors import UnsupportedSchema
 from pipeline.constraints.schema_regex import schema_to_regex, strict_validator
 from pipeline.constraints.vocab_bytes import token_bytes
+from pipeline.constraints.walks import byte_accepts as accepts
 from pipeline.constraints.walks import byte_walks, decode, token_walks
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -35,16 +36,6 @@ def vocab(gemma_tok):
 
         return token_bytes(Tokenizer.from_file(str(shipped)))
     return token_bytes(gemma_tok)
-
-
-def accepts(regex: str, text: str) -> bool:
-    delta, final = byte_dfa(regex)
-    q = 0
-    for b in text.encode("utf-8"):
-        q = int(delta[q, b])
-        if q >= final.size:
-            return False
-    return bool(final[q])
 
 
 def all_valid(schema: dict, n: int = 120, **kw) -> list:
