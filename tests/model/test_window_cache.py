@@ -12,7 +12,6 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from model import DiffusionGemma, DiffusionGemmaConfig
 from model.cache import WINDOW_CHUNK, KVCache, kv_row_bytes
 from model.engine import Engine, Request
 from model.params import GenerationParams
@@ -22,19 +21,6 @@ LOGIT_TOL = 1e-5
 KV_TOL = 2e-5  # relative to the largest |K| or |V| of a layer (about 5): noise grows over the layers
 # relative, the last layer's hidden states: both paths are within 3e-4 (abs) of a float64 run of this model
 HIDDEN_TOL = 1e-4
-
-
-@pytest.fixture(scope="module")
-def model():
-    torch.manual_seed(0)
-    m = DiffusionGemma(DiffusionGemmaConfig.tiny()).eval()
-    with torch.no_grad():  # scales away from 1 so every path matters
-        for p in m.parameters():
-            if p.dim() == 1:
-                p.uniform_(0.5, 1.5)
-        for b in m.buffers():
-            b.uniform_(0.5, 1.5)
-    return m
 
 
 def _cache(model, B, max_len, chunk=WINDOW_CHUNK):
