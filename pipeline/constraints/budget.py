@@ -50,11 +50,18 @@ def cap_items(lo: int, hi: int | None, path: str) -> int | None:
     return None if hi is None else max(lo, min(int(hi), ITEMS_CAP))
 
 
+class TooLarge(UnsupportedSchema):
+    """An object or array whose automaton would be over MAX_STATES. The translation sets `recursive` when it
+    had unrolled a recursive $ref: then pipeline/constraints/refs.py `unroll` tries a smaller depth."""
+
+    recursive = False
+
+
 def check_size(regex: str, path: str, what: str) -> str:
-    """`regex` unchanged, or UnsupportedSchema naming `what` at `path` when its automaton would be too big."""
+    """`regex` unchanged, or TooLarge naming `what` at `path` when its automaton would be too big."""
     n = estimate_states(regex)
     if n > MAX_STATES:
-        raise UnsupportedSchema(
+        raise TooLarge(
             f"unsupported: {what} too large to compile (~{n} automaton states, over {MAX_STATES}) "
             f"(at {path})"
         )

@@ -29,6 +29,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
+from pipeline.constraints.budget import TooLarge
 from pipeline.constraints.schema_errors import Unsatisfiable, UnsupportedSchema
 
 REF_DEPTH = 3  # default bound: how many times one $ref target may be on the resolution stack at once
@@ -56,6 +57,10 @@ def unroll(translate: Callable[[int], str], ref_depth: int | None) -> str:
     for depth in depths:
         try:
             return translate(depth)
+        except TooLarge as e:  # the automaton-size guard (budget.py): a smaller unrolling may fit
+            if not e.recursive or depth == depths[-1]:
+                raise
+            continue
         except RefBudget as e:
             over = e
             if not e.recursive:

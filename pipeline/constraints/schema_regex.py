@@ -19,7 +19,7 @@ import jsonschema
 from pipeline.constraints import conditionals, counting
 from pipeline.constraints import regex_atoms as ra
 from pipeline.constraints.all_of import merge_conjuncts
-from pipeline.constraints.budget import cap_items, cap_length, check_size
+from pipeline.constraints.budget import TooLarge, cap_items, cap_length, check_size
 from pipeline.constraints.object_keys import close_required, dependency_lists, is_forbidden, key_schema
 from pipeline.constraints.pattern_properties import pattern_pairs, with_extra_pairs
 from pipeline.constraints.refs import REF_DEPTH, RefStack, pointer, unroll
@@ -91,7 +91,15 @@ def schema_to_regex(schema: dict | bool, *, whitespace: str = ra.WS, ref_depth: 
     `ref_depth`: how many times one recursive $ref target may be unrolled on a path; None: the largest
     depth up to refs.REF_DEPTH whose regex fits refs.REGEX_BUDGET.
     """
-    return unroll(lambda d: _Translator(schema, whitespace, d).value(schema, "#", 0), ref_depth)
+    def translate(depth: int) -> str:
+        t = _Translator(schema, whitespace, depth)
+        try:
+            return t.value(schema, "#", 0)
+        except TooLarge as e:
+            e.recursive = t.refs.recursive  # refs.unroll retries a smaller depth only when this is set
+            raise
+
+    return unroll(translate, ref_depth)
 
 
 class _Translator:

@@ -331,3 +331,27 @@ def test_job_spec_ref_depth_reaches_the_translator():
     assert len(deep) > len(shallow)
     with pytest.raises(ValueError, match="ref_depth"):
         StructuredOutputSpec(json_schema=TREE, ref_depth=0)
+
+
+FAN = {  # a tree with up to 8 kids per node: depth 3 is ~50k automaton states, depth 2 ~6k
+    "$defs": {"n": {"type": "object", "properties": {
+        "a": {"type": "string", "maxLength": 30}, "b": {"type": "string", "maxLength": 30},
+        "kids": {"type": "array", "items": {"$ref": "#/$defs/n"}, "maxItems": 8}},
+        "required": ["a"], "additionalProperties": False}},
+    "$ref": "#/$defs/n",
+}
+
+
+def test_state_guard_lowers_the_default_depth_of_a_recursive_schema():
+    with pytest.raises(UnsupportedSchema, match="too large to compile"):
+        schema_to_regex(FAN, ref_depth=3)  # an explicit depth is used as given
+    rx = schema_to_regex(FAN)  # the default retries smaller depths when the state guard trips
+    assert rx == schema_to_regex(FAN, ref_depth=2)
+    assert accepts(rx, '{"a":"x","kids":[{"a":"y","kids":[]}]}')
+    assert not accepts(rx, '{"a":"x","kids":[{"a":"y","kids":[{"a":"z"}]}]}')  # past depth 2
+    assert_sound(FAN, rx)
+    flat = {"type": "array", "items": {"type": "string", "maxLength": 60}, "maxItems": 16,
+            "minItems": 16}  # too large with no recursion: refused at once, no retry changes it
+    with pytest.raises(UnsupportedSchema, match="too large to compile"):
+        schema_to_regex({"type": "object", "properties": {f"p{i}": flat for i in range(4)},
+                         "required": [f"p{i}" for i in range(4)]})
