@@ -7,8 +7,12 @@ llguidance and XGrammar compile the same schema against the same tokenizer (each
 same timeout). Prints per split: compiled %, compiled-and-valid %, invalid outputs (must be 0), compile time
 p50/p95/max (timeouts count as the timeout), the top refusal reasons, and the anchors' compiled %.
 
-    OMP_NUM_THREADS=1 .venv/bin/python bench/schema_splits.py --root /work/shared/data/jsonschemabench \\
+    OMP_NUM_THREADS=1 .venv/bin/python bench/schema_splits.py --root DATA \\
         [--per-split 40] [--timeout 20] [--walks 20] [--splits Snowplow Kubernetes] [--markdown OUT.md]
+
+DATA: one folder per split holding one schema per .json file, as JSONSchemaBench's `data/` folder
+(https://github.com/guidance-ai/jsonschemabench, MIT); the repository ships only the small samples its tests
+use (tests/constraints/data/).
 
 The anchors need `pip install -e .[bench]` (llguidance, xgrammar, transformers for their tokenizer glue);
 a missing one is reported as "not installed" and its column left out.
@@ -145,7 +149,7 @@ def summarise(results: list[dict], timeout: float) -> dict:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--root", default="/work/shared/data/jsonschemabench")
+    ap.add_argument("--root", required=True, help="folder of split folders of *.json schemas (see above)")
     ap.add_argument("--splits", nargs="*", help="split folder names (default: every folder under --root)")
     ap.add_argument("--per-split", type=int, default=40, help="schemas per split, every k-th file (0: all)")
     ap.add_argument("--timeout", type=float, default=20.0, help="seconds per schema (ours and each anchor)")
