@@ -1,7 +1,9 @@
-"""Shared fixtures: small tokenizers built locally, a private compile cache, random-logit rollouts."""
+"""Shared fixtures: small tokenizers built locally, the shipped tokenizer's byte vocabulary, a private compile
+cache; random-logit rollouts; the accept/reject check of an exactly enforced schema shape."""
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 
@@ -11,7 +13,12 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # so `tests.constraints.tok_factory` imports
 
 from pipeline.constraints import CompileConfig  # noqa: E402
+from pipeline.constraints.schema_regex import schema_to_regex, strict_validator  # noqa: E402
+from pipeline.constraints.vocab_bytes import token_bytes  # noqa: E402
+from pipeline.constraints.walks import byte_accepts  # noqa: E402
 from tests.constraints.tok_factory import byte_level, gemma_style  # noqa: E402
+
+SHIPPED_TOKENIZER = Path(__file__).resolve().parents[2] / "model/assets/dgbatch-small/tokenizer.json"
 
 
 @pytest.fixture(scope="session")
@@ -22,6 +29,25 @@ def gemma_tok():
 @pytest.fixture(scope="session")
 def bytelevel_tok():
     return byte_level(600)
+
+
+@pytest.fixture(scope="session")
+def vocab(gemma_tok):
+    """Byte vocabulary of the shipped tokenizer (the gemma-style test tokenizer where it is absent)."""
+    if SHIPPED_TOKENIZER.exists():
+        from tokenizers import Tokenizer
+
+        return token_bytes(Tokenizer.from_file(str(SHIPPED_TOKENIZER)))
+    return token_bytes(gemma_tok)
+
+
+def assert_exact_shape(name: str, schema, good: str, bad: str) -> None:
+    """The schema accepts `good` and rejects `bad`, and so does its constraint's byte automaton."""
+    v = strict_validator(schema)
+    assert v.is_valid(json.loads(good)) and not v.is_valid(json.loads(bad))  # the cases themselves are right
+    rx = schema_to_regex(schema)
+    assert byte_accepts(rx, good), f"{name}: the constraint refuses the valid {good}"
+    assert not byte_accepts(rx, bad), f"{name}: the constraint allows the invalid {bad}"
 
 
 @pytest.fixture

@@ -15,8 +15,8 @@ import pytest
 
 from jobs.cmd_check_schema import check_one
 from pipeline.constraints.schema_regex import UnsupportedSchema, schema_to_regex, strict_validator
-from pipeline.constraints.vocab_bytes import token_bytes
 from pipeline.constraints.walks import byte_accepts as accepts
+from tests.constraints.conftest import assert_exact_shape
 from tests.constraints.test_schema_regex import samples
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -172,24 +172,9 @@ RECURSIVE = {
 }
 
 
-@pytest.fixture(scope="module")
-def vocab(gemma_tok):
-    shipped = ROOT / "model/assets/dgbatch-small/tokenizer.json"
-    if shipped.exists():
-        from tokenizers import Tokenizer
-
-        return token_bytes(Tokenizer.from_file(str(shipped)))
-    return token_bytes(gemma_tok)
-
-
 @pytest.mark.parametrize("name", sorted(EXACT))
 def test_exact_shape_rejects_the_invalid_instance(name):
-    schema, good, bad = EXACT[name]
-    v = strict_validator(schema)
-    assert v.is_valid(json.loads(good)) and not v.is_valid(json.loads(bad))  # the cases themselves are right
-    rx = schema_to_regex(schema)
-    assert accepts(rx, good), f"{name}: the constraint refuses the valid {good}"
-    assert not accepts(rx, bad), f"{name}: the constraint allows the invalid {bad}"
+    assert_exact_shape(name, *EXACT[name])
 
 
 @pytest.mark.parametrize("name", sorted(EXACT))

@@ -20,22 +20,11 @@ from pipeline.constraints import regex_atoms as ra
 from pipeline.constraints.dfa import build_token_dfa, byte_dfa
 from pipeline.constraints.schema_errors import UnsupportedSchema
 from pipeline.constraints.schema_regex import schema_to_regex, strict_validator
-from pipeline.constraints.vocab_bytes import token_bytes
 from pipeline.constraints.walks import byte_accepts as accepts
 from pipeline.constraints.walks import byte_walks, decode, token_walks
 
 ROOT = Path(__file__).resolve().parents[2]
 SAMPLE = Path(__file__).resolve().parent / "data" / "glaive_sample"
-
-
-@pytest.fixture(scope="module")
-def vocab(gemma_tok):
-    shipped = ROOT / "model/assets/dgbatch-small/tokenizer.json"
-    if shipped.exists():
-        from tokenizers import Tokenizer
-
-        return token_bytes(Tokenizer.from_file(str(shipped)))
-    return token_bytes(gemma_tok)
 
 
 def all_valid(schema: dict, n: int = 120, **kw) -> list:
