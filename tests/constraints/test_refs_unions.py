@@ -76,17 +76,17 @@ def test_deep_acyclic_refs_compile_and_validate():
     assert_sound(schema, rx)
 
 
+def dag(levels: int, leaf: dict) -> dict:
+    """Definitions d0..d{levels}: each object refers to the next twice (a DAG, no recursion), then `leaf`."""
+    defs = {f"d{i}": {"type": "object", "properties": {"a": {"$ref": f"#/$defs/d{i + 1}"},
+                                                       "b": {"$ref": f"#/$defs/d{i + 1}"}}}
+            for i in range(levels)}
+    return {"$defs": {**defs, f"d{levels}": leaf}, "$ref": "#/$defs/d0"}
+
+
 def test_shared_definition_is_translated_once_per_recursion_state():
     """A DAG: each level refers to the next twice. Memoised, it compiles; its regex is linear in depth."""
-    defs = {
-        f"d{i}": {
-            "type": "object",
-            "properties": {"a": {"$ref": f"#/$defs/d{i + 1}"}, "b": {"$ref": f"#/$defs/d{i + 1}"}},
-        }
-        for i in range(6)
-    }
-    defs["d6"] = {"type": "boolean"}
-    schema = {"$defs": defs, "$ref": "#/$defs/d0"}
+    schema = dag(6, {"type": "boolean"})
     rx = schema_to_regex(schema)
     assert accepts(rx, '{"a":{},"b":{"a":{"b":{"a":{"a":{"b":true}}}}}}')
     assert not accepts(rx, '{"a":{"a":{"a":{"a":{"a":{"a":1}}}}}}')
@@ -180,20 +180,13 @@ def test_large_unrolling_lowers_the_default_depth_or_refuses(monkeypatch):
 
 def test_exponential_dag_is_refused_quickly_not_hung():
     """40 levels, each referring to the next twice: 2^40 copies unmemoised; refused by the size budget."""
-    defs = {
-        f"d{i}": {
-            "type": "object",
-            "properties": {"a": {"$ref": f"#/$defs/d{i + 1}"}, "b": {"$ref": f"#/$defs/d{i + 1}"}},
-        }
-        for i in range(40)
-    }
-    defs["d40"] = {"type": "null"}
+    schema = dag(40, {"type": "null"})
     t0 = time.perf_counter()
     with pytest.raises(
         UnsupportedSchema,
         match=r"too large to compile",  # refs.py's budget or the automaton's bound
     ):
-        schema_to_regex({"$defs": defs, "$ref": "#/$defs/d0"})
+        schema_to_regex(schema)
     assert time.perf_counter() - t0 < 60  # generous: shared CPUs; unmemoised this never ends
 
 
