@@ -6,6 +6,9 @@
   error a few fp32 ulps of 1. The interpreter has no libdevice, so the kernels do not use its tanh.
 - `softcap_f32(x, cap)`: the LM head's final softcap, tanh(x / cap) * cap. The logit epilogue and the
   sampler's head mode both call it, so the logits one writes and the other recomputes are the same bits.
+- `dot_acc(a, b, acc, UPCAST, IEEE)`: acc + a @ b for the GEMM kernels' K loops; UPCAST takes fp32 inputs (the
+  interpreter's bf16 dot is wrong; it also keeps the fp32 path exact), IEEE asks for full fp32 products.
+- `gelu_tanh_mul_f32(g, u)`: gelu_tanh(g) * u in fp32, the expert GEMMs' epilogue.
 
 Kernels call these by their module-level names; kernels/_triton_compat.py makes them callable from kernels run
 in the interpreter too.
@@ -39,3 +42,21 @@ def softcap_f32(x, cap):
     e = tl.exp(-2.0 * tl.abs(z))
     t = (1.0 - e) / (1.0 + e)
     return tl.where(z < 0, -t, t) * cap
+
+
+@triton.jit
+def dot_acc(a, b, acc, UPCAST: tl.constexpr, IEEE: tl.constexpr):
+    if UPCAST:
+        a, b = a.to(tl.float32), b.to(tl.float32)
+    if IEEE:
+        return tl.dot(a, b, acc, input_precision="ieee")
+    return tl.dot(a, b, acc)
+
+
+@triton.jit
+def gelu_tanh_mul_f32(g, u):
+    # gelu_tanh(g) = 0.5 g (1 + tanh(z)), tanh_f32 written out (a helper is a leaf)
+    z = 0.7978845608028654 * (g + 0.044715 * g * g * g)
+    e = tl.exp(-2.0 * tl.abs(z))
+    t = (1.0 - e) / (1.0 + e)
+    return 0.5 * g * (1.0 + tl.where(z < 0, -t, t)) * u

@@ -28,7 +28,7 @@ import math
 import torch
 
 from kernels._triton_compat import HAS_TRITON, interpret_mode, runnable, tl, triton
-from kernels._triton_math import tanh_f32
+from kernels._triton_math import dot_acc, gelu_tanh_mul_f32
 from kernels.gelu_mul import gelu_mul_triton
 from kernels.moe_align import align_tokens_triton
 
@@ -138,17 +138,9 @@ def _gate_up_kernel(x_ptr, w_ptr, h_ptr, ids_ptr, bexp_ptr, nblk_ptr, A, TOPK, H
         wm = k_ok[:, None] & n_ok[None, :]
         wg = tl.load(w_base + ns[None, :] * sw_f + (k0 + ks)[:, None], mask=wm, other=0.0)
         wu = tl.load(w_base + (ns + I)[None, :] * sw_f + (k0 + ks)[:, None], mask=wm, other=0.0)
-        if UPCAST:  # the interpreter's bf16 dot is wrong; it also makes the fp32 path exact
-            a, wg, wu = a.to(tl.float32), wg.to(tl.float32), wu.to(tl.float32)
-        if IEEE:
-            acc_g = tl.dot(a, wg, acc_g, input_precision="ieee")
-            acc_u = tl.dot(a, wu, acc_u, input_precision="ieee")
-        else:
-            acc_g = tl.dot(a, wg, acc_g)
-            acc_u = tl.dot(a, wu, acc_u)
-    # gelu_tanh(g) = 0.5 g (1 + tanh(z))
-    z = 0.7978845608028654 * (acc_g + 0.044715 * acc_g * acc_g * acc_g)
-    act = 0.5 * acc_g * (1.0 + tanh_f32(z)) * acc_u
+        acc_g = dot_acc(a, wg, acc_g, UPCAST, IEEE)
+        acc_u = dot_acc(a, wu, acc_u, UPCAST, IEEE)
+    act = gelu_tanh_mul_f32(acc_g, acc_u)
     tl.store(h_ptr + rows.to(tl.int64)[:, None] * sh_a + ns[None, :], act.to(h_ptr.dtype.element_ty),
              mask=row_ok[:, None] & n_ok[None, :])
 
@@ -176,12 +168,7 @@ def _down_kernel(h_ptr, w_ptr, y_ptr, ids_ptr, bexp_ptr, nblk_ptr, A, H, I,  # n
                     other=0.0)
         w = tl.load(w_ptr + e * sw_e + ns[None, :] * sw_h + (k0 + ks)[:, None],
                     mask=k_ok[:, None] & n_ok[None, :], other=0.0)
-        if UPCAST:
-            a, w = a.to(tl.float32), w.to(tl.float32)
-        if IEEE:
-            acc = tl.dot(a, w, acc, input_precision="ieee")
-        else:
-            acc = tl.dot(a, w, acc)
+        acc = dot_acc(a, w, acc, UPCAST, IEEE)
     tl.store(y_ptr + r64[:, None] * sy_a + ns[None, :], acc.to(y_ptr.dtype.element_ty),
              mask=row_ok[:, None] & n_ok[None, :])
 

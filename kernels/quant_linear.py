@@ -33,6 +33,7 @@ import torch
 import torch.nn.functional as F
 
 from kernels._triton_compat import interpret_mode, runnable, tl, triton
+from kernels._triton_math import dot_acc
 from kernels.dequant import NVFP4_GROUP, QuantTensor, dequantize
 
 
@@ -184,13 +185,7 @@ def _quant_linear_kernel(x_ptr, data_ptr, scale_ptr, zero_ptr, gscale_ptr, y_ptr
                        other=0.0)
         w_NK = dequant_tile(data_ptr, scale_ptr, zero_ptr, gscale_ptr, pid_n * BN, N, k0, K, sd_n, ss_n,
                             x_ptr.dtype.element_ty, SCHEME, GROUP, GMODE, HAS_ZERO, BN, BK)
-        w_KN = tl.trans(w_NK)
-        if UPCAST:  # the interpreter's bf16 dot is wrong; fp32 is exact for the fp32 path
-            a_MK, w_KN = a_MK.to(tl.float32), w_KN.to(tl.float32)
-        if IEEE:
-            acc = tl.dot(a_MK, w_KN, acc, input_precision="ieee")
-        else:
-            acc = tl.dot(a_MK, w_KN, acc)
+        acc = dot_acc(a_MK, tl.trans(w_NK), acc, UPCAST, IEEE)
     tl.store(y_ptr + ms64[:, None] * sy_m + ns[None, :], acc.to(y_ptr.dtype.element_ty),
              mask=m_ok[:, None] & n_ok[None, :])
 

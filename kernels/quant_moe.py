@@ -23,7 +23,7 @@ from __future__ import annotations
 import torch
 
 from kernels._triton_compat import interpret_mode, runnable, tl, triton
-from kernels._triton_math import tanh_f32
+from kernels._triton_math import dot_acc, gelu_tanh_mul_f32
 from kernels.dequant import QuantTensor, dequantize
 from kernels.fused_moe import _combine, combine_torch, gelu_tanh
 from kernels.moe_align import align_tokens_triton
@@ -108,17 +108,9 @@ def _quant_gate_up_kernel(x_ptr, data_ptr, scale_ptr, zero_ptr, gscale_ptr, h_pt
                                    x_ptr.dtype.element_ty, SCHEME, GROUP, GMODE, HAS_ZERO, BN, BK))
         wu = tl.trans(dequant_tile(d_e, s_e, z_e, g_e, I + pid_n * BN, 2 * I, k0, H, sd_n, ss_n,
                                    x_ptr.dtype.element_ty, SCHEME, GROUP, GMODE, HAS_ZERO, BN, BK))
-        if UPCAST:  # the interpreter's bf16 dot is wrong; it also makes the fp32 path exact
-            a, wg, wu = a.to(tl.float32), wg.to(tl.float32), wu.to(tl.float32)
-        if IEEE:
-            acc_g = tl.dot(a, wg, acc_g, input_precision="ieee")
-            acc_u = tl.dot(a, wu, acc_u, input_precision="ieee")
-        else:
-            acc_g = tl.dot(a, wg, acc_g)
-            acc_u = tl.dot(a, wu, acc_u)
-    # gelu_tanh(g) = 0.5 g (1 + tanh(z))
-    z = 0.7978845608028654 * (acc_g + 0.044715 * acc_g * acc_g * acc_g)
-    act = 0.5 * acc_g * (1.0 + tanh_f32(z)) * acc_u
+        acc_g = dot_acc(a, wg, acc_g, UPCAST, IEEE)
+        acc_u = dot_acc(a, wu, acc_u, UPCAST, IEEE)
+    act = gelu_tanh_mul_f32(acc_g, acc_u)
     tl.store(h_ptr + rows.to(tl.int64)[:, None] * sh_a + ns[None, :], act.to(h_ptr.dtype.element_ty),
              mask=row_ok[:, None] & n_ok[None, :])
 
@@ -148,12 +140,7 @@ def _quant_down_kernel(h_ptr, data_ptr, scale_ptr, zero_ptr, gscale_ptr, y_ptr, 
                     other=0.0)
         w = tl.trans(dequant_tile(d_e, s_e, z_e, g_e, pid_n * BN, H, k0, I, sd_n, ss_n,
                                   h_ptr.dtype.element_ty, SCHEME, GROUP, GMODE, HAS_ZERO, BN, BK))
-        if UPCAST:
-            a, w = a.to(tl.float32), w.to(tl.float32)
-        if IEEE:
-            acc = tl.dot(a, w, acc, input_precision="ieee")
-        else:
-            acc = tl.dot(a, w, acc)
+        acc = dot_acc(a, w, acc, UPCAST, IEEE)
     tl.store(y_ptr + r64[:, None] * sy_a + ns[None, :], acc.to(y_ptr.dtype.element_ty),
              mask=row_ok[:, None] & n_ok[None, :])
 
