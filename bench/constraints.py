@@ -29,13 +29,13 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from pipeline.constraints import dp, dp_numba  # noqa: E402
-from pipeline.constraints.choice import choice_regex  # noqa: E402
-from pipeline.constraints.dfa import build_token_dfa, build_trie  # noqa: E402
-from pipeline.constraints.hook import ConstraintHook  # noqa: E402
-from pipeline.constraints.schema_regex import schema_to_regex  # noqa: E402
-from pipeline.constraints.validate import validate_output  # noqa: E402
-from pipeline.constraints.vocab_bytes import token_bytes  # noqa: E402
+from constraints import dp, dp_numba  # noqa: E402
+from constraints.choice import choice_regex  # noqa: E402
+from constraints.dfa import build_token_dfa, build_trie  # noqa: E402
+from constraints.hook import ConstraintHook  # noqa: E402
+from constraints.output_check import validate_output  # noqa: E402
+from constraints.schema_regex import schema_to_regex  # noqa: E402
+from constraints.vocab_bytes import token_bytes  # noqa: E402
 from tests.constraints.tok_factory import gemma_style, synthetic_vocab  # noqa: E402
 
 _S = {"type": "string"}

@@ -20,8 +20,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from jobs.evaluate import evaluate_family  # noqa: E402
 from model import DiffusionGemma, load_tokenizer  # noqa: E402
+from train.evaluate import evaluate_family  # noqa: E402
 
 ASSET = Path(__file__).resolve().parents[1] / "model" / "assets" / "dgbatch-small"
 # (steps, t_max, t_min, entropy_bound); the first row is the checkpoint's generation_config

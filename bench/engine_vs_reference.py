@@ -29,12 +29,12 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from engine.counters import Counters  # noqa: E402
+from engine.fast import Engine, Request  # noqa: E402
+from engine.params import GenerationParams  # noqa: E402
+from engine.vocab_head import DEFAULT_CHUNK  # noqa: E402
 from model import DiffusionGemma, generate  # noqa: E402
 from model.config import PLACEHOLDER_VISION_CONFIG  # noqa: E402
-from model.counters import Counters  # noqa: E402
-from model.engine import Engine, Request  # noqa: E402
-from model.params import GenerationParams  # noqa: E402
-from model.vocab_head import DEFAULT_CHUNK  # noqa: E402
 
 _GATHERS = {torch.ops.aten.gather.default, torch.ops.aten.index_select.default, torch.ops.aten.index.Tensor}
 
@@ -45,7 +45,7 @@ class OpCounter(TorchDispatchMode):
     passes: per op, the largest vocabulary-last tensor it touches, in units of the [rows, C, V] logits, for
       tensors of at least 1/8 of that size (tensors that live in DRAM).
     chunk_passes: the same, counting every vocabulary-last or vocabulary-chunk-last tensor (the fast mode's
-      cache-resident [rows*C, Vc] chunks, model/vocab_head.py), i.e. all element work over the vocabulary.
+      cache-resident [rows*C, Vc] chunks, engine/vocab_head.py), i.e. all element work over the vocabulary.
     """
 
     def __init__(self, V: int, logits_numel: int, chunk: int, weights: set[int]):

@@ -9,7 +9,7 @@ Sections (each guarded: a failure is recorded in the JSON and the run goes on):
    Variant "kernels" routes MoE and canvas attention through kernels/; "model" is model/ as written (its
    other ops go through kernels/ dispatch); "unfused" is "kernels" with every small-op kernel (norms,
    router, gated GELU, logit epilogue, softmax, stream keys, the sampler's head mode) forced to its torch
-   reference: the A/B for launch and logit-pass fusion. Each step runs as the engine's (model/denoise.py):
+   reference: the A/B for launch and logit-pass fusion. Each step runs as the engine's (engine/denoise.py):
    the head, statistics of every position, the commit rule, the Gumbel sample of the kept ones.
    Variant "sdpa" is "kernels" with every decoder attention through PyTorch's fused SDPA (K/V heads repeated,
    boolean mask): the end-to-end A/B for the shapes where the Triton kernel measured slower. Variant
@@ -55,9 +55,9 @@ from gpu_kernels import attention_tiles, bench_kernels, moe_tiles, ms, sync  # n
 import kernels  # noqa: E402
 import model.moe  # noqa: E402
 import model.transformer  # noqa: E402
+from engine.sampler import RowNoise  # noqa: E402
 from model import DiffusionGemma, DiffusionGemmaConfig  # noqa: E402
 from model.config import PLACEHOLDER_VISION_CONFIG  # noqa: E402
-from model.sampler import RowNoise  # noqa: E402
 
 
 def guarded(results, name):
@@ -190,7 +190,7 @@ class _GraphedDecode:
 
 
 def engine_head(m, h, temp_B):
-    """The head as the engine's GPU step runs it (model/denoise.py): in the head mode, the raw LM head
+    """The head as the engine's GPU step runs it (engine/denoise.py): in the head mode, the raw LM head
     output and the next step's self-conditioning probabilities written straight from it (no fp32 logits, no
     copy); otherwise the processed fp32 logits and their bf16 copy."""
     if RowNoise.head_mode(h.device):
@@ -250,7 +250,7 @@ def run_canvas(m, cfg, dev, B, N, ctx, graph=False):
         sync(dev)
         f0 = time.perf_counter()
         # As the engine's step: decoder, then the head with softcap, temperature and the bf16 copy that
-        # self-conditions the next step (model/denoise.py)
+        # self-conditions the next step (engine/denoise.py)
         if graphed is not None:
             logits, sc_next = graphed(canvas, sc, temp_B)
         else:

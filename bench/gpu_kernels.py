@@ -176,7 +176,7 @@ def bench_kernels(dev, tiny, cfg):
         if use_triton:
             row["triton_ms"] = ms(dev, fused_sample_triton, logits, inv_t, keys, reps=10)
             row["triton_GBps"] = N * V * 4 / row["triton_ms"] / 1e6
-            # as the engine calls it (model/sampler.py RowNoise): statistics of every row without sampling,
+            # as the engine calls it (engine/sampler.py RowNoise): statistics of every row without sampling,
             # then the Gumbel sample of the kept rows only (1 in 32 here: about 8 of a canvas's 256)
             none = torch.zeros(N, dtype=torch.bool, device=dev)
             keep = torch.arange(N, device=dev) % 32 == 0

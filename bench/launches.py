@@ -17,7 +17,7 @@ LM head, sampler, commit). Beside launches it sums the bytes read and written in
 ([.., V]: logits, probabilities), in units of one pass over the step's fp32 logits: at V = 262,144 that
 traffic is a large share of a multi-canvas step. A Triton kernel's tensor arguments count once each, so a
 kernel that reads a row twice (kernels/softmax.py) is under-counted by that second read. Device -> host
-reads are the engine's own counters (model/counters.py).
+reads are the engine's own counters (engine/counters.py).
 
     OMP_NUM_THREADS=1 .venv/bin/python bench/launches.py [--rows 2] [--steps 16] [--json out.json]
 """
@@ -38,11 +38,11 @@ from torch.utils._python_dispatch import TorchDispatchMode
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import kernels  # noqa: E402
+from engine.commit_hook import ArgmaxCommit  # noqa: E402
+from engine.counters import Counters  # noqa: E402
+from engine.fast import Engine, Request  # noqa: E402
+from engine.params import GenerationParams  # noqa: E402
 from model import DiffusionGemma, DiffusionGemmaConfig  # noqa: E402
-from model.commit import ArgmaxCommit  # noqa: E402
-from model.counters import Counters  # noqa: E402
-from model.engine import Engine, Request  # noqa: E402
-from model.params import GenerationParams  # noqa: E402
 
 # aten ops that never launch a device kernel: views, allocations without a fill, metadata
 NO_LAUNCH = frozenset("""

@@ -32,8 +32,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from constraints.vocab_bytes import token_bytes  # noqa: E402
 from jobs.cmd_check_schema import check_many  # noqa: E402
-from pipeline.constraints.vocab_bytes import token_bytes  # noqa: E402
 
 TOKENIZER = ROOT / "model/assets/dgbatch-small/tokenizer.json"
 

@@ -1,12 +1,13 @@
 """Steering options of the structured-output design note, measured on a trained model (issue 5).
 
-For each task family (jobs/synthdata.py held-out split, the family's JSON Schema) and each step count, with
-the ConstraintHook's steering options off, each alone, and combined (pipeline/constraints/steering.py):
+For each task family (train/synthdata.py held-out split, the family's JSON Schema) and each step count, with
+the ConstraintHook's steering options off, each alone, and combined (constraints/steering.py):
 exact match (whole object), per-field accuracy, validity (parses and validates; always 100% under the DP),
 validity-before-commit (share of rows whose raw argmax at every commit already was the valid path, i.e. the
-DP changed nothing), tokens per forward (non-pad new tokens / live decoder row-forwards, as jobs/evaluate.py),
-decoder forwards per row and wall seconds. Generation: reference mode (`model.generate`, lockstep batch, one
-seed per batch: jobs/evaluate.py's setting, so the "off" rows equal its constrained rows) or the fast engine.
+DP changed nothing), tokens per forward (non-pad new tokens / live decoder row-forwards, as in
+train/evaluate.py),
+decoder forwards per row and wall seconds. Generation: reference mode (`engine.generate`, lockstep batch, one
+seed per batch: train/evaluate.py's setting, so the "off" rows equal its constrained rows) or the fast engine.
 Option sets are explicit ("off" is commit-only), whatever the hook's default (SteeringOptions.kept()).
 
     OMP_NUM_THREADS=1 .venv/bin/python bench/steering.py --model model/assets/dgbatch-small --n 50
@@ -25,10 +26,10 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from jobs import synthdata  # noqa: E402
-from jobs.evaluate import FAMILY_CANVASES, constraint_hook, decode_answer, score  # noqa: E402
-from jobs.train_forward import make_batch  # noqa: E402
-from pipeline.constraints.steering import SteeringOptions  # noqa: E402
+from constraints.steering import SteeringOptions  # noqa: E402
+from train import synthdata  # noqa: E402
+from train.evaluate import FAMILY_CANVASES, constraint_hook, decode_answer, score  # noqa: E402
+from train.forward import make_batch  # noqa: E402
 
 DEFAULT_OPTIONS = "off;constrained_stop;valid_sampling;seed_canvas;all"
 
@@ -73,8 +74,8 @@ def run_config(
     batch: int,
     seed: int = 0,
 ) -> dict:
-    from model.counters import Counters
-    from model.generate import generate
+    from engine.counters import Counters
+    from engine.generate import generate
 
     exs = synthdata.dataset("heldout", n, family)
     C = model.config.canvas_length
@@ -101,8 +102,8 @@ def run_config(
             states += rec.final_states(len(chunk))
             forwards += counters.live_forwards
         else:
-            from model.engine import Engine, Request
-            from model.params import GenerationParams
+            from engine.fast import Engine, Request
+            from engine.params import GenerationParams
 
             params = GenerationParams.from_model(model, max_new_tokens=max_new, max_denoising_steps=steps)
             reqs = [
@@ -176,7 +177,7 @@ def main(argv: list[str] | None = None) -> int:
     for fam in args.families.split(","):
         base = constraint_hook(fam, tok, model, FAMILY_CANVASES[fam] * model.config.canvas_length)
         if base is None:
-            raise SystemExit("pipeline.constraints is not importable")
+            raise SystemExit("constraints is not importable")
         for steps in (int(s) for s in args.steps.split(",")):
             for opts in option_sets:
                 r = run_config(model, tok, base, fam, args.n, steps, opts, args.mode, args.batch)

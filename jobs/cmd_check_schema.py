@@ -33,7 +33,7 @@ def add_parser(parser: argparse.ArgumentParser) -> None:
         type=int,
         default=None,
         help="unroll a recursive $ref at most this many times on a path (default: the most, up to "
-        "pipeline/constraints/refs.py REF_DEPTH, whose regex fits the size budget)",
+        "constraints/refs.py REF_DEPTH, whose regex fits the size budget)",
     )
     parser.add_argument(
         "--walks",
@@ -65,15 +65,15 @@ def check_one(
 ) -> dict:
     """Compile `schema` against the byte vocabulary and generate once; never raises for a schema problem.
 
-    walks > 0: also validate that many random words of the token automaton (pipeline/constraints/walks.py);
+    walks > 0: also validate that many random words of the token automaton (constraints/walks.py);
     the first one that fails is reported as the counterexample.
     """
     import torch
 
-    from pipeline.constraints import UnsupportedSchema, validate_output
-    from pipeline.constraints.dfa import build_token_dfa
-    from pipeline.constraints.hook import ConstraintHook
-    from pipeline.constraints.schema_regex import schema_to_regex
+    from constraints import UnsupportedSchema, validate_output
+    from constraints.dfa import build_token_dfa
+    from constraints.hook import ConstraintHook
+    from constraints.schema_regex import schema_to_regex
 
     res: dict = {"supported": False}
     t0 = time.perf_counter()
@@ -121,8 +121,8 @@ def check_one(
 
 def _check_walks(schema, dfa, vocab, n: int, *, budget: int, seed: int) -> dict:
     """Validate n random words of the automaton; the counts and the first invalid one (if any)."""
-    from pipeline.constraints import validate_output
-    from pipeline.constraints.walks import decode, token_walks
+    from constraints import validate_output
+    from constraints.walks import decode, token_walks
 
     t0 = time.perf_counter()
     bad, first = 0, None
@@ -192,7 +192,7 @@ def check_many(schemas, vocab, eos_ids, *, timeout: float, memory_bytes: int, **
 
 
 def _load_vocab(args):
-    from pipeline.constraints.vocab_bytes import token_bytes
+    from constraints.vocab_bytes import token_bytes
 
     if args.model:
         from model import DiffusionGemmaConfig, load_tokenizer

@@ -45,9 +45,9 @@ def add_parser(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     import torch
 
+    from engine.generate import _decode, _encode_prompt
+    from engine.params import GenerationParams
     from model import DiffusionGemma, load_tokenizer
-    from model.generate import _decode, _encode_prompt
-    from model.params import GenerationParams
     from pipeline.redact import scrub
 
     torch.set_num_threads(1)
@@ -80,7 +80,7 @@ def run(args: argparse.Namespace) -> int:
         if hook is None:
             print(f"=== [{i}] {prompt}\n{_decode(tok, toks)}")
             continue
-        from pipeline.constraints import check_output, choice_json, decode_text
+        from constraints import check_output, choice_json, decode_text
 
         text = decode_text(hook, toks)
         status, _, err = check_output(section, text)
@@ -101,7 +101,7 @@ def _constraint(args, tok, model, params):
         if args.steering != "off":
             raise ValueError("--steering needs a constraint (--json-schema, --pydantic, --regex or --choice)")
         return None, None
-    from pipeline.constraints import as_section, build_hook
+    from constraints import as_section, build_hook
 
     section = as_section({**section, "steering": args.steering})  # loads a schema file / URL
     hook = build_hook(section, tok, model.config, max_new_tokens=params.max_new_tokens)
@@ -112,8 +112,8 @@ def _generate(model, ids: list[list[int]], params, args, view, hook=None) -> tup
     """Answers' token ids and, per answer, the final constraint state (fast mode; None otherwise)."""
     import torch
 
-    from model.engine import Engine, Request
-    from model.generate import generate
+    from engine.fast import Engine, Request
+    from engine.generate import generate
     from pipeline.redact import scrub
 
     if args.mode == "fast":

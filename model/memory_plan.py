@@ -11,7 +11,7 @@ embedding / LM head, the router, norms and scalars.
 
 What OUR engine allocates on a GPU (bf16 activations, a = 2 bytes; C canvas, V vocabulary, H hidden, L the
 row's context, i.e. its cached tokens, A = C * top_k expert assignments). Each item is per canvas.
-KV cache (model/cache.py KVCache, model/scheduler.py SlotCache):
+KV cache (model/cache.py KVCache, engine/scheduler.py SlotCache):
   k and v [KV_i, S, D_i] on global layers at S = L rounded up to whole canvases (SlotCache grows lengths in
   canvas steps); on sliding layers a ring of min(S, W - 1 + window_chunk) slots (the window plus one
   encoder chunk: 1535 for the full-size model at window_chunk 512), a fixed cost per row past it; plus
@@ -19,7 +19,7 @@ KV cache (model/cache.py KVCache, model/scheduler.py SlotCache):
   copies the used rows layer by layer (an indexed gather: one layer's K of those rows, the largest being
   max over layers of slots x KV_i x D_i): from an empty batch rows double 1, 2, 4, ... N, so the first
   admission holds (previous + N) rows and that copy at once.
-Vocabulary-wide buffers [C, V] (model/denoise.py denoise_step, GPU head mode: RowNoise.head_mode):
+Vocabulary-wide buffers [C, V] (engine/denoise.py denoise_step, GPU head mode: RowNoise.head_mode):
   held between steps   sc_BCV    a     softmax of the last step, the self-conditioning input
                                        (CanvasBatch.sc_BCV, written by kernels/softmax.py softmax_triton)
                        last_BCV  a     the raw LM head output kept for commit hooks (keep_logits only)
@@ -28,7 +28,7 @@ Vocabulary-wide buffers [C, V] (model/denoise.py denoise_step, GPU head mode: Ro
                        where     a     torch.where(done, last_BCV, raw): keep_logits with adaptive stopping
                        proc      fp32  kernels.logit_epilogue(raw)[0]: steering hooks only
   kernels/sampler.py head_sample reads raw in place (its outputs are [C] per canvas): no [C, V] buffer.
-  At a canvas boundary (model/engine.py: batch.select, then CanvasBatch.cat) the old batch, the kept rows'
+  At a canvas boundary (engine/fast.py: batch.select, then CanvasBatch.cat) the old batch, the kept rows'
   copy, the zero fill of restarted rows and the concatenation of each held field are alive together: up to
   3 copies of each held buffer. A commit hook's row is processed once more at commit
   (CanvasBatch.last_logits: one fp32 [C, V] per batch).
@@ -53,7 +53,7 @@ Prefill (model/transformer.py encode of a P-token prompt into a fresh slot; alwa
   scores [Hq, P, P] at 10 bytes a score, or the experts' [P * top_k, H + Im]. A longer one is encoded in
   chunks of T = window_chunk tokens: per chunk masks [T, S] per layer type and scores [Hq, T, S] with S the
   keys read (the chunk's end on full layers, the whole ring once it wraps): O(T x P), 0.38 GB at P = 4096
-  instead of 2.9 GB. Prompts of equal length admitted together share one pass (model/engine.py _prefill);
+  instead of 2.9 GB. Prompts of equal length admitted together share one pass (engine/fast.py _prefill);
   the plan counts one.
 canvases_fit: the largest N whose peak over the engine's phases (MemoryPlan.phases: a decode step, the commit
   of hook rows, a canvas boundary, one prompt's prefill beside N - 1 running rows, the cache's first growth)
@@ -61,7 +61,7 @@ canvases_fit: the largest N whose peak over the engine's phases (MemoryPlan.phas
 Assumed: a card whose Triton kernels pass their self-checks (kernels/__init__.py), so the head mode runs
   and the quantized GEMMs (kernels/quant_linear.py, kernels/quant_moe.py) dequantize tiles in registers; their
   torch references dequantize a whole linear, or one expert, at a time.
-Not counted: what a commit hook allocates itself (pipeline/constraints copies its rows to the host), the
+Not counted: what a commit hook allocates itself (constraints copies its rows to the host), the
   regrowth of the cache length when a later row needs a longer cache than the first (old and new cache at
   once: up to twice the cache, depending on arrival order), and kernels' register/shared memory.
 """
@@ -109,7 +109,7 @@ class VocabBuffers:
 
 def vocab_buffers(keep_logits: bool = False, adaptive_stop: bool = True,
                   steering: bool = False) -> VocabBuffers:
-    """The engine's vocabulary-wide buffers in the GPU head mode (model/denoise.py, module doc)."""
+    """The engine's vocabulary-wide buffers in the GPU head mode (engine/denoise.py, module doc)."""
     held = 1 + keep_logits  # sc_BCV (+ last_BCV)
     step = held + 2 + (keep_logits and adaptive_stop)  # + raw, sc_next (+ where)
     return VocabBuffers(held, step, int(steering), 3 * held, int(keep_logits))

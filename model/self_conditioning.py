@@ -4,7 +4,7 @@ Legend: B batch, C canvas, V vocab, H hidden. With previous-step logits l (alrea
     soft = (softmax_f32(l).to(E.dtype) @ E) * embed_scale ;  n = pre_norm(soft)
     x    = post_norm_noscale(embed(canvas) + down(gelu_tanh(gate n) * up n))
 Without logits soft = 0, which makes the MLP term exactly 0, so we skip it but still apply post_norm.
-The fast mode passes `soft_BCH` itself (computed inside its chunked vocabulary pass, model/vocab_head.py,
+The fast mode passes `soft_BCH` itself (computed inside its chunked vocabulary pass, engine/vocab_head.py,
 without a [B, C, V] softmax); a zero row of soft_BCH is exactly "no self-conditioning" for that row. The GPU
 head mode passes the probabilities (`probs_BCV`), written by the previous step straight from its LM head.
 """

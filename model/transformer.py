@@ -10,7 +10,7 @@ Legend: B rows, T new tokens, C canvas, H hidden, V vocab, S key length, R selec
       [context ; canvas], read-only on the cache; sliding layers see the last W-1 context tokens. Uses the
       DECODER layer_scalar copies, self-conditioning on its input, tied LM head and softcap.
       `decode_hidden` is the same pass without the LM head (the fast mode's chunked vocabulary pass,
-      model/vocab_head.py, applies the head itself), and may take the self-conditioning soft embedding
+      engine/vocab_head.py, applies the head itself), and may take the self-conditioning soft embedding
       precomputed instead of logits.
 Key ranges are trimmed on the host so sliding layers only touch the last window. They come from the cache
 lengths (one device read per pass) unless the caller, who knows every row's length, passes `len_range`

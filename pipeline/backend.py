@@ -1,6 +1,6 @@
 """Backends: what a replica calls to turn prepared rows into results (the model sits behind this).
 
-- `EngineBackend` wraps `model.engine.Engine` (fast mode, continuous batching): chat template + tokenize,
+- `EngineBackend` wraps `engine.fast.Engine` (fast mode, continuous batching): chat template + tokenize,
   one `Request` per row with the row's seed, decode, and hand the text to the structured-output check.
 - `StubBackend` costs a fixed time per row and echoes its prompt; a prompt containing `poison_marker`
   kills the whole process (`os._exit`), one containing `raise_marker` raises, one containing
@@ -106,7 +106,7 @@ class EngineBackendFactory:
 
 
 class EngineBackend:
-    """The DiffusionGemma fast engine behind the Backend interface (model/request.py, model/engine.py)."""
+    """The DiffusionGemma fast engine behind the Backend interface (engine/request.py, engine/fast.py)."""
 
     def __init__(self, spec: JobSpec):
         import torch
@@ -117,8 +117,8 @@ class EngineBackend:
             torch.set_num_threads(int(os.environ["DGBATCH_TORCH_THREADS"]))
         self.spec = spec
         self.model, self.tokenizer, self.model_dir = load_model_and_tokenizer(spec.model)
-        from model.engine import Engine
-        from model.params import GenerationParams
+        from engine.fast import Engine
+        from engine.params import GenerationParams
 
         self.params = GenerationParams.from_model(self.model, **spec.generation.engine_overrides())
         self.engine = Engine(self.model, max_batch_rows=spec.resources.batch_size)
@@ -132,7 +132,7 @@ class EngineBackend:
         return list(self.tokenizer.encode(prompt))
 
     def generate(self, rows: list[PreparedRow]) -> list[RowResult]:
-        from model.engine import Request
+        from engine.fast import Request
 
         results: dict[str, RowResult] = {}
         requests, by_key = [], {}
@@ -174,7 +174,7 @@ class EngineBackend:
 
 
 class _ConstraintHooks:
-    """Adapter over pipeline.constraints (owned by the structured-output area): build_hook, check_output."""
+    """Adapter over constraints (owned by the structured-output area): build_hook, check_output."""
 
     def __init__(self, mod, spec: JobSpec, tokenizer, model, max_new_tokens: int):
         self.mod, self.section, self.tokenizer = mod, spec.structured_output, tokenizer
@@ -215,12 +215,12 @@ def _constraint_hooks(spec: JobSpec, tokenizer, model, max_new_tokens: int) -> _
 
 
 def constraints_module():
-    """pipeline.constraints with `build_hook`, or a SpecError saying structured output is unavailable."""
+    """constraints with `build_hook`, or a SpecError saying structured output is unavailable."""
     try:
-        import pipeline.constraints as mod
+        import constraints as mod
     except ImportError as exc:
         raise SpecError(f"structured_output: not available in this build ({exc})") from exc
     if not hasattr(mod, "build_hook"):
-        raise SpecError("structured_output: not available in this build (pipeline.constraints.build_hook "
+        raise SpecError("structured_output: not available in this build (constraints.build_hook "
                         "is missing)")
     return mod

@@ -8,7 +8,7 @@ written. Those are, relative to the prefix OUT:
   _probe-<32 hex>                                           the writability probe (deleted at once)
   _commits/shard-<id>.json   data/shard-<id>.attempt-<k>.parquet   commits and attempt files
   _runs/run-<run id>.json                                   one record per driver run (pipeline/runs.py)
-  _report/index.html  _report/<chart>.png                   `dgbatch report` (pipeline/report.py)
+  _report/index.html  _report/<chart>.png                   `dgbatch report` (pipeline/report/page.py)
   <dir>/.<one of the above>.tmp-<32 hex>                    a local writer's temp file (pipeline/storage.py)
 
 with shard ids `<5 digits>-<9 digits>` (pipeline/shards.py). A prefix holding anything else belongs to

@@ -130,7 +130,7 @@ class GenerationSpec(_Section):
 
 
 class StructuredOutputSpec(_Section):
-    """Where the output constraint comes from; exactly one source. Behaviour lives in pipeline.constraints."""
+    """Where the output constraint comes from; exactly one source. Behaviour lives in constraints."""
 
     json_schema: dict[str, Any] | str | None = None  # a schema object, or a path/URL to one
     pydantic: str | None = None  # "module:ClassName"
@@ -138,10 +138,10 @@ class StructuredOutputSpec(_Section):
     choice: list[str] | None = None
     schema_column: str | None = None  # per-row JSON Schema in this input column
     compile_timeout_s: float = Field(default=30.0, gt=0)
-    # How deep a recursive $ref is unrolled (pipeline/constraints/refs.py); None: its default, lowered until
+    # How deep a recursive $ref is unrolled (constraints/refs.py); None: its default, lowered until
     # the schema's regex fits its size budget.
     ref_depth: int | None = Field(default=None, ge=1)
-    # Per-step steering by the constraint (pipeline/constraints/steering.py): "off" (commit-time DP only),
+    # Per-step steering by the constraint (constraints/steering.py): "off" (commit-time DP only),
     # "kept" / "valid_sampling", "all", or a comma list of option names. Costs one DP per row per step.
     steering: str = "off"
 
@@ -153,7 +153,7 @@ class StructuredOutputSpec(_Section):
     @field_validator("steering")
     @classmethod
     def _steering_known(cls, v: str) -> str:
-        from pipeline.constraints.steering import SteeringOptions
+        from constraints.steering import SteeringOptions
 
         SteeringOptions.parse(v)  # raises ValueError naming the unknown option
         return v

@@ -129,7 +129,7 @@ def check_structured_output(spec: JobSpec) -> int | None:
     section = spec.structured_output
     if section is None or section.schema_column is not None:
         return None
-    import pipeline.constraints as pc
+    import constraints as pc
 
     tokenizer, model_config, max_new_tokens = _constraint_model(spec)
     try:
@@ -143,8 +143,8 @@ def check_structured_output(spec: JobSpec) -> int | None:
 
 def _constraint_model(spec: JobSpec):
     """(tokenizer, model config, max_new_tokens as the engine will use it) without loading the weights."""
+    from engine.params import GenerationParams
     from model import DiffusionGemmaConfig, load_tokenizer
-    from model.params import GenerationParams
     from pipeline.model_path import FALLBACK_LABEL, ensure_fallback, resolve_model_path
 
     path, label = resolve_model_path(spec.model)

@@ -12,10 +12,10 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # so `tests.constraints.tok_factory` imports
 
-from pipeline.constraints import CompileConfig  # noqa: E402
-from pipeline.constraints.schema_regex import schema_to_regex, strict_validator  # noqa: E402
-from pipeline.constraints.vocab_bytes import token_bytes  # noqa: E402
-from pipeline.constraints.walks import byte_accepts  # noqa: E402
+from constraints import CompileConfig  # noqa: E402
+from constraints.schema_regex import schema_to_regex, strict_validator  # noqa: E402
+from constraints.vocab_bytes import token_bytes  # noqa: E402
+from constraints.walks import byte_accepts  # noqa: E402
 from tests.constraints.tok_factory import byte_level, gemma_style  # noqa: E402
 
 SHIPPED_TOKENIZER = Path(__file__).resolve().parents[2] / "model/assets/dgbatch-small/tokenizer.json"

@@ -8,7 +8,7 @@ import types
 
 import pytest
 
-from pipeline.constraints import (
+from constraints import (
     CompileConfig,
     CompileError,
     InfeasibleConstraint,
@@ -20,7 +20,7 @@ from pipeline.constraints import (
     decode_text,
     validate_output,
 )
-from pipeline.constraints.vocab_bytes import token_bytes
+from constraints.vocab_bytes import token_bytes
 from tests.constraints.conftest import rollout
 
 PERSON = {
@@ -122,7 +122,7 @@ def test_worker_compile_cache_and_timeout(gemma_tok, tmp_path):
     cfg = CompileConfig(cache_dir=tmp_path, timeout_s=60)
     dfa = compile_regex('"[a-z]{1,4}"', vocab, [1], cfg)  # in the bounded worker process
     assert dfa.n_states > 2 and len(list(tmp_path.glob("*.npz"))) == 1
-    from pipeline.constraints import compile as compile_mod
+    from constraints import compile as compile_mod
 
     compile_mod._MEMO.clear()
     again = compile_regex('"[a-z]{1,4}"', vocab, [1], cfg)  # from the disk cache

@@ -14,11 +14,11 @@ from pathlib import Path
 import jsonschema
 import pytest
 
+from constraints.counting import divides_one
+from constraints.schema_regex import UnsupportedSchema, schema_to_regex, strict_validator
+from constraints.vocab_bytes import token_bytes
+from constraints.walks import byte_accepts as accepts
 from jobs.cmd_check_schema import check_one
-from pipeline.constraints.counting import divides_one
-from pipeline.constraints.schema_regex import UnsupportedSchema, schema_to_regex, strict_validator
-from pipeline.constraints.vocab_bytes import token_bytes
-from pipeline.constraints.walks import byte_accepts as accepts
 from tests.constraints.conftest import assert_exact_shape
 from tests.constraints.test_schema_regex import samples
 

@@ -7,8 +7,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from constraints.vocab_bytes import token_bytes
 from jobs.cmd_check_schema import check_one
-from pipeline.constraints.vocab_bytes import token_bytes
 
 ROOT = Path(__file__).resolve().parents[2]
 DATA = Path(__file__).resolve().parent / "data" / "glaive_sample"

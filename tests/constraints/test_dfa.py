@@ -7,8 +7,8 @@ from collections import deque
 import pytest
 from outlines_core import Index, Vocabulary
 
-from pipeline.constraints.dfa import build_token_dfa
-from pipeline.constraints.schema_regex import schema_to_regex
+from constraints.dfa import build_token_dfa
+from constraints.schema_regex import schema_to_regex
 
 VOCAB = (
     [None, None, None]

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.constraints.dfa import build_token_dfa
-from pipeline.constraints.dp import DPTables, best_path
+from constraints.dfa import build_token_dfa
+from constraints.dp import DPTables, best_path
 
 # ids: 0 <pad>, 1 <eos>, then pieces
 VOCAB = [None, None, b"a", b"b", b"c", b"ab", b"bc", b"ca"]
@@ -101,10 +101,10 @@ def test_fast_sweep_matches_reference_on_a_schema(kind, layout, gemma_tok, monke
     plain edge Viterbi, from several start states, on a tokenizer-sized vocabulary. Layouts: no_merge keeps
     every bucket width and no templates; templates turns every signature shared by 2+ states into a
     template (several template blocks, with padding slots and dummy states); None is the default."""
-    from pipeline.constraints import dp_layout
-    from pipeline.constraints.choice import choice_regex
-    from pipeline.constraints.schema_regex import schema_to_regex
-    from pipeline.constraints.vocab_bytes import token_bytes
+    from constraints import dp_layout
+    from constraints.choice import choice_regex
+    from constraints.schema_regex import schema_to_regex
+    from constraints.vocab_bytes import token_bytes
 
     vocab = token_bytes(gemma_tok)
     schema = {
@@ -155,8 +155,8 @@ def test_fast_sweep_matches_reference_on_a_schema(kind, layout, gemma_tok, monke
 
 
 def _schema_dfa(gemma_tok):
-    from pipeline.constraints.schema_regex import schema_to_regex
-    from pipeline.constraints.vocab_bytes import token_bytes
+    from constraints.schema_regex import schema_to_regex
+    from constraints.vocab_bytes import token_bytes
 
     schema = {
         "type": "object",
@@ -170,7 +170,7 @@ def _schema_dfa(gemma_tok):
 def test_layout_holds_exactly_the_dfa_pairs(layout, gemma_tok, monkeypatch):
     """Every real state's padded slots hold exactly its in-pairs (source, class set), EOS and ANY pseudo
     edges included; padding slots and dummy states hold nothing but the sentinel."""
-    from pipeline.constraints import dp_layout
+    from constraints import dp_layout
 
     if layout == "templates":
         monkeypatch.setattr(dp_layout, "_TEMPLATE_MIN_STATES", 2)
@@ -199,7 +199,7 @@ def test_layout_holds_exactly_the_dfa_pairs(layout, gemma_tok, monkeypatch):
 
 
 def test_set_max_is_the_max_over_each_sets_classes(gemma_tok):
-    from pipeline.constraints.dp import set_max
+    from constraints.dp import set_max
 
     t = DPTables.from_dfa(_schema_dfa(gemma_tok))
     assert len({w for _, _, w, _ in t.set_groups}) >= 3  # several padded set sizes

@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.constraints import dp, dp_numba
-from pipeline.constraints.dfa import build_token_dfa
-from pipeline.constraints.dp import DPTables, best_path
+from constraints import dp, dp_numba
+from constraints.dfa import build_token_dfa
+from constraints.dp import DPTables, best_path
 from tests.constraints.test_dp import REGEX, VOCAB, brute_force, realised_score
 
 LAYOUTS = {  # dp_layout knobs: default; every signature a template; no templates, no bucket merging
@@ -43,9 +43,9 @@ def test_both_backends_equal_brute_force(backend, seed):
 
 @pytest.fixture(scope="module")
 def dfas(gemma_tok):
-    from pipeline.constraints.choice import choice_regex
-    from pipeline.constraints.schema_regex import schema_to_regex
-    from pipeline.constraints.vocab_bytes import token_bytes
+    from constraints.choice import choice_regex
+    from constraints.schema_regex import schema_to_regex
+    from constraints.vocab_bytes import token_bytes
 
     vocab = token_bytes(gemma_tok)
     schema = {
@@ -69,7 +69,7 @@ def test_numba_equals_numpy_on_random_logits(kind, layout, dfas, monkeypatch):
     """Seeded logits of three kinds: continuous (no ties), small integers (ties everywhere: the first-max
     rules must agree) and with -inf entries (whole classes masked); odd lengths 1..17; several starts and
     budgets."""
-    from pipeline.constraints import dp_layout
+    from constraints import dp_layout
 
     for name, value in LAYOUTS[layout].items():
         monkeypatch.setattr(dp_layout, name, value)

@@ -8,7 +8,7 @@ import dataclasses
 import pytest
 import torch
 
-from pipeline.constraints import build_hook, check_output
+from constraints import build_hook, check_output
 from tests.constraints.tok_factory import gemma_style
 
 SECTIONS = [
@@ -30,9 +30,9 @@ SECTIONS = [
 
 @pytest.fixture(scope="module")
 def engine_setup():
+    from engine.fast import Engine
+    from engine.params import GenerationParams
     from model import DiffusionGemma, DiffusionGemmaConfig
-    from model.engine import Engine
-    from model.params import GenerationParams
 
     torch.manual_seed(0)
     tok = gemma_style(500)
@@ -45,7 +45,7 @@ def engine_setup():
 
 @pytest.mark.slow
 def test_every_row_valid_through_engine(engine_setup):
-    from model.engine import Request
+    from engine.fast import Request
 
     tok, model, engine, params = engine_setup
     requests, sections = [], []

@@ -6,7 +6,7 @@ from __future__ import annotations
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from pipeline.constraints import build_hook, decode_text, validate_output
+from constraints import build_hook, decode_text, validate_output
 from tests.constraints.conftest import rollout
 
 KEYS = ["id", "name", "tags", "x", "é"]
@@ -63,7 +63,7 @@ def schemas(data):
     seed=st.integers(0, 2**31 - 1),
 )
 def test_random_schemas_always_validate(gemma_tok, tmp_path_factory, data, slack, canvas, seed):
-    from pipeline.constraints import CompileConfig
+    from constraints import CompileConfig
 
     cfg = CompileConfig(cache_dir=tmp_path_factory.getbasetemp() / "prop-cache", in_process=True)
     schema = schemas(data)

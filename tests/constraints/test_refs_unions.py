@@ -12,12 +12,12 @@ import time
 
 import pytest
 
+from constraints import refs
+from constraints.schema_regex import UnsupportedSchema, schema_to_regex, strict_validator
+from constraints.unions import exclusive
+from constraints.vocab_bytes import token_bytes
+from constraints.walks import byte_accepts as accepts
 from jobs.cmd_check_schema import check_one
-from pipeline.constraints import refs
-from pipeline.constraints.schema_regex import UnsupportedSchema, schema_to_regex, strict_validator
-from pipeline.constraints.unions import exclusive
-from pipeline.constraints.vocab_bytes import token_bytes
-from pipeline.constraints.walks import byte_accepts as accepts
 from tests.constraints.test_schema_regex import samples
 
 
@@ -314,8 +314,8 @@ def test_exclusive_is_json_equality_and_conservative():
 
 def test_job_spec_ref_depth_reaches_the_translator():
     """structured_output.ref_depth (pipeline/spec.py) is the bound the job's constraint is compiled with."""
-    from pipeline.constraints import as_section
-    from pipeline.constraints.compile import section_regex
+    from constraints import as_section
+    from constraints.compile import section_regex
     from pipeline.spec import StructuredOutputSpec
 
     shallow = section_regex(as_section(StructuredOutputSpec(json_schema=TREE, ref_depth=1)))[0]

@@ -9,7 +9,7 @@ import re
 import jsonschema
 import pytest
 
-from pipeline.constraints import regex_atoms as ra
+from constraints import regex_atoms as ra
 
 
 def _py(rx: str) -> re.Pattern:

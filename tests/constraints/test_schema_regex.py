@@ -6,12 +6,12 @@ import json
 
 import pytest
 
-from pipeline.constraints.schema_regex import UnsupportedSchema, schema_to_regex, strict_validator
-from pipeline.constraints.walks import byte_walks
+from constraints.schema_regex import UnsupportedSchema, schema_to_regex, strict_validator
+from constraints.walks import byte_walks
 
 
 def samples(regex: str, n: int, seed: int = 0, max_len: int = 300) -> list[str]:
-    """Random strings of the regex's language (pipeline/constraints/walks.py, shared with check-schema)."""
+    """Random strings of the regex's language (constraints/walks.py, shared with check-schema)."""
     return byte_walks(regex, n, seed=seed, max_len=max_len)
 
 

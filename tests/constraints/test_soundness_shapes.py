@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 
+from constraints.schema_regex import UnsupportedSchema, schema_to_regex, strict_validator
+from constraints.walks import byte_accepts as accepts
 from jobs.cmd_check_schema import check_one
-from pipeline.constraints.schema_regex import UnsupportedSchema, schema_to_regex, strict_validator
-from pipeline.constraints.walks import byte_accepts as accepts
 from tests.constraints.conftest import assert_exact_shape
 from tests.constraints.test_schema_regex import samples
 

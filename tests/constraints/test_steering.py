@@ -1,4 +1,4 @@
-"""Steering (pipeline/constraints/steering.py and the optional per-step hook methods of model/denoise.py):
+"""Steering (constraints/steering.py and the optional per-step hook methods of engine/denoise.py):
 the extension point is inert when unused, every option keeps 100% validity in both modes, the skeleton
 seeds only tokens every valid output starts with, and the options dataclass rejects bad values."""
 
@@ -9,9 +9,9 @@ import dataclasses
 import pytest
 import torch
 
-from model.denoise import steer_rows
-from pipeline.constraints import build_hook, check_output, decode_text
-from pipeline.constraints.steering import Skeleton, SteeringOptions
+from constraints import build_hook, check_output, decode_text
+from constraints.steering import Skeleton, SteeringOptions
+from engine.denoise import steer_rows
 from tests.constraints.tok_factory import gemma_style
 
 SECTION = {
@@ -36,8 +36,8 @@ MAX_NEW = 40  # 3 canvases of 16: the carried state and the last-canvas rule are
 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
+    from constraints import CompileConfig
     from model import DiffusionGemma, DiffusionGemmaConfig
-    from pipeline.constraints import CompileConfig
 
     torch.manual_seed(0)
     tok = gemma_style(500)
@@ -76,7 +76,7 @@ class Passthrough:
 
 
 def _reference(model, prompts, hook, seed=0, steps=3, **kw):
-    from model import generate
+    from engine import generate
 
     L = max(len(p) for p in prompts)
     ids = torch.tensor([[0] * (L - len(p)) + p for p in prompts])
@@ -97,8 +97,8 @@ def _reference(model, prompts, hook, seed=0, steps=3, **kw):
 
 
 def _fast(model, prompts, hooks, seed=0, steps=3, rows=2, **kw):
-    from model.engine import Engine, Request
-    from model.params import GenerationParams
+    from engine.fast import Engine, Request
+    from engine.params import GenerationParams
 
     p = GenerationParams(
         max_new_tokens=MAX_NEW, max_denoising_steps=steps, eos_token_ids=(1,), pad_token_id=0, **kw
@@ -224,7 +224,7 @@ def test_skeleton_seeds_forced_prefix(setup):
 
 
 def test_skeleton_choice_has_no_forced_prefix(setup, tmp_path):
-    from pipeline.constraints import CompileConfig
+    from constraints import CompileConfig
 
     tok = setup[0]
     cc = CompileConfig(cache_dir=tmp_path, in_process=True)

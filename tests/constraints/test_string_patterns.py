@@ -12,10 +12,10 @@ import re
 
 import pytest
 
-from pipeline.constraints import ecma_regex as er
-from pipeline.constraints.schema_regex import UnsupportedSchema, schema_to_regex, strict_validator
-from pipeline.constraints.string_patterns import FORMATS
-from pipeline.constraints.walks import byte_accepts as accepts
+from constraints import ecma_regex as er
+from constraints.schema_regex import UnsupportedSchema, schema_to_regex, strict_validator
+from constraints.string_patterns import FORMATS
+from constraints.walks import byte_accepts as accepts
 from tests.constraints.test_schema_regex import samples
 
 WALKS = 120

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from pipeline.constraints.vocab_bytes import decode_bytes, raw_tokenizer, token_bytes
+from constraints.vocab_bytes import decode_bytes, raw_tokenizer, token_bytes
 
 
 def _roundtrip_all(tok):

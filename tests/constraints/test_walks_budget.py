@@ -1,5 +1,5 @@
-"""Compile-time bounds (pipeline/constraints/budget.py), the quote-free counted strings (regex_atoms.py),
-random automaton words (pipeline/constraints/walks.py) and `dgbatch check-schema --walks N`.
+"""Compile-time bounds (constraints/budget.py), the quote-free counted strings (regex_atoms.py),
+random automaton words (constraints/walks.py) and `dgbatch check-schema --walks N`.
 
 Every cap is a sound restriction: the automaton rejects what the schema forbids, accepts (a subset of) what it
 allows, and its random words all validate with jsonschema. What cannot fit the budget is refused by name."""
@@ -13,15 +13,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from constraints import budget
+from constraints import regex_atoms as ra
+from constraints.dfa import build_token_dfa, byte_dfa
+from constraints.schema_errors import UnsupportedSchema
+from constraints.schema_regex import schema_to_regex, strict_validator
+from constraints.walks import byte_accepts as accepts
+from constraints.walks import byte_walks, decode, token_walks
 from jobs import cmd_check_schema
 from jobs.cmd_check_schema import _check_walks, check_one
-from pipeline.constraints import budget
-from pipeline.constraints import regex_atoms as ra
-from pipeline.constraints.dfa import build_token_dfa, byte_dfa
-from pipeline.constraints.schema_errors import UnsupportedSchema
-from pipeline.constraints.schema_regex import schema_to_regex, strict_validator
-from pipeline.constraints.walks import byte_accepts as accepts
-from pipeline.constraints.walks import byte_walks, decode, token_walks
 
 ROOT = Path(__file__).resolve().parents[2]
 SAMPLE = Path(__file__).resolve().parent / "data" / "glaive_sample"
@@ -174,7 +174,7 @@ def test_walks_report_a_counterexample(vocab):
 
 
 def test_cli_prints_valid_no_with_the_counterexample(tmp_path, monkeypatch, capsys):
-    from pipeline.constraints import schema_regex
+    from constraints import schema_regex
 
     monkeypatch.setattr(schema_regex, "schema_to_regex", lambda schema, **kw: ra.INTEGER)  # a broken compiler
     (tmp_path / "s.json").write_text(json.dumps({"type": "string"}))

@@ -6,12 +6,12 @@ from __future__ import annotations
 import torch
 from tiny import left_padded, tiny_pair
 
-from model import generate
-from model.commit import ArgmaxCommit
-from model.counters import Counters
-from model.engine import Engine, Request
-from model.params import GenerationParams
-from model.scheduler import kv_bytes_per_token
+from engine import generate
+from engine.commit_hook import ArgmaxCommit
+from engine.counters import Counters
+from engine.fast import Engine, Request
+from engine.params import GenerationParams
+from engine.scheduler import kv_bytes_per_token
 
 P_EOS = GenerationParams(max_new_tokens=24, max_denoising_steps=5, eos_token_ids=(5, 7), pad_token_id=0)
 
@@ -176,7 +176,7 @@ def test_row_noise_samples_the_reference_law():
     """The per-row Gumbel sampler and the reference multinomial draw from the same softmax(proc): many
     keys on fixed logits (one law per canvas position), TV against its null size; a 25% temperature
     change is detected (the test has power)."""
-    from model.sampler import ReferenceNoise, RowKeys, RowNoise
+    from engine.sampler import ReferenceNoise, RowKeys, RowNoise
 
     torch.manual_seed(0)
     V, reps = 16, 8000

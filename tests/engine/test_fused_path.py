@@ -8,10 +8,10 @@ import copy
 import torch
 
 import kernels
-from model.counters import Counters
-from model.engine import Engine, Request
-from model.params import GenerationParams
-from model.sampler import RowNoise
+from engine.counters import Counters
+from engine.fast import Engine, Request
+from engine.params import GenerationParams
+from engine.sampler import RowNoise
 
 
 def _requests():
@@ -157,7 +157,7 @@ def test_head_mode_commit_hooks_read_the_same_logits(stop_pair, monkeypatch):
 
 
 class _Steering(_Recording):
-    """A steering hook (model/denoise.py RowSteer) that records the logits each step shows it."""
+    """A steering hook (engine/denoise.py RowSteer) that records the logits each step shows it."""
 
     steering_on = True
 

@@ -15,13 +15,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from jobs import synthdata
+from constraints import build_hook
+from engine.fast import Engine, Request
+from engine.generate import _encode_prompt, generate
+from engine.params import GenerationParams
 from model import DiffusionGemma, load_tokenizer
-from model.engine import Engine, Request
-from model.generate import _encode_prompt, generate
-from model.params import GenerationParams
-from pipeline.constraints import build_hook
 from pipeline.model_path import shipped_dir
+from train import synthdata
 
 GOLDEN = Path(__file__).parent / "data" / "golden_tokens.json"
 N_PER_FAMILY = 3

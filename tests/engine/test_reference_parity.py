@@ -6,8 +6,8 @@ import pytest
 import torch
 from tiny import left_padded
 
-from model import generate
-from model.counters import Counters
+from engine import generate
+from engine.counters import Counters
 
 CASES = [
     # (lengths, generate kwargs)

@@ -11,8 +11,16 @@ from transformers.models.diffusion_gemma.generation_diffusion_gemma import (
     StableAndConfidentStoppingCriteria,
 )
 
-from model.params import GenerationParams
-from model.sampler import RowKeys, RowNoise, RowParams, accept_mask, exact_entropy, stop_update, temperature_B
+from engine.params import GenerationParams
+from engine.sampler import (
+    RowKeys,
+    RowNoise,
+    RowParams,
+    accept_mask,
+    exact_entropy,
+    stop_update,
+    temperature_B,
+)
 
 
 def brute_accept(H: list[float], bound: float) -> list[bool]:

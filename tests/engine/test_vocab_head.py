@@ -1,4 +1,4 @@
-"""The fast mode's chunked vocabulary pass (model/vocab_head.py) and the host-sync-free model passes.
+"""The fast mode's chunked vocabulary pass (engine/vocab_head.py) and the host-sync-free model passes.
 
 Checks the sweep against the reference op sequence (softcap, temperature, argmax, entropy, the
 self-conditioning soft embedding) on odd chunk sizes, argmax ties across chunks, the recomputed rows, the
@@ -15,11 +15,11 @@ import torch
 import torch.nn.functional as F
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from model.counters import Counters
-from model.engine import Engine, Request
-from model.params import GenerationParams
-from model.sampler import exact_entropy
-from model.vocab_head import ChunkedHead
+from engine.counters import Counters
+from engine.fast import Engine, Request
+from engine.params import GenerationParams
+from engine.sampler import exact_entropy
+from engine.vocab_head import ChunkedHead
 
 
 class SyncCounter(TorchDispatchMode):
@@ -170,7 +170,7 @@ def test_two_level_inverse_cdf_inverts_the_softmax_cdf(eos_pair, chunk):
 
 
 def test_row_blocks_give_the_same_sweep(eos_pair, monkeypatch):
-    import model.vocab_head as vh
+    import engine.vocab_head as vh
 
     _, ours = eos_pair
     h = torch.randn(13, ours.config.text.hidden_size, generator=torch.Generator().manual_seed(4))

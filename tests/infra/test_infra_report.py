@@ -10,7 +10,7 @@ import pytest
 
 from jobs.cli import main as cli_main
 from pipeline.report import error_kind, write_report
-from pipeline.report_data import load_run
+from pipeline.report.data import load_run
 
 
 def _images(index: Path) -> list[str]:

@@ -18,9 +18,12 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
 import kernels
+from engine.denoise import CanvasBatch, denoise_step
+from engine.params import GenerationParams
+from engine.sampler import RowKeys, RowNoise, RowParams
+from engine.scheduler import SlotCache
 from jobs.cli import main
 from model.config import DiffusionGemmaConfig
-from model.denoise import CanvasBatch, denoise_step
 from model.memory_plan import (
     GIB,
     RESERVE_BYTES,
@@ -31,9 +34,6 @@ from model.memory_plan import (
     vocab_buffers,
     weights_by_part,
 )
-from model.params import GenerationParams
-from model.sampler import RowKeys, RowNoise, RowParams
-from model.scheduler import SlotCache
 from model.transformer import DiffusionGemma
 
 FULL = DiffusionGemmaConfig.full_size()
@@ -261,7 +261,7 @@ def test_prefill_matches_the_plan(traced_model, head_mode, monkeypatch, chunk):
 
 @pytest.mark.parametrize("keep_logits", [False, True])
 def test_canvas_boundary_copies_are_bounded_by_the_plan(traced_model, keep_logits):
-    """model/engine.py at a canvas boundary: 3 of 4 rows keep denoising, 1 restarts, the old batch is alive
+    """engine/fast.py at a canvas boundary: 3 of 4 rows keep denoising, 1 restarts, the old batch is alive
     until the concatenation is assigned. At most 3 copies of each held [C, V] buffer per canvas."""
     C, V, B = traced_model.config.canvas_length, V_TRACE, 4
     keys = RowKeys(torch.arange(B), torch.zeros(B, dtype=torch.long), torch.zeros(B, dtype=torch.long))
@@ -286,7 +286,7 @@ def test_canvas_boundary_copies_are_bounded_by_the_plan(traced_model, keep_logit
 
 
 def test_cache_growth_holds_the_old_and_the_new_rows(traced_model):
-    """model/scheduler.py SlotCache admitting 5 rows from empty (no KV budget, the pipeline's case): rows
+    """engine/scheduler.py SlotCache admitting 5 rows from empty (no KV budget, the pipeline's case): rows
     1, 2, 4, 5, and the 4-row cache is alive while the 5-row one is filled, layer by layer."""
     C, ctx, N = traced_model.config.canvas_length, 40, 5
     slots = SlotCache(traced_model, max_rows=N, budget_bytes=None, length_step=C)

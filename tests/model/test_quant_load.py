@@ -18,9 +18,9 @@ import torch
 from ct_writer import dequantized_twin, write_ct_checkpoint
 from safetensors.torch import load_file, save_file
 
+from engine.generate import generate
 from kernels.dequant import dequantize
 from model import DiffusionGemma
-from model.generate import generate
 from model.moe import Experts
 from model.quant.modules import QuantExperts, QuantLinear, weight_bytes
 

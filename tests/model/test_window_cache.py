@@ -12,10 +12,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from engine.fast import Engine, Request
+from engine.params import GenerationParams
+from engine.scheduler import SlotCache, kv_bytes_per_token
 from model.cache import WINDOW_CHUNK, KVCache, kv_row_bytes
-from model.engine import Engine, Request
-from model.params import GenerationParams
-from model.scheduler import SlotCache, kv_bytes_per_token
 
 LOGIT_TOL = 1e-5
 KV_TOL = 2e-5  # relative to the largest |K| or |V| of a layer (about 5): noise grows over the layers

@@ -337,9 +337,8 @@ def test_planted_secrets_never_reach_outputs_logs_or_prints(tmp_path, planted_en
     marked __LEAK__; that row's prompt is never echoed because it fails). Prompts are long, so the stub's
     40-character echo of the prompt into `text` stops before the template's secret.
     Where a leak is found, the assertion names the file: OUT/_job.json and OUT/_report are written through
-    pipeline/spec.py (public_dict) and pipeline/report.py; data files, markers, _plan.json, _manifest.json
-    and the progress lines through pipeline/sink.py, plan.py, executor.py and outputs.py (scrub wired there
-    by the lead: this test fails until that is done).
+    pipeline/spec.py (public_dict) and pipeline/report/page.py; data files, markers, _plan.json,
+    _manifest.json and the progress lines through pipeline/sink.py, plan.py, executor.py and outputs.py.
     """
     from jobs import cmd_report, cmd_status
     from pipeline.backend import StubBackendFactory

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from jobs.evaluate import _schedule
+from train.evaluate import _schedule
 
 
 def _state(stages=None):
@@ -63,7 +63,7 @@ def test_card_renders_report_schedule_and_self_conditioning_share(tmp_path):
     import shutil
     from pathlib import Path
 
-    from jobs.evaluate import write_card
+    from train.evaluate import write_card
 
     asset = Path(__file__).resolve().parents[2] / "model" / "assets" / "dgbatch-small"
     for name in ("config.json", "model.safetensors"):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import jsonschema
 
-from jobs import synthdata
+from train import synthdata
 
 
 def test_deterministic_and_pure_by_index():
@@ -54,9 +54,9 @@ def test_worker_batches_equal_inline_batches():
 
     import torch
 
-    from jobs.train import ASSET_DIR
-    from jobs.train_data import batches
     from model import load_tokenizer
+    from train.data import batches
+    from train.loop import ASSET_DIR
 
     tok = load_tokenizer(str(ASSET_DIR))
     args = (("labeling", "extraction"), 4, 0, 7, 32, tok, str(ASSET_DIR))
@@ -72,7 +72,7 @@ def test_worker_batches_equal_inline_batches():
 def test_train_config_rejects_bad_device_and_init(tmp_path):
     import pytest
 
-    from jobs.train import TrainConfig
+    from train.loop import TrainConfig
 
     with pytest.raises(ValueError, match="device"):
         TrainConfig(device="tpu")

@@ -7,9 +7,9 @@ import json
 import torch
 from safetensors.torch import load_file
 
-from jobs.train import ASSET_DIR, TrainConfig, small_model_config, train, train_batch
-from jobs.train_forward import Batch, context_of, corrupt, decode_canvases, encode_context
 from model import DiffusionGemma, load_tokenizer
+from train.forward import Batch, context_of, corrupt, decode_canvases, encode_context
+from train.loop import ASSET_DIR, TrainConfig, small_model_config, train, train_batch
 
 
 def _micro_cfg(out, stop_after=0):

@@ -1,8 +1,8 @@
-"""jobs.evaluate.score: exact / valid / per-field accuracy and the per-field misses list."""
+"""train.evaluate.score: exact / valid / per-field accuracy and the per-field misses list."""
 import json
 
-from jobs import synthdata
-from jobs.evaluate import score
+from train import synthdata
+from train.evaluate import score
 
 
 def test_score_counts_fields_and_lists_each_miss():

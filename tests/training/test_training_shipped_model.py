@@ -9,11 +9,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from jobs import synthdata
-from jobs.evaluate import evaluate_family
-from jobs.train_forward import make_batch
+from engine.generate import generate
 from model import DiffusionGemma, load_tokenizer
-from model.generate import generate
+from train import synthdata
+from train.evaluate import evaluate_family
+from train.forward import make_batch
 
 ASSET = Path(os.environ.get("DGBATCH_SMALL_MODEL", Path(__file__).resolve().parents[2] / "model" / "assets"
                             / "dgbatch-small"))

@@ -8,11 +8,11 @@ from pathlib import Path
 import pytest
 from tokenizers import Tokenizer
 
-from jobs import synthdata
-from jobs.train_tokenizer import SPECIAL_IDS, build_tokenizer
 from model import load_tokenizer
 from model.config import DiffusionGemmaConfig
 from model.tokenizer import DEFAULT_TEMPLATE
+from train import synthdata
+from train.tokenizer import SPECIAL_IDS, build_tokenizer
 
 ASSET = str(Path(__file__).resolve().parents[2] / "model" / "assets" / "dgbatch-small")
 

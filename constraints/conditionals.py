@@ -1,0 +1,127 @@
+"""Conditional keywords: if/then/else, dependentSchemas and schema-form `dependencies`, propertyNames.
+
+Each is rewritten into plain conjunctions (merged as allOf, all_of.py) whose every instance validates:
+- if/then/else: first generate values satisfying `if` AND `then` (then `else` is moot). If that part has no
+  value or cannot be generated, generate `else` together with a decidable failure of `if`: a value of a type
+  `if` excludes, or an object missing one of the keys `if` requires, or anything when `if` is false.
+  Otherwise refuse, naming if/then/else and the pointer
+  (https://json-schema.org/understanding-json-schema/reference/conditionals#ifthenelse).
+- dependentSchemas / `dependencies` with a schema: a trigger key that is always present (required,
+  directly or through dependencies) brings its schema in as one more conjunct; an optional trigger key is
+  never generated, so its schema never applies.
+- propertyNames: declared keys it rejects are never generated (property_names.py).
+"""
+
+from __future__ import annotations
+
+from constraints.all_of import merge_conjuncts
+from constraints.object_keys import close_required, dependency_lists
+from constraints.property_names import filter_declared
+from constraints.schema_errors import UnsupportedSchema
+
+_CONDITIONAL = ("if", "then", "else")
+_TYPES = ("object", "array", "string", "integer", "number", "boolean", "null")
+OBJECT_ONLY = {"dependentSchemas", "propertyNames", "maxProperties"}  # with no `type`: objects only
+
+
+def translate(tr, s: dict, path: str, depth: int) -> str | None:
+    """Regex for `s` when it uses a conditional keyword this module rewrites; None when it uses none."""
+    if "if" in s:
+        return _if_then_else(tr, s, path, depth)
+    if "then" in s or "else" in s:  # without `if` both are ignored by validators
+        return tr.value({k: v for k, v in s.items() if k not in _CONDITIONAL}, path, depth)
+    if _schema_dependencies(s):
+        return tr.value(_dependent_schemas(tr, s, path, depth), path, depth)
+    if "propertyNames" in s:
+        narrowed = filter_declared(tr, s, path)
+        if narrowed is not None:
+            return tr.value(narrowed, path, depth)
+    return None
+
+
+def _if_then_else(tr, s: dict, path: str, depth: int) -> str:
+    rest = {k: v for k, v in s.items() if k not in _CONDITIONAL}
+    cond, then, other = s["if"], s.get("then", True), s.get("else", True)
+    choices = []
+    if cond is not False:
+        choices.append(
+            lambda: tr.conjuncts(cond, path + "/if", depth) + tr.conjuncts(then, path + "/then", depth)
+        )
+    for fails_if in negations(cond):
+        choices.append(lambda f=fails_if: [(path + "/if", f)] + tr.conjuncts(other, path + "/else", depth))
+    first: UnsupportedSchema | None = None
+    for parts in choices:
+        try:
+            merged = merge_conjuncts(tr.conjuncts(rest, path, depth) + parts(), path)
+            return tr.value(merged, path, depth)
+        except UnsupportedSchema as e:  # Unsatisfiable included: try the other side
+            first = first or e
+    raise UnsupportedSchema(
+        f"unsupported: if/then/else (neither if+then nor else with a provable failure of if can be "
+        f"generated; first: {first}) (at {path}/if)"
+    )
+
+
+def negations(cond) -> list[dict]:
+    """Schemas whose every instance fails `cond` (each a sound way to be in the `else` case)."""
+    if cond is False:
+        return [{}]
+    if not isinstance(cond, dict):
+        return []
+    out = []
+    if "type" in cond:
+        t = cond["type"]
+        kinds = {t} if isinstance(t, str) else set(t)
+        if kinds & {"integer", "number"}:  # 2.0 is an integer to a validator: leave all numbers out
+            kinds |= {"integer", "number"}
+        other = [k for k in _TYPES if k not in kinds]
+        if other:
+            out.append({"type": other if len(other) > 1 else other[0]})
+    for key in cond.get("required", []):  # an object without `key` fails `required`, so fails `cond`
+        out.append({"type": "object", "properties": {key: False}})
+    return out
+
+
+def _schema_dependencies(s: dict) -> bool:
+    return any(
+        not isinstance(d, list) for kw in ("dependencies", "dependentSchemas") for d in s.get(kw, {}).values()
+    )
+
+
+def _dependent_schemas(tr, s: dict, path: str, depth: int) -> dict:
+    """`s` without schema-form dependencies: present triggers' schemas merged in, optional ones dropped.
+
+    A merged schema's `required` keys are present too, so their own dependent schemas apply: iterate until
+    no new trigger becomes present.
+    """
+    lists = dependency_lists(s)
+    schemas = {
+        (kw, key): dep
+        for kw in ("dependencies", "dependentSchemas")
+        for key, dep in s.get(kw, {}).items()
+        if not isinstance(dep, list) and dep is not True and dep != {}
+    }
+    present = close_required(s.get("required", []), lists)
+    parts: list = []
+    merged: set = set()
+    while True:
+        due = [(kw, key) for kw, key in schemas if key in present and (kw, key) not in merged]
+        if not due:
+            break
+        for kw, key in due:
+            merged.add((kw, key))
+            new = tr.conjuncts(schemas[kw, key], f"{path}/{kw}/{key}", depth)
+            parts += new
+            present = close_required(present + [k for _, p in new for k in p.get("required", [])], lists)
+    own = {k: v for k, v in s.items() if k not in ("dependencies", "dependentSchemas")}
+    for kw in ("dependencies", "dependentSchemas"):
+        kept = {k: d for k, d in s.get(kw, {}).items() if isinstance(d, list)}
+        if kept:
+            own[kw] = kept
+    props = dict(s.get("properties", {}))
+    for _, key in schemas:  # an optional trigger is never generated, so its schema never applies
+        if key not in present:
+            props[key] = False
+    if props:
+        own["properties"] = props
+    return merge_conjuncts(tr.conjuncts(own, path, depth) + parts, path)

@@ -1,0 +1,35 @@
+"""Request and Completion: what the pipeline hands the fast engine and what it gets back.
+
+Owns the two records only; engine/fast.py runs them. A Completion is produced for every Request, including
+per-row failures (finish_reason "error" with a message), so rows in == rows out.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from engine.commit_hook import CommitHook
+from engine.params import GenerationParams
+
+
+@dataclass
+class Request:
+    id: str
+    input_ids: list[int]  # already chat-templated and tokenized (no padding)
+    seed: int  # per-row seed; output depends only on (model, input_ids, params, seed, hook)
+    params: GenerationParams
+    commit_hook: CommitHook | None = None  # None -> argmax commit
+
+
+@dataclass
+class Completion:
+    id: str
+    token_ids: list[int]  # new tokens only, pads/after-EOS removed, EOS excluded
+    finish_reason: str  # "eos" | "length" | "error"
+    num_tokens: int
+    canvases: int
+    denoising_steps: int  # decoder forwards this row took part in (not frozen)
+    tokens_per_forward: float
+    error: str | None = None
+    hook_state: object | None = None
+    canvas_tokens: list[int] | None = None  # committed canvases as they entered the sequence (pads included)
