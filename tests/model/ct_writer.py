@@ -13,13 +13,13 @@ dtype, as do embeddings, norms and scalars. config.json gets `quantization_confi
 `ModelCompressor.update_config`.
 
 How: an nn.Module tree whose `named_modules()` names are the checkpoint module names gets the scheme through
-`apply_quantization_config`; its weight qparams are computed the way llm-compressor's min-max weight
-calibration does, with compressed-tensors' own `calculate_qparams` / `generate_gparam` (for nvfp4 the global
-scale is shared by q/k/v and by gate/up, as llm-compressor's fused-layer rule does for vLLM's fused
-modules); `ModelCompressor.compress_model` then compresses it and its state dict is saved as is.
-Static activation qparams (fp8_tensor's `input_scale`, nvfp4's `input_global_scale`) need calibration data;
-they are computed from a fixed unit-normal sample: their names, shapes and dtypes are the published ones,
-their values carry no meaning. llm-compressor: https://github.com/vllm-project/llm-compressor.
+`apply_quantization_config`; its weight qparams are computed the way llm-compressor's weight calibration
+does (tests/model/ct_observers.py: its min-max or MSE observer, with compressed-tensors' own
+`calculate_qparams` / `generate_gparam`; for nvfp4 the global scale is shared by q/k/v and by gate/up, as
+llm-compressor's fused-layer rule does for vLLM's fused modules), or, with observer="gptq", the weights and
+their qparams are GPTQ's (tests/model/gptq.py, from calibration statistics of tests/model/gptq_hessians.py),
+as the published 4-bit checkpoints are made; `ModelCompressor.compress_model` then compresses it and its
+state dict is saved as is. llm-compressor: https://github.com/vllm-project/llm-compressor.
 
 Legend: N output rows, K input columns of a linear's weight w_NK; G columns per scale group.
 """
@@ -33,7 +33,6 @@ from pathlib import Path
 
 import torch
 from compressed_tensors.compressors import ModelCompressor
-from compressed_tensors.offload import update_offload_parameter
 from compressed_tensors.quantization import (
     QuantizationArgs,
     QuantizationConfig,
@@ -41,12 +40,14 @@ from compressed_tensors.quantization import (
     apply_quantization_config,
     preset_name_to_scheme,
 )
-from compressed_tensors.quantization.lifecycle.forward import fake_quantize
-from compressed_tensors.quantization.utils import calculate_qparams, generate_gparam
+from ct_observers import OBSERVERS, calibrate, quantized
+from gptq import GPTQConfig, apply_gptq
+from gptq_hessians import CalibrationConfig, collect_hessians
 from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import nn
 
+from model import load_tokenizer
 from model.config import DiffusionGemmaConfig
 from model.transformer import DiffusionGemma
 from model.weights import checkpoint_layout
@@ -64,11 +65,8 @@ PRESETS = {
 }
 IGNORE = ["re:.*router.*"]
 LINEARS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj", "router.proj")
-# Layers vLLM fuses into one module (qkv_proj, gate_up_proj): their nvfp4 global scales are shared.
-FUSED_GROUPS = (("q_proj", "k_proj", "v_proj"), ("gate_proj", "up_proj"))
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "tokenizer.model",
                    "chat_template.jinja")
-CALIBRATION_TOKENS = 64
 
 
 class _Node(nn.Module):
@@ -139,103 +137,6 @@ def build_tree(linears: dict[str, torch.Tensor]) -> nn.Module:
     return root
 
 
-def _quantized(module: nn.Module) -> bool:
-    scheme = getattr(module, "quantization_scheme", None)
-    return scheme is not None and scheme.weights is not None
-
-
-def _weight_min_max(w_NK: torch.Tensor, args: QuantizationArgs) -> tuple[torch.Tensor, torch.Tensor]:
-    """Min and max of each quantization group, shaped like the package's scale for the strategy
-    (min-max observer: tensor -> scalar, channel -> [N, 1], group -> [N, ceil(K/G)])."""
-    if args.strategy == QuantizationStrategy.TENSOR:
-        return torch.aminmax(w_NK)
-    if args.strategy == QuantizationStrategy.CHANNEL:
-        return w_NK.amin(dim=-1, keepdim=True), w_NK.amax(dim=-1, keepdim=True)
-    if args.strategy in (QuantizationStrategy.GROUP, QuantizationStrategy.TENSOR_GROUP):
-        # A partial last group is observed as is (zero padding cannot change a min-max that includes 0);
-        # whether such a weight can be compressed is the package's call.
-        pad = -w_NK.shape[-1] % args.group_size
-        g = torch.nn.functional.pad(w_NK, (0, pad)).unflatten(-1, (-1, args.group_size))
-        return g.amin(dim=-1), g.amax(dim=-1)
-    raise ValueError(f"weight strategy {args.strategy} is not one of the schemes in PRESETS")
-
-
-# llm-compressor's MSE observer: shrink each group's min/max by the factor of this grid whose fake-quantized
-# weight has the least squared error (a standard round-to-nearest recipe; "minmax" uses factor 1 only).
-MSE_GRID = tuple(1 - 0.025 * i for i in range(17))  # 1.0 down to 0.6
-
-
-def _group_error(err_NK: torch.Tensor, like: torch.Tensor, args: QuantizationArgs) -> torch.Tensor:
-    """Squared error summed over each quantization group, shaped like the min/max of `_weight_min_max`."""
-    if args.strategy == QuantizationStrategy.TENSOR:
-        return err_NK.sum().reshape(like.shape)
-    if args.strategy == QuantizationStrategy.CHANNEL:
-        return err_NK.sum(dim=-1, keepdim=True)
-    pad = -err_NK.shape[-1] % args.group_size
-    return torch.nn.functional.pad(err_NK, (0, pad)).unflatten(-1, (-1, args.group_size)).sum(dim=-1)
-
-
-def _observe(w_NK: torch.Tensor, args: QuantizationArgs, observer: str,
-             global_scale: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
-    """(scale, zero point) of a weight: min-max, or the MSE-best shrink of it (fake_quantize is the
-    package's own quantize-dequantize)."""
-    lo, hi = _weight_min_max(w_NK, args)
-    best = None
-    for c in MSE_GRID if observer == "mse" else (1.0,):
-        scale, zero = calculate_qparams(lo * c, hi * c, args, global_scale=global_scale)
-        err = (fake_quantize(w_NK, scale, zero, args, global_scale=global_scale).float() - w_NK.float()) ** 2
-        err = _group_error(err, lo, args)
-        if best is None:
-            best = [err, scale, zero]
-            continue
-        better = err < best[0]
-        best[0] = torch.where(better, err, best[0])
-        best[1] = torch.where(better.reshape(scale.shape), scale, best[1])
-        best[2] = torch.where(better.reshape(zero.shape), zero, best[2])
-    return best[1], best[2]
-
-
-def _activation_sample(k: int, dtype: torch.dtype) -> torch.Tensor:
-    gen = torch.Generator().manual_seed(k)
-    return torch.randn(CALIBRATION_TOKENS, k, generator=gen).to(dtype)
-
-
-@torch.no_grad()
-def calibrate(tree: nn.Module, *, fused_global_scales: bool = True, observer: str = "minmax") -> None:
-    """Set every quantized module's weight (and static input) qparams the way llm-compressor's weight
-    calibration does (its min-max observer, or its MSE observer), with compressed-tensors' own functions."""
-    # nvfp4 global scales first: each fused group (q/k/v, gate/up) shares the one of its joint absmax
-    for parent in tree.modules():
-        kids = {n: m for n, m in parent.named_children() if _quantized(m)}
-        groups = [tuple(n for n in g if n in kids) for g in FUSED_GROUPS] if fused_global_scales else []
-        grouped = {n for g in groups for n in g}
-        groups += [(n,) for n in kids if n not in grouped]
-        for group in groups:
-            mods = [kids[n] for n in group if hasattr(kids[n], "weight_global_scale")]
-            if not mods:
-                continue
-            lo = torch.stack([m.weight.min() for m in mods]).min()
-            hi = torch.stack([m.weight.max() for m in mods]).max()
-            for m in mods:
-                update_offload_parameter(m, "weight_global_scale", generate_gparam(lo, hi))
-    for module in tree.modules():
-        if not _quantized(module):
-            continue
-        scheme, w_NK = module.quantization_scheme, module.weight
-        scale, zero = _observe(w_NK, scheme.weights, observer, getattr(module, "weight_global_scale", None))
-        update_offload_parameter(module, "weight_scale", scale)
-        if hasattr(module, "weight_zero_point"):
-            update_offload_parameter(module, "weight_zero_point", zero)
-        x = _activation_sample(w_NK.shape[-1], w_NK.dtype)
-        if hasattr(module, "input_global_scale"):
-            update_offload_parameter(module, "input_global_scale", generate_gparam(x.min(), x.max()))
-        if hasattr(module, "input_scale"):
-            scale, zero = calculate_qparams(x.min(), x.max(), scheme.input_activations)
-            update_offload_parameter(module, "input_scale", scale)
-            if hasattr(module, "input_zero_point"):
-                update_offload_parameter(module, "input_zero_point", zero)
-
-
 def _save_tensors(tensors: dict[str, torch.Tensor], out: Path, shards: int) -> None:
     """model.safetensors, or `shards` files of about equal bytes (a module's tensors may straddle two shards,
     as in real checkpoints) plus model.safetensors.index.json."""
@@ -278,21 +179,34 @@ def write_ct_checkpoint(
     source_dir: str | Path | None = None,
     fused_global_scales: bool = True,
     observer: str = "minmax",
+    hessians: dict[str, torch.Tensor] | None = None,
+    gptq: GPTQConfig | None = None,
 ) -> Path:
     """Write `model` as a compressed-tensors checkpoint in the published layout (module docstring) -> out_dir.
 
     scheme: a key of PRESETS; group_size overrides the w4a16 schemes' 128. The unquantized tensors keep the
     model's dtype (a bf16 model gives bf16 scales, as published; an fp32 one fp32 scales). source_dir: copy
     its tokenizer files. fused_global_scales=False gives every nvfp4 linear its own global scale. observer:
-    "minmax" (llm-compressor's default) or "mse" (its MSE observer: the best shrink of min-max per group).
+    "minmax" (llm-compressor's default) or "mse" (its MSE observer: the best shrink of min-max per group), or
+    "gptq": GPTQ (`gptq` its knobs, GPTQConfig() by default) of every linear `hessians` has
+    (gptq_hessians.collect_hessians); the rest (experts no calibration token reached) get gptq.observer's
+    qparams.
     """
+    if observer not in (*OBSERVERS, "gptq"):
+        raise ValueError(f"observer: expected one of {(*OBSERVERS, 'gptq')}, got {observer!r}")
+    if (observer == "gptq") != (hessians is not None):
+        raise ValueError("observer='gptq' needs hessians, and only it uses them")
+    gptq = gptq or GPTQConfig()
     out = Path(out_dir)
     qconfig = quant_config(scheme, group_size)
     linears, rest = split_linears(released_tensors(model))
     tree = build_tree(linears)
     apply_quantization_config(tree, qconfig, show_progress=False)
     try:  # the package's quantize (in calibration's fake_quantize, then in compression) checks the group
-        calibrate(tree, fused_global_scales=fused_global_scales, observer=observer)
+        calibrate(tree, fused_global_scales=fused_global_scales,
+                  observer=gptq.observer if hessians is not None else observer)
+        if hessians is not None:
+            apply_gptq(tree, hessians, gptq)
         compressor = ModelCompressor.from_pretrained_model(tree)
         compressor.compress_model(tree)
     except ValueError as e:  # the package names no module; say which ones a group does not divide
@@ -355,7 +269,7 @@ def package_dequantized(ct_dir: str | Path) -> dict[str, torch.Tensor]:
                          f"layout has {own[k].dtype} {list(own[k].shape)} ({len(bad)} such tensors)")
     tree.load_state_dict({k: files[k] for k in own}, strict=True, assign=True)
     compressor.decompress_model(tree)
-    return {name: m.weight.detach() for name, m in tree.named_modules() if _quantized(m)}
+    return {name: m.weight.detach() for name, m in tree.named_modules() if quantized(m)}
 
 
 @torch.no_grad()
@@ -384,10 +298,10 @@ def dequantized_twin(model: DiffusionGemma, ct_dir: str | Path, out_dir: str | P
     return out
 
 
-
 def main(argv: list[str] | None = None) -> int:
     """`python tests/model/ct_writer.py SCHEME OUT [--model DIR]`: a compressed-tensors copy of a model (the
-    shipped small model by default, in bf16) for quality runs (`python -m jobs.evaluate --model OUT`)."""
+    shipped small model by default, in bf16) for quality runs (`python -m train.evaluate --model OUT`).
+    --observer gptq: GPTQ on statistics of the model run in fp32 on train-split examples."""
     import argparse
 
     ap = argparse.ArgumentParser(description=main.__doc__.splitlines()[0])
@@ -395,10 +309,20 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("out")
     small = Path(__file__).resolve().parents[2] / "model" / "assets" / "dgbatch-small"
     ap.add_argument("--model", default=str(small))
-    ap.add_argument("--observer", choices=("minmax", "mse"), default="minmax")
+    ap.add_argument("--observer", choices=(*OBSERVERS, "gptq"), default="minmax")
+    ap.add_argument("--examples", type=int, default=CalibrationConfig.examples, help="gptq: train examples")
+    ap.add_argument("--act-order", action="store_true", help="gptq: columns by decreasing diag(H)")
+    ap.add_argument("--dampening", type=float, default=GPTQConfig.dampening, help="gptq: of mean diag(H)")
+    ap.add_argument("--group-observer", choices=OBSERVERS, default="minmax", help="gptq: group qparams")
     a = ap.parse_args(argv)
     src = DiffusionGemma.from_pretrained(a.model, dtype=torch.bfloat16)
-    print(write_ct_checkpoint(src, a.out, a.scheme, source_dir=a.model, observer=a.observer))
+    hessians, gptq = None, GPTQConfig(dampening=a.dampening, act_order=a.act_order, observer=a.group_observer)
+    if a.observer == "gptq":
+        fp32 = DiffusionGemma.from_pretrained(a.model, dtype=torch.float32)
+        hessians = collect_hessians(fp32, load_tokenizer(a.model), CalibrationConfig(examples=a.examples))
+        print(f"gptq: calibration data for {len(hessians)} linears (the others: round-to-nearest)")
+    print(write_ct_checkpoint(src, a.out, a.scheme, source_dir=a.model, observer=a.observer,
+                              hessians=hessians, gptq=gptq))
     return 0
 
 
