@@ -1,9 +1,9 @@
 """bf16 agreement of our DiffusionGemma with transformers (eager attention + grouped_mm experts).
 
-Builds the spec's tiny perturbed fixture (tests/model/dg_oracle.py), saves it in bf16, loads it into both
+Builds the tiny perturbed fixture (tests/model/dg_oracle.py), saves it in bf16, loads it into both
 implementations and prints the max abs logit difference per stage of a teacher-forced generation (prefill,
 decoder pass without / with self-conditioning, encode of the committed canvas, next decoder pass).
-Batch of one without padding: the reference's generate() crashes with eager attention plus padding (spec §6).
+Batch of one without padding: the reference's generate() crashes with eager attention plus padding.
 Also reports the reference's default sdpa attention for comparison.
 Run: OMP_NUM_THREADS=1 .venv/bin/python bench/bf16_parity.py
 """

@@ -337,7 +337,7 @@ FIGURES = {"rows_in": "rows in", "rows_out": "rows out", "lost": "rows lost", "d
            "driver launches", "job_wall_s": "job wall time (s)", "wall_s": "harness wall time (s)"}
 
 
-def table(res: dict) -> str:  # two Markdown tables, as bench/RESULTS.md keeps them
+def table(res: dict) -> str:  # two Markdown tables: faults injected, then the run's figures
     return "\n".join(["| fault | injected |", "|---|---|",
                       *(f"| {v} | {res['faults'][k]} |" for k, v in KINDS.items()),
                       f"| **total** | **{res['faults_total']}** (minimum {res['faults_min']}) |", "",

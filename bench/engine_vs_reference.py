@@ -31,10 +31,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from engine.counters import Counters  # noqa: E402
 from engine.fast import Engine, Request  # noqa: E402
+from engine.generate import generate  # noqa: E402
 from engine.params import GenerationParams  # noqa: E402
 from engine.vocab_head import DEFAULT_CHUNK  # noqa: E402
-from model import DiffusionGemma, generate  # noqa: E402
-from model.config import PLACEHOLDER_VISION_CONFIG  # noqa: E402
+from model import DiffusionGemma, DiffusionGemmaConfig  # noqa: E402
 
 _GATHERS = {torch.ops.aten.gather.default, torch.ops.aten.index_select.default, torch.ops.aten.index.Tensor}
 
@@ -77,33 +77,17 @@ class OpCounter(TorchDispatchMode):
 
 
 def build(args, tmp: Path):
-    from transformers import DiffusionGemmaConfig, DiffusionGemmaForBlockDiffusion
+    from transformers import DiffusionGemmaConfig as HFConfig
+    from transformers import DiffusionGemmaForBlockDiffusion
 
+    # the tiny preset (model/config.py) with the real vocabulary, a 64-token window and the sizes asked for
+    h = args.hidden
+    cfg = DiffusionGemmaConfig.tiny(
+        args.canvas, vocab_size=262_144, hidden_size=h, intermediate_size=2 * h, moe_intermediate_size=h // 2,
+        num_experts=args.experts, num_hidden_layers=args.layers, sliding_window=64,
+    )
     torch.manual_seed(0)
-    n = args.layers
-    types = (["sliding_attention", "full_attention"] * n)[:n]
-    types[-1] = "full_attention"
-    text = dict(
-        vocab_size=262_144,
-        hidden_size=args.hidden,
-        intermediate_size=2 * args.hidden,
-        moe_intermediate_size=args.hidden // 2,
-        num_experts=args.experts,
-        top_k_experts=2,
-        num_hidden_layers=n,
-        layer_types=types,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        head_dim=16,
-        global_head_dim=32,
-        num_global_key_value_heads=1,
-        sliding_window=64,
-        use_bidirectional_attention="vision",
-    )
-    cfg = DiffusionGemmaConfig(
-        text_config=text, vision_config=PLACEHOLDER_VISION_CONFIG, canvas_length=args.canvas
-    )
-    DiffusionGemmaForBlockDiffusion(cfg).save_pretrained(tmp)
+    DiffusionGemmaForBlockDiffusion(HFConfig(**cfg.reference_kwargs())).save_pretrained(tmp)
     # Eager attention: its fp32 rounding is what reference mode reproduces bit for bit (sdpa's differs in the
     # last ulp, which flips a few of the 262,144-way multinomial draws). Attention is a negligible share of
     # this model's time, so the baseline's speed is the same either way.

@@ -1,4 +1,4 @@
-"""Steering options of the structured-output design note, measured on a trained model (issue 5).
+"""Steering options of structured output (constraints/steering.py), measured on a trained model (issue 5).
 
 For each task family (train/synthdata.py held-out split, the family's JSON Schema) and each step count, with
 the ConstraintHook's steering options off, each alone, and combined (constraints/steering.py):
@@ -57,8 +57,10 @@ class _Recording:
         return self.log[-B:]
 
 
-def _prompts(tok, exs, C: int) -> tuple[torch.Tensor, torch.Tensor]:
-    b = make_batch(tok, [e.prompt for e in exs], None, C, 106, 0)
+def _prompts(tok, exs, config, pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Left-padded chat prompts [B, L] and their valid mask. make_batch appends its end id to answers only,
+    and there are none here: the checkpoint's first EOS id stands in."""
+    b = make_batch(tok, [e.prompt for e in exs], None, config.canvas_length, config.eos_token_ids[0], pad_id)
     return b.prompt_BL, b.prompt_valid_BL
 
 
@@ -81,10 +83,11 @@ def run_config(
     C = model.config.canvas_length
     max_new = FAMILY_CANVASES[family] * C
     hook = base_hook.with_options(opts, track_argmax=True)
+    pad = hook.pad_token_id  # the model config's pad id (build_hook reads it there)
     texts, states, new_tokens, forwards, t0 = [], [], 0, 0, time.time()
     for i in range(0, n, batch):
         chunk = exs[i : i + batch]
-        ids, valid = _prompts(tok, chunk, C)
+        ids, valid = _prompts(tok, chunk, model.config, pad)
         if mode == "reference":
             rec, counters = _Recording(hook), Counters()
             out = generate(
@@ -121,7 +124,7 @@ def run_config(
             states += [c.hook_state for c in comps]
             forwards += sum(c.denoising_steps for c in comps)
         for row in rows:
-            new_tokens += sum(t != 0 for t in row)
+            new_tokens += sum(t != pad for t in row)
             texts.append(decode_answer(tok, row))
     res = score(exs, texts)
     res["valid_before_commit"] = sum(bool(s is not None and s.argmax_valid) for s in states) / n
@@ -176,8 +179,6 @@ def main(argv: list[str] | None = None) -> int:
     results, t0 = [], time.time()
     for fam in args.families.split(","):
         base = constraint_hook(fam, tok, model, FAMILY_CANVASES[fam] * model.config.canvas_length)
-        if base is None:
-            raise SystemExit("constraints is not importable")
         for steps in (int(s) for s in args.steps.split(",")):
             for opts in option_sets:
                 r = run_config(model, tok, base, fam, args.n, steps, opts, args.mode, args.batch)

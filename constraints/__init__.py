@@ -9,14 +9,16 @@ A `structured_output` section holds exactly one of:
 
 Public entry points (all raise ValueError subclasses with a clear message on bad input):
 
-    build_hook(section, tokenizer, eos_token_ids, *, max_new_tokens, canvas_length, row=None,
-               pad_token_id=None, config=None) -> ConstraintHook
-        Compiles (cached) and returns the engine CommitHook (engine/fast.py `Request.commit_hook`).
-        `tokenizer` is a tokenizers.Tokenizer or a wrapper holding one (.tokenizer/.backend).
+    build_hook(section, tokenizer, eos_or_config, *, max_new_tokens, canvas_length, row=None,
+               pad_token_id=None, config=None, cache=None) -> ConstraintHook
+        Compiles and returns the engine CommitHook (engine/fast.py `Request.commit_hook`).
+        `tokenizer` is a tokenizers.Tokenizer or a wrapper holding one (.tk/.tokenizer/.backend).
+        `eos_or_config` is the model config (model/config.py: EOS ids, canvas length and the pad id come
+        from it) or the EOS ids themselves (then pass pad_token_id).
         Raises UnsupportedSchema("unsupported: <keyword> ...") and InfeasibleConstraint (too short a budget).
-    check_feasible(section, tokenizer, eos_token_ids, *, max_new_tokens, row=None, config=None) -> int
-        The minimum number of new tokens the constraint needs; raises InfeasibleConstraint naming it when
-        it exceeds max_new_tokens. Call before work starts.
+    check_feasible(section, tokenizer, eos_or_config, *, max_new_tokens, row=None, config=None, cache=None)
+        -> int: the minimum number of new tokens the constraint needs; raises InfeasibleConstraint naming it
+        when it exceeds max_new_tokens. Call before work starts.
     validate_output(section, text, row=None) -> (ok, parsed_json | None, error | None)
         Independent post-generation check (jsonschema with formats / pydantic / re.fullmatch / label).
     check_output(section, text, completion=None, row=None) -> (status, json column, error)
@@ -26,23 +28,31 @@ Public entry points (all raise ValueError subclasses with a clear message on bad
         Exact text of the committed tokens (byte-exact, whatever the tokenizer's decoder would strip).
 
 The final ConstraintState (Completion.hook_state) carries `label_scores` and `chosen` for choice.
+`cache` is a ConstraintCache (constraints/cache.py): the bounded in-memory automata and vocabularies a replica
+owns and passes to every call; without one, a call compiles (or reads the disk cache) and keeps nothing.
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable
+from typing import Protocol
 
+from constraints.cache import CacheConfig, ConstraintCache
 from constraints.choice import LabelScorer
 from constraints.compile import CompileConfig, CompileError, compile_regex, section_regex
-from constraints.hook import ConstraintHook, ConstraintState
+from constraints.dfa import TokenDFA
+from constraints.hook import ConstraintHook, ConstraintState, InfeasibleConstraint, require_budget
 from constraints.output_check import section_kind, validate_output
 from constraints.schema_regex import UnsupportedSchema
 from constraints.steering import SteeringOptions
-from constraints.vocab_bytes import decode_bytes, raw_tokenizer, token_bytes, vocab_hash
+from constraints.vocab_bytes import decode_bytes, token_bytes, vocab_hash
 
 __all__ = [
+    "CacheConfig",
     "CompileConfig",
     "CompileError",
+    "ConstraintCache",
     "ConstraintHook",
     "ConstraintState",
     "InfeasibleConstraint",
@@ -55,29 +65,33 @@ __all__ = [
 ]
 
 
-class InfeasibleConstraint(ValueError):
-    """The constraint cannot be completed within max_new_tokens (message names the minimum length)."""
+class _PadIds(Protocol):
+    pad_token_id: int | None
 
 
-_VOCABS: dict[int, tuple[list, str]] = {}
+class ModelConfig(Protocol):
+    """What this package reads of a model config (model/config.py DiffusionGemmaConfig)."""
+
+    eos_token_ids: tuple[int, ...]
+    canvas_length: int
+    generation: _PadIds  # generation_config.json: its pad_token_id wins
+    text: _PadIds  # config.json's text_config: the checkpoint's pad token otherwise
 
 
-def _vocab(tokenizer) -> list[bytes | None]:
-    raw = raw_tokenizer(tokenizer)
-    hit = _VOCABS.get(id(raw))
-    if hit is None or hit[1] is not raw:
-        hit = (token_bytes(raw), raw)
-        _VOCABS[id(raw)] = hit
-    return hit[0]
-
-
-def _pad_id(tokenizer, eos_token_ids) -> int:
-    raw = raw_tokenizer(tokenizer)
-    for name in ("<pad>", "[PAD]", "<|pad|>"):
-        tid = raw.token_to_id(name)
-        if tid is not None:
-            return int(tid)
-    return int(list(eos_token_ids)[0])
+def _special_ids(
+    eos_or_config: ModelConfig | Iterable[int] | int, canvas_length: int | None, pad_token_id: int | None
+) -> tuple[list[int], int | None, int | None]:
+    """(EOS ids, canvas length, pad id) from the model config, or from EOS ids and the explicit arguments."""
+    if isinstance(eos_or_config, int):
+        return [eos_or_config], canvas_length, pad_token_id
+    if isinstance(eos_or_config, Iterable):
+        return [int(e) for e in eos_or_config], canvas_length, pad_token_id
+    cfg = eos_or_config
+    if pad_token_id is None:
+        pad_token_id = cfg.generation.pad_token_id
+        if pad_token_id is None:
+            pad_token_id = cfg.text.pad_token_id
+    return [int(e) for e in cfg.eos_token_ids], canvas_length or cfg.canvas_length, pad_token_id
 
 
 _KINDS = ("json_schema", "pydantic", "regex", "choice", "schema_column")
@@ -112,79 +126,69 @@ def _row_dict(row) -> dict | None:
     return dict(extra) if extra else {}
 
 
-def _eos_and_canvas(eos_or_config, canvas_length):
-    """EOS ids (and the canvas length) from a list of ids or a model config object."""
-    if isinstance(eos_or_config, int):
-        return [eos_or_config], canvas_length
-    if hasattr(eos_or_config, "__iter__"):
-        return [int(e) for e in eos_or_config], canvas_length
-    eos = getattr(eos_or_config, "eos_token_ids", None) or getattr(eos_or_config, "eos_token_id", None)
-    eos = [eos] if isinstance(eos, int) else list(eos or [])
-    return [int(e) for e in eos], canvas_length or getattr(eos_or_config, "canvas_length", None)
-
-
 def _config(section: dict, config: CompileConfig | None) -> CompileConfig | None:
     if config is None and "compile_timeout_s" in section:
         return CompileConfig(timeout_s=float(section["compile_timeout_s"]))
     return config
 
 
-def _compile(section: dict, tokenizer, eos_token_ids, row, config):
+def _compile(section: dict, tokenizer, eos_ids: list[int], row, config, cache: ConstraintCache) -> TokenDFA:
     regex, _ = section_regex(section, row)
-    return compile_regex(regex, _vocab(tokenizer), list(eos_token_ids), config)
+    return cache.automaton(regex, cache.vocabulary(tokenizer), eos_ids, config)
 
 
 def check_feasible(
-    section, tokenizer, eos_token_ids, *, max_new_tokens: int, row=None, config: CompileConfig | None = None
+    section,
+    tokenizer,
+    eos_or_config,
+    *,
+    max_new_tokens: int,
+    row=None,
+    config: CompileConfig | None = None,
+    cache: ConstraintCache | None = None,
 ) -> int:
     """Minimum new tokens the constraint needs; InfeasibleConstraint if it exceeds max_new_tokens."""
     section, row = as_section(section), _row_dict(row)
-    eos, _ = _eos_and_canvas(eos_token_ids, None)
-    dfa = _compile(section, tokenizer, eos, row, _config(section, config))
-    need = int(dfa.dist[0])
-    if need > max_new_tokens:
-        raise InfeasibleConstraint(
-            f"structured_output ({section_kind(section)}) needs at least {need} new tokens, "
-            f"but max_new_tokens={max_new_tokens}; raise max_new_tokens to {need} or more"
-        )
-    return need
+    eos, _, _ = _special_ids(eos_or_config, None, None)
+    dfa = _compile(section, tokenizer, eos, row, _config(section, config), cache or ConstraintCache())
+    return require_budget(dfa, max_new_tokens, f"structured_output ({section_kind(section)})")
 
 
 def build_hook(
     section,
     tokenizer,
-    eos_token_ids,
+    eos_or_config,
     *,
     max_new_tokens: int | None = None,
     canvas_length: int | None = None,
     row=None,
     pad_token_id: int | None = None,
     config: CompileConfig | None = None,
+    cache: ConstraintCache | None = None,
 ) -> ConstraintHook:
     """The CommitHook enforcing `section` (see the module docstring).
 
-    `eos_token_ids` may also be the model config (its eos_token_ids and canvas_length are read). Without
-    max_new_tokens the up-front length check is skipped (pass it: the job should fail before work starts).
+    Without max_new_tokens the length check is skipped (pass it: the job should fail before work starts).
+    The check runs once, in ConstraintHook on the compiled automaton (hook.require_budget).
     """
     section, row = as_section(section), _row_dict(row)
-    eos, canvas_length = _eos_and_canvas(eos_token_ids, canvas_length)
+    eos, canvas_length, pad = _special_ids(eos_or_config, canvas_length, pad_token_id)
     if not eos:
         raise ValueError("structured_output needs the checkpoint's EOS token ids")
-    config = _config(section, config)
-    dfa = _compile(section, tokenizer, eos, row, config)
-    if max_new_tokens is not None:
-        check_feasible(section, tokenizer, eos, max_new_tokens=max_new_tokens, row=row, config=config)
-    scorer = (
-        LabelScorer(section["choice"], _vocab(tokenizer), eos) if section_kind(section) == "choice" else None
-    )
+    if pad is None:
+        raise ValueError("structured_output needs the pad token id: pass the model config or pad_token_id")
+    cache = cache or ConstraintCache()
+    dfa = _compile(section, tokenizer, eos, row, _config(section, config), cache)
+    vocab = cache.vocabulary(tokenizer).tokens
+    scorer = LabelScorer(section["choice"], vocab, eos) if section_kind(section) == "choice" else None
     return ConstraintHook(
         dfa,
-        pad_token_id=_pad_id(tokenizer, eos) if pad_token_id is None else pad_token_id,
+        pad_token_id=pad,
         max_new_tokens=max_new_tokens,
         canvas_length=canvas_length,
         scorer=scorer,
         description=f"structured_output ({section_kind(section)})",
-        vocab=_vocab(tokenizer),
+        vocab=vocab,
         steering=SteeringOptions.parse(section.get("steering") or "off"),
     )
 

@@ -3,7 +3,8 @@
 The build runs in a fresh Python process (`python constraints/dfa.py JOB OUT`) with a wall-clock
 timeout and an address-space limit (RLIMIT_AS, set in the child), so a pathological schema costs one
 refused request, never the replica. Results are cached on disk as .npz (no pickle) under
-<cache_dir>/<sha256(regex, vocabulary, EOS ids)>.npz and memoised in-process.
+<cache_dir>/<sha256(regex, vocabulary, EOS ids)>.npz; the bounded in-memory cache in front of that is
+constraints/cache.py's `ConstraintCache` (owned by the replica), not this module.
 """
 
 from __future__ import annotations
@@ -68,22 +69,26 @@ def section_regex(section: dict, row: dict | None = None) -> tuple[str, dict | N
     return schema_to_regex(schema, ref_depth=section.get("ref_depth")), schema
 
 
-_MEMO: dict[str, TokenDFA] = {}
-
-
-def cache_key(regex: str, vocab: list[bytes | None], eos_ids) -> str:
-    payload = json.dumps([FORMAT_VERSION, regex, vocab_hash(vocab), sorted(int(e) for e in eos_ids)])
+def cache_key(regex: str, vocab: list[bytes | None], eos_ids, *, vocab_key: str | None = None) -> str:
+    """The automaton's content key (and .npz name). vocab_key: vocab_hash(vocab) when the caller has it
+    (hashing a 262k vocabulary costs ~0.2 s)."""
+    vkey = vocab_hash(vocab) if vocab_key is None else vocab_key
+    payload = json.dumps([FORMAT_VERSION, regex, vkey, sorted(int(e) for e in eos_ids)])
     return hashlib.sha256(payload.encode()).hexdigest()[:40]
 
 
 def compile_regex(
-    regex: str, vocab: list[bytes | None], eos_ids, config: CompileConfig | None = None
+    regex: str,
+    vocab: list[bytes | None],
+    eos_ids,
+    config: CompileConfig | None = None,
+    *,
+    vocab_key: str | None = None,
 ) -> TokenDFA:
-    """The TokenDFA for `regex` over `vocab`, from memory, disk, or a bounded build."""
+    """The TokenDFA for `regex` over `vocab`, from the disk cache or a bounded build (no memory cache here:
+    constraints/cache.py's ConstraintCache.automaton sits in front of this)."""
     config = config or CompileConfig()
-    key = cache_key(regex, vocab, eos_ids)
-    if key in _MEMO:
-        return _MEMO[key]
+    key = cache_key(regex, vocab, eos_ids, vocab_key=vocab_key)
     path = config.cache_dir / f"{key}.npz"
     if path.exists():
         with np.load(path, allow_pickle=False) as z:
@@ -93,7 +98,6 @@ def compile_regex(
         save_dfa(path, dfa)
     else:
         dfa = _build_in_worker(regex, vocab, eos_ids, path, config)
-    _MEMO[key] = dfa
     return dfa
 
 

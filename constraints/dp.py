@@ -13,7 +13,8 @@ scores equally.
 
 Two implementations of the same numbers: this file's numpy path is the reference; dp_numba.py computes
 them in compiled loops (2.5-3x faster, bench/RESULTS.md). `BACKEND` is resolved once at import: "numba"
-when numba imports, unless DGBATCH_DP=numpy; best_path(..., backend=) overrides it per call.
+(a required dependency, pyproject.toml) unless DGBATCH_DP=numpy; best_path(..., backend=) overrides it per
+call.
 """
 
 from __future__ import annotations
@@ -35,11 +36,6 @@ def _resolve_backend() -> str:
     want = os.environ.get("DGBATCH_DP", "numba")
     if want not in ("numba", "numpy"):
         raise ValueError(f"DGBATCH_DP={want!r}: expected 'numba' or 'numpy'")
-    if want == "numba":
-        try:
-            import numba  # noqa: F401
-        except ImportError:
-            return "numpy"
     return want
 
 

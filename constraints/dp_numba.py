@@ -12,7 +12,7 @@ of a class by ascending id, EOS ids in the checkpoint's order). Only NaN logits 
 (numpy propagates NaN, the loops here skip it); a model emitting NaN is a bug upstream.
 
 Why compiled: numpy's floor here was the class max (a torch scatter at ~1.4 ns a logit) and ~20 numpy calls
-of ~2 us per sweep position (bench/RESULTS.md, "Structured output"). One loop per row over the logits keeps
+of ~2 us per sweep position (measured with bench/constraints.py). One loop per row over the logits keeps
 the per-class maxima and argmaxima in L1; the sweep keeps dp_layout's template blocks (one set score per
 row of a template) and walks the other states' real in-pairs only, with no per-call overhead.
 """

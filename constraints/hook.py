@@ -27,6 +27,23 @@ from constraints.dp import DPTables, best_path
 from constraints.steering import Skeleton, SteeringOptions, dfa_columns, path_tokens, steer_tokens
 
 
+class InfeasibleConstraint(ValueError):
+    """The constraint cannot be completed within max_new_tokens (message names the minimum length)."""
+
+
+def require_budget(dfa: TokenDFA, max_new_tokens: int | None, description: str) -> int:
+    """The fewest new tokens `dfa` needs (dist[0]); InfeasibleConstraint when it exceeds max_new_tokens (None:
+    no budget to check). The one feasibility rule: constraints.check_feasible (validation before work) and
+    ConstraintHook (the replica) both call it on the automaton they already hold."""
+    need = int(dfa.dist[0])
+    if max_new_tokens is not None and need > max_new_tokens:
+        raise InfeasibleConstraint(
+            f"{description} needs at least {need} new tokens, but max_new_tokens={max_new_tokens}; "
+            f"raise max_new_tokens to {need} or more"
+        )
+    return need
+
+
 @dataclass(frozen=True)
 class ConstraintState:
     """Per-row constraint state carried between canvases."""
@@ -61,11 +78,7 @@ class ConstraintHook:
         steering: SteeringOptions | None = None,
         track_argmax: bool = False,
     ):
-        if max_new_tokens is not None and int(dfa.dist[0]) > max_new_tokens:
-            raise ValueError(
-                f"{description}: needs at least {int(dfa.dist[0])} new tokens; "
-                f"max_new_tokens={max_new_tokens}"
-            )
+        require_budget(dfa, max_new_tokens, description)
         self.dfa = dfa
         self.tables = DPTables.from_dfa(dfa)
         self.pad_token_id = int(pad_token_id)

@@ -1,4 +1,5 @@
-"""Optional steering of the denoising steps by a constraint (design note: "to be measured, not assumed").
+"""Optional steering of the denoising steps by a constraint (each option measured, not assumed:
+bench/steering.py).
 
 Owns: `SteeringOptions` (which options a ConstraintHook applies; all off by default), `Skeleton` (the
 schema-seeded first canvas: tokens every valid output starts with from a DFA state) and `steer_tokens`
@@ -75,8 +76,8 @@ class SteeringOptions:
 
     @classmethod
     def kept(cls) -> SteeringOptions:
-        """What bench/steering.py measured to help on the trained small model (bench/RESULTS.md,
-        "Steering"): valid-only sampling. The others did not help."""
+        """Valid-only sampling: what bench/steering.py measured to help on the trained small model; the other
+        options did not (numbers in git history of bench/RESULTS.md, not rerun since)."""
         return cls(valid_sampling=True)
 
     @classmethod

@@ -1,8 +1,11 @@
 """Sampling parameters of one generation request (`GenerationParams`), validated on construction.
 
-Owns: the parameter set of the block-diffusion sampler (docs/diffusion_gemma.md §5.1) and how defaults are
-filled from a checkpoint's generation_config.json (`GenerationParams.from_model`). The engine, the reference
-`generate()` and the pipeline all read parameters from here, so the rules live in one place.
+Owns: the parameter set of the block-diffusion sampler with each parameter's range (`SAMPLER_BOUNDS`,
+`schedule_problem`: what the job spec checks before a model is loaded), how defaults are filled
+from a checkpoint's generation_config.json (`GenerationParams.from_model`), and where a row's tokens end
+(`first_stop` / `until_stop`: at the first stop id), and what a sampling temperature does to the schedule
+(`temperature_schedule`). The engine, the reference `generate()`, the job spec,
+the CLI and evaluation all read parameters and stop rules from here, so they live in one place.
 
 Semantics follow transformers 5.23 `DiffusionGemmaGenerationConfig`:
 - `max_new_tokens` is rounded UP to whole canvases (the output is not truncated);
@@ -17,18 +20,6 @@ import math
 from dataclasses import dataclass, fields, replace
 from typing import Any
 
-# The global defaults of transformers' `_get_default_generation_params` (applied when the checkpoint's
-# generation config leaves a field unset). EOS/pad have no global default: a bare model stops only on length.
-_GLOBAL_DEFAULTS: dict[str, Any] = {
-    "max_new_tokens": 256,
-    "max_denoising_steps": 48,
-    "t_max": 0.8,
-    "t_min": 0.4,
-    "entropy_bound": 0.1,
-    "stability_threshold": 1,
-    "confidence_threshold": 0.005,
-}
-
 
 def _is_int(v: Any) -> bool:
     return isinstance(v, int) and not isinstance(v, bool)
@@ -39,8 +30,51 @@ def _is_num(v: Any) -> bool:
 
 
 @dataclass(frozen=True)
+class Bound:
+    """The range of one sampler parameter: an int or a number, >= low (> low when `strict`)."""
+
+    kind: type  # int or float (a float parameter takes ints too)
+    low: float
+    strict: bool = False
+    off: bool = False  # None is allowed: it turns the feature off (GenerationParams' meaning)
+    finite: bool = False
+
+    def problem(self, v: Any) -> str | None:
+        """What is expected when `v` is out of range (the value itself is not quoted), else None."""
+        ok = _is_int(v) if self.kind is int else _is_num(v)
+        ok = ok and (v > self.low if self.strict else v >= self.low) and (not self.finite or math.isfinite(v))
+        if ok:
+            return None
+        what = "an int" if self.kind is int else ("a finite number" if self.finite else "a number")
+        return f"expected {what} {'>' if self.strict else '>='} {self.low:g}"
+
+
+# The sampler's parameters and their ranges: the one list that the job spec (pipeline/spec.py) takes
+# overrides of and checks against, as GenerationParams does. t_max must also exceed t_min.
+SAMPLER_BOUNDS: dict[str, Bound] = {
+    "max_new_tokens": Bound(int, 1),
+    "max_denoising_steps": Bound(int, 1),
+    "t_max": Bound(float, 0, strict=True, off=True),
+    "t_min": Bound(float, 0, off=True),
+    "entropy_bound": Bound(float, 0, strict=True, finite=True),
+    "stability_threshold": Bound(int, 0, off=True),
+    "confidence_threshold": Bound(float, 0, strict=True, off=True),
+}
+
+
+def schedule_problem(t_max: Any, t_min: Any) -> str | None:
+    """What is expected of a temperature schedule with both ends set (it must fall), else None."""
+    if t_max is not None and t_min is not None and not t_max > t_min:
+        return "expected t_max > t_min (a falling temperature schedule)"
+    return None
+
+
+@dataclass(frozen=True)
 class GenerationParams:
-    """Sampler parameters for one request. Raises ValueError naming the bad field."""
+    """Sampler parameters for one request. Raises ValueError naming the bad field.
+
+    The defaults are transformers' global ones (`_get_default_generation_params`), which apply where the
+    checkpoint's generation config leaves a field unset. EOS/pad have none: a bare model stops on length."""
 
     max_new_tokens: int = 256
     max_denoising_steps: int = 48
@@ -57,46 +91,20 @@ class GenerationParams:
             object.__setattr__(self, "eos_token_ids", (self.eos_token_ids,))
         elif isinstance(self.eos_token_ids, list):
             object.__setattr__(self, "eos_token_ids", tuple(self.eos_token_ids))
-        for name in ("max_new_tokens", "max_denoising_steps"):
+        for name, bound in SAMPLER_BOUNDS.items():
             v = getattr(self, name)
-            if not _is_int(v) or v <= 0:
-                raise ValueError(f"GenerationParams.{name}: expected a positive int, got {v!r}")
+            why = None if v is None and bound.off else bound.problem(v)
+            if why:
+                none = " or None" if bound.off else ""
+                raise ValueError(f"GenerationParams.{name}: {why}{none}, got {v!r}")
         if (self.t_max is None) != (self.t_min is None):
             raise ValueError(
                 "GenerationParams.t_max/t_min: set both (a linear schedule) or neither (temperature 1)"
             )
-        if self.t_max is not None:
-            if (
-                not _is_num(self.t_max)
-                or not _is_num(self.t_min)
-                or self.t_min < 0
-                or self.t_max <= self.t_min
-            ):
-                raise ValueError(
-                    f"GenerationParams.t_max/t_min: need t_max > t_min >= 0, got "
-                    f"t_max={self.t_max!r} t_min={self.t_min!r}"
-                )
-        if (
-            not _is_num(self.entropy_bound)
-            or not math.isfinite(self.entropy_bound)
-            or self.entropy_bound <= 0
-        ):
+        why = schedule_problem(self.t_max, self.t_min)
+        if why:
             raise ValueError(
-                f"GenerationParams.entropy_bound: expected a float > 0, got {self.entropy_bound!r}"
-            )
-        if self.stability_threshold is not None and (
-            not _is_int(self.stability_threshold) or self.stability_threshold < 0
-        ):
-            raise ValueError(
-                f"GenerationParams.stability_threshold: expected an int >= 0 or None, "
-                f"got {self.stability_threshold!r}"
-            )
-        if self.confidence_threshold is not None and (
-            not _is_num(self.confidence_threshold) or self.confidence_threshold <= 0
-        ):
-            raise ValueError(
-                f"GenerationParams.confidence_threshold: expected a float > 0 or None, "
-                f"got {self.confidence_threshold!r}"
+                f"GenerationParams.t_max/t_min: {why}, got t_max={self.t_max!r} t_min={self.t_min!r}"
             )
         if not isinstance(self.eos_token_ids, tuple) or not all(
             _is_int(t) and t >= 0 for t in self.eos_token_ids
@@ -134,9 +142,9 @@ class GenerationParams:
 
         `eos_token_id` is accepted as an alias of `eos_token_ids` (int or sequence), as in transformers.
         """
-        values: dict[str, Any] = dict(_GLOBAL_DEFAULTS)
+        values: dict[str, Any] = {}  # what nothing sets keeps the dataclass default
         if generation is not None:
-            for name in (*_GLOBAL_DEFAULTS, "pad_token_id"):
+            for name in (*SAMPLER_BOUNDS, "pad_token_id"):
                 v = getattr(generation, name, None)
                 if v is not None:
                     values[name] = v
@@ -167,3 +175,44 @@ class GenerationParams:
     def with_(self, **changes: Any) -> GenerationParams:
         """A copy with some fields changed (validated again)."""
         return replace(self, **changes)
+
+
+def first_stop(tokens: list[int], stop_ids: tuple[int, ...] | set[int]) -> int | None:
+    """Index of the first stop id (EOS) in `tokens`, or None."""
+    stops = set(stop_ids)
+    return next((i for i, t in enumerate(tokens) if t in stops), None)
+
+
+def until_stop(tokens: list[int], stop_ids: tuple[int, ...] | set[int]) -> list[int]:
+    """`tokens` before the first stop id (all of them when none occurs): the answer's tokens."""
+    cut = first_stop(tokens, stop_ids)
+    return list(tokens) if cut is None else list(tokens[:cut])
+
+
+# A sampling temperature as OpenAI and vLLM name it (per-row `temperature`): a finite number >= 0.
+TEMPERATURE_BOUND = Bound(float, 0, finite=True)
+# The lowest temperature the schedule is scaled to: the sampler always draws its tokens (there is no argmax
+# mode), so T = 0 ("greedy" in OpenAI and vLLM) is taken as this, where a draw is the argmax but for
+# near-ties. A low temperature also lowers every position's entropy, so the entropy bound commits more
+# positions per denoising step: near-greedy rows take fewer steps.
+MIN_TEMPERATURE = 0.01
+
+
+def temperature_schedule(temperature: float, t_max: float | None, t_min: float | None) -> tuple[float, float]:
+    """The (t_max, t_min) that a sampling `temperature` T gives a row whose schedule is (t_max, t_min).
+
+    T scales both ends of the checkpoint's linear schedule (engine/sampler.py `temperature_B`), so T = 1
+    keeps it exactly, T = 0.5 halves the temperature
+    at every step and the schedule keeps its shape (it still falls, by the same ratio). T below
+    MIN_TEMPERATURE, 0 included, is taken as MIN_TEMPERATURE. Raises ValueError for a T out of
+    TEMPERATURE_BOUND, or when there is no schedule to scale (t_max/t_min None: a flat temperature 1, which
+    GenerationParams cannot express at another value). The job-level knob and per-row settings share this.
+    """
+    why = TEMPERATURE_BOUND.problem(temperature)
+    if why:
+        raise ValueError(f"temperature: {why}, got {temperature!r}")
+    if t_max is None or t_min is None:
+        raise ValueError("temperature: the sampler has no temperature schedule (t_max/t_min unset) to scale; "
+                         "set generation.t_max and generation.t_min")
+    scale = max(float(temperature), MIN_TEMPERATURE)
+    return t_max * scale, t_min * scale

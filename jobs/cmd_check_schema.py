@@ -198,13 +198,7 @@ def _load_vocab(args):
         from model import DiffusionGemmaConfig, load_tokenizer
 
         tok = load_tokenizer(args.model)
-        cfg = (
-            DiffusionGemmaConfig.from_pretrained(args.model)
-            if hasattr(DiffusionGemmaConfig, "from_pretrained")
-            else None
-        )
-        eos = list(getattr(cfg, "eos_token_ids", (1,)))
-        return token_bytes(tok), eos
+        return token_bytes(tok), list(DiffusionGemmaConfig.from_dir(args.model).eos_token_ids)
     from tokenizers import Tokenizer
 
     path = args.tokenizer or str(

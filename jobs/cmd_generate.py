@@ -45,9 +45,9 @@ def add_parser(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     import torch
 
-    from engine.generate import _decode, _encode_prompt
     from engine.params import GenerationParams
     from model import DiffusionGemma, load_tokenizer
+    from model.tokenizer import encode_prompt
     from pipeline.redact import scrub
 
     torch.set_num_threads(1)
@@ -62,7 +62,7 @@ def run(args: argparse.Namespace) -> int:
         params = GenerationParams.from_model(
             model, max_new_tokens=args.max_new_tokens, max_denoising_steps=args.steps
         )
-        ids = [_encode_prompt(tok, p, chat=not args.no_chat) for p in args.prompt]
+        ids = [encode_prompt(tok, p, chat=not args.no_chat) for p in args.prompt]
     except ValueError as e:
         print(scrub(f"dgbatch generate: {e}"), file=sys.stderr)
         return 2
@@ -78,7 +78,7 @@ def run(args: argparse.Namespace) -> int:
         view.clear()
     for i, (prompt, toks, state) in enumerate(zip(args.prompt, answers, states)):
         if hook is None:
-            print(f"=== [{i}] {prompt}\n{_decode(tok, toks)}")
+            print(f"=== [{i}] {prompt}\n{tok.decode(toks, skip_special_tokens=True)}")
             continue
         from constraints import check_output, choice_json, decode_text
 
@@ -110,10 +110,10 @@ def _constraint(args, tok, model, params):
 
 def _generate(model, ids: list[list[int]], params, args, view, hook=None) -> tuple[list[list[int]], list]:
     """Answers' token ids and, per answer, the final constraint state (fast mode; None otherwise)."""
-    import torch
-
     from engine.fast import Engine, Request
     from engine.generate import generate
+    from engine.params import until_stop
+    from model.tokenizer import left_pad
     from pipeline.redact import scrub
 
     if args.mode == "fast":
@@ -131,10 +131,8 @@ def _generate(model, ids: list[list[int]], params, args, view, hook=None) -> tup
                 raise SystemExit(scrub(f"dgbatch generate: prompt {c.id}: {c.error}"))
             out.append(c.token_ids)
         return out, [c.hook_state for c in comps]
-    L = max(len(x) for x in ids)
-    pad = params.pad_token_id if params.pad_token_id is not None else 0
-    input_ids = torch.tensor([[pad] * (L - len(x)) + x for x in ids])
-    mask = torch.tensor([[0] * (L - len(x)) + [1] * len(x) for x in ids])
+    input_ids, valid = left_pad(ids, params.pad_token_id if params.pad_token_id is not None else 0)
+    L = input_ids.shape[1]
     cb = None
     if view is not None:
 
@@ -144,7 +142,7 @@ def _generate(model, ids: list[list[int]], params, args, view, hook=None) -> tup
     seqs = generate(
         model,
         input_ids,
-        mask,
+        valid,
         mode="reference",
         seed=args.seed,
         on_step=cb,
@@ -152,11 +150,7 @@ def _generate(model, ids: list[list[int]], params, args, view, hook=None) -> tup
         max_denoising_steps=params.max_denoising_steps,
         commit_hook=hook,
     )
-    eos = set(params.eos_token_ids)
-    out = []
-    for row in seqs[:, L:].tolist():
-        cut = next((i for i, t in enumerate(row) if t in eos), len(row))
-        out.append(row[:cut])
+    out = [until_stop(row, params.eos_token_ids) for row in seqs[:, L:].tolist()]
     return out, [None] * len(out)
 
 

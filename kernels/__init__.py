@@ -221,8 +221,9 @@ def measured_slower(op: str, first: torch.Tensor) -> bool:
     """Shapes where the Triton kernel measured slower than its torch reference on a GPU ("auto" keeps torch).
 
     canvas_attention at head_dim 512 (the global layers): 0.4-0.7x of the eager torch reference at 1 and 8
-    canvases on an H100 (bench/RESULTS.md, GPU section); at head_dim 256: 1.2-1.4x at one canvas but 0.9x at
-    8 canvases, so batches of 8 or more canvases keep torch too (2-7 were not measured; Triton stays there).
+    canvases on an H100 (bench/RESULTS.md, "Kernels at real shapes on an H100"); at head_dim 256: 1.2-1.4x at
+    one canvas but 0.9x at 8 canvases, so batches of 8 or more canvases keep torch too (2-7 were not
+    measured; Triton stays there).
     All measured before the kernel's 2026-11-27 rewrite; the next GPU run's attention rows revisit this.
     """
     return op == "canvas_attention" and (first.shape[-1] >= 512 or first.shape[0] >= 8)

@@ -1,5 +1,5 @@
-"""Canvas attention (DiffusionGemma §4.3, decoder pass): torch reference, its PyTorch-SDPA form, Triton
-kernel, launcher.
+"""Canvas attention (the decoder pass): torch reference, its PyTorch-SDPA form, Triton kernel, launcher.
+Reference model: `DiffusionGemmaDecoderTextAttention` in https://github.com/huggingface/transformers/blob/v5.23.0/src/transformers/models/diffusion_gemma/modeling_diffusion_gemma.py
 
 Canvas queries attend to the visible cached context keys plus every canvas key (bidirectional, no causal
 mask). The caller encodes left padding and sliding windows in ctx_visible_BS (a sliding decoder layer sees

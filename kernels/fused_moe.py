@@ -1,5 +1,5 @@
-"""Routed-expert MLP (DiffusionGemma §4.4): torch reference, a PyTorch grouped-GEMM form, Triton grouped
-GEMMs, launcher.
+"""Routed-expert MLP: torch reference, a PyTorch grouped-GEMM form, Triton grouped GEMMs, launcher. Reference
+model: `DiffusionGemmaTextExperts` in https://github.com/huggingface/transformers/blob/v5.23.0/src/transformers/models/diffusion_gemma/modeling_diffusion_gemma.py
 
 y_TH = sum over j in top-k order of w_Tk[:, j] * down[e_j](gelu_tanh(gate[e_j] x) * up[e_j] x), with each
 expert output in x's dtype, weighted and summed in fp32, cast once (HF's grouped_mm precision).

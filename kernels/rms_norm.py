@@ -8,9 +8,9 @@
 
 Why: a decoder layer has 11 norms (7 on the hidden state, q/k/v, the router's) and the torch form of each is
 about nine launches (casts, pow, mean, add, pow, two muls, cast); the H100 profile of a full-size forward was
-dominated by such small ops and launch stalls (bench/RESULTS.md, GPU section). The kernel does the whole
-line in one launch per call and rounds to the activation dtype exactly where each torch op would, so in
-bf16 it differs from the reference only by the order of the fp32 sum of squares.
+dominated by such small ops and launch stalls (bench/RESULTS.md, "Full-size decoder step on an H100"). The
+kernel does the whole line in one launch per call and rounds to the activation dtype exactly where each torch
+op would, so in bf16 it differs from the reference only by the order of the fp32 sum of squares.
 
 Legend: N rows (all leading dims flattened), D normalised width.
 """

@@ -1,4 +1,5 @@
-"""The MoE router (DiffusionGemma §4.4): torch reference, two Triton kernels around the router GEMM, launcher.
+"""The MoE router: torch reference, two Triton kernels around the router GEMM, launcher. Reference model:
+`DiffusionGemmaTextRouter` in https://github.com/huggingface/transformers/blob/v5.23.0/src/transformers/models/diffusion_gemma/modeling_diffusion_gemma.py
 
     z = rms_norm(r) * scale * H^-0.5                     unscaled norm of the raw residual, then two scalings
     p = softmax(z @ proj^T) in fp32                      [T, E]

@@ -6,8 +6,9 @@ turns (row seed, canvas index, step index, position) into the per-row stream key
 (`head_sample_*`): the same pass over the LM head's raw output, softcap and temperature applied in the kernel
 exactly as kernels/logit_epilogue.py applies them, so the GPU step never materialises fp32 logits.
 
-Why: the reference generate() makes ~15 passes over fp32 logits per step (performance.md §"What dominates");
-here every statistic the denoising loop needs comes out of one tiled pass over x = logits * inv_temp.
+Why: sampling op by op passes over the fp32 logits many times per step (the torch references: 24.2 passes
+per decoder forward, bench/RESULTS.md "Launches and logit traffic per denoising step"); here every statistic
+the denoising loop needs comes out of one tiled pass over x = logits * inv_temp.
 The sample is Gumbel-max, argmax(x + g) with g = -log(-log(u)), which is a draw from softmax(x) (the same
 identity as the reference's multinomial == argmax(p / Exp(1))). u comes from a hash of (key, column), so a
 row's noise depends only on its key: reproducible per request, independent of batch composition, and never

@@ -1,5 +1,5 @@
-"""KV cache: a slot cache with per-row lengths (the contract in model_api.md), whose sliding-window layers
-keep only a bounded ring of slots per row.
+"""KV cache: a slot cache with per-row lengths, whose sliding-window layers keep only a bounded ring of slots
+per row.
 
 Legend: B slots (rows), KV key/value heads, S cache capacity, D head dim, R selected rows, T new tokens,
 N = window_slots (the sliding layers' ring), W the sliding window.

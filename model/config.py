@@ -1,8 +1,9 @@
 """DiffusionGemma configuration: parse config.json / generation_config.json as transformers 5.23 writes them.
 
 Owns the top-level `DiffusionGemmaConfig` (text stack, canvas length, stop ids, sampler defaults), the
-checkpoint's sampler defaults `GenerationDefaults`, and the presets `tiny()` and `full_size()`. The text
-stack's `TextConfig` lives in model/text_config.py and is re-exported here.
+checkpoint's sampler defaults `GenerationDefaults`, and the presets `tiny(**overrides)` and `full_size()`,
+written as data in the checkpoint files' form (`TINY_TEXT`, `FULL_SIZE_TEXT`, `FULL_SIZE_GENERATION`) and
+read by the parsers here. The text stack's `TextConfig` lives in model/text_config.py and is re-exported here.
 Anything we cannot run exactly like the reference raises ValueError naming the offending field.
 """
 
@@ -17,8 +18,8 @@ import fsspec
 
 from model.text_config import FULL, SLIDING, TextConfig, _ids, _opt_id
 
-__all__ = ["FULL", "PLACEHOLDER_VISION_CONFIG", "SLIDING", "DiffusionGemmaConfig", "GenerationDefaults",
-           "TextConfig", "embed_scale"]
+__all__ = ["FULL", "FULL_SIZE_GENERATION", "FULL_SIZE_TEXT", "PLACEHOLDER_VISION_CONFIG", "SLIDING",
+           "TINY_TEXT", "DiffusionGemmaConfig", "GenerationDefaults", "TextConfig", "embed_scale"]
 
 
 # transformers' DiffusionGemmaConfig builds a full-size vision tower when vision_config is absent, so a
@@ -28,6 +29,31 @@ PLACEHOLDER_VISION_CONFIG: dict = {
     "model_type": "gemma4_vision", "hidden_size": 16, "intermediate_size": 32, "num_hidden_layers": 1,
     "num_attention_heads": 2, "num_key_value_heads": 2, "head_dim": 8, "position_embedding_size": 64,
     "patch_size": 4, "pooling_kernel_size": 1,
+}
+
+
+# The tiny preset's text_config (`DiffusionGemmaConfig.tiny`), in config.json's global_head_dim form: full
+# layers D=32 with one KV head, sliding layers D=16 with two. Layer types come from the layer count.
+TINY_TEXT: dict[str, Any] = {
+    "vocab_size": 512, "hidden_size": 64, "intermediate_size": 96, "moe_intermediate_size": 24,
+    "num_experts": 8, "top_k_experts": 2, "num_hidden_layers": 4, "num_attention_heads": 4,
+    "num_key_value_heads": 2, "head_dim": 16, "global_head_dim": 32, "num_global_key_value_heads": 1,
+    "sliding_window": 8,
+}
+
+# google/diffusiongemma-26B-A4B-it's text_config in the same form: 30 layers in transformers' default 5:1
+# sliding/full pattern (full layers 5, 11, ..., 29: D=512 with two KV heads).
+FULL_SIZE_TEXT: dict[str, Any] = {
+    "vocab_size": 262_144, "hidden_size": 2816, "intermediate_size": 2112, "moe_intermediate_size": 704,
+    "num_experts": 128, "top_k_experts": 8, "num_hidden_layers": 30, "num_attention_heads": 16,
+    "num_key_value_heads": 8, "head_dim": 256, "global_head_dim": 512, "num_global_key_value_heads": 2,
+    "sliding_window": 1024, "max_position_embeddings": 262_144,
+}
+# ... and its generation_config.json (the sampler defaults, stop ids <eos>, <turn|>, <|tool_response>).
+FULL_SIZE_GENERATION: dict[str, Any] = {
+    "max_new_tokens": 256, "max_denoising_steps": 48, "t_max": 0.8, "t_min": 0.4,
+    "sampler_config": {"entropy_bound": 0.1}, "stability_threshold": 1, "confidence_threshold": 0.005,
+    "eos_token_id": [1, 106, 50], "pad_token_id": 0,
 }
 
 
@@ -170,73 +196,39 @@ class DiffusionGemmaConfig:
             d["vision_config"] = self.vision_config
         return d
 
+    def reference_kwargs(self) -> dict[str, Any]:
+        """Keyword arguments of transformers' DiffusionGemmaConfig that build this network (tests and benches
+        build the reference model from them): the text stack, the canvas length and a vision tower (the
+        placeholder unless this config names one). Stop ids and sampler defaults are not included."""
+        return {"text_config": self.text.to_dict(), "canvas_length": self.canvas_length,
+                "vision_config": self.vision_config or PLACEHOLDER_VISION_CONFIG}
+
     @classmethod
-    def tiny(cls) -> DiffusionGemmaConfig:
-        """The spec's parity fixture geometry: 4 layers (S,F,S,F), W=8, 8 experts top-2, V=512, C=16."""
-        text = TextConfig(
-            vocab_size=512,
-            hidden_size=64,
-            intermediate_size=96,
-            moe_intermediate_size=24,
-            num_experts=8,
-            top_k_experts=2,
-            num_hidden_layers=4,
-            layer_types=(SLIDING, FULL, SLIDING, FULL),
-            num_attention_heads=4,
-            num_key_value_heads=2,
-            head_dim=16,
-            per_layer_config={
-                1: {"head_dim": 32, "num_key_value_heads": 1},
-                3: {"head_dim": 32, "num_key_value_heads": 1},
-            },
-            sliding_window=8,
-            rope_parameters=_default_rope(),
+    def tiny(cls, canvas_length: int = 16, **text: Any) -> DiffusionGemmaConfig:
+        """The spec's parity fixture geometry: 4 layers (S,F,S,F), W=8, 8 experts top-2, V=512, C=16.
+
+        Keyword arguments override `TINY_TEXT` fields in config.json's form, so a test or bench names an
+        odd geometry by what it changes. Layers alternate sliding/full (the last one full) unless
+        `layer_types` is given; a field set to None is left out (its config.json default: layer_types=None
+        is transformers' 5:1 pattern, num_global_key_value_heads=None keeps num_key_value_heads).
+        """
+        d = {**TINY_TEXT, **text}
+        n = d["num_hidden_layers"]
+        d.setdefault("layer_types", [SLIDING if i % 2 == 0 else FULL for i in range(n)])
+        d = {k: v for k, v in d.items() if v is not None}
+        return cls.from_dict(
+            {"model_type": "diffusion_gemma", "text_config": d, "canvas_length": canvas_length,
+             "eos_token_id": [1, 106]}
         )
-        return cls(text=text, canvas_length=16, eos_token_ids=(1, 106))
 
     @classmethod
     def full_size(cls) -> DiffusionGemmaConfig:
         """google/diffusiongemma-26B-A4B-it's published geometry and sampler defaults."""
-        n = 30
-        types = tuple(([SLIDING] * 5 + [FULL]) * 5)
-        text = TextConfig(
-            vocab_size=262_144,
-            hidden_size=2816,
-            intermediate_size=2112,
-            moe_intermediate_size=704,
-            num_experts=128,
-            top_k_experts=8,
-            num_hidden_layers=n,
-            layer_types=types,
-            num_attention_heads=16,
-            num_key_value_heads=8,
-            head_dim=256,
-            per_layer_config={
-                i: {"head_dim": 512, "num_key_value_heads": 2} for i in range(n) if types[i] == FULL
-            },
-            sliding_window=1024,
-            rope_parameters=_default_rope(),
-            max_position_embeddings=262_144,
+        return cls.from_dict(
+            {"model_type": "diffusion_gemma", "text_config": FULL_SIZE_TEXT, "canvas_length": 256,
+             "eos_token_id": [1, 106]},
+            generation=FULL_SIZE_GENERATION,
         )
-        gen = GenerationDefaults(
-            max_new_tokens=256,
-            max_denoising_steps=48,
-            t_max=0.8,
-            t_min=0.4,
-            entropy_bound=0.1,
-            stability_threshold=1,
-            confidence_threshold=0.005,
-            eos_token_id=(1, 106, 50),
-            pad_token_id=0,
-        )
-        return cls(text=text, canvas_length=256, eos_token_ids=(1, 106), generation=gen)
-
-
-def _default_rope() -> dict[str, dict[str, Any]]:
-    return {
-        SLIDING: {"rope_type": "default", "rope_theta": 10_000.0},
-        FULL: {"rope_type": "proportional", "partial_rotary_factor": 0.25, "rope_theta": 1_000_000.0},
-    }
 
 
 def embed_scale(hidden_size: int) -> float:

@@ -1,10 +1,11 @@
 """Tokenizer: tokenizer.json through `tokenizers`, left padding, and the checkpoint's chat template
 rendered in a sandboxed jinja2 environment (Gemma-4 turn format, thinking off by default).
 
-Owns `load_tokenizer(dir_or_url)` and `Tokenizer`. Semantics follow the HF Gemma tokenizer the checkpoint
-ships with (spec section 9): `encode` prepends <bos> when `add_bos_token` (default) unless
-add_special_tokens=False; `apply_chat_template` renders the template (which writes <bos> itself) and, by
-default, tokenizes it without adding special tokens; batches are LEFT padded with <pad>.
+Owns `load_tokenizer(dir_or_url)`, `Tokenizer`, `left_pad`, `encode_prompt` (a prompt's ids, chat or
+plain) and `encode_messages` (a conversation's ids). Semantics follow the HF Gemma tokenizer the checkpoint
+ships with: `encode` prepends <bos> when `add_bos_token` (default) unless add_special_tokens=False;
+`apply_chat_template` renders the template (which writes <bos> itself) and, by default, tokenizes it
+without adding special tokens; batches are LEFT padded with <pad>.
 The template comes from tokenizer_config.json "chat_template" or chat_template.jinja in the same directory;
 when neither exists the default Gemma-4 template next to this file is used.
 """
@@ -119,6 +120,22 @@ def left_pad(seqs: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Te
             ids[b, L - len(s) :] = torch.tensor(s, dtype=torch.long)
             valid[b, L - len(s) :] = True
     return ids, valid
+
+
+def encode_prompt(tok: Tokenizer, prompt: str, *, chat: bool = True) -> list[int]:
+    """The ids a generation starts from: with `chat`, one user turn rendered by the chat template with the
+    generation prompt (the template writes <bos>); without, the plain text after <bos>. Inference (engine,
+    pipeline, CLI) and training (train/forward.py) encode prompts here, so they see the same ids."""
+    if not chat:
+        return list(tok.encode(prompt))
+    return encode_messages(tok, [{"role": "user", "content": prompt}])
+
+
+def encode_messages(tok: Tokenizer, messages: list[dict[str, Any]]) -> list[int]:
+    """The ids a generation starts from for a conversation ({"role", "content"} turns, OpenAI style, the
+    last one the user's): the chat template with the generation prompt. `encode_prompt` of a prompt is
+    `encode_messages` of its one user turn. Raises jinja2's TemplateError for a turn the template refuses."""
+    return list(tok.apply_chat_template(list(messages), add_generation_prompt=True))
 
 
 def _token_str(v: Any, default: str) -> str:

@@ -1,13 +1,14 @@
 """Checkpoint I/O: the declarative key map between the released safetensors names and our modules, a streaming
 safetensors reader over any fsspec filesystem, and save/load.
 
-What the released file holds (spec section 3): the text stack once, under `model.decoder.*`, plus the
-encoder's own `layer_scalar` buffers under `model.encoder.language_model.layers.{i}.layer_scalar`; no
-`lm_head.weight` (tied to the embeddings); vision tensors under `model.encoder.vision_tower.*` and
-`model.encoder.embed_vision.*`, which a text-only model skips. Loading builds the model on the meta device,
-checks every header against the key map first (missing / unexpected / mis-shaped tensors fail before any data
-is read, naming key and expected shape), then reads tensors one at a time into place, so peak host memory
-stays near one copy of the weights.
+What the released file holds (the names transformers' DiffusionGemma loads; v5.23.0, as pinned in
+pyproject.toml: https://github.com/huggingface/transformers/blob/v5.23.0/src/transformers/models/diffusion_gemma/modeling_diffusion_gemma.py)
+is the text stack once, under `model.decoder.*`, plus the encoder's own `layer_scalar` buffers under
+`model.encoder.language_model.layers.{i}.layer_scalar`; no `lm_head.weight` (tied to the embeddings); vision
+tensors under `model.encoder.vision_tower.*` and `model.encoder.embed_vision.*`, which a text-only model
+skips. Loading builds the model on the meta device, checks every header against the key map first (missing /
+unexpected / mis-shaped tensors fail before any data is read, naming key and expected shape), then reads
+tensors one at a time into place, so peak host memory stays near one copy of the weights.
 Only safetensors is ever read: `.bin` / `.pt` checkpoints are refused, nothing is unpickled.
 """
 

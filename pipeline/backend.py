@@ -17,11 +17,14 @@ import hashlib
 import os
 import time
 from dataclasses import dataclass
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from pipeline.outputs import RowResult
 from pipeline.rows import PreparedRow
-from pipeline.spec import JobSpec, SpecError
+from pipeline.spec import JobSpec
+
+if TYPE_CHECKING:
+    from constraints import ConstraintHook
 
 
 class Backend(Protocol):
@@ -174,21 +177,28 @@ class EngineBackend:
 
 
 class _ConstraintHooks:
-    """Adapter over constraints (owned by the structured-output area): build_hook, check_output."""
+    """The replica's structured output: one ConstraintCache (bounded automata and vocabularies, created once
+    per replica) behind build_hook, decode_text and check_output (constraints/__init__.py). constraints is
+    imported where used, like the engine: it loads torch, which StubBackend replicas never need."""
 
-    def __init__(self, mod, spec: JobSpec, tokenizer, model, max_new_tokens: int):
-        self.mod, self.section, self.tokenizer = mod, spec.structured_output, tokenizer
-        self.model_config = getattr(model, "config", None)
+    def __init__(self, spec: JobSpec, tokenizer, model_config, max_new_tokens: int):
+        from constraints import ConstraintCache
+
+        self.section, self.tokenizer, self.model_config = spec.structured_output, tokenizer, model_config
         self.max_new_tokens = max_new_tokens
+        self.cache = ConstraintCache()
         self.per_row = self.section.schema_column is not None
         # A constraint shared by all rows is compiled once per replica; failing here fails the job up front.
         self.shared = None if self.per_row else self._build(None)
 
-    def _build(self, row: PreparedRow | None):
-        return self.mod.build_hook(self.section, self.tokenizer, self.model_config,
-                                   max_new_tokens=self.max_new_tokens, row=row)
+    def _build(self, row: PreparedRow | None) -> ConstraintHook:
+        from constraints import build_hook
 
-    def for_row(self, row: PreparedRow):
+        # the EOS ids, canvas length and pad id come from the model config
+        return build_hook(self.section, self.tokenizer, self.model_config,
+                          max_new_tokens=self.max_new_tokens, row=row, cache=self.cache)
+
+    def for_row(self, row: PreparedRow) -> ConstraintHook | str:
         if not self.per_row:
             return self.shared
         try:
@@ -196,31 +206,20 @@ class _ConstraintHooks:
         except Exception as exc:  # noqa: BLE001 - a bad per-row schema is that row's error
             return f"schema in column {self.section.schema_column!r} unusable: {exc}"
 
-    def text(self, hook, token_ids: list[int]) -> str | None:
-        decode = getattr(self.mod, "decode_text", None)
-        return decode(hook, token_ids) if decode is not None and hook is not None else None
+    def text(self, hook: ConstraintHook | None, token_ids: list[int]) -> str | None:
+        """Exact text of a constrained row (None without a hook: the tokenizer decodes it)."""
+        from constraints import decode_text
+
+        return decode_text(hook, token_ids) if hook is not None else None
 
     def check(self, row: PreparedRow, text: str, completion) -> tuple[str, str | None, str | None]:
-        """(status, json, error) for a finished row; 'ok' when the constraints module has no checker."""
-        checker = getattr(self.mod, "check_output", None)
-        if checker is None:
-            return "ok", None, None
-        return checker(self.section, text, completion, row=row)
+        """(status, json, error) for a finished row."""
+        from constraints import check_output
+
+        return check_output(self.section, text, completion, row=row)
 
 
 def _constraint_hooks(spec: JobSpec, tokenizer, model, max_new_tokens: int) -> _ConstraintHooks | None:
     if spec.structured_output is None:
         return None
-    return _ConstraintHooks(constraints_module(), spec, tokenizer, model, max_new_tokens)
-
-
-def constraints_module():
-    """constraints with `build_hook`, or a SpecError saying structured output is unavailable."""
-    try:
-        import constraints as mod
-    except ImportError as exc:
-        raise SpecError(f"structured_output: not available in this build ({exc})") from exc
-    if not hasattr(mod, "build_hook"):
-        raise SpecError("structured_output: not available in this build (constraints.build_hook "
-                        "is missing)")
-    return mod
+    return _ConstraintHooks(spec, tokenizer, model.config, max_new_tokens)

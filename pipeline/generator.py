@@ -4,7 +4,8 @@
 model), sends the good ones to the backend, and assembles the output table with the passthrough columns,
 one output row per input row in input order. Rows the shard reader could not decode (`unreadable`, from
 pipeline.shards.read_shard) are error rows like any other bad row. It also tallies rows by status and
-tokens for the commit marker and the metrics. No storage and no Ray here.
+tokens for the commit marker and the metrics. `job_columns` (what a job reads, from its spec),
+`error_rows` (rows given up on) and `output_schema` need no backend. No storage and no Ray here.
 """
 
 from __future__ import annotations
@@ -36,6 +37,19 @@ class BatchStats:
                 "denoising_steps": self.denoising_steps, "model_s": round(self.model_s, 6)}
 
 
+def job_columns(spec: JobSpec) -> list[str]:
+    """The input columns a job reads, from its spec alone: prompt or template columns, id, passthrough,
+    per-row schema; each once, in that order (the first is the prompt's)."""
+    inp = spec.input
+    so = spec.structured_output
+    cols = list(inp.template_columns())
+    for c in ([inp.id_column] if inp.id_column else []) + spec.output.passthrough_columns + \
+            ([so.schema_column] if so is not None and so.schema_column else []):
+        if c not in cols:
+            cols.append(c)
+    return cols
+
+
 class RowGenerator:
     def __init__(self, spec: JobSpec, backend: Backend, metrics: Metrics | None = None):
         self.spec, self.backend, self.metrics = spec, backend, metrics
@@ -43,14 +57,8 @@ class RowGenerator:
         self.extra_columns = (so.schema_column,) if so is not None and so.schema_column else ()
 
     def input_columns(self) -> list[str]:
-        """Columns a shard read needs: prompt/template, id, passthrough, per-row schema."""
-        inp = self.spec.input
-        cols = list(inp.template_columns())
-        for c in ([inp.id_column] if inp.id_column else []) + self.spec.output.passthrough_columns + \
-                list(self.extra_columns):
-            if c not in cols:
-                cols.append(c)
-        return cols
+        """Columns a shard read needs (`job_columns`)."""
+        return job_columns(self.spec)
 
     def warm_up(self) -> None:
         """Pay the output path's one-off costs now, at replica start-up, not inside the first shard.
@@ -64,11 +72,6 @@ class RowGenerator:
         out = build_table([row], [error_result("warm-up")], pa.table({"_": [0]}).select([]), attempt=0,
                           structured=self.spec.structured_output is not None)
         pq.write_table(out, io.BytesIO(), compression="zstd")
-
-    def output_schema(self, input_schema: pa.Schema, file_rel: str) -> pa.Schema:
-        """The schema of this job's output table for an input file of `input_schema` (no backend needed)."""
-        empty = input_schema.empty_table().select(self.input_columns())
-        return self.process(empty, file_rel=file_rel, first_row=0, attempt=0)[0].schema
 
     def process(self, table: pa.Table, *, file_rel: str, first_row: int, attempt: int,
                 unreadable: dict[int, str] | None = None) -> tuple[pa.Table, BatchStats]:
@@ -115,3 +118,10 @@ def error_rows(spec: JobSpec, table: pa.Table, *, file_rel: str, first_row: int,
     results = [error_result(r.error or f"row {r.id}: {message}") for r in rows]
     return build_table(rows, results, table.select(spec.output.passthrough_columns), attempt=attempt,
                        structured=so is not None, ids=output_ids(table, spec.input, rows))
+
+
+def output_schema(spec: JobSpec, input_schema: pa.Schema, file_rel: str) -> pa.Schema:
+    """The schema of the job's output table for an input file of `input_schema`: the table `process` and
+    `error_rows` build, taken from an empty one (no backend, no rows)."""
+    empty = input_schema.empty_table().select(job_columns(spec))
+    return error_rows(spec, empty, file_rel=file_rel, first_row=0, attempt=0, message="").schema

@@ -10,9 +10,9 @@ not import Ray), so it runs under `ActorPoolStrategy` / `concurrency=` and equal
     out.write_parquet("s3://bucket/generated/")
 
 Ray Data owns retries and writes here, so the exactly-once and resume guarantees of `run_job` do not
-apply (see docs/pipeline.md for why `run_job` has its own driver). Row ids are `input.id_column` when set
-(its Arrow type kept: int64 ids stay int64), else `batch-<hash of the batch's prompts>#<row in batch>`,
-stable for a given batch.
+apply (they are why `run_job` has its own driver and coordinator, pipeline/executor.py). Row ids are
+`input.id_column` when set (its Arrow type kept: int64 ids stay int64), else
+`batch-<hash of the batch's prompts>#<row in batch>`, stable for a given batch.
 """
 
 from __future__ import annotations

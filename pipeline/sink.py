@@ -34,7 +34,11 @@ A job whose input has no rows has no shards; it finishes with a manifest (rows 0
 `BackgroundCommitter` runs `write_and_commit` on one thread of the replica, so a shard's write + fsync +
 marker overlap the next shard's generation. It changes when a commit happens, not what one is: the driver
 counts a shard done only when the replica reports that its marker exists, and a replica that dies with a
-commit still queued simply loses that attempt (the driver re-leases the shard; first writer still wins).
+commit still queued simply loses that attempt (the driver re-leases the shard unless `markers_exist`
+finds its marker; first writer still wins).
+
+The driver writes only bisected shards (pipeline/coordinator.py): `given_up_rows` reads a piece again and
+makes every row an error row, `commit_pieces` joins a shard's pieces and commits them like any attempt.
 """
 
 from __future__ import annotations
@@ -48,13 +52,17 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from pipeline.generator import error_rows, job_columns
 from pipeline.outputs import STATUSES
 from pipeline.plan import PLAN_FILE, Plan
 from pipeline.prefix import ATTEMPT_FILE
 from pipeline.redact import scrub_json
 from pipeline.runs import summarize
+from pipeline.shards import Shard, read_shard
+from pipeline.spec import JobSpec
 from pipeline.storage import Storage
 
 COMMITS, DATA = "_commits", "data"
@@ -90,6 +98,57 @@ def write_and_commit(storage: Storage, shard_id: str, attempt: int, table: pa.Ta
         return True
     storage.delete(rel)  # lost the race (a zombie attempt or a concurrent driver): first writer wins
     return False
+
+
+def marker_fields(stats: dict[str, Any], shard: Shard, *, replica_id: str, started_at: float,
+                  finished_at: float, bisected: bool, run_id: str) -> dict[str, Any]:
+    """The marker fields of an attempt beyond those `write_and_commit` adds (the layout above).
+
+    `stats`: rows_by_status, tokens, denoising_steps, model_s (pipeline.generator.BatchStats.to_json).
+    """
+    return {**stats, "replica_id": replica_id, "started_at": started_at, "finished_at": finished_at,
+            "duration_s": round(finished_at - started_at, 6), "bisected": bisected,
+            "input": {"file": shard.file, "start": shard.start, "num_rows": shard.num_rows}, "run_id": run_id}
+
+
+def commit_pieces(storage: Storage, shard: Shard, attempt: int, tables: list[pa.Table], run_id: str) -> bool:
+    """Commit a bisected shard: its pieces' rows (in row order) as one attempt written by the driver.
+
+    The marker tallies the joined rows (model_s and duration_s are 0: the pieces' time was spent on the
+    replicas). Returns `write_and_commit`'s answer: False if another attempt committed first.
+    """
+    out = pa.concat_tables(tables)
+    by = dict.fromkeys(STATUSES, 0)
+    for s in out.column("status").to_pylist():
+        by[s] += 1
+    stats = {"rows_by_status": by, "tokens": int(pc.sum(out.column("num_tokens")).as_py() or 0),
+             "denoising_steps": int(pc.sum(out.column("denoising_steps")).as_py() or 0), "model_s": 0.0}
+    now = time.time()
+    return write_and_commit(storage, shard.id, attempt, out, marker_fields(
+        stats, shard, replica_id="driver", started_at=now, finished_at=now, bisected=True, run_id=run_id))
+
+
+def given_up_rows(spec: JobSpec, piece: Shard, attempt: int, message: str) -> pa.Table:
+    """The output rows of a piece the driver gave up on: the piece read again (for ids and passthrough,
+    through the reader's salvage: pipeline/shards.py), every row an error row carrying `message`."""
+    st = spec.storage
+    got = read_shard(piece, job_columns(spec), st.endpoint_url, st.options)
+    return error_rows(spec, got.table, file_rel=piece.file_rel, first_row=piece.start, attempt=attempt,
+                      unreadable=got.unreadable, message=message)
+
+
+def markers_exist(storage: Storage, shard_ids: list[str]) -> set[str]:
+    """Which of `shard_ids` have a commit marker now (the listing cache is dropped first). A marker that
+    cannot be checked counts as absent: the shard is re-leased, and first writer wins, so nothing doubles."""
+    storage.invalidate()  # s3fs would answer from the listing cached at start
+    found = set()
+    for shard_id in shard_ids:
+        try:
+            if storage.exists(commit_name(shard_id)):
+                found.add(shard_id)
+        except Exception:  # noqa: BLE001 - unknown counts as not committed (see above)
+            pass
+    return found
 
 
 class BackgroundCommitter:

@@ -1,12 +1,12 @@
 """The batch job spec: one pydantic model per section, loaded from YAML or JSON; unknown keys are errors.
 
 Owns the field names users write (`model.path`, `input.prompt_column`, `resources.shard_rows`, ...), the
-checks that need nothing but the spec itself (exactly one of prompt_column/template, exactly one
-structured-output source, no credentials anywhere: not in storage options or headers, not as user info or
-signed query parameters in a URL), and `JobSpec.public_dict()`, the resolved spec that is written next to
-the results (scrubbed: pipeline/redact.py). A section set to null (`model:` with no value in YAML) means
-its default. Error messages name the field and never echo a refused value. Checks that need the input files
-or the model live in `pipeline.validate`.
+checks that need nothing but the spec itself (exactly one of prompt_column/template/messages_column, known
+per-row setting names, exactly one structured-output source, no credentials anywhere: not in storage
+options or headers, not as user info or signed query parameters in a URL), and `JobSpec.public_dict()`, the
+resolved spec that is written next to the results (scrubbed: pipeline/redact.py). A section set to null
+(`model:` with no value in YAML) means its default. Error messages name the field and never echo a refused
+value. Checks that need the input files or the model live in `pipeline.validate`.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic_core import InitErrorDetails, PydanticCustomError
 
 from pipeline.redact import REDACTED, is_auth_header, is_credential_name, scrub, scrub_json, url_credentials
 
@@ -59,23 +60,46 @@ class ModelSpec(_Section):
 
 
 class InputSpec(_Section):
+    """Where rows come from and how one becomes a prompt; README "Using it" says what each field means.
+
+    `format` unset: each file's extension says (pipeline/shards.py). The prompt: exactly one of
+    `prompt_column`, `template` or `messages_column` (pipeline/conversation.py), or none for openai-batch,
+    whose id is custom_id (pipeline/openai_batch.py). Per-row settings: pipeline/row_settings.py. The rules
+    that tie these fields together are the row recipe's (pipeline/rows.py `check_recipe`)."""
+
     path: str
+    format: Literal["parquet", "jsonl", "csv", "openai-batch"] | None = None
     prompt_column: str | None = None
     template: str | None = None  # a str.format string over input columns, e.g. "Summarise: {body}"
+    messages_column: str | None = None
+    system: str | None = None
     id_column: str | None = None
     chat: bool = True
+    generation_columns: dict[str, str] = Field(default_factory=dict)
+    sampling_params_column: str | None = None
 
     @field_validator("path")
     @classmethod
     def _no_credentials(cls, v: str) -> str:
         return _refuse_url_credentials("input.path", v)
 
+    @field_validator("generation_columns", mode="before")
+    @classmethod
+    def _null_is_default(cls, v: Any) -> Any:
+        return _null_means_default(v)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _openai_batch_ids(cls, data: Any) -> Any:  # custom_id identifies a row, as in OpenAI's batch output
+        if isinstance(data, dict) and data.get("format") == "openai-batch" and data.get("id_column") is None:
+            return {**data, "id_column": "custom_id"}
+        return data
+
     @model_validator(mode="after")
     def _one_prompt_source(self) -> InputSpec:
-        if (self.prompt_column is None) == (self.template is None):
-            raise ValueError("input: set exactly one of prompt_column or template")
-        if self.template is not None:
-            self.template_columns()  # raises on a malformed format string
+        from pipeline.rows import check_recipe
+
+        check_recipe(self)  # raises ValueError naming the field
         return self
 
     def template_columns(self) -> list[str]:
@@ -114,19 +138,46 @@ class OutputSpec(_Section):
 
 
 class GenerationSpec(_Section):
-    """The engine's parameters; None means the checkpoint's generation_config default."""
+    """The engine's sampler parameters under engine/params.py's names (`SAMPLER_BOUNDS`), and the job's seed.
 
-    max_new_tokens: int | None = Field(default=None, ge=1)
-    max_denoising_steps: int | None = Field(default=None, ge=1)
-    t_max: float | None = Field(default=None, ge=0)
-    t_min: float | None = Field(default=None, ge=0)
-    entropy_bound: float | None = Field(default=None, ge=0)
-    stability_threshold: int | None = Field(default=None, ge=0)
-    confidence_threshold: float | None = Field(default=None, ge=0)
+    A parameter left out (or null) takes the checkpoint's generation_config default. The names, kinds and
+    ranges are the engine's own, not a copy: a value the engine would refuse is refused here, naming the
+    field. The engine is imported only when a parameter is set: it loads torch, which reading a spec
+    otherwise does not need."""
+
+    model_config = ConfigDict(extra="allow", frozen=True)  # the parameters: checked against the engine's list
+
     seed: int = Field(default=0, ge=0)
 
+    @model_validator(mode="before")
+    @classmethod
+    def _null_parameter_is_default(cls, data: Any) -> Any:
+        # `t_max:` with no value means the default, as leaving it out does (and compares equal to that)
+        if not isinstance(data, dict):
+            return data
+        return {k: v for k, v in data.items() if v is not None or k == "seed"}
+
+    @model_validator(mode="after")
+    def _engine_parameters(self) -> GenerationSpec:
+        given = self.engine_overrides()
+        if not given:
+            return self
+        from engine.params import SAMPLER_BOUNDS, schedule_problem
+
+        unknown = f"unknown field (sampler parameters: {', '.join(SAMPLER_BOUNDS)})"
+        problems = {name: SAMPLER_BOUNDS[name].problem(v) if name in SAMPLER_BOUNDS else unknown
+                    for name, v in given.items()}
+        if "t_min" in given and not problems["t_min"]:
+            problems["t_min"] = schedule_problem(given.get("t_max"), given["t_min"])
+        errors = [InitErrorDetails(type=PydanticCustomError("sampler_parameter", why), loc=(name,),
+                                   input=given[name]) for name, why in problems.items() if why]
+        if errors:  # one error per field, located at the field like pydantic's own
+            raise ValidationError.from_exception_data(type(self).__name__, errors)
+        return self
+
     def engine_overrides(self) -> dict[str, Any]:
-        return {k: v for k, v in self.model_dump().items() if k != "seed" and v is not None}
+        """The parameters the spec sets, by name."""
+        return dict(self.model_extra or {})
 
 
 class StructuredOutputSpec(_Section):

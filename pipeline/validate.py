@@ -108,12 +108,8 @@ def validate_job(spec: JobSpec, *, check_model: bool = True, identity: dict[str,
     resumes = existing_plan(output, fingerprint_components(spec, files, identity)) is not None
     output.check_writable()
     min_tokens = None
-    if spec.structured_output is not None:
-        from pipeline.backend import constraints_module
-
-        constraints_module()
-        if check_model:  # the stub backends of the tests generate no constrained text
-            min_tokens = check_structured_output(spec)
+    if spec.structured_output is not None and check_model:  # stub backends generate no constrained text
+        min_tokens = check_structured_output(spec)
     n_shards = len(plan_shards(files, spec.resources.shard_rows))
     return Validated(files, sum(f.num_rows for f in files), n_shards, output, identity, min_tokens, resumes)
 
@@ -124,18 +120,21 @@ def check_structured_output(spec: JobSpec) -> int | None:
     Returns the fewest new tokens the constraint needs (None for a per-row `schema_column`, whose schemas
     are checked row by row: a bad one is that row's error, never the job's). Raises SpecError naming the
     unsupported keyword, or the minimum length when it exceeds the engine's max_new_tokens. The compiled
-    automaton lands in the on-disk constraint cache, so replicas start from it.
+    automaton lands in the on-disk constraint cache, so replicas start from it. This is the job's one
+    feasibility check before work; each replica checks its own hook once more when it builds it.
     """
     section = spec.structured_output
     if section is None or section.schema_column is not None:
         return None
-    import constraints as pc
+    from constraints import check_feasible  # loads torch: only for jobs with structured output
 
     tokenizer, model_config, max_new_tokens = _constraint_model(spec)
     try:
-        return pc.check_feasible(section, tokenizer, model_config, max_new_tokens=max_new_tokens)
+        return check_feasible(section, tokenizer, model_config, max_new_tokens=max_new_tokens)
     except Exception as exc:  # noqa: BLE001 - every refusal becomes one clear spec error
-        kind = next(k for k in ("json_schema", "pydantic", "regex", "choice") if getattr(section, k))
+        sources = {"json_schema": section.json_schema, "pydantic": section.pydantic, "regex": section.regex,
+                   "choice": section.choice}
+        kind = next(k for k, v in sources.items() if v)
         msg = str(exc)
         prefix = "" if msg.startswith("structured_output") else f"structured_output.{kind}: "
         raise SpecError(f"{prefix}{msg}") from exc

@@ -10,7 +10,7 @@ Training layout (NeMo-AutoModel style, equivalent to the cached inference path b
   before L+k*C (valid, and the last W-1 of them on sliding layers, exactly what the inference cache exposes)
   plus its own canvas bidirectionally. Encoder and decoder use their own layer_scalar copies.
 `model.encode` / `model.decode` compute the same function token by token through a KVCache; this file only
-re-batches it so a whole response trains in one step. The cross-check is tests/training/test_train_forward.py.
+re-batches it so a whole response trains in one step. The cross-check is tests/training/test_training_loop.py.
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ import torch
 from model import DiffusionGemma
 from model.attention import attend
 from model.config import SLIDING
+from model.tokenizer import encode_prompt, left_pad
 
 
 @dataclass
@@ -39,15 +40,8 @@ def make_batch(tok, prompts: list[str], answers: list[str] | None, canvas_length
                pad_id: int, n_canvases: int | None = None) -> Batch:
     """Tokenize prompts (chat template, generation prompt) and answers into a Batch; `tok` is model's
     Tokenizer, so training sees exactly the prompt ids inference builds. answers=None: empty targets."""
-    enc = [tok.apply_chat_template([{"role": "user", "content": p}], add_generation_prompt=True)
-           for p in prompts]
-    L = max(len(e) for e in enc)
+    prompt, valid = left_pad([encode_prompt(tok, p) for p in prompts], pad_id)
     B, C = len(prompts), canvas_length
-    prompt = torch.full((B, L), pad_id, dtype=torch.long)
-    valid = torch.zeros(B, L, dtype=torch.bool)
-    for i, e in enumerate(enc):
-        prompt[i, L - len(e):] = torch.tensor(e)
-        valid[i, L - len(e):] = True
     resp = [tok.encode(a, add_special_tokens=False) + [end_id] for a in answers] if answers else [[]] * B
     K = n_canvases or max(1, max(math.ceil(len(r) / C) for r in resp))
     targets = torch.full((B, K * C), pad_id, dtype=torch.long)

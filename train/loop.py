@@ -29,6 +29,7 @@ from model.config import FULL, PLACEHOLDER_VISION_CONFIG, SLIDING
 from train import synthdata
 from train.data import batches, build_batch
 from train.forward import diffusion_loss
+from train.tokenizer import SPECIAL_IDS
 
 ASSET_DIR = Path(__file__).resolve().parents[1] / "model" / "assets" / "dgbatch-small"
 
@@ -38,6 +39,9 @@ def small_model_config(vocab_size: int = 3072, hidden: int = 128, layers: int = 
     """The shipped geometry: Gemma-4 layout scaled down (sliding + full layers, wider fewer-KV full heads,
     8 experts top-2 beside the dense MLP, proportional RoPE on full layers)."""
     types = [SLIDING if i % 2 == 0 else FULL for i in range(layers)]
+    # special ids are the shipped tokenizer's (train/tokenizer.py); every reader takes them from this config
+    pad, eos, bos = SPECIAL_IDS["<pad>"], SPECIAL_IDS["<eos>"], SPECIAL_IDS["<bos>"]
+    end_of_turn, tool_response = SPECIAL_IDS["<turn|>"], SPECIAL_IDS["<|tool_response>"]
     text = {
         "model_type": "diffusion_gemma_text", "vocab_size": vocab_size, "hidden_size": hidden,
         "intermediate_size": 2 * hidden, "moe_intermediate_size": hidden, "num_experts": experts,
@@ -46,14 +50,14 @@ def small_model_config(vocab_size: int = 3072, hidden: int = 128, layers: int = 
         "per_layer_config": {str(i): {"head_dim": hidden // 2, "num_key_value_heads": 1}
                              for i, t in enumerate(types) if t == FULL},
         "sliding_window": 64, "max_position_embeddings": 4096,
-        "pad_token_id": 0, "eos_token_id": 1, "bos_token_id": 2,
+        "pad_token_id": pad, "eos_token_id": eos, "bos_token_id": bos,
     }
     gen = {"max_new_tokens": 2 * canvas, "max_denoising_steps": 48, "t_max": 0.8, "t_min": 0.4,
            "sampler_config": {"entropy_bound": 0.1}, "stability_threshold": 1, "confidence_threshold": 0.005,
-           "eos_token_id": [1, 106, 50], "pad_token_id": 0}
+           "eos_token_id": [eos, end_of_turn, tool_response], "pad_token_id": pad}
     return DiffusionGemmaConfig.from_dict(
         {"model_type": "diffusion_gemma", "text_config": text, "canvas_length": canvas,
-         "eos_token_id": [1, 106], "vision_config": dict(PLACEHOLDER_VISION_CONFIG)},
+         "eos_token_id": [eos, end_of_turn], "vision_config": dict(PLACEHOLDER_VISION_CONFIG)},
         generation=gen)
 
 

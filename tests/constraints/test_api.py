@@ -3,6 +3,7 @@ validate_output / check_output, the pipeline's call shape, and `dgbatch check-sc
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import types
 
@@ -21,6 +22,7 @@ from constraints import (
     validate_output,
 )
 from constraints.vocab_bytes import token_bytes
+from model import DiffusionGemmaConfig
 from tests.constraints.conftest import rollout
 
 PERSON = {
@@ -34,7 +36,8 @@ PERSON = {
 
 
 def _run(section, tok, cfg, *, budget=48, canvas=8, seed=0, row=None):
-    hook = build_hook(section, tok, [1], max_new_tokens=budget, canvas_length=canvas, config=cfg, row=row)
+    hook = build_hook(section, tok, [1], max_new_tokens=budget, canvas_length=canvas, config=cfg, row=row,
+                      pad_token_id=0)
     tokens, state = rollout(hook, tok.get_vocab_size(), max_new_tokens=budget, canvas=canvas, seed=seed)
     ids = tokens[: tokens.index(1)] if 1 in tokens else tokens
     return decode_text(hook, ids), state
@@ -69,7 +72,8 @@ def test_schema_column_per_row(gemma_tok, cfg):
     text, _ = _run(section, gemma_tok, cfg, row=row)
     assert validate_output(section, text, row)[0] and len(json.loads(text)) == 2
     with pytest.raises(ValueError, match="row has no column 'schema'"):
-        build_hook(section, gemma_tok, [1], max_new_tokens=8, canvas_length=8, config=cfg, row={})
+        build_hook(section, gemma_tok, [1], max_new_tokens=8, canvas_length=8, config=cfg, row={},
+                   pad_token_id=0)
 
 
 def test_refusals_name_keyword_and_minimum_length(gemma_tok, cfg):
@@ -81,16 +85,19 @@ def test_refusals_name_keyword_and_minimum_length(gemma_tok, cfg):
             max_new_tokens=8,
             canvas_length=8,
             config=cfg,
+            pad_token_id=0,
         )
     need = check_feasible({"json_schema": PERSON}, gemma_tok, [1], max_new_tokens=1000, config=cfg)
     assert need > 5
     with pytest.raises(InfeasibleConstraint, match=f"needs at least {need} new tokens"):
         build_hook(
-            {"json_schema": PERSON}, gemma_tok, [1], max_new_tokens=need - 1, canvas_length=8, config=cfg
+            {"json_schema": PERSON}, gemma_tok, [1], max_new_tokens=need - 1, canvas_length=8, config=cfg,
+            pad_token_id=0,
         )
     with pytest.raises(ValueError, match="exactly one of"):
         build_hook(
-            {"regex": "a", "choice": ["a"]}, gemma_tok, [1], max_new_tokens=8, canvas_length=8, config=cfg
+            {"regex": "a", "choice": ["a"]}, gemma_tok, [1], max_new_tokens=8, canvas_length=8, config=cfg,
+            pad_token_id=0,
         )
 
 
@@ -99,9 +106,16 @@ def test_pipeline_call_shape(gemma_tok, cfg):
     spec = types.SimpleNamespace(
         json_schema=None, pydantic=None, regex=None, choice=None, schema_column="s", compile_timeout_s=30.0
     )
-    model_cfg = types.SimpleNamespace(eos_token_ids=(1,), canvas_length=8)
+    # the pad id comes from the config: text_config's here (the tiny config's generation_config sets none)
+    text = dataclasses.replace(DiffusionGemmaConfig.tiny().text, pad_token_id=3)
+    model_cfg = dataclasses.replace(DiffusionGemmaConfig.tiny(), text=text, eos_token_ids=(1,),
+                                    canvas_length=8)
     row = types.SimpleNamespace(extra={"s": {"type": "boolean"}})
     hook = build_hook(spec, gemma_tok, model_cfg, row=row, config=cfg)
+    assert (hook.pad_token_id, hook.canvas_length, hook.dfa.eos_ids.tolist()) == (3, 8, [1])
+    gen = dataclasses.replace(model_cfg.generation, pad_token_id=5)  # generation_config.json's pad wins
+    assert build_hook(spec, gemma_tok, dataclasses.replace(model_cfg, generation=gen), row=row,
+                      config=cfg).pad_token_id == 5
     tokens, _ = rollout(hook, gemma_tok.get_vocab_size(), max_new_tokens=16, canvas=8, seed=1)
     text = decode_text(hook, tokens[: tokens.index(1)])
     status, js, err = check_output(spec, text, types.SimpleNamespace(finish_reason="eos"), row=row)
@@ -122,10 +136,7 @@ def test_worker_compile_cache_and_timeout(gemma_tok, tmp_path):
     cfg = CompileConfig(cache_dir=tmp_path, timeout_s=60)
     dfa = compile_regex('"[a-z]{1,4}"', vocab, [1], cfg)  # in the bounded worker process
     assert dfa.n_states > 2 and len(list(tmp_path.glob("*.npz"))) == 1
-    from constraints import compile as compile_mod
-
-    compile_mod._MEMO.clear()
-    again = compile_regex('"[a-z]{1,4}"', vocab, [1], cfg)  # from the disk cache
+    again = compile_regex('"[a-z]{1,4}"', vocab, [1], cfg)  # from the disk cache (no memory cache here)
     assert (again.edge_dst == dfa.edge_dst).all()
     slow = CompileConfig(cache_dir=tmp_path, timeout_s=0.01)
     with pytest.raises(CompileError, match="timeout"):

@@ -50,7 +50,8 @@ def test_every_row_valid_through_engine(engine_setup):
     tok, model, engine, params = engine_setup
     requests, sections = [], []
     for k, section in enumerate(SECTIONS):
-        hook = build_hook(section, tok, model.config, max_new_tokens=params.max_new_tokens, pad_token_id=0)
+        # EOS, canvas length and pad id: the model config's
+        hook = build_hook(section, tok, model.config, max_new_tokens=params.max_new_tokens)
         for seed in range(2):
             requests.append(
                 Request(

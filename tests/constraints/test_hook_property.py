@@ -63,14 +63,15 @@ def schemas(data):
     seed=st.integers(0, 2**31 - 1),
 )
 def test_random_schemas_always_validate(gemma_tok, tmp_path_factory, data, slack, canvas, seed):
-    from constraints import CompileConfig
+    from constraints import CompileConfig, ConstraintCache
 
     cfg = CompileConfig(cache_dir=tmp_path_factory.getbasetemp() / "prop-cache", in_process=True)
     schema = schemas(data)
     section = {"json_schema": schema}
-    probe = build_hook(section, gemma_tok, [1], max_new_tokens=10**6, canvas_length=canvas, config=cfg)
+    kw = dict(canvas_length=canvas, config=cfg, pad_token_id=0, cache=ConstraintCache())  # <pad> is 0
+    probe = build_hook(section, gemma_tok, [1], max_new_tokens=10**6, **kw)
     budget = probe.min_tokens + slack
-    hook = build_hook(section, gemma_tok, [1], max_new_tokens=budget, canvas_length=canvas, config=cfg)
+    hook = build_hook(section, gemma_tok, [1], max_new_tokens=budget, **kw)
     tokens, state = rollout(hook, gemma_tok.get_vocab_size(), max_new_tokens=budget, canvas=canvas, seed=seed)
     assert state.done
     ids = tokens[: tokens.index(1)] if 1 in tokens else tokens

@@ -10,36 +10,24 @@ from pathlib import Path
 
 import torch
 
-from model.config import PLACEHOLDER_VISION_CONFIG
+from model.config import DiffusionGemmaConfig
+from model.tokenizer import left_pad
 
-TEXT = dict(
-    vocab_size=256,
-    hidden_size=32,
-    intermediate_size=48,
-    moe_intermediate_size=16,
-    num_experts=4,
-    top_k_experts=2,
-    num_hidden_layers=2,
-    layer_types=["sliding_attention", "full_attention"],
-    num_attention_heads=2,
-    num_key_value_heads=1,
-    head_dim=16,
-    global_head_dim=16,
-    num_global_key_value_heads=1,
-    sliding_window=8,
-    use_bidirectional_attention="vision",
-)
+# The engine tests' geometry: the tiny preset (model/config.py) cut to 2 layers (S,F) of width 32, sliding
+# and full layers alike (D=16, one KV head), 4 experts top-2, V=256.
+ENGINE_TEXT = dict(vocab_size=256, hidden_size=32, intermediate_size=48, moe_intermediate_size=16,
+                   num_experts=4, num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=1,
+                   global_head_dim=16)
 
 
 def build_hf(seed: int = 0, canvas_length: int = 8, boost: dict[int, float] | None = None, **text):
     """A random transformers reference model; every scale perturbed away from 1; optional token boosts."""
-    from transformers import DiffusionGemmaConfig, DiffusionGemmaForBlockDiffusion
+    from transformers import DiffusionGemmaConfig as HFConfig
+    from transformers import DiffusionGemmaForBlockDiffusion
 
+    cfg = DiffusionGemmaConfig.tiny(canvas_length, **{**ENGINE_TEXT, **text})
     torch.manual_seed(seed)
-    cfg = DiffusionGemmaConfig(
-        text_config={**TEXT, **text}, vision_config=PLACEHOLDER_VISION_CONFIG, canvas_length=canvas_length
-    )
-    hf = DiffusionGemmaForBlockDiffusion(cfg).eval()
+    hf = DiffusionGemmaForBlockDiffusion(HFConfig(**cfg.reference_kwargs())).eval()
     g = torch.Generator().manual_seed(seed + 1)
     with torch.no_grad():
         for name, p in list(hf.named_parameters()) + list(hf.named_buffers()):
@@ -68,11 +56,7 @@ def tiny_pair(
 
 
 def left_padded(lengths: list[int], vocab: int, seed: int, pad: int = 0):
+    """Random prompts of these lengths (ids >= 3), left padded -> (ids_BL, mask_BL long)."""
     g = torch.Generator().manual_seed(seed)
-    L = max(lengths)
-    ids = torch.full((len(lengths), L), pad, dtype=torch.long)
-    mask = torch.zeros(len(lengths), L, dtype=torch.long)
-    for b, n in enumerate(lengths):
-        ids[b, L - n :] = torch.randint(3, vocab, (n,), generator=g)
-        mask[b, L - n :] = 1
-    return ids, mask
+    ids, valid = left_pad([torch.randint(3, vocab, (n,), generator=g).tolist() for n in lengths], pad)
+    return ids, valid.long()

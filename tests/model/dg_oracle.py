@@ -18,27 +18,16 @@ from typing import Any
 
 import torch
 
-from model import DiffusionGemma
+from model import DiffusionGemma, DiffusionGemmaConfig
 from model.config import PLACEHOLDER_VISION_CONFIG
+from model.tokenizer import left_pad
 
-# The spec's fixture: 4 layers (S,F,S,F), H=64, sliding D=16/KV=2, full D=32/KV=1, W=8, 8 experts top-2.
-SPEC_TEXT = dict(
-    vocab_size=512,
-    hidden_size=64,
-    intermediate_size=96,
-    moe_intermediate_size=24,
-    num_experts=8,
-    top_k_experts=2,
-    num_hidden_layers=4,
-    layer_types=["sliding_attention", "full_attention", "sliding_attention", "full_attention"],
-    num_attention_heads=4,
-    num_key_value_heads=2,
-    head_dim=16,
-    global_head_dim=32,
-    num_global_key_value_heads=1,
-    sliding_window=8,
-    use_bidirectional_attention="vision",
-)
+
+def tiny_kwargs(canvas_length: int = 16, **text: Any) -> dict[str, Any]:
+    """transformers config kwargs of the tiny preset (model/config.py: the spec's fixture, 4 layers (S,F,S,F),
+    H=64, sliding D=16/KV=2, full D=32/KV=1, W=8, 8 experts top-2) with text_config fields overridden."""
+    return DiffusionGemmaConfig.tiny(canvas_length, **text).reference_kwargs()
+
 
 ENV_VAR = "DGBATCH_PARITY_CONFIGS"
 
@@ -56,12 +45,13 @@ def env_cases() -> list[dict[str, Any]]:
 
 def build_reference(hf_kwargs: dict[str, Any], seed: int = 0, dtype: torch.dtype = torch.float32, **model_kw):
     """A random, perturbed reference model (eval mode)."""
-    from transformers import DiffusionGemmaConfig, DiffusionGemmaForBlockDiffusion
+    from transformers import DiffusionGemmaConfig as HFConfig
+    from transformers import DiffusionGemmaForBlockDiffusion
 
     kwargs = dict(hf_kwargs)
     kwargs.setdefault("vision_config", PLACEHOLDER_VISION_CONFIG)
     torch.manual_seed(seed)
-    cfg = DiffusionGemmaConfig(**kwargs)
+    cfg = HFConfig(**kwargs)
     for k, v in model_kw.items():
         setattr(cfg, k, v)
     hf = DiffusionGemmaForBlockDiffusion(cfg).eval()
@@ -94,13 +84,7 @@ def to_global_form(ckpt: Path) -> None:
 
 def left_padded(lengths: list[int], vocab: int, pad: int, seed: int):
     g = torch.Generator().manual_seed(seed + 2)
-    L = max(lengths)
-    ids = torch.full((len(lengths), L), pad, dtype=torch.long)
-    mask = torch.zeros(len(lengths), L, dtype=torch.bool)
-    for b, n in enumerate(lengths):
-        ids[b, L - n :] = torch.randint(3, vocab, (n,), generator=g)
-        mask[b, L - n :] = True
-    return ids, mask
+    return left_pad([torch.randint(3, vocab, (n,), generator=g).tolist() for n in lengths], pad)
 
 
 class Reference:

@@ -12,16 +12,10 @@ from model.weights import checkpoint_layout
 
 # The release's vision tower geometry (27 SigLIP-So400m-style layers, standardize on). Not used by our model;
 # it only completes the reference model so that its saved-key count can be compared with the release's 1047.
-RELEASED_VISION = dict(
-    model_type="gemma4_vision",
-    hidden_size=1152,
-    intermediate_size=4304,
-    num_hidden_layers=27,
-    num_attention_heads=16,
-    num_key_value_heads=16,
-    head_dim=72,
-    standardize=True,
-)
+RELEASED_VISION = {
+    "model_type": "gemma4_vision", "hidden_size": 1152, "intermediate_size": 4304, "num_hidden_layers": 27,
+    "num_attention_heads": 16, "num_key_value_heads": 16, "head_dim": 72, "standardize": True,
+}
 
 
 def test_full_size_layout_matches_spec():
@@ -64,10 +58,7 @@ def test_full_size_matches_transformers_meta_model():
     from transformers import DiffusionGemmaForBlockDiffusion
 
     ours = DiffusionGemmaConfig.full_size()
-    text = ours.text.to_dict()
-    hf_cfg = HFConfig(
-        text_config=text, vision_config=RELEASED_VISION, canvas_length=256, eos_token_id=[1, 106]
-    )
+    hf_cfg = HFConfig(**{**ours.reference_kwargs(), "vision_config": RELEASED_VISION}, eos_token_id=[1, 106])
     with torch.device("meta"):
         hf = DiffusionGemmaForBlockDiffusion(hf_cfg)
     tied = hf.all_tied_weights_keys

@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from dg_oracle import ENV_VAR, SPEC_TEXT, check_parity, env_cases
+from dg_oracle import ENV_VAR, check_parity, env_cases, tiny_kwargs
 
 TOL = 1e-5
 
@@ -23,63 +23,28 @@ def _assert_close(diffs: dict[str, float]) -> None:
 
 def test_parity_spec_fixture_padding_window_three_canvases(tmp_path):
     # batch of three, left padded (5/9/12 tokens), context > W=8, three canvases, per_layer_config form
-    _assert_close(
-        check_parity(dict(text_config=SPEC_TEXT, canvas_length=16), tmp_path, lengths=(5, 9, 12), canvases=3)
-    )
+    _assert_close(check_parity(tiny_kwargs(16), tmp_path, lengths=(5, 9, 12), canvases=3))
 
 
 def test_parity_global_head_dim_form(tmp_path):
-    # older config.json form; default layer pattern cut to 3 layers (S,S,F); W=4 < context; 4 experts top-3
-    text = dict(
-        vocab_size=256,
-        hidden_size=32,
-        intermediate_size=48,
-        moe_intermediate_size=16,
-        num_experts=4,
-        top_k_experts=3,
-        num_hidden_layers=3,
-        num_attention_heads=2,
-        num_key_value_heads=1,
-        head_dim=16,
-        global_head_dim=24,
-        num_global_key_value_heads=2,
-        sliding_window=4,
-        use_bidirectional_attention="vision",
-    )
-    _assert_close(
-        check_parity(
-            dict(text_config=text, canvas_length=8),
-            tmp_path,
-            lengths=(6,),
-            canvases=2,
-            global_form=True,
-            seed=1,
-        )
-    )
+    # older config.json form (global_head_dim, no softcap); transformers' default layer pattern cut to 3
+    # layers (S,S,F); W=4 < context; 4 experts top-3
+    case = tiny_kwargs(8, vocab_size=256, hidden_size=32, intermediate_size=48, moe_intermediate_size=16,
+                       num_experts=4, top_k_experts=3, num_hidden_layers=3, layer_types=None,
+                       num_attention_heads=2, num_key_value_heads=1, global_head_dim=24,
+                       num_global_key_value_heads=2, sliding_window=4)
+    del case["text_config"]["final_logit_softcapping"]  # left out, as older files do: defaults must agree
+    _assert_close(check_parity(case, tmp_path, lengths=(6,), canvases=2, global_form=True, seed=1))
 
 
 def test_parity_no_padding_full_layers_share_kv_heads(tmp_path):
     # no padding (the reference passes mask=None), window wider than the prompt, top-1 routing,
     # num_global_key_value_heads unset (full layers keep num_key_value_heads), softcap written explicitly
-    text = dict(
-        vocab_size=300,
-        hidden_size=48,
-        intermediate_size=64,
-        moe_intermediate_size=8,
-        num_experts=5,
-        top_k_experts=1,
-        num_hidden_layers=2,
-        layer_types=["sliding_attention", "full_attention"],
-        num_attention_heads=6,
-        num_key_value_heads=3,
-        head_dim=8,
-        global_head_dim=16,
-        sliding_window=12,
-        use_bidirectional_attention="vision",
-    )
-    _assert_close(
-        check_parity(dict(text_config=text, canvas_length=4), tmp_path, lengths=(7, 7), canvases=4, seed=2)
-    )
+    case = tiny_kwargs(4, vocab_size=300, hidden_size=48, intermediate_size=64, moe_intermediate_size=8,
+                       num_experts=5, top_k_experts=1, num_hidden_layers=2, num_attention_heads=6,
+                       num_key_value_heads=3, head_dim=8, global_head_dim=16, num_global_key_value_heads=None,
+                       sliding_window=12)
+    _assert_close(check_parity(case, tmp_path, lengths=(7, 7), canvases=4, seed=2))
 
 
 # With no env file this runs once with case=None and only checks that nothing was requested.
@@ -92,7 +57,7 @@ def test_parity_env_cases(case, tmp_path):
 
 
 def test_env_case_mechanism(tmp_path, monkeypatch):
-    cases = [dict(text_config={**SPEC_TEXT, "sliding_window": 5, "top_k_experts": 3}, canvas_length=8)]
+    cases = [tiny_kwargs(8, sliding_window=5, top_k_experts=3)]
     path = tmp_path / "cases.json"
     path.write_text(json.dumps(cases))
     monkeypatch.setenv(ENV_VAR, str(path))
@@ -122,9 +87,7 @@ def test_bf16_matches_reference_eager_grouped_mm(tmp_path):
 
     from model import DiffusionGemma
 
-    build_reference(dict(text_config=SPEC_TEXT, canvas_length=16)).to(torch.bfloat16).save_pretrained(
-        tmp_path
-    )
+    build_reference(tiny_kwargs(16)).to(torch.bfloat16).save_pretrained(tmp_path)
     hf = DiffusionGemmaForBlockDiffusion.from_pretrained(
         tmp_path, dtype=torch.bfloat16, attn_implementation="eager", experts_implementation="grouped_mm"
     ).eval()

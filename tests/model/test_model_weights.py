@@ -107,43 +107,30 @@ def test_text_weights_fall_back_to_encoder_names(saved, tmp_path):
     _same(model, DiffusionGemma.from_pretrained(str(_copy(d, tmp_path / "c", move)), dtype=torch.float32))
 
 
-def test_missing_tensor_names_key_and_shape(saved, tmp_path):
+@pytest.mark.parametrize(
+    ("edit", "message"),
+    [
+        (
+            lambda t: t.pop("model.decoder.layers.1.self_attn.k_proj.weight"),
+            r"missing tensor 'model\.decoder\.layers\.1\.self_attn\.k_proj\.weight' "
+            r"\(expected shape \[32, 64\]\)",
+        ),
+        (
+            lambda t: t.update({"model.decoder.layers.0.experts.down_proj": torch.zeros(8, 64, 25)}),
+            r"'model\.decoder\.layers\.0\.experts\.down_proj' has shape \[8, 64, 25\], "
+            r"expected \[8, 64, 24\]",
+        ),
+        (  # a full-attention layer has no v_proj (V comes from k_proj)
+            lambda t: t.update({"model.decoder.layers.1.self_attn.v_proj.weight": torch.zeros(32, 64)}),
+            r"unexpected tensor 'model\.decoder\.layers\.1\.self_attn\.v_proj\.weight'",
+        ),
+    ],
+    ids=["missing", "wrong_shape", "unexpected"],
+)
+def test_bad_tensor_named_with_its_shape(saved, tmp_path, edit, message):
     _, d = saved
-    c = _copy(d, tmp_path / "c", lambda t: t.pop("model.decoder.layers.1.self_attn.k_proj.weight"))
-    with pytest.raises(
-        ValueError,
-        match=r"missing tensor 'model\.decoder\.layers\.1\.self_attn\.k_proj\.weight' "
-        r"\(expected shape \[32, 64\]\)",
-    ):
-        DiffusionGemma.from_pretrained(str(c))
-
-
-def test_wrong_shape_names_key_and_expected_shape(saved, tmp_path):
-    _, d = saved
-
-    def bad(t):
-        t["model.decoder.layers.0.experts.down_proj"] = torch.zeros(8, 64, 25)
-
-    c = _copy(d, tmp_path / "c", bad)
-    with pytest.raises(
-        ValueError,
-        match=r"'model\.decoder\.layers\.0\.experts\.down_proj' has shape \[8, 64, 25\], "
-        r"expected \[8, 64, 24\]",
-    ):
-        DiffusionGemma.from_pretrained(str(c))
-
-
-def test_unexpected_tensor_names_key(saved, tmp_path):
-    _, d = saved
-
-    def extra(t):  # a full-attention layer has no v_proj (V comes from k_proj)
-        t["model.decoder.layers.1.self_attn.v_proj.weight"] = torch.zeros(32, 64)
-
-    c = _copy(d, tmp_path / "c", extra)
-    with pytest.raises(
-        ValueError, match=r"unexpected tensor 'model\.decoder\.layers\.1\.self_attn\.v_proj\.weight'"
-    ):
-        DiffusionGemma.from_pretrained(str(c))
+    with pytest.raises(ValueError, match=message):
+        DiffusionGemma.from_pretrained(str(_copy(d, tmp_path / "c", edit)))
 
 
 @pytest.mark.parametrize("name", ["pytorch_model.bin", "model.pt"])

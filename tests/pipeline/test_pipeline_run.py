@@ -127,6 +127,46 @@ def test_poison_row_becomes_one_error_row(tmp_path, ray_local):
     assert m["replica_restarts"] >= 4 and m["retries"] >= 4
 
 
+def test_a_replica_that_cannot_build_its_backend_stops_the_job(tmp_path, ray_local):
+    from pipeline.executor import ReplicaInitError
+
+    class Broken:  # defined here so Ray ships it by value to the replica
+        def __init__(self, tries: str):
+            self.tries = tries
+
+        def __call__(self, job):
+            import os
+            import uuid
+
+            open(os.path.join(self.tries, uuid.uuid4().hex), "w").close()
+            raise ValueError("no checkpoint at /models/x")
+
+    write_prompts(tmp_path / "in.parquet", ["a", "b"])
+    out, tries = tmp_path / "out", tmp_path / "tries"
+    tries.mkdir()
+    job = spec(str(tmp_path / "in.parquet"), str(out), resources={"replicas": 1})
+    why = r"^replica r0\.0: cannot build backend: ValueError: no checkpoint at /models/x$"
+    with pytest.raises(ReplicaInitError, match=why):
+        run_job(job, backend_factory=Broken(str(tries)), progress=False)
+    assert len(list(tries.iterdir())) == 1  # stopped at once, not retried
+    (run,) = [json.loads(p.read_text()) for p in (out / "_runs").iterdir()]
+    assert run["outcome"] == "failed" and run["replica_restarts"] == 0
+    assert run["error"].startswith("ReplicaInitError: replica r0.0: cannot build backend")
+
+
+def test_a_replica_dying_while_starting_is_restarted_until_a_crash_loop(tmp_path, ray_local):
+    class DiesStarting:  # defined here so Ray ships it by value to the replica
+        def __call__(self, job):
+            import os
+
+            os._exit(3)
+
+    write_prompts(tmp_path / "in.parquet", ["a", "b"])
+    job = spec(str(tmp_path / "in.parquet"), str(tmp_path / "out"), resources={"replicas": 1})
+    with pytest.raises(RuntimeError, match=r"replica slot 0 died 5 times while starting: \w+"):
+        run_job(job, backend_factory=DiesStarting(), progress=False)
+
+
 def _alive(pid: int) -> bool:
     try:
         with open(f"/proc/{pid}/stat") as f:
