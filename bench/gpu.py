@@ -4,25 +4,28 @@ it is from the roofline, kernel by kernel and end to end, with the transformers 
 Sections (each guarded: a failure is recorded in the JSON and the run goes on):
 1. calibrate: HBM bandwidth (large copy) and bf16 GEMM rate.
 2. kernels: every kernel at real shapes, Triton vs its torch reference (bench/gpu_kernels.py).
-3. sweep: full-size DiffusionGemma with random bf16 weights (meta build, materialised on the GPU), 1k context,
-   canvases per forward x fixed steps: ms per forward, tokens/s with and without prefill, % of roofline.
-   Variant "kernels" routes MoE and canvas attention through kernels/; "model" is model/ as written (its
-   other ops go through kernels/ dispatch); "unfused" is "kernels" with every small-op kernel (norms,
-   router, gated GELU, logit epilogue, softmax, stream keys, the sampler's head mode) forced to its torch
-   reference: the A/B for launch and logit-pass fusion. Each step runs as the engine's (engine/denoise.py):
-   the head, statistics of every position, the commit rule, the Gumbel sample of the kept ones.
+3. sweep (bench/gpu_sweep.py): full-size DiffusionGemma with random bf16 weights (meta build, materialised on
+   the GPU), 1k context, canvases per forward x fixed steps: ms per forward, tokens/s with and without
+   prefill, % of roofline. A forward is the engine's own step (engine/denoise.py denoise_step with the
+   vocabulary head engine/heads.py picks for the card): decoder, head, statistics of every position, the
+   commit rule, the Gumbel sample of the kept ones, renoise. Variant "kernels" routes MoE and canvas
+   attention through kernels/; "model" is model/ as written (its other ops go through kernels/ dispatch);
+   "unfused" is "kernels" with every small-op kernel (norms, router, gated GELU, logit epilogue, softmax,
+   stream keys, the sampler's head mode) forced to its torch reference: the A/B for launch and logit-pass
+   fusion (the engine then materialises the fp32 logits: engine/heads.py MaterialisedHead).
    Variant "sdpa" is "kernels" with every decoder attention through PyTorch's fused SDPA (K/V heads repeated,
    boolean mask): the end-to-end A/B for the shapes where the Triton kernel measured slower. Variant
    "grouped" is "kernels" with the routed experts through PyTorch's grouped GEMM (CUTLASS): the A/B for the
    Triton MoE GEMMs.
-   Variant "graph" is "kernels" with each canvas's decoder forward captured once in a CUDA graph and
-   replayed for the remaining steps (capture time reported apart): how much of a step is launch overhead.
+   Variant "graph" is "kernels" with each canvas's decoder forward (decode_hidden) captured once in a CUDA
+   graph and replayed for the remaining steps (capture time reported apart): how much of a step is launch
+   overhead.
    On failure (a host sync or host->device copy inside the forward) the row records the error.
    Variant "tuned" (GPU only) is "kernels" with the fastest launch settings section 4 measured (MoE and
    attention tiles, attention key splits, sampler column chunks; `kernels.use_tuned`), so one run shows
    what the sweeps' choices do end to end before any default changes.
 4. moe_tiles / attention_tiles: fused_moe and canvas_attention tile sweeps at 1 and 8 canvases
-   (bench/gpu_kernels.py), to pick the launchers' defaults on this card; they run before the sweep, and
+   (bench/gpu_tiles.py), to pick the launchers' defaults on this card; they run before the sweep, and
    their fastest entries (with the sampler's chunk counts from section 2) become "tuned" (bench/decide.py).
 5. profile: CUDA-time kernel breakdown of one forward.
 6. reference: transformers DiffusionGemmaForBlockDiffusion (random weights) generate() with fixed steps
@@ -50,13 +53,14 @@ import torch
 sys.path[:0] = [str(Path(__file__).resolve().parents[1]), str(Path(__file__).resolve().parent)]
 
 from decide import attention_tile, decisions, moe_tile, tuned_settings  # noqa: E402
-from gpu_kernels import attention_tiles, bench_kernels, moe_tiles, ms, sync  # noqa: E402
+from gpu_kernels import bench_kernels, ms, sync  # noqa: E402
+
+# run_canvas and variant: re-exported for bench/gpu_quant.py
+from gpu_sweep import TUNED, build_model, profile_forward, run_canvas, sweep, variant  # noqa: E402, F401
+from gpu_tiles import attention_tiles, moe_tiles  # noqa: E402
 
 import kernels  # noqa: E402
-import model.moe  # noqa: E402
-import model.transformer  # noqa: E402
-from engine.sampler import RowNoise  # noqa: E402
-from model import DiffusionGemma, DiffusionGemmaConfig  # noqa: E402
+from model import DiffusionGemmaConfig  # noqa: E402
 from model.config import PLACEHOLDER_VISION_CONFIG  # noqa: E402
 
 
@@ -91,275 +95,6 @@ def calibrate(dev, tiny):
     y = torch.randn(m, m, dtype=torch.bfloat16, device=dev)
     flops = 2 * m**3 / ms(dev, torch.matmul, x, y) * 1e3
     return {"copy_bw_GBps": bw / 1e9, "bf16_gemm_TFLOPs": flops / 1e12}
-
-
-# ---- 3. full model sweep ----------------------------------------------------------------------------------
-def build_model(cfg, dev, dtype):
-    """Meta build, then random weights materialised directly on `dev` (no host copy of 51 GB)."""
-    old = torch.get_default_dtype()
-    torch.set_default_dtype(dtype)
-    try:
-        with torch.device("meta"):
-            m = DiffusionGemma(cfg)
-    finally:
-        torch.set_default_dtype(old)
-    m = m.to_empty(device=dev)
-    m.reset_parameters()
-    return m.eval()
-
-
-def _attend_adapter(torch_attend):
-    """model/transformer.attend(q, [ctx;canvas] k, v, mask) -> kernels.canvas_attention for decoder masks."""
-    def attend(q, k, v, mask):
-        if mask.dim() == 3 and mask.shape[1] == 1 and mask.dtype == torch.bool:
-            C = q.shape[2]
-            S = k.shape[2] - C
-            return kernels.canvas_attention(q, k[:, :, :S], v[:, :, :S], mask[:, 0, :S], k[:, :, S:],
-                                            v[:, :, S:])
-        return torch_attend(q, k, v, mask)
-    return attend
-
-
-# the kernels that fuse small ops (norms, router, gated GELU, logit epilogue, softmax, stream keys, the
-# sampler's head mode): the "unfused" row forces them all to torch, the A/B for launch and logit-pass fusion
-UNFUSED_OPS = ("rms_norm", "norm_rope", "rms_norm_pair", "route", "gelu_mul", "logit_epilogue", "softmax",
-               "derive_keys", "head_sample")
-
-
-# per-op backend overrides of the A/B variants (kernels/__init__.py): the fused small ops forced to torch, and
-# PyTorch's fused alternatives for attention and the experts, each run by the engine's own dispatch
-OVERRIDES = {"unfused": ("torch", UNFUSED_OPS), "sdpa": ("sdpa", ("canvas_attention",)),
-             "grouped": ("grouped", ("fused_moe",))}
-
-
-@contextlib.contextmanager
-def variant(name):
-    """"kernels": MoE and canvas attention through kernels/ dispatch; "model": model/ unchanged;
-    "unfused": "kernels" with every small-op kernel (UNFUSED_OPS) forced to its torch reference;
-    "sdpa": "kernels" with every decoder attention through PyTorch's SDPA (canvas_attention_sdpa);
-    "grouped": "kernels" with the routed experts through PyTorch's grouped GEMM (fused_moe_grouped);
-    "tuned": "kernels" with the fastest tiles, splits and chunks this run's kernel sweeps measured (TUNED)."""
-    old = (model.moe.moe_forward, model.transformer.attend)
-    if name != "model":
-        model.moe.moe_forward = kernels.fused_moe
-        model.transformer.attend = _attend_adapter(old[1])
-    try:
-        with (kernels.use_backend(*OVERRIDES[name]) if name in OVERRIDES else contextlib.nullcontext(),
-              kernels.use_tuned(TUNED) if name == "tuned" else contextlib.nullcontext()):
-            yield
-    finally:
-        model.moe.moe_forward, model.transformer.attend = old
-
-
-def commit_rule(ent_BC, bound):
-    """Entropy-bounded acceptance (spec §5.2): sorted prefix with cumsum(H) - H <= bound."""
-    h, order = ent_BC.sort(dim=-1)
-    return torch.zeros_like(ent_BC, dtype=torch.bool).scatter(1, order, (h.cumsum(-1) - h) <= bound)
-
-
-class _GraphedDecode:
-    """m.decode for one canvas's fixed shapes, captured in a CUDA graph after an eager warm-up; replays copy
-    the step's canvas and self-conditioning input into static buffers. Step 0 (no self-conditioning) stays
-    eager. Experiment for the benchmark: how much of a forward is launch overhead."""
-
-    def __init__(self, m, cache, pos_c, canvas, sc, temp_B, ctx):
-        self.m, self.cache, self.pos_c, self.ctx = m, cache, pos_c, ctx
-        self.canvas, self.sc, self.temp = canvas.clone(), sc.clone(), temp_B.clone()
-        side = torch.cuda.Stream()
-        side.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(side):  # warm-up off the capture stream (allocator, Triton, self-checks)
-            for _ in range(2):
-                self._run()
-        torch.cuda.current_stream().wait_stream(side)
-        self.graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(self.graph):
-            self.out = self._run()
-
-    def _run(self):
-        # len_range: every row's context length is known on the host (no device read inside the capture)
-        h = self.m.decode_hidden(self.canvas, self.cache, positions_BC=self.pos_c,
-                                 len_range=(self.ctx, self.ctx), **sc_input(self.canvas.device, self.sc))
-        return engine_head(self.m, h, self.temp)
-
-    def __call__(self, canvas, sc, temp_B):
-        self.canvas.copy_(canvas)
-        self.sc.copy_(sc)
-        self.temp.copy_(temp_B)
-        self.graph.replay()
-        return self.out
-
-
-def engine_head(m, h, temp_B):
-    """The head as the engine's GPU step runs it (engine/denoise.py): in the head mode, the raw LM head
-    output and the next step's self-conditioning probabilities written straight from it (no fp32 logits, no
-    copy); otherwise the processed fp32 logits and their bf16 copy."""
-    if RowNoise.head_mode(h.device):
-        x = m.head_raw(h)
-        return x, kernels.softmax(x, m.dtype, cap=m.text.final_logit_softcapping, temperature_R=temp_B)
-    return m.head(h, temp_B, narrow=True)
-
-
-def sc_input(dev, sc):
-    """decode_hidden's self-conditioning argument for engine_head's second output."""
-    return {"sc_probs_BCV" if RowNoise.head_mode(dev) else "sc_logits_BCV": sc}
-
-
-def engine_sample(m, x, temp_B, keys, bound):
-    """The engine's sampling on the head's output: statistics of every position, the entropy-bounded commit
-    rule, then the Gumbel sample of the kept positions only."""
-    B, C, V = x.shape
-    zeros = torch.zeros(B * C, dtype=torch.int64, device=x.device)
-    none = torch.zeros(B * C, dtype=torch.bool, device=x.device)
-    if RowNoise.head_mode(x.device):
-        cap = m.text.final_logit_softcapping
-        ent = kernels.head_sample(x.view(B * C, V), cap, temp_B, zeros, none)[1]
-        accepted = commit_rule(ent.view(B, C), bound)
-        smp = kernels.head_sample(x.view(B * C, V), cap, temp_B, keys, accepted.view(-1), sample_only=True)[2]
-    else:
-        ones = torch.ones(B * C, device=x.device)
-        ent = kernels.fused_sample(x.view(B * C, V), ones, zeros, none)[1]
-        accepted = commit_rule(ent.view(B, C), bound)
-        smp = kernels.fused_sample(x.view(B * C, V), ones, keys, accepted.view(-1), sample_only=True)[2]
-    return accepted, smp.view(B, C)
-
-
-@torch.no_grad()
-def run_canvas(m, cfg, dev, B, N, ctx, graph=False):
-    """Prefill ctx tokens for B rows, then one canvas of N fixed denoising steps -> timings (s)."""
-    t, C = cfg.text, cfg.canvas_length
-    V = t.vocab_size
-    cache = m.new_cache(B, ctx + C)
-    ids = torch.randint(3, V, (B, ctx), device=dev)
-    sync(dev)
-    t0 = time.perf_counter()
-    m.encode(ids, cache, positions_BT=torch.arange(ctx, device=dev).expand(B, ctx))
-    sync(dev)
-    t1 = time.perf_counter()
-    canvas = torch.randint(3, V, (B, C), device=dev)
-    pos_c = torch.arange(ctx, ctx + C, device=dev).expand(B, C)
-    seeds = torch.arange(B, device=dev)
-    sc, fwd, graphed, capture = None, 0.0, None, 0.0
-    for step in range(N):
-        temp_B = torch.full((B,), 0.4 + 0.4 * (N - step) / N, device=dev)
-        if graph and sc is not None and graphed is None:
-            sync(dev)
-            c0 = time.perf_counter()
-            graphed = _GraphedDecode(m, cache, pos_c, canvas, sc, temp_B, ctx)
-            sync(dev)
-            capture = time.perf_counter() - c0
-        sync(dev)
-        f0 = time.perf_counter()
-        # As the engine's step: decoder, then the head with softcap, temperature and the bf16 copy that
-        # self-conditions the next step (engine/denoise.py)
-        if graphed is not None:
-            logits, sc_next = graphed(canvas, sc, temp_B)
-        else:
-            h = m.decode_hidden(canvas, cache, positions_BC=pos_c, len_range=(ctx, ctx), **sc_input(dev, sc))
-            logits, sc_next = engine_head(m, h, temp_B)
-        sync(dev)
-        fwd += time.perf_counter() - f0
-        keys = kernels.derive_keys(seeds, 0, step, C)
-        accepted, smp = engine_sample(m, logits, temp_B, keys, 0.1)
-        canvas = torch.where(accepted, smp, torch.randint(0, V, (B, C), device=dev))
-        sc = sc_next
-        del logits
-    sync(dev)
-    t2 = time.perf_counter()
-    return {"prefill_s": t1 - t0, "loop_s": t2 - t1 - capture, "decoder_s": fwd, "capture_s": capture}
-
-
-def roofline_s(m, cfg, B, ctx, bw, peak):
-    """Lower bound for one decoder forward of B canvases: max(bytes / bw, flops / peak)."""
-    t, C = cfg.text, cfg.canvas_length
-    T, E, k = B * C, t.num_experts, t.top_k_experts
-    n_exp = sum(p.numel() for n, p in m.named_parameters() if "experts" in n)
-    n_emb = m.embed_tokens.weight.numel()
-    n_other = sum(p.numel() for p in m.parameters()) - n_exp - n_emb
-    touched = 1 - (1 - k / E) ** T  # expected fraction of experts hit by T tokens
-    nbytes = 2 * (n_other + n_exp * touched + 2 * n_emb) + 4 * 4 * T * t.vocab_size
-    flops = 2 * T * (n_other + n_exp * k / E) + 4 * T * n_emb
-    for i in range(t.num_hidden_layers):
-        S = ctx if not t.is_sliding(i) else min(ctx, t.sliding_window - 1)
-        K, D = t.layer_kv_heads(i), t.layer_head_dim(i)
-        nbytes += 2 * 2 * B * K * S * D
-        flops += 4 * T * t.num_attention_heads * (S + C) * D
-    return max(nbytes / bw, flops / peak)
-
-
-AB_VARIANTS = ("kernels", "tuned", "sdpa", "grouped", "graph", "unfused", "model")
-# the "tuned" row's launch settings (kernels.set_tuned's form), filled from this run's tile sweeps
-TUNED: dict[str, list] = {}
-
-
-def sweep_plan(args, dev) -> list[tuple[str, int, int]]:
-    """(variant, canvases, steps) rows, most telling first, so a run that reaches its time budget drops the
-    in-between rows rather than the ones decisions rest on: the headline sizes (1, 8, 16 canvases) at the
-    longest step count; then every A/B variant at 8 canvases, then at 1 (at the shortest step count, beside
-    "kernels" at the same count); then the other sizes. --ratio-only: just the reference's settings."""
-    if args.ratio_only:
-        return [("kernels", B, N) for B, N in args.hf_plan]
-    plan = [("kernels", B, max(args.steps)) for B in (1, 8, 16) if B in args.canvases]
-    # CUDA graphs need a GPU; "tuned" needs the tile sweeps (GPU only) to have found something
-    ab = [v for v in AB_VARIANTS if (v != "graph" or dev.type == "cuda") and (v != "tuned" or TUNED)]
-    plan += [(v, B, min(args.steps)) for B in sorted(args.model_canvases, reverse=True) for v in ab]
-    plan += [("kernels", B, N) for N in sorted(args.steps, reverse=True) for B in args.canvases]
-    return list(dict.fromkeys(plan))  # each row once, first place kept
-
-
-def sweep(m, cfg, dev, args, cal, results):
-    C = cfg.canvas_length
-    # Roofline against the ceilings measured in this run (METHOD: datasheet rates are only leads).
-    nom = {"bw": cal["copy_bw_GBps"] * 1e9, "flops": cal["bf16_gemm_TFLOPs"] * 1e12}
-    rows = results["sweep"] = []
-    plan = sweep_plan(args, dev)
-    warmed = set()
-    failed: dict[str, str] = {}  # variant -> its first error; its later rows are skipped, not retried
-    for name, B, N in plan:
-        if time.perf_counter() - args.t_start > args.sweep_until * args.budget_s:
-            rows.append({"variant": name, "canvases": B, "steps": N, "error": "skipped: time budget"})
-            continue
-        if name in failed:
-            rows.append({"variant": name, "canvases": B, "steps": N, "error": f"skipped: {failed[name]}"})
-            continue
-        try:
-            with variant(name):
-                if (name, B) not in warmed:  # warm-up (Triton compile, allocator, clocks) once per shape
-                    run_canvas(m, cfg, dev, B, 2, args.ctx)
-                    warmed.add((name, B))
-                r = run_canvas(m, cfg, dev, B, N, args.ctx, graph=name == "graph")
-        except torch.cuda.OutOfMemoryError as e:
-            rows.append({"variant": name, "canvases": B, "steps": N, "error": f"OOM: {e}"[:200]})
-            torch.cuda.empty_cache()
-            continue
-        except Exception as e:  # noqa: BLE001 - e.g. a sync inside graph capture, a backend that rejects a
-            # shape: record it and keep the other variants' rows (the decisions rest on them)
-            failed[name] = f"{type(e).__name__}: {e}"[:400]
-            rows.append({"variant": name, "canvases": B, "steps": N, "error": failed[name]})
-            print(json.dumps(rows[-1]), flush=True)
-            continue
-        ms_fwd = 1e3 * r["decoder_s"] / N
-        roof = 1e3 * roofline_s(m, cfg, B, args.ctx, nom["bw"], nom["flops"])
-        rows.append({
-            "variant": name, "canvases": B, "steps": N, "ms_per_forward": ms_fwd,
-            "ms_per_step": 1e3 * r["loop_s"] / N,
-            "prefill_ms": 1e3 * r["prefill_s"], "tok_s_no_prefill": B * C / r["loop_s"],
-            "tok_s_e2e": B * C / (r["loop_s"] + r["prefill_s"]), "roofline_ms": roof,
-            "pct_roofline": 100 * roof / ms_fwd, "capture_ms": 1e3 * r["capture_s"],
-        })
-        print(json.dumps(rows[-1]), flush=True)
-
-
-def profile_forward(m, cfg, dev, args, results):
-    from torch.profiler import ProfilerActivity, profile
-
-    B = 1 if args.tiny else 8
-    acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if dev.type == "cuda" else [])
-    with variant("kernels"):
-        run_canvas(m, cfg, dev, B, 1, args.ctx)
-        with profile(activities=acts) as prof:
-            run_canvas(m, cfg, dev, B, 1, args.ctx)
-    key = "cuda_time_total" if dev.type == "cuda" else "cpu_time_total"
-    results["profile"] = prof.key_averages().table(sort_by=key, row_limit=20)
 
 
 # ---- 5. transformers reference -----------------------------------------------------------------------------

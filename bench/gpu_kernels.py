@@ -1,14 +1,13 @@
-"""Kernel microbenchmarks and tile sweeps at DiffusionGemma's real shapes, for bench/gpu.py (its sections 2
-and 4): each Triton kernel against its torch reference (and PyTorch's SDPA for attention, its grouped GEMM for
-the MoE), the fused_moe and
-canvas_attention tile sweeps that pick the launchers' defaults on a card, and the timing helpers both use.
+"""Kernel microbenchmarks at DiffusionGemma's real shapes, for bench/gpu.py (its section 2): each Triton
+kernel against its torch reference (and PyTorch's SDPA for attention, its grouped GEMM for the MoE) and the
+sampler's column-chunk sweep; the tile lists the fused_moe and canvas_attention sweeps try (bench/gpu_tiles.py
+runs them, bench/compile_sm90.py compiles them); the timing helpers every GPU bench uses.
 """
 
 from __future__ import annotations
 
 import contextlib
 import functools
-import json
 import statistics
 import sys
 import time
@@ -227,49 +226,6 @@ MOE_DOWN_TILES = [(128, 64, 4, 4), (64, 128, 4, 3), (128, 128, 8, 3), (256, 64, 
                   (32, 128, 4, 4)]
 
 
-def moe_tiles(dev, cfg, budget_end, canvases=(1, 8)):
-    """fused_moe over MOE_TILES at 1 and 8 canvases (each config at both, so a cut run keeps both sizes),
-    then over MOE_DOWN_TILES for the down GEMM with the rest pinned to each size's fastest entry so far (the
-    last fifth of the budget is kept for those); each row: config, ms, GB/s of expert weights."""
-    C = cfg.canvas_length
-    g = torch.Generator(device="cpu").manual_seed(1)
-    gu, dn = moe_weights(dev, cfg, g)
-    rows = []
-    inputs = {}
-    for canv in canvases:
-        x, idx, w, wbytes = moe_tokens(dev, cfg, g, canv * C)
-        inputs[canv * C] = (x, idx, w, wbytes, fused_moe_triton(x, idx, w, gu, dn).float())
-    shared_end = time.perf_counter() + 0.8 * (budget_end - time.perf_counter())
-
-    def measure(row, end, **kw):
-        x, idx, w, wbytes, ref = inputs[row["T"]]
-        if time.perf_counter() > end:
-            rows.append(row | {"error": "skipped: time budget"})
-            return
-        try:
-            fn = functools.partial(fused_moe_triton, **kw)
-            err = (fn(x, idx, w, gu, dn).float() - ref).abs().max().item()
-            t_ms = ms(dev, fn, x, idx, w, gu, dn, reps=10)
-            rows.append(row | {"ms": t_ms, "weight_GBps": wbytes / t_ms / 1e6, "max_diff_default": err})
-        except Exception as e:  # noqa: BLE001 - e.g. shared memory exceeded for a big tile
-            rows.append(row | {"error": f"{type(e).__name__}: {e}"[:200]})
-        print(json.dumps(rows[-1]), flush=True)
-
-    for bm, bn, bk, nw, ns in MOE_TILES:
-        for T in inputs:
-            row = {"T": T, "block_m": bm, "block_n": bn, "block_k": bk, "num_warps": nw, "num_stages": ns}
-            measure(row, shared_end, block_m=bm, block_n=bn, block_k=bk, num_warps=nw, num_stages=ns)
-    best = {T: min((r for r in rows if r["T"] == T and "ms" in r), key=lambda r: r["ms"], default=None)
-            for T in inputs}
-    for down in MOE_DOWN_TILES:
-        for T, b in best.items():
-            if b is None:
-                continue
-            tile = {k: b[k] for k in ("block_m", "block_n", "block_k", "num_warps", "num_stages")}
-            measure({"T": T} | tile | {"down_tile": list(down)}, budget_end, **tile, down_tile=down)
-    return rows
-
-
 # (block_m, block_n, block_dv, num_splits, num_warps) per head_dim, the launcher's default first (None: its
 # choice; splits None is 1): at 8 canvases attention measured about 1 ms a layer (eager torch and Triton
 # alike), more than the whole roofline at 30 layers. From the sm_90 compile (bench/compile_sm90.py): the
@@ -289,38 +245,6 @@ ATTN_TILES = {
           (32, 32, 256, None, 4), (32, 32, 512, None, None), (32, 64, 256, None, None),
           (16, 64, 512, None, None), (64, 64, 128, None, None), (64, 32, 128, None, None)],
 }
-
-
-def attention_tiles(dev, cfg, budget_end, context=1024):
-    """canvas_attention_triton over ATTN_TILES at 1 and 8 canvases, 1k context; rows: config, ms, TFLOP/s."""
-    t, C = cfg.text, cfg.canvas_length
-    g = torch.Generator(device="cpu").manual_seed(2)
-    rows = []
-    for i in sorted({t.layer_types.index(lt) for lt in set(t.layer_types)}):
-        K, D, Hq, S = t.layer_kv_heads(i), t.layer_head_dim(i), t.num_attention_heads, context
-        for B in (1, 8):
-            mk = lambda *s: (torch.randn(*s, generator=g) * 0.1).to(dev, torch.bfloat16)  # noqa: E731
-            args = (mk(B, Hq, C, D), mk(B, K, S, D), mk(B, K, S, D), torch.ones(B, S, dtype=torch.bool,
-                                                                                   device=dev),
-                    mk(B, K, C, D), mk(B, K, C, D))
-            ref = canvas_attention_torch(*args).float()
-            for bm, bn, bdv, splits, warps in ATTN_TILES.get(D, [(None,) * 5]):
-                row = {"B": B, "D": D, "block_m": bm, "block_n": bn, "block_dv": bdv, "num_splits": splits,
-                       "num_warps": warps}
-                if time.perf_counter() > budget_end:
-                    rows.append(row | {"error": "skipped: time budget"})
-                    continue
-                try:
-                    fn = functools.partial(canvas_attention_triton, block_m=bm, block_n=bn, block_dv=bdv,
-                                           num_splits=splits or 1, num_warps=warps)
-                    err = (fn(*args).float() - ref).abs().max().item()
-                    t_ms = ms(dev, fn, *args, reps=10)
-                    fl = 4 * B * Hq * C * (S + C) * D
-                    rows.append(row | {"ms": t_ms, "TFLOPs": fl / t_ms / 1e9, "max_diff": err})
-                except Exception as e:  # noqa: BLE001 - e.g. shared memory exceeded for a big tile
-                    rows.append(row | {"error": f"{type(e).__name__}: {e}"[:200]})
-                print(json.dumps(rows[-1]), flush=True)
-    return rows
 
 
 # Column chunks per row for the head-mode sampler's statistics pass: one program per row gives a canvas 256

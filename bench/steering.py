@@ -28,7 +28,7 @@ sys.path.insert(0, str(ROOT))
 
 from constraints.steering import SteeringOptions  # noqa: E402
 from train import synthdata  # noqa: E402
-from train.evaluate import FAMILY_CANVASES, constraint_hook, decode_answer, score  # noqa: E402
+from train.evaluate import FAMILY_CANVASES, constraint_hook, decode_answer, score, stop_ids  # noqa: E402
 from train.forward import make_batch  # noqa: E402
 
 DEFAULT_OPTIONS = "off;constrained_stop;valid_sampling;seed_canvas;all"
@@ -125,7 +125,7 @@ def run_config(
             forwards += sum(c.denoising_steps for c in comps)
         for row in rows:
             new_tokens += sum(t != pad for t in row)
-            texts.append(decode_answer(tok, row))
+            texts.append(decode_answer(tok, row, stop_ids(model)))
     res = score(exs, texts)
     res["valid_before_commit"] = sum(bool(s is not None and s.argmax_valid) for s in states) / n
     res["tokens_per_forward"] = new_tokens / max(1, forwards)

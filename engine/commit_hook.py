@@ -1,17 +1,24 @@
-"""The canvas commit decision: which tokens a finished canvas commits (`CommitHook`), argmax by default.
+"""The canvas commit: which tokens a finished canvas commits (`CommitHook`, argmax by default) and how they
+enter the sequence (`finish_row`: EOS / length / pad), in one function both loops call (`commit_canvas`).
 
-Owns: the CommitHook protocol and `ArgmaxCommit`, the reference behaviour (commit the argmax
-of the last denoising step's processed logits). Structured output plugs a constrained hook in here; the
-denoising loop calls `commit` once per row per committed canvas, in canvas order, and nowhere else.
+Owns: the CommitHook protocol and its optional per-step steering methods (`SteeringHook`), `ArgmaxCommit`,
+the reference behaviour (commit the argmax of the last denoising step's processed logits), and the
+end-of-canvas rule. Structured output plugs a constrained hook in here; engine/generate.py (reference mode)
+and engine/fast.py (fast mode) call `commit_canvas` once per row per committed canvas, in canvas order, and
+nowhere else.
 
 Legend: C canvas length, V vocabulary.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
 import torch
+
+from engine.params import GenerationParams, first_stop
 
 
 @runtime_checkable
@@ -27,6 +34,25 @@ class CommitHook(Protocol):
         fills the tokens after its DONE point itself).
         """
         ...
+
+
+@runtime_checkable
+class SteeringHook(CommitHook, Protocol):
+    """A CommitHook that may also act at every denoising step of its row (engine/denoise.py), when
+    `steering_on`: rewrite the first step's input canvas, and each step's argmax (what the stop rule compares)
+    and kept tokens. Each returns None to leave things as they are."""
+
+    @property
+    def steering_on(self) -> bool: ...
+
+    def seed_canvas(
+        self, canvas_C: torch.Tensor, state: object, *, tokens_left: int, last_canvas: bool
+    ) -> torch.Tensor | None: ...
+
+    def steer(
+        self, logits_CV: torch.Tensor, argmax_C: torch.Tensor, keep_C: torch.Tensor, sampled_C: torch.Tensor,
+        state: object, *, tokens_left: int, last_canvas: bool,
+    ) -> tuple[torch.Tensor, torch.Tensor] | None: ...
 
 
 class ArgmaxCommit:
@@ -48,3 +74,70 @@ class ArgmaxCommit:
 def is_argmax(hook: CommitHook | None) -> bool:
     """True when the loop can commit its tracked argmax without calling the hook (no logits kept)."""
     return hook is None or type(hook) is ArgmaxCommit
+
+
+def steers(hook: CommitHook | None) -> bool:
+    """True when the hook asks to act at every step (SteeringHook with steering_on)."""
+    return isinstance(hook, SteeringHook) and bool(hook.steering_on)
+
+
+def finish_row(
+    tokens: list[int],
+    params: GenerationParams,
+    *,
+    prev_finished: bool,
+    last_canvas: bool,
+    hook_done: bool = False,
+) -> tuple[list[int], bool, bool]:
+    """Apply the reference's end-of-canvas rule to one row's committed canvas.
+
+    Returns (tokens as they enter the sequence, finished, hit_eos). Rows finished before get a canvas of pad
+    (when pad is set); a canvas with EOS has everything after its first EOS replaced by pad (when set); the
+    last canvas of the budget finishes every row; a commit hook may finish the row itself.
+    """
+    pad = params.pad_token_id
+    if prev_finished and pad is not None:
+        tokens = [pad] * len(tokens)
+    first = first_stop(tokens, params.eos_token_ids)
+    hit_eos = first is not None
+    if hit_eos and pad is not None:
+        tokens = tokens[: first + 1] + [pad] * (len(tokens) - first - 1)
+    finished = prev_finished or hit_eos or last_canvas or hook_done
+    return tokens, finished, hit_eos
+
+
+@dataclass(frozen=True)
+class Committed:
+    """One row's committed canvas."""
+
+    tokens: list[int]  # as they enter the sequence (finish_row applied)
+    state: object  # the hook's state after this canvas
+    finished: bool
+    hit_eos: bool
+    hook_done: bool  # the hook finished the row
+
+
+def commit_canvas(
+    hook: CommitHook | None,
+    state: object,
+    argmax: list[int],
+    logits_CV: Callable[[], torch.Tensor],
+    params: GenerationParams,
+    *,
+    tokens_left: int,
+    last_canvas: bool,
+    prev_finished: bool = False,
+) -> Committed:
+    """Commit one row's canvas: its tracked argmax, or the hook's choice from the last live step's logits
+    (`logits_CV()`, built only when the hook is called), then the end-of-canvas rule. A hook's exception
+    propagates (the fast engine turns it into its row's error)."""
+    tokens, hook_done = argmax, False
+    if not is_argmax(hook):
+        toks, state, hook_done = hook.commit(
+            logits_CV(), state, tokens_left=tokens_left, last_canvas=last_canvas
+        )
+        tokens = [int(t) for t in toks]
+    tokens, finished, hit_eos = finish_row(
+        tokens, params, prev_finished=prev_finished, last_canvas=last_canvas, hook_done=hook_done
+    )
+    return Committed(tokens, state, finished, bool(hit_eos), hook_done)

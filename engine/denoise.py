@@ -1,39 +1,32 @@
-"""THE denoising step and the canvas finalisation rule, shared by the reference loop and the fast engine.
+"""THE denoising step, shared by the reference loop (engine/generate.py) and the fast engine (engine/fast.py).
 
-Owns: the per-step update of a batch of canvases (`denoise_step`: decoder forward, temperature schedule,
-statistics, entropy-bounded commit rule, sampling, renoising, adaptive stop, self-conditioning), the device
-state it updates (`CanvasBatch`), and what happens to a committed canvas (`finish_row`: EOS / length / pad).
-engine/generate.py (reference mode, lockstep batch) and engine/fast.py (fast mode, continuous batching) only
-differ in how they form batches and which NoiseSource they pass; neither has its own copy of this math.
+Owns: the per-step update of a batch of canvases (`denoise_step`: decoder forward, temperature schedule, the
+vocabulary head's statistics, the entropy-bounded commit rule, sampling, renoising, the adaptive stop rule,
+self-conditioning), the state it updates (`CanvasBatch`: device tensors, and per row what the host knows,
+`RowHost`), and the optional per-step steering by commit hooks (`RowSteer`, `steer_rows`). The two loops only
+differ in how they form batches and which vocabulary head they choose once (engine/heads.py); neither has a
+copy of this math, and the step takes no mode flags: what differs between rows or batches is data on the
+batch (each row's parameters, cache length, steps left, whether its hook reads logits or steers).
 
-Also owns the optional per-step steering extension point (`RowSteer`, `steer_rows`): a CommitHook that
-defines `steering_on` (true) and the methods `seed_canvas` / `steer` (constraints/hook.py) may
-rewrite the first step's input canvas and each step's argmax (what the stop rule compares) and kept tokens.
-Callers attach it with `st.steer_rows = steer_rows(...)`; it is None unless some row's hook asks for it,
-and then the step does nothing extra (same tokens, same RNG use).
+Steering: a SteeringHook (engine/commit_hook.py) with `steering_on` may rewrite the first step's input
+canvas (`seed_canvas`) and each step's argmax (what the stop rule compares) and kept tokens (`steer`). A row
+without one costs nothing (same tokens, same RNG use).
 
-Legend: B rows in the decoder batch, C canvas length, V vocabulary, S cache slots.
+Legend: B rows in the decoder batch, C canvas length, V vocabulary, H hidden.
 Order of operations and RNG use follow transformers 5.23 `_denoising_step` (generation_diffusion_gemma.py).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
-from typing import Any
+from dataclasses import dataclass
 
 import torch
 
-import kernels
+from engine.commit_hook import CommitHook, SteeringHook, is_argmax, steers
+from engine.heads import VocabHead
+from engine.kept_logits import KeptLogits
 from engine.params import GenerationParams
-from engine.sampler import (
-    NoiseSource,
-    RowKeys,
-    RowParams,
-    accept_mask,
-    stop_update,
-    temperature_B,
-)
-from engine.vocab_head import ChunkedHead
+from engine.sampler import RowKeys, RowParams, accept_mask, stop_update, temperature_B
 
 
 @dataclass
@@ -41,7 +34,7 @@ class RowSteer:
     """One row's steering context for the canvas being denoised: its hook, the hook state carried into this
     canvas (the commit's), and the budget arguments its commit will get."""
 
-    hook: Any
+    hook: SteeringHook
     state: object
     tokens_left: int
     last_canvas: bool
@@ -49,288 +42,173 @@ class RowSteer:
 
 
 def steer_rows(hooks, states, tokens_left, last_canvas) -> list[RowSteer | None] | None:
-    """Per-row steering contexts (batch order) for CanvasBatch.steer_rows; None when no hook steers."""
+    """Per-row steering contexts (batch order); None when no hook steers."""
     rows = [
-        RowSteer(h, s, int(t), bool(last)) if getattr(h, "steering_on", False) else None
+        RowSteer(h, s, int(t), bool(last)) if steers(h) else None
         for h, s, t, last in zip(hooks, states, tokens_left, last_canvas)
     ]
     return rows if any(r is not None for r in rows) else None
 
 
 @dataclass
+class RowHost:
+    """What the host knows about one row of a batch, so that the step reads nothing back from the device."""
+
+    params: GenerationParams
+    cache_len: int  # tokens in its cache: its prompt and committed canvases (= the canvas' first position)
+    steps_left: int  # denoising steps left in this canvas (the reference's cur_step)
+    reads_logits: bool = False  # its commit hook reads the last step's logits (CanvasBatch.kept)
+    steer: RowSteer | None = None
+
+
+# per-row device tensors of CanvasBatch (all lead with B)
+_ROW_TENSORS = ("canvas_BC", "argmax_BC", "done_B", "run_B", "steps_left_B", "live_B", "pos0_B")
+
+
+@dataclass
 class CanvasBatch:
-    """Device state of the canvases in one decoder batch (batch order; all tensors lead with B)."""
+    """The canvases of one decoder batch (batch order)."""
 
     canvas_BC: torch.Tensor  # long, the noised canvas fed to the decoder next
     argmax_BC: torch.Tensor  # long, argmax of the last processed step: the commit candidate (-1 before any)
-    sc_BCV: torch.Tensor | None  # processed logits of the last step in the embedding dtype (or their softmax:
-    # sc_probs); None: no step yet
-    has_sc_B: torch.Tensor  # bool, rows whose sc_BCV is real (False: first step of a canvas -> soft = 0)
     done_B: torch.Tensor  # bool, frozen by adaptive stopping (state no longer updated)
     run_B: torch.Tensor  # long, stability run length
-    steps_left_B: torch.Tensor  # int32, N..1: the reference's cur_step (temperature, stop)
+    steps_left_B: torch.Tensor  # int32, N..1: RowHost.steps_left on the device (temperature, stop)
     live_B: torch.Tensor  # int32, decoder forwards taken while not frozen
+    pos0_B: torch.Tensor  # long, RowHost.cache_len on the device: position of the canvas' first token
     keys: RowKeys  # per-row random stream position (fast mode)
     rp: RowParams
-    pos0_B: torch.Tensor  # long, position of the canvas' first token
-    # the last live step's logits for commit hooks (read them with `last_logits`): fp32 processed logits, or
-    # in the GPU head mode the raw LM head output, with last_cap / last_temp_B to process it at commit
-    last_BCV: torch.Tensor | None = None
-    last_cap: float | None = None  # set: last_BCV is raw (head mode); the model's final softcap
-    last_temp_B: torch.Tensor | None = None  # head mode: each row's temperature of that step (None: none)
-    soft_BCH: torch.Tensor | None = None  # chunked path: self-conditioning soft embedding (replaces sc_BCV)
-    sc_probs: bool = False  # sc_BCV holds softmax(logits) already (the GPU head mode), not the logits
-    steer_rows: list[RowSteer | None] | None = None  # optional steering (see module doc); None: off
+    rows: list[RowHost]
+    sc: torch.Tensor | None = None  # the head's self-conditioning state (engine/heads.py); None: no row has
+    # one yet, a zero row: that row has none
+    kept: KeptLogits | None = None  # the last live step's logits, for commit hooks (rows that read them)
 
     @classmethod
-    def start(
-        cls, canvas_BC: torch.Tensor, keys: RowKeys, rp: RowParams, pos0_B: torch.Tensor
-    ) -> CanvasBatch:
+    def start(cls, canvas_BC: torch.Tensor, keys: RowKeys, rows: list[RowHost]) -> CanvasBatch:
+        """Fresh canvases (noise already drawn) for rows at the first step of a canvas."""
         B, C = canvas_BC.shape
         dev = canvas_BC.device
+        rp = RowParams.build([r.params for r in rows], dev)
         return cls(
             canvas_BC=canvas_BC,
             argmax_BC=torch.full((B, C), -1, dtype=torch.long, device=dev),
-            sc_BCV=None,
-            has_sc_B=torch.zeros(B, dtype=torch.bool, device=dev),
             done_B=torch.zeros(B, dtype=torch.bool, device=dev),
             run_B=torch.zeros(B, dtype=torch.long, device=dev),
             steps_left_B=rp.n_steps_B.clone(),
             live_B=torch.zeros(B, dtype=torch.int32, device=dev),
+            pos0_B=torch.tensor([r.cache_len for r in rows], dtype=torch.long, device=dev),
             keys=keys,
             rp=rp,
-            pos0_B=pos0_B,
+            rows=list(rows),
         )
 
     @property
     def size(self) -> int:
         return self.canvas_BC.shape[0]
 
-    def last_logits(self, b: int) -> torch.Tensor:
-        """Row b's fp32 processed logits [C, V] of its last live step (what a commit hook reads). In head mode
-        the raw output is processed here, by the same epilogue as the materialised path (the same bits)."""
-        if self.last_BCV is None:
-            raise ValueError("last_logits: no step kept its logits (keep_logits was off)")
-        if self.last_cap is None:
-            return self.last_BCV[b]
-        temp = None if self.last_temp_B is None else self.last_temp_B[b : b + 1]
-        return kernels.logit_epilogue(self.last_BCV[b : b + 1], self.last_cap, temp)[0][0]
-
-    def select(self, idx_B: torch.Tensor) -> CanvasBatch:
-        """Rows idx_B of this batch (a new batch; sc/last gathered only when present)."""
-        out = {}
-        for f in fields(self):
-            v = getattr(self, f.name)
-            if isinstance(v, torch.Tensor):
-                out[f.name] = v.index_select(0, idx_B)
-            elif f.name == "steer_rows" and v is not None:
-                out[f.name] = [v[i] for i in idx_B.tolist()]
-            elif isinstance(v, (RowKeys, RowParams)):
-                out[f.name] = v.select(idx_B)
-            else:
-                out[f.name] = v
-        return CanvasBatch(**out)
+    def select(self, idx: list[int]) -> CanvasBatch:
+        """Rows idx of this batch (a new batch)."""
+        idx_B = torch.tensor(idx, dtype=torch.long, device=self.canvas_BC.device)
+        return CanvasBatch(
+            **{n: getattr(self, n).index_select(0, idx_B) for n in _ROW_TENSORS},
+            keys=self.keys.select(idx_B),
+            rp=self.rp.select(idx_B),
+            rows=[self.rows[i] for i in idx],
+            sc=None if self.sc is None else self.sc.index_select(0, idx_B),
+            kept=None if self.kept is None else self.kept.select(idx_B),
+        )
 
     @staticmethod
-    def cat(parts: list[CanvasBatch], V: int, sc_dtype: torch.dtype) -> CanvasBatch:
-        """Concatenate batches; rows without self-conditioning get zero logits (masked by has_sc_B) or a
-        zero soft embedding (which is exactly no self-conditioning); rows without a kept step's temperature
-        get 1."""
+    def cat(parts: list[CanvasBatch]) -> CanvasBatch:
+        """Concatenate batches; rows without a self-conditioning state get zeros (exactly none), rows without
+        kept logits get zeros too (overwritten by their next step, before any commit)."""
         parts = [p for p in parts if p.size]
         if len(parts) == 1:
             return parts[0]
-        out = {}
-        for f in fields(CanvasBatch):
-            vals = [getattr(p, f.name) for p in parts]
-            if f.name == "last_cap":  # one model per engine: the same cap wherever it is set
-                out[f.name] = next((v for v in vals if v is not None), None)
-                continue
-            if f.name == "sc_probs":  # what sc_BCV holds: one kind per step path, so per batch
-                kinds = {p.sc_probs for p in parts if p.sc_BCV is not None}
-                if len(kinds) > 1:
-                    raise ValueError("CanvasBatch.cat: parts hold self-conditioning logits and probabilities")
-                out[f.name] = kinds.pop() if kinds else False
-                continue
-            if f.name in ("sc_BCV", "last_BCV", "soft_BCH", "last_temp_B"):
-                if all(v is None for v in vals):
-                    out[f.name] = None
-                    continue
-                ref = next(v for v in vals if v is not None)
-                # a missing temperature is 1 (none); missing logits are zero (masked by has_sc_B, or
-                # overwritten by the row's next step before anything reads them)
-                fill = ref.new_ones if f.name == "last_temp_B" else ref.new_zeros
-                out[f.name] = torch.cat(
-                    [v if v is not None else fill((p.size, *ref.shape[1:])) for v, p in zip(vals, parts)]
-                )
-            elif f.name == "steer_rows":
-                out[f.name] = (
-                    None
-                    if all(v is None for v in vals)
-                    else [r for v, p in zip(vals, parts) for r in (v if v is not None else [None] * p.size)]
-                )
-            elif f.name == "keys":
-                out[f.name] = RowKeys.cat(vals)
-            elif f.name == "rp":
-                out[f.name] = RowParams.cat(vals)
-            else:
-                out[f.name] = torch.cat(vals)
-        return CanvasBatch(**out)
+        return CanvasBatch(
+            **{n: torch.cat([getattr(p, n) for p in parts]) for n in _ROW_TENSORS},
+            keys=RowKeys.cat([p.keys for p in parts]),
+            rp=RowParams.cat([p.rp for p in parts]),
+            rows=[r for p in parts for r in p.rows],
+            sc=_cat_zero_filled([(p.sc, p.size) for p in parts]),
+            kept=KeptLogits.cat([(p.kept, p.size) for p in parts]),
+        )
 
 
-def uses_chunked_head(noise: NoiseSource, device: torch.device) -> bool:
-    """Whether the step on `device` takes the chunked vocabulary path (see denoise_step's Path)."""
-    chunked = getattr(noise, "chunked_head", None)
-    return chunked is not None and chunked(device)
+def _cat_zero_filled(parts: list[tuple[torch.Tensor | None, int]]) -> torch.Tensor | None:
+    """Concatenate (tensor, rows) parts, zeros for parts without one (None when no part has one). The zero
+    fill lives only inside this call: a canvas boundary holds at most 3 copies of a [C, V] buffer
+    (model/memory_plan.py)."""
+    ref = next((t for t, _ in parts if t is not None), None)
+    if ref is None:
+        return None
+    return torch.cat([t if t is not None else ref.new_zeros((n, *ref.shape[1:])) for t, n in parts])
 
 
-def uses_head_mode(noise: NoiseSource, device: torch.device) -> bool:
-    """Whether the step on `device` samples from the raw LM head output instead of materialised fp32 logits
-    (RowNoise on a GPU: see RowNoise.head_mode)."""
-    head_mode = getattr(noise, "head_mode", None)
-    return head_mode is not None and head_mode(device)
+def denoise_step(model, cache, st: CanvasBatch, head: VocabHead, rows_B: torch.Tensor | None = None) -> None:
+    """One denoising step for every row of `st` (updated in place) with the loop's vocabulary head.
 
-
-def denoise_step(
-    model,
-    cache,
-    st: CanvasBatch,
-    noise: NoiseSource,
-    *,
-    rows_B: torch.Tensor | None,
-    freeze: bool,
-    exact_frozen: bool,
-    keep_logits: bool,
-    all_have_sc: bool | None = None,
-    len_range: tuple[int, int] | None = None,
-    want_sc: bool = True,
-) -> torch.Tensor | None:
-    """One denoising step for every row of `st` (updated in place). Returns the processed logits (B, C, V),
-    or None when they were never materialised (the chunked path without keep_logits; the GPU head mode
-    without steering or exact frozen rows: commit hooks then read `st.last_logits`).
-
-    freeze: some row uses adaptive stopping (else the stop rule is skipped entirely).
-    exact_frozen: keep frozen rows' self-conditioning logits as the reference does (an extra pass over the
-      logits; the fast engine drops frozen rows instead, so it only needs their argmax).
-    keep_logits: maintain st.last_BCV for commit hooks (fp32 processed logits, or in the GPU head mode the
-      raw LM head output; hooks read either through st.last_logits).
-    all_have_sc: host-known hint that every row (True) or no row (False) has self-conditioning; None: mixed.
-    len_range: host-known (min, max) cache length of the rows (then the decoder reads nothing from the
-      device).
-    want_sc: False when no row takes another step of this canvas, so the chunked path skips the
-      self-conditioning GEMM and the head mode its softmax, whose result no step would read.
-    Path: a noise source whose `chunked_head(device)` holds (the fast mode without the fused Triton sampler,
-    i.e. on a CPU) never builds [B, C, V] logits (engine/vocab_head.py); one whose `head_mode(device)` holds
-    (the fast mode on a GPU) samples from the raw LM head output and builds fp32 logits only for steering or
-    exact frozen rows; every other case runs the reference's op sequence on materialised logits.
+    rows_B: each row's cache slot (None: cache row b is batch row b). The host-known facts it needs come
+    from st.rows: the rows' cache lengths (the decoder then reads nothing from the device), whether a step of
+    this canvas follows (else no self-conditioning state is built), whether a commit hook reads the logits,
+    whether some row uses adaptive stopping (else the stop rule is skipped) or steering.
     """
     C = st.canvas_BC.shape[1]
     V = model.config.text.vocab_size
     positions_BC = st.pos0_B[:, None] + torch.arange(C, device=st.pos0_B.device)
     st.live_B += (~st.done_B).to(torch.int32)
-    if st.steer_rows is not None:
+    steering = any(r.steer is not None for r in st.rows)
+    if steering:
         _seed_canvases(st)
-    kw = dict(positions_BC=positions_BC, rows_B=rows_B, len_range=len_range)
-    soft, chunked, sc_next, head_mode, sc_probs = None, False, None, False, False
-    if uses_chunked_head(noise, st.canvas_BC.device):
-        if all_have_sc is not False and st.soft_BCH is not None:
-            soft = st.soft_BCH if all_have_sc else st.soft_BCH * st.has_sc_B[:, None, None]
-        h = model.decode_hidden(st.canvas_BC, cache, sc_soft_BCH=soft, **kw)
-        B = h.shape[0]
-        inv_t = 1.0 / temperature_B(st.steps_left_B, st.rp) if st.rp.scheduled else torch.ones(B)
-        head = ChunkedHead(model, h.reshape(B * C, -1), inv_t.to(h.device).repeat_interleave(C))
-        sw = head.sweep(want_soft=want_sc, keep_full=keep_logits)
-        argmax, entropy = sw.argmax_N.view(B, C), sw.entropy_N.view(B, C)
-        keep = accept_mask(entropy, st.rp.bound_B)
-        sampled = noise.sample_head(head, sw, keep, st.keys)
-        proc = None if sw.full_NV is None else sw.full_NV.view(B, C, V)
-        soft = None if sw.soft_NH is None else sw.soft_NH.view(B, C, -1)
-        chunked = True
-    else:
-        sc, sc_mask = st.sc_BCV, None
-        if all_have_sc is False:
-            sc = None
-        elif all_have_sc is None and sc is not None:
-            sc_mask = st.has_sc_B
-        sc_kw = {"sc_probs_BCV" if st.sc_probs else "sc_logits_BCV": sc}
-        h = model.decode_hidden(st.canvas_BC, cache, sc_mask_B=sc_mask, **sc_kw, **kw)
-        temp = temperature_B(st.steps_left_B, st.rp) if st.rp.scheduled else None
-        if uses_head_mode(noise, st.canvas_BC.device):
-            # The sampler reads the raw LM head output (the same statistics and samples, bit for bit:
-            # kernels/sampler.py head mode) and commit hooks keep it raw (`last_logits`): the fp32 logits are
-            # built only for steering or the reference's exact frozen rows.
-            raw = model.head_raw(h)
-            cap = model.config.text.final_logit_softcapping
-            argmax, entropy = noise.raw_stats(raw, cap, temp, st.keys)
-            keep = accept_mask(entropy, st.rp.bound_B)
-            sampled = noise.raw_sample(raw, cap, temp, keep, st.keys)
-            if freeze and exact_frozen:
-                # the reference's frozen rows keep their self-conditioning logits as their logits: keep logits
-                proc, sc_next = kernels.logit_epilogue(raw, cap, temp, model.dtype)
-            else:
-                # the next step's self-conditioning input straight from the LM head (softmax head mode), only
-                # when a step of this canvas follows
-                proc = kernels.logit_epilogue(raw, cap, temp)[0] if st.steer_rows is not None else None
-                sc_next = kernels.softmax(raw, model.dtype, cap=cap, temperature_R=temp) if want_sc else None
-                sc_probs = True
-            head_mode = True
-        else:
-            # softcap, temperature and the next step's self-conditioning copy: one pass on the GPU
-            proc, sc_next = model.head(h, temp, narrow=True)
-            argmax, entropy = noise.stats(proc, st.keys)
-            keep = accept_mask(entropy, st.rp.bound_B)
-            sampled = noise.sample(proc, keep, st.keys)
-    if st.steer_rows is not None and proc is not None:
-        argmax, sampled = _steer(st, proc, argmax, keep, sampled)
-    fresh = noise.renoise(st.keys, C, V, st.canvas_BC.device)
-    canvas = torch.where(keep, sampled, fresh)
-    done_before = st.done_B
-    if freeze:
-        d = st.done_B[:, None]
+    lens = [r.cache_len for r in st.rows]
+    soft = None if st.sc is None else head.sc_soft(model, st.sc)
+    h = model.decode_hidden(
+        st.canvas_BC, cache, positions_BC=positions_BC, sc_soft_BCH=soft, rows_B=rows_B,
+        len_range=(min(lens), max(lens)),
+    )
+    temp = temperature_B(st.steps_left_B, st.rp) if st.rp.scheduled else None
+    want_sc = any(r.steps_left > 1 for r in st.rows)
+    keep_logits = any(r.reads_logits for r in st.rows)
+    out = head.run(model, h, temp, st.keys, want_sc=want_sc, keep_logits=keep_logits)
+    keep = accept_mask(out.entropy_BC, st.rp.bound_B)  # the commit rule
+    sampled = out.sample(keep, st.keys)
+    argmax = out.argmax_BC
+    if steering:
+        argmax, sampled = _steer(st, out.logits(), argmax, keep, sampled)
+    sc = out.sc_next() if want_sc else None
+    canvas = torch.where(keep, sampled, head.noise.renoise(st.keys, C, V, st.canvas_BC.device))
+    frozen = st.done_B
+    kept = out.kept() if keep_logits else st.kept
+    if any(r.params.early_stopping for r in st.rows):
+        # the stop rule: frozen rows keep their argmax, canvas and the logits their argmax came from
+        d = frozen[:, None]
         argmax = torch.where(d, st.argmax_BC, argmax)
         canvas = torch.where(d, st.canvas_BC, canvas)
-        if exact_frozen and st.sc_BCV is not None and proc is not None:
-            proc = torch.where(d[..., None], st.sc_BCV, proc)
-            sc_next = torch.where(d[..., None], st.sc_BCV, sc_next)  # == proc.to(model.dtype)
-        st.run_B, stop = stop_update(argmax, st.argmax_BC, st.run_B, entropy.mean(dim=-1), st.rp)
-        st.done_B = st.done_B | stop
-    if keep_logits:
-        # Frozen rows keep the logits of the step they froze at: that is what their argmax came from.
-        last, last_temp = (raw, temp) if head_mode else (proc.float(), None)
-        if freeze and st.last_BCV is not None:
-            last = torch.where(done_before[:, None, None], st.last_BCV, last)
-            if head_mode and (last_temp is not None or st.last_temp_B is not None):
-                # no temperature is a temperature of 1 (x / 1 is exact) where frozen and live rows mix
-                ones = torch.ones_like(done_before, dtype=torch.float32)
-                last_temp = torch.where(
-                    done_before,
-                    st.last_temp_B if st.last_temp_B is not None else ones,
-                    last_temp.float() if last_temp is not None else ones,
-                )
-        st.last_BCV, st.last_temp_B = last, last_temp
-        st.last_cap = model.config.text.final_logit_softcapping if head_mode else None
-    st.argmax_BC, st.canvas_BC = argmax, canvas
-    if chunked:  # soft is None only when no step of this canvas follows (want_sc False)
-        st.soft_BCH, st.sc_BCV = soft, None
-    else:
-        st.sc_BCV, st.sc_probs = sc_next, sc_probs
-    st.has_sc_B = torch.ones_like(st.has_sc_B)
+        st.run_B, stop = stop_update(argmax, st.argmax_BC, st.run_B, out.entropy_BC.mean(dim=-1), st.rp)
+        st.done_B = frozen | stop
+        if sc is not None and st.sc is not None:
+            sc = head.carry_sc(st.sc, sc, frozen)
+        if keep_logits and st.kept is not None:
+            kept = st.kept.where(frozen, kept)
+    st.argmax_BC, st.canvas_BC, st.sc, st.kept = argmax, canvas, sc, kept
     st.steps_left_B = st.steps_left_B - 1
     st.keys = RowKeys(st.keys.seed_B, st.keys.canvas_B, st.keys.step_B + 1)
-    return proc
+    for r in st.rows:
+        r.steps_left -= 1
 
 
 def _seed_canvases(st: CanvasBatch) -> None:
     """First step of a canvas: let each steering hook rewrite its row's input canvas (seed_canvas)."""
-    for b, rs in enumerate(st.steer_rows):
+    for b, r in enumerate(st.rows):
+        rs = r.steer
         if rs is None or rs.seeded:
             continue
         rs.seeded = True
-        if hasattr(rs.hook, "seed_canvas"):
-            new = rs.hook.seed_canvas(
-                st.canvas_BC[b], rs.state, tokens_left=rs.tokens_left, last_canvas=rs.last_canvas
-            )
-            if new is not None:
-                st.canvas_BC[b] = new
+        new = rs.hook.seed_canvas(
+            st.canvas_BC[b], rs.state, tokens_left=rs.tokens_left, last_canvas=rs.last_canvas
+        )
+        if new is not None:
+            st.canvas_BC[b] = new
 
 
 def _steer(
@@ -343,8 +221,9 @@ def _steer(
     """Each live steering row's hook may replace its argmax (the stop rule's canvas) and sampled tokens."""
     live = (~st.done_B).tolist()  # frozen rows keep their argmax and canvas anyway: no work for them
     argmax_BC, sampled_BC = argmax_BC.clone(), sampled_BC.clone()
-    for b, rs in enumerate(st.steer_rows):
-        if rs is None or not live[b] or not hasattr(rs.hook, "steer"):
+    for b, r in enumerate(st.rows):
+        rs = r.steer
+        if rs is None or not live[b]:
             continue
         out = rs.hook.steer(
             proc_BCV[b],
@@ -360,26 +239,17 @@ def _steer(
     return argmax_BC, sampled_BC
 
 
-def finish_row(
-    tokens: list[int],
-    params: GenerationParams,
-    *,
-    prev_finished: bool,
-    last_canvas: bool,
-    hook_done: bool = False,
-) -> tuple[list[int], bool, bool]:
-    """Apply the reference's end-of-canvas rule to one row's committed canvas.
-
-    Returns (tokens as they enter the sequence, finished, hit_eos). Rows finished before get a canvas of pad
-    (when pad is set); a canvas with EOS has everything after its first EOS replaced by pad (when set); the
-    last canvas of the budget finishes every row; a commit hook may finish the row itself.
-    """
-    pad, eos = params.pad_token_id, set(params.eos_token_ids)
-    if prev_finished and pad is not None:
-        tokens = [pad] * len(tokens)
-    first = next((i for i, t in enumerate(tokens) if t in eos), None)
-    hit_eos = first is not None
-    if hit_eos and pad is not None:
-        tokens = tokens[: first + 1] + [pad] * (len(tokens) - first - 1)
-    finished = prev_finished or hit_eos or last_canvas or hook_done
-    return tokens, finished, hit_eos
+def host_rows(
+    params: list[GenerationParams],
+    cache_len: list[int],
+    hooks: list[CommitHook | None],
+    states: list[object],
+    tokens_left: list[int],
+    last_canvas: list[bool],
+) -> list[RowHost]:
+    """The RowHost of each row starting a canvas (its hook reads logits unless it is the argmax commit)."""
+    steer = steer_rows(hooks, states, tokens_left, last_canvas) or [None] * len(params)
+    return [
+        RowHost(p, n, p.max_denoising_steps, not is_argmax(h), s)
+        for p, n, h, s in zip(params, cache_len, hooks, steer)
+    ]

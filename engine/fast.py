@@ -9,10 +9,12 @@ dropped from the decoder batch at the next check.
 Randomness is per row (engine/sampler.py RowNoise): a row's tokens depend only on (model, prompt, params,
 seed, hook), not on its batch mates or their order (up to floating-point batch variance of the model).
 
+The vocabulary head (engine/heads.py) is chosen once per run for the model's device.
+
 Host synchronisation: the step loop reads nothing from the device (the host knows every row's cache length
 and hands the model its key range, so model.decode/encode do not read lengths back either). The host knows
-every row's remaining steps, so it runs straight to the next canvas end; with adaptive stopping on it also
-stops every `check_every` steps to read the frozen flags. Each such event costs one read
+every row's remaining steps (CanvasBatch.rows), so it runs straight to the next canvas end; with adaptive
+stopping on it also stops every `check_every` steps to read the frozen flags. Each such event costs one read
 (Counters.host_syncs).
 
 Legend: B rows in the decoder batch, C canvas, V vocabulary, P prompt length.
@@ -26,12 +28,13 @@ from dataclasses import dataclass, field
 
 import torch
 
-from engine.commit_hook import is_argmax
+from engine.commit_hook import commit_canvas
 from engine.counters import Counters
-from engine.denoise import CanvasBatch, denoise_step, finish_row, steer_rows, uses_chunked_head
-from engine.params import GenerationParams
+from engine.denoise import CanvasBatch, denoise_step, host_rows
+from engine.heads import fast_head
+from engine.params import GenerationParams, first_stop
 from engine.request import Completion, Request
-from engine.sampler import RowKeys, RowNoise, RowParams
+from engine.sampler import RowKeys, RowNoise
 from engine.scheduler import SlotCache
 
 
@@ -41,8 +44,6 @@ class _Row:
     slot: int
     n_canvases: int
     canvas: int = 0  # index of the canvas being denoised
-    steps_left: int = 0
-    has_sc: bool = False
     tokens: list[int] = field(default_factory=list)
     forwards: int = 0
     hook_state: object | None = None
@@ -100,6 +101,7 @@ class Engine:
     @torch.no_grad()
     def run(self, requests: Iterable[Request]) -> Iterator[Completion]:
         slots = SlotCache(self.model, max_rows=self.max_rows, budget_bytes=self.budget, length_step=self.C)
+        head = fast_head(self.noise, self.model.device)
         incoming = iter(requests)
         waiting: deque[Request] = deque()
         rows: list[_Row] = []  # batch order
@@ -140,7 +142,7 @@ class Engine:
             if new_rows:
                 self._prefill(new_rows, slots)
                 part = self._start(new_rows, slots)
-                batch = part if batch is None else CanvasBatch.cat([batch, part], self.V, self.model.dtype)
+                batch = part if batch is None else CanvasBatch.cat([batch, part])
                 rows += new_rows
                 self.peak_rows = max(self.peak_rows, len(rows))
                 c = slots.cache
@@ -150,37 +152,15 @@ class Engine:
                     return
                 continue
             # Steps until the next event: the first host-known canvas end, or a frozen-flag check.
-            n = min(r.steps_left for r in rows)
-            freeze = any(r.req.params.early_stopping for r in rows)
-            if freeze:
+            n = min(h.steps_left for h in batch.rows)
+            if any(r.req.params.early_stopping for r in rows):
                 n = min(n, self.check_every)
-            keep_logits = any(not is_argmax(r.req.commit_hook) for r in rows)
-            # Passes over [rows, C, V] logits in DRAM: the CPU's chunked vocabulary pass makes none (one
-            # write when a commit hook needs the logits); the materialised path makes the noise source's.
-            chunked = uses_chunked_head(self.noise, slots.cache.device)
-            passes = float(keep_logits) if chunked else self.noise.passes_per_step
+            # passes over [rows, C, V] logits in memory, as the head makes them
+            passes = head.passes_per_step(any(h.reads_logits for h in batch.rows))
             rows_B = torch.tensor([r.slot for r in rows], device=slots.cache.device)
-            lens = [self._cached(r) for r in rows]  # host-known cache lengths: no device read per step
             for _ in range(n):
-                have = [r.has_sc for r in rows]
-                hint = True if all(have) else (False if not any(have) else None)
-                denoise_step(
-                    self.model,
-                    slots.cache,
-                    batch,
-                    self.noise,
-                    rows_B=rows_B,
-                    freeze=freeze,
-                    exact_frozen=False,
-                    keep_logits=keep_logits,
-                    all_have_sc=hint,
-                    len_range=(min(lens), max(lens)),
-                    want_sc=any(r.steps_left > 1 for r in rows),
-                )
+                denoise_step(self.model, slots.cache, batch, head, rows_B)
                 self.counters.step(len(rows), passes)
-                for r in rows:
-                    r.steps_left -= 1
-                    r.has_sc = True
                 if self.on_step is not None:
                     self.on_step([r.req.id for r in rows], batch.argmax_BC)
             # Event: one device read for frozen flags, live-forward counts and argmax canvases.
@@ -190,7 +170,7 @@ class Engine:
                 ),
                 steady=False,
             )
-            ending = [j for j, r in enumerate(rows) if r.steps_left == 0 or host[j][0]]
+            ending = [j for j, h in enumerate(batch.rows) if h.steps_left == 0 or host[j][0]]
             if not ending:
                 continue
             cont: list[_Row] = []
@@ -211,11 +191,11 @@ class Engine:
                     r.canvas += 1
             parts = []
             if keep:
-                parts.append(batch.select(torch.tensor(keep, device=batch.canvas_BC.device)))
+                parts.append(batch.select(keep))
             if cont:
                 parts.append(self._start(cont, slots))
             rows = [rows[j] for j in keep] + cont
-            batch = CanvasBatch.cat(parts, self.V, self.model.dtype) if parts else None
+            batch = CanvasBatch.cat(parts) if parts else None
 
     # -- pieces -------------------------------------------------------------------------------------------
     def _cached(self, r: _Row) -> int:
@@ -279,48 +259,38 @@ class Engine:
             torch.tensor([r.canvas for r in rs], dtype=torch.long, device=dev),
             torch.zeros(len(rs), dtype=torch.long, device=dev),
         )
-        rp = RowParams.build([r.req.params for r in rs], dev)
-        pos0 = torch.tensor(
-            [len(r.req.input_ids) + r.canvas * self.C for r in rs], dtype=torch.long, device=dev
-        )
-        for r in rs:
-            r.steps_left = r.req.params.max_denoising_steps
-            r.has_sc = False
-        batch = CanvasBatch.start(self.noise.init_canvas(keys, self.C, self.V, dev), keys, rp, pos0)
-        # optional per-step steering by the rows' hooks (None unless one asks: engine/denoise.py)
-        batch.steer_rows = steer_rows(
+        rows = host_rows(
+            [r.req.params for r in rs],
+            [self._cached(r) for r in rs],
             [r.req.commit_hook for r in rs],
             [r.hook_state for r in rs],
             [r.req.params.max_new_tokens - len(r.tokens) for r in rs],
             [r.canvas == r.n_canvases - 1 for r in rs],
         )
-        return batch
+        return CanvasBatch.start(self.noise.init_canvas(keys, self.C, self.V, dev), keys, rows)
 
     def _commit(self, r: _Row, argmax: list[int], batch: CanvasBatch, j: int) -> Completion | None:
         """Commit row r's canvas; returns its Completion when the row is finished."""
         p = r.req.params
-        last = r.canvas == r.n_canvases - 1
-        tokens, hook_done = argmax, False
-        if not is_argmax(r.req.commit_hook):
-            try:
-                toks, r.hook_state, hook_done = r.req.commit_hook.commit(
-                    batch.last_logits(j),
-                    r.hook_state,
-                    tokens_left=p.max_new_tokens - len(r.tokens),
-                    last_canvas=last,
-                )
-                tokens = [int(t) for t in toks]
-            except Exception as e:  # a bad hook fails its row, not the batch
-                return _error(r.req, f"request {r.req.id}: commit hook failed: {type(e).__name__}: {e}")
-        tokens, finished, hit_eos = finish_row(
-            tokens, p, prev_finished=False, last_canvas=last, hook_done=hook_done
-        )
+        try:
+            c = commit_canvas(
+                r.req.commit_hook,
+                r.hook_state,
+                argmax,
+                lambda: batch.kept.row(j),
+                p,
+                tokens_left=p.max_new_tokens - len(r.tokens),
+                last_canvas=r.canvas == r.n_canvases - 1,
+            )
+        except Exception as e:  # a bad hook fails its row, not the batch
+            return _error(r.req, f"request {r.req.id}: commit hook failed: {type(e).__name__}: {e}")
+        r.hook_state = c.state
+        tokens, finished, hit_eos, hook_done = c.tokens, c.finished, c.hit_eos, c.hook_done
         r.tokens += tokens
         self.counters.canvases += 1
         if not finished:
             return None
-        eos = set(p.eos_token_ids)
-        cut = next((i for i, t in enumerate(r.tokens) if t in eos), None)
+        cut = first_stop(r.tokens, p.eos_token_ids)
         out = r.tokens if cut is None else r.tokens[:cut]
         if cut is None and hook_done and p.pad_token_id is not None:
             while out and out[-1] == p.pad_token_id:

@@ -3,8 +3,9 @@ reference mode (lockstep batch, the global torch RNG in the reference's exact or
 continuous-batching Engine with per-row streams); plus `generate_text()` (strings in, strings out).
 
 Owns: the reference-mode outer loop (canvases of a lockstep, left-padded batch, as transformers 5.23
-`DiffusionGemmaGenerationMixin.generate` runs them) and the public entry points. The per-step math and the
-end-of-canvas rule are engine/denoise.py's, shared with the engine.
+`DiffusionGemmaGenerationMixin.generate` runs them, with engine/heads.py ReferenceHead) and the public entry
+points. The per-step math (engine/denoise.py) and the canvas commit (engine/commit_hook.py commit_canvas) are
+shared with the engine.
 
 Legend: B rows, L prompt length (left-padded), C canvas length, V vocabulary, K canvases.
 Reference mode equals `DiffusionGemmaForBlockDiffusion.generate(...).sequences` under the same
@@ -18,11 +19,13 @@ from typing import Any
 
 import torch
 
-from engine.commit_hook import CommitHook, is_argmax
+from engine.commit_hook import CommitHook, commit_canvas, is_argmax
 from engine.counters import Counters
-from engine.denoise import CanvasBatch, denoise_step, finish_row, steer_rows
-from engine.params import GenerationParams
-from engine.sampler import ReferenceNoise, RowKeys, RowParams
+from engine.denoise import CanvasBatch, denoise_step, host_rows
+from engine.heads import ReferenceHead
+from engine.params import GenerationParams, until_stop
+from engine.sampler import ReferenceNoise, RowKeys
+from model.tokenizer import encode_prompt, left_pad
 
 # on_step(argmax_BC, canvas_index, steps_left): a draft view of each step (CLI live view). Reads the device.
 StepCallback = Callable[[torch.Tensor, int, int], None]
@@ -119,10 +122,8 @@ def _generate_reference(
     )
     # The last committed canvas is never encoded, so the cache needs L + (K - 1) * C slots.
     cache = model.new_cache(B, L + (K - 1) * C)
-    noise = ReferenceNoise()
-    rp = RowParams.build([params] * B, dev)
-    hook_states = [hook.initial_state() for _ in range(B)] if hook is not None else None
-    use_hook = not is_argmax(hook)
+    head = ReferenceHead(ReferenceNoise())
+    hook_states = [hook.initial_state() if hook is not None else None for _ in range(B)]
     finished = [False] * B
     pieces = [input_ids]
     new_BT, valid_BT = input_ids, valid_BL
@@ -137,57 +138,27 @@ def _generate_reference(
         counters.encoder_forwards += 1
         # (b) a fresh canvas of uniform noise (RNG #1), then (c) the denoising steps N..1.
         keys = RowKeys(zeros_B, zeros_B + k, zeros_B)
-        st = CanvasBatch.start(
-            noise.init_canvas(keys, C, V, dev),
-            keys,
-            rp,
-            torch.full((B,), L + k * C, dtype=torch.long, device=dev),
-        )
-        if use_hook:  # optional per-step steering by the hook (None unless it asks: engine/denoise.py)
-            st.steer_rows = steer_rows(
-                [hook] * B, hook_states, [params.max_new_tokens - k * C] * B, [k == K - 1] * B
-            )
+        tokens_left, last = params.max_new_tokens - k * C, k == K - 1
+        rows = host_rows([params] * B, [L + k * C] * B, [hook] * B, hook_states, [tokens_left] * B,
+                         [last] * B)
+        st = CanvasBatch.start(head.noise.init_canvas(keys, C, V, dev), keys, rows)
         for cur in range(params.max_denoising_steps, 0, -1):
-            denoise_step(
-                model,
-                cache,
-                st,
-                noise,
-                rows_B=None,
-                freeze=params.early_stopping,
-                exact_frozen=True,
-                keep_logits=use_hook,
-                all_have_sc=cur != params.max_denoising_steps,
-                len_range=(enc_pos0 + T, enc_pos0 + T),
-            )
-            counters.step(B, noise.passes_per_step)
+            denoise_step(model, cache, st, head)
+            counters.step(B, head.passes_per_step(not is_argmax(hook)))
             if on_step is not None:
                 on_step(st.argmax_BC, k, cur)
             # The reference checks every step; checking less often would shift the RNG stream.
             if params.early_stopping and counters.host_bool(st.done_B.all()):
                 break
         counters.live_forwards += int(st.live_B.sum())
-        # (d) commit: the argmax of the last processed logits, or the hook's choice per row.
-        tokens_BC = st.argmax_BC.tolist()
-        hook_done = [False] * B
-        if use_hook:
-            for b in range(B):
-                toks, hook_states[b], hook_done[b] = hook.commit(
-                    st.last_logits(b),
-                    hook_states[b],
-                    tokens_left=params.max_new_tokens - k * C,
-                    last_canvas=k == K - 1,
-                )
-                tokens_BC[b] = [int(t) for t in toks]
-        # (e) EOS / length / pad.
+        # (d) commit: the argmax of the last processed logits, or the hook's choice per row; (e) EOS / pad.
+        argmax_BC, kept = st.argmax_BC.tolist(), st.kept
+        tokens_BC = []
         for b in range(B):
-            tokens_BC[b], finished[b], _ = finish_row(
-                tokens_BC[b],
-                params,
-                prev_finished=finished[b],
-                last_canvas=k == K - 1,
-                hook_done=hook_done[b],
-            )
+            c = commit_canvas(hook, hook_states[b], argmax_BC[b], lambda b=b, kept=kept: kept.row(b), params,
+                              tokens_left=tokens_left, last_canvas=last, prev_finished=finished[b])
+            hook_states[b], finished[b] = c.state, c.finished
+            tokens_BC.append(c.tokens)
         new_BT = torch.tensor(tokens_BC, dtype=torch.long, device=dev)
         pieces.append(new_BT)
         counters.canvases += 1
@@ -260,17 +231,15 @@ def generate_text(
     prompt); EOS and everything after it is dropped and special tokens are skipped when decoding."""
     if isinstance(prompts, str):
         prompts = [prompts]
-    ids = [_encode_prompt(tokenizer, p, chat) for p in prompts]
+    ids = [encode_prompt(tokenizer, p, chat=chat) for p in prompts]
     gp = GenerationParams.from_model(
         model, **{("eos_token_ids" if k == "eos_token_id" else k): v for k, v in params.items()}
     )
     if mode == "reference":
-        L = max(len(x) for x in ids)
-        pad = gp.pad_token_id if gp.pad_token_id is not None else 0
-        input_ids = torch.tensor([[pad] * (L - len(x)) + x for x in ids])
-        mask = torch.tensor([[0] * (L - len(x)) + [1] * len(x) for x in ids])
+        input_ids, mask = left_pad(ids, gp.pad_token_id if gp.pad_token_id is not None else 0)
+        L = input_ids.shape[1]
         out = generate(model, input_ids, mask, mode="reference", seed=seed, **params)
-        news = [_cut(out[b, L:].tolist(), gp) for b in range(len(ids))]
+        news = [until_stop(out[b, L:].tolist(), gp.eos_token_ids) for b in range(len(ids))]
     else:
         from engine.fast import Engine, Request
 
@@ -282,24 +251,6 @@ def generate_text(
                 raise ValueError(f"generate_text: prompt {c.id}: {c.error}")
         news = [c.token_ids for c in comps]
     return [_decode(tokenizer, t) for t in news]
-
-
-def _cut(tokens: list[int], params: GenerationParams) -> list[int]:
-    eos = set(params.eos_token_ids)
-    for i, t in enumerate(tokens):
-        if t in eos:
-            return tokens[:i]
-    return tokens
-
-
-def _encode_prompt(tokenizer, text: str, chat: bool) -> list[int]:
-    if chat:
-        if hasattr(tokenizer, "apply_chat_template"):
-            return list(
-                tokenizer.apply_chat_template([{"role": "user", "content": text}], add_generation_prompt=True)
-            )
-        raise ValueError("generate_text: this tokenizer has no chat template; pass chat=False")
-    return list(tokenizer.encode(text))
 
 
 def _decode(tokenizer, ids: list[int]) -> str:

@@ -3,12 +3,12 @@ the two noise sources (reference-exact global RNG, per-row counter-based streams
 
 Legend: B rows, C canvas length, V vocabulary, N = B*C flattened canvas positions.
 
-Everything here is shared by the reference mode and the fast mode of the one denoising loop
-(engine/generate.py: `denoise_step`). Where the math must equal transformers 5.23 bit for bit
-(generation_diffusion_gemma.py: LinearTemperatureScheduleLogitsProcessor, EntropyBoundSampler,
-StableAndConfidentStoppingCriteria) the same torch ops run in the same order; per-row parameters are
-carried as tensors whose values are the fp32 casts the reference's python scalars get, so a batch of equal
-rows computes exactly what the reference computes.
+Everything here is shared by the reference mode and the fast mode of the one denoising step
+(engine/denoise.py `denoise_step`; the vocabulary work around it is engine/heads.py's). Where the math must
+equal transformers 5.23 bit for bit (generation_diffusion_gemma.py: LinearTemperatureScheduleLogitsProcessor,
+EntropyBoundSampler, StableAndConfidentStoppingCriteria) the same torch ops run in the same order; per-row
+parameters are carried as tensors whose values are the fp32 casts the reference's python scalars get, so a
+batch of equal rows computes exactly what the reference computes.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from typing import Protocol
 
 import torch
 
+import kernels
 from engine.params import GenerationParams
 
 _F32_MIN = torch.finfo(torch.float32).min
@@ -150,17 +151,19 @@ class RowKeys:
 
 
 class NoiseSource(Protocol):
-    """How a mode draws its randomness and its per-position statistics (argmax, entropy)."""
+    """How a mode draws its randomness: the canvas' initial and renoised tokens, and the statistics (argmax,
+    entropy) and samples of materialised logits (engine/heads.py MaterialisedHead). Everything the step and
+    the heads call on a noise source is declared here."""
+
+    passes_per_step: float  # passes over the [B, C, V] logits its stats + sample make (Counters)
 
     def init_canvas(self, keys: RowKeys, C: int, V: int, device: torch.device) -> torch.Tensor: ...
+
+    def renoise(self, keys: RowKeys, C: int, V: int, device: torch.device) -> torch.Tensor: ...
 
     def stats(self, proc_BCV: torch.Tensor, keys: RowKeys) -> tuple[torch.Tensor, torch.Tensor]: ...
 
     def sample(self, proc_BCV: torch.Tensor, keep_BC: torch.Tensor, keys: RowKeys) -> torch.Tensor: ...
-
-    def renoise(self, keys: RowKeys, C: int, V: int, device: torch.device) -> torch.Tensor: ...
-
-    passes_per_step: float
 
 
 class ReferenceNoise:
@@ -188,36 +191,9 @@ class ReferenceNoise:
         return torch.randint(0, V, (keys.seed_B.shape[0], C), device=device)
 
 
-def lean_stats(x_NV: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """CPU path of the fused statistics in three row-wise sweeps: (argmax_N, entropy_N, probs_NV).
-
-    The torch reference of kernels.fused_sample is the spec and works in many elementwise passes; on a CPU
-    the row-wise ATen kernels (max, softmax) keep a vocabulary row in cache, so this costs about three
-    memory passes. H = logsumexp(x) - sum(p * x), with logsumexp recovered from the softmax at the argmax
-    (p_max = exp(max - lse) >= 1/V, so the log is well conditioned).
-    """
-    m, am = x_NV.max(dim=-1)
-    p = torch.softmax(x_NV, dim=-1)
-    px = torch.bmm(p.unsqueeze(1), x_NV.unsqueeze(2)).view(-1)  # sum_v p*x without a [N, V] temporary
-    lse = m - p.gather(1, am[:, None]).squeeze(1).log()
-    return am, lse - px, p
-
-
 def key_uniform(key_K: torch.Tensor) -> torch.Tensor:
     """fp64 uniforms in [0, 1) from 53 random bits of 62-bit stream keys."""
     return (key_K >> 9).to(torch.float64) * 2.0**-53
-
-
-def inverse_cdf_sample(p_KV: torch.Tensor, key_K: torch.Tensor) -> torch.Tensor:
-    """One draw per row from p_KV by inverting its CDF at u = hash-derived uniform of key_K (CPU path).
-
-    Exact sampling from the same law as the Gumbel-max draw of the GPU kernel (different numbers): one
-    cumulative sum over only the rows that are sampled, in float64 so the CDF's tail stays accurate.
-    """
-    u = key_uniform(key_K)
-    cdf = p_KV.to(torch.float64).cumsum(dim=-1)
-    idx = torch.searchsorted(cdf, (u * cdf[:, -1])[:, None], right=True).squeeze(1)
-    return idx.clamp_(max=p_KV.shape[1] - 1)
 
 
 # Stream tags fed to derive_keys' step slot: each (canvas, step) has distinct init / sample / renoise streams.
@@ -236,137 +212,56 @@ class RowNoise:
     """Per-row counter-based streams (fast mode): every random number is a hash of (row seed, canvas index,
     step index, position, vocabulary column), so a row's draws do not depend on its batch mates or order.
 
-    On the GPU (where `fused` holds), statistics and the Gumbel-max sample come from `kernels.fused_sample`
-    (one tiled pass for argmax, entropy and log-sum-exp; the sample only where the commit rule keeps it). On
-    the CPU, where the hash-per-vocabulary-entry of Gumbel-max is costly, `lean_stats` and an inverse-CDF
-    draw over the kept rows sample the same law from the same per-position keys (CPU and GPU numbers
-    differ; neither depends on the batch).
-    Passes over the logits per step on the GPU: in head mode (`head_mode`: the fused sampler and its head
-    mode both run as kernels) the head writes only the self-conditioning copy and stats / sample read the
-    raw LM head output (`raw_stats`, `raw_sample`), both at the model dtype's width, with no [B, C, V] fp32
-    tensor; commit hooks get their rows processed at commit (CanvasBatch.last_logits). Otherwise the head
-    writes the fp32 logits once (softcap, temperature and the self-conditioning copy in one kernel,
-    `model.head`), stats read them once, sample reads the kept rows.
-    On the CPU the fast loop does not build the logits at all: `sample_head` samples from
-    engine/vocab_head.py's ChunkedHead (statistics come from its cache-resident sweep; only the kept
-    positions' logits are recomputed).
+    `stats` / `sample` are `kernels.fused_sample` over materialised logits (one tiled pass for argmax and
+    entropy; the Gumbel-max sample only where the commit rule keeps a position): the sampler of
+    engine/heads.py MaterialisedHead, and, in its torch form, the spec of the GPU head mode. The fast mode's
+    other heads draw from the same per-position keys (`sample_keys`): the GPU head mode in the kernel's head
+    form, the CPU sweep by inverting the CDF at `kept_uniforms` (CPU and GPU numbers differ; neither depends
+    on the batch).
     """
 
     passes_per_step = 2.0  # + the kept fraction for the sample pass, measured by the loop
 
     def __init__(self) -> None:
-        import kernels
-
-        self._fused = kernels.fused_sample
-        self._derive = kernels.derive_keys
-        self.kept = self.positions = 0  # CPU path: how many positions the sample pass touched (bench)
-        self._probs: tuple[int, torch.Tensor] | None = None
+        self.kept = self.positions = 0  # CPU sweep: how many positions the sample pass touched (bench)
 
     def _tokens(self, keys: RowKeys, tag: torch.Tensor | int, C: int, V: int) -> torch.Tensor:
-        k = self._derive(keys.seed_B, keys.canvas_B, tag, C)  # int64 in [0, 2**62): modulo bias < 2**-40
+        k = kernels.derive_keys(keys.seed_B, keys.canvas_B, tag, C)  # int64 in [0, 2**62): bias < 2**-40
         return (k % V).view(-1, C)
 
     def init_canvas(self, keys: RowKeys, C: int, V: int, device: torch.device) -> torch.Tensor:
         return self._tokens(keys, _TAG_INIT, C, V).to(device)
 
+    def renoise(self, keys: RowKeys, C: int, V: int, device: torch.device) -> torch.Tensor:
+        return self._tokens(keys, _tag_renoise(keys.step_B), C, V).to(device)
+
+    def sample_keys(self, keys: RowKeys, C: int) -> torch.Tensor:
+        """The stream key of each position's sample this step -> int64 [B*C] (kernels/sampler.py keys)."""
+        return kernels.derive_keys(keys.seed_B, keys.canvas_B, _tag_sample(keys.step_B), C)
+
+    def kept_uniforms(self, keys: RowKeys, keep_BC: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(idx_K, u_K): the flat indices of the kept positions and a uniform in [0, 1) from each one's sample
+        key (the CPU sweep's inverse-CDF draw). Reads the kept count: CPU path only."""
+        B, C = keep_BC.shape
+        key_N = self.sample_keys(keys, C).to(keep_BC.device)
+        idx = keep_BC.reshape(-1).nonzero().squeeze(1)
+        self.kept += idx.numel()
+        self.positions += B * C
+        return idx, key_uniform(key_N.index_select(0, idx))
+
     def stats(self, proc_BCV: torch.Tensor, keys: RowKeys) -> tuple[torch.Tensor, torch.Tensor]:
         B, C, V = proc_BCV.shape
         x_NV = proc_BCV.view(B * C, V)
-        if not self.fused(x_NV.device):
-            am, h, p = lean_stats(x_NV)
-            self._probs = (x_NV.data_ptr(), p)  # reused by sample() on the same logits
-            return am.view(B, C), h.view(B, C)
         ones = torch.ones(B * C, dtype=torch.float32, device=x_NV.device)
         key = torch.zeros(B * C, dtype=torch.int64, device=x_NV.device)
         none = torch.zeros(B * C, dtype=torch.bool, device=x_NV.device)
-        am, h, _, _, _ = self._fused(x_NV, ones, key, none)
+        am, h, _, _, _ = kernels.fused_sample(x_NV, ones, key, none)
         return am.view(B, C), h.view(B, C)
 
     def sample(self, proc_BCV: torch.Tensor, keep_BC: torch.Tensor, keys: RowKeys) -> torch.Tensor:
         B, C, V = proc_BCV.shape
         x_NV = proc_BCV.view(B * C, V)
-        key_N = self._derive(keys.seed_B, keys.canvas_B, _tag_sample(keys.step_B), C).to(x_NV.device)
-        keep_N = keep_BC.reshape(-1)
-        if self.fused(x_NV.device):
-            # No host sync on the GPU: the kernel skips the Gumbel work on rows that are not kept.
-            ones = torch.ones(B * C, dtype=torch.float32, device=x_NV.device)
-            # sample_only: the kernel reads only the kept rows (their statistics came from stats())
-            return self._fused(x_NV, ones, key_N, keep_N, sample_only=True)[2].view(B, C)
-        # CPU: gather the kept rows (a host read, harmless without a device to stall) and invert their CDF,
-        # reusing the softmax of stats().
-        idx = keep_N.nonzero().squeeze(1)
-        self.kept += idx.numel()
-        self.positions += B * C
-        ptr, p = self._probs if self._probs is not None else (None, None)
-        if ptr != x_NV.data_ptr():
-            p = torch.softmax(x_NV, dim=-1)
-        self._probs = None
-        out = torch.zeros(B * C, dtype=torch.long)
-        out[idx] = inverse_cdf_sample(p.index_select(0, idx), key_N.index_select(0, idx))
-        return out.view(B, C)
-
-    def renoise(self, keys: RowKeys, C: int, V: int, device: torch.device) -> torch.Tensor:
-        return self._tokens(keys, _tag_renoise(keys.step_B), C, V).to(device)
-
-    @staticmethod
-    def fused(device: torch.device) -> bool:
-        """Whether `kernels.fused_sample` runs as its Triton kernel on `device` (the one dispatch switch:
-        a GPU that passed the kernel's self-check, or a test forcing the Triton backend). Then the step
-        materialises the logits and `stats` / `sample` make one fused pass each; otherwise `chunked_head`
-        is the path."""
-        import kernels
-
-        return kernels.backend_for("fused_sample", torch.empty(0, device=device)) == "triton"
-
-    # -- the GPU path's head mode: statistics and samples straight from the raw LM head output ----------
-    @staticmethod
-    def head_mode(device: torch.device) -> bool:
-        """Whether the step may skip the fp32 logits on `device`: the fused sampler runs as its kernel and so
-        does its head mode (kernels.head_sample, which applies the softcap and temperature itself)."""
-        import kernels
-
-        probe = torch.empty(0, device=device)
-        return RowNoise.fused(device) and kernels.backend_for("head_sample", probe) == "triton"
-
-    def raw_stats(
-        self, raw_BCV: torch.Tensor, cap: float, temp_B: torch.Tensor | None, keys: RowKeys
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """`stats` of the processed logits softcap(raw) / temp_B, from the raw LM head output (same bits)."""
-        import kernels
-
-        B, C, V = raw_BCV.shape
-        dev = raw_BCV.device
-        key = torch.zeros(B * C, dtype=torch.int64, device=dev)
-        none = torch.zeros(B * C, dtype=torch.bool, device=dev)
-        am, h, _, _, _ = kernels.head_sample(raw_BCV.view(B * C, V), cap, temp_B, key, none)
-        return am.view(B, C), h.view(B, C)
-
-    def raw_sample(
-        self, raw_BCV: torch.Tensor, cap: float, temp_B: torch.Tensor | None, keep_BC: torch.Tensor,
-        keys: RowKeys,
-    ) -> torch.Tensor:
-        """`sample` of the same processed logits: the kernel reads only the kept rows of the raw output."""
-        import kernels
-
-        B, C, V = raw_BCV.shape
-        key_N = self._derive(keys.seed_B, keys.canvas_B, _tag_sample(keys.step_B), C).to(raw_BCV.device)
-        out = kernels.head_sample(raw_BCV.view(B * C, V), cap, temp_B, key_N, keep_BC.reshape(-1),
-                                  sample_only=True)
-        return out[2].view(B, C)
-
-    # -- the CPU path over a chunked vocabulary pass (engine/vocab_head.py) --------------------------------
-    def chunked_head(self, device: torch.device) -> bool:
-        """denoise_step uses ChunkedHead + sample_head instead of stats/sample (the CPU path)."""
-        return not self.fused(device)
-
-    def sample_head(self, head, sweep, keep_BC: torch.Tensor, keys: RowKeys) -> torch.Tensor:
-        """Like `sample`, for logits that exist only as a ChunkedHead (engine/vocab_head.py): the same key
-        per position gives u, and the head inverts the CDF of the kept positions chunk-wise."""
-        B, C = keep_BC.shape
-        key_N = self._derive(keys.seed_B, keys.canvas_B, _tag_sample(keys.step_B), C).to(keep_BC.device)
-        idx = keep_BC.reshape(-1).nonzero().squeeze(1)
-        self.kept += idx.numel()
-        self.positions += B * C
-        out = torch.zeros(B * C, dtype=torch.long, device=keep_BC.device)
-        out[idx] = head.inverse_cdf(sweep, idx, key_uniform(key_N.index_select(0, idx)))
-        return out.view(B, C)
+        key_N = self.sample_keys(keys, C).to(x_NV.device)
+        ones = torch.ones(B * C, dtype=torch.float32, device=x_NV.device)
+        # No host sync: the kernel reads only the kept rows (their statistics came from stats()).
+        return kernels.fused_sample(x_NV, ones, key_N, keep_BC.reshape(-1), sample_only=True)[2].view(B, C)

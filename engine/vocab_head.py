@@ -1,7 +1,8 @@
 """The fast mode's vocabulary pass on the CPU: LM head, softcap, temperature, argmax, entropy and the next
 step's self-conditioning embedding in one sweep over vocabulary chunks, never holding a [N, V] tensor.
 
-Owns: `ChunkedHead` (the sweep, and the processed logits of selected positions for sampling).
+Owns: `ChunkedHead` (the sweep, and the processed logits of selected positions for sampling), the math
+behind engine/heads.py ChunkedSweepHead, the fast mode's head on a CPU.
 
 Why: with the real vocabulary (V = 262,144) a [N, V] fp32 tensor lives in DRAM, and the unfused step makes
 about ten memory-bound passes over it (LM head write, softcap divide/tanh/multiply, temperature, max,

@@ -19,19 +19,20 @@ KV cache (model/cache.py KVCache, engine/scheduler.py SlotCache):
   copies the used rows layer by layer (an indexed gather: one layer's K of those rows, the largest being
   max over layers of slots x KV_i x D_i): from an empty batch rows double 1, 2, 4, ... N, so the first
   admission holds (previous + N) rows and that copy at once.
-Vocabulary-wide buffers [C, V] (engine/denoise.py denoise_step, GPU head mode: RowNoise.head_mode):
-  held between steps   sc_BCV    a     softmax of the last step, the self-conditioning input
-                                       (CanvasBatch.sc_BCV, written by kernels/softmax.py softmax_triton)
-                       last_BCV  a     the raw LM head output kept for commit hooks (keep_logits only)
+Vocabulary-wide buffers [C, V] (engine/denoise.py denoise_step, GPU head mode: engine/heads.py FusedHead):
+  held between steps   sc        a     softmax of the last step, the self-conditioning state
+                                       (CanvasBatch.sc, written by kernels/softmax.py softmax_triton)
+                       kept      a     the raw LM head output kept for commit hooks (CanvasBatch.kept.x_BCV,
+                                       rows whose hook reads logits)
   during a step        raw       a     model/transformer.py head_raw (F.linear into the tied embedding)
-                       sc_next   a     kernels.softmax(raw, cap): next step's sc_BCV, the old one still alive
-                       where     a     torch.where(done, last_BCV, raw): keep_logits with adaptive stopping
+                       sc_next   a     kernels.softmax(raw, cap): next step's sc, the old one still alive
+                       where     a     KeptLogits.where(done, raw): kept logits with adaptive stopping
                        proc      fp32  kernels.logit_epilogue(raw)[0]: steering hooks only
   kernels/sampler.py head_sample reads raw in place (its outputs are [C] per canvas): no [C, V] buffer.
   At a canvas boundary (engine/fast.py: batch.select, then CanvasBatch.cat) the old batch, the kept rows'
   copy, the zero fill of restarted rows and the concatenation of each held field are alive together: up to
   3 copies of each held buffer. A commit hook's row is processed once more at commit
-  (CanvasBatch.last_logits: one fp32 [C, V] per batch).
+  (engine/kept_logits.py KeptLogits.row: one fp32 [C, V] per batch).
   => argmax commits: 3 x a = 6 bytes per canvas position and vocabulary entry (402.7 MB per canvas at
      V = 262,144); commit hooks with adaptive stopping: max(5, 3 x 2) = 6 x a, plus the fp32 row.
   vLLM (https://github.com/vllm-project/vllm/issues/50699) materialises ~6 fp32 [seqs, 256, 262144]

@@ -4,16 +4,15 @@ Legend: B batch, C canvas, V vocab, H hidden. With previous-step logits l (alrea
     soft = (softmax_f32(l).to(E.dtype) @ E) * embed_scale ;  n = pre_norm(soft)
     x    = post_norm_noscale(embed(canvas) + down(gelu_tanh(gate n) * up n))
 Without logits soft = 0, which makes the MLP term exactly 0, so we skip it but still apply post_norm.
-The fast mode passes `soft_BCH` itself (computed inside its chunked vocabulary pass, engine/vocab_head.py,
-without a [B, C, V] softmax); a zero row of soft_BCH is exactly "no self-conditioning" for that row. The GPU
-head mode passes the probabilities (`probs_BCV`), written by the previous step straight from its LM head.
+The block takes `soft` itself, whoever computed it: DiffusionGemma.sc_soft from logits (reference mode,
+training), the fast mode's chunked vocabulary pass (engine/vocab_head.py, without a [B, C, V] softmax) or the
+GPU head's probabilities; a zero row of soft is exactly "no self-conditioning" for that row.
 """
 
 from __future__ import annotations
 
 import torch
 
-import kernels
 from model.layer import DenseMLP
 from model.norm import RMSNorm, rms_norm
 
@@ -26,26 +25,9 @@ class SelfConditioning(DenseMLP):
         self.eps = eps
         self.pre_norm = RMSNorm(hidden, eps)
 
-    def forward(
-        self,
-        emb_BCH: torch.Tensor,
-        sc_logits_BCV: torch.Tensor | None,
-        embed_VH: torch.Tensor,
-        scale: torch.Tensor,
-        sc_mask_B: torch.Tensor | None = None,
-        *,
-        soft_BCH: torch.Tensor | None = None,
-        probs_BCV: torch.Tensor | None = None,
-    ) -> torch.Tensor:
-        if soft_BCH is not None:
-            soft = soft_BCH.to(emb_BCH.dtype)
-        elif sc_logits_BCV is None and probs_BCV is None:
+    def forward(self, emb_BCH: torch.Tensor, soft_BCH: torch.Tensor | None) -> torch.Tensor:
+        """soft_BCH: softmax(previous logits) @ E * embed_scale (DiffusionGemma.sc_soft), or None."""
+        if soft_BCH is None:
             return rms_norm(emb_BCH, None, self.eps)
-        else:
-            # fp32 softmax written in the embedding dtype: one fused pass on the GPU (kernels/softmax.py),
-            # or already done by the previous step's head (probs_BCV)
-            probs = probs_BCV if probs_BCV is not None else kernels.softmax(sc_logits_BCV, embed_VH.dtype)
-            soft = torch.matmul(probs, embed_VH) * scale.to(emb_BCH.dtype)
-        if sc_mask_B is not None:  # training: per-row "no self-conditioning"
-            soft = soft * sc_mask_B.to(soft.dtype)[:, None, None]
+        soft = soft_BCH.to(emb_BCH.dtype)
         return rms_norm(emb_BCH + super().forward(self.pre_norm(soft)), None, self.eps)

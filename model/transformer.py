@@ -9,9 +9,8 @@ Legend: B rows, T new tokens, C canvas, H hidden, V vocab, S key length, R selec
   decode(canvas_BC, cache, positions_BC, sc_logits_BCV, rows_B) -> fp32 logits_BCV: bidirectional over
       [context ; canvas], read-only on the cache; sliding layers see the last W-1 context tokens. Uses the
       DECODER layer_scalar copies, self-conditioning on its input, tied LM head and softcap.
-      `decode_hidden` is the same pass without the LM head (the fast mode's chunked vocabulary pass,
-      engine/vocab_head.py, applies the head itself), and may take the self-conditioning soft embedding
-      precomputed instead of logits.
+      `decode_hidden` is the same pass without the LM head (engine/heads.py applies a head of its own), its
+      one self-conditioning input the soft embedding (`soft_embedding`: softmax(previous logits) @ E).
 Key ranges are trimmed on the host so sliding layers only touch the last window. They come from the cache
 lengths (one device read per pass) unless the caller, who knows every row's length, passes `len_range`
 = (min, max) over the pass's rows: then the pass reads nothing from the device. Sliding layers keep a ring
@@ -248,17 +247,31 @@ class DiffusionGemma(nn.Module):
         sc_mask_B: torch.Tensor | None = None,
         len_range: tuple[int, int] | None = None,
     ) -> torch.Tensor:
-        """Bidirectional canvas pass over [context ; canvas]; the cache is not modified -> fp32 logits_BCV."""
+        """Bidirectional canvas pass over [context ; canvas]; the cache is not modified -> fp32 logits_BCV.
+        sc_logits_BCV: the previous step's processed logits, for self-conditioning (sc_mask_B: the rows that
+        use them)."""
         h = self.decode_hidden(
-            canvas_BC,
-            cache,
-            positions_BC=positions_BC,
-            sc_logits_BCV=sc_logits_BCV,
-            rows_B=rows_B,
-            sc_mask_B=sc_mask_B,
-            len_range=len_range,
+            canvas_BC, cache, positions_BC=positions_BC, sc_soft_BCH=self.sc_soft(sc_logits_BCV, sc_mask_B),
+            rows_B=rows_B, len_range=len_range,
         )
         return self.logits(h)
+
+    def sc_soft(self, sc_logits_BCV: torch.Tensor | None, sc_mask_B: torch.Tensor | None = None
+                ) -> torch.Tensor | None:
+        """The self-conditioning input from the previous step's processed logits (None: no self-conditioning;
+        sc_mask_B: the rows that use them, a zero row is "none" for that row)."""
+        if sc_logits_BCV is None:
+            return None
+        # fp32 softmax written in the embedding dtype (the reference feeds embedding-dtype logits)
+        soft = self.soft_embedding(kernels.softmax(sc_logits_BCV.to(self.dtype), self.dtype))
+        if sc_mask_B is not None:
+            soft = soft * sc_mask_B.to(soft.dtype)[:, None, None]
+        return soft
+
+    def soft_embedding(self, probs_BCV: torch.Tensor) -> torch.Tensor:
+        """The self-conditioning input of the next decoder pass, softmax(previous logits) @ E * sqrt(H), from
+        those probabilities in the embedding dtype (model/self_conditioning.py's formula, the same ops)."""
+        return torch.matmul(probs_BCV, self.embed_tokens.weight) * self._scale()
 
     def decode_hidden(
         self,
@@ -266,26 +279,19 @@ class DiffusionGemma(nn.Module):
         cache: KVCache,
         *,
         positions_BC: torch.Tensor,
-        sc_logits_BCV: torch.Tensor | None = None,
-        rows_B: torch.Tensor | None = None,
-        sc_mask_B: torch.Tensor | None = None,
-        len_range: tuple[int, int] | None = None,
         sc_soft_BCH: torch.Tensor | None = None,
-        sc_probs_BCV: torch.Tensor | None = None,
+        rows_B: torch.Tensor | None = None,
+        len_range: tuple[int, int] | None = None,
     ) -> torch.Tensor:
         """`decode` without the LM head -> the last layer's output h_BCH (before the final norm).
 
-        sc_soft_BCH: the self-conditioning soft embedding softmax(previous logits) @ E * sqrt(H), already
-        computed (fast mode computes it inside its vocabulary pass); excludes sc_logits_BCV. Rows with no
-        self-conditioning pass zeros, which is exactly "no self-conditioning".
-        sc_probs_BCV: softmax(previous logits) in the embedding dtype, already computed (the GPU head mode
-        writes it straight from the LM head: kernels.softmax); excludes the other two.
+        sc_soft_BCH: the self-conditioning input, softmax(previous logits) @ E * sqrt(H) (`soft_embedding`;
+        the fast mode's CPU sweep computes it inside its vocabulary pass, engine/vocab_head.py). A zero row is
+        exactly "no self-conditioning" for that row; None: no row has any.
         len_range: host-known (min, max) of the rows' cache lengths (skips a device read; must be exact).
         """
         R, C = canvas_BC.shape
         _check_shape("positions_BC", positions_BC, (R, C))
-        if sum(x is not None for x in (sc_soft_BCH, sc_logits_BCV, sc_probs_BCV)) > 1:
-            raise ValueError("decode: pass at most one of sc_logits_BCV, sc_soft_BCH, sc_probs_BCV")
         rows = cache.rows(rows_B)
         _check_shape("rows_B", rows, (R,))
         sel = None if rows_B is None else rows
@@ -310,12 +316,7 @@ class DiffusionGemma(nn.Module):
             masks[lt] = torch.cat([vis, canvas], dim=-1)[:, None, :]  # [R, 1, S + C]
 
         emb = self._embed(canvas_BC)
-        if sc_logits_BCV is not None:
-            sc_logits_BCV = sc_logits_BCV.to(self.dtype)  # the reference feeds embedding-dtype logits
-        h = self.self_conditioning(
-            emb, sc_logits_BCV, self.embed_tokens.weight, self._scale(), sc_mask_B, soft_BCH=sc_soft_BCH,
-            probs_BCV=sc_probs_BCV,
-        )
+        h = self.self_conditioning(emb, sc_soft_BCH)
         rope = self._rope(positions_BC, h.dtype)
         for i, layer in enumerate(self.layers):
             lt = self.text.layer_types[i]

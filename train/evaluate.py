@@ -5,10 +5,11 @@ max_denoising_steps in 48/24/12/6, with and without structured-output constraint
 the family's JSON Schema), it reports: whole-object exact match, per-field accuracy, validity (the reply
 parses as JSON and validates against the schema) and tokens per forward (new non-pad tokens / live decoder
 row-forwards, the reference's `tokens_per_forward`). Generation is the engine's reference mode
-(`engine.generate`, lockstep batch, global RNG seeded per batch), i.e. the transformers algorithm.
+(`engine.generate`, lockstep batch, global RNG seeded per batch), i.e. the transformers algorithm; stop and
+pad ids are the model config's (its generation_config).
 
-Also owns `monitor_generate` / `monitor_accuracy`: a compact copy of the sampler over the training forward,
-used only to track held-out accuracy while training (no cache, no early stop).
+Also owns `monitor_accuracy`, the held-out exact match train/loop.py tracks while training: the same
+generation (`evaluate_family`) on fewer examples and steps, with the global RNG restored afterwards.
 Run: `OMP_NUM_THREADS=1 python -m train.evaluate --n 200 --out eval.json`.
 """
 
@@ -22,50 +23,25 @@ from pathlib import Path
 import jsonschema
 import torch
 
+from constraints import build_hook
+from engine.counters import Counters
+from engine.generate import generate
+from engine.params import GenerationParams, until_stop
 from train import synthdata
-from train.forward import decode_canvases, encode_context, make_batch
+from train.forward import Batch, make_batch
 
-STOP_IDS = (1, 106, 50)
 FAMILY_CANVASES = {"labeling": 1, "extraction": 2}
 ASSET_DIR = Path(__file__).resolve().parents[1] / "model" / "assets" / "dgbatch-small"
 
 
-# --- training-time monitor ----------------------------------------------------------------------------
-@torch.no_grad()
-def monitor_generate(model, prompt_BL: torch.Tensor, valid_BL: torch.Tensor, n_canvases: int, steps: int,
-                     gen: torch.Generator, t_max: float = 0.8, t_min: float = 0.4,
-                     entropy_bound: float = 0.1) -> torch.Tensor:
-    """Entropy-bounded denoising over the training forward -> committed ids [B, n_canvases*C]."""
-    C, V = model.config.canvas_length, model.text.vocab_size
-    ctx, ctx_valid = prompt_BL, valid_BL
-    B = ctx.shape[0]
-    out = []
-    for _ in range(n_canvases):
-        kv = encode_context(model, ctx, ctx_valid)
-        canvas = torch.randint(0, V, (B, C), generator=gen)
-        sc = None
-        for s in range(steps, 0, -1):
-            logits = decode_canvases(model, kv, ctx_valid, ctx.shape[1], canvas, C, sc)
-            proc = logits / (t_min + (t_max - t_min) * s / steps)
-            probs = torch.softmax(proc, -1)
-            sampled = torch.multinomial(probs.view(-1, V), 1, generator=gen).view(B, C)
-            ent = -(probs * torch.log_softmax(proc, -1)).sum(-1)
-            h_sorted, order = torch.sort(ent, dim=-1)
-            ok_sorted = (torch.cumsum(h_sorted, -1) - h_sorted) <= entropy_bound
-            accept = torch.zeros_like(ok_sorted).scatter(1, order, ok_sorted)
-            canvas = torch.where(accept, sampled, torch.randint(0, V, (B, C), generator=gen))
-            sc = proc
-        commit = proc.argmax(-1)
-        out.append(commit)
-        ctx = torch.cat([ctx, commit], 1)
-        ctx_valid = torch.cat([ctx_valid, torch.ones_like(commit, dtype=torch.bool)], 1)
-    return torch.cat(out, 1)
+def stop_ids(model) -> tuple[int, ...]:
+    """Where a reply ends: the model's generation stop ids (EOS, end of turn, ...)."""
+    return GenerationParams.from_model(model).eos_token_ids
 
 
-def decode_answer(tok, ids: list[int]) -> str:
+def decode_answer(tok, ids: list[int], stops: tuple[int, ...]) -> str:
     """Text of the reply: ids up to the first stop id, special tokens dropped."""
-    cut = next((i for i, t in enumerate(ids) if t in STOP_IDS), len(ids))
-    return tok.decode(ids[:cut], skip_special_tokens=True)
+    return tok.decode(until_stop(ids, stops), skip_special_tokens=True)
 
 
 def parse(text: str) -> dict | None:
@@ -76,33 +52,31 @@ def parse(text: str) -> dict | None:
     return obj if isinstance(obj, dict) else None
 
 
+def prompt_batch(tok, model, examples: list[synthdata.Example]) -> Batch:
+    """The examples' chat prompts, left-padded with the model's pad id (no answers: make_batch's end id, the
+    model's first EOS id here, goes unused)."""
+    return make_batch(tok, [e.prompt for e in examples], None, model.config.canvas_length,
+                      model.config.eos_token_ids[0], model.config.text.pad_token_id)
+
+
+# --- training-time monitor ----------------------------------------------------------------------------
 def monitor_accuracy(model, tok, n: int = 48, steps: int = 12, seed: int = 0,
                      batch: int = 24) -> dict[str, float]:
-    """Whole-object exact match on the first n held-out examples per family, via monitor_generate."""
-    gen = torch.Generator().manual_seed(seed)
-    res = {}
-    for fam in synthdata.FAMILIES:
-        exs = synthdata.dataset("heldout", n, fam)
-        hits = 0
-        for i in range(0, n, batch):
-            chunk = exs[i:i + batch]
-            b = make_batch(tok, [e.prompt for e in chunk], None, model.config.canvas_length, 106, 0)
-            ids = monitor_generate(model, b.prompt_BL, b.prompt_valid_BL, FAMILY_CANVASES[fam], steps, gen)
-            for e, row in zip(chunk, ids.tolist()):
-                hits += parse(decode_answer(tok, row)) == e.target
-        res[fam] = round(hits / n, 4)
-    return res
+    """Whole-object exact match on the first n held-out examples per family: `evaluate_family`'s generation
+    (engine reference mode at the checkpoint's sampler settings, no constraints) at `steps` denoising steps.
+    The global RNG it seeds is restored afterwards, so training's randomness does not depend on it."""
+    devices = [model.device] if model.device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices):
+        res = {fam: evaluate_family(model, tok, fam, n, steps, False, batch=batch, seed=seed)
+               for fam in synthdata.FAMILIES}
+    return {fam: round(r["exact"], 4) for fam, r in res.items()}
 
 
 # --- the report -----------------------------------------------------------------------------------------
 def constraint_hook(family: str, tok, model, max_new_tokens: int):
-    """The structured-output CommitHook for the family's schema, or None if constraints is absent."""
-    try:
-        from constraints import build_hook
-    except ImportError:
-        return None
-    raw = getattr(tok, "tk", tok)  # model.Tokenizer keeps the tokenizers.Tokenizer in .tk
-    return build_hook({"json_schema": synthdata.SCHEMAS[family]}, raw, model.config,
+    """The structured-output CommitHook for the family's schema."""
+    # model.Tokenizer keeps the tokenizers.Tokenizer in .tk
+    return build_hook({"json_schema": synthdata.SCHEMAS[family]}, tok.tk, model.config,
                       max_new_tokens=max_new_tokens, canvas_length=model.config.canvas_length)
 
 
@@ -140,25 +114,20 @@ def evaluate_family(model, tok, family: str, n: int, steps: int, constrained: bo
                     seed: int = 0, **sampler: float) -> dict:
     """Reference-mode generation over the first n held-out examples of a family -> score + tokens/forward.
     `sampler`: generate() overrides of the checkpoint's generation_config (t_max, t_min, entropy_bound)."""
-    from engine.counters import Counters
-    from engine.generate import generate
-
     exs = synthdata.dataset("heldout", n, family)
-    C = model.config.canvas_length
-    max_new = FAMILY_CANVASES[family] * C
+    max_new = FAMILY_CANVASES[family] * model.config.canvas_length
     hook = constraint_hook(family, tok, model, max_new) if constrained else None
-    if constrained and hook is None:
-        return {"skipped": "constraints not importable"}
+    stops, pad = stop_ids(model), GenerationParams.from_model(model).pad_token_id
     texts, new_tokens, counters, t0 = [], 0, Counters(), time.time()
     for i in range(0, n, batch):
         chunk = exs[i:i + batch]
-        b = make_batch(tok, [e.prompt for e in chunk], None, C, 106, 0)
+        b = prompt_batch(tok, model, chunk)
         out = generate(model, b.prompt_BL, b.prompt_valid_BL.long(), mode="reference", seed=seed + i,
                        max_new_tokens=max_new, max_denoising_steps=steps, commit_hook=hook, counters=counters,
                        **sampler)
         for row in out[:, b.prompt_BL.shape[1]:].tolist():
-            new_tokens += sum(t != 0 for t in row)
-            texts.append(decode_answer(tok, row))
+            new_tokens += sum(t != pad for t in row)
+            texts.append(decode_answer(tok, row, stops))
     res = score(exs, texts)
     res["tokens_per_forward"] = new_tokens / max(1, counters.live_forwards)
     res["seconds"] = round(time.time() - t0, 1)
@@ -189,8 +158,6 @@ def markdown_table(report: dict) -> str:
              "| per-field accuracy |",
              "|---|---|---|---|---|---|---|"]
     for r in report["results"]:
-        if "skipped" in r:
-            continue
         fields = ", ".join(f"{k} {v:.1%}" for k, v in r["fields"].items())
         on = "on" if r["constrained"] else "off"
         lines.append(f"| {r['family']} | {on} | {r['steps']} | {r['exact']:.1%} | "

@@ -98,7 +98,7 @@ def decode_canvases(model: DiffusionGemma, kv: list, ctx_valid_BT: torch.Tensor,
     }
     rope = model._rope(qpos[None].expand(B, Q), model.dtype)
     emb = model._embed(canvas_BQ)
-    h = model.self_conditioning(emb, sc_logits_BQV, model.embed_tokens.weight, model._scale(), sc_mask_B)
+    h = model.self_conditioning(emb, model.sc_soft(sc_logits_BQV, sc_mask_B))
     for li, layer in enumerate(model.layers):
         lt = t.layer_types[li]
         ck, cv = kv[li]

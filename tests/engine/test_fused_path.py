@@ -1,5 +1,6 @@
-"""The fast engine's GPU path on the CPU: materialised logits sampled by the fused Triton sampler, stream keys
-from the derive_keys kernel, both run in Triton's interpreter through the one dispatch switch."""
+"""The fast engine's GPU heads on the CPU (engine/heads.py): materialised logits sampled by the fused Triton
+sampler (MaterialisedHead) and the sampler's head mode (FusedHead), with stream keys from the derive_keys
+kernel, all run in Triton's interpreter and chosen by the one dispatch switch."""
 
 from __future__ import annotations
 
@@ -10,8 +11,11 @@ import torch
 import kernels
 from engine.counters import Counters
 from engine.fast import Engine, Request
+from engine.heads import ChunkedSweepHead, FusedHead, MaterialisedHead, fast_head
 from engine.params import GenerationParams
 from engine.sampler import RowNoise
+
+CPU = torch.device("cpu")
 
 
 def _requests():
@@ -31,13 +35,13 @@ def test_fused_path_runs_and_rows_are_independent_of_batch(stop_pair, monkeypatc
     reqs = _requests()
     key = lambda c: (c.token_ids, c.finish_reason, c.canvases, c.denoising_steps)  # noqa: E731
     with kernels.use_backend("triton", ops=("fused_sample", "derive_keys")):
-        assert RowNoise.fused(torch.device("cpu"))
+        assert type(fast_head(RowNoise(), CPU)) is MaterialisedHead
         solo = {r.id: key(Engine(ours, max_batch_rows=1).generate([r])[0]) for r in reqs}
         c = Counters()
         eng = Engine(ours, max_batch_rows=3, counters=c)
         got = {x.id: key(x) for x in eng.run(reqs[::-1])}
     assert got == solo
-    assert eng.noise.positions == 0  # the CPU path's inverse-CDF sampler never ran
+    assert eng.noise.positions == 0  # the CPU sweep's inverse-CDF sampler never ran
     assert c.steady_syncs == 0 and c.decoder_forwards > 0
     assert all(v[1] in ("eos", "length") for v in got.values())
 
@@ -105,11 +109,11 @@ def test_head_mode_gives_the_materialised_paths_tokens(stop_pair, monkeypatch):
     spy = lambda *a, **k: calls.append(1) or real[1](*a, **k)  # noqa: E731
     monkeypatch.setitem(kernels._OPS, "head_sample", (real[0], spy, real[2]))
     with kernels.use_backend("triton"):
-        assert RowNoise.head_mode(torch.device("cpu"))
+        assert type(fast_head(RowNoise(), CPU)) is FusedHead
         head = [key(c) for c in Engine(ours, max_batch_rows=2).generate(reqs)]
         ran = len(calls)
         with kernels.use_backend("torch", ops=("head_sample",)):
-            assert not RowNoise.head_mode(torch.device("cpu"))
+            assert type(fast_head(RowNoise(), CPU)) is MaterialisedHead
             mat = [key(c) for c in Engine(ours, max_batch_rows=2).generate(reqs)]
     assert ran > 0 and len(calls) == ran  # head mode ran in the first engine only
     assert head == mat
@@ -157,9 +161,12 @@ def test_head_mode_commit_hooks_read_the_same_logits(stop_pair, monkeypatch):
 
 
 class _Steering(_Recording):
-    """A steering hook (engine/denoise.py RowSteer) that records the logits each step shows it."""
+    """A steering hook (engine/commit_hook.py SteeringHook) that records the logits each step shows it."""
 
     steering_on = True
+
+    def seed_canvas(self, canvas_C, state, *, tokens_left, last_canvas):
+        return None
 
     def steer(self, logits_CV, argmax_C, keep_C, sampled_C, state, *, tokens_left, last_canvas):
         self.seen.append(logits_CV.clone())
@@ -183,3 +190,14 @@ def test_head_mode_steering_sees_the_materialised_logits(stop_pair, monkeypatch)
             mat, seen_mat = run()
     assert head == mat and len(seen_head) == len(seen_mat) == 3  # two steps' steering, one commit
     assert all(torch.equal(a, b) for a, b in zip(seen_head, seen_mat))
+
+
+def test_fast_head_is_chosen_once_by_the_dispatch():
+    # the CPU sweep unless the fused sampler runs as a kernel; the head mode when its head form does too
+    noise = RowNoise()
+    assert type(fast_head(noise, CPU)) is ChunkedSweepHead
+    with kernels.use_backend("triton", ops=("fused_sample",)):
+        assert type(fast_head(noise, CPU)) is MaterialisedHead
+        with kernels.use_backend("triton", ops=("head_sample",)):
+            head = fast_head(noise, CPU)
+    assert type(head) is FusedHead and head.noise is noise

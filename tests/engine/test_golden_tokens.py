@@ -17,9 +17,10 @@ import torch
 
 from constraints import build_hook
 from engine.fast import Engine, Request
-from engine.generate import _encode_prompt, generate
+from engine.generate import generate
 from engine.params import GenerationParams
 from model import DiffusionGemma, load_tokenizer
+from model.tokenizer import encode_prompt
 from pipeline.model_path import shipped_dir
 from train import synthdata
 
@@ -39,7 +40,7 @@ def _prompts(tok) -> list[tuple[str, list[int]]]:
     out = []
     for fam in synthdata.FAMILIES:
         for ex in synthdata.dataset("heldout", N_PER_FAMILY, fam):
-            out.append((fam, _encode_prompt(tok, ex.prompt, True)))
+            out.append((fam, encode_prompt(tok, ex.prompt)))
     return out
 
 

@@ -1,4 +1,6 @@
-"""bench/gpu.py --tiny runs end to end on CPU (torch backend) and writes its JSON."""
+"""bench/gpu.py --tiny runs end to end on CPU (torch backend) and writes its JSON; its sweep
+(bench/gpu_sweep.py) plans, varies and times the engine's own step, and its tile sweeps (bench/gpu_tiles.py)
+run in the interpreter."""
 
 from __future__ import annotations
 
@@ -38,7 +40,7 @@ def test_bench_gpu_tiny_dry_run(tmp_path):
 
 def test_sweep_plan_puts_decisions_first():
     # a GPU run that reaches its time budget must keep the headline sizes and the A/B rows at 8 canvases
-    bench = load_bench("gpu")
+    bench = load_bench("gpu_sweep")
     args = types.SimpleNamespace(ratio_only=False, canvases=[1, 2, 4, 8, 16], steps=[8, 16],
                                  model_canvases=[1, 8], hf_plan=[(1, 16), (8, 16)])
     bench.TUNED["fused_moe"] = [((256,), {"block_m": 32})]  # as a GPU run's tile sweeps leave it
@@ -82,10 +84,10 @@ def test_a_failing_sweep_variant_keeps_the_others(tmp_path, monkeypatch):
 
 
 def test_tile_sweeps_run_in_the_interpreter(monkeypatch):
-    # the GPU run's tile sweeps (bench/gpu_kernels.py) only run on CUDA there; here their code runs in the
+    # the GPU run's tile sweeps (bench/gpu_tiles.py) only run on CUDA there; here their code runs in the
     # interpreter at the tiny geometry with small tile lists: the shared MoE tiles, the down tiles pinned to
     # the fastest shared tile, key splits and warps for attention, and a tile that cannot run recorded as one
-    gk = load_bench("gpu_kernels")
+    gk = load_bench("gpu_tiles")
     from model import DiffusionGemmaConfig
 
     calls = iter(range(100, 0, -1))  # each timing faster than the last: the pinned tile is the last to run
@@ -107,8 +109,10 @@ def test_tile_sweeps_run_in_the_interpreter(monkeypatch):
     assert d16 == [(B, s, w) for B in (1, 8) for s, w in ((None, None), (2, None), (None, 2))]
     assert all("ms" in r and r["max_diff"] < 2e-2 for r in att)
     # the sampler's chunk sweep (the tiny vocabulary is one tile, so every count runs as one chunk)
-    row = gk.head_sample_chunks(torch.device("cpu"), cfg, torch.Generator().manual_seed(0), cfg.canvas_length)
-    assert all(row[f"chunks{c}_same_argmax"] and row[f"chunks{c}_ms"] > 0 for c in gk.SAMPLER_CHUNKS)
+    kb = load_bench("gpu_kernels")  # the same timing stub: the last chunk count measured is the fastest
+    monkeypatch.setattr(kb, "ms", lambda dev, fn, *a, reps=5: fn(*a) is not None and float(next(calls)))
+    row = kb.head_sample_chunks(torch.device("cpu"), cfg, torch.Generator().manual_seed(0), cfg.canvas_length)
+    assert all(row[f"chunks{c}_same_argmax"] and row[f"chunks{c}_ms"] > 0 for c in kb.SAMPLER_CHUNKS)
     # these rows, as a GPU run leaves them, become the "tuned" row's settings, which the dispatch accepts
     # (the timing stub made each row faster than the one before, so the last measured one wins)
     measured = {"moe_tiles": rows, "attention_tiles": att, "kernels": [row]}
@@ -124,7 +128,7 @@ def test_tile_sweeps_run_in_the_interpreter(monkeypatch):
 
 def test_tuned_variant_applies_the_runs_settings(monkeypatch):
     # the "tuned" sweep row runs the model with TUNED in kernels' dispatch, and only inside that row
-    bench = load_bench("gpu")
+    bench = load_bench("gpu_sweep")
     monkeypatch.setattr(bench, "TUNED", {"head_sample": [((256,), {"chunks": 8})]})
     with bench.variant("tuned"):
         assert kernels._tuned == {"head_sample": [((256,), {"chunks": 8})]}
@@ -145,3 +149,20 @@ def test_bench_gpu_quant_tiny_dry_run(tmp_path):
     assert all(x["ms_per_forward"] > 0 and x["roofline_ms"] > 0 for x in r["rows"])
     experts = {s: rows[(s, 1)]["weight_bytes_by_part"]["experts"] for s in ("bf16", "fp8", "w4a16")}
     assert experts["w4a16"] < experts["fp8"] < experts["bf16"]
+
+
+def test_sweep_times_the_engines_own_step(monkeypatch):
+    # ms per forward is the production step (engine/denoise.py denoise_step with the head the engine picks),
+    # once per denoising step, not a copy of it
+    sw = load_bench("gpu_sweep")
+    from engine.heads import ChunkedSweepHead
+    from model import DiffusionGemmaConfig
+
+    heads, real = [], sw.denoise_step
+    monkeypatch.setattr(sw, "denoise_step", lambda m, c, st, head: heads.append(head) or real(m, c, st, head))
+    cfg = DiffusionGemmaConfig.tiny()
+    m = sw.build_model(cfg, torch.device("cpu"), torch.float32)
+    with kernels.use_backend("torch"):
+        r = sw.run_canvas(m, cfg, torch.device("cpu"), 2, 3, 24)
+    assert len(heads) == 3 and all(type(h) is ChunkedSweepHead for h in heads)  # the CPU engine's head
+    assert 0 < r["decoder_s"] <= r["loop_s"] and r["capture_s"] == 0.0

@@ -18,9 +18,11 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
 import kernels
-from engine.denoise import CanvasBatch, denoise_step
+from engine.denoise import CanvasBatch, RowHost, denoise_step
+from engine.heads import FusedHead, fast_head
+from engine.kept_logits import KeptLogits
 from engine.params import GenerationParams
-from engine.sampler import RowKeys, RowNoise, RowParams
+from engine.sampler import RowKeys, RowNoise
 from engine.scheduler import SlotCache
 from jobs.cli import main
 from model.config import DiffusionGemmaConfig
@@ -195,21 +197,21 @@ def _head_mode_step(model, ctx: int, keep_logits: bool, B: int = 2) -> _LiveByte
     model.encode(torch.randint(0, V, (B, ctx), generator=g), cache,
                  positions_BT=torch.arange(ctx).expand(B, ctx))
     noise = RowNoise()
-    assert RowNoise.head_mode(torch.device("cpu"))
+    head = fast_head(noise, torch.device("cpu"))
+    assert type(head) is FusedHead
     p = GenerationParams(max_new_tokens=2 * C, max_denoising_steps=4, stability_threshold=1,
                          confidence_threshold=0.005)
     keys = RowKeys(torch.arange(B), torch.zeros(B, dtype=torch.long), torch.zeros(B, dtype=torch.long))
-    st = CanvasBatch.start(noise.init_canvas(keys, C, V, torch.device("cpu")), keys,
-                           RowParams.build([p] * B, "cpu"), torch.full((B,), ctx))
-    kw = dict(rows_B=torch.arange(B), freeze=p.early_stopping, exact_frozen=False, keep_logits=keep_logits,
-              len_range=(ctx, ctx))
-    denoise_step(model, cache, st, noise, all_have_sc=False, **kw)
+    rows = [RowHost(p, ctx, p.max_denoising_steps, reads_logits=keep_logits) for _ in range(B)]
+    st = CanvasBatch.start(noise.init_canvas(keys, C, V, torch.device("cpu")), keys, rows)
+    denoise_step(model, cache, st, head, torch.arange(B))
     trace = _LiveBytes(V, _fixed(model, cache))
-    for f in dataclasses.fields(st):
-        if isinstance(getattr(st, f.name), torch.Tensor):
-            trace.adopt(getattr(st, f.name))  # what the batch holds between steps counts
+    held = [getattr(st, f.name) for f in dataclasses.fields(st)] + [st.kept and st.kept.x_BCV]
+    for t in held:
+        if isinstance(t, torch.Tensor):
+            trace.adopt(t)  # what the batch holds between steps counts
     with trace:
-        denoise_step(model, cache, st, noise, all_have_sc=True, **kw)
+        denoise_step(model, cache, st, head, torch.arange(B))
     return trace
 
 
@@ -265,20 +267,19 @@ def test_canvas_boundary_copies_are_bounded_by_the_plan(traced_model, keep_logit
     until the concatenation is assigned. At most 3 copies of each held [C, V] buffer per canvas."""
     C, V, B = traced_model.config.canvas_length, V_TRACE, 4
     keys = RowKeys(torch.arange(B), torch.zeros(B, dtype=torch.long), torch.zeros(B, dtype=torch.long))
-    rp = RowParams.build([GenerationParams(max_new_tokens=C, max_denoising_steps=2)] * B, "cpu")
-    batch = CanvasBatch.start(torch.zeros(B, C, dtype=torch.long), keys, rp, torch.zeros(B, dtype=torch.long))
-    batch.sc_BCV, batch.sc_probs = torch.zeros(B, C, V, dtype=torch.bfloat16), True
+    rows = [RowHost(GenerationParams(max_new_tokens=C, max_denoising_steps=2), 0, 2) for _ in range(B)]
+    batch = CanvasBatch.start(torch.zeros(B, C, dtype=torch.long), keys, rows)
+    batch.sc = torch.zeros(B, C, V, dtype=torch.bfloat16)  # the head mode's softmax state
     if keep_logits:
-        batch.last_BCV, batch.last_cap = torch.zeros(B, C, V, dtype=torch.bfloat16), 30.0
-    restart = CanvasBatch.start(torch.zeros(1, C, dtype=torch.long), keys.select(torch.tensor([3])),
-                                rp.select(torch.tensor([3])), torch.zeros(1, dtype=torch.long))
+        batch.kept = KeptLogits(torch.zeros(B, C, V, dtype=torch.bfloat16), None, 30.0)
+    restart = CanvasBatch.start(torch.zeros(1, C, dtype=torch.long), keys.select(torch.tensor([3])), rows[3:])
     trace = _LiveBytes(V, [])
-    for t in (batch.sc_BCV, batch.last_BCV):
+    for t in (batch.sc, batch.kept and batch.kept.x_BCV):
         if t is not None:
             trace.adopt(t)
     with trace:
-        new = CanvasBatch.cat([batch.select(torch.tensor([0, 1, 2])), restart], V, torch.bfloat16)
-    assert new.size == B and new.sc_BCV.shape == (B, C, V)
+        new = CanvasBatch.cat([batch.select([0, 1, 2]), restart])
+    assert new.size == B and new.sc.shape == (B, C, V)
     unit = C * V * 2
     bound = B * vocab_buffers(keep_logits).boundary_act * unit
     # argmax: old 4 + kept 3 + fill 1 + result 4 rows; hooks: last_BCV's copies too, one row short of 3 each
