@@ -223,7 +223,8 @@ def compile_only(arch: int = 90) -> Iterator[list[Compiled]]:
 
 compile_only.case = ""
 KERNEL_MODULES = ("canvas_attention", "fused_moe", "gelu_mul", "logit_epilogue", "moe_align", "norm_rope",
-                  "quant_linear", "quant_moe", "rms_norm", "router", "sampler", "softmax")
+                  "quant_linear", "quant_moe", "rms_norm", "router", "sampler", "softmax",
+                  "stream_keys")
 
 
 # ---- the cases: each dispatched op's Triton launcher at DiffusionGemma's real shapes ----------------------
@@ -242,8 +243,9 @@ def real_cases(cfg, tiles: bool, canvases: tuple[int, ...] = (1, 8)) -> dict[str
     from kernels.norm_rope import norm_rope_triton
     from kernels.rms_norm import rms_norm_pair_triton, rms_norm_triton
     from kernels.router import route_triton
-    from kernels.sampler import derive_keys_triton, fused_sample_triton, head_sample_triton
+    from kernels.sampler import fused_sample_triton, head_sample_triton
     from kernels.softmax import softmax_triton
+    from kernels.stream_keys import derive_keys_triton
 
     t, C = cfg.text, cfg.canvas_length
     H, E, k, I, V = t.hidden_size, t.num_experts, t.top_k_experts, t.moe_intermediate_size, t.vocab_size  # noqa: E741

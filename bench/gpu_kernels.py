@@ -37,14 +37,13 @@ from kernels.rms_norm import (  # noqa: E402
 )
 from kernels.router import route_torch, route_triton  # noqa: E402
 from kernels.sampler import (  # noqa: E402
-    derive_keys_torch,
-    derive_keys_triton,
     fused_sample_torch,
     fused_sample_triton,
     head_sample_torch,
     head_sample_triton,
 )
 from kernels.softmax import softmax_torch, softmax_triton  # noqa: E402
+from kernels.stream_keys import derive_keys_torch, derive_keys_triton  # noqa: E402
 
 
 # ---- timing -----------------------------------------------------------------------------------------------

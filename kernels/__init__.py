@@ -75,6 +75,7 @@ from kernels import rms_norm as _rms_norm
 from kernels import router as _router
 from kernels import sampler as _sampler
 from kernels import softmax as _softmax
+from kernels import stream_keys as _stream_keys
 from kernels._triton_compat import HAS_TRITON
 from kernels.dequant import QuantTensor
 
@@ -100,8 +101,7 @@ _ALTERNATIVES = {
 
 _OPS = {
     "fused_sample": (_sampler.fused_sample_torch, _sampler.fused_sample_triton, _sampler),
-    "derive_keys": (_sampler.derive_keys_torch, _sampler.derive_keys_triton,
-                    types.SimpleNamespace(selfcheck=_sampler.selfcheck_keys)),
+    "derive_keys": (_stream_keys.derive_keys_torch, _stream_keys.derive_keys_triton, _stream_keys),
     "head_sample": (_sampler.head_sample_torch, _sampler.head_sample_triton,
                     types.SimpleNamespace(selfcheck=_sampler.selfcheck_head)),
     "fused_moe": (_moe.fused_moe_torch, _moe.fused_moe_triton, _moe),
@@ -287,10 +287,10 @@ def head_sample(x_NV: torch.Tensor, cap: float, temperature_R: torch.Tensor | No
 
 def derive_keys(seed_B: torch.Tensor | int, canvas_B: torch.Tensor | int, step_B: torch.Tensor | int,
                 C: int) -> torch.Tensor:
-    """Per-position stream keys key_(B*C) int64 for fused_sample (see kernels/sampler.py); ints broadcast.
+    """Per-position stream keys key_(B*C) int64 for fused_sample (see kernels/stream_keys.py); ints broadcast.
     The same bits on either backend; the Triton form is one launch instead of ~130 small integer ops."""
     ts = [t for t in (seed_B, canvas_B, step_B) if isinstance(t, torch.Tensor)]
-    impl = _impl("derive_keys", *ts) if ts else _sampler.derive_keys_torch
+    impl = _impl("derive_keys", *ts) if ts else _stream_keys.derive_keys_torch
     return impl(seed_B, canvas_B, step_B, C)
 
 

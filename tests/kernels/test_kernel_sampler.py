@@ -8,16 +8,13 @@ from kernel_checks import assert_close
 
 from kernels.logit_epilogue import logit_epilogue_triton
 from kernels.sampler import (
-    derive_keys_torch,
-    derive_keys_triton,
     fused_sample_torch,
     fused_sample_triton,
     head_sample_torch,
     head_sample_triton,
-    mix32,
-    selfcheck_keys,
-    uniform_noise,
 )
+from kernels.stream_keys import derive_keys_torch, derive_keys_triton, mix32, uniform_noise
+from kernels.stream_keys import selfcheck as selfcheck_keys
 
 
 def _inputs(N: int, V: int, seed: int = 0, dtype=torch.float32):

@@ -9,11 +9,11 @@ from triton.runtime.interpreter import InterpretedFunction
 from triton.runtime.jit import JITFunction
 
 import kernels._triton_compat as compat
-import kernels.sampler as sampler
+import kernels.stream_keys as sampler
 
 
 def test_helpers_decorated_for_the_interpreter_are_rejitted_for_the_gpu(monkeypatch):
-    # as if kernels/sampler.py had been imported with TRITON_INTERPRET=1: kernel and helper interpreted
+    # as if kernels/stream_keys.py had been imported with TRITON_INTERPRET=1: kernel and helper interpreted
     kernel = InterpretedFunction(sampler._derive_keys_kernel.fn)
     monkeypatch.setattr(compat, "_REWRAPPED", {})  # this temporary kernel's entry goes with the test
     monkeypatch.setitem(vars(sampler), "mix32_u32", InterpretedFunction(sampler.mix32_u32.fn))
