@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import secrets as stdlib_secrets
+import string
 import time
 from collections import Counter
 from pathlib import Path
@@ -68,3 +70,14 @@ def validate_cli(tmp_path: Path, job: dict, capsys) -> tuple[int, str]:
     code = cmd_validate.run(argparse.Namespace(spec=str(path)))
     cap = capsys.readouterr()
     return code, cap.out + cap.err
+
+
+def planted_secret(tag: str, n: int = 20) -> str:
+    """A distinct secret-looking value: tag + random letters and digits (digits included: a bearer token
+    needs one to be recognised, pipeline/redact.py _BEARER)."""
+    body = "".join(stdlib_secrets.choice(string.ascii_letters + string.digits) for _ in range(n))
+    return f"{tag}{body}9"
+
+
+def akia_key() -> str:
+    return "AKIA" + "".join(stdlib_secrets.choice(string.ascii_uppercase + string.digits) for _ in range(16))
