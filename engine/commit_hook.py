@@ -1,5 +1,6 @@
 """The canvas commit: which tokens a finished canvas commits (`CommitHook`, argmax by default) and how they
-enter the sequence (`finish_row`: EOS / length / pad), in one function both loops call (`commit_canvas`).
+enter the sequence (`finish_row`: EOS / length / pad), in one function both loops call (`commit_canvas`), and
+the committed tokens' log-probabilities for rows that report them.
 
 Owns: the CommitHook protocol and its optional per-step steering methods (`SteeringHook`), `ArgmaxCommit`,
 the reference behaviour (commit the argmax of the last denoising step's processed logits), and the
@@ -7,11 +8,22 @@ end-of-canvas rule. Structured output plugs a constrained hook in here; engine/g
 and engine/fast.py (fast mode) call `commit_canvas` once per row per committed canvas, in canvas order, and
 nowhere else.
 
+Log-probabilities (Request.logprobs): a committed token's log-probability is log_softmax of the processed
+(softcapped, temperature-divided) logits of the step the commit read, at that token: the row's last live
+denoising step of the canvas (the last step, or the step adaptive stopping froze the row at), at the
+temperature of that step (the schedule's t_min + span/N at the last step). For the argmax commit that is the
+log-probability of the argmax, which the step tracks beside it (engine/denoise.py CanvasBatch.logp_BC, from
+the vocabulary head's statistics: engine/heads.py argmax_logprob); a hook's tokens are scored against the
+same logits the hook read (log_softmax of logits_CV), however unlikely its choice. A token the end-of-canvas
+rule replaced by pad was not chosen by the commit: its log-probability is NaN. No [C, V] work per step for
+any of it: the kept logits a hook reads are those engine/kept_logits.py keeps for hooks anyway.
+
 Legend: C canvas length, V vocabulary.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
@@ -115,6 +127,14 @@ class Committed:
     finished: bool
     hit_eos: bool
     hook_done: bool  # the hook finished the row
+    logprobs: list[float] | None = None  # per token of `tokens` (NaN where finish_row put a pad); None: not
+    # asked for
+
+
+def token_logprobs(logits_CV: torch.Tensor, tokens: list[int]) -> list[float]:
+    """log_softmax(logits_CV) at each position's token -> C floats (a hook's choice, however unlikely)."""
+    t_C1 = torch.tensor(tokens, dtype=torch.long, device=logits_CV.device)[:, None]
+    return torch.log_softmax(logits_CV.float(), dim=-1).gather(-1, t_C1)[:, 0].tolist()
 
 
 def commit_canvas(
@@ -127,17 +147,27 @@ def commit_canvas(
     tokens_left: int,
     last_canvas: bool,
     prev_finished: bool = False,
+    argmax_logprobs: Callable[[], list[float]] | None = None,
 ) -> Committed:
     """Commit one row's canvas: its tracked argmax, or the hook's choice from the last live step's logits
     (`logits_CV()`, built only when the hook is called), then the end-of-canvas rule. A hook's exception
-    propagates (the fast engine turns it into its row's error)."""
-    tokens, hook_done = argmax, False
+    propagates (the fast engine turns it into its row's error).
+
+    argmax_logprobs: None when the row reports no log-probabilities; else the tracked log-probabilities of
+    `argmax` (called for the argmax commit only: a hook's tokens are scored from the logits it read)."""
+    tokens, hook_done, logprobs = argmax, False, None
     if not is_argmax(hook):
-        toks, state, hook_done = hook.commit(
-            logits_CV(), state, tokens_left=tokens_left, last_canvas=last_canvas
-        )
+        logits = logits_CV()
+        toks, state, hook_done = hook.commit(logits, state, tokens_left=tokens_left, last_canvas=last_canvas)
         tokens = [int(t) for t in toks]
+        if argmax_logprobs is not None:
+            logprobs = token_logprobs(logits, tokens)
+    elif argmax_logprobs is not None:
+        logprobs = list(argmax_logprobs())
+    chosen = tokens
     tokens, finished, hit_eos = finish_row(
         tokens, params, prev_finished=prev_finished, last_canvas=last_canvas, hook_done=hook_done
     )
-    return Committed(tokens, state, finished, bool(hit_eos), hook_done)
+    if logprobs is not None:
+        logprobs = [lp if t == c else math.nan for lp, t, c in zip(logprobs, tokens, chosen)]
+    return Committed(tokens, state, finished, bool(hit_eos), hook_done, logprobs)

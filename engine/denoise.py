@@ -2,11 +2,12 @@
 
 Owns: the per-step update of a batch of canvases (`denoise_step`: decoder forward, temperature schedule, the
 vocabulary head's statistics, the entropy-bounded commit rule, sampling, renoising, the adaptive stop rule,
-self-conditioning), the state it updates (`CanvasBatch`: device tensors, and per row what the host knows,
-`RowHost`), and the optional per-step steering by commit hooks (`RowSteer`, `steer_rows`). The two loops only
-differ in how they form batches and which vocabulary head they choose once (engine/heads.py); neither has a
-copy of this math, and the step takes no mode flags: what differs between rows or batches is data on the
-batch (each row's parameters, cache length, steps left, whether its hook reads logits or steers).
+self-conditioning, the argmax's log-probability for rows that report logprobs), the state it updates
+(`CanvasBatch`: device tensors, and per row what the host knows, `RowHost`), and the optional per-step
+steering by commit hooks (`RowSteer`, `steer_rows`). The two loops only differ in how they form batches and
+which vocabulary head they choose once (engine/heads.py); neither has a copy of this math, and the step takes
+no mode flags: what differs between rows or batches is data on the batch (each row's parameters, cache
+length, steps left, whether its hook reads logits or steers, whether it reports logprobs).
 
 Steering: a SteeringHook (engine/commit_hook.py) with `steering_on` may rewrite the first step's input
 canvas (`seed_canvas`) and each step's argmax (what the stop rule compares) and kept tokens (`steer`). A row
@@ -59,10 +60,11 @@ class RowHost:
     steps_left: int  # denoising steps left in this canvas (the reference's cur_step)
     reads_logits: bool = False  # its commit hook reads the last step's logits (CanvasBatch.kept)
     steer: RowSteer | None = None
+    argmax_logprobs: bool = False  # an argmax row reporting logprobs: the step tracks CanvasBatch.logp_BC
 
 
 # per-row device tensors of CanvasBatch (all lead with B)
-_ROW_TENSORS = ("canvas_BC", "argmax_BC", "done_B", "run_B", "steps_left_B", "live_B", "pos0_B")
+_ROW_TENSORS = ("canvas_BC", "argmax_BC", "logp_BC", "done_B", "run_B", "steps_left_B", "live_B", "pos0_B")
 
 
 @dataclass
@@ -71,6 +73,9 @@ class CanvasBatch:
 
     canvas_BC: torch.Tensor  # long, the noised canvas fed to the decoder next
     argmax_BC: torch.Tensor  # long, argmax of the last processed step: the commit candidate (-1 before any)
+    logp_BC: torch.Tensor  # fp32, its log-probability under that step's processed logits; updated only while
+    # some row of the batch has argmax_logprobs (other rows' values are stale, never read; steering rows'
+    # argmax may be the hook's, they are scored at commit instead)
     done_B: torch.Tensor  # bool, frozen by adaptive stopping (state no longer updated)
     run_B: torch.Tensor  # long, stability run length
     steps_left_B: torch.Tensor  # int32, N..1: RowHost.steps_left on the device (temperature, stop)
@@ -92,6 +97,7 @@ class CanvasBatch:
         return cls(
             canvas_BC=canvas_BC,
             argmax_BC=torch.full((B, C), -1, dtype=torch.long, device=dev),
+            logp_BC=torch.zeros((B, C), dtype=torch.float32, device=dev),
             done_B=torch.zeros(B, dtype=torch.bool, device=dev),
             run_B=torch.zeros(B, dtype=torch.long, device=dev),
             steps_left_B=rp.n_steps_B.clone(),
@@ -173,6 +179,7 @@ def denoise_step(model, cache, st: CanvasBatch, head: VocabHead, rows_B: torch.T
     keep = accept_mask(out.entropy_BC, st.rp.bound_B)  # the commit rule
     sampled = out.sample(keep, st.keys)
     argmax = out.argmax_BC
+    logp = out.argmax_logprob() if any(r.argmax_logprobs for r in st.rows) else st.logp_BC
     if steering:
         argmax, sampled = _steer(st, out.logits(), argmax, keep, sampled)
     sc = out.sc_next() if want_sc else None
@@ -183,6 +190,7 @@ def denoise_step(model, cache, st: CanvasBatch, head: VocabHead, rows_B: torch.T
         # the stop rule: frozen rows keep their argmax, canvas and the logits their argmax came from
         d = frozen[:, None]
         argmax = torch.where(d, st.argmax_BC, argmax)
+        logp = torch.where(d, st.logp_BC, logp)
         canvas = torch.where(d, st.canvas_BC, canvas)
         st.run_B, stop = stop_update(argmax, st.argmax_BC, st.run_B, out.entropy_BC.mean(dim=-1), st.rp)
         st.done_B = frozen | stop
@@ -190,7 +198,7 @@ def denoise_step(model, cache, st: CanvasBatch, head: VocabHead, rows_B: torch.T
             sc = head.carry_sc(st.sc, sc, frozen)
         if keep_logits and st.kept is not None:
             kept = st.kept.where(frozen, kept)
-    st.argmax_BC, st.canvas_BC, st.sc, st.kept = argmax, canvas, sc, kept
+    st.argmax_BC, st.logp_BC, st.canvas_BC, st.sc, st.kept = argmax, logp, canvas, sc, kept
     st.steps_left_B = st.steps_left_B - 1
     st.keys = RowKeys(st.keys.seed_B, st.keys.canvas_B, st.keys.step_B + 1)
     for r in st.rows:
@@ -246,10 +254,12 @@ def host_rows(
     states: list[object],
     tokens_left: list[int],
     last_canvas: list[bool],
+    logprobs: list[bool],
 ) -> list[RowHost]:
-    """The RowHost of each row starting a canvas (its hook reads logits unless it is the argmax commit)."""
+    """The RowHost of each row starting a canvas (its hook reads logits unless it is the argmax commit; an
+    argmax row reporting logprobs has its argmax's log-probability tracked)."""
     steer = steer_rows(hooks, states, tokens_left, last_canvas) or [None] * len(params)
     return [
-        RowHost(p, n, p.max_denoising_steps, not is_argmax(h), s)
-        for p, n, h, s in zip(params, cache_len, hooks, steer)
+        RowHost(p, n, p.max_denoising_steps, not is_argmax(h), s, lp and is_argmax(h))
+        for p, n, h, s, lp in zip(params, cache_len, hooks, steer, logprobs)
     ]

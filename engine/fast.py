@@ -11,6 +11,11 @@ seed, hook), not on its batch mates or their order (up to floating-point batch v
 
 The vocabulary head (engine/heads.py) is chosen once per run for the model's device.
 
+Per-row options: `Request.logprobs` (the committed tokens' log-probabilities, engine/commit_hook.py; argmax
+rows read theirs back with the canvas, one more read per event that commits such a row) and `Request.stop`
+(after each committed canvas the row's output is decoded with the engine's `detokenize` and the row ends at
+the first stop string: engine/stop_strings.py).
+
 Host synchronisation: the step loop reads nothing from the device (the host knows every row's cache length
 and hands the model its key range, so model.decode/encode do not read lengths back either). The host knows
 every row's remaining steps (CanvasBatch.rows), so it runs straight to the next canvas end; with adaptive
@@ -36,6 +41,7 @@ from engine.params import GenerationParams, first_stop
 from engine.request import Completion, Request
 from engine.sampler import RowKeys, RowNoise
 from engine.scheduler import SlotCache
+from engine.stop_strings import Detokenize, StopHit, find_stop, stop_problem
 
 
 @dataclass
@@ -45,6 +51,7 @@ class _Row:
     n_canvases: int
     canvas: int = 0  # index of the canvas being denoised
     tokens: list[int] = field(default_factory=list)
+    logprobs: list[float] = field(default_factory=list)  # per token of `tokens` (Request.logprobs)
     forwards: int = 0
     hook_state: object | None = None
 
@@ -74,6 +81,7 @@ class Engine:
         check_every: int = 4,
         counters: Counters | None = None,
         on_step: Callable[[list[str], torch.Tensor], None] | None = None,
+        detokenize: Detokenize | None = None,
     ):
         if max_batch_rows < 1 or check_every < 1:
             raise ValueError("Engine: max_batch_rows and check_every must be >= 1")
@@ -86,6 +94,7 @@ class Engine:
         self.check_every = check_every
         self.counters = counters or Counters()
         self.on_step = on_step  # (request ids in batch order, argmax_BC) after every step; reads the device
+        self.detokenize = detokenize  # token ids -> text, for rows with stop strings
         self.noise = RowNoise()
         self.peak_rows = 0  # most rows ever in the decoder batch (tests, bench)
         self.peak_bytes = 0  # largest cache + work-buffer footprint admitted (SlotCache.bytes_for)
@@ -173,11 +182,14 @@ class Engine:
             ending = [j for j, h in enumerate(batch.rows) if h.steps_left == 0 or host[j][0]]
             if not ending:
                 continue
+            # argmax rows reporting logprobs: their argmax's log-probabilities, one more read
+            lp_rows = [j for j in ending if batch.rows[j].argmax_logprobs]
+            logp = dict(zip(lp_rows, self.counters.host_list(batch.logp_BC[lp_rows]))) if lp_rows else {}
             cont: list[_Row] = []
             for j in ending:
                 r = rows[j]
                 r.forwards += host[j][1]
-                done = self._commit(r, host[j][2:], batch, j)
+                done = self._commit(r, host[j][2:], logp.get(j), batch, j)
                 if done is not None:
                     slots.release(r.slot)
                     yield done
@@ -219,6 +231,11 @@ class Engine:
             req.params.check_vocab(self.V)
         except ValueError as e:
             return f"request {req.id}: {e}"
+        problem = stop_problem(req.stop)
+        if problem is not None:
+            return f"request {req.id}: {problem}"
+        if req.stop and self.detokenize is None:
+            return f"request {req.id}: stop strings need an Engine with a detokenize callable"
         total = len(ids) + req.params.n_canvases(self.C) * self.C
         if total > self.max_pos:
             return (
@@ -266,46 +283,69 @@ class Engine:
             [r.hook_state for r in rs],
             [r.req.params.max_new_tokens - len(r.tokens) for r in rs],
             [r.canvas == r.n_canvases - 1 for r in rs],
+            [r.req.logprobs for r in rs],
         )
         return CanvasBatch.start(self.noise.init_canvas(keys, self.C, self.V, dev), keys, rows)
 
-    def _commit(self, r: _Row, argmax: list[int], batch: CanvasBatch, j: int) -> Completion | None:
-        """Commit row r's canvas; returns its Completion when the row is finished."""
-        p = r.req.params
+    def _commit(
+        self, r: _Row, argmax: list[int], logp: list[float] | None, batch: CanvasBatch, j: int
+    ) -> Completion | None:
+        """Commit row r's canvas (logp: its argmax's log-probabilities, when tracked); returns its Completion
+        when the row is finished: by EOS, length or its hook, or by a stop string in its output so far."""
+        p, req = r.req.params, r.req
         try:
             c = commit_canvas(
-                r.req.commit_hook,
+                req.commit_hook,
                 r.hook_state,
                 argmax,
                 lambda: batch.kept.row(j),
                 p,
                 tokens_left=p.max_new_tokens - len(r.tokens),
                 last_canvas=r.canvas == r.n_canvases - 1,
+                argmax_logprobs=(lambda: logp) if req.logprobs else None,
             )
         except Exception as e:  # a bad hook fails its row, not the batch
-            return _error(r.req, f"request {r.req.id}: commit hook failed: {type(e).__name__}: {e}")
+            return _error(req, f"request {req.id}: commit hook failed: {type(e).__name__}: {e}")
         r.hook_state = c.state
-        tokens, finished, hit_eos, hook_done = c.tokens, c.finished, c.hit_eos, c.hook_done
-        r.tokens += tokens
+        r.tokens += c.tokens
+        r.logprobs += c.logprobs or []
         self.counters.canvases += 1
-        if not finished:
+        if not (c.finished or req.stop):
             return None
         cut = first_stop(r.tokens, p.eos_token_ids)
         out = r.tokens if cut is None else r.tokens[:cut]
-        if cut is None and hook_done and p.pad_token_id is not None:
+        if cut is None and c.hook_done and p.pad_token_id is not None:
             while out and out[-1] == p.pad_token_id:
                 out = out[:-1]
-        counted = len(out) + (1 if cut is not None else 0)  # the reference counts the EOS token
+        hit = None
+        if req.stop:
+            try:
+                hit = find_stop(out, req.stop, self.detokenize)
+            except Exception as e:  # a failing decode fails its row, not the batch
+                return _error(req, f"request {req.id}: detokenize failed: {type(e).__name__}: {e}")
+        if hit is None and not c.finished:
+            return None
+        return self._completion(r, out, cut is not None, c.hit_eos or c.hook_done, hit)
+
+    def _completion(self, r: _Row, out: list[int], eos: bool, ended: bool, hit: StopHit | None) -> Completion:
+        """Row r's Completion: `out` (its tokens before any EOS), or the part a stop string keeps."""
+        counted = len(out) + int(eos)  # the reference counts the EOS token
+        reason = "eos" if ended else "length"
+        if hit is not None:
+            out, counted, reason = out[: hit.n_tokens], hit.n_tokens, "stop"
         return Completion(
             id=r.req.id,
             token_ids=list(out),
-            finish_reason="eos" if (hit_eos or hook_done) else "length",
+            finish_reason=reason,
             num_tokens=len(out),
             canvases=r.canvas + 1,
             denoising_steps=r.forwards,
             tokens_per_forward=counted / max(r.forwards, 1),
             hook_state=r.hook_state,
             canvas_tokens=list(r.tokens),
+            logprobs=r.logprobs[: len(out)] if r.req.logprobs else None,
+            text=None if hit is None else hit.text,
+            stop_reason=None if hit is None else hit.stop,
         )
 
     def _encode_committed(self, rs: list[_Row], slots: SlotCache) -> None:

@@ -5,7 +5,9 @@ continuous-batching Engine with per-row streams); plus `generate_text()` (string
 Owns: the reference-mode outer loop (canvases of a lockstep, left-padded batch, as transformers 5.23
 `DiffusionGemmaGenerationMixin.generate` runs them, with engine/heads.py ReferenceHead) and the public entry
 points. The per-step math (engine/denoise.py) and the canvas commit (engine/commit_hook.py commit_canvas) are
-shared with the engine.
+shared with the engine, and so are the committed tokens' log-probabilities (`output_logprobs`: the
+definition is engine/commit_hook.py's), the same numbers for a row in either mode up to the vocabulary
+heads' rounding.
 
 Legend: B rows, L prompt length (left-padded), C canvas length, V vocabulary, K canvases.
 Reference mode equals `DiffusionGemmaForBlockDiffusion.generate(...).sequences` under the same
@@ -23,7 +25,7 @@ from engine.commit_hook import CommitHook, commit_canvas, is_argmax
 from engine.counters import Counters
 from engine.denoise import CanvasBatch, denoise_step, host_rows
 from engine.heads import ReferenceHead
-from engine.params import GenerationParams, until_stop
+from engine.params import GenerationParams, first_stop, until_stop
 from engine.sampler import ReferenceNoise, RowKeys
 from model.tokenizer import encode_prompt, left_pad
 
@@ -51,7 +53,8 @@ def generate(
     commit_hook: CommitHook | None = None,
     on_step: StepCallback | None = None,
     counters: Counters | None = None,
-) -> torch.Tensor:
+    output_logprobs: bool = False,
+) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     """Generate for a batch of prompts -> LongTensor [B, L + K*C] (prompt, then committed canvases).
 
     input_ids [B, L] left-padded with attention_mask [B, L] (1 = real token). Parameters left None take the
@@ -59,6 +62,11 @@ def generate(
     seeds the global torch RNG first, which is then consumed exactly like the reference. fast: row i uses
     seed `seed + i` (random when None) and the Engine; rows that stop early are filled with pad (or their
     first EOS id when pad is unset) up to the longest row.
+
+    output_logprobs: return (sequences, logprobs_BT), logprobs_BT fp32 [B, K*C]: each new token's
+    log-probability under the distribution its commit read (engine/commit_hook.py), for the row's output
+    before its first EOS, NaN from there on and where a pad was put in; in fast mode exactly the
+    Completion's logprobs (a hook-finished row's trailing pads, which it drops, are NaN).
     """
     params = GenerationParams.from_model(
         model,
@@ -83,11 +91,12 @@ def generate(
     if mode == "reference":
         if seed is not None:
             torch.manual_seed(seed)
-        return _generate_reference(
-            model, input_ids, attention_mask, params, commit_hook, on_step, counters or Counters()
+        seqs, logprobs = _generate_reference(
+            model, input_ids, attention_mask, params, commit_hook, on_step, counters or Counters(),
+            output_logprobs,
         )
-    if mode == "fast":
-        return _generate_fast(
+    elif mode == "fast":
+        seqs, logprobs = _generate_fast(
             model,
             input_ids,
             attention_mask,
@@ -96,8 +105,20 @@ def generate(
             commit_hook=commit_hook,
             on_step=on_step,
             counters=counters,
+            output_logprobs=output_logprobs,
         )
-    raise ValueError(f"generate: mode must be 'reference' or 'fast', got {mode!r}")
+    else:
+        raise ValueError(f"generate: mode must be 'reference' or 'fast', got {mode!r}")
+    return (seqs, logprobs) if output_logprobs else seqs
+
+
+def _nan_from_eos(new_BT: torch.Tensor, logprobs_BT: torch.Tensor, eos_ids: tuple[int, ...]) -> torch.Tensor:
+    """logprobs_BT with NaN from each row's first EOS on (the output ends there)."""
+    for b, row in enumerate(new_BT.tolist()):
+        cut = first_stop(row, eos_ids)
+        if cut is not None:
+            logprobs_BT[b, cut:] = float("nan")
+    return logprobs_BT
 
 
 def _generate_reference(
@@ -108,7 +129,8 @@ def _generate_reference(
     hook: CommitHook | None,
     on_step: StepCallback | None,
     counters: Counters,
-) -> torch.Tensor:
+    output_logprobs: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
     B, L = input_ids.shape
     C = model.config.canvas_length
     V = model.config.text.vocab_size
@@ -125,7 +147,7 @@ def _generate_reference(
     head = ReferenceHead(ReferenceNoise())
     hook_states = [hook.initial_state() if hook is not None else None for _ in range(B)]
     finished = [False] * B
-    pieces = [input_ids]
+    pieces, lp_pieces = [input_ids], []
     new_BT, valid_BT = input_ids, valid_BL
     enc_pos0 = 0
     zeros_B = torch.zeros(B, dtype=torch.long, device=dev)
@@ -140,7 +162,7 @@ def _generate_reference(
         keys = RowKeys(zeros_B, zeros_B + k, zeros_B)
         tokens_left, last = params.max_new_tokens - k * C, k == K - 1
         rows = host_rows([params] * B, [L + k * C] * B, [hook] * B, hook_states, [tokens_left] * B,
-                         [last] * B)
+                         [last] * B, [output_logprobs] * B)
         st = CanvasBatch.start(head.noise.init_canvas(keys, C, V, dev), keys, rows)
         for cur in range(params.max_denoising_steps, 0, -1):
             denoise_step(model, cache, st, head)
@@ -153,21 +175,29 @@ def _generate_reference(
         counters.live_forwards += int(st.live_B.sum())
         # (d) commit: the argmax of the last processed logits, or the hook's choice per row; (e) EOS / pad.
         argmax_BC, kept = st.argmax_BC.tolist(), st.kept
-        tokens_BC = []
+        logp_BC = st.logp_BC.tolist() if output_logprobs else None
+        tokens_BC, lp_BC = [], []
         for b in range(B):
             c = commit_canvas(hook, hook_states[b], argmax_BC[b], lambda b=b, kept=kept: kept.row(b), params,
-                              tokens_left=tokens_left, last_canvas=last, prev_finished=finished[b])
+                              tokens_left=tokens_left, last_canvas=last, prev_finished=finished[b],
+                              argmax_logprobs=(lambda b=b, lp=logp_BC: lp[b]) if output_logprobs else None)
             hook_states[b], finished[b] = c.state, c.finished
             tokens_BC.append(c.tokens)
+            lp_BC.append(c.logprobs)
         new_BT = torch.tensor(tokens_BC, dtype=torch.long, device=dev)
         pieces.append(new_BT)
+        if output_logprobs:
+            lp_pieces.append(torch.tensor(lp_BC, dtype=torch.float32))
         counters.canvases += 1
         if all(finished):
             break
         # (f) next canvas: the committed canvas is encoded at exactly the positions it was denoised at.
         valid_BT = torch.ones(B, C, dtype=torch.bool, device=dev)
         enc_pos0 = L + k * C
-    return torch.cat(pieces, dim=1)
+    seqs = torch.cat(pieces, dim=1)
+    if not output_logprobs:
+        return seqs, None
+    return seqs, _nan_from_eos(seqs[:, L:].cpu(), torch.cat(lp_pieces, dim=1), params.eos_token_ids)
 
 
 def _generate_fast(
@@ -181,7 +211,8 @@ def _generate_fast(
     on_step=None,
     counters: Counters | None = None,
     max_batch_rows: int | None = None,
-) -> torch.Tensor:
+    output_logprobs: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
     """`generate(mode="fast")`: rows become Requests (left padding stripped), outputs laid out like
     `.sequences` ([B, L + K*C], the longest row's K; shorter rows filled with pad, or their EOS id)."""
     from engine.fast import Engine, Request
@@ -196,6 +227,7 @@ def _generate_fast(
             seed=base + b,
             params=params,
             commit_hook=commit_hook,
+            logprobs=output_logprobs,
         )
         for b in range(B)
     ]
@@ -212,9 +244,12 @@ def _generate_fast(
         else (params.eos_token_ids[0] if params.eos_token_ids else 0)
     )
     new = torch.full((B, width), fill, dtype=torch.long)
+    logprobs = torch.full((B, width), float("nan")) if output_logprobs else None
     for b, c in enumerate(comps):
         new[b, : len(c.canvas_tokens)] = torch.tensor(c.canvas_tokens, dtype=torch.long)
-    return torch.cat([input_ids.cpu(), new], dim=1).to(input_ids.device)
+        if logprobs is not None:
+            logprobs[b, : len(c.logprobs)] = torch.tensor(c.logprobs, dtype=torch.float32)
+    return torch.cat([input_ids.cpu(), new], dim=1).to(input_ids.device), logprobs
 
 
 def generate_text(

@@ -15,6 +15,12 @@ stop rule are written once, there.
   ChunkedSweepHead  fast mode on a CPU: engine/vocab_head.py's cache-resident sweep, never a [B, C, V] tensor
                     unless a commit hook reads the logits; samples invert the CDF of the kept positions.
 
+Each pass also gives the log-probability of its argmax (`argmax_logprob`: log_softmax at the argmax = -log of
+the softmax normaliser around the max), what a row reporting logprobs commits with the argmax
+(engine/commit_hook.py): the fused and sweep heads have it in their statistics already (max - logsumexp,
+-log sum e^(x - max)), the materialised head gets it in one more pass of the fused sampler, the reference
+head with torch's log_softmax; never a kept [B, C, V] copy.
+
 Self-conditioning state (CanvasBatch.sc, kept between steps): softmax probabilities in the model dtype
 [B, C, V] (materialised and fused heads) or the soft embedding [B, C, H] (the sweep); `sc_soft` turns it into
 decode_hidden's one input, probs @ E * sqrt(H). A zero row is exactly "no self-conditioning" in both forms,
@@ -47,6 +53,10 @@ class VocabPass(Protocol):
 
     def logits(self) -> torch.Tensor:
         """The step's fp32 processed logits [B, C, V] (steering hooks; built here when not yet built)."""
+        ...
+
+    def argmax_logprob(self) -> torch.Tensor:
+        """log_softmax(processed logits) at argmax_BC -> fp32 [B, C] (rows that report logprobs)."""
         ...
 
     def sc_next(self) -> torch.Tensor:
@@ -116,6 +126,15 @@ class _MaterialisedPass:
     def logits(self) -> torch.Tensor:
         return self.proc
 
+    def argmax_logprob(self) -> torch.Tensor:
+        # max - logsumexp from the fused sampler's one pass (no [B, C, V] temporary)
+        B, C, V = self.proc.shape
+        x_NV = self.proc.view(B * C, V)
+        ones = torch.ones(B * C, dtype=torch.float32, device=x_NV.device)
+        key = torch.zeros(B * C, dtype=torch.int64, device=x_NV.device)
+        _, _, _, m, lse = kernels.fused_sample(x_NV, ones, key, torch.zeros_like(key, dtype=torch.bool))
+        return (m - lse).view(B, C)
+
     def sc_next(self) -> torch.Tensor:
         # fp32 softmax of the embedding-dtype copy, as the reference feeds its next step
         return kernels.softmax(self.narrow, self.model.dtype)
@@ -133,9 +152,20 @@ class MaterialisedHead(_Head):
         return _MaterialisedPass(model, self.noise, proc, narrow, keys)
 
 
+class _ReferencePass(_MaterialisedPass):
+    def argmax_logprob(self) -> torch.Tensor:
+        # the definition, in torch's own op: log_softmax of the processed logits at the argmax
+        return torch.log_softmax(self.proc, dim=-1).gather(-1, self.argmax_BC[..., None])[..., 0]
+
+
 class ReferenceHead(MaterialisedHead):
     """The reference mode's head: frozen rows keep their self-conditioning input (transformers keeps a
-    frozen row's logits), one more pass over the state on steps where some row is frozen."""
+    frozen row's logits), one more pass over the state on steps where some row is frozen; the argmax's
+    log-probability by torch.log_softmax."""
+
+    def run(self, model, h_BCH, temp_B, keys, *, want_sc, keep_logits) -> _ReferencePass:
+        proc, narrow = model.head(h_BCH, temp_B, narrow=True)
+        return _ReferencePass(model, self.noise, proc, narrow, keys)
 
     def carry_sc(self, old: torch.Tensor, new: torch.Tensor, frozen_B: torch.Tensor) -> torch.Tensor:
         return torch.where(frozen_B[:, None, None], old, new)
@@ -149,8 +179,9 @@ class _FusedPass:
         B, C, V = raw_BCV.shape
         key = torch.zeros(B * C, dtype=torch.int64, device=raw_BCV.device)
         none = torch.zeros(B * C, dtype=torch.bool, device=raw_BCV.device)
-        am, h, _, _, _ = kernels.head_sample(raw_BCV.view(B * C, V), self.cap, temp_B, key, none)
+        am, h, _, m, lse = kernels.head_sample(raw_BCV.view(B * C, V), self.cap, temp_B, key, none)
         self.argmax_BC, self.entropy_BC = am.view(B, C), h.view(B, C)
+        self._max_BC, self._lse_BC = m.view(B, C), lse.view(B, C)
         self._proc: torch.Tensor | None = None
 
     def sample(self, keep_BC: torch.Tensor, keys: RowKeys) -> torch.Tensor:
@@ -165,6 +196,9 @@ class _FusedPass:
         if self._proc is None:  # the epilogue the materialised path runs: the same fp32 logits
             self._proc = kernels.logit_epilogue(self.raw, self.cap, self.temp)[0]
         return self._proc
+
+    def argmax_logprob(self) -> torch.Tensor:
+        return self._max_BC - self._lse_BC  # the kernel's statistics of the processed logits
 
     def sc_next(self) -> torch.Tensor:
         # the softmax head mode: the epilogue's narrow copy, then softmax, without writing either logits
@@ -207,6 +241,10 @@ class _SweepPass:
         if self.sweep.full_NV is None:
             raise ValueError("ChunkedSweepHead: the logits were not kept (run with keep_logits)")
         return self.sweep.full_NV.view(self.shape)
+
+    def argmax_logprob(self) -> torch.Tensor:
+        # x at the argmax is the max: log_softmax there is -log sum e^(x - max), the chunk masses' sum
+        return (-self.sweep.mass_NJ.sum(dim=-1).log()).float().view(self.shape[:2])
 
     def sc_next(self) -> torch.Tensor:
         if self.sweep.soft_NH is None:
