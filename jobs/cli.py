@@ -26,7 +26,10 @@ EXIT_BROKEN_PIPE = 128 + 13  # 128 + SIGPIPE
 # subcommand -> (module, one-line help). The module adds its own arguments.
 COMMANDS: dict[str, tuple[str, str]] = {
     "generate": ("jobs.cmd_generate", "generate text for one or more prompts (quick check)"),
-    "run": ("jobs.cmd_run", "run a batch job from a YAML/JSON job spec"),
+    "run": ("jobs.cmd_run", "run a batch job from a YAML/JSON job spec (--limit N: preview N rows)"),
+    "preview": ("jobs.cmd_preview", "run a job's first rows (--limit, default 20) and print them; "
+                                    "writes nothing under its output"),
+    "export": ("jobs.cmd_export", "write a run's committed rows as JSON Lines (or OpenAI batch output)"),
     "validate": ("jobs.cmd_validate", "check a job spec, its input schema and output prefix"),
     "status": ("jobs.cmd_status", "summarise a run in progress or done"),
     "check-schema": ("jobs.cmd_check_schema", "compile JSON Schemas and report support"),

@@ -1,11 +1,16 @@
 """Backends: what a replica calls to turn prepared rows into results (the model sits behind this).
 
-- `EngineBackend` wraps `engine.fast.Engine` (fast mode, continuous batching): chat template + tokenize,
-  one `Request` per row with the row's seed, decode, and hand the text to the structured-output check.
-- `StubBackend` costs a fixed time per row and echoes its prompt; a prompt containing `poison_marker`
-  kills the whole process (`os._exit`), one containing `raise_marker` raises, one containing
-  `slow_marker` sleeps `slow_s` (a hung replica whose lease expires). It stands in for the model in tests,
-  bench/pipeline_overhead.py and bench/chaos.py, so faults hit real processes without loading torch.
+- `EngineBackend` wraps `engine.fast.Engine` (fast mode, continuous batching): chat template + tokenize
+  (model/tokenizer.py `encode_prompt`, or `encode_messages` for a conversation), one `Request` per row with
+  the row's seed and parameters (the job's, with the row's own settings applied: a per-row `temperature`
+  through engine/params.py `temperature_schedule`), decode, and hand the text to the structured-output
+  check. A row whose settings the engine refuses (t_max below the schedule's t_min, ...) is an error row.
+- `StubBackend` costs a fixed time per row and echoes its prompt (a conversation as "role: content"
+  lines, and the row's settings when it has any; `max_new_tokens` sets its token count); a prompt
+  containing `poison_marker` kills the whole process (`os._exit`), one containing `raise_marker` raises,
+  one containing `slow_marker` sleeps `slow_s` (a hung replica whose lease expires). It stands in for the
+  model in tests, bench/pipeline_overhead.py and bench/chaos.py, so faults hit real processes without
+  loading torch.
 
 A backend is built inside the replica by a *factory*: a small picklable callable `factory(spec) -> Backend`,
 so the driver ships a recipe, not a model.
@@ -14,6 +19,7 @@ so the driver ships a recipe, not a model.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import time
 from dataclasses import dataclass
@@ -25,6 +31,7 @@ from pipeline.spec import JobSpec
 
 if TYPE_CHECKING:
     from constraints import ConstraintHook
+    from engine.params import GenerationParams
 
 
 class Backend(Protocol):
@@ -67,20 +74,25 @@ class StubBackend:
     def generate(self, rows: list[PreparedRow]) -> list[RowResult]:
         out = []
         for r in rows:
-            assert r.prompt is not None
-            if self.cfg.poison_marker and self.cfg.poison_marker in r.prompt:
+            prompt = r.prompt if r.messages is None else "\n".join(f"{t['role']}: {t['content']}"
+                                                                   for t in r.messages)
+            assert prompt is not None
+            if self.cfg.poison_marker and self.cfg.poison_marker in prompt:
                 os._exit(77)  # a hard crash, like a segfault in a kernel: no exception, no cleanup
-            if self.cfg.raise_marker and self.cfg.raise_marker in r.prompt:
+            if self.cfg.raise_marker and self.cfg.raise_marker in prompt:
                 raise RuntimeError(f"stub backend asked to fail on row {r.id}")
-            if self.cfg.slow_s and self.cfg.slow_marker and self.cfg.slow_marker in r.prompt \
+            if self.cfg.slow_s and self.cfg.slow_marker and self.cfg.slow_marker in prompt \
                     and self._slow_try(r.id):
                 time.sleep(self.cfg.slow_s)
             t0 = time.perf_counter()
             if self.cfg.cost_per_row_s:
                 time.sleep(self.cfg.cost_per_row_s)
-            tag = hashlib.blake2b(f"{r.prompt}\x1f{r.seed}".encode(), digest_size=4).hexdigest()
-            n = self.cfg.tokens_per_row
-            out.append(RowResult(text=f"echo[{tag}]: {r.prompt[:40]}", num_tokens=n, canvases=1,
+            tag = hashlib.blake2b(f"{prompt}\x1f{r.seed}".encode(), digest_size=4).hexdigest()
+            text = f"echo[{tag}]: {prompt[:40]}"
+            if r.settings:
+                text += f" {json.dumps(r.settings, sort_keys=True)}"
+            n = (r.settings or {}).get("max_new_tokens", self.cfg.tokens_per_row)
+            out.append(RowResult(text=text, num_tokens=n, canvases=1,
                                  denoising_steps=max(1, n // 2), tokens_per_forward=n / max(1, n // 2),
                                  latency_s=time.perf_counter() - t0))
         return out
@@ -127,12 +139,29 @@ class EngineBackend:
         self.engine = Engine(self.model, max_batch_rows=spec.resources.batch_size)
         self.max_positions = int(self.model.config.text.max_position_embeddings)
         self.hooks = _constraint_hooks(spec, self.tokenizer, self.model, self.params.max_new_tokens)
+        self._row_params: dict[tuple, GenerationParams] = {}  # a row's settings -> its parameters
 
-    def _encode(self, prompt: str) -> list[int]:
-        if self.spec.input.chat:
-            return list(self.tokenizer.apply_chat_template([{"role": "user", "content": prompt}],
-                                                           add_generation_prompt=True))
-        return list(self.tokenizer.encode(prompt))
+    def _encode(self, row: PreparedRow) -> list[int]:
+        from model.tokenizer import encode_messages, encode_prompt
+
+        if row.messages is not None:
+            return encode_messages(self.tokenizer, row.messages)
+        return encode_prompt(self.tokenizer, row.prompt or "", chat=self.spec.input.chat)
+
+    def _params(self, row: PreparedRow) -> GenerationParams:
+        """The job's parameters with the row's settings applied (ValueError when the engine refuses them)."""
+        if not row.settings:
+            return self.params
+        key = tuple(sorted(row.settings.items()))
+        if key not in self._row_params:
+            from engine.params import temperature_schedule
+
+            over, base = dict(row.settings), self.params
+            if "temperature" in over:
+                over["t_max"], over["t_min"] = temperature_schedule(over.pop("temperature"), base.t_max,
+                                                                    base.t_min)
+            self._row_params[key] = self.params.with_(**over)
+        return self._row_params[key]
 
     def generate(self, rows: list[PreparedRow]) -> list[RowResult]:
         from engine.fast import Request
@@ -142,20 +171,25 @@ class EngineBackend:
         for i, r in enumerate(rows):
             key = f"{i}"  # row ids may repeat across files; the engine needs unique request ids
             try:
-                ids = self._encode(r.prompt or "")
+                params = self._params(r)
+            except ValueError as exc:  # settings the engine refuses are that row's error
+                results[key] = RowResult(status="error", error=f"row {r.id}: settings {r.settings}: {exc}")
+                continue
+            try:
+                ids = self._encode(r)
             except Exception as exc:  # noqa: BLE001 - a row the tokenizer refuses is that row's error
                 results[key] = RowResult(status="error", error=f"row {r.id}: cannot tokenize: {exc}")
                 continue
-            if len(ids) + self.params.max_new_tokens > self.max_positions:
+            if len(ids) + params.max_new_tokens > self.max_positions:
                 results[key] = RowResult(status="error", error=(
                     f"row {r.id}: prompt too long: {len(ids)} tokens + max_new_tokens "
-                    f"{self.params.max_new_tokens} exceeds the model's {self.max_positions} positions"))
+                    f"{params.max_new_tokens} exceeds the model's {self.max_positions} positions"))
                 continue
-            hook = self.hooks.for_row(r) if self.hooks else None
+            hook = self.hooks.for_row(r, params.max_new_tokens) if self.hooks else None
             if isinstance(hook, str):  # the constraint could not be built for this row
                 results[key] = RowResult(status="error", error=f"row {r.id}: {hook}")
                 continue
-            requests.append(Request(id=key, input_ids=ids, seed=r.seed, params=self.params, commit_hook=hook))
+            requests.append(Request(id=key, input_ids=ids, seed=r.seed, params=params, commit_hook=hook))
             by_key[key] = (r, hook)
         t0 = time.perf_counter()
         for c in self.engine.run(requests):
@@ -189,20 +223,30 @@ class _ConstraintHooks:
         self.cache = ConstraintCache()
         self.per_row = self.section.schema_column is not None
         # A constraint shared by all rows is compiled once per replica; failing here fails the job up front.
-        self.shared = None if self.per_row else self._build(None)
+        self.shared = None if self.per_row else self._build(None, max_new_tokens)
+        self.budgets: dict[int, ConstraintHook | str] = {}  # the shared constraint at rows' own max_tokens
 
-    def _build(self, row: PreparedRow | None) -> ConstraintHook:
+    def _build(self, row: PreparedRow | None, max_new_tokens: int) -> ConstraintHook:
         from constraints import build_hook
 
         # the EOS ids, canvas length and pad id come from the model config
         return build_hook(self.section, self.tokenizer, self.model_config,
-                          max_new_tokens=self.max_new_tokens, row=row, cache=self.cache)
+                          max_new_tokens=max_new_tokens, row=row, cache=self.cache)
 
-    def for_row(self, row: PreparedRow) -> ConstraintHook | str:
-        if not self.per_row:
+    def for_row(self, row: PreparedRow, max_new_tokens: int | None = None) -> ConstraintHook | str:
+        """The row's hook at its token budget (None: the job's), or why there is none (that row's error)."""
+        max_new_tokens = self.max_new_tokens if max_new_tokens is None else max_new_tokens
+        if not self.per_row and max_new_tokens == self.max_new_tokens:
             return self.shared
+        if not self.per_row:  # a row's own max_tokens: the same automaton, its own length check
+            if max_new_tokens not in self.budgets:
+                try:
+                    self.budgets[max_new_tokens] = self._build(None, max_new_tokens)
+                except Exception as exc:  # noqa: BLE001 - too short for the constraint: that row's error
+                    self.budgets[max_new_tokens] = f"max_new_tokens {max_new_tokens}: {exc}"
+            return self.budgets[max_new_tokens]
         try:
-            return self._build(row)
+            return self._build(row, max_new_tokens)
         except Exception as exc:  # noqa: BLE001 - a bad per-row schema is that row's error
             return f"schema in column {self.section.schema_column!r} unusable: {exc}"
 

@@ -20,7 +20,7 @@ import pyarrow.parquet as pq
 from pipeline.backend import Backend
 from pipeline.metrics import Metrics
 from pipeline.outputs import STATUSES, RowResult, build_table, error_result
-from pipeline.rows import PreparedRow, output_ids, prepare_rows
+from pipeline.rows import PreparedRow, output_ids, prepare_rows, row_columns
 from pipeline.spec import JobSpec
 
 
@@ -38,13 +38,13 @@ class BatchStats:
 
 
 def job_columns(spec: JobSpec) -> list[str]:
-    """The input columns a job reads, from its spec alone: prompt or template columns, id, passthrough,
-    per-row schema; each once, in that order (the first is the prompt's)."""
-    inp = spec.input
+    """The input columns a job reads, from its spec alone: the row recipe's (prompt, template, messages or
+    openai-batch columns, id, settings: pipeline/rows.py `row_columns`), passthrough, per-row schema; each
+    once, in that order (the first is the prompt's)."""
     so = spec.structured_output
-    cols = list(inp.template_columns())
-    for c in ([inp.id_column] if inp.id_column else []) + spec.output.passthrough_columns + \
-            ([so.schema_column] if so is not None and so.schema_column else []):
+    cols = row_columns(spec.input)
+    for c in spec.output.passthrough_columns + ([so.schema_column] if so is not None and so.schema_column
+                                                else []):
         if c not in cols:
             cols.append(c)
     return cols

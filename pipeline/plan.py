@@ -1,16 +1,19 @@
 """The job plan `OUT/_plan.json`: the shard list plus a fingerprint of everything that shapes the output.
 
 The fingerprint covers the model (path, dtype, backend, and the bytes of its config files when readable),
-the prompt recipe (column/template, chat, id column), passthrough and structured-output settings, the
-generation parameters and seed, the input files with their row-group sizes, `shard_rows`, and the code
-version. Resources other than `shard_rows` are left out on purpose: replicas and batch size change speed,
-not output, so a resumed job may use a different cluster. A run whose fingerprint differs from the
+the prompt recipe (input format, column/template/messages column, system prompt, chat, id column, per-row
+settings columns), passthrough and structured-output settings, the generation parameters and seed, the
+input files with their row-group sizes (and format, for JSONL/CSV: their row groups are the planning's
+runs of rows, so the same file plans the same shards), `shard_rows`, and the code version. Resources
+other than `shard_rows` are left out on purpose: replicas and batch size change speed, not output, so a
+resumed job may use a different cluster. A run whose fingerprint differs from the
 `_plan.json` already under its output prefix is refused, naming the components that changed.
 
 _plan.json fields (stable; the report reads them):
   version: 1, fingerprint: sha256 hex, components: {name: value} (what was hashed),
   created_at: unix seconds, input: input.path URL, total_rows: int,
-  shards: [{id, file, file_rel, start, num_rows}]
+  shards: [{id, file, file_rel, start, num_rows}], and for a JSONL/CSV file's shard also format, columns
+  (JSON [[name, Arrow type], ...]) and seek ([row, byte offset, line] the read starts from)
 """
 
 from __future__ import annotations
@@ -62,18 +65,32 @@ class Plan:
                    d["input"])
 
 
+def _prompt_recipe(spec: JobSpec) -> dict[str, Any]:
+    """The input section but its path; fields added after the first version only when set, so that the
+    fingerprints of jobs planned before them (Parquet, one prompt column or template) keep their value."""
+    recipe = spec.input.model_dump(exclude={"path"})
+    for name in _LATER_INPUT_FIELDS:
+        if recipe[name] in (None, {}):
+            del recipe[name]
+    return recipe
+
+
+_LATER_INPUT_FIELDS = ("format", "messages_column", "system", "generation_columns", "sampling_params_column")
+
+
 def fingerprint_components(spec: JobSpec, files: list[InputFile], model_identity: dict[str, Any]
                            ) -> dict[str, Any]:
     return {
         # quantization only when set, so the fingerprints of unquantized jobs keep their components
         "model": {"path": spec.model.path, "dtype": spec.model.dtype, **model_identity,
                   **({"quantization": spec.model.quantization} if spec.model.quantization else {})},
-        "prompt": spec.input.model_dump(exclude={"path"}),
+        "prompt": _prompt_recipe(spec),
         "passthrough_columns": list(spec.output.passthrough_columns),
         "generation": spec.generation.model_dump(),
         "structured_output": (spec.structured_output.model_dump(mode="json")
                               if spec.structured_output else None),
-        "inputs": [[f.rel, list(f.row_groups)] for f in files],
+        "inputs": [[f.rel, list(f.row_groups)] + ([f.format] if f.format != "parquet" else [])
+                   for f in files],
         "shard_rows": spec.resources.shard_rows,
         "code": _code_version(),
     }

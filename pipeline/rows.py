@@ -1,10 +1,20 @@
-"""Input rows to prompts: the prompt text, the row id, the per-row seed, and bad rows as typed failures.
+"""Input rows to prompts: the prompt text or conversation, the row id, the per-row seed and settings, and
+bad rows as typed failures.
+
+The prompt comes from `input.prompt_column`, `input.template` or `input.messages_column` (a conversation:
+pipeline/conversation.py), or from an openai-batch line (pipeline/openai_batch.py); `check_recipe` holds
+the rules that tie the input fields together and `row_columns` says what a row reads. `input.system` opens
+every chat row's conversation that has no system turn. Per-row settings (pipeline/row_settings.py) come
+from `input.generation_columns`, `input.sampling_params_column` or an openai-batch body; a row's own
+`seed` replaces its derived seed. A malformed conversation or a bad setting makes an error row naming the
+row and the problem, like every other bad row below.
 
 A row id is the `input.id_column` value when set, else `<file relative to input root>#<row index>`, which
-is stable across runs and retries. The seed is a hash of (job seed, row id as text), so a retried or
-bisected row reproduces exactly what the first attempt would have produced. A row whose prompt is null,
-empty, undecodable, whose template needs a null value, or whose cells the Parquet reader could not decode
-(`unreadable`, from pipeline.shards) becomes a `PreparedRow` with `error` set: it is written as an error
+is stable across runs and retries. The seed (unless the row sets its own) is a hash of (job seed, row id
+as text), so a retried or bisected row reproduces exactly what the first attempt would have produced. A
+row whose prompt is null, empty, undecodable, whose template needs a null value, or whose cells the reader
+could not decode (`unreadable`, from pipeline.shards: a corrupt Parquet page, a JSONL line that is not
+JSON) becomes a `PreparedRow` with `error` set: it is written as an error
 row, it never reaches the model and never fails its shard.
 
 The output `id` column keeps the id column's Arrow type (`output_ids`): int64 ids stay int64. A text id
@@ -21,6 +31,10 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from pipeline.conversation import parse_messages, with_system
+from pipeline.openai_batch import COLUMNS as OPENAI_COLUMNS
+from pipeline.openai_batch import request as openai_request
+from pipeline.row_settings import from_mapping, resolve, settings_problem
 from pipeline.spec import InputSpec
 
 
@@ -29,9 +43,46 @@ class PreparedRow:
     index: int  # position within the shard's table
     id: str
     seed: int
-    prompt: str | None  # None when error is set
+    prompt: str | None  # None when error is set, and for a conversation
     error: str | None = None
     extra: dict[str, Any] | None = None  # per-row inputs for hooks (e.g. a schema_column value)
+    messages: list[dict[str, str]] | None = None  # the conversation to render (None: `prompt` alone)
+    settings: dict[str, Any] | None = None  # engine parameter -> value for this row, `temperature` unmapped
+
+
+def check_recipe(inp: InputSpec) -> None:
+    """Raise ValueError naming the field when the input fields do not make one recipe (InputSpec's check):
+    exactly one prompt source (none for openai-batch, whose id is custom_id), conversations only with
+    chat, known per-row setting names."""
+    given = [n for n in ("prompt_column", "template", "messages_column") if getattr(inp, n) is not None]
+    if inp.format == "openai-batch":
+        if given:
+            raise ValueError("input: format openai-batch takes each line's body.messages as the prompt; "
+                             f"leave {', '.join(given)} unset")
+        if inp.id_column != "custom_id":
+            raise ValueError("input.id_column: openai-batch rows are identified by custom_id")
+    elif len(given) != 1:
+        raise ValueError(f"input: set exactly one of prompt_column or template or messages_column (got "
+                         f"{given or 'none'})")
+    if not inp.chat and (inp.messages_column or inp.system is not None or inp.format == "openai-batch"):
+        raise ValueError("input.chat: conversations (messages_column, system, openai-batch) are rendered by "
+                         "the chat template; chat cannot be false")
+    inp.template_columns()  # raises on a malformed template
+    why = settings_problem(list(inp.generation_columns)) if inp.generation_columns else None
+    if why:
+        raise ValueError(f"input.generation_columns: {why}")
+
+
+def row_columns(inp: InputSpec) -> list[str]:
+    """Every column a row's recipe reads, each once: the prompt's first (prompt or template columns, the
+    messages column, or openai-batch's), then the id and the settings columns."""
+    cols = list(OPENAI_COLUMNS) if inp.format == "openai-batch" else (
+        [inp.messages_column] if inp.messages_column else inp.template_columns())
+    for c in ([inp.id_column] if inp.id_column else []) + list(inp.generation_columns.values()) + \
+            ([inp.sampling_params_column] if inp.sampling_params_column else []):
+        if c not in cols:
+            cols.append(c)
+    return cols
 
 
 def row_seed(job_seed: int, row_id: str) -> int:
@@ -68,12 +119,10 @@ def prepare_rows(table: pa.Table, spec: InputSpec, *, job_seed: int, file_rel: s
     `unreadable` maps a table row to why its cells could not be read (pipeline.shards.ShardRead): such a
     row is an error row whose id comes from the id column if that cell was read, else is derived.
     """
-    cols = {name: table.column(name).to_pylist() for name in set(spec.template_columns())
-            | ({spec.id_column} if spec.id_column else set()) | set(extra_columns)}
+    cols = {name: table.column(name).to_pylist() for name in set(row_columns(spec)) | set(extra_columns)}
     out: list[PreparedRow] = []
     id_col = cols[spec.id_column] if spec.id_column else None
-    prompt_col = cols[spec.prompt_column] if spec.prompt_column is not None else None
-    prompt_what = f"prompt column {spec.prompt_column!r}"
+    per_row = bool(spec.generation_columns or spec.sampling_params_column or spec.format == "openai-batch")
     for i in range(table.num_rows):
         error = None  # the "<file> row <n>: " prefix is added only to rows that fail (most rows do not)
         if id_col is not None:
@@ -87,35 +136,75 @@ def prepare_rows(table: pa.Table, spec: InputSpec, *, job_seed: int, file_rel: s
             rid = derived_id(file_rel, first_row + i)
         if unreadable and i in unreadable:
             error = f"unreadable input: {unreadable[i]}"
-        prompt = None
+        prompt = messages = settings = seed = None
         if error is None:
-            if prompt_col is not None:
-                value = prompt_col[i]
-                # The common case (a clean str) skips _as_text's checks but one.
-                if type(value) is str and "\x00" not in value:
-                    prompt, err = value, None
-                else:
-                    prompt, err = _as_text(value, prompt_what)
-            else:
-                values, err = {}, None
-                for c in spec.template_columns():
-                    values[c], err = _as_text(cols[c][i], f"template column {c!r}")
-                    if err:
-                        break
-                if err is None:
-                    try:
-                        prompt = spec.template.format_map(values)
-                    except (KeyError, IndexError, ValueError, AttributeError) as exc:
-                        err = f"template cannot be filled: {type(exc).__name__}: {exc}"
-            if err is None and prompt is not None and not prompt.strip():
-                err = "prompt is empty"
-            if err:
-                error, prompt = err, None
+            prompt, messages, given, error = _prompt(spec, cols, i)
+            if error is None and per_row:
+                settings, seed, error = _settings(spec, cols, i, given)
+            if error is None and spec.system is not None and spec.chat:
+                messages = with_system(messages or [{"role": "user", "content": prompt}], spec.system)
+            if error is not None:
+                prompt = messages = settings = seed = None
         if error is not None:
             error = f"{file_rel} row {first_row + i}: {error}"
         extra = {c: cols[c][i] for c in extra_columns} if extra_columns else None
-        out.append(PreparedRow(i, rid, row_seed(job_seed, rid), prompt, error, extra))
+        seed = row_seed(job_seed, rid) if seed is None else seed
+        out.append(PreparedRow(i, rid, seed, prompt, error, extra, messages, settings or None))
     return out
+
+
+def _prompt(spec: InputSpec, cols: dict[str, list], i: int
+            ) -> tuple[str | None, list[dict[str, str]] | None, dict[str, tuple[str, Any]], str | None]:
+    """(prompt text, conversation, settings an openai-batch body gives, error) of row i."""
+    if spec.format == "openai-batch":
+        turns, given, err = openai_request(cols["method"][i], cols["url"][i], cols["body"][i])
+        return None, turns, given, err
+    if spec.messages_column is not None:
+        turns, err = parse_messages(cols[spec.messages_column][i], spec.messages_column)
+        return None, turns, {}, err
+    if spec.prompt_column is not None:
+        value = cols[spec.prompt_column][i]
+        # The common case (a clean str) skips _as_text's checks but one.
+        if type(value) is str and "\x00" not in value:
+            prompt, err = value, None
+        else:
+            prompt, err = _as_text(value, f"prompt column {spec.prompt_column!r}")
+    else:
+        values, err, prompt = {}, None, None
+        for c in spec.template_columns():
+            values[c], err = _as_text(cols[c][i], f"template column {c!r}")
+            if err:
+                break
+        if err is None:
+            try:
+                prompt = spec.template.format_map(values)
+            except (KeyError, IndexError, ValueError, AttributeError) as exc:
+                err = f"template cannot be filled: {type(exc).__name__}: {exc}"
+    if err is None and not prompt.strip():
+        err = "prompt is empty"
+    return (None, None, {}, err) if err else (prompt, None, {}, None)
+
+
+def _settings(spec: InputSpec, cols: dict[str, list], i: int, given: dict[str, tuple[str, Any]]
+              ) -> tuple[dict[str, Any] | None, int | None, str | None]:
+    """(engine overrides, own seed, error) of row i from its settings columns and `given` (its body's)."""
+    given = dict(given)
+    for name, col in spec.generation_columns.items():
+        v = cols[col][i]
+        if v is not None:
+            if name in given:
+                return None, None, f"{name} set twice ({given[name][0]} and column {col!r})"
+            given[name] = (f"column {col!r}", v)
+    col = spec.sampling_params_column
+    if col is not None and cols[col][i] is not None:
+        more, err = from_mapping(cols[col][i], col)
+        if err:
+            return None, None, err
+        for name, got in more.items():
+            if name in given:
+                return None, None, f"{name} set twice ({given[name][0]} and {got[0]})"
+            given[name] = got
+    return resolve(given)
 
 
 _TEXT_TYPES = (pa.types.is_string, pa.types.is_large_string, pa.types.is_binary, pa.types.is_large_binary)

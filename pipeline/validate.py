@@ -1,11 +1,13 @@
 """Checks that need the world, run before any generation: inputs, columns, output prefix, model, constraints.
 
 `validate_job` is what `dgbatch validate` runs and what `run_job` runs first, so a corrupt Parquet file, a
-missing column, an unreachable bucket, an output prefix that overlaps the input, holds files that are not
-ours or holds a different job (pipeline/prefix.py, pipeline/plan.py), a bad model path, an unsupported
-schema keyword or a constraint that cannot finish within max_new_tokens fails the job before a replica
-starts, with a `SpecError` naming the file, column, URL, path, keyword or minimum length. Whatever
-`run_job` refuses before work, this refuses first.
+CSV file without a header, a missing column or one of a type the spec cannot read (a messages column that
+is not a list of structs or text, a settings column that is not numbers or text), an unreachable bucket,
+an output prefix that overlaps the input, holds files that are not ours or holds a different job
+(pipeline/prefix.py, pipeline/plan.py), a bad model path, an unsupported schema keyword or a constraint
+that cannot finish within max_new_tokens fails the job before a replica starts, with a `SpecError` naming
+the file, column, URL, path, keyword or minimum length. Whatever `run_job` refuses before work, this
+refuses first.
 """
 
 from __future__ import annotations
@@ -15,13 +17,12 @@ from typing import Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 
 from pipeline.plan import existing_plan, fingerprint_components
 from pipeline.prefix import check_output_prefix
-from pipeline.shards import InputFile, list_inputs, plan_shards, read_row_groups
+from pipeline.shards import InputFile, list_inputs, plan_shards, read_file
 from pipeline.spec import JobSpec, SpecError
-from pipeline.storage import Storage, filesystem, with_retries
+from pipeline.storage import Storage
 
 
 @dataclass
@@ -38,17 +39,53 @@ class Validated:
 def required_columns(spec: JobSpec) -> dict[str, str]:
     """column -> the spec field that needs it."""
     need: dict[str, str] = {}
-    if spec.input.prompt_column:
-        need[spec.input.prompt_column] = "input.prompt_column"
-    for c in spec.input.template_columns() if spec.input.template else []:
+    inp = spec.input
+    if inp.prompt_column:
+        need[inp.prompt_column] = "input.prompt_column"
+    for c in inp.template_columns() if inp.template else []:
         need.setdefault(c, "input.template")
-    if spec.input.id_column:
-        need.setdefault(spec.input.id_column, "input.id_column")
+    if inp.messages_column:
+        need.setdefault(inp.messages_column, "input.messages_column")
+    if inp.format == "openai-batch":
+        need.setdefault("body", "input.format openai-batch")  # method and url may be left out
+    if inp.id_column:
+        need.setdefault(inp.id_column, "input.id_column")
+    for name, c in inp.generation_columns.items():
+        need.setdefault(c, f"input.generation_columns.{name}")
+    if inp.sampling_params_column:
+        need.setdefault(inp.sampling_params_column, "input.sampling_params_column")
     for c in spec.output.passthrough_columns:
         need.setdefault(c, "output.passthrough_columns")
     if spec.structured_output and spec.structured_output.schema_column:
         need.setdefault(spec.structured_output.schema_column, "structured_output.schema_column")
     return need
+
+
+def _is_text(t: pa.DataType) -> bool:
+    return pa.types.is_string(t) or pa.types.is_large_string(t) or pa.types.is_binary(t) or \
+        pa.types.is_large_binary(t)
+
+
+def _is_list(t: pa.DataType) -> bool:
+    return pa.types.is_list(t) or pa.types.is_large_list(t)
+
+
+def _column_type_problem(spec: JobSpec, col: str, t: pa.DataType) -> str | None:
+    """Why column `col` of type `t` cannot be what the spec reads it as (conversation, settings), or None.
+    Only the type is checked here: a bad value in a usable column is that row's error."""
+    if pa.types.is_dictionary(t):
+        t = t.value_type
+    if pa.types.is_null(t):  # every cell null: each row keeps the job's value, or is an error row
+        return None
+    inp = spec.input
+    if col == inp.messages_column and not (_is_text(t) or (_is_list(t) and pa.types.is_struct(t.value_type))):
+        return "a conversation: a list of {role, content} structs, or its JSON text"
+    if col == inp.sampling_params_column and not (_is_text(t) or pa.types.is_struct(t)):
+        return "settings: a struct like {temperature, max_tokens, seed}, or its JSON text"
+    if col in inp.generation_columns.values() and not (
+            pa.types.is_integer(t) or pa.types.is_floating(t) or pa.types.is_decimal(t) or _is_text(t)):
+        return "a number (or text holding one)"
+    return None
 
 
 def check_columns(spec: JobSpec, files: list[InputFile]) -> None:
@@ -59,6 +96,10 @@ def check_columns(spec: JobSpec, files: list[InputFile]) -> None:
             if col not in names:
                 raise SpecError(f"input file {f.path}: missing column {col!r} (needed by {field}); "
                                 f"columns are {names}")
+            t = f.schema.field(col).type
+            why = _column_type_problem(spec, col, t)
+            if why:
+                raise SpecError(f"input file {f.path}: column {col!r} (needed by {field}) is {t}, not {why}")
 
 
 def check_unique_ids(spec: JobSpec, files: list[InputFile]) -> None:
@@ -69,13 +110,7 @@ def check_unique_ids(spec: JobSpec, files: list[InputFile]) -> None:
     """
     col, st, seen = spec.input.id_column, spec.storage, {}
     for f in files:
-        fs, path = filesystem(f.path, st.endpoint_url, st.options)
-
-        def read(fs=fs, path=path, f=f) -> pa.Table:
-            with fs.open(path, "rb") as fh:
-                pf = pq.ParquetFile(fh)
-                return read_row_groups(pf, list(range(pf.metadata.num_row_groups)), [col], what=f.path).table
-        ids = with_retries(read, what=f.path)
+        ids = read_file(f, [col], st.endpoint_url, st.options).table
         values = pc.cast(ids.column(col), "string").to_pylist()
         for i, v in enumerate(values):
             if v is None:
@@ -91,7 +126,7 @@ def validate_job(spec: JobSpec, *, check_model: bool = True, identity: dict[str,
     """Every check that needs the world, in the order a user would fix them. `identity` is the backend's
     part of the plan fingerprint (None: the engine's model, pipeline.model_path.model_identity)."""
     st = spec.storage
-    files = list_inputs(spec.input.path, st.endpoint_url, st.options)
+    files = list_inputs(spec.input.path, st.endpoint_url, st.options, spec.input.format)
     check_columns(spec, files)
     if spec.input.id_column:
         check_unique_ids(spec, files)
