@@ -19,7 +19,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "tests" / "model")]
 
-from dg_oracle import SPEC_TEXT, Reference, build_reference  # noqa: E402
+from dg_oracle import Reference, build_reference, tiny_kwargs  # noqa: E402
 
 from model import DiffusionGemma  # noqa: E402
 
@@ -29,7 +29,7 @@ def main(attn: str = "eager", canvases: int = 3, prompt_len: int = 12, seed: int
     torch.set_num_threads(1)
     from transformers import DiffusionGemmaForBlockDiffusion
 
-    fp32 = build_reference(dict(text_config=SPEC_TEXT, canvas_length=16), seed, dtype=torch.float32)
+    fp32 = build_reference(tiny_kwargs(16), seed, dtype=torch.float32)
     with tempfile.TemporaryDirectory() as d:
         fp32.to(torch.bfloat16).save_pretrained(d)
         # Load the reference the way users do: from_pretrained in bf16 keeps its RoPE inv_freq in fp32
