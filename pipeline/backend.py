@@ -3,8 +3,12 @@
 - `EngineBackend` wraps `engine.fast.Engine` (fast mode, continuous batching): chat template + tokenize
   (model/tokenizer.py `encode_prompt`, or `encode_messages` for a conversation), one `Request` per row with
   the row's seed and parameters (the job's, with the row's own settings applied: a per-row `temperature`
-  through engine/params.py `temperature_schedule`), decode, and hand the text to the structured-output
-  check. A row whose settings the engine refuses (t_max below the schedule's t_min, ...) is an error row.
+  through engine/params.py `temperature_schedule`, as the job's `generation.temperature`), decode, and hand
+  the text to the structured-output check. Rows come as samples (pipeline/rows.py `samples`: n per input row,
+  each its own seed), all in one `Engine.run`. `generation.stop` (and a row's own `stop`) become
+  `Request.stop` with an Engine that detokenizes as the output text is decoded; a stopped row's text is the
+  engine's cut text. `generation.logprobs` asks each Request for its tokens' log-probabilities. A row whose
+  settings the engine refuses (t_max below the schedule's t_min, ...) is an error row.
 - `StubBackend` costs a fixed time per row and echoes its prompt (a conversation as "role: content"
   lines, and the row's settings when it has any; `max_new_tokens` sets its token count); a prompt
   containing `poison_marker` kills the whole process (`os._exit`), one containing `raise_marker` raises,
@@ -133,13 +137,23 @@ class EngineBackend:
         self.spec = spec
         self.model, self.tokenizer, self.model_dir = load_model_and_tokenizer(spec.model)
         from engine.fast import Engine
-        from engine.params import GenerationParams
+        from engine.params import GenerationParams, temperature_schedule
 
-        self.params = GenerationParams.from_model(self.model, **spec.generation.engine_overrides())
-        self.engine = Engine(self.model, max_batch_rows=spec.resources.batch_size)
+        gen = spec.generation
+        self.base = GenerationParams.from_model(self.model, **gen.engine_overrides())  # a row's T scales it
+        self.params = self.base
+        if gen.temperature is not None:
+            t_max, t_min = temperature_schedule(gen.temperature, self.base.t_max, self.base.t_min)
+            self.params = self.base.with_(t_max=t_max, t_min=t_min)
+        self.engine = Engine(self.model, max_batch_rows=spec.resources.batch_size,
+                             detokenize=self._detokenize)
         self.max_positions = int(self.model.config.text.max_position_embeddings)
         self.hooks = _constraint_hooks(spec, self.tokenizer, self.model, self.params.max_new_tokens)
         self._row_params: dict[tuple, GenerationParams] = {}  # a row's settings -> its parameters
+
+    def _detokenize(self, token_ids: list[int]) -> str:
+        """Token ids -> output text, as a row's text is decoded (for stop strings)."""
+        return self.tokenizer.decode(token_ids, skip_special_tokens=True)
 
     def _encode(self, row: PreparedRow) -> list[int]:
         from model.tokenizer import encode_messages, encode_prompt
@@ -150,17 +164,19 @@ class EngineBackend:
 
     def _params(self, row: PreparedRow) -> GenerationParams:
         """The job's parameters with the row's settings applied (ValueError when the engine refuses them)."""
-        if not row.settings:
+        settings = {k: v for k, v in (row.settings or {}).items() if k != "stop"}
+        if not settings:
             return self.params
-        key = tuple(sorted(row.settings.items()))
+        key = tuple(sorted(settings.items()))
         if key not in self._row_params:
             from engine.params import temperature_schedule
 
-            over, base = dict(row.settings), self.params
+            over, base = settings, self.params
             if "temperature" in over:
+                base = self.base  # a row's temperature scales the checkpoint's schedule, not the job's
                 over["t_max"], over["t_min"] = temperature_schedule(over.pop("temperature"), base.t_max,
                                                                     base.t_min)
-            self._row_params[key] = self.params.with_(**over)
+            self._row_params[key] = base.with_(**over)
         return self._row_params[key]
 
     def generate(self, rows: list[PreparedRow]) -> list[RowResult]:
@@ -189,7 +205,13 @@ class EngineBackend:
             if isinstance(hook, str):  # the constraint could not be built for this row
                 results[key] = RowResult(status="error", error=f"row {r.id}: {hook}")
                 continue
-            requests.append(Request(id=key, input_ids=ids, seed=r.seed, params=params, commit_hook=hook))
+            stop = tuple((r.settings or {}).get("stop", self.spec.generation.stop))
+            if stop and hook is not None:  # the job-level pair is refused by the spec (pipeline/spec.py)
+                why = "stop strings cannot be used with structured output"
+                results[key] = RowResult(status="error", error=f"row {r.id}: {why}")
+                continue
+            requests.append(Request(id=key, input_ids=ids, seed=r.seed, params=params, commit_hook=hook,
+                                    logprobs=self.spec.generation.logprobs, stop=stop))
             by_key[key] = (r, hook)
         t0 = time.perf_counter()
         for c in self.engine.run(requests):
@@ -199,13 +221,19 @@ class EngineBackend:
                 results[c.id] = RowResult(status="error", error=f"row {row.id}: {c.error}", latency_s=latency)
                 continue
             text = self.hooks.text(hook, c.token_ids) if self.hooks else None
+            if text is None and c.finish_reason == "stop":
+                text = c.text  # cut before the stop string (the tokens may run past it)
             if text is None:
                 text = self.tokenizer.decode(c.token_ids, skip_special_tokens=True)
             res = RowResult(text=text, num_tokens=c.num_tokens, canvases=c.canvases,
                             denoising_steps=c.denoising_steps, tokens_per_forward=c.tokens_per_forward,
-                            latency_s=latency)
+                            latency_s=latency, logprobs=c.logprobs)
             if self.hooks:
                 res.status, res.json, res.error = self.hooks.check(row, text, c)
+            labels = self.spec.structured_output.choice if self.spec.structured_output else None
+            scores = getattr(c.hook_state, "label_scores", None)  # the choice hook's state (constraints)
+            if labels is not None and self.spec.generation.logprobs and scores is not None:
+                res.choice_scores = [float(scores.get(label, float("-inf"))) for label in labels]
             results[c.id] = res
         return [results[f"{i}"] for i in range(len(rows))]
 

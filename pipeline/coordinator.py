@@ -200,7 +200,7 @@ class Coordinator:
         if unit.piece.start in b.pieces:  # a duplicate answer (should not happen): keep the first
             return None
         b.pieces[unit.piece.start] = rows
-        b.rows_done += rows.num_rows
+        b.rows_done += unit.piece.num_rows  # input rows: with generation.n each gives n output rows
         if b.rows_done < unit.shard.num_rows:
             return None
         del self._bisect[unit.shard.id]
@@ -209,7 +209,7 @@ class Coordinator:
     def piece_rows(self, unit: WorkUnit, rows: pa.Table, tokens: int) -> list[Effect]:
         """A piece's rows (generated, or the error rows of a `GiveUp`): counted, and the shard committed
         once it is whole."""
-        self.rows += rows.num_rows
+        self.rows += unit.piece.num_rows  # input rows, as the plan counts them (progress)
         self.tokens += tokens
         whole = self.piece_done(unit, rows)
         return [] if whole is None else [CommitPieces(unit, *whole)]
@@ -221,7 +221,7 @@ class Coordinator:
 
     def _finished(self, unit: WorkUnit, stats: dict[str, Any]) -> None:
         self.committed(unit)
-        self.rows += stats["rows"]
+        self.rows += unit.piece.num_rows  # input rows (stats["rows"] counts samples)
         self.tokens += stats["tokens"]
 
     # -- slots -----------------------------------------------------------------------------------------

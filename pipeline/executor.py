@@ -172,7 +172,9 @@ def run_job(spec: JobSpec | dict, *, backend_factory: Any = None, ray_address: s
             coord = Coordinator(todo, max_attempts=res.max_attempts, backoff_s=res.retry_backoff_s,
                                 attempt_base=next_attempts(storage), replicas=min(res.replicas, len(todo)),
                                 lease_timeout_s=res.shard_timeout_s)
-            prog = Progress(plan.total_rows, sum(c["rows"] for c in done.values()), progress)
+            # input rows, not output rows: a marker counts generation.n samples per input row
+            done_in = sum(int(c.get("input", {}).get("num_rows", c["rows"])) for c in done.values())
+            prog = Progress(plan.total_rows, done_in, progress)
             started_ray = False
             if not ray.is_initialized():
                 reaper = Reaper()  # what this process ran before ray.init is not the watchdog's to stop

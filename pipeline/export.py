@@ -27,7 +27,9 @@ Formats, one JSON object per line:
   "length" finish reason (the rows do not record whether max_new_tokens cut generation). An `error` row
   has `response` null and `error` {"code": "row_error", "message": its error}. An `invalid` row (text
   made, structured-output check failed) has both its `response` and `error` {"code": "invalid_output",
-  "message": why}. `ok` rows have `error` null.
+  "message": why}. `ok` rows have `error` null. With `generation.n` > 1 there is one line per sample (the
+  flat layout of the Parquet output): `custom_id` repeats, the choice's `index` is the row's
+  `sample_index`, and <h> also hashes the sample index (sample 0's is the n = 1 value).
 """
 
 from __future__ import annotations
@@ -144,14 +146,16 @@ def openai_record(row: dict[str, Any], marker: dict[str, Any], *, fingerprint: s
                   ) -> dict[str, Any]:
     """One OpenAI Batch API output line for one output row (the module docstring says what is filled)."""
     custom_id = str(json_value(row["id"]))
-    h = hashlib.sha256(f"{fingerprint}\x1f{custom_id}".encode()).hexdigest()[:24]
+    sample = int(row.get("sample_index") or 0)
+    key = f"{fingerprint}\x1f{custom_id}" + (f"\x1f{sample}" if sample else "")
+    h = hashlib.sha256(key.encode()).hexdigest()[:24]
     line: dict[str, Any] = {"id": f"batch_req_{h}", "custom_id": custom_id, "response": None, "error": None}
     if row["status"] == "error":
         line["error"] = {"code": "row_error", "message": row["error"]}
         return line
     body = {"id": f"chatcmpl-{h}", "object": "chat.completion",
             "created": int(marker.get("finished_at") or 0), "model": model,
-            "choices": [{"index": 0, "message": {"role": "assistant", "content": row["text"]},
+            "choices": [{"index": sample, "message": {"role": "assistant", "content": row["text"]},
                          "logprobs": None, "finish_reason": "stop"}],
             "usage": {"completion_tokens": row["num_tokens"]}}
     line["response"] = {"status_code": 200, "request_id": f"req_{h}", "body": body}

@@ -1,8 +1,9 @@
 """One input table in, one output table out: the unit of work shared by the replica and the Ray Data adapter.
 
 `RowGenerator.process` prepares rows (ids, seeds, prompts; bad rows become error rows without touching the
-model), sends the good ones to the backend, and assembles the output table with the passthrough columns,
-one output row per input row in input order. Rows the shard reader could not decode (`unreadable`, from
+model), sends the good ones to the backend (each as its `generation.n` samples, all in one backend call),
+and assembles the output table with the passthrough columns, n output rows per input row in (input order,
+sample_index) order (pipeline/outputs.py). Rows the shard reader could not decode (`unreadable`, from
 pipeline.shards.read_shard) are error rows like any other bad row. It also tallies rows by status and
 tokens for the commit marker and the metrics. `job_columns` (what a job reads, from its spec),
 `error_rows` (rows given up on) and `output_schema` need no backend. No storage and no Ray here.
@@ -20,13 +21,13 @@ import pyarrow.parquet as pq
 from pipeline.backend import Backend
 from pipeline.metrics import Metrics
 from pipeline.outputs import STATUSES, RowResult, build_table, error_result
-from pipeline.rows import PreparedRow, output_ids, prepare_rows, row_columns
+from pipeline.rows import PreparedRow, output_ids, prepare_rows, row_columns, samples
 from pipeline.spec import JobSpec
 
 
 @dataclass
 class BatchStats:
-    rows: int = 0
+    rows: int = 0  # output rows (samples), as the commit marker's `rows` and `rows_by_status` count them
     by_status: dict[str, int] = field(default_factory=lambda: {s: 0 for s in STATUSES})
     tokens: int = 0
     denoising_steps: int = 0
@@ -70,13 +71,15 @@ class RowGenerator:
         """
         row = PreparedRow(0, "warm-up", 0, None, "warm-up")
         out = build_table([row], [error_result("warm-up")], pa.table({"_": [0]}).select([]), attempt=0,
-                          structured=self.spec.structured_output is not None)
+                          structured=self.spec.structured_output is not None,
+                          logprobs=self.spec.generation.logprobs, choice_scores=_choice_scores(self.spec))
         pq.write_table(out, io.BytesIO(), compression="zstd")
 
     def process(self, table: pa.Table, *, file_rel: str, first_row: int, attempt: int,
                 unreadable: dict[int, str] | None = None) -> tuple[pa.Table, BatchStats]:
-        rows = prepare_rows(table, self.spec.input, job_seed=self.spec.generation.seed, file_rel=file_rel,
-                            first_row=first_row, extra_columns=self.extra_columns, unreadable=unreadable)
+        prepared = prepare_rows(table, self.spec.input, job_seed=self.spec.generation.seed, file_rel=file_rel,
+                                first_row=first_row, extra_columns=self.extra_columns, unreadable=unreadable)
+        rows = samples(prepared, self.spec.generation.n)
         good = [r for r in rows if r.error is None]
         stats = BatchStats(rows=len(rows))
         t0 = time.perf_counter()
@@ -84,8 +87,8 @@ class RowGenerator:
         stats.model_s = time.perf_counter() - t0
         if len(got) != len(good):
             raise RuntimeError(f"backend returned {len(got)} results for {len(good)} rows")
-        by_index = {r.index: res for r, res in zip(good, got)}
-        results: list[RowResult] = [by_index.get(r.index) or error_result(r.error or "no result")
+        by_key = {(r.index, r.sample): res for r, res in zip(good, got)}
+        results: list[RowResult] = [by_key.get((r.index, r.sample)) or error_result(r.error or "no result")
                                     for r in rows]
         for res in results:
             stats.by_status[res.status] += 1
@@ -98,11 +101,7 @@ class RowGenerator:
             self.metrics.denoising_steps(stats.denoising_steps, max(1, len(good)))
             if stats.model_s > 0:
                 self.metrics.tokens_per_s(stats.tokens / stats.model_s)
-        passthrough = table.select(self.spec.output.passthrough_columns)
-        out = build_table(rows, results, passthrough, attempt=attempt,
-                          structured=self.spec.structured_output is not None,
-                          ids=output_ids(table, self.spec.input, rows))
-        return out, stats
+        return _table(self.spec, table, prepared, rows, results, attempt), stats
 
 
 def error_rows(spec: JobSpec, table: pa.Table, *, file_rel: str, first_row: int, attempt: int,
@@ -113,11 +112,34 @@ def error_rows(spec: JobSpec, table: pa.Table, *, file_rel: str, first_row: int,
     """
     so = spec.structured_output
     extra = (so.schema_column,) if so is not None and so.schema_column else ()
-    rows = prepare_rows(table, spec.input, job_seed=spec.generation.seed, file_rel=file_rel,
-                        first_row=first_row, extra_columns=extra, unreadable=unreadable)
+    prepared = prepare_rows(table, spec.input, job_seed=spec.generation.seed, file_rel=file_rel,
+                            first_row=first_row, extra_columns=extra, unreadable=unreadable)
+    rows = samples(prepared, spec.generation.n)
     results = [error_result(r.error or f"row {r.id}: {message}") for r in rows]
-    return build_table(rows, results, table.select(spec.output.passthrough_columns), attempt=attempt,
-                       structured=so is not None, ids=output_ids(table, spec.input, rows))
+    return _table(spec, table, prepared, rows, results, attempt)
+
+
+def _table(spec: JobSpec, table: pa.Table, prepared: list[PreparedRow], rows: list[PreparedRow],
+           results: list[RowResult], attempt: int) -> pa.Table:
+    """The output table of `rows` (the samples of `prepared`, which were prepared from `table`): ids and
+    passthrough cells repeated for each sample of their input row."""
+    passthrough = table.select(spec.output.passthrough_columns)
+    ids = output_ids(table, spec.input, prepared)
+    if len(rows) != len(prepared):
+        take = pa.array([r.index for r in rows], pa.int64())
+        ids = ids.take(take)
+        # a table with no columns loses its row count in take(): build that one from a placeholder column
+        passthrough = passthrough.take(take) if passthrough.num_columns else \
+            pa.table({"_": pa.nulls(len(rows))}).select([])
+    return build_table(rows, results, passthrough, attempt=attempt, ids=ids,
+                       structured=spec.structured_output is not None, logprobs=spec.generation.logprobs,
+                       choice_scores=_choice_scores(spec))
+
+
+def _choice_scores(spec: JobSpec) -> bool:
+    """Whether the output has a `choice_scores` column: logprobs asked for under a choice constraint."""
+    return spec.generation.logprobs and spec.structured_output is not None and \
+        spec.structured_output.choice is not None
 
 
 def output_schema(spec: JobSpec, input_schema: pa.Schema, file_rel: str) -> pa.Schema:

@@ -86,7 +86,7 @@ def fingerprint_components(spec: JobSpec, files: list[InputFile], model_identity
                   **({"quantization": spec.model.quantization} if spec.model.quantization else {})},
         "prompt": _prompt_recipe(spec),
         "passthrough_columns": list(spec.output.passthrough_columns),
-        "generation": spec.generation.model_dump(),
+        "generation": spec.generation.fingerprint_dict(),
         "structured_output": (spec.structured_output.model_dump(mode="json")
                               if spec.structured_output else None),
         "inputs": [[f.rel, list(f.row_groups)] + ([f.format] if f.format != "parquet" else [])

@@ -94,7 +94,8 @@ def preview_rows(spec: JobSpec, preview: Preview) -> tuple[pa.Table, list[str | 
         got = read_shard(shard, job_columns(spec), st.endpoint_url, st.options)
         rows = prepare_rows(got.table, spec.input, job_seed=spec.generation.seed, file_rel=shard.file_rel,
                             first_row=shard.start, extra_columns=extra, unreadable=got.unreadable)
-        prompts += [_shown_prompt(r) for r in rows]
+        # results hold generation.n rows (samples) per input row, in (input order, sample_index) order
+        prompts += [p for r in rows for p in [_shown_prompt(r)] * spec.generation.n]
     if len(prompts) != table.num_rows:
         raise RuntimeError(f"preview: {table.num_rows} result rows but {len(prompts)} input rows read back")
     return table, prompts

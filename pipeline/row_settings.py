@@ -1,7 +1,8 @@
 """Per-row generation settings: which names a row may set, where they come from, and each value's check.
 
 Owns the names (`setting_names`): `temperature`, `max_tokens` (or `max_completion_tokens`, OpenAI's newer
-name) and `seed`, as OpenAI and vLLM spell them, plus the engine's own parameters (engine/params.py
+name), `seed` and `stop` (a string or a list of them: the row's stop strings, replacing the job's
+`generation.stop`), as OpenAI and vLLM spell them, plus the engine's own parameters (engine/params.py
 `SAMPLER_BOUNDS`: max_new_tokens, max_denoising_steps, t_max, t_min, ...). A row's settings come from
 `input.generation_columns` (setting -> column), from a `sampling_params` object (a Parquet struct, a dict,
 or JSON object text, as Ray Data LLM writes vLLM's SamplingParams: `from_mapping`) and, in openai-batch,
@@ -31,18 +32,19 @@ SEED_LIMIT = 1 << 63  # a seed fits int64 and torch.Generator.manual_seed
 NEUTRAL: dict[str, tuple[Any, ...]] = {
     "n": (1,), "best_of": (1,), "top_p": (1,), "top_k": (-1, 0), "min_p": (0,), "presence_penalty": (0,),
     "frequency_penalty": (0,), "repetition_penalty": (1,), "stream": (False,), "logprobs": (False,),
-    "stop": ([],), "stop_token_ids": ([],), "ignore_eos": (False,), "skip_special_tokens": (True,),
+    "stop_token_ids": ([],), "ignore_eos": (False,), "skip_special_tokens": (True,),
     "detokenize": (True,),
 }
 IGNORED = ("model", "user", "metadata", "store")
-OPENAI_NAMES = ("temperature", "max_tokens", "max_completion_tokens", "seed")  # what a request body may set
+# what a request body may set
+OPENAI_NAMES = ("temperature", "max_tokens", "max_completion_tokens", "seed", "stop")
 
 
 def setting_names() -> tuple[str, ...]:
     """Every name a row may set (in generation_columns or sampling_params)."""
     from engine.params import SAMPLER_BOUNDS
 
-    return ("temperature", "seed", *ALIASES, *SAMPLER_BOUNDS)
+    return ("temperature", "seed", *ALIASES, "stop", *SAMPLER_BOUNDS)
 
 
 def _parameter(name: str) -> str:
@@ -131,6 +133,13 @@ def resolve(given: dict[str, tuple[str, Any]]) -> tuple[dict[str, Any], int | No
     seed = None
     for name, (where, raw) in given.items():
         p = _parameter(name)
+        if p == "stop":
+            stop = _stop_strings(raw)
+            if stop is None:
+                return {}, None, f"{where}: expected a non-empty string or a list of them, got {raw!r}"
+            if stop:
+                overrides["stop"] = stop
+            continue
         bound = {"temperature": TEMPERATURE_BOUND, "seed": Bound(int, 0)}.get(p) or SAMPLER_BOUNDS[p]
         v = _number(raw)
         if bound.kind is int and isinstance(v, float) and v.is_integer():
@@ -146,3 +155,18 @@ def resolve(given: dict[str, tuple[str, Any]]) -> tuple[dict[str, Any], int | No
         else:
             overrides[p] = v
     return overrides, seed, None
+
+
+def _stop_strings(v: Any) -> list[str] | None:
+    """A row's stop strings from a string, a list of strings or JSON text of a list; None when malformed."""
+    if isinstance(v, (bytes, bytearray)):
+        v = bytes(v).decode("utf-8", "replace")
+    if isinstance(v, str) and v.startswith("["):
+        try:
+            v = json.loads(v)
+        except ValueError:
+            return None
+    items = [v] if isinstance(v, str) else v
+    if not isinstance(items, (list, tuple)) or not all(isinstance(x, str) and x for x in items):
+        return None
+    return list(items)

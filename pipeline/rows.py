@@ -25,7 +25,7 @@ is null there and the row's error message names its `<file> row <n>` position.
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import pyarrow as pa
@@ -48,6 +48,7 @@ class PreparedRow:
     extra: dict[str, Any] | None = None  # per-row inputs for hooks (e.g. a schema_column value)
     messages: list[dict[str, str]] | None = None  # the conversation to render (None: `prompt` alone)
     settings: dict[str, Any] | None = None  # engine parameter -> value for this row, `temperature` unmapped
+    sample: int = 0  # which of the row's `generation.n` samples (its seed is `sample_seed(row seed, sample)`)
 
 
 def check_recipe(inp: InputSpec) -> None:
@@ -89,6 +90,22 @@ def row_seed(job_seed: int, row_id: str) -> int:
     """A 63-bit seed from the job seed and the row id (fits int64 and torch.Generator.manual_seed)."""
     digest = hashlib.blake2b(f"{job_seed}\x1f{row_id}".encode(), digest_size=8).digest()
     return int.from_bytes(digest, "little") & ((1 << 63) - 1)
+
+
+def sample_seed(seed: int, sample: int) -> int:
+    """Sample `sample`'s seed from its row's: sample 0 keeps the row seed (so n = 1 is unchanged), the others
+    hash (row seed, sample), so a retried or resumed row reproduces every sample."""
+    if sample == 0:
+        return seed
+    digest = hashlib.blake2b(f"{seed}\x1fsample\x1f{sample}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little") & ((1 << 63) - 1)
+
+
+def samples(rows: list[PreparedRow], n: int) -> list[PreparedRow]:
+    """Each row as its n samples, in (row order, sample) order; a bad row's samples carry its error."""
+    if n == 1:
+        return rows
+    return [replace(r, seed=sample_seed(r.seed, k), sample=k) for r in rows for k in range(n)]
 
 
 def derived_id(file_rel: str, row_index: int) -> str:

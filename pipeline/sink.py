@@ -331,7 +331,8 @@ def status(url: str, endpoint_url: str | None = None, options: dict | None = Non
     plan = Plan.from_json(json.loads(storage.read_bytes(PLAN_FILE)))
     commits = committed(storage)
     by_status = {s: sum(c["rows_by_status"].get(s, 0) for c in commits.values()) for s in STATUSES}
-    done_rows = sum(c["rows"] for c in commits.values())
+    # input rows committed, as plan.total_rows counts them (a marker's `rows` counts generation.n samples)
+    done_rows = sum(int(c.get("input", {}).get("num_rows", c["rows"])) for c in commits.values())
     out = {"output": url, "fingerprint": plan.fingerprint, "shards": len(plan.shards),
            "shards_committed": len(commits), "rows": plan.total_rows, "rows_committed": done_rows,
            "rows_by_status": by_status, "tokens": sum(c.get("tokens", 0) for c in commits.values()),

@@ -18,8 +18,8 @@ from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
-from pydantic_core import InitErrorDetails, PydanticCustomError
 
+from pipeline.generation_spec import GenerationSpec
 from pipeline.redact import REDACTED, is_auth_header, is_credential_name, scrub, scrub_json, url_credentials
 
 # Credentials come from the environment or the credential chain only, so a spec that carries one (an option
@@ -135,49 +135,6 @@ class OutputSpec(_Section):
     @classmethod
     def _null_is_default(cls, v: Any) -> Any:
         return [] if v is None else v
-
-
-class GenerationSpec(_Section):
-    """The engine's sampler parameters under engine/params.py's names (`SAMPLER_BOUNDS`), and the job's seed.
-
-    A parameter left out (or null) takes the checkpoint's generation_config default. The names, kinds and
-    ranges are the engine's own, not a copy: a value the engine would refuse is refused here, naming the
-    field. The engine is imported only when a parameter is set: it loads torch, which reading a spec
-    otherwise does not need."""
-
-    model_config = ConfigDict(extra="allow", frozen=True)  # the parameters: checked against the engine's list
-
-    seed: int = Field(default=0, ge=0)
-
-    @model_validator(mode="before")
-    @classmethod
-    def _null_parameter_is_default(cls, data: Any) -> Any:
-        # `t_max:` with no value means the default, as leaving it out does (and compares equal to that)
-        if not isinstance(data, dict):
-            return data
-        return {k: v for k, v in data.items() if v is not None or k == "seed"}
-
-    @model_validator(mode="after")
-    def _engine_parameters(self) -> GenerationSpec:
-        given = self.engine_overrides()
-        if not given:
-            return self
-        from engine.params import SAMPLER_BOUNDS, schedule_problem
-
-        unknown = f"unknown field (sampler parameters: {', '.join(SAMPLER_BOUNDS)})"
-        problems = {name: SAMPLER_BOUNDS[name].problem(v) if name in SAMPLER_BOUNDS else unknown
-                    for name, v in given.items()}
-        if "t_min" in given and not problems["t_min"]:
-            problems["t_min"] = schedule_problem(given.get("t_max"), given["t_min"])
-        errors = [InitErrorDetails(type=PydanticCustomError("sampler_parameter", why), loc=(name,),
-                                   input=given[name]) for name, why in problems.items() if why]
-        if errors:  # one error per field, located at the field like pydantic's own
-            raise ValidationError.from_exception_data(type(self).__name__, errors)
-        return self
-
-    def engine_overrides(self) -> dict[str, Any]:
-        """The parameters the spec sets, by name."""
-        return dict(self.model_extra or {})
 
 
 class StructuredOutputSpec(_Section):
@@ -318,6 +275,9 @@ class JobSpec(_Section):
         clash = sorted(set(self.output.passthrough_columns) & set(RESERVED_COLUMNS))
         if clash:
             raise ValueError(f"output.passthrough_columns: {clash} clash with output columns; rename them")
+        if self.generation.stop and self.structured_output is not None:
+            raise ValueError("generation.stop: structured output decides where a row ends; stop strings "
+                             "would cut it short of valid output. Leave one of them out")
         return self
 
     @classmethod
