@@ -3,17 +3,22 @@
 Each is rewritten into plain conjunctions (merged as allOf, all_of.py) whose every instance validates:
 - if/then/else: first generate values satisfying `if` AND `then` (then `else` is moot). If that part has no
   value or cannot be generated, generate `else` together with a decidable failure of `if`: a value of a type
-  `if` excludes, or an object missing one of the keys `if` requires, or anything when `if` is false.
+  `if` excludes, or an object missing one of the keys `if` requires, or anything when `if` is false, or
+  else `not: if` as negation.py generates it.
   Otherwise refuse, naming if/then/else and the pointer
   (https://json-schema.org/understanding-json-schema/reference/conditionals#ifthenelse).
 - dependentSchemas / `dependencies` with a schema: a trigger key that is always present (required,
   directly or through dependencies) brings its schema in as one more conjunct; an optional trigger key is
   never generated, so its schema never applies.
 - propertyNames: declared keys it rejects are never generated (property_names.py).
+- not: values that provably fail the negated schema, kind by kind (negation.py).
 """
 
 from __future__ import annotations
 
+import contextvars
+
+from constraints import negation
 from constraints.all_of import merge_conjuncts
 from constraints.object_keys import close_required, dependency_lists
 from constraints.property_names import filter_declared
@@ -22,6 +27,8 @@ from constraints.schema_errors import UnsupportedSchema
 _CONDITIONAL = ("if", "then", "else")
 _TYPES = ("object", "array", "string", "integer", "number", "boolean", "null")
 OBJECT_ONLY = {"dependentSchemas", "propertyNames", "maxProperties"}  # with no `type`: objects only
+MAX_TRIES = 256  # if/then/else sides tried within one outermost if/then/else (nested ones included)
+_tries: contextvars.ContextVar[list[int] | None] = contextvars.ContextVar("if_tries", default=None)
 
 
 def translate(tr, s: dict, path: str, depth: int) -> str | None:
@@ -36,10 +43,20 @@ def translate(tr, s: dict, path: str, depth: int) -> str | None:
         narrowed = filter_declared(tr, s, path)
         if narrowed is not None:
             return tr.value(narrowed, path, depth)
-    return None
+    return negation.translate(tr, s, path, depth)  # None without `not`
 
 
 def _if_then_else(tr, s: dict, path: str, depth: int) -> str:
+    budget = _tries.get()
+    token = _tries.set([0]) if budget is None else None  # the outermost if/then/else opens the budget
+    try:
+        return _choose(tr, s, path, depth, _tries.get())
+    finally:
+        if token is not None:
+            _tries.reset(token)
+
+
+def _choose(tr, s: dict, path: str, depth: int, tried: list[int]) -> str:
     rest = {k: v for k, v in s.items() if k not in _CONDITIONAL}
     cond, then, other = s["if"], s.get("then", True), s.get("else", True)
     choices = []
@@ -47,19 +64,29 @@ def _if_then_else(tr, s: dict, path: str, depth: int) -> str:
         choices.append(
             lambda: tr.conjuncts(cond, path + "/if", depth) + tr.conjuncts(then, path + "/then", depth)
         )
-    for fails_if in negations(cond):
+    fails = negations(cond)
+    if isinstance(cond, dict) and cond:  # any other way to fail `if` (negation.py), after the cheap ones
+        fails.append({"not": cond})
+    for fails_if in fails:
         choices.append(lambda f=fails_if: [(path + "/if", f)] + tr.conjuncts(other, path + "/else", depth))
     first: UnsupportedSchema | None = None
     for parts in choices:
+        tried[0] += 1
+        if tried[0] > MAX_TRIES:  # nested conditionals (allOf of many) backtrack: bound the search
+            raise UnsupportedSchema(
+                f"unsupported: if/then/else (over {MAX_TRIES} nested if/then/else sides tried) (at {path}/if)"
+            )
         try:
             merged = merge_conjuncts(tr.conjuncts(rest, path, depth) + parts(), path)
             return tr.value(merged, path, depth)
         except UnsupportedSchema as e:  # Unsatisfiable included: try the other side
-            first = first or e
-    raise UnsupportedSchema(
+            first = first or getattr(e, "cause", e)  # a nested if/then/else: its own first cause
+    err = UnsupportedSchema(
         f"unsupported: if/then/else (neither if+then nor else with a provable failure of if can be "
         f"generated; first: {first}) (at {path}/if)"
     )
+    err.cause = first
+    raise err
 
 
 def negations(cond) -> list[dict]:

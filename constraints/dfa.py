@@ -2,17 +2,18 @@
 
 Legend: S live DFA states (0 is the start), V vocabulary, K token classes, E class edges, Q a chunk of states.
 
-How: outlines-core builds the regex's byte-level automaton (an Index over the 256 one-byte tokens; its
-transitions are the byte DFA with dead and non-completable moves already removed). We then walk every
-vocabulary token from every state ourselves, level by level over a byte trie of the vocabulary and a
-chunk of states at a time in numpy, instead of asking outlines-core for the token-level Index: its
-`get_transitions()` materialises a dict entry per (state, token) (16.7 GB at V=262k for a large schema),
-and walking the trie shares work between tokens with a common prefix.
+How: byte_automaton.py turns the regex into its minimal byte automaton (outlines-core's, minimised, or for
+a large regex composed part by part: composed_dfa.py). We then walk every vocabulary token from every state
+ourselves, level by level over a byte trie of the vocabulary and a chunk of states at a time in numpy,
+instead of asking outlines-core for the token-level Index: its `get_transitions()` materialises a dict entry
+per (state, token) (16.7 GB at V=262k for a large schema), and walking the trie shares work between tokens
+with a common prefix.
 
-Tokens whose next-state column is identical from every state form one class; a column is summarised by two
-independent 64-bit modular hashes (collision odds ~2^-90 per pair), and each class's edges are then
-recomputed exactly from a representative. The DONE state (index S) is added by the DP: final states reach it
-on an EOS id and it loops on any token.
+Tokens whose next-state column is identical from every state form one class. Per chunk of states the columns
+are grouped exactly (an integer-exact float hash proposes the groups, an element-wise comparison confirms
+them); a token's class is its tuple of groups over all chunks, and each class's edges are the columns of its
+first token. The DONE state (index S) is added by the DP: final states reach it on an EOS id and it loops on
+any token.
 """
 
 from __future__ import annotations
@@ -21,13 +22,19 @@ import os
 import sys
 import tempfile
 import time
-from collections import deque
+import types
 from dataclasses import dataclass
 
 import numpy as np
-from outlines_core import Index, Vocabulary
 
-_BYTE_EOS = 256  # the pseudo-EOS id of the byte-level index
+if not __package__:  # compile.py runs this file as a script: register the package without running its
+    # __init__ (which loads torch), so the imports below load only numpy and outlines-core
+    _pkg = sys.modules.setdefault("constraints", types.ModuleType("constraints"))
+    _pkg.__path__ = [os.path.dirname(os.path.abspath(__file__))]
+
+from constraints.byte_automaton import byte_dfa, csr_ranges  # noqa: E402
+
+__all__ = ["TokenDFA", "build_token_dfa", "build_trie", "byte_dfa", "save_dfa", "walk"]
 
 
 @dataclass
@@ -62,56 +69,6 @@ class TokenDFA:
         c = self.token_class[token]
         hit = np.nonzero((self.edge_src == state) & (self.edge_cls == c))[0]
         return int(self.edge_dst[hit[0]]) if hit.size else -1
-
-
-def byte_dfa(regex: str) -> tuple[np.ndarray, np.ndarray]:
-    """The regex's byte automaton as (delta [S+1, 256] int32 with dead row S, final bool [S]); 0 = start.
-
-    The regex is compiled with an end sentinel byte (\\x00) appended: the engine's alternation is
-    leftmost-first, so without it a prefix that already matches (e.g. "tr" in `tr(ue)?`) would cut off its
-    longer continuations. A state is final when the sentinel would complete the match there. Only states
-    that can still reach a final state are kept (co-reachable), so every live path completes.
-    """
-    vocab = Vocabulary(_BYTE_EOS, {bytes([b]): [b] for b in range(256)})
-    index = Index(f"(?:{regex})\\x00", vocab)
-    trans = index.get_transitions()
-    init = index.get_initial_state()
-    states = set(trans) | {d for m in trans.values() for d in m.values()}
-    ids = [init] + sorted(s for s in states if s != init)
-    num = {s: i for i, s in enumerate(ids)}
-    n = len(ids)
-    delta = np.full((n + 1, 256), n, dtype=np.int32)
-    for s, m in trans.items():
-        row = delta[num[s]]
-        for b, d in m.items():
-            if b < 256:
-                row[b] = num[d]
-    accept = np.zeros(n + 1, dtype=bool)
-    for s in index.get_final_states():
-        if s in num:
-            accept[num[s]] = True
-    final = accept[delta[:n, 0]]
-    # the sentinel itself is not text: drop \x00 moves into states that only end the match
-    has_out = np.append((delta[:n] < n).any(axis=1), False)
-    delta[:n, 0] = np.where(has_out[delta[:n, 0]] & ~accept[delta[:n, 0]], delta[:n, 0], n)
-    # co-reachability: drop states from which no final state is reachable
-    live = final.copy()
-    rev: list[list[int]] = [[] for _ in range(n)]
-    src, _ = np.nonzero(delta[:n] < n)
-    for s, d in zip(src.tolist(), delta[:n][delta[:n] < n].tolist()):
-        rev[d].append(s)
-    todo = deque(np.nonzero(final)[0].tolist())
-    while todo:
-        d = todo.popleft()
-        for s in rev[d]:
-            if not live[s]:
-                live[s] = True
-                todo.append(s)
-    if not live[0]:
-        raise ValueError("the constraint's regex matches no string")
-    delta = np.where(np.append(live, False)[delta], delta, n).astype(np.int32)
-    delta[:n][~live] = n
-    return delta, final
 
 
 @dataclass
@@ -189,46 +146,18 @@ def build_token_dfa(
     delta, final_b = byte_dfa(regex)
     n_b, V = delta.shape[0] - 1, len(vocab)
     trie = trie or build_trie(vocab)
-    rng = np.random.default_rng(0x5EED)
-    w1 = rng.integers(1, 2**63, size=n_b, dtype=np.uint64) | np.uint64(1)
-    w2 = rng.integers(1, 2**63, size=n_b, dtype=np.uint64) | np.uint64(1)
-    h1 = np.zeros(V, dtype=np.uint64)
-    h2 = np.zeros(V, dtype=np.uint64)
     # similar states side by side (by how many bytes they allow), so dead trie subtrees prune per chunk
     order = np.argsort((delta[:n_b] < n_b).sum(axis=1), kind="stable")
-    chunk = chunk or max(8, (1 << 24) // max(V, 1))
-    with np.errstate(over="ignore"):
-        for lo in range(0, n_b, chunk):
-            q = order[lo : lo + chunk]
-            nxt = walk(delta, trie, q, V).astype(np.uint64)  # [Q, V]
-            h1 += w1[q] @ nxt
-            h2 += w2[q] @ nxt
+    # chunks of ~8 MB of next states: measured 2x faster than 64 MB ones (the column grouping stays in cache)
+    chunk = chunk or max(64, (1 << 21) // max(V, 1))
+    inverse, reps, cols = _token_classes(delta, trie, order, V, chunk)  # [V], [K], [S_b, K]
     special = np.asarray([not b for b in vocab])
-    _, first, inverse = np.unique(np.stack([h1, h2], 1), axis=0, return_index=True, return_inverse=True)
-    inverse = inverse.reshape(-1)
-    # exact columns of one representative per class, from every byte state: [S_b, K]
-    reps = first.astype(np.int64)
-    rep_vocab = [vocab[t] for t in reps]
-    cols = walk(delta, build_trie(rep_vocab), np.arange(n_b), len(reps))
     alive_cls = ((cols < n_b).any(axis=0)) & ~special[reps]
-    # forward reachability from the start over class edges, then trim to reachable & co-reachable
-    src, cls = np.nonzero(cols < n_b)
-    keep_edge = alive_cls[cls]
-    src, cls = src[keep_edge], cls[keep_edge]
-    dst = cols[src, cls]
-    reach = np.zeros(n_b, dtype=bool)
-    reach[0] = True
-    adj: list[list[int]] = [[] for _ in range(n_b)]
-    for s, d in set(zip(src.tolist(), dst.tolist())):
-        adj[s].append(d)
-    todo = deque([0])
-    while todo:
-        s = todo.popleft()
-        for d in adj[s]:
-            if not reach[d]:
-                reach[d] = True
-                todo.append(d)
-    dist_b = _distances(adj, final_b)
+    # class edges, then trim to states reachable from the start and co-reachable by whole tokens
+    src, cls = np.nonzero((cols < n_b) & alive_cls)
+    dst = cols[src, cls].astype(np.int64)
+    reach = _bfs(src, dst, n_b, np.asarray([0])) >= 0
+    dist_b = _bfs(dst, src, n_b, np.nonzero(final_b)[0])  # fewest tokens to a final state, -1: none
     keep = reach & (dist_b >= 0)
     if not keep[0]:
         raise ValueError("no token sequence of this vocabulary spells a string matching the constraint")
@@ -236,7 +165,7 @@ def build_token_dfa(
     renum[keep] = np.arange(int(keep.sum()))
     ok = keep[src] & keep[dst]
     # classes: renumber live ones densely; dead/special tokens -> -1
-    cls_ids = np.full(len(reps), -1, dtype=np.int64)
+    cls_ids = np.full(cols.shape[1], -1, dtype=np.int64)
     used = np.unique(cls[ok])
     cls_ids[used] = np.arange(used.size)
     token_class = cls_ids[inverse].astype(np.int32)
@@ -252,22 +181,66 @@ def build_token_dfa(
     )
 
 
-def _distances(adj: list[list[int]], final: np.ndarray) -> np.ndarray:
-    """Fewest tokens from each state to a final state (-1 if none), by BFS on the reversed graph."""
-    n = len(adj)
-    rev: list[list[int]] = [[] for _ in range(n)]
-    for s, ds in enumerate(adj):
-        for d in ds:
-            rev[d].append(s)
+def _token_classes(delta, trie: _Trie, order: np.ndarray, V: int, chunk: int) -> tuple[np.ndarray, ...]:
+    """(class of each token [V], first token of each class [K], next state of each class [S_b, K]), exactly.
+
+    Per chunk the tokens are grouped by their column of next states (`_column_groups`); a token's class is
+    its tuple of groups over the chunks. Only the columns of each group's first token are kept per chunk.
+    """
+    n_b = delta.shape[0] - 1
+    cls = np.zeros(V, dtype=np.int64)
+    parts = []
+    for lo in range(0, n_b, chunk):
+        q = order[lo : lo + chunk]
+        nxt = walk(delta, trie, q, V)  # [Q, V]
+        group, first = _column_groups(nxt)
+        parts.append((q, group, nxt[:, first]))
+        _, cls = np.unique(cls * first.size + group, return_inverse=True)
+        cls = cls.reshape(-1)
+    k = int(cls.max()) + 1 if V else 0
+    reps = np.zeros(k, dtype=np.int64)
+    reps[cls[::-1]] = np.arange(V - 1, -1, -1)
+    cols = np.empty((n_b, k), dtype=np.int32)
+    for q, group, sub in parts:
+        cols[q] = sub[:, group[reps]]
+    return cls, reps, cols
+
+
+def _column_groups(nxt: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(group of each column [V], first column of each group) for the columns of `nxt` [Q, V], exactly.
+
+    Two random integer weightings of a column, summed in float64, are exact integers (the weights are small
+    enough that no sum passes 2^53), so equal columns always agree; the groups they propose are then
+    confirmed row by row, and a collision (different columns, same sums) falls back to an exact sort.
+    """
+    Q, V = nxt.shape
+    bits = 52 - int(np.ceil(np.log2(max(int(nxt.max()), 1) + 1))) - int(np.ceil(np.log2(Q + 1)))
+    w = np.random.default_rng(0x5EED).integers(0, 2 ** max(bits, 1), size=(2, Q)).astype(np.float64)
+    h = w @ nxt.astype(np.float64)  # [2, V]
+    _, first, group = np.unique(h[0] + 1j * h[1], return_index=True, return_inverse=True)
+    group = group.reshape(-1)
+    idx = first[group]
+    if bits < 8 or not all((row == row[idx]).all() for row in nxt):
+        _, first, group = np.unique(nxt, axis=1, return_index=True, return_inverse=True)
+        group = group.reshape(-1)
+    return group, first
+
+
+def _bfs(src: np.ndarray, dst: np.ndarray, n: int, sources: np.ndarray) -> np.ndarray:
+    """Fewest edges from `sources` to each of n nodes along src -> dst (-1: unreachable), level by level."""
+    order = np.argsort(src, kind="stable")
+    nbr = dst[order]
+    start = np.searchsorted(src[order], np.arange(n + 1))
     dist = np.full(n, -1, dtype=np.int64)
-    todo = deque(np.nonzero(final)[0].tolist())
-    dist[list(todo)] = 0
-    while todo:
-        d = todo.popleft()
-        for s in rev[d]:
-            if dist[s] < 0:
-                dist[s] = dist[d] + 1
-                todo.append(s)
+    frontier = np.unique(sources)
+    dist[frontier] = 0
+    level = 0
+    while frontier.size:
+        level += 1
+        nxt = nbr[csr_ranges(start[frontier], start[frontier + 1])]
+        nxt = np.unique(nxt[dist[nxt] < 0])
+        dist[nxt] = level
+        frontier = nxt
     return dist
 
 

@@ -20,6 +20,7 @@ from constraints import conditionals, counting
 from constraints import regex_atoms as ra
 from constraints.all_of import merge_conjuncts
 from constraints.budget import TooLarge, cap_items, cap_length, check_size
+from constraints.drafts import check_draft
 from constraints.object_keys import close_required, dependency_lists, is_forbidden, key_schema
 from constraints.pattern_properties import pattern_pairs, with_extra_pairs
 from constraints.refs import REF_DEPTH, RefStack, pointer, unroll
@@ -91,6 +92,8 @@ def schema_to_regex(schema: dict | bool, *, whitespace: str = ra.WS, ref_depth: 
     `ref_depth`: how many times one recursive $ref target may be unrolled on a path; None: the largest
     depth up to refs.REF_DEPTH whose regex fits refs.REGEX_BUDGET.
     """
+    check_draft(schema)
+
     def translate(depth: int) -> str:
         t = _Translator(schema, whitespace, depth)
         try:

@@ -1,4 +1,4 @@
-"""JSON strings under `pattern`, `format` and minLength/maxLength: ECMA AST -> regex over the escaped text.
+"""JSON strings under pattern, format, `not` and minLength/maxLength: ECMA AST -> regex over the JSON text.
 
 A pattern's AST (ecma_regex.py) describes decoded characters; the regex we emit describes the JSON text
 between the quotes, so each character set becomes "one raw character, or one short escape (\\" \\\\ \\/ \\b
@@ -8,11 +8,12 @@ generated (a subset, as everywhere in schema_regex.py).
 `pattern` is not anchored in JSON Schema (re.search): a top-level alternative without `^` gets any
 characters in front, one without `$` any characters after. `^`/`$` elsewhere are refused.
 
-minLength/maxLength are intersected on the AST (`restrict`): repetition counts are narrowed and, in a
-sequence of several variable parts, the length budget is split between them. The result accepts a subset
-of the strings of the right length (never one of the wrong length); when the split leaves nothing the
-string is refused as Unsatisfiable. Formats are fixed regexes (regex_atoms.FORMATS plus the ones below),
-parsed with the same parser, so they combine with length bounds the same way.
+One language (a pattern, or a format: string_formats.py) is narrowed to minLength/maxLength on the AST
+(`restrict`): repetition counts are narrowed and, in a sequence of several variable parts, the length budget
+is split between them. The result accepts a subset of the strings of the right length (never one of the
+wrong length); when the split leaves nothing the string is refused as Unsatisfiable. Several languages (a
+pattern and a format, patterns conjoined by allOf: string_sets.py, languages a `not` excludes: negation.py)
+are intersected exactly, lengths included, by char_automaton.py.
 """
 
 from __future__ import annotations
@@ -21,8 +22,13 @@ import functools
 import re
 
 from constraints import regex_atoms as ra
-from constraints.ecma_regex import ANY, EMPTY, Alt, Anchor, Chars, Rep, Seq, parse_pattern
+from constraints.char_automaton import TooComplex, combine
+from constraints.ecma_regex import ANY, EMPTY, Alt, Chars, Rep, Seq
 from constraints.schema_errors import Unsatisfiable, UnsupportedSchema
+from constraints.string_formats import FORMATS, format_node
+from constraints.string_sets import anchored_alternatives, split_conjunction
+
+__all__ = ["FORMATS", "emit", "pattern_node", "search_key", "string_regex"]
 
 # JSON short escapes: decoded character -> the letter after the backslash
 _JSON_ESCAPES = {'"': '"', "\\": "\\", "/": "/", "\b": "b", "\f": "f", "\n": "n", "\r": "r", "\t": "t"}
@@ -30,30 +36,6 @@ _PAD = Rep(ANY, 0, None)  # the characters around an unanchored pattern
 COUNT_CAP = 64  # a pattern's {m,n} generates at most max(m, COUNT_CAP) copies (budget.STRING_CAP alike)
 _UNROLL = 16  # exact repeat counts up to this are unrolled when a length bound must be shared
 _RAW_EXCLUDED = ((0x00, 0x1F), (0x22, 0x22), (0x5C, 0x5C), (0xD800, 0xDFFF))  # surrogates are not text
-
-# Subsets of what each format's checker accepts (jsonschema's FormatChecker: fqdn, rfc3987 or
-# rfc3986-validator, ipaddress, jsonpointer when installed): lowercase ASCII host labels without hyphens,
-# http(s) URIs over unreserved characters, fully written IPv6 addresses.
-_LABEL = "[a-z][a-z0-9]{0,19}"
-_HOST = rf"{_LABEL}(?:\.{_LABEL}){{0,3}}"
-_SEGMENT = "[A-Za-z0-9._~-]"
-_URI = rf"https?://{_HOST}(?::[1-9][0-9]{{0,3}})?(?:/{_SEGMENT}*)*(?:\?[A-Za-z0-9._~=&-]*)?"
-_POINTER = "(?:/[A-Za-z0-9_.-]*)*"
-FORMATS: dict[str, str] = {
-    **ra.FORMATS,
-    "hostname": _HOST,
-    "idn-hostname": _HOST,
-    "ipv6": "[0-9a-f]{1,4}(?::[0-9a-f]{1,4}){7}",
-    "uri": _URI,
-    "iri": _URI,
-    "uri-reference": rf"(?:{_URI}|/{_SEGMENT}+(?:/{_SEGMENT}*)*)",
-    "iri-reference": rf"(?:{_URI}|/{_SEGMENT}+(?:/{_SEGMENT}*)*)",
-    "uri-template": _URI,
-    "json-pointer": _POINTER,
-    # jsonschema's checker rejects a digit after a 0 anywhere in the number ("10"): no zeros after the first
-    "relative-json-pointer": f"(?:0|[1-9]{{1,3}})(?:#|{_POINTER})",
-    "regex": "[A-Za-z0-9 _]*",
-}
 
 
 def search_key(pattern: str, key: str, where: str) -> bool:
@@ -64,55 +46,85 @@ def search_key(pattern: str, key: str, where: str) -> bool:
         raise UnsupportedSchema(f"unsupported: patternProperties {pattern!r} ({e}) (at {where})") from None
 
 
-def string_regex(s: dict, lo: int, hi: int | None, path: str) -> str | None:
-    """The quoted-string regex for `pattern`/`format` with lengths in [lo, hi], or None if neither applies.
+def string_regex(s: dict, lo: int, hi: int | None, path: str, exclude: tuple = ()) -> str | None:
+    """The quoted-string regex for `pattern`/`format` with lengths in [lo, hi] and none of the `exclude`
+    languages (negation.py: tuples of ASTs, each the conjunction of its members), or None if nothing applies.
 
-    None means the plain string_pattern(lo, hi) is exact (no pattern, and a format we ignore).
+    None means the plain string_pattern(lo, hi) is exact (no pattern, no exclusion, a format we ignore).
     """
     fmt, pat = s.get("format"), s.get("pattern")
-    known = fmt in FORMATS
+    pos, what = [], []
     if pat is not None:
-        if known or fmt in ra.CHECKED_FORMATS:
-            raise UnsupportedSchema(f"unsupported: pattern together with format {fmt!r} (at {path})")
-        node, what = pattern_node(pat, path + "/pattern"), f"pattern {pat!r}"
-    elif known:
-        node, what = format_node(fmt), f"format {fmt!r}"
+        pos += [pattern_node(p, path + "/pattern") for p in split_conjunction(pat)]
+        what.append(f"pattern {pat!r}")
+    if fmt in FORMATS:
+        pos.append(format_node(fmt))
+        what.append(f"format {fmt!r}")
     elif fmt in ra.CHECKED_FORMATS:
         raise UnsupportedSchema(f"unsupported: format {fmt!r} (at {path})")
-    else:
+    if not pos and not exclude:
         return None
-    if lo > 0 or hi is not None:
-        node = restrict(_without_lead_pad(node), lo, hi)
-        if node is None:
-            raise Unsatisfiable(
-                f"unsupported: {what} with minLength/maxLength {lo}..{hi} "
-                f"(no string we generate fits) (at {path})"
-            )
+    bounded = lo > 0 or hi is not None
+    if len(pos) == 1 and not exclude:
+        node = restrict(_without_lead_pad(pos[0]), lo, hi) if bounded else pos[0]
+    else:
+        node = _intersect(pos, list(exclude), lo, hi, path)
+    if node is None:
+        why = " and ".join(what) or "not"
+        if bounded:
+            why += f" with minLength/maxLength {lo}..{hi}"
+        raise Unsatisfiable(f"unsupported: {why} (no string we generate fits) (at {path})")
     return '"' + emit(node) + '"'
 
 
-@functools.lru_cache(maxsize=4096)
-def format_node(fmt: str):
-    return parse_pattern(FORMATS[fmt], "#format")
+def _intersect(pos: list, exclude: list, lo: int, hi: int | None, path: str):
+    """The strings of every `pos` AST, of none of the `exclude` conjunctions, with lengths in [lo, hi].
+
+    Exact when the automata fit char_automaton.py's caps; otherwise a subset, trying in turn: the lengths
+    narrowed on the result's AST (`restrict`) instead of in the product, then the positive patterns
+    without their unanchored `.*` ends (just the pattern's own match, which cannot hold a forbidden word
+    the pattern itself does not spell)."""
+    bounded = lo > 0 or hi is not None
+    lengths = [Rep(ANY, lo, hi)] if bounded else []
+    tight = [_without_pads(n) for n in pos]
+    tries = [(pos + lengths, False), (pos, True), (tight + lengths, False), (tight, True)]
+    error: UnsupportedSchema | None = None
+    for operands, narrow in tries if bounded else tries[::2]:
+        try:
+            node = combine(operands or [_PAD], exclude, _usable)
+        except TooComplex as e:
+            error = error or e
+            continue
+        except UnsupportedSchema as e:
+            raise UnsupportedSchema(f"{e} (at {path})") from None
+        return restrict(node, lo, hi) if narrow and node is not None else node
+    raise UnsupportedSchema(f"{error} (at {path})")
+
+
+def _without_pads(n):
+    """`n` without the `.*` an unanchored alternative starts or ends with (a subset of its strings)."""
+    if isinstance(n, Alt):
+        return Alt(tuple(_without_pads(x) for x in n.items))
+    if isinstance(n, Seq):
+        items = list(n.items)
+        while items and items[0] == _PAD:
+            items = items[1:]
+        while items and items[-1] == _PAD:
+            items = items[:-1]
+        return Seq(tuple(items))
+    return n
+
+
+def _usable(ranges) -> bool:
+    return _emittable(Chars(ranges, ranges))
 
 
 @functools.lru_cache(maxsize=4096)
 def pattern_node(pattern: str, where: str):
     """The AST of the strings re.search(pattern, .) accepts that we generate (anchors made explicit)."""
-    top = parse_pattern(pattern, where)
-    alts = top.items if isinstance(top, Alt) else (top,)
     out = []
-    for alt in alts:
-        items = list(alt.items) if isinstance(alt, Seq) else [alt]
-        start = end = False
-        while items and items[0] == Anchor("^"):
-            items, start = items[1:], True
-        while items and items[-1] == Anchor("$"):
-            items, end = items[:-1], True
-        if any(_has_anchor(x) for x in items):
-            raise UnsupportedSchema(f"unsupported: pattern {pattern!r} (an anchor inside) (at {where})")
-        pad = _PAD
-        out.append(Seq(tuple(([] if start else [pad]) + items + ([] if end else [pad]))))
+    for items, start, end in anchored_alternatives(pattern, where):
+        out.append(Seq(tuple(([] if start else [_PAD]) + items + ([] if end else [_PAD]))))
     node = prune(_cap_counts(out[0] if len(out) == 1 else Alt(tuple(out))))
     if node is None:
         why = "no string we generate matches it"
@@ -139,14 +151,6 @@ def _without_lead_pad(n):
     if isinstance(n, Seq) and len(n.items) > 2 and n.items[0] == _PAD and n.items[-1] == _PAD:
         return Seq(n.items[1:])
     return n
-
-
-def _has_anchor(n) -> bool:
-    if isinstance(n, Anchor):
-        return True
-    if isinstance(n, (Seq, Alt)):
-        return any(_has_anchor(x) for x in n.items)
-    return isinstance(n, Rep) and _has_anchor(n.item)
 
 
 def _emittable(c: Chars) -> bool:

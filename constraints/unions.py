@@ -7,7 +7,10 @@ against another branch. `exclusive(a, b)` proves that from what the branches pin
 (`type`, or the kinds of `const`/`enum` values), disjoint finite value sets, or an object key that one branch
 requires whose value the other branch constrains to something disjoint (a discriminator such as
 `"kind": {"const": "circle"}`) or forbids. What cannot be proven is left to object_combinators.py (required /
-`not required` discrimination) or refused.
+`not required` discrimination); failing that, each branch is narrowed to the values that fail every other
+branch it may overlap (`exclusive_branches`: branch and `not` of the others, negation.py), which is exactly
+"this branch and no other", generated as a subset. anyOf and oneOf side by side: oneOf(B) and anyOf(A) is
+oneOf(b_i and anyOf(A)).
 
 Schemas here are read, never translated: `$ref`s are looked up with refs.py `pointer`, and anything this
 module does not understand makes the proof fail (unknown kinds, unknown values), never succeed.
@@ -31,14 +34,14 @@ def _kind(v) -> str:
     return {str: "string", type(None): "null", list: "array", dict: "object"}.get(type(v), "object")
 
 
-def _same(x, y) -> bool:
+def same_value(x, y) -> bool:
     """JSON equality: 1 == 1.0, but true != 1 (Python's == says True == 1)."""
     if _kind(x) != _kind(y):
         return False
     if isinstance(x, list):
-        return len(x) == len(y) and all(_same(a, b) for a, b in zip(x, y))
+        return len(x) == len(y) and all(same_value(a, b) for a, b in zip(x, y))
     if isinstance(x, dict):
-        return x.keys() == y.keys() and all(_same(x[k], y[k]) for k in x)
+        return x.keys() == y.keys() and all(same_value(x[k], y[k]) for k in x)
     return x == y
 
 
@@ -74,7 +77,7 @@ def conjuncts(root, s, seen: frozenset = frozenset()) -> list[dict] | None:
     return out
 
 
-def _kinds_of(root, parts: list[dict], depth: int = 0) -> frozenset[str]:
+def kinds_of(root, parts: list[dict], depth: int = 0) -> frozenset[str]:
     """The JSON kinds a value satisfying every part can have (integer counts as number)."""
     kinds = _ALL_KINDS
     for p in parts:
@@ -82,7 +85,7 @@ def _kinds_of(root, parts: list[dict], depth: int = 0) -> frozenset[str]:
             if isinstance(p.get(kw), list) and depth < _PROOF_DEPTH:
                 sub = [conjuncts(root, b) for b in p[kw]]
                 if all(x is not None for x in sub):
-                    kinds &= frozenset().union(*(_kinds_of(root, x, depth + 1) for x in sub))
+                    kinds &= frozenset().union(*(kinds_of(root, x, depth + 1) for x in sub))
         if p.get("not") == {}:
             return frozenset()
         if "const" in p:
@@ -97,13 +100,13 @@ def _kinds_of(root, parts: list[dict], depth: int = 0) -> frozenset[str]:
     return kinds
 
 
-def _values_of(parts: list[dict]) -> list | None:
+def values_of(parts: list[dict]) -> list | None:
     """The finite set of values every part allows (const/enum), or None when not finite."""
     out = None
     for p in parts:
         vals = [p["const"]] if "const" in p else p["enum"] if isinstance(p.get("enum"), list) else None
         if vals is not None:
-            out = vals if out is None else [x for x in out if any(_same(x, y) for y in vals)]
+            out = vals if out is None else [x for x in out if any(same_value(x, y) for y in vals)]
     return out
 
 
@@ -132,11 +135,11 @@ def exclusive(root, a, b, depth: int = 0) -> bool:
     pa, pb = conjuncts(root, a), conjuncts(root, b)
     if pa is None or pb is None:
         return False
-    common = _kinds_of(root, pa) & _kinds_of(root, pb)
+    common = kinds_of(root, pa) & kinds_of(root, pb)
     if not common:
         return True
-    va, vb = _values_of(pa), _values_of(pb)
-    if va is not None and vb is not None and not any(_same(x, y) for x in va for y in vb):
+    va, vb = values_of(pa), values_of(pb)
+    if va is not None and vb is not None and not any(same_value(x, y) for x in va for y in vb):
         return True
     if common != {"object"} or depth >= _PROOF_DEPTH:
         return False
@@ -173,15 +176,18 @@ def union(tr, s: dict, path: str, depth: int, annotations: set[str]) -> str:
 
     `tr` is schema_regex.py's _Translator (its `value`, `deref` and `root` are used).
     """
+    if "oneOf" in s and "anyOf" in s and isinstance(s["oneOf"], list):  # oneOf(b_i and anyOf(A)), the same
+        any_of = s["anyOf"]
+        s = {k: v for k, v in s.items() if k != "anyOf"}
+        s["oneOf"] = [{"allOf": [b, {"anyOf": any_of}]} for b in s["oneOf"]]
     kw = "oneOf" if "oneOf" in s else "anyOf"
-    if "oneOf" in s and "anyOf" in s:
-        raise UnsupportedSchema(f"unsupported: anyOf together with oneOf (at {path})")
     branches = s[kw]
     if not isinstance(branches, list) or not branches:
         raise UnsupportedSchema(f"unsupported: {kw} that is not a non-empty list (at {path})")
     one = kw == "oneOf"
     parent = {k: v for k, v in s.items() if k != kw and k not in annotations}
     jobs: list[tuple[dict | bool, str]]
+    strengthened = False
     if parent:
         peeked = [_peek(tr.root, b, annotations) for b in branches]
         merged = expand_object_branches(parent, peeked, exclusive=one, path=path)
@@ -192,26 +198,48 @@ def union(tr, s: dict, path: str, depth: int, annotations: set[str]) -> str:
         elif not one or pairwise_exclusive(tr.root, [{"allOf": [parent, b]} for b in branches]):
             jobs = [({"allOf": [parent, b]}, f"{path}/{kw}/{i}") for i, b in enumerate(branches)]
         else:
-            raise UnsupportedSchema(f"unsupported: oneOf (branches not provably exclusive) (at {path})")
+            jobs, strengthened = exclusive_branches(tr.root, parent, branches, path), True
     elif not one or pairwise_exclusive(tr.root, branches):
         jobs = [(b, f"{path}/{kw}/{i}") for i, b in enumerate(branches)]  # refs resolve inside value()
     else:
         resolved = [tr.deref(b, path, depth) for b in branches]
         merged = expand_object_branches({"type": "object"}, resolved, exclusive=True, path=path)
-        if merged is None:
-            raise UnsupportedSchema(f"unsupported: oneOf (branches may overlap) (at {path})")
-        jobs = [(m, f"{path}/{kw}") for m in merged]
+        if merged is not None:
+            jobs = [(m, f"{path}/{kw}") for m in merged]
+        else:
+            jobs, strengthened = exclusive_branches(tr.root, {}, branches, path), True
     alts: list[str] = []
-    failed: list[Unsatisfiable] = []
+    failed: list[UnsupportedSchema] = []
     for b, at in jobs:
         try:
             alts.append(tr.value(b, at, depth + 1))
         except Unsatisfiable as e:  # no value (or none that ends at the $ref bound): adds nothing
             failed.append(e)
+        except UnsupportedSchema as e:  # a branch narrowed by `not`s we cannot write: a subset without it
+            if not strengthened:
+                raise
+            failed.append(e)
     if not alts:
         bound = [e for e in failed if isinstance(e, RefBound)]
         if bound:
             raise bound[0]  # names the $ref and the bound
+        unsupported = [e for e in failed if not isinstance(e, Unsatisfiable)]
+        if unsupported:
+            why = f"branches may overlap; narrowing them: {unsupported[0]}"
+            raise UnsupportedSchema(f"unsupported: oneOf ({why}) (at {path})")
         raise Unsatisfiable(f"unsupported: {kw} (no branch has a valid instance) (at {path})")
     alts = list(dict.fromkeys(alts))
     return alts[0] if len(alts) == 1 else "(?:" + "|".join(alts) + ")"
+
+
+def exclusive_branches(root, parent: dict, branches: list, path: str) -> list[tuple[dict, str]]:
+    """oneOf branches that may overlap, each narrowed to the values that fail every branch it may share
+    values with: branch i and `not: {anyOf: [the others]}` (negation.py generates a subset of that).
+    A value of the narrowed branch i validates against branch i and against no other, as oneOf wants."""
+    full = [{"allOf": [parent, b]} if parent else b for b in branches]
+    jobs = []
+    for i, b in enumerate(full):
+        others = [branches[j] for j in range(len(branches)) if j != i and not exclusive(root, b, full[j])]
+        job = {"allOf": [b, {"not": {"anyOf": others}}]} if others else b
+        jobs.append((job, f"{path}/oneOf/{i}"))
+    return jobs

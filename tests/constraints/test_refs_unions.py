@@ -1,4 +1,5 @@
-"""Issue 24: $ref depth counts recursion only (refs.py); overlapping anyOf, exclusive oneOf (unions.py).
+"""Issue 24: $ref depth counts recursion only (refs.py); overlapping anyOf, exclusive or narrowed oneOf
+(unions.py).
 
 Each schema that compiles: the byte automaton accepts known-valid instances and rejects known-invalid ones,
 and >= 100 random walks over it all validate with jsonschema. What stays unsupported is refused naming the
@@ -225,7 +226,7 @@ def test_overlapping_anyof_of_objects_with_parent():
     assert_sound(schema, rx)
 
 
-# --- oneOf: exclusive when a discriminator or the kinds say so; overlap still refused ---------------------
+# --- oneOf: exclusive when a discriminator or the kinds say so, else narrowed with `not` ------------------
 def test_oneof_discriminated_by_property_type():
     schema = {
         "oneOf": [
@@ -274,25 +275,54 @@ def test_oneof_kinds_through_a_nested_anyof():
     assert_sound(schema, rx)
 
 
+OVERLAP_P = {  # {} is an object of both branches; narrowed, branch a holds a non-string b and vice versa
+    "type": "object",
+    "properties": {
+        "p": {
+            "oneOf": [
+                {"type": "object", "properties": {"a": {"type": "string"}}, "$comment": "x"},
+                {"type": "object", "properties": {"b": {"type": "string"}}, "$comment": "y"},
+            ]
+        }
+    },
+    "required": ["p"],
+}
+
+
+@pytest.mark.parametrize(
+    "schema,good,bad",
+    [
+        (OVERLAP_P, ['{"p":{"a":"x","b":1}}', '{"p":{"b":"y","a":[]}}'], ['{"p":{}}', '{"p":{"a":"x"}}']),
+        (
+            {"type": "string", "oneOf": [{"maxLength": 3}, {"minLength": 2}]},
+            ['"a"', '"abcd"'],
+            ['"ab"', '"abc"'],
+        ),
+    ],
+)
+def test_overlapping_oneof_branches_are_narrowed_to_exactly_one(schema, good, bad):
+    """Each branch gets `not` of the branches it may share values with (unions.py exclusive_branches)."""
+    rx = schema_to_regex(schema)
+    v = strict_validator(schema)
+    for text in good:
+        assert v.is_valid(json.loads(text)) and accepts(rx, text), text
+    for text in bad:
+        assert not v.is_valid(json.loads(text)) and not accepts(rx, text), text
+    assert_sound(schema, rx)
+
+
 @pytest.mark.parametrize(
     "schema,where",
     [
-        ({"oneOf": [{"type": "integer"}, {"type": "number"}]}, "#"),
+        ({"oneOf": [{"type": "integer"}, {"type": "number"}]}, "#"),  # 1.5 is only a number: not written
         (
             {
                 "type": "object",
-                "properties": {
-                    "p": {
-                        "oneOf": [
-                            {"type": "object", "properties": {"a": {"type": "string"}}, "$comment": "x"},
-                            {"type": "object", "properties": {"b": {"type": "string"}}, "$comment": "y"},
-                        ]
-                    }
-                },
+                "properties": {"p": {"oneOf": [{"type": "string", "format": "email"}, {"type": "string"}]}},
             },
             "#/properties/p",
         ),
-        ({"type": "string", "oneOf": [{"maxLength": 3}, {"minLength": 2}]}, "#"),
+        ({"type": "string", "oneOf": [{"format": "date"}, {"format": "email"}]}, "#"),
     ],
 )
 def test_overlapping_oneof_is_refused_naming_the_pointer(schema, where):
@@ -326,10 +356,10 @@ def test_job_spec_ref_depth_reaches_the_translator():
         StructuredOutputSpec(json_schema=TREE, ref_depth=0)
 
 
-FAN = {  # a tree with up to 8 kids per node: depth 3 is ~50k automaton states, depth 2 ~6k
+FAN = {  # up to 16 kids per node: depth 3 is ~177k automaton states (over the guard), depth 2 fits
     "$defs": {"n": {"type": "object", "properties": {
         "a": {"type": "string", "maxLength": 30}, "b": {"type": "string", "maxLength": 30},
-        "kids": {"type": "array", "items": {"$ref": "#/$defs/n"}, "maxItems": 8}},
+        "kids": {"type": "array", "items": {"$ref": "#/$defs/n"}, "maxItems": 16}},
         "required": ["a"], "additionalProperties": False}},
     "$ref": "#/$defs/n",
 }
@@ -346,5 +376,5 @@ def test_state_guard_lowers_the_default_depth_of_a_recursive_schema():
     flat = {"type": "array", "items": {"type": "string", "maxLength": 60}, "maxItems": 16,
             "minItems": 16}  # too large with no recursion: refused at once, no retry changes it
     with pytest.raises(UnsupportedSchema, match="too large to compile"):
-        schema_to_regex({"type": "object", "properties": {f"p{i}": flat for i in range(4)},
-                         "required": [f"p{i}" for i in range(4)]})
+        schema_to_regex({"type": "object", "properties": {f"p{i}": flat for i in range(16)},
+                         "required": [f"p{i}" for i in range(16)]})

@@ -30,9 +30,9 @@ def assert_all_valid(schema: dict, n: int = 40):
         ("multipleOf", {"type": "integer", "multipleOf": 3}),
         ("uniqueItems", {"type": "array", "items": {"type": "string"}, "uniqueItems": True, "minItems": 2}),
         ("patternProperties", {"type": "object", "patternProperties": {"(": {}}, "required": ["a"]}),
-        ("if", {"if": {"minLength": 2}, "then": False, "else": {"type": "string"}}),
-        ("not", {"type": "object", "properties": {"a": {"not": {"type": "string"}}}}),
-        ("format 'duration'", {"type": "string", "format": "duration"}),
+        ("if", {"if": {"format": "email"}, "then": False, "else": {"type": "string"}}),
+        ("not", {"type": "string", "not": {"format": "email"}}),
+        ("allOf with conflicting 'format'", {"allOf": [{"format": "date"}, {"format": "email"}]}),
     ],
 )
 def test_unsupported_keyword_is_named(keyword, schema):

@@ -1,4 +1,6 @@
-"""Issue 24: `pattern`, `patternProperties` and `format` (with length bounds) are enforced exactly.
+"""Issue 24: `pattern`, `patternProperties` and `format` (with length bounds) are enforced exactly, alone
+and together (a pattern with a format, two patterns under allOf: their languages intersected by
+char_automaton.py, whose product and complement are checked here against Python's `re` itself).
 
 Every feature: the byte automaton rejects known-invalid instances and accepts valid ones, random walks over
 it (>= 100 per schema) all validate with jsonschema (formats checked), and what stays unsupported is refused
@@ -7,15 +9,20 @@ naming the keyword and its JSON pointer.
 
 from __future__ import annotations
 
+import itertools
 import json
 import re
 
+import jsonschema
 import pytest
 
 from constraints import ecma_regex as er
+from constraints.char_automaton import combine
 from constraints.schema_regex import UnsupportedSchema, schema_to_regex, strict_validator
-from constraints.string_patterns import FORMATS
+from constraints.string_patterns import FORMATS, emit, pattern_node
+from constraints.string_sets import conjunction_pattern, search_superset, split_conjunction
 from constraints.walks import byte_accepts as accepts
+from constraints.walks import byte_walks
 from tests.constraints.test_schema_regex import samples
 
 WALKS = 120
@@ -54,6 +61,20 @@ EXACT = {
     "count_capped": (s("^a{2,100000}$"), ['"aa"', '"' + "a" * 64 + '"'], ['"a"', '"' + "a" * 65 + '"']),
     "length_and_pattern": (s("^[a-z]+$", minLength=2, maxLength=3), ['"ab"', '"abc"'], ['"a"', '"abcd"']),
     "padding_within_length": (s("abc", maxLength=5), ['"abc"', '"abc12"'], ['"abc123"', '"12abc3"']),
+    # a pattern together with a format: both languages at once
+    "pattern_and_uri": (s("^https://", format="uri"), ['"https://ab.cd/x"'], ['"http://ab.cd"', '"https:x"']),
+    "pattern_and_date": (
+        s("^([0-9]{4})(-([0-9]{2}))?(-([0-9]{2}))?$", format="date"),
+        ['"2020-01-05"'],
+        ['"2020"', '"2020-01"'],  # the pattern's, but not dates
+    ),
+    "pattern_and_format_lengths": (s("^[a-c]", format="email", maxLength=12), ['"ab@cd.ef"'], ['"x@cd.ef"']),
+    "two_patterns_all_of": ({"allOf": [s("^a"), {"pattern": "b$"}]}, ['"ab"', '"a-b"'], ['"a"', '"ba"']),
+    "two_patterns_and_lengths": (
+        {"allOf": [s("^a", minLength=3), {"pattern": "b$", "maxLength": 4}]},
+        ['"axb"', '"axxb"'],
+        ['"ab"', '"axxxb"'],
+    ),
 }
 
 
@@ -156,8 +177,8 @@ def test_pattern_with_no_generatable_string():
     assert accepts(rx, '{"b":null}') and not accepts(rx, '{"a":"x"}')
     with pytest.raises(UnsupportedSchema, match=r"minLength/maxLength 4..5 \(no string we generate fits\)"):
         schema_to_regex(s("^[a-z]{2}$", minLength=4, maxLength=5))
-    with pytest.raises(UnsupportedSchema, match="pattern together with format 'date'"):
-        schema_to_regex({"type": "string", "pattern": "^2", "format": "date"})
+    with pytest.raises(UnsupportedSchema, match=r"pattern '\^3' and format 'date' \(no string we generate"):
+        schema_to_regex({"type": "string", "pattern": "^3", "format": "date"})  # our dates are 19xx/20xx
 
 
 # --- formats -------------------------------------------------------------------------------------------
@@ -180,6 +201,24 @@ def test_formats_with_length_bounds(fmt, lo, hi):
 def test_format_length_impossible_is_refused():
     with pytest.raises(UnsupportedSchema, match=r"format 'date' with minLength/maxLength 0..5"):
         schema_to_regex({"type": "string", "format": "date", "maxLength": 5})
+
+
+def test_duration_and_color_known_values():
+    rx = schema_to_regex({"type": "string", "format": "duration"})
+    for good in ('"P1Y2M3DT4H5M6S"', '"PT0S"', '"P3W"', '"P1M2D"'):
+        assert accepts(rx, good), good
+    for bad in ('"P"', '"PT"', '"P1DT"', '"P1Y1W"', '"1D"'):
+        assert not accepts(rx, bad), bad
+    rx = schema_to_regex({"type": "string", "format": "color"})
+    assert accepts(rx, '"#a0b1c2"') and accepts(rx, '"red"') and not accepts(rx, '"#abcd"')
+    # draft 3, the only draft whose checker checks color (webcolors), is refused as a whole
+    # (constraints/drafts.py); the strings we generate are still ones it accepts
+    with pytest.raises(UnsupportedSchema, match="draft 3"):
+        schema_to_regex({"$schema": "http://json-schema.org/draft-03/schema#", "type": "string",
+                         "format": "color"})
+    checker = jsonschema.Draft3Validator.FORMAT_CHECKER
+    for word in byte_walks(rx, 40, seed=1):
+        assert checker.conforms(json.loads(word), "color"), word
 
 
 def test_format_known_invalid_rejected():
@@ -270,4 +309,36 @@ def test_pattern_properties_in_all_of():
     rx = schema_to_regex(schema)
     assert accepts(rx, '{"x1":3}') and not accepts(rx, '{"x1":2}') and not accepts(rx, '{"x1":3,"x2":4}')
     assert not accepts(rx, '{"x1":"s"}')
+    assert_walks_valid(schema)
+
+
+# --- the automaton product behind pattern + format, allOf patterns and `not` -----------------------------
+_PATTERNS = ["a", "^a", "b$", "^(ab)+$", "a.c", "^[ab]*c$", "(a|bc)+", "^a{2,3}$", "c", "^$"]
+_WORDS = ["".join(w) for n in range(6) for w in itertools.product("abc", repeat=n)]
+
+
+def _language(node) -> set[str]:
+    rx = re.compile(emit(node))
+    return {w for w in _WORDS if rx.fullmatch(w)}
+
+
+@pytest.mark.parametrize("p", _PATTERNS)
+def test_intersection_and_difference_match_pythons_re(p):
+    """Over every word of a, b, c up to length 5: the product's language is exactly re.search's."""
+    for q in _PATTERNS:
+        both = combine([pattern_node(p, "#"), pattern_node(q, "#")], [], lambda r: True)
+        minus = combine([pattern_node(p, "#")], [(search_superset(q, "#"),)], lambda r: True)
+        want_both = {w for w in _WORDS if re.search(p, w) and re.search(q, w)}
+        want_minus = {w for w in _WORDS if re.search(p, w) and not re.search(q, w)}
+        assert (set() if both is None else _language(both)) == want_both, (p, q)
+        assert (set() if minus is None else _language(minus)) == want_minus, (p, q)
+
+
+def test_conjoined_pattern_splits_back_and_many_words_fall_back_to_their_own_match():
+    joined = conjunction_pattern("^(a|b)", "x$", "#")
+    assert split_conjunction(joined) == ["^(a|b)", "x$"]
+    words = ["NEW", "ON_APPROVAL", "ON_SIGNING", "ON_MODIFICATION", "EXECUTED", "REJECTED", "DRAFT", "SENT"]
+    schema = {"oneOf": [{"type": "string", "pattern": w} for w in words]}  # unanchored: overlaps everywhere
+    rx = schema_to_regex(schema)
+    assert all(accepts(rx, f'"{w}"') for w in words) and not accepts(rx, '"NEW SENT"')
     assert_walks_valid(schema)

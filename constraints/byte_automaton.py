@@ -1,0 +1,246 @@
+"""regex -> its minimal byte automaton (delta table + final flags), the input of the token automaton (dfa.py).
+
+Legend: n byte states (0 is the start, row n of delta is the dead state), C byte classes (bytes whose columns
+of delta are identical).
+
+outlines-core builds the regex's byte-level automaton (an Index over the 256 one-byte tokens, the regex
+between two sentinel bytes: see `_outlines_dfa`). That automaton is deterministic but not minimal: the regex
+is a tree, so a subexpression written twice (an optional field that follows several alternatives, the same
+$ref under two keys) becomes two copies of the same states. We minimise it exactly (Moore's partition
+refinement: states stay together while they agree on finality and on the block of every successor), which
+merges every pair of states with the same future. The language is unchanged; the token automaton's build,
+linear in byte states, then walks only the distinct futures (a Kubernetes schema: 14,010 byte states ->
+1,409). A regex over COMPOSE_CHARS, or one outlines-core refuses (its parser's nesting limit), is built part
+by part instead (composed_dfa.py): the copies are then never built, only their minimal automaton copied.
+
+This module imports only numpy, outlines-core and composed_dfa.py: the compile worker (dfa.py run as a
+script) loads it without the package's __init__ (which loads torch).
+"""
+
+from __future__ import annotations
+
+from itertools import chain, repeat
+
+import numpy as np
+from outlines_core import Index, Vocabulary
+
+from constraints.composed_dfa import Opaque, compose
+
+COMPOSE_CHARS = 10_000  # a longer regex is built part by part (composed_dfa.py): 2-9x faster past 100k
+_BYTE_EOS = 256  # the pseudo-EOS id of the byte-level index
+_BYTE_VOCAB = Vocabulary(_BYTE_EOS, {bytes([b]): [b] for b in range(256)})
+
+
+def leaf_dfa(regex: str) -> tuple[np.ndarray, np.ndarray]:
+    """outlines-core's automaton of a small regex, co-reachable states only (not minimised: small already)."""
+    return _trim(*_outlines_dfa(regex))
+
+
+def byte_dfa(regex: str) -> tuple[np.ndarray, np.ndarray]:
+    """The regex's minimal byte automaton as (delta [n+1, 256] int32 with dead row n, final bool [n]).
+
+    The regex is compiled with an end sentinel byte (\\x00) appended: the engine's alternation is
+    leftmost-first, so without it a prefix that already matches (e.g. "tr" in `tr(ue)?`) would cut off its
+    longer continuations. A state is final when the sentinel would complete the match there. Only states
+    that can still reach a final state are kept (co-reachable), so every live path completes.
+    """
+    if len(regex) > COMPOSE_CHARS:
+        try:
+            return _trim(*compose(regex, leaf_dfa, _minimise_pair))
+        except Opaque:
+            pass  # flags or anchors: outlines-core reads it whole
+    try:
+        delta, final = _outlines_dfa(regex)
+    except ValueError as err:  # outlines-core's nesting limit (e.g. ~80 optional fields in a row): split it
+        try:
+            return _trim(*compose(regex, leaf_dfa, _minimise_pair))
+        except Opaque:
+            raise err from None
+    return _trim(*minimise(delta, final))  # after minimising: the trim then walks the small automaton
+
+
+def _minimise_pair(dfa: tuple[np.ndarray, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    return minimise(*dfa)
+
+
+def _outlines_dfa(regex: str) -> tuple[np.ndarray, np.ndarray]:
+    """outlines-core's automaton of \\x01 `regex` \\x00 as (delta [n+1, 256], final [n]), sentinels removed.
+
+    The leading \\x01 is for speed only: outlines-core's engine also determinises the unanchored search
+    (a match starting at any offset), whose states track every partial match at once: `[0-9]{0,15}` alone
+    made 0.5 s of it and a string-or-number 2.5 s, for a 34-state automaton. With a byte that JSON text never
+    holds in front, a match can only start there and that search stays as small as the automaton itself.
+    We start after it; a regex that does admit \\x01 somewhere is only slower, never read differently.
+    """
+    index = Index(f"\\x01(?:{regex})\\x00", _BYTE_VOCAB)
+    trans = index.get_transitions()
+    pre = index.get_initial_state()
+    init = trans[pre][1]
+    src = np.fromiter(chain.from_iterable(repeat(s, len(m)) for s, m in trans.items()), dtype=np.int64)
+    byte = np.fromiter(chain.from_iterable(m.keys() for m in trans.values()), dtype=np.int64)
+    dst = np.fromiter(chain.from_iterable(m.values() for m in trans.values()), dtype=np.int64)
+    # dense numbering with the start first
+    ids = np.unique(np.concatenate([src, dst, np.asarray([init], dtype=np.int64)]))
+    pos = np.searchsorted(ids, [init])[0]
+    ids = np.concatenate([[init], ids[:pos], ids[pos + 1 :]])
+    order = np.argsort(ids, kind="stable")
+    n = ids.size
+
+    def num(x: np.ndarray) -> np.ndarray:
+        return order[np.searchsorted(ids[order], x)]
+
+    keep = byte < 256  # the byte index's EOS pseudo-token is not text
+    delta = np.full((n + 1, 256), n, dtype=np.int32)
+    delta[num(src[keep]), byte[keep]] = num(dst[keep])
+    delta[num(np.asarray([pre]))] = n  # the state before \x01 is not ours: no longer co-reachable, trimmed
+    accept = np.zeros(n + 1, dtype=bool)
+    fin = np.fromiter(index.get_final_states(), dtype=np.int64)
+    fin = fin[np.isin(fin, ids)]
+    accept[num(fin)] = True
+    final = accept[delta[:n, 0]]
+    # the sentinel itself is not text: drop \x00 moves into states that only end the match
+    has_out = np.append((delta[:n] < n).any(axis=1), False)
+    delta[:n, 0] = np.where(has_out[delta[:n, 0]] & ~accept[delta[:n, 0]], delta[:n, 0], n)
+    return delta, final
+
+
+def _trim(delta: np.ndarray, final: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The co-reachable states (those that can reach a final state), renumbered in order.
+
+    ValueError when the start is not among them (the regex matches no string)."""
+    n = final.size
+    src, byte = np.nonzero(delta[:n] < n)
+    dst = delta[src, byte]
+    live = final.copy()
+    # reversed edges in CSR form: a level-synchronous backward search over whole frontiers
+    order = np.argsort(dst, kind="stable")
+    rsrc = src[order]
+    start = np.searchsorted(dst[order], np.arange(n + 1))
+    frontier = np.nonzero(final)[0]
+    while frontier.size:
+        lo, hi = start[frontier], start[frontier + 1]
+        preds = rsrc[csr_ranges(lo, hi)]
+        preds = np.unique(preds[~live[preds]])
+        live[preds] = True
+        frontier = preds
+    if not live[0]:
+        raise ValueError("the constraint's regex matches no string")
+    renum = np.full(n + 1, -1, dtype=np.int64)
+    renum[np.nonzero(live)[0]] = np.arange(int(live.sum()))
+    m = int(live.sum())
+    renum[~np.append(live, False)] = m
+    out = renum[delta[np.append(live, True)]].astype(np.int32)
+    return out, final[live]
+
+
+def csr_ranges(lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
+    """Concatenation of arange(lo[i], hi[i]) for every i, without a Python loop."""
+    lens = hi - lo
+    total = int(lens.sum())
+    if total == 0:
+        return np.zeros(0, dtype=np.int64)
+    offs = np.repeat(lo - np.cumsum(lens) + lens, lens)
+    return offs + np.arange(total)
+
+
+def minimise(delta: np.ndarray, final: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The minimal automaton of the same language; states numbered by their first member, the start first.
+
+    The dead row stays alone (states that cannot reach a final state stay, for `_trim`). Moore's refinement,
+    with the states' signatures (block, successor block per byte class) summarised by 64-bit hashes; the
+    partition it ends with is then checked exactly to be a congruence that respects finality, which makes
+    the quotient the same language whatever the hashes did (a failed check, odds ~2^-64, redoes it exactly).
+    """
+    cols = delta[:, _byte_class_reps(delta)]  # [n+1, C]
+    rng = np.random.default_rng(0x5EED)
+    w = rng.integers(1, 2**63, size=cols.shape[1] + 1, dtype=np.uint64) | np.uint64(1)
+    block = _moore(cols, final, w)
+    if not _is_congruence(cols, final, block):
+        block = _moore_exact(cols, final)
+    # dense ids by first member: the start's block is 0, the dead state's (alone, the last row) is last
+    _, first, block = np.unique(block, return_index=True, return_inverse=True)
+    rank = np.empty(first.size, dtype=np.int64)
+    rank[np.argsort(first)] = np.arange(first.size)
+    block, first = rank[block.reshape(-1)], np.sort(first)
+    m = first.size - 1
+    out = np.full((m + 1, 256), m, dtype=np.int32)
+    out[:m] = block[delta[first[:m]]]
+    return out, final[first[:m]]
+
+
+def _byte_class_reps(delta: np.ndarray) -> np.ndarray:
+    """One byte per class of bytes whose columns of `delta` are identical (ascending)."""
+    rng = np.random.default_rng(0xB17E)
+    w = rng.integers(1, 2**63, size=delta.shape[0], dtype=np.uint64) | np.uint64(1)
+    with np.errstate(over="ignore"):
+        h = (delta.astype(np.uint64) * w[:, None]).sum(axis=0, dtype=np.uint64)
+    _, first, inverse = np.unique(h, return_index=True, return_inverse=True)
+    if not (delta == delta[:, first[inverse.reshape(-1)]]).all():  # a hash collision: exact
+        _, first = np.unique(delta.T, axis=0, return_index=True)
+    return np.sort(first)
+
+
+def _is_congruence(cols: np.ndarray, final: np.ndarray, block: np.ndarray) -> bool:
+    """Whether the states of each block agree on finality and on the block of every successor (then merging
+    them keeps the language: the quotient automaton reads the same words to the same blocks)."""
+    n = final.size
+    fin = np.append(final, False)
+    rep = np.full(int(block.max()) + 1, n + 1, dtype=np.int64)
+    np.minimum.at(rep, block, np.arange(n + 1))
+    r = rep[block]
+    dead_alone = (block[n] != block[:n]).all()
+    return bool((block[cols] == block[cols[r]]).all() and (fin == fin[r]).all() and dead_alone)
+
+
+def _moore(cols: np.ndarray, final: np.ndarray, w: np.ndarray) -> np.ndarray:
+    """Block id per state (+ the dead row) after hashed Moore refinement; ids are not dense.
+
+    Ids are stable: when a block splits, the part holding its first state keeps the id and the others get
+    new ones, so each round updates only the hashes of the predecessors of states that changed id.
+    """
+    n, C = final.size, cols.shape[1]
+    block = np.append(final.astype(np.int64), 2)  # the dead state alone in block 2
+    next_id = 3
+    # edges into live states, grouped by target: (source, byte class)
+    src, cls = np.nonzero(cols[:n] < n)
+    tgt = cols[src, cls]
+    order = np.argsort(tgt, kind="stable")
+    src, cls = src[order], cls[order]
+    start = np.searchsorted(tgt[order], np.arange(n + 2))
+    with np.errstate(over="ignore"):
+        h = (block[cols].astype(np.uint64) * w[:C]).sum(axis=1, dtype=np.uint64)
+        for _ in range(n + 2):
+            key = h + block.astype(np.uint64) * w[C]
+            _, first, inverse = np.unique(key, return_index=True, return_inverse=True)
+            g_block = block[first]
+            o = np.lexsort((first, g_block))  # groups by old block, first member ascending
+            keeps = np.ones(o.size, dtype=bool)
+            keeps[1:] = g_block[o[1:]] != g_block[o[:-1]]
+            if keeps.all():
+                return block
+            new_id = np.empty(o.size, dtype=np.int64)
+            new_id[o[keeps]] = g_block[o[keeps]]
+            n_new = int((~keeps).sum())
+            new_id[o[~keeps]] = np.arange(next_id, next_id + n_new)
+            next_id += n_new
+            nb = new_id[inverse.reshape(-1)]
+            moved = np.nonzero(nb[:n] != block[:n])[0]
+            lo, hi = start[moved], start[moved + 1]
+            e = csr_ranges(lo, hi)
+            diff = np.repeat((nb[moved] - block[moved]).astype(np.uint64), hi - lo)
+            np.add.at(h, src[e], w[cls[e]] * diff)
+            block = nb
+    return block
+
+
+def _moore_exact(cols: np.ndarray, final: np.ndarray) -> np.ndarray:
+    """Block id per state by Moore's refinement on exact row sorts (slow; the fallback of `_moore`)."""
+    block = np.append(final.astype(np.int64), 2)
+    n_blocks = np.unique(block).size
+    while True:
+        sig = np.concatenate([block[:, None], block[cols]], axis=1)
+        _, block = np.unique(sig, axis=0, return_inverse=True)
+        block = block.reshape(-1)
+        if int(block.max()) + 1 == n_blocks:
+            return block
+        n_blocks = int(block.max()) + 1
