@@ -30,7 +30,11 @@ def _byte_distances(delta: np.ndarray, final: np.ndarray) -> np.ndarray:
 
 def byte_accepts(regex: str, text: str) -> bool:
     """Whether the regex's byte automaton accepts exactly `text` (UTF-8)."""
-    delta, final = byte_dfa(regex)
+    return dfa_accepts(*byte_dfa(regex), text)
+
+
+def dfa_accepts(delta, final, text: str) -> bool:
+    """Whether the byte automaton (delta [S, 256], final [S]; next state S = dead) accepts exactly `text`."""
     q = 0
     for b in text.encode("utf-8"):
         q = int(delta[q, b])
