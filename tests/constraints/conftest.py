@@ -15,7 +15,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # so `tests.constr
 from constraints import CompileConfig  # noqa: E402
 from constraints.schema_regex import schema_to_regex, strict_validator  # noqa: E402
 from constraints.vocab_bytes import token_bytes  # noqa: E402
-from constraints.walks import byte_accepts  # noqa: E402
+from constraints.walks import byte_accepts, byte_walks  # noqa: E402
 from tests.constraints.tok_factory import byte_level, gemma_style  # noqa: E402
 
 SHIPPED_TOKENIZER = Path(__file__).resolve().parents[2] / "model/assets/dgbatch-small/tokenizer.json"
@@ -39,6 +39,20 @@ def vocab(gemma_tok):
 
         return token_bytes(Tokenizer.from_file(str(SHIPPED_TOKENIZER)))
     return token_bytes(gemma_tok)
+
+
+def assert_walks_valid(schema, n: int = 40, *, seed: int = 0, max_len: int = 300, regex: str | None = None
+                       ) -> list:
+    """n random outputs of the constraint (the schema's regex, or `regex`) all validate; the values."""
+    rx = schema_to_regex(schema) if regex is None else regex
+    v = strict_validator(schema)
+    values = []
+    for text in byte_walks(rx, n, seed=seed, max_len=max_len):
+        value = json.loads(text)
+        errors = list(v.iter_errors(value))
+        assert not errors, (text, errors[0].message)
+        values.append(value)
+    return values
 
 
 def assert_exact_shape(name: str, schema, good: str, bad: str) -> None:

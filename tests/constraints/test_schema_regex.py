@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import json
-
 import pytest
 
-from constraints.schema_regex import UnsupportedSchema, schema_to_regex, strict_validator
+from constraints.schema_regex import UnsupportedSchema, schema_to_regex
 from constraints.walks import byte_walks
+from tests.constraints.conftest import assert_walks_valid
 
 
 def samples(regex: str, n: int, seed: int = 0, max_len: int = 300) -> list[str]:
@@ -16,11 +15,7 @@ def samples(regex: str, n: int, seed: int = 0, max_len: int = 300) -> list[str]:
 
 
 def assert_all_valid(schema: dict, n: int = 40):
-    rx = schema_to_regex(schema)
-    v = strict_validator(schema)
-    for text in samples(rx, n):
-        errors = list(v.iter_errors(json.loads(text)))
-        assert not errors, (text, errors[0].message)
+    assert_walks_valid(schema, n)
 
 
 @pytest.mark.parametrize(

@@ -23,21 +23,13 @@ from constraints.string_patterns import FORMATS, emit, pattern_node
 from constraints.string_sets import conjunction_pattern, search_superset, split_conjunction
 from constraints.walks import byte_accepts as accepts
 from constraints.walks import byte_walks
-from tests.constraints.test_schema_regex import samples
+from tests.constraints.conftest import assert_walks_valid as walks_valid
 
 WALKS = 120
 
 
 def assert_walks_valid(schema: dict, n: int = WALKS) -> list:
-    rx = schema_to_regex(schema)
-    v = strict_validator(schema)
-    out = []
-    for text in samples(rx, n, max_len=120):
-        value = json.loads(text)
-        errors = list(v.iter_errors(value))
-        assert not errors, (text, errors[0].message)
-        out.append(value)
-    return out
+    return walks_valid(schema, n, max_len=120)
 
 
 def s(pattern: str, **kw) -> dict:
