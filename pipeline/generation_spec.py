@@ -31,6 +31,10 @@ from pydantic_core import InitErrorDetails, PydanticCustomError
 KNOBS = ("seed", "n", "temperature", "max_tokens", "stop", "logprobs")
 
 
+# The generation section of the first job-spec version: its plan fingerprints hash all of them, null if unset
+_FIRST_VERSION_FIELDS = ("max_new_tokens", "max_denoising_steps", "t_max", "t_min", "entropy_bound",
+                         "stability_threshold", "confidence_threshold", "seed")
+
 class GenerationSpec(BaseModel):
     """See the module docstring. Extra keys are the engine's sampler parameters, checked against its list."""
 
@@ -103,8 +107,11 @@ class GenerationSpec(BaseModel):
         return over
 
     def fingerprint_dict(self) -> dict[str, Any]:
-        """What the plan fingerprint hashes: the section with the knobs at their defaults left out, so jobs
-        planned before the knobs existed keep their fingerprint (pipeline/plan.py)."""
+        """What the plan fingerprint hashes, in the form the first version wrote (its seven sampler fields,
+        null when unset, and seed) plus the later knobs only when they differ from their defaults, so jobs
+        planned before the knobs existed keep their fingerprint and resume (pipeline/plan.py)."""
         d = self.model_dump()
         defaults = {"n": 1, "temperature": None, "max_tokens": None, "stop": [], "logprobs": False}
-        return {k: v for k, v in d.items() if not (k in defaults and v == defaults[k])}
+        out = {name: d.get(name) for name in _FIRST_VERSION_FIELDS}
+        out.update({k: v for k, v in d.items() if not (k in defaults and v == defaults[k])})
+        return out

@@ -66,3 +66,13 @@ def test_edge_values_the_engine_takes_load(tmp_path, generation):
     assert spec.generation.engine_overrides() == generation
     params = GenerationParams.from_defaults(DEFAULTS, **spec.generation.engine_overrides())
     assert all(getattr(params, k) == v for k, v in generation.items())
+
+
+def test_fingerprint_keeps_the_first_versions_form(tmp_path):
+    """A job planned by the first version (all seven sampler fields, null when unset, and seed) resumes:
+    its generation fingerprint is unchanged; a later knob enters it only when set."""
+    old = {"confidence_threshold": None, "entropy_bound": None, "max_denoising_steps": 16,
+           "max_new_tokens": 32, "seed": 0, "stability_threshold": None, "t_max": None, "t_min": None}
+    first = {"max_denoising_steps": 16, "max_new_tokens": 32, "seed": 0}
+    assert JobSpec.load(_write(tmp_path, first)).generation.fingerprint_dict() == old
+    assert JobSpec.load(_write(tmp_path, {**first, "n": 2})).generation.fingerprint_dict() == {**old, "n": 2}
