@@ -6,6 +6,8 @@ import argparse
 import json
 import secrets as stdlib_secrets
 import string
+import subprocess
+import sys
 import time
 from collections import Counter
 from pathlib import Path
@@ -81,3 +83,33 @@ def planted_secret(tag: str, n: int = 20) -> str:
 
 def akia_key() -> str:
     return "AKIA" + "".join(stdlib_secrets.choice(string.ascii_uppercase + string.digits) for _ in range(16))
+
+
+def process_alive(pid: int) -> bool:
+    """Whether `pid` runs (a zombie has exited)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+def kill_driver_after_commits(tmp_path: Path, job: dict, gcs_address: str, commits: int) -> list[str]:
+    """Run the job's driver (tests/pipeline/pipeline_driver.py) on the cluster at `gcs_address`, SIGKILL it
+    once `commits` shard markers exist, and wait until the replicas it started are gone (they commit their own
+    shards, so one still finishing may commit after the driver died). Returns the command that reruns it."""
+    (tmp_path / "spec.json").write_text(json.dumps(job))
+    cmd = [sys.executable, str(Path(__file__).parent / "pipeline_driver.py"), str(tmp_path / "spec.json"),
+           gcs_address, str(tmp_path / "pids")]
+    first = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    markers = Path(job["output"]["path"]) / "_commits"
+    try:
+        done = lambda: markers.exists() and len(list(markers.iterdir())) >= commits  # noqa: E731
+        wait_for(lambda: first.poll() is not None or done(), 120, f"{commits} commits")
+        assert first.poll() is None, first.stderr.read()[-2000:] if first.stderr else ""
+    finally:
+        first.kill()
+    first.wait(30)
+    orphans = [int(p.name) for p in (tmp_path / "pids").iterdir()]
+    wait_for(lambda: not any(process_alive(pid) for pid in orphans), 60, "the killed run's replicas to exit")
+    return cmd

@@ -7,13 +7,19 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import threading
 from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
-from pipeline_helpers import STUB, assert_exactly_once, spec, wait_for, write_prompts
+from pipeline_helpers import (
+    STUB,
+    assert_exactly_once,
+    kill_driver_after_commits,
+    spec,
+    wait_for,
+    write_prompts,
+)
 
 from pipeline import read_results, status
 from pipeline.backend import EngineBackendFactory, StubBackendFactory
@@ -167,14 +173,6 @@ def test_a_replica_dying_while_starting_is_restarted_until_a_crash_loop(tmp_path
         run_job(job, backend_factory=DiesStarting(), progress=False)
 
 
-def _alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"  # a zombie has exited
-    except FileNotFoundError:
-        return False
-
-
 def test_replica_sigkill_mid_shard(tmp_path, ray_local):
     write_prompts(tmp_path / "in.parquet", [f"p{i}" for i in range(24)])
     pids = tmp_path / "pids"
@@ -197,21 +195,8 @@ def test_driver_killed_then_rerun(tmp_path, ray_local):
     write_prompts(tmp_path / "in.parquet", [f"p{i}" for i in range(40)])
     out = tmp_path / "out"
     job = spec(str(tmp_path / "in.parquet"), str(out), resources={"shard_rows": 4})
-    (tmp_path / "spec.json").write_text(json.dumps(job))
-    address = ray_local.get_runtime_context().gcs_address
-    cmd = [sys.executable, str(HERE / "pipeline_driver.py"), str(tmp_path / "spec.json"), address,
-           str(tmp_path / "pids")]
-    first = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    cmd = kill_driver_after_commits(tmp_path, job, ray_local.get_runtime_context().gcs_address, 3)
     commits = out / "_commits"
-    try:
-        wait_for(lambda: commits.exists() and len(list(commits.iterdir())) >= 3, 120, "three commits")
-    finally:
-        first.kill()
-    first.wait(30)
-    # Replicas commit their own shards, so one still finishing a shard may commit after the driver died
-    # (exactly once still holds: first writer wins). Snapshot only once the killed run's replicas are gone.
-    orphans = [int(p.name) for p in (tmp_path / "pids").iterdir()]
-    wait_for(lambda: not any(_alive(pid) for pid in orphans), 60, "the killed run's replicas to exit")
     before = {p.name: p.read_text() for p in commits.iterdir()}
     assert 3 <= len(before) < 10 and not (out / "_SUCCESS").exists()
     second = subprocess.run(cmd, capture_output=True, text=True, timeout=180)

@@ -11,13 +11,12 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 from collections import Counter
 from pathlib import Path
 
 import pyarrow as pa
 import pytest
-from pipeline_helpers import STUB, spec, wait_for, write_prompts
+from pipeline_helpers import STUB, kill_driver_after_commits, spec, write_prompts
 
 from pipeline import read_results, status
 from pipeline.executor import run_job
@@ -81,34 +80,13 @@ def test_n_samples_every_id_and_sample_once(tmp_path, ray_local):
         run_job({**three, "generation": {"seed": 5, "n": 2}}, backend_factory=STUB, progress=False)
 
 
-def _alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except FileNotFoundError:
-        return False
-
-
 def test_killed_n3_run_resumed_equals_an_uninterrupted_run(tmp_path, ray_local):
     write_prompts(tmp_path / "in.parquet", [f"p{i}" for i in range(32)])
     ids = [f"in.parquet#{i}" for i in range(32)]
     out, ref = tmp_path / "out", tmp_path / "ref"
     job = spec(str(tmp_path / "in.parquet"), str(out), resources={"shard_rows": 4}, generation={"n": 3})
-    (tmp_path / "spec.json").write_text(json.dumps(job))
-    address = ray_local.get_runtime_context().gcs_address
-    cmd = [sys.executable, str(HERE / "pipeline_driver.py"), str(tmp_path / "spec.json"), address,
-           str(tmp_path / "pids")]
-    first = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    cmd = kill_driver_after_commits(tmp_path, job, ray_local.get_runtime_context().gcs_address, 2)
     commits = out / "_commits"
-    try:
-        wait_for(lambda: first.poll() is not None or (commits.exists() and len(list(commits.iterdir())) >= 2),
-                 120, "two commits")
-        assert first.poll() is None, first.stderr.read()[-2000:] if first.stderr else ""
-    finally:
-        first.kill()
-    first.wait(30)
-    orphans = [int(p.name) for p in (tmp_path / "pids").iterdir()]
-    wait_for(lambda: not any(_alive(pid) for pid in orphans), 60, "the killed run's replicas to exit")
     before = {p.name: p.read_text() for p in commits.iterdir()}
     assert 2 <= len(before) < 8 and not (out / "_SUCCESS").exists()
     second = subprocess.run(cmd, capture_output=True, text=True, timeout=180)
@@ -212,9 +190,9 @@ def test_knobs_on_the_shipped_model(tmp_path, ray_local):
         assert all(lp <= 0 for lp in r["logprobs"])
     # stop: the row's text ends before its first stop string; pick one the unstopped text contains
     text = rows[0]["text"]
+    # seeds and weights are fixed, so this text is too: a word past its start always exists
     word = next((w for w in text.split() if len(w) >= 3 and text.index(w) > 0), None)
-    if word is None:
-        pytest.skip(f"the shipped model's text has no word to stop at: {text!r}")
+    assert word is not None, f"the shipped model's text has no word to stop at: {text!r}"
     stopped = {**job, "output": {"path": str(tmp_path / "stopped")},
                "generation": {**gen, "logprobs": False, "stop": [word]}}
     run_job(stopped, progress=False)
