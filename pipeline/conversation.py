@@ -49,15 +49,23 @@ def _content(value: Any, where: str) -> tuple[str | None, str | None]:
     return text, None
 
 
-def parse_messages(value: Any, where: str) -> tuple[list[dict[str, str]] | None, str | None]:
-    """(turns as [{"role", "content"}], None), or (None, what is wrong) naming `where` (e.g. the column)."""
+def decoded_cell(value: Any, where: str) -> tuple[Any, str | None]:
+    """(the cell with bytes decoded as UTF-8, None), or (None, what is wrong) for null or non-UTF-8 bytes."""
     if value is None:
         return None, f"{where} is null"
     if isinstance(value, (bytes, bytearray)):
         try:
-            value = bytes(value).decode("utf-8")
+            return bytes(value).decode("utf-8"), None
         except UnicodeDecodeError as exc:
             return None, f"{where} is not valid UTF-8 ({exc.reason} at byte {exc.start})"
+    return value, None
+
+
+def parse_messages(value: Any, where: str) -> tuple[list[dict[str, str]] | None, str | None]:
+    """(turns as [{"role", "content"}], None), or (None, what is wrong) naming `where` (e.g. the column)."""
+    value, problem = decoded_cell(value, where)
+    if problem is not None:
+        return None, problem
     if isinstance(value, str):
         try:
             value = json.loads(value)

@@ -31,7 +31,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from pipeline.conversation import parse_messages, with_system
+from pipeline.conversation import decoded_cell, parse_messages, with_system
 from pipeline.openai_batch import COLUMNS as OPENAI_COLUMNS
 from pipeline.openai_batch import request as openai_request
 from pipeline.row_settings import from_mapping, resolve, settings_problem
@@ -114,13 +114,9 @@ def derived_id(file_rel: str, row_index: int) -> str:
 
 def _as_text(value: Any, what: str) -> tuple[str | None, str | None]:
     """(text, error) for one cell: decodes bytes as UTF-8, refuses null and blank."""
-    if value is None:
-        return None, f"{what} is null"
-    if isinstance(value, (bytes, bytearray)):
-        try:
-            value = bytes(value).decode("utf-8")
-        except UnicodeDecodeError as exc:
-            return None, f"{what} is not valid UTF-8 ({exc.reason} at byte {exc.start})"
+    value, problem = decoded_cell(value, what)
+    if problem is not None:
+        return None, problem
     if not isinstance(value, str):
         value = str(value)
     if "\x00" in value:
