@@ -27,7 +27,7 @@ import torch
 
 from constraints.dp_layout import DPTables
 
-__all__ = ["DPTables", "PathResult", "best_path", "class_max"]
+__all__ = ["DPTables", "PathResult", "best_path", "class_max", "pin_conflict", "pinned_M"]
 
 NEG = float("-inf")
 
@@ -98,25 +98,68 @@ def set_max(t: DPTables, M: np.ndarray) -> np.ndarray:
     return Mset
 
 
+def pinned_M(t: DPTables, pins_n, pad: int) -> np.ndarray:
+    """M [n, K + 2] for positions whose logits do not exist yet (later canvases of a row with pins): every
+    choice scores 0 at a free position (pins_n < 0); a pinned position allows only its pin: its class, EOS
+    when it is an EOS id, ANY (DONE's don't-care, where the hook writes pad) when it is pad."""
+    pins_n = np.asarray(pins_n, dtype=np.int64)
+    K = t.n_classes
+    M = np.zeros((pins_n.size, K + 2), dtype=np.float32)
+    for i in np.nonzero(pins_n >= 0)[0]:
+        tok = int(pins_n[i])
+        M[i] = NEG
+        c = int(t.token_bucket[tok]) if tok < t.token_bucket.size else K + 2
+        if c < K:
+            M[i, c] = 0.0
+        if tok in t.eos_ids:
+            M[i, K] = 0.0
+        if tok == pad:
+            M[i, K + 1] = 0.0
+    return M
+
+
+def pin_conflict(t: DPTables, M: np.ndarray, start: int, tokens_after: int, must_finish: bool) -> int | None:
+    """None when some valid path scores above -inf under M [n, K + 2] (pinned_M); else the first position
+    after which no state is reachable, or n when the end rule alone fails (no valid ending in budget)."""
+    n = M.shape[0]
+    history = _sweep(t, set_max(t, M), int(t.to_internal[start]), n)
+    dead = np.nonzero(~np.isfinite(history[1:, :-1]).any(axis=1))[0]
+    if dead.size:
+        return int(dead[0])
+    allowed = t.end_dist <= (0 if must_finish else tokens_after)
+    return None if np.isfinite(history[n, :-1][allowed]).any() else n
+
+
 def best_path(
-    t: DPTables, logits_nV, start: int, tokens_after: int, must_finish: bool, *, backend: str | None = None
+    t: DPTables, logits_nV, start: int, tokens_after: int, must_finish: bool, *, backend: str | None = None,
+    tail_M: np.ndarray | None = None, pin_n: np.ndarray | None = None, pad: int = -1,
 ) -> PathResult:
     """Viterbi over n = logits_nV.shape[0] positions from external state `start`.
 
     tokens_after: tokens the row may still emit after this canvas; the end state must have dist <= it.
     must_finish: the end state must be final or DONE (the row's last allowed canvas).
     backend: "numba" or "numpy" (None: BACKEND); both return the same path.
+    tail_M: class scores [m, K + 2] of positions after this canvas (pinned_M: the row's later pins); the path
+    then runs over n + m positions (tokens_after counts after them) and returns its first n (numpy path).
+    pin_n: this canvas' pins (-1 free; the logits already allow only the pin there): a pinned position is not
+    DONE's don't-care (where the hook writes pad) unless its pin is `pad`.
     """
     logits_t = torch.as_tensor(logits_nV).detach().to("cpu", torch.float32).contiguous()
-    if (backend or BACKEND) == "numba":
+    if tail_M is None and pin_n is None and (backend or BACKEND) == "numba":
         from constraints import dp_numba
 
         tokens, states, score = dp_numba.viterbi(
             t, logits_t.numpy(), start, 0 if must_finish else tokens_after
         )
         return PathResult(tokens, states, score)
-    n = logits_t.shape[0]
+    n_real = logits_t.shape[0]
     M = class_max(t, logits_t)  # [n, K + 2]
+    if pin_n is not None:
+        pin_n = np.asarray(pin_n, dtype=np.int64)[:n_real]
+        M[(pin_n >= 0) & (pin_n != pad), t.n_classes + 1] = NEG
+    if tail_M is not None:
+        M = np.concatenate([M, tail_M.astype(np.float32)])
+    n = M.shape[0]
     Mset = set_max(t, M)  # [n, D + 1]
     history = _sweep(t, Mset, int(t.to_internal[start]), n)  # [n + 1, n_internal + 1]
     allowed = t.end_dist <= (0 if must_finish else tokens_after)  # by internal id
@@ -136,12 +179,12 @@ def best_path(
         j = int(vals.argmax())
         members = t.set_classes(int(cand_set[j]))
         c = int(members[int(M[i].take(members).argmax())]) if members.size > 1 else int(members[0])
-        tokens.append(-1 if c == t.n_classes + 1 else _best_token(t, logits_np[i], c))
+        tokens.append(-1 if c == t.n_classes + 1 or i >= n_real else _best_token(t, logits_np[i], c))
         q = int(cand_src[j])
         states.append(q)
     tokens.reverse()
     states.reverse()
-    return PathResult(tokens, t.to_external[states].tolist(), float(masked[end]))
+    return PathResult(tokens[:n_real], t.to_external[states[: n_real + 1]].tolist(), float(masked[end]))
 
 
 def _sweep(t: DPTables, Mset: np.ndarray, start: int, n: int) -> np.ndarray:

@@ -10,6 +10,11 @@ bench/RESULTS.md, is opt-in through the job spec) makes the hook also act inside
 the CommitHook protocol's optional per-step methods (`steering_on`, `seed_canvas`, `steer`; the loop calls
 them only when `steering_on` is true). Cost: one DP per live row and step instead of one per canvas; off,
 the hook is commit-only.
+`with_pins` gives a row its own hook that honours the row's pinned tokens (engine/pins.py): checked
+feasible before any work (InfeasibleConstraint names the pin), and at each commit the DP takes this canvas'
+pins (the engine hands it logits where a pin is the only allowed token) and the row's later pins (scored 0
+where free, so the path maximises this canvas subject to the rest staying possible). Steering's per-step
+paths see this canvas' pins only.
 `track_argmax` records whether the unconstrained argmax of every commit already was the valid path
 (ConstraintState.argmax_valid: the DP changed nothing).
 """
@@ -23,8 +28,9 @@ import torch
 
 from constraints.choice import LabelScorer
 from constraints.dfa import TokenDFA
-from constraints.dp import DPTables, best_path
+from constraints.dp import DPTables, best_path, pin_conflict, pinned_M
 from constraints.steering import Skeleton, SteeringOptions, dfa_columns, path_tokens, steer_tokens
+from engine.pins import FREE, Pins
 
 
 class InfeasibleConstraint(ValueError):
@@ -92,6 +98,35 @@ class ConstraintHook:
             raise ValueError(f"{description}: steering must be a SteeringOptions, got {steering!r}")
         self.track_argmax = bool(track_argmax)
         self._skeleton = Skeleton(dfa, vocab, self.steering.seed_space_after)
+        self.pins: Pins | None = None
+        self.pin_budget = 0  # the row's max_new_tokens (offsets of its canvases follow from tokens_left)
+
+    def with_pins(self, pins: Pins, max_new_tokens: int) -> ConstraintHook:
+        """A copy for one row with these pins; InfeasibleConstraint when no output of the constraint holds
+        them within max_new_tokens (the message names the first pin it cannot pass)."""
+        last = pins.last
+        if last < 0:
+            return self
+        if last >= max_new_tokens:
+            raise InfeasibleConstraint(
+                f"{self.description}: the pin at output offset {last} lies past "
+                f"max_new_tokens={max_new_tokens}"
+            )
+        M = pinned_M(self.tables, pins.tokens[: last + 1], self.pad_token_id)
+        at = pin_conflict(self.tables, M, 0, max_new_tokens - last - 1, last + 1 >= max_new_tokens)
+        if at is not None:
+            before = [i for i, t in enumerate(pins.tokens[: min(at, last) + 1]) if t != FREE]
+            where = (
+                f"the pin at output offset {before[-1]} (token {pins.tokens[before[-1]]})"
+                if at <= last and before else "these pins together"
+            )
+            raise InfeasibleConstraint(
+                f"{self.description}: {where} cannot be part of a valid output within "
+                f"max_new_tokens={max_new_tokens}"
+            )
+        new = copy.copy(self)
+        new.pins, new.pin_budget = pins, int(max_new_tokens)
+        return new
 
     def with_options(
         self, steering: SteeringOptions | None = None, *, track_argmax: bool | None = None
@@ -134,8 +169,17 @@ class ConstraintHook:
         logits = dfa_columns(self.dfa, full)
         if self.scorer is not None and state.label_scores is None:
             state = replace(state, label_scores=self.scorer.scores(full))
+        pin_n, tail_M, after = None, None, int(tokens_left) - n
+        if self.pins is not None:
+            off = self.pin_budget - int(tokens_left)  # this canvas' first output offset
+            pin_n = list(self.pins.tokens[off : off + n])
+            pin_n += [FREE] * (n - len(pin_n))
+            tail = self.pins.tokens[off + C : self.pins.last + 1]
+            if tail:
+                tail_M, after = pinned_M(self.tables, tail, self.pad_token_id), after - len(tail)
         path = best_path(
-            self.tables, logits, state.dfa_state, tokens_after=int(tokens_left) - n, must_finish=last_canvas
+            self.tables, logits, state.dfa_state, tokens_after=after, must_finish=last_canvas, tail_M=tail_M,
+            pin_n=pin_n, pad=self.pad_token_id,
         )
         done_idx = self.tables.done
         out, emitted = path_tokens(path, n, C, self.pad_token_id, done_idx)

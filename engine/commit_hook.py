@@ -30,6 +30,7 @@ from typing import Protocol, runtime_checkable
 
 import torch
 
+from engine import pins as pinning
 from engine.params import GenerationParams, first_stop
 
 
@@ -148,23 +149,36 @@ def commit_canvas(
     last_canvas: bool,
     prev_finished: bool = False,
     argmax_logprobs: Callable[[], list[float]] | None = None,
+    pin_C: list[int] | None = None,
+    hold: int = 0,
 ) -> Committed:
     """Commit one row's canvas: its tracked argmax, or the hook's choice from the last live step's logits
     (`logits_CV()`, built only when the hook is called), then the end-of-canvas rule. A hook's exception
     propagates (the fast engine turns it into its row's error).
 
     argmax_logprobs: None when the row reports no log-probabilities; else the tracked log-probabilities of
-    `argmax` (called for the argmax commit only: a hook's tokens are scored from the logits it read)."""
+    `argmax` (called for the argmax commit only: a hook's tokens are scored from the logits it read).
+
+    pin_C: the canvas' pins (engine/pins.py; None: none): a hook reads logits where they are the only allowed
+    tokens, and a hook that moves one fails its row; hold: positions before the row's last pin (a stop token
+    at a free one of them becomes pad)."""
     tokens, hook_done, logprobs = argmax, False, None
     if not is_argmax(hook):
-        logits = logits_CV()
+        logits = pinning.mask_logits(logits_CV(), pin_C)
         toks, state, hook_done = hook.commit(logits, state, tokens_left=tokens_left, last_canvas=last_canvas)
         tokens = [int(t) for t in toks]
+        moved = [i for i, p in enumerate(pin_C or ()) if p != pinning.FREE and tokens[i] != p]
+        if moved:
+            raise ValueError(
+                f"the commit hook put token {tokens[moved[0]]} on the pin at canvas position {moved[0]} "
+                f"(token {pin_C[moved[0]]}): the constraint and the pins disagree"
+            )
         if argmax_logprobs is not None:
             logprobs = token_logprobs(logits, tokens)
     elif argmax_logprobs is not None:
         logprobs = list(argmax_logprobs())
     chosen = tokens
+    tokens = pinning.hold_stops(tokens, pin_C, hold, params.eos_token_ids, params.pad_token_id)
     tokens, finished, hit_eos = finish_row(
         tokens, params, prev_finished=prev_finished, last_canvas=last_canvas, hook_done=hook_done
     )

@@ -23,11 +23,12 @@ from dataclasses import dataclass
 
 import torch
 
+from engine import pins as pinning
 from engine.commit_hook import CommitHook, SteeringHook, is_argmax, steers
 from engine.heads import VocabHead
 from engine.kept_logits import KeptLogits
 from engine.params import GenerationParams
-from engine.sampler import RowKeys, RowParams, accept_mask, stop_update, temperature_B
+from engine.sampler import RowKeys, RowParams, accept_mask, order_mask, stop_update, temperature_B
 
 
 @dataclass
@@ -87,15 +88,20 @@ class CanvasBatch:
     sc: torch.Tensor | None = None  # the head's self-conditioning state (engine/heads.py); None: no row has
     # one yet, a zero row: that row has none
     kept: KeptLogits | None = None  # the last live step's logits, for commit hooks (rows that read them)
+    pin_BC: torch.Tensor | None = None  # long, each position's pinned token or pins.FREE (engine/pins.py);
+    # None: no row of the batch pins anything in its canvas
 
     @classmethod
-    def start(cls, canvas_BC: torch.Tensor, keys: RowKeys, rows: list[RowHost]) -> CanvasBatch:
-        """Fresh canvases (noise already drawn) for rows at the first step of a canvas."""
+    def start(
+        cls, canvas_BC: torch.Tensor, keys: RowKeys, rows: list[RowHost], pin_BC: torch.Tensor | None = None
+    ) -> CanvasBatch:
+        """Fresh canvases (noise already drawn) for rows at the first step of a canvas; pinned positions
+        start as their pins (engine/pins.py rule 1)."""
         B, C = canvas_BC.shape
         dev = canvas_BC.device
         rp = RowParams.build([r.params for r in rows], dev)
         return cls(
-            canvas_BC=canvas_BC,
+            canvas_BC=pinning.apply(pin_BC, canvas_BC),
             argmax_BC=torch.full((B, C), -1, dtype=torch.long, device=dev),
             logp_BC=torch.zeros((B, C), dtype=torch.float32, device=dev),
             done_B=torch.zeros(B, dtype=torch.bool, device=dev),
@@ -106,6 +112,7 @@ class CanvasBatch:
             keys=keys,
             rp=rp,
             rows=list(rows),
+            pin_BC=pin_BC,
         )
 
     @property
@@ -122,6 +129,7 @@ class CanvasBatch:
             rows=[self.rows[i] for i in idx],
             sc=None if self.sc is None else self.sc.index_select(0, idx_B),
             kept=None if self.kept is None else self.kept.select(idx_B),
+            pin_BC=None if self.pin_BC is None else self.pin_BC.index_select(0, idx_B),
         )
 
     @staticmethod
@@ -138,6 +146,7 @@ class CanvasBatch:
             rows=[r for p in parts for r in p.rows],
             sc=_cat_zero_filled([(p.sc, p.size) for p in parts]),
             kept=KeptLogits.cat([(p.kept, p.size) for p in parts]),
+            pin_BC=_cat_free_filled([(p.pin_BC, p.size, p.canvas_BC.shape[1]) for p in parts]),
         )
 
 
@@ -149,6 +158,14 @@ def _cat_zero_filled(parts: list[tuple[torch.Tensor | None, int]]) -> torch.Tens
     if ref is None:
         return None
     return torch.cat([t if t is not None else ref.new_zeros((n, *ref.shape[1:])) for t, n in parts])
+
+
+def _cat_free_filled(parts: list[tuple[torch.Tensor | None, int, int]]) -> torch.Tensor | None:
+    """Concatenate (pin_BC, rows, C) parts, FREE rows for parts without pins (None when no part has any)."""
+    ref = next((t for t, _, _ in parts if t is not None), None)
+    if ref is None:
+        return None
+    return torch.cat([t if t is not None else ref.new_full((n, c), pinning.FREE) for t, n, c in parts])
 
 
 def denoise_step(model, cache, st: CanvasBatch, head: VocabHead, rows_B: torch.Tensor | None = None) -> None:
@@ -176,10 +193,18 @@ def denoise_step(model, cache, st: CanvasBatch, head: VocabHead, rows_B: torch.T
     want_sc = any(r.steps_left > 1 for r in st.rows)
     keep_logits = any(r.reads_logits for r in st.rows)
     out = head.run(model, h, temp, st.keys, want_sc=want_sc, keep_logits=keep_logits)
-    keep = accept_mask(out.entropy_BC, st.rp.bound_B)  # the commit rule
-    sampled = out.sample(keep, st.keys)
-    argmax = out.argmax_BC
+    pin = st.pin_BC
+    pinned = None if pin is None else pin >= 0
+    # a pin is its position's only allowed token: entropy 0, so it is kept and costs the bound nothing
+    entropy = out.entropy_BC if pinned is None else out.entropy_BC.masked_fill(pinned, 0.0)
+    keep = order_mask(accept_mask(entropy, st.rp.bound_B), st.rp, st.steps_left_B)  # the commit rule
+    if pinned is not None:
+        keep = keep | pinned
+    sampled = pinning.apply(pin, out.sample(keep, st.keys))
+    argmax = pinning.apply(pin, out.argmax_BC)
     logp = out.argmax_logprob() if any(r.argmax_logprobs for r in st.rows) else st.logp_BC
+    if pinned is not None:
+        logp = logp.masked_fill(pinned, 0.0)
     if steering:
         argmax, sampled = _steer(st, out.logits(), argmax, keep, sampled)
     sc = out.sc_next() if want_sc else None
@@ -192,7 +217,7 @@ def denoise_step(model, cache, st: CanvasBatch, head: VocabHead, rows_B: torch.T
         argmax = torch.where(d, st.argmax_BC, argmax)
         logp = torch.where(d, st.logp_BC, logp)
         canvas = torch.where(d, st.canvas_BC, canvas)
-        st.run_B, stop = stop_update(argmax, st.argmax_BC, st.run_B, out.entropy_BC.mean(dim=-1), st.rp)
+        st.run_B, stop = stop_update(argmax, st.argmax_BC, st.run_B, entropy.mean(dim=-1), st.rp)
         st.done_B = frozen | stop
         if sc is not None and st.sc is not None:
             sc = head.carry_sc(st.sc, sc, frozen)
@@ -216,7 +241,7 @@ def _seed_canvases(st: CanvasBatch) -> None:
             st.canvas_BC[b], rs.state, tokens_left=rs.tokens_left, last_canvas=rs.last_canvas
         )
         if new is not None:
-            st.canvas_BC[b] = new
+            st.canvas_BC[b] = new if st.pin_BC is None else pinning.apply(st.pin_BC[b], new)
 
 
 def _steer(
@@ -226,15 +251,17 @@ def _steer(
     keep_BC: torch.Tensor,
     sampled_BC: torch.Tensor,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Each live steering row's hook may replace its argmax (the stop rule's canvas) and sampled tokens."""
+    """Each live steering row's hook may replace its argmax (the stop rule's canvas) and sampled tokens; it
+    reads logits where its pins are the only allowed tokens, and cannot move a pin."""
     live = (~st.done_B).tolist()  # frozen rows keep their argmax and canvas anyway: no work for them
     argmax_BC, sampled_BC = argmax_BC.clone(), sampled_BC.clone()
     for b, r in enumerate(st.rows):
         rs = r.steer
         if rs is None or not live[b]:
             continue
+        pin_C = None if st.pin_BC is None else st.pin_BC[b]
         out = rs.hook.steer(
-            proc_BCV[b],
+            pinning.mask_logits(proc_BCV[b], pin_C),
             argmax_BC[b],
             keep_BC[b],
             sampled_BC[b],
@@ -243,7 +270,7 @@ def _steer(
             last_canvas=rs.last_canvas,
         )
         if out is not None:
-            argmax_BC[b], sampled_BC[b] = out
+            argmax_BC[b], sampled_BC[b] = (out if pin_C is None else (pinning.apply(pin_C, t) for t in out))
     return argmax_BC, sampled_BC
 
 

@@ -38,6 +38,7 @@ from engine.counters import Counters
 from engine.denoise import CanvasBatch, denoise_step, host_rows
 from engine.heads import fast_head
 from engine.params import GenerationParams, first_stop
+from engine.pins import Pins, pin_tensor
 from engine.request import Completion, Request
 from engine.sampler import RowKeys, RowNoise
 from engine.scheduler import SlotCache
@@ -232,6 +233,10 @@ class Engine:
         except ValueError as e:
             return f"request {req.id}: {e}"
         problem = stop_problem(req.stop)
+        if problem is None and req.pins is not None:
+            p = req.params
+            problem = (req.pins.problem(self.V, p.max_new_tokens, p.eos_token_ids)
+                       if isinstance(req.pins, Pins) else "pins must be an engine.pins.Pins")
         if problem is not None:
             return f"request {req.id}: {problem}"
         if req.stop and self.detokenize is None:
@@ -285,7 +290,8 @@ class Engine:
             [r.canvas == r.n_canvases - 1 for r in rs],
             [r.req.logprobs for r in rs],
         )
-        return CanvasBatch.start(self.noise.init_canvas(keys, self.C, self.V, dev), keys, rows)
+        pin_BC = pin_tensor([r.req.pins for r in rs], [r.canvas for r in rs], self.C, dev)
+        return CanvasBatch.start(self.noise.init_canvas(keys, self.C, self.V, dev), keys, rows, pin_BC)
 
     def _commit(
         self, r: _Row, argmax: list[int], logp: list[float] | None, batch: CanvasBatch, j: int
@@ -303,6 +309,8 @@ class Engine:
                 tokens_left=p.max_new_tokens - len(r.tokens),
                 last_canvas=r.canvas == r.n_canvases - 1,
                 argmax_logprobs=(lambda: logp) if req.logprobs else None,
+                pin_C=None if req.pins is None else req.pins.canvas(r.canvas, self.C),
+                hold=0 if req.pins is None else req.pins.hold_until(r.canvas, self.C),
             )
         except Exception as e:  # a bad hook fails its row, not the batch
             return _error(req, f"request {req.id}: commit hook failed: {type(e).__name__}: {e}")

@@ -26,6 +26,7 @@ from engine.counters import Counters
 from engine.denoise import CanvasBatch, denoise_step, host_rows
 from engine.heads import ReferenceHead
 from engine.params import GenerationParams, first_stop, until_stop
+from engine.pins import Pins, pin_tensor
 from engine.sampler import ReferenceNoise, RowKeys
 from model.tokenizer import encode_prompt, left_pad
 
@@ -54,6 +55,8 @@ def generate(
     on_step: StepCallback | None = None,
     counters: Counters | None = None,
     output_logprobs: bool = False,
+    pins: list[Pins | None] | None = None,
+    commit_order: str | None = None,
 ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     """Generate for a batch of prompts -> LongTensor [B, L + K*C] (prompt, then committed canvases).
 
@@ -67,6 +70,9 @@ def generate(
     log-probability under the distribution its commit read (engine/commit_hook.py), for the row's output
     before its first EOS, NaN from there on and where a pad was put in; in fast mode exactly the
     Completion's logprobs (a hook-finished row's trailing pads, which it drops, are NaN).
+
+    pins: per row, output tokens fixed before denoising (engine/pins.py; None: none); commit_order: which
+    positions a step keeps (engine/params.py COMMIT_ORDERS; None: "confidence", the reference's).
     """
     params = GenerationParams.from_model(
         model,
@@ -79,8 +85,17 @@ def generate(
         confidence_threshold=confidence_threshold,
         eos_token_id=eos_token_id,
         pad_token_id=pad_token_id,
+        commit_order=commit_order,
     )
     params.check_vocab(model.config.text.vocab_size)
+    if pins is not None:
+        if len(pins) != input_ids.shape[0]:
+            raise ValueError(f"generate: pins has {len(pins)} rows, input_ids {input_ids.shape[0]}")
+        for b, p in enumerate(pins):
+            why = None if p is None else p.problem(model.config.text.vocab_size, params.max_new_tokens,
+                                                    params.eos_token_ids)
+            if why:
+                raise ValueError(f"generate: row {b}: {why}")
     if input_ids.dim() != 2:
         raise ValueError(f"generate: input_ids must be [B, L], got shape {tuple(input_ids.shape)}")
     if attention_mask is not None and attention_mask.shape != input_ids.shape:
@@ -93,7 +108,7 @@ def generate(
             torch.manual_seed(seed)
         seqs, logprobs = _generate_reference(
             model, input_ids, attention_mask, params, commit_hook, on_step, counters or Counters(),
-            output_logprobs,
+            output_logprobs, pins,
         )
     elif mode == "fast":
         seqs, logprobs = _generate_fast(
@@ -106,6 +121,7 @@ def generate(
             on_step=on_step,
             counters=counters,
             output_logprobs=output_logprobs,
+            pins=pins,
         )
     else:
         raise ValueError(f"generate: mode must be 'reference' or 'fast', got {mode!r}")
@@ -130,8 +146,10 @@ def _generate_reference(
     on_step: StepCallback | None,
     counters: Counters,
     output_logprobs: bool = False,
+    pins: list[Pins | None] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     B, L = input_ids.shape
+    pins = pins or [None] * B
     C = model.config.canvas_length
     V = model.config.text.vocab_size
     dev = model.device
@@ -163,7 +181,8 @@ def _generate_reference(
         tokens_left, last = params.max_new_tokens - k * C, k == K - 1
         rows = host_rows([params] * B, [L + k * C] * B, [hook] * B, hook_states, [tokens_left] * B,
                          [last] * B, [output_logprobs] * B)
-        st = CanvasBatch.start(head.noise.init_canvas(keys, C, V, dev), keys, rows)
+        st = CanvasBatch.start(head.noise.init_canvas(keys, C, V, dev), keys, rows,
+                               pin_tensor(pins, [k] * B, C, dev))
         for cur in range(params.max_denoising_steps, 0, -1):
             denoise_step(model, cache, st, head)
             counters.step(B, head.passes_per_step(not is_argmax(hook)))
@@ -180,7 +199,9 @@ def _generate_reference(
         for b in range(B):
             c = commit_canvas(hook, hook_states[b], argmax_BC[b], lambda b=b, kept=kept: kept.row(b), params,
                               tokens_left=tokens_left, last_canvas=last, prev_finished=finished[b],
-                              argmax_logprobs=(lambda b=b, lp=logp_BC: lp[b]) if output_logprobs else None)
+                              argmax_logprobs=(lambda b=b, lp=logp_BC: lp[b]) if output_logprobs else None,
+                              pin_C=None if pins[b] is None else pins[b].canvas(k, C),
+                              hold=0 if pins[b] is None else pins[b].hold_until(k, C))
             hook_states[b], finished[b] = c.state, c.finished
             tokens_BC.append(c.tokens)
             lp_BC.append(c.logprobs)
@@ -212,6 +233,7 @@ def _generate_fast(
     counters: Counters | None = None,
     max_batch_rows: int | None = None,
     output_logprobs: bool = False,
+    pins: list[Pins | None] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """`generate(mode="fast")`: rows become Requests (left padding stripped), outputs laid out like
     `.sequences` ([B, L + K*C], the longest row's K; shorter rows filled with pad, or their EOS id)."""
@@ -228,6 +250,7 @@ def _generate_fast(
             params=params,
             commit_hook=commit_hook,
             logprobs=output_logprobs,
+            pins=None if pins is None else pins[b],
         )
         for b in range(B)
     ]

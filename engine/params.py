@@ -62,6 +62,12 @@ SAMPLER_BOUNDS: dict[str, Bound] = {
 }
 
 
+# "confidence": the reference's entropy-bounded rule (lowest-entropy positions first); "left_to_right": the
+# same number of steps, but step s of N keeps the first ceil(C * s / N) positions whatever their entropy, the
+# order an autoregressive model would take (bench/sudoku.py compares the two on one model)
+COMMIT_ORDERS = ("confidence", "left_to_right")
+
+
 def schedule_problem(t_max: Any, t_min: Any) -> str | None:
     """What is expected of a temperature schedule with both ends set (it must fall), else None."""
     if t_max is not None and t_min is not None and not t_max > t_min:
@@ -85,8 +91,14 @@ class GenerationParams:
     confidence_threshold: float | None = 0.005
     eos_token_ids: tuple[int, ...] = ()
     pad_token_id: int | None = None
+    commit_order: str = "confidence"  # COMMIT_ORDERS: which positions a step keeps (engine/sampler.py)
 
     def __post_init__(self) -> None:
+        if self.commit_order not in COMMIT_ORDERS:
+            raise ValueError(
+                f"GenerationParams.commit_order: expected one of {', '.join(COMMIT_ORDERS)}, "
+                f"got {self.commit_order!r}"
+            )
         if isinstance(self.eos_token_ids, int) and not isinstance(self.eos_token_ids, bool):
             object.__setattr__(self, "eos_token_ids", (self.eos_token_ids,))
         elif isinstance(self.eos_token_ids, list):

@@ -5,7 +5,8 @@ per-row failures (finish_reason "error" with a message), so rows in == rows out.
 
 Opt-in per row: `logprobs` (each returned token's log-probability under the distribution its commit read:
 engine/commit_hook.py says which) and `stop` strings (engine/stop_strings.py: the row ends at the first
-occurrence, finish_reason "stop"; the engine needs a `detokenize`).
+occurrence, finish_reason "stop"; the engine needs a `detokenize`), and `pins` (canvas tokens fixed before
+denoising: engine/pins.py).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from dataclasses import dataclass
 
 from engine.commit_hook import CommitHook
 from engine.params import GenerationParams
+from engine.pins import Pins
 
 
 @dataclass
@@ -25,6 +27,7 @@ class Request:
     commit_hook: CommitHook | None = None  # None -> argmax commit
     logprobs: bool = False  # report Completion.logprobs
     stop: tuple[str, ...] = ()  # stop strings (vLLM's `stop`); needs Engine(detokenize=...)
+    pins: Pins | None = None  # output tokens fixed before denoising (None: none)
 
 
 @dataclass

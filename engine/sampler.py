@@ -41,6 +41,7 @@ class RowParams:
     stab_B: torch.Tensor  # long, stability threshold (-1: adaptive stopping off)
     conf_B: torch.Tensor  # fp32, confidence threshold (-inf: off)
     scheduled: bool  # False when no row has a schedule (skip the division, as the reference does)
+    ltr_B: torch.Tensor | None = None  # bool, commit_order "left_to_right"; None: no such row
 
     @classmethod
     def build(cls, params: list[GenerationParams], device: torch.device | str) -> RowParams:
@@ -59,6 +60,8 @@ class RowParams:
                 [p.confidence_threshold if p.early_stopping else float("-inf") for p in params], torch.float32
             ),
             scheduled=any(sched),
+            ltr_B=(t([p.commit_order == "left_to_right" for p in params], torch.bool)
+                   if any(p.commit_order == "left_to_right" for p in params) else None),
         )
 
     def select(self, idx_B: torch.Tensor) -> RowParams:
@@ -68,6 +71,7 @@ class RowParams:
                 for x in (self.n_steps_B, self.t_min_B, self.span_B, self.bound_B, self.stab_B, self.conf_B)
             ),
             scheduled=self.scheduled,
+            ltr_B=None if self.ltr_B is None else self.ltr_B.index_select(0, idx_B),
         )
 
     @staticmethod
@@ -76,6 +80,10 @@ class RowParams:
         return RowParams(
             *(torch.cat([getattr(p, n) for p in parts]) for n in names),
             scheduled=any(p.scheduled for p in parts),
+            ltr_B=(None if all(p.ltr_B is None for p in parts) else torch.cat([
+                p.ltr_B if p.ltr_B is not None else torch.zeros_like(p.n_steps_B, dtype=torch.bool)
+                for p in parts
+            ])),
         )
 
 
@@ -110,6 +118,18 @@ def accept_mask(entropy_BC: torch.Tensor, bound: torch.Tensor | float) -> torch.
         bound = bound[:, None]
     keep_sorted = before <= bound
     return torch.scatter(torch.zeros_like(keep_sorted), -1, order, keep_sorted)
+
+
+def order_mask(keep_BC: torch.Tensor, rp: RowParams, steps_left_B: torch.Tensor) -> torch.Tensor:
+    """The commit order (engine/params.py COMMIT_ORDERS): `keep_BC` (the confidence rule's) for most rows;
+    for "left_to_right" rows at step s = N - steps_left + 1 of N, the first ceil(C * s / N) positions."""
+    if rp.ltr_B is None:
+        return keep_BC
+    C = keep_BC.shape[1]
+    n_B = rp.n_steps_B.long()
+    frontier_B = (C * (n_B - steps_left_B.long() + 1) + n_B - 1) // n_B
+    ltr_BC = torch.arange(C, device=keep_BC.device)[None, :] < frontier_B[:, None]
+    return torch.where(rp.ltr_B[:, None], ltr_BC, keep_BC)
 
 
 # ---- stop rule --------------------------------------------------------------------------------------------
