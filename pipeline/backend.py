@@ -8,7 +8,9 @@
   each its own seed), all in one `Engine.run`. `generation.stop` (and a row's own `stop`) become
   `Request.stop` with an Engine that detokenizes as the output text is decoded; a stopped row's text is the
   engine's cut text. `generation.logprobs` asks each Request for its tokens' log-probabilities. A row whose
-  settings the engine refuses (t_max below the schedule's t_min, ...) is an error row.
+  settings the engine refuses (t_max below the schedule's t_min, ...) is an error row. `generation.pins`: a
+  row's template (pipeline/pin_templates.py) becomes `Request.pins`, and its constraint hook honours them
+  (constraints/hook.py `with_pins`); an unusable template, or one the constraint forbids, is an error row.
 - `StubBackend` costs a fixed time per row and echoes its prompt (a conversation as "role: content"
   lines, and the row's settings when it has any; `max_new_tokens` sets its token count); a prompt
   containing `poison_marker` kills the whole process (`os._exit`), one containing `raise_marker` raises,
@@ -179,6 +181,30 @@ class EngineBackend:
             self._row_params[key] = base.with_(**over)
         return self._row_params[key]
 
+    def _pins(self, row: PreparedRow, params: GenerationParams, hook):
+        """(Pins, hook honouring them) of a row's template (generation.pins), or (why not, hook)."""
+        from constraints.hook import InfeasibleConstraint
+        from pipeline.pin_templates import template_pins
+
+        spec = self.spec.generation.pins
+        template = (row.extra or {}).get(spec.column)
+        if not params.eos_token_ids:
+            return "pins need the checkpoint's EOS token ids (one is pinned after the template)", hook
+        try:
+            encode = lambda s: self.tokenizer.encode(s, add_special_tokens=False)  # noqa: E731
+            tp = template_pins(spec.form, template, encode, params.eos_token_ids[0])
+        except ValueError as exc:
+            return f"column {spec.column}: {exc}", hook
+        if tp.tokens_needed > params.max_new_tokens:
+            return (f"column {spec.column}: the template needs {tp.tokens_needed} tokens, over "
+                    f"max_new_tokens {params.max_new_tokens}"), hook
+        if hook is None:
+            return tp.pins, None
+        try:
+            return tp.pins, hook.with_pins(tp.pins, params.max_new_tokens)
+        except InfeasibleConstraint as exc:
+            return f"column {spec.column}: {exc}", hook
+
     def generate(self, rows: list[PreparedRow]) -> list[RowResult]:
         from engine.fast import Request
 
@@ -205,13 +231,19 @@ class EngineBackend:
             if isinstance(hook, str):  # the constraint could not be built for this row
                 results[key] = RowResult(status="error", error=f"row {r.id}: {hook}")
                 continue
+            pins = None
+            if self.spec.generation.pins is not None:
+                pins, hook = self._pins(r, params, hook)
+                if isinstance(pins, str):  # the row's template is unusable (or the constraint forbids it)
+                    results[key] = RowResult(status="error", error=f"row {r.id}: {pins}")
+                    continue
             stop = tuple((r.settings or {}).get("stop", self.spec.generation.stop))
             if stop and hook is not None:  # the job-level pair is refused by the spec (pipeline/spec.py)
                 why = "stop strings cannot be used with structured output"
                 results[key] = RowResult(status="error", error=f"row {r.id}: {why}")
                 continue
             requests.append(Request(id=key, input_ids=ids, seed=r.seed, params=params, commit_hook=hook,
-                                    logprobs=self.spec.generation.logprobs, stop=stop))
+                                    logprobs=self.spec.generation.logprobs, stop=stop, pins=pins))
             by_key[key] = (r, hook)
         t0 = time.perf_counter()
         for c in self.engine.run(requests):

@@ -16,6 +16,10 @@ the closest known names ("did you mean"). The knobs:
   JobSpec check refuses the pair).
 - `logprobs`: true adds the output column `logprobs` (each committed token's log-probability from the step
   that committed it: engine/request.py `Completion.logprobs`).
+- `pins`: `{column: NAME, form: holes | json | grid}`: each row's pinned canvas, written in that input
+  column in one of pipeline/pin_templates.py's forms (text with `{{hole:N}}`, a JSON skeleton, a grid such
+  as an 81-character Sudoku); the engine never changes a pinned token and fills the holes
+  (engine/pins.py). A row's template must fit its max_new_tokens; a bad template is that row's error.
 
 The engine is imported only when a parameter is set: it loads torch, which reading a spec otherwise does not.
 """
@@ -28,7 +32,25 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic_core import InitErrorDetails, PydanticCustomError
 
-KNOBS = ("seed", "n", "temperature", "max_tokens", "stop", "logprobs")
+KNOBS = ("seed", "n", "temperature", "max_tokens", "stop", "logprobs", "pins")
+PIN_FORMS = ("holes", "json", "grid")  # pipeline/pin_templates.py's forms (defined here: reading a spec
+# does not load torch, which the templates' engine/pins.py does)
+
+
+class PinsSpec(BaseModel):
+    """`generation.pins`: the input column holding each row's pinned canvas, and its form."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    column: str = Field(min_length=1)
+    form: str
+
+    @field_validator("form")
+    @classmethod
+    def _known_form(cls, v: str) -> str:
+        if v not in PIN_FORMS:
+            raise ValueError(f"expected one of {', '.join(PIN_FORMS)}")
+        return v
 
 
 # The generation section of the first job-spec version: its plan fingerprints hash all of them, null if unset
@@ -46,6 +68,7 @@ class GenerationSpec(BaseModel):
     max_tokens: int | None = Field(default=None, ge=1)
     stop: list[str] = Field(default_factory=list)
     logprobs: bool = False
+    pins: PinsSpec | None = None
 
     @model_validator(mode="before")
     @classmethod
@@ -111,7 +134,8 @@ class GenerationSpec(BaseModel):
         null when unset, and seed) plus the later knobs only when they differ from their defaults, so jobs
         planned before the knobs existed keep their fingerprint and resume (pipeline/plan.py)."""
         d = self.model_dump()
-        defaults = {"n": 1, "temperature": None, "max_tokens": None, "stop": [], "logprobs": False}
+        defaults = {"n": 1, "temperature": None, "max_tokens": None, "stop": [], "logprobs": False,
+                    "pins": None}
         out = {name: d.get(name) for name in _FIRST_VERSION_FIELDS}
         out.update({k: v for k, v in d.items() if not (k in defaults and v == defaults[k])})
         return out

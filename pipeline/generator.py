@@ -1,7 +1,8 @@
 """One input table in, one output table out: the unit of work shared by the replica and the Ray Data adapter.
 
 `RowGenerator.process` prepares rows (ids, seeds, prompts; bad rows become error rows without touching the
-model), sends the good ones to the backend (each as its `generation.n` samples, all in one backend call),
+model), sends the good ones to the backend (each as its `generation.n` samples, all in one backend call;
+with `structured_output.validator`, rejected samples go back in one call per round: pipeline/validators.py),
 and assembles the output table with the passthrough columns, n output rows per input row in (input order,
 sample_index) order (pipeline/outputs.py). Rows the shard reader could not decode (`unreadable`, from
 pipeline.shards.read_shard) are error rows like any other bad row. It also tallies rows by status and
@@ -23,6 +24,7 @@ from pipeline.metrics import Metrics
 from pipeline.outputs import STATUSES, RowResult, build_table, error_result
 from pipeline.rows import PreparedRow, output_ids, prepare_rows, row_columns, samples
 from pipeline.spec import JobSpec
+from pipeline.validators import Validator
 
 
 @dataclass
@@ -42,20 +44,27 @@ def job_columns(spec: JobSpec) -> list[str]:
     """The input columns a job reads, from its spec alone: the row recipe's (prompt, template, messages or
     openai-batch columns, id, settings: pipeline/rows.py `row_columns`), passthrough, per-row schema; each
     once, in that order (the first is the prompt's)."""
-    so = spec.structured_output
     cols = row_columns(spec.input)
-    for c in spec.output.passthrough_columns + ([so.schema_column] if so is not None and so.schema_column
-                                                else []):
+    for c in spec.output.passthrough_columns + list(extra_columns(spec)):
         if c not in cols:
             cols.append(c)
     return cols
+
+
+def extra_columns(spec: JobSpec) -> tuple[str, ...]:
+    """Input columns a row carries to the backend (PreparedRow.extra): its JSON Schema, its pin template."""
+    so, pins = spec.structured_output, spec.generation.pins
+    cols = (so.schema_column if so is not None else None, pins.column if pins is not None else None)
+    return tuple(c for c in cols if c)
 
 
 class RowGenerator:
     def __init__(self, spec: JobSpec, backend: Backend, metrics: Metrics | None = None):
         self.spec, self.backend, self.metrics = spec, backend, metrics
         so = spec.structured_output
-        self.extra_columns = (so.schema_column,) if so is not None and so.schema_column else ()
+        self.extra_columns = extra_columns(spec)
+        self.validator = Validator(so.validator, so.max_regenerations) if so is not None and so.validator \
+            else None
 
     def input_columns(self) -> list[str]:
         """Columns a shard read needs (`job_columns`)."""
@@ -72,7 +81,8 @@ class RowGenerator:
         row = PreparedRow(0, "warm-up", 0, None, "warm-up")
         out = build_table([row], [error_result("warm-up")], pa.table({"_": [0]}).select([]), attempt=0,
                           structured=self.spec.structured_output is not None,
-                          logprobs=self.spec.generation.logprobs, choice_scores=_choice_scores(self.spec))
+                          logprobs=self.spec.generation.logprobs, choice_scores=_choice_scores(self.spec),
+                          generations=self.validator is not None)
         pq.write_table(out, io.BytesIO(), compression="zstd")
 
     def process(self, table: pa.Table, *, file_rel: str, first_row: int, attempt: int,
@@ -83,13 +93,17 @@ class RowGenerator:
         good = [r for r in rows if r.error is None]
         stats = BatchStats(rows=len(rows))
         t0 = time.perf_counter()
-        got = self.backend.generate(good) if good else []
+        if self.validator is not None and good:  # the rows come back with the seeds that made their texts
+            good, got = self.validator.generate(self.backend.generate, good, table.to_pylist())
+        else:
+            got = self.backend.generate(good) if good else []
         stats.model_s = time.perf_counter() - t0
         if len(got) != len(good):
             raise RuntimeError(f"backend returned {len(got)} results for {len(good)} rows")
-        by_key = {(r.index, r.sample): res for r, res in zip(good, got)}
-        results: list[RowResult] = [by_key.get((r.index, r.sample)) or error_result(r.error or "no result")
-                                    for r in rows]
+        by_key = {(r.index, r.sample): (r, res) for r, res in zip(good, got)}
+        pairs = [by_key.get((r.index, r.sample)) or (r, error_result(r.error or "no result")) for r in rows]
+        rows = [r for r, _ in pairs]  # a regenerated sample carries the seed that made its text
+        results: list[RowResult] = [res for _, res in pairs]
         for res in results:
             stats.by_status[res.status] += 1
             stats.tokens += res.num_tokens
@@ -110,10 +124,8 @@ def error_rows(spec: JobSpec, table: pa.Table, *, file_rel: str, first_row: int,
 
     Same ids and types as `RowGenerator.process` gives, so these rows join the shard's other pieces.
     """
-    so = spec.structured_output
-    extra = (so.schema_column,) if so is not None and so.schema_column else ()
     prepared = prepare_rows(table, spec.input, job_seed=spec.generation.seed, file_rel=file_rel,
-                            first_row=first_row, extra_columns=extra, unreadable=unreadable)
+                            first_row=first_row, extra_columns=extra_columns(spec), unreadable=unreadable)
     rows = samples(prepared, spec.generation.n)
     results = [error_result(r.error or f"row {r.id}: {message}") for r in rows]
     return _table(spec, table, prepared, rows, results, attempt)
@@ -133,7 +145,12 @@ def _table(spec: JobSpec, table: pa.Table, prepared: list[PreparedRow], rows: li
             pa.table({"_": pa.nulls(len(rows))}).select([])
     return build_table(rows, results, passthrough, attempt=attempt, ids=ids,
                        structured=spec.structured_output is not None, logprobs=spec.generation.logprobs,
-                       choice_scores=_choice_scores(spec))
+                       choice_scores=_choice_scores(spec), generations=_validated(spec))
+
+
+def _validated(spec: JobSpec) -> bool:
+    """Whether the output has a `generations` column: a validator regenerates rejected samples."""
+    return spec.structured_output is not None and spec.structured_output.validator is not None
 
 
 def _choice_scores(spec: JobSpec) -> bool:

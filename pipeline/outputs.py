@@ -2,13 +2,17 @@
 
 Columns, in order: `id`, the passthrough columns (input types kept), `status` ("ok" | "invalid" |
 "error"), `text`, `error` (message for non-ok rows), `num_tokens`, `canvases`, `denoising_steps`,
-`tokens_per_forward`, `seed` (the sample's: pipeline/rows.py `sample_seed`), `attempt`, `latency_s` (seconds
+`tokens_per_forward`, `seed` (the sample's: pipeline/rows.py `sample_seed`; after regenerations, the one
+that made the text: pipeline/validators.py `regeneration_seed`), `attempt` (the shard's), `latency_s` (seconds
 of engine time the row's batch took), `sample_index` (int32, 0..n-1 for `generation.n` samples), then `json`
 when structured output is on and `logprobs` (list<float32>, each committed token's log-probability) when
 `generation.logprobs` is, plus `choice_scores` (list<float32>: each `structured_output.choice` label's
 log-probability, in the spec's order, as constraints/__init__.py `choice_json` reads them; -inf where a
-label cannot fit) when the constraint is a choice. n output rows per input row (one per sample, error rows
-included, so every (id, sample_index) is there exactly once), in (input order, sample_index) order.
+label cannot fit) when the constraint is a choice, and `generations` (int64: how many times the sample was
+generated, 1 + its regenerations after `structured_output.validator` rejections, pipeline/validators.py; 0
+for a row that never reached the model) when a validator is set. n output rows per input row (one per
+sample, error rows included, so every (id, sample_index) is there exactly once), in (input order,
+sample_index) order.
 `id` takes the id column's type when `input.id_column` is set (pipeline.rows.output_ids), else string.
 """
 
@@ -29,7 +33,7 @@ _FIXED: list[tuple[str, pa.DataType]] = [
     ("seed", pa.int64()), ("attempt", pa.int64()), ("latency_s", pa.float64()), ("sample_index", pa.int32()),
 ]
 LOGPROBS_TYPE = pa.list_(pa.float32())
-RESERVED_COLUMNS = ("id", *(n for n, _ in _FIXED), "json", "logprobs", "choice_scores")
+RESERVED_COLUMNS = ("id", *(n for n, _ in _FIXED), "json", "logprobs", "choice_scores", "generations")
 
 
 @dataclass
@@ -47,6 +51,7 @@ class RowResult:
     json: str | None = None
     logprobs: list[float] | None = None  # generation.logprobs: one per generated token
     choice_scores: list[float] | None = None  # generation.logprobs with a choice: one per label
+    generations: int = 1  # times generated (structured_output.validator regenerates rejected samples)
 
     def __post_init__(self) -> None:
         if self.status not in STATUSES:
@@ -54,7 +59,8 @@ class RowResult:
 
 
 def output_schema(passthrough: pa.Schema, structured: bool, id_type: pa.DataType | None = None,
-                  logprobs: bool = False, choice_scores: bool = False) -> pa.Schema:
+                  logprobs: bool = False, choice_scores: bool = False, generations: bool = False
+                  ) -> pa.Schema:
     fields = [pa.field("id", id_type or pa.string()), *passthrough, *(pa.field(n, t) for n, t in _FIXED)]
     if structured:
         fields.append(pa.field("json", pa.string()))
@@ -62,12 +68,14 @@ def output_schema(passthrough: pa.Schema, structured: bool, id_type: pa.DataType
         fields.append(pa.field("logprobs", LOGPROBS_TYPE))
     if choice_scores:
         fields.append(pa.field("choice_scores", LOGPROBS_TYPE))
+    if generations:
+        fields.append(pa.field("generations", pa.int64()))
     return pa.schema(fields)
 
 
 def build_table(rows: list[PreparedRow], results: list[RowResult], passthrough: pa.Table, *,
                 attempt: int | list[int], structured: bool, ids: pa.Array | None = None,
-                logprobs: bool = False, choice_scores: bool = False) -> pa.Table:
+                logprobs: bool = False, choice_scores: bool = False, generations: bool = False) -> pa.Table:
     """The output table for `rows` (with `results[i]` for `rows[i]`); `passthrough` has the same rows.
 
     `ids` is the typed `id` column (pipeline.rows.output_ids); without it, the rows' ids as strings.
@@ -88,7 +96,7 @@ def build_table(rows: list[PreparedRow], results: list[RowResult], passthrough: 
         "seed": [p.seed for p in rows], "attempt": attempts, "latency_s": [r.latency_s for r in results],
         "sample_index": [p.sample for p in rows],
     }
-    schema = output_schema(passthrough.schema, structured, ids.type, logprobs, choice_scores)
+    schema = output_schema(passthrough.schema, structured, ids.type, logprobs, choice_scores, generations)
     arrays = [ids, *passthrough.columns]
     arrays += [pa.array(cols[n], t) for n, t in _FIXED]
     if structured:
@@ -97,8 +105,10 @@ def build_table(rows: list[PreparedRow], results: list[RowResult], passthrough: 
         arrays.append(pa.array([r.logprobs for r in results], LOGPROBS_TYPE))
     if choice_scores:
         arrays.append(pa.array([r.choice_scores for r in results], LOGPROBS_TYPE))
+    if generations:
+        arrays.append(pa.array([r.generations for r in results], pa.int64()))
     return pa.Table.from_arrays(arrays, schema=schema)
 
 
 def error_result(message: str) -> RowResult:
-    return RowResult(status="error", error=message)
+    return RowResult(status="error", error=message, generations=0)  # never reached the model

@@ -75,7 +75,8 @@ def _prompt_recipe(spec: JobSpec) -> dict[str, Any]:
     return recipe
 
 
-_LATER_INPUT_FIELDS = ("format", "messages_column", "system", "generation_columns", "sampling_params_column")
+_LATER_INPUT_FIELDS = ("format", "messages_column", "system", "generation_columns", "sampling_params_column",
+                       "template_values")
 
 
 def fingerprint_components(spec: JobSpec, files: list[InputFile], model_identity: dict[str, Any]

@@ -6,7 +6,9 @@ pipeline/conversation.py), or from an openai-batch line (pipeline/openai_batch.p
 the rules that tie the input fields together and `row_columns` says what a row reads. `input.system` opens
 every chat row's conversation that has no system turn. Per-row settings (pipeline/row_settings.py) come
 from `input.generation_columns`, `input.sampling_params_column` or an openai-batch body; a row's own
-`seed` replaces its derived seed. A malformed conversation or a bad setting makes an error row naming the
+`seed` replaces its derived seed. `input.template_values` ("module:function", pipeline/user_code.py) maps
+a template row's values (column -> text) before the template is filled, e.g. a puzzle's `.` cells to `0`.
+A malformed conversation or a bad setting makes an error row naming the
 row and the problem, like every other bad row below.
 
 A row id is the `input.id_column` value when set, else `<file relative to input root>#<row index>`, which
@@ -36,6 +38,7 @@ from pipeline.openai_batch import COLUMNS as OPENAI_COLUMNS
 from pipeline.openai_batch import request as openai_request
 from pipeline.row_settings import from_mapping, resolve, settings_problem
 from pipeline.spec import InputSpec
+from pipeline.user_code import load_callable
 
 
 @dataclass
@@ -69,6 +72,8 @@ def check_recipe(inp: InputSpec) -> None:
         raise ValueError("input.chat: conversations (messages_column, system, openai-batch) are rendered by "
                          "the chat template; chat cannot be false")
     inp.template_columns()  # raises on a malformed template
+    if inp.template_values is not None and inp.template is None:
+        raise ValueError("input.template_values: maps the values of input.template; set a template")
     why = settings_problem(list(inp.generation_columns)) if inp.generation_columns else None
     if why:
         raise ValueError(f"input.generation_columns: {why}")
@@ -188,6 +193,8 @@ def _prompt(spec: InputSpec, cols: dict[str, list], i: int
             values[c], err = _as_text(cols[c][i], f"template column {c!r}")
             if err:
                 break
+        if err is None and spec.template_values is not None:
+            values, err = _mapped_values(spec.template_values, values)
         if err is None:
             try:
                 prompt = spec.template.format_map(values)
@@ -196,6 +203,18 @@ def _prompt(spec: InputSpec, cols: dict[str, list], i: int
     if err is None and not prompt.strip():
         err = "prompt is empty"
     return (None, None, {}, err) if err else (prompt, None, {}, None)
+
+
+def _mapped_values(name: str, values: dict[str, str]) -> tuple[dict[str, str], str | None]:
+    """`input.template_values`: the user's fn(values) -> dict of the values to fill the template with (the
+    keys it returns replace or add to the row's). What it raises or a non-dict return is the row's error."""
+    try:
+        got = load_callable(name)(dict(values))
+    except Exception as exc:  # noqa: BLE001 - user code fails one row, never the job
+        return values, f"input.template_values {name!r} raised {type(exc).__name__}: {exc}"
+    if not isinstance(got, dict) or not all(isinstance(v, str) for v in got.values()):
+        return values, f"input.template_values {name!r} returned {type(got).__name__}, not a dict of str"
+    return {**values, **got}, None
 
 
 def _settings(spec: InputSpec, cols: dict[str, list], i: int, given: dict[str, tuple[str, Any]]

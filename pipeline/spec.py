@@ -14,18 +14,38 @@ from __future__ import annotations
 import json
 import string
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_serializer,
+    model_validator,
+)
 
 from pipeline.generation_spec import GenerationSpec
 from pipeline.redact import REDACTED, is_auth_header, is_credential_name, scrub, scrub_json, url_credentials
+from pipeline.user_code import load_callable
 
 # Credentials come from the environment or the credential chain only, so a spec that carries one (an option
 # or header named like one, user info or a signature in a URL) is refused before it can be logged or
 # written into _job.json. The message names the field, never the value.
 _FROM_ENV = "credentials are taken only from the environment or the credential chain, never from the job spec"
+
+
+def _callable_name(v: str | None) -> str | None:
+    if v is not None:
+        load_callable(v)  # raises ValueError: bad syntax, import error, not callable
+    return v
+
+
+# "module:function" of the user's, imported when the spec is checked so a bad name fails before any work
+UserCallable = Annotated[str | None, AfterValidator(_callable_name)]
 
 
 def _refuse_url_credentials(where: str, url: str | None) -> str | None:
@@ -71,6 +91,7 @@ class InputSpec(_Section):
     format: Literal["parquet", "jsonl", "csv", "openai-batch"] | None = None
     prompt_column: str | None = None
     template: str | None = None  # a str.format string over input columns, e.g. "Summarise: {body}"
+    template_values: UserCallable = None  # fn(values) -> values: a row's template values before filling
     messages_column: str | None = None
     system: str | None = None
     id_column: str | None = None
@@ -152,6 +173,10 @@ class StructuredOutputSpec(_Section):
     # Per-step steering by the constraint (constraints/steering.py): "off" (commit-time DP only),
     # "kept" / "valid_sampling", "all", or a comma list of option names. Costs one DP per row per step.
     steering: str = "off"
+    # "module:function" run on each output that passes the constraint; a rejected one is generated again
+    # with a new seed, at most max_regenerations times (pipeline/validators.py).
+    validator: UserCallable = None
+    max_regenerations: int = Field(default=3, ge=0, le=16)
 
     @field_validator("json_schema")
     @classmethod
@@ -171,11 +196,25 @@ class StructuredOutputSpec(_Section):
         given = [n for n in ("json_schema", "pydantic", "regex", "choice", "schema_column")
                  if getattr(self, n) is not None]
         if len(given) != 1:
+            why = "; a validator checks what one of them produced" if self.validator and not given else ""
             raise ValueError("structured_output: set exactly one of json_schema, pydantic, regex, choice, "
-                             f"schema_column (got {given or 'none'})")
+                             f"schema_column (got {given or 'none'}{why})")
         if self.choice is not None and not self.choice:
             raise ValueError("structured_output.choice: must list at least one option")
+        if self.validator is None and "max_regenerations" in self.model_fields_set:
+            raise ValueError("structured_output.max_regenerations: has no effect without "
+                             "structured_output.validator")
         return self
+
+    @model_serializer(mode="wrap")
+    def _validator_only_when_set(self, handler: Any) -> dict[str, Any]:
+        # Without a validator its fields are left out of every dump, so the plan fingerprint of a job
+        # planned before they existed (pipeline/plan.py hashes this dump) keeps its value and resumes.
+        d = handler(self)
+        if self.validator is None:
+            d.pop("validator", None)
+            d.pop("max_regenerations", None)
+        return d
 
 
 class ResourcesSpec(_Section):

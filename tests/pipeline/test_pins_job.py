@@ -1,0 +1,74 @@
+"""generation.pins in a job (pipeline/backend.py, pipeline/pin_templates.py): each form's template holds in
+the output text, holes are filled, a JSON skeleton with a schema always validates, bad templates are error
+rows naming the column, and the spec refuses unknown forms. The shipped small model, in process."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pyarrow as pa
+import pytest
+
+from pipeline.backend import EngineBackend
+from pipeline.generator import RowGenerator, job_columns
+from pipeline.spec import JobSpec, SpecError
+
+SMALL = str(Path(__file__).resolve().parents[2] / "model" / "assets" / "dgbatch-small")
+
+
+def _run(tmp_path, rows: list[dict], pins: dict, **over) -> list[dict]:
+    job = {"input": {"path": str(tmp_path / "in"), "prompt_column": "prompt"},
+           "output": {"path": str(tmp_path / "out")}, "model": {"path": SMALL},
+           "generation": {"max_new_tokens": 64, "max_denoising_steps": 8, "pins": pins}, **over}
+    spec = JobSpec.parse(job)
+    assert pins["column"] in job_columns(spec)
+    table = pa.Table.from_pylist([{"id": f"r{i}", **r} for i, r in enumerate(rows)])
+    out, _ = RowGenerator(spec, EngineBackend(spec)).process(table, file_rel="in.parquet", first_row=0,
+                                                             attempt=1)
+    return out.to_pylist()
+
+
+def test_holes_and_grid_templates_hold_in_the_output(tmp_path):
+    rows = [{"prompt": "Fill in.", "t": "The capital of {{hole:3}} is Paris."},
+            {"prompt": "Fill in.", "t": "{{hole:2}} plus {{hole:2}}"},
+            {"prompt": "Fill in.", "t": "no hole here"},
+            {"prompt": "Fill in.", "t": "bad {{hole:x}}"},
+            {"prompt": "Fill in.", "t": None}]
+    got = _run(tmp_path, rows, {"column": "t", "form": "holes"})
+    assert [r["status"] for r in got] == ["ok", "ok", "error", "error", "error"]
+    a, b = got[0]["text"], got[1]["text"]
+    assert a.startswith("The capital of ") and a.endswith(" is Paris."), a
+    assert " plus " in b
+    assert "column t" in got[2]["error"] and "no hole" in got[2]["error"]
+    assert "malformed hole" in got[3]["error"]
+    grid = _run(tmp_path, [{"prompt": "Sudoku", "g": "53..7....6..195"}], {"column": "g", "form": "grid"})
+    text = grid[0]["text"]  # an empty cell holds one token (of any width; pad: none)
+    assert grid[0]["status"] == "ok" and re.fullmatch(r"53.*7.*6.*195", text, re.S), text
+
+
+def test_json_skeleton_with_a_schema_always_validates(tmp_path):
+    schema = {"type": "object", "properties": {"city": {"type": "string", "maxLength": 8},
+                                               "pop": {"type": "integer", "minimum": 0}},
+              "required": ["city", "pop"], "additionalProperties": False}
+    skel = json.dumps({"city": "{{hole:5}}", "pop": "{{hole:4}}"})
+    bad = json.dumps({"town": "{{hole:5}}", "pop": "{{hole:4}}"})
+    rows = [{"prompt": f"A city, {i}", "s": skel} for i in range(4)] + [{"prompt": "x", "s": bad}]
+    got = _run(tmp_path, rows, {"column": "s", "form": "json"}, structured_output={"json_schema": schema})
+    for r in got[:4]:
+        assert r["status"] == "ok", r
+        value = json.loads(r["text"])
+        assert set(value) == {"city", "pop"} and isinstance(value["pop"], int)
+    assert got[4]["status"] == "error" and "the pin at output offset" in got[4]["error"]
+
+
+def test_the_spec_checks_pins(tmp_path):
+    base = {"input": {"path": str(tmp_path / "in"), "prompt_column": "prompt"},
+            "output": {"path": str(tmp_path / "out")}}
+    with pytest.raises(SpecError, match="form"):
+        JobSpec.parse({**base, "generation": {"pins": {"column": "t", "form": "sudoku"}}})
+    with pytest.raises(SpecError, match="column"):
+        JobSpec.parse({**base, "generation": {"pins": {"form": "grid"}}})
+    plain = JobSpec.parse(base)
+    assert "pins" not in plain.generation.fingerprint_dict()
