@@ -130,13 +130,19 @@ def corrupt(targets_BKC: torch.Tensor, vocab: int, eps: float, gen: torch.Genera
 
 
 def diffusion_loss(model: DiffusionGemma, batch: Batch, *, eps: float, self_cond: bool, gen: torch.Generator,
-                   t_range: tuple[float, float] = (0.4, 0.8)) -> torch.Tensor:
+                   t_range: tuple[float, float] = (0.4, 0.8),
+                   pinned_BKC: torch.Tensor | None = None) -> torch.Tensor:
     """Mean canvas cross-entropy. With self_cond, a detached first pass (its logits divided by a temperature
-    drawn from the sampler's schedule range, as the sampler feeds them) conditions the graded second pass."""
+    drawn from the sampler's schedule range, as the sampler feeds them) conditions the graded second pass.
+    pinned_BKC (bool, optional): positions that hold their clean target in the noised canvas (the engine's
+    pins, e.g. Sudoku clues) and carry no loss; the noise draws are the same with or without it."""
     B, K, C = batch.targets_BKC.shape
     ids, valid = context_of(batch)
     kv = encode_context(model, ids, valid)
-    noisy = corrupt(batch.targets_BKC, model.text.vocab_size, eps, gen).view(B, K * C)
+    noisy = corrupt(batch.targets_BKC, model.text.vocab_size, eps, gen)
+    if pinned_BKC is not None:
+        noisy = torch.where(pinned_BKC, batch.targets_BKC, noisy)
+    noisy = noisy.view(B, K * C)
     L = batch.prompt_BL.shape[1]
     sc = None
     if self_cond:
@@ -149,4 +155,6 @@ def diffusion_loss(model: DiffusionGemma, batch: Batch, *, eps: float, self_cond
     ce = torch.nn.functional.cross_entropy(
         logits.view(-1, logits.shape[-1]), batch.targets_BKC.reshape(-1), reduction="none").view(B, K, C)
     w = batch.canvas_mask_BK[..., None].expand(B, K, C).float()
+    if pinned_BKC is not None:
+        w = w * (~pinned_BKC).float()
     return (ce * w).sum() / w.sum()

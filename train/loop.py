@@ -35,9 +35,11 @@ ASSET_DIR = Path(__file__).resolve().parents[1] / "model" / "assets" / "dgbatch-
 
 
 def small_model_config(vocab_size: int = 3072, hidden: int = 128, layers: int = 4, canvas: int = 32,
-                       experts: int = 8, top_k: int = 2) -> DiffusionGemmaConfig:
+                       experts: int = 8, top_k: int = 2, sliding_window: int = 64,
+                       max_new_tokens: int = 0) -> DiffusionGemmaConfig:
     """The shipped geometry: Gemma-4 layout scaled down (sliding + full layers, wider fewer-KV full heads,
-    8 experts top-2 beside the dense MLP, proportional RoPE on full layers)."""
+    8 experts top-2 beside the dense MLP, proportional RoPE on full layers). max_new_tokens 0: two canvases
+    (the small model's default); the Sudoku model (train/sudoku.py) widens the window and uses one canvas."""
     types = [SLIDING if i % 2 == 0 else FULL for i in range(layers)]
     # special ids are the shipped tokenizer's (train/tokenizer.py); every reader takes them from this config
     pad, eos, bos = SPECIAL_IDS["<pad>"], SPECIAL_IDS["<eos>"], SPECIAL_IDS["<bos>"]
@@ -49,10 +51,11 @@ def small_model_config(vocab_size: int = 3072, hidden: int = 128, layers: int = 
         "num_key_value_heads": 2, "head_dim": hidden // 4,
         "per_layer_config": {str(i): {"head_dim": hidden // 2, "num_key_value_heads": 1}
                              for i, t in enumerate(types) if t == FULL},
-        "sliding_window": 64, "max_position_embeddings": 4096,
+        "sliding_window": sliding_window, "max_position_embeddings": 4096,
         "pad_token_id": pad, "eos_token_id": eos, "bos_token_id": bos,
     }
-    gen = {"max_new_tokens": 2 * canvas, "max_denoising_steps": 48, "t_max": 0.8, "t_min": 0.4,
+    gen = {"max_new_tokens": max_new_tokens or 2 * canvas, "max_denoising_steps": 48, "t_max": 0.8,
+           "t_min": 0.4,
            "sampler_config": {"entropy_bound": 0.1}, "stability_threshold": 1, "confidence_threshold": 0.005,
            "eos_token_id": [eos, end_of_turn, tool_response], "pad_token_id": pad}
     return DiffusionGemmaConfig.from_dict(

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 import torch
+from training_helpers import assert_shipped_layout, shipped_fixtures
 
 from engine.generate import generate
-from model import DiffusionGemma, load_tokenizer
 from train import synthdata
 from train.evaluate import evaluate_family
 from train.forward import make_batch
@@ -24,21 +24,11 @@ ASSET = Path(os.environ.get("DGBATCH_SMALL_MODEL", Path(__file__).resolve().pare
 EXACT_FLOORS = {"labeling": 0.9, "extraction": 0.8}
 
 
-@pytest.fixture(scope="module")
-def ours():
-    return DiffusionGemma.from_pretrained(str(ASSET), dtype=torch.float32).eval()
-
-
-@pytest.fixture(scope="module")
-def tok():
-    return load_tokenizer(str(ASSET))
+ours, tok = shipped_fixtures(ASSET)
 
 
 def test_shipped_dir_layout_and_size():
-    names = {p.name for p in ASSET.iterdir()}
-    assert {"config.json", "generation_config.json", "model.safetensors", "tokenizer.json",
-            "tokenizer_config.json", "chat_template.jinja", "README.md"} <= names
-    assert sum(p.stat().st_size for p in ASSET.iterdir()) <= 20 * 2**20
+    assert_shipped_layout(ASSET)
 
 
 def test_both_loaders_same_reference_tokens(ours, tok):

@@ -1,0 +1,145 @@
+"""Sudoku solved % on the held-out set (sudoku/data/heldout.jsonl) at 48 / 24 / 12 / 6 denoising steps, one
+model (model/assets/dgbatch-sudoku), four ways, all through the fast engine's one loop (engine/fast.py):
+
+- `pinned`: the clues in the prompt and pinned on the canvas (engine/pins.py, the `grid` template of
+  pipeline/pin_templates.py, as a job with `generation.pins` runs it), confidence-ordered commits;
+- `prompt`: the clues in the prompt only, the whole canvas denoised from noise;
+- `pinned_l2r`: pinned, but commits strictly left to right (engine/params.py `commit_order`), the same number
+  of positions per step as an autoregressive order would take: the bidirectional advantage, same weights;
+- `pinned_valid`: the recipe of jobs/examples/sudoku.yaml: pinned, the output held to 81 digits (regex
+  `[1-9]{81}`, constraints/hook.py with the pins), and the all-different validator (sudoku/grid.py
+  `validate`) with up to 3 regenerations from derived seeds (pipeline/validators.py `Validator.generate`).
+
+Solved means every cell right (sudoku/grid.py `check_solution`). Prints one JSON line per (steps, way):
+solved % overall and on the hard subset (<= 25 clues), the counts behind them, forwards and wall time; then
+the ratios the issue asks about. Run: `OMP_NUM_THREADS=1 python bench/sudoku.py [--n 1000] [--steps
+48,24,12,6] [--ways pinned,prompt,pinned_l2r,pinned_valid]`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from constraints import build_hook, decode_text  # noqa: E402
+from engine.fast import Engine, Request  # noqa: E402
+from engine.params import GenerationParams  # noqa: E402
+from model import DiffusionGemma, load_tokenizer  # noqa: E402
+from model.tokenizer import encode_prompt  # noqa: E402
+from pipeline.outputs import RowResult  # noqa: E402
+from pipeline.pin_templates import template_pins  # noqa: E402
+from pipeline.rows import PreparedRow  # noqa: E402
+from pipeline.validators import Validator  # noqa: E402
+from sudoku.grid import check_solution, prompt  # noqa: E402
+
+WAYS = ("pinned", "prompt", "pinned_l2r", "pinned_valid")
+HARD = 25
+
+
+def load_rows(path: Path, n: int) -> list[dict]:
+    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return rows[:n]
+
+
+class Solver:
+    """The model behind the engine: puzzles in, answer texts out, one way and step count per call."""
+
+    def __init__(self, model_dir: str, batch: int):
+        self.model = DiffusionGemma.from_pretrained(model_dir, dtype=torch.float32).eval()
+        self.tok = load_tokenizer(model_dir)
+        self.base = GenerationParams.from_model(self.model)
+        self.batch = batch
+        self.forwards = 0
+        self.digits = build_hook({"regex": "[1-9]{81}"}, self.tok, self.model.config,
+                                 max_new_tokens=self.base.max_new_tokens)
+
+    def texts(self, puzzles: list[str], seeds: list[int], steps: int, way: str) -> list[str]:
+        order = "left_to_right" if way == "pinned_l2r" else "confidence"
+        params = self.base.with_(max_denoising_steps=steps, commit_order=order)
+        encode = lambda s: self.tok.encode(s, add_special_tokens=False)  # noqa: E731
+        reqs = []
+        for i, (p, seed) in enumerate(zip(puzzles, seeds)):
+            pins = None if way == "prompt" else template_pins("grid", p, encode, params.eos_token_ids[0]).pins
+            hook = self.digits.with_pins(pins, params.max_new_tokens) if way == "pinned_valid" else None
+            reqs.append(Request(id=str(i), input_ids=encode_prompt(self.tok, prompt(p)), seed=seed,
+                                params=params, pins=pins, commit_hook=hook))
+        eng = Engine(self.model, max_batch_rows=self.batch)
+        done = eng.generate(reqs)
+        self.forwards += eng.counters.decoder_forwards
+        bad = [c.error for c in done if c.finish_reason == "error"]
+        if bad:
+            raise RuntimeError(f"engine refused a puzzle: {bad[0]}")
+        if way == "pinned_valid":
+            return [decode_text(self.digits, c.token_ids) for c in done]
+        return [self.tok.decode(c.token_ids, skip_special_tokens=True) for c in done]
+
+
+def run_way(solver: Solver, rows: list[dict], steps: int, way: str) -> dict:
+    puzzles = [r["puzzle"] for r in rows]
+    seeds = [1000 + i for i in range(len(rows))]
+    t0, f0 = time.perf_counter(), solver.forwards
+    generations = [1] * len(rows)
+    if way == "pinned_valid":
+        validator = Validator("sudoku.grid:validate", max_regenerations=3)
+
+        def generate(prepared: list[PreparedRow]) -> list[RowResult]:
+            texts = solver.texts([r.prompt for r in prepared], [r.seed for r in prepared], steps, way)
+            return [RowResult(text=t) for t in texts]
+
+        prepared = [PreparedRow(i, str(i), s, p) for i, (p, s) in enumerate(zip(puzzles, seeds))]
+        _, results = validator.generate(generate, prepared, [{"puzzle": p} for p in puzzles])
+        texts, generations = [r.text or "" for r in results], [r.generations for r in results]
+    else:
+        texts = solver.texts(puzzles, seeds, steps, way)
+    ok = [check_solution(p, t) is None for p, t in zip(puzzles, texts)]
+    hard = [o for o, r in zip(ok, rows) if r["clues"] <= HARD]
+    return {"steps": steps, "way": way, "solved_pct": round(100 * sum(ok) / len(ok), 1),
+            "hard_solved_pct": round(100 * sum(hard) / max(1, len(hard)), 1), "solved": sum(ok), "n": len(ok),
+            "hard_solved": sum(hard), "n_hard": len(hard), "generations": sum(generations),
+            "decoder_forwards": solver.forwards - f0, "wall_s": round(time.perf_counter() - t0, 1)}
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--model", default=str(ROOT / "model" / "assets" / "dgbatch-sudoku"))
+    ap.add_argument("--data", default=str(ROOT / "sudoku" / "data" / "heldout.jsonl"))
+    ap.add_argument("--n", type=int, default=1000)
+    ap.add_argument("--steps", default="48,24,12,6")
+    ap.add_argument("--ways", default=",".join(WAYS))
+    ap.add_argument("--batch", type=int, default=64)
+    ap.add_argument("--threads", type=int, default=1)
+    a = ap.parse_args(argv)
+    ways = a.ways.split(",")
+    unknown = [w for w in ways if w not in WAYS]
+    if unknown:
+        ap.error(f"unknown way(s) {unknown}; expected some of {', '.join(WAYS)}")
+    torch.set_num_threads(a.threads)
+    rows = load_rows(Path(a.data), a.n)
+    solver = Solver(a.model, a.batch)
+    results = {}
+    for steps in [int(s) for s in a.steps.split(",")]:
+        for way in ways:
+            r = run_way(solver, rows, steps, way)
+            results[(steps, way)] = r
+            print(json.dumps(r), flush=True)
+    for steps in sorted({s for s, _ in results}, reverse=True):
+        got = {w: results[(steps, w)]["solved_pct"] for w in ways if (steps, w) in results}
+        line = [f"{steps:>2} steps: " + "  ".join(f"{w} {v:.1f}%" for w, v in got.items())]
+        if "pinned" in got and "prompt" in got and got["prompt"]:
+            line.append(f"pinned/prompt {got['pinned'] / got['prompt']:.2f}x")
+        if "pinned" in got and "pinned_l2r" in got and got["pinned_l2r"]:
+            line.append(f"confidence/left-to-right {got['pinned'] / got['pinned_l2r']:.2f}x")
+        print("  ".join(line))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

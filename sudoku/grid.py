@@ -1,0 +1,118 @@
+"""Sudoku grids as text: parse a puzzle string, format a grid, and check a model's answer against a puzzle.
+
+A puzzle is the common 81-character layout, row by row, with `0` or `.` for an empty cell. A grid here is a
+list of 81 ints (0 = empty). `check_solution` is the acceptance test every solver output goes through
+(bench, pipeline validator, training monitor): it ignores separators and whitespace in the answer text, so
+"534 678 912 / ..." and the bare 81 digits are the same answer.
+"""
+
+from __future__ import annotations
+
+DIGITS = "123456789"
+# Cell index -> (row, col, box); the three groups every cell belongs to.
+ROW = [i // 9 for i in range(81)]
+COL = [i % 9 for i in range(81)]
+BOX = [(i // 27) * 3 + (i % 9) // 3 for i in range(81)]
+
+
+def parse(puzzle: str) -> list[int]:
+    """81-char puzzle string -> 81 ints (0 = empty). Raises ValueError naming the problem (length, a bad
+    character and where, or two equal clues in a row/column/box)."""
+    if not isinstance(puzzle, str):
+        raise ValueError(f"puzzle must be a string, got {type(puzzle).__name__}")
+    s = puzzle.strip()
+    if len(s) != 81:
+        raise ValueError(f"puzzle must have 81 cells, got {len(s)} characters")
+    grid = []
+    for i, ch in enumerate(s):
+        if ch in "0.":
+            grid.append(0)
+        elif ch in DIGITS:
+            grid.append(int(ch))
+        else:
+            raise ValueError(f"puzzle cell r{ROW[i] + 1}c{COL[i] + 1}: bad character {ch!r} "
+                             "(expected 1-9, 0 or .)")
+    clash = first_conflict(grid)
+    if clash:
+        raise ValueError(f"puzzle clues conflict: {clash}")
+    return grid
+
+
+def to_string(grid: list[int]) -> str:
+    """81 ints -> the 81-char layout with `0` for empty cells."""
+    if len(grid) != 81:
+        raise ValueError(f"grid must have 81 cells, got {len(grid)}")
+    return "".join(str(v) for v in grid)
+
+
+def format_grid(grid: list[int] | str) -> str:
+    """A human-readable board: 9 lines, `.` for empty, `|` between boxes and a rule between bands."""
+    g = parse(grid) if isinstance(grid, str) else grid
+    lines = []
+    for r in range(9):
+        if r in (3, 6):
+            lines.append("------+-------+------")
+        cells = [str(v) if v else "." for v in g[r * 9:r * 9 + 9]]
+        lines.append(" | ".join(" ".join(cells[c:c + 3]) for c in (0, 3, 6)))
+    return "\n".join(lines)
+
+
+def first_conflict(grid: list[int]) -> str | None:
+    """The first filled cell that repeats a digit in its row, column or box, as 'cell rRcC (D) breaks
+    row R'; None when there is none. Empty cells are ignored."""
+    for kind, key in (("row", ROW), ("col", COL), ("box", BOX)):
+        seen: dict[tuple[int, int], int] = {}
+        for i, v in enumerate(grid):
+            if not v:
+                continue
+            if (key[i], v) in seen:
+                return f"cell r{ROW[i] + 1}c{COL[i] + 1} ({v}) breaks {kind} {key[i] + 1}"
+            seen[(key[i], v)] = i
+    return None
+
+
+def answer_digits(text: str) -> str:
+    """The answer text with separators and whitespace dropped (every char that is not a digit or `.`)."""
+    return "".join(ch for ch in text if ch.isdigit() or ch == ".")
+
+
+def check_solution(puzzle: str, text: str) -> str | None:
+    """None when `text` is a full valid solution consistent with the puzzle's clues; else a short message.
+
+    Separators and whitespace in `text` are ignored; what remains must be exactly 81 digits 1-9."""
+    clues = parse(puzzle)
+    digits = answer_digits(text)
+    if len(digits) != 81:
+        return f"wrong length: {len(digits)} cells, expected 81"
+    for i, ch in enumerate(digits):
+        if ch not in DIGITS:
+            return f"cell r{ROW[i] + 1}c{COL[i] + 1} is empty ({ch!r})"
+    grid = [int(ch) for ch in digits]
+    for i, (c, v) in enumerate(zip(clues, grid)):
+        if c and c != v:
+            return f"clue changed at r{ROW[i] + 1}c{COL[i] + 1}: {c} -> {v}"
+    return first_conflict(grid)
+
+
+def validate(text: str, row: dict) -> str | None:
+    """Pipeline validator (`structured_output.validator: "sudoku.grid:validate"`): checks the decoded
+    output against the row's `puzzle` field; None = ok, else the message."""
+    if "puzzle" not in row:
+        return "row has no 'puzzle' field"
+    return check_solution(row["puzzle"], text)
+
+
+PROMPT = "Solve this Sudoku: {puzzle}"
+
+
+def prompt(puzzle: str) -> str:
+    """The model's user prompt for a puzzle (the text the shipped Sudoku model was trained on): the puzzle in
+    the 81-char layout with `0` for empty cells (a `.` is rewritten to `0`, so either input form works)."""
+    return PROMPT.format(puzzle=to_string(parse(puzzle)))
+
+
+def template_values(values: dict[str, str]) -> dict[str, str]:
+    """The job spec's `input.template_values` for a `puzzle` column (jobs/examples/sudoku.yaml): the puzzle
+    as the model was trained to read it (`0` for empty cells), so files using `.` work unchanged. A puzzle
+    that does not parse raises, which makes that row an error row naming the problem."""
+    return {"puzzle": to_string(parse(values["puzzle"]))}
