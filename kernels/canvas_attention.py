@@ -107,6 +107,15 @@ def _online_block(q, kt, v, m_i, l_i, acc, key_ok, vis, scale, UPCAST: tl.conste
 
 
 @triton.jit
+def _kv_tiles(k_base, v_base, j64, ok, sk, sv, dq, dq_ok, dv, dv_ok):
+    """Keys j's K^T [D, BN] and V [BN, BDV] tiles from one source (the cache or the canvas, each with its own
+    base and row stride); keys past the source's end (not ok) read 0."""
+    kt = tl.load(k_base + j64[None, :] * sk + dq[:, None], mask=ok[None, :] & dq_ok[:, None], other=0.0)
+    v = tl.load(v_base + j64[:, None] * sv + dv[None, :], mask=ok[:, None] & dv_ok[None, :], other=0.0)
+    return kt, v
+
+
+@triton.jit
 def _canvas_attn_kernel(q_ptr, kc_ptr, vc_ptr, vis_ptr, kn_ptr, vn_ptr, o_ptr, rows_ptr, ml_ptr,
                         sq_b, sq_h, sq_c, skc_b, skc_k, skc_s, svc_b, svc_k, svc_s, svis_b,
                         skn_b, skn_k, skn_c, svn_b, svn_k, svn_c, so_b, so_h, so_c,
@@ -150,11 +159,7 @@ def _canvas_attn_kernel(q_ptr, kc_ptr, vc_ptr, vis_ptr, kn_ptr, vn_ptr, o_ptr, r
         j = j0 + tl.arange(0, BN)
         ok = j < ctx_hi
         vis = tl.load(vis_ptr + b * svis_b + j, mask=ok, other=0) != 0
-        j64 = j.to(tl.int64)
-        kt = tl.load(kc_base + j64[None, :] * skc_s + dq[:, None], mask=ok[None, :] & dq_ok[:, None],
-                     other=0.0)
-        v = tl.load(vc_base + j64[:, None] * svc_s + dv[None, :], mask=ok[:, None] & dv_ok[None, :],
-                    other=0.0)
+        kt, v = _kv_tiles(kc_base, vc_base, j.to(tl.int64), ok, skc_s, svc_s, dq, dq_ok, dv, dv_ok)
         m_i, l_i, acc = _online_block(q, kt, v, m_i, l_i, acc, ok, vis, scale, UPCAST, IEEE)
     # the canvas itself: every key visible (bidirectional)
     kn_base = kn_ptr + b * skn_b + kv * skn_k
@@ -163,11 +168,7 @@ def _canvas_attn_kernel(q_ptr, kc_ptr, vc_ptr, vis_ptr, kn_ptr, vn_ptr, o_ptr, r
     for j0 in range(tl.maximum(lo, S) - S, can_hi, BN):
         j = j0 + tl.arange(0, BN)
         ok = j < can_hi
-        j64 = j.to(tl.int64)
-        kt = tl.load(kn_base + j64[None, :] * skn_c + dq[:, None], mask=ok[None, :] & dq_ok[:, None],
-                     other=0.0)
-        v = tl.load(vn_base + j64[:, None] * svn_c + dv[None, :], mask=ok[:, None] & dv_ok[None, :],
-                    other=0.0)
+        kt, v = _kv_tiles(kn_base, vn_base, j.to(tl.int64), ok, skn_c, svn_c, dq, dq_ok, dv, dv_ok)
         m_i, l_i, acc = _online_block(q, kt, v, m_i, l_i, acc, ok, ok, scale, UPCAST, IEEE)
     if SPLIT:  # unnormalised partials into o_ptr = fp32 [splits, B*H*C, D], ml_ptr = [2, splits, B*H*C]
         r = (split * ROWS_ALL + (b * K + kv) * G * C + rows).to(tl.int64)  # (b*H + h)*C + c, by split

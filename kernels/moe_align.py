@@ -18,6 +18,9 @@ Triton form is three launches and deterministic (no atomics):
               first assignment of expert e goes; block_expert, num_blocks; sorted_ids filled with A.
   3. scatter  (grid P): each assignment's slot = off_PE[p, e] + its rank among chunk p's assignments of e.
 
+The grouped GEMMs read the layout back with `block_rows` (a device helper): program m's expert and the
+assignment ids of its BM rows.
+
 Legend: A assignments, E experts (EP = next power of two), BM rows per block, P chunks of CH assignments.
 """
 
@@ -102,6 +105,18 @@ def _scatter_kernel(idx_ptr, off_ptr, ids_ptr, A, EP: tl.constexpr, CH: tl.const
     rank = tl.sum((tl.cumsum(hit, axis=0) - hit) * hit, axis=1)  # earlier assignments of e in this chunk
     base = tl.sum(hit * tl.load(off_ptr + p * EP + es)[None, :], axis=1)
     tl.store(ids_ptr + base + rank, offs.to(tl.int32), mask=ok)
+
+
+# ---- reading the layout back (a leaf device helper: it calls only triton.language) -------------------------
+@triton.jit
+def block_rows(ids_ptr, bexp_ptr, pid_m, A, DIV, BM: tl.constexpr):
+    """Block pid_m of the layout: (its expert e as int64, its assignment ids rows_M, rows_M < A, and the
+    int64 row each assignment reads, rows_M // DIV: the token with DIV = k, the assignment itself with 1;
+    row 0 for padding, whose loads and stores are masked by the third value)."""
+    e = tl.load(bexp_ptr + pid_m).to(tl.int64)
+    rows_M = tl.load(ids_ptr + pid_m * BM + tl.arange(0, BM))
+    ok_M = rows_M < A
+    return e, rows_M, ok_M, tl.where(ok_M, rows_M // DIV, 0).to(tl.int64)
 
 
 def align_tokens_triton(topk_idx_Tk: torch.Tensor, num_experts: int, block_m: int, *,

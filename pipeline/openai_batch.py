@@ -13,11 +13,10 @@ row naming the key, as does a malformed conversation; the rest of the file is ge
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 from pipeline.conversation import parse_messages
-from pipeline.row_settings import OPENAI_NAMES, from_mapping
+from pipeline.row_settings import OPENAI_NAMES, from_mapping, json_object
 
 COLUMNS = ("body", "custom_id", "method", "url")  # what a row reads; the first is the prompt's
 OPTIONAL = ("method", "url")  # keys a line may leave out: their columns exist even when no line sets them
@@ -33,15 +32,9 @@ def request(method: Any, url: Any, body: Any
         return None, {}, f"url {url!r} is not supported (only {URL})"
     if body is None:
         return None, {}, "body is missing"
-    if isinstance(body, (bytes, bytearray)):
-        body = bytes(body).decode("utf-8", "replace")
-    if isinstance(body, str):
-        try:
-            body = json.loads(body)
-        except ValueError as exc:
-            return None, {}, f"body is text that is not JSON ({exc})"
-    if not isinstance(body, dict):
-        return None, {}, f"body is a {type(body).__name__}, not an object"
+    body, why = json_object(body, "body")
+    if why:
+        return None, {}, why
     if body.get("messages") is None:
         return None, {}, "body.messages is missing"
     given, why = from_mapping(body, "body", accept=OPENAI_NAMES, skip=("messages",))

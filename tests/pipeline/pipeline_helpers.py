@@ -4,17 +4,21 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import secrets as stdlib_secrets
 import string
 import subprocess
 import sys
+import threading
 import time
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from pipeline import read_results
 from pipeline.backend import StubBackendFactory
 
 STUB = StubBackendFactory(cost_per_row_s=0.0)
@@ -113,3 +117,47 @@ def kill_driver_after_commits(tmp_path: Path, job: dict, gcs_address: str, commi
     orphans = [int(p.name) for p in (tmp_path / "pids").iterdir()]
     wait_for(lambda: not any(process_alive(pid) for pid in orphans), 60, "the killed run's replicas to exit")
     return cmd
+
+
+def interrupt_and_resume(tmp_path: Path, job: dict, gcs_address: str, commits: int,
+                         shards: int) -> tuple[dict[str, str], dict[str, str]]:
+    """`kill_driver_after_commits`, then rerun the driver to the end. Asserts the killed run left at least
+    `commits` of the job's `shards` shard markers but not all, and no _SUCCESS; that the rerun exits 0; and
+    that it left every marker the killed run wrote as it was (committed shards are not redone). Returns the
+    markers (name -> text) after the killed run and after the rerun."""
+    cmd = kill_driver_after_commits(tmp_path, job, gcs_address, commits)
+    out = Path(job["output"]["path"])
+    before = {p.name: p.read_text() for p in (out / "_commits").iterdir()}
+    assert commits <= len(before) < shards and not (out / "_SUCCESS").exists(), sorted(before)
+    second = subprocess.run(cmd, capture_output=True, text=True, timeout=180)
+    assert second.returncode == 0, second.stderr[-2000:]
+    after = {p.name: p.read_text() for p in (out / "_commits").iterdir()}
+    assert all(after.get(k) == v for k, v in before.items())  # committed shards were not redone
+    return before, after
+
+
+def run_losing_a_replica(tmp_path: Path, rows: int, cost_per_row_s: float,
+                         lose: Callable[[list[int]], None]) -> dict:
+    """Run a job of `rows` prompts, 4 per shard, on a thread with the stub backend (each replica records its
+    pid); once a first shard commits, call `lose(pids)` (every replica pid so far, oldest first) to take a
+    replica away (SIGKILL it, remove its node). Asserts the job still finishes, restarting a replica, with
+    every row once and ok. Returns the job's manifest."""
+    from pipeline.executor import run_job  # imports Ray: only the tests that run a job pay for it
+
+    write_prompts(tmp_path / "in.parquet", [f"p{i}" for i in range(rows)])
+    pids = tmp_path / "pids"
+    factory = StubBackendFactory(cost_per_row_s=cost_per_row_s, pid_dir=str(pids))
+    job = spec(str(tmp_path / "in.parquet"), str(tmp_path / "out"), resources={"shard_rows": 4})
+    result: dict = {}
+    th = threading.Thread(target=lambda: result.update(run_job(job, backend_factory=factory, progress=False)))
+    th.start()
+    commits = tmp_path / "out" / "_commits"
+    try:
+        wait_for(lambda: commits.exists() and len(list(commits.iterdir())) >= 1, 120, "a first commit")
+        lose([int(p.name) for p in sorted(pids.iterdir(), key=os.path.getmtime)])
+    finally:
+        th.join(180)
+    assert not th.is_alive() and result["replica_restarts"] >= 1
+    assert_exactly_once(read_results(str(tmp_path / "out")), [f"in.parquet#{i}" for i in range(rows)])
+    assert result["rows_by_status"]["ok"] == rows
+    return result

@@ -6,8 +6,6 @@ import argparse
 import json
 import os
 import signal
-import subprocess
-import threading
 from pathlib import Path
 
 import pyarrow.parquet as pq
@@ -15,14 +13,14 @@ import pytest
 from pipeline_helpers import (
     STUB,
     assert_exactly_once,
-    kill_driver_after_commits,
+    interrupt_and_resume,
+    run_losing_a_replica,
     spec,
-    wait_for,
     write_prompts,
 )
 
 from pipeline import read_results, status
-from pipeline.backend import EngineBackendFactory, StubBackendFactory
+from pipeline.backend import EngineBackendFactory
 from pipeline.executor import run_job
 from pipeline.spec import SpecError
 
@@ -174,36 +172,15 @@ def test_a_replica_dying_while_starting_is_restarted_until_a_crash_loop(tmp_path
 
 
 def test_replica_sigkill_mid_shard(tmp_path, ray_local):
-    write_prompts(tmp_path / "in.parquet", [f"p{i}" for i in range(24)])
-    pids = tmp_path / "pids"
-    factory = StubBackendFactory(cost_per_row_s=0.1, pid_dir=str(pids))
-    job = spec(str(tmp_path / "in.parquet"), str(tmp_path / "out"), resources={"shard_rows": 4})
-    result: dict = {}
-    th = threading.Thread(target=lambda: result.update(run_job(job, backend_factory=factory, progress=False)))
-    th.start()
-    commits = tmp_path / "out" / "_commits"
-    wait_for(lambda: commits.exists() and len(list(commits.iterdir())) >= 1, 120, "a first commit")
-    victim = int(sorted(pids.iterdir(), key=os.path.getmtime)[0].name)
-    os.kill(victim, signal.SIGKILL)
-    th.join(180)
-    assert not th.is_alive() and result["replica_restarts"] >= 1
-    assert_exactly_once(read_results(str(tmp_path / "out")), _ids(24))
-    assert result["rows_by_status"]["ok"] == 24
+    run_losing_a_replica(tmp_path, 24, 0.1, lambda pids: os.kill(pids[0], signal.SIGKILL))
 
 
 def test_driver_killed_then_rerun(tmp_path, ray_local):
     write_prompts(tmp_path / "in.parquet", [f"p{i}" for i in range(40)])
     out = tmp_path / "out"
     job = spec(str(tmp_path / "in.parquet"), str(out), resources={"shard_rows": 4})
-    cmd = kill_driver_after_commits(tmp_path, job, ray_local.get_runtime_context().gcs_address, 3)
-    commits = out / "_commits"
-    before = {p.name: p.read_text() for p in commits.iterdir()}
-    assert 3 <= len(before) < 10 and not (out / "_SUCCESS").exists()
-    second = subprocess.run(cmd, capture_output=True, text=True, timeout=180)
-    assert second.returncode == 0, second.stderr[-2000:]
+    _, after = interrupt_and_resume(tmp_path, job, ray_local.get_runtime_context().gcs_address, 3, 10)
     assert_exactly_once(read_results(str(out)), _ids(40))
-    after = {p.name: p.read_text() for p in commits.iterdir()}
-    assert all(after[k] == v for k, v in before.items())  # committed shards were not redone
     runs = json.loads((out / "_manifest.json").read_text())["runs"]
     assert [r["outcome"] for r in runs] == ["interrupted", "finished"]
     assert sum(r["rows"] for r in runs) == 40 and runs[0]["rows"] >= 3 * 4

@@ -2,17 +2,10 @@
 
 from __future__ import annotations
 
-import os
-import threading
-import time
 from pathlib import Path
 
 import pytest
-from pipeline_helpers import assert_exactly_once, spec, write_prompts
-
-from pipeline import read_results
-from pipeline.backend import StubBackendFactory
-from pipeline.executor import run_job
+from pipeline_helpers import run_losing_a_replica
 
 
 @pytest.fixture(scope="module")
@@ -49,26 +42,10 @@ def _node_of(pid: int, workers) -> object | None:
 
 def test_node_loss_mid_job(tmp_path, cluster):
     c, workers = cluster
-    write_prompts(tmp_path / "in.parquet", [f"p{i}" for i in range(32)])
-    pids = tmp_path / "pids"
-    factory = StubBackendFactory(cost_per_row_s=0.08, pid_dir=str(pids))
-    job = spec(str(tmp_path / "in.parquet"), str(tmp_path / "out"), resources={"shard_rows": 4})
-    result: dict = {}
-    th = threading.Thread(target=lambda: result.update(run_job(job, backend_factory=factory, progress=False)))
-    th.start()
-    commits = tmp_path / "out" / "_commits"
-    end = time.monotonic() + 120
-    while not (commits.exists() and len(list(commits.iterdir())) >= 1):
-        assert time.monotonic() < end, "no commit"
-        time.sleep(0.05)
-    victim = None
-    for p in sorted(pids.iterdir(), key=os.path.getmtime):
-        victim = _node_of(int(p.name), workers)
-        if victim is not None:
-            break
-    assert victim is not None, "no replica found on a worker node"
-    c.remove_node(victim, allow_graceful=False)
-    th.join(180)
-    assert not th.is_alive() and result["replica_restarts"] >= 1
-    assert_exactly_once(read_results(str(tmp_path / "out")), [f"in.parquet#{i}" for i in range(32)])
-    assert result["rows_by_status"]["ok"] == 32
+
+    def lose_a_worker_node(pids: list[int]) -> None:  # the node of the oldest replica on a worker node
+        victim = next((n for n in (_node_of(pid, workers) for pid in pids) if n is not None), None)
+        assert victim is not None, "no replica found on a worker node"
+        c.remove_node(victim, allow_graceful=False)
+
+    run_losing_a_replica(tmp_path, 32, 0.08, lose_a_worker_node)
