@@ -82,7 +82,54 @@ def check_size(regex: str, path: str, what: str) -> str:
     return regex
 
 
-_COUNT = re.compile(r"\{(\d*)(,?)(\d*)\}")
+# one token of the regex text per match: the scan is a Python loop over tokens, so a run of literal characters
+# (most of a schema regex: key names, punctuation) is one step instead of one per character
+_TOKEN = re.compile(
+    r"(?P<esc>\\x[\s\S]{0,2}|\\[\s\S]?)"
+    r"|(?P<cls>\[\^?[\s\S]?(?:\\[\s\S]?|[^\]\\])*)"  # to just before its ']' (the first character is literal)
+    r"|(?P<open>\(\?:|\()|(?P<alt>\|)|(?P<close>\))|(?P<quant>[?*+])"
+    r"|\{(?P<lo>\d*)(?P<comma>,?)(?P<hi>\d*)\}"
+    r"|(?P<lit>[^\\\[()|?*+{]+|\{)"
+)
+_PREFIX = 128  # characters of a large group's text that index it in the memo below (a large group is longer)
+_KEPT_CHARS = 1 << 25  # the memo holds group texts up to this many characters in all, then starts afresh
+
+
+class _Memo:
+    """What was learnt about large groups (over SHARED_CHARS) in earlier scans, by the group's text.
+
+    The nested check_size calls of one schema rescan each part once per enclosing array / object (quadratic
+    in the nesting), so a group already scanned is not scanned again when the result is known to be the same:
+    `inner` (the large groups inside a text) depends on the text only; `fresh` is the group's count when none
+    of its inner groups was counted before it (it was scanned so); `again` its count before the
+    1/SHARED_WEIGHT when it was itself counted before (then so were all its inner groups).
+    """
+
+    def __init__(self):
+        self.inner: dict[str, frozenset[str]] = {}
+        self.fresh: dict[str, tuple[int, int]] = {}
+        self.again: dict[str, tuple[int, int]] = {}
+        self.by_prefix: dict[str, list[str]] = {}
+        self.whole: dict[str, int] = {}  # estimate_states by regex text
+        self.chars = 0
+
+    def learn(self, text: str, inner: frozenset[str]) -> None:
+        if text not in self.inner:
+            if self.chars > _KEPT_CHARS:
+                self.__init__()
+            self.inner[text] = inner
+            self.by_prefix.setdefault(text[:_PREFIX], []).append(text)
+            self.chars += len(text)
+
+    def group_at(self, regex: str, i: int) -> str | None:
+        """The text of the group opening at i when it is known (at most one known text can start there)."""
+        for text in self.by_prefix.get(regex[i : i + _PREFIX], ()):
+            if regex.startswith(text, i):
+                return text
+        return None
+
+
+_MEMO = _Memo()
 
 
 def estimate_states(regex: str) -> int:
@@ -91,75 +138,117 @@ def estimate_states(regex: str) -> int:
     A large group written again (object_body writes each optional field twice, a $ref target is written at
     each use) counts only 1/SHARED_WEIGHT of its states after the first time: composed_dfa.py builds it once
     and copies its minimal automaton, which is much smaller than the text's count. Copies a counted
-    repetition makes are real (each counts its place), so they count in full.
+    repetition makes are real (each counts its place), so they count in full. Memoised (`_Memo`).
     """
-    # per open group, the sizes of its alternatives (the last one is open): [shared-aware, full] each
-    stack: list[list[list[int]]] = [[[0, 0]]]
-    opened: list[int] = []  # index of each open group's '('
-    seen: set[str] = set()  # texts of the large groups already counted
+    n = _MEMO.whole.get(regex)
+    if n is None:
+        n = _MEMO.whole[regex] = _estimate(regex, _MEMO)
+        _MEMO.chars += len(regex)
+    return n
+
+
+class _Frame:
+    """An open group: sizes of its alternatives ([shared-aware, full], the last one open), where it opened,
+    the `seen` order then, the earliest order of a counted-before group inside it, and its large groups."""
+
+    __slots__ = ("alts", "start", "order", "first_hit", "inner")
+
+    def __init__(self, start: int, order: int):
+        self.alts = [[0, 0]]
+        self.start, self.order, self.first_hit = start, order, order
+        self.inner: set[str] = set()
+
+
+def _estimate(regex: str, memo: _Memo) -> int:
+    seen: dict[str, int] = {}  # texts of the large groups already counted -> order they were counted in
+    stack = [_Frame(0, 0)]
     last = [0, 0]  # size of the atom just read, for a quantifier that follows it
-
-    def add(d: int, f: int) -> None:
-        stack[-1][-1][0] += d
-        stack[-1][-1][1] += f
-
+    cur = stack[-1].alts[-1]  # the open alternative atoms are added to
     i, n = 0, len(regex)
     while i < n:
-        ch = regex[i]
-        if ch == "\\":
-            i, last = i + 2, [1, 1]
-            if regex[i - 1 : i] == "x":
-                i += 2
-            add(1, 1)
-            continue
-        if ch == "[":
-            j = i + 1
-            if j < n and regex[j] == "^":
-                j += 1
-            j += 1  # a ']' right after '[' or '[^' is a literal
-            while j < n and regex[j] != "]":
-                j += 2 if regex[j] == "\\" else 1
-            body = regex[i + 1 : j]
-            k = 1 + (UTF_8_STATES if body.startswith("^") or any(ord(c) > 127 for c in body) else 0)
+        m = _TOKEN.match(regex, i)
+        kind = m.lastgroup
+        if kind == "lit":  # k literal bytes: one state each; the last is the atom a quantifier repeats
+            k = m.end() - i
+            cur[0] += k
+            cur[1] += k
+            last = [1, 1]
+            i = m.end()
+        elif kind == "esc":
+            cur[0] += 1
+            cur[1] += 1
+            last = [1, 1]
+            i = m.end()
+        elif kind == "cls":
+            body = regex[i + 1 : m.end()]
+            k = 1 + (UTF_8_STATES if body.startswith("^") or not body.isascii() else 0)
+            cur[0] += k
+            cur[1] += k
             last = [k, k]
-            add(k, k)
-            i = j + 1
-            continue
-        if ch == "(":
-            stack.append([[0, 0]])
-            opened.append(i)
-            i += 3 if regex.startswith("(?:", i) else 1
-            continue
-        if ch == "|":
-            stack[-1].append([0, 0])
-            i += 1
-            continue
-        if ch == ")":
-            alts, start = stack.pop(), opened.pop()
-            last = [sum(a[0] for a in alts), sum(a[1] for a in alts)]
-            if i - start > SHARED_CHARS:  # composed_dfa.py builds a repeated large group once
-                text = regex[start : i + 1]
-                if text in seen:
-                    last[0] = last[0] // SHARED_WEIGHT + 1
-                seen.add(text)
-            add(*last)
-            i += 1
-            continue
-        if ch in "?*+":
-            i += 1
-            continue  # optional or looped: the body's states are already counted once
-        if ch == "{":
-            m = _COUNT.match(regex, i)
-            if m:
-                lo, hi = int(m.group(1) or 0), m.group(3)
-                times = max(lo, int(hi) if hi else lo + 1, 1)
-                add(last[1] * (times - 1), last[1] * (times - 1))
-                i = m.end()
+            i = m.end() + 1  # past the ']'
+        elif kind == "open":
+            text = memo.group_at(regex, i) if n - i > SHARED_CHARS else None
+            known = None
+            if text is not None:
+                inner = memo.inner[text]
+                if text in seen and text in memo.again:
+                    s, f = memo.again[text]
+                    known = [s // SHARED_WEIGHT + 1, f]
+                    top = stack[-1]
+                    top.first_hit = min(top.first_hit, seen[text])
+                elif text not in seen and text in memo.fresh and seen.keys().isdisjoint(inner):
+                    known = list(memo.fresh[text])
+                    order = len(seen)
+                    for t in inner:
+                        seen[t] = order
+                    seen[text] = order
+            if known is not None:  # the group as counted before, read in one step
+                stack[-1].inner.update(inner)
+                stack[-1].inner.add(text)
+                last = known
+                cur[0] += known[0]
+                cur[1] += known[1]
+                i += len(text)
                 continue
-        add(1, 1)
-        last = [1, 1]
-        i += 1
+            stack.append(_Frame(i, len(seen)))
+            cur = stack[-1].alts[-1]
+            i = m.end()
+        elif kind == "alt":
+            stack[-1].alts.append([0, 0])
+            cur = stack[-1].alts[-1]
+            i += 1
+        elif kind == "close":
+            fr = stack.pop()
+            last = [sum(a[0] for a in fr.alts), sum(a[1] for a in fr.alts)]
+            top = stack[-1]
+            if i - fr.start > SHARED_CHARS:  # composed_dfa.py builds a repeated large group once
+                text = regex[fr.start : i + 1]
+                memo.learn(text, frozenset(fr.inner))
+                if text in seen:
+                    memo.again[text] = (last[0], last[1])
+                    fr.first_hit = min(fr.first_hit, seen[text])
+                    last[0] = last[0] // SHARED_WEIGHT + 1
+                else:
+                    if fr.first_hit >= fr.order:  # nothing inside was counted before it: its fresh count
+                        memo.fresh[text] = (last[0], last[1])
+                    seen[text] = len(seen)
+                top.inner.update(fr.inner)
+                top.inner.add(text)
+            top.first_hit = min(top.first_hit, fr.first_hit)
+            cur = top.alts[-1]
+            cur[0] += last[0]
+            cur[1] += last[1]
+            i += 1
+        elif kind == "quant":
+            i += 1  # optional or looped: the body's states are already counted once
+        else:  # a counted repetition {m,n}: max(m, n, 1) copies of the atom before it
+            lo, hi = int(m.group("lo") or 0), m.group("hi")
+            times = max(lo, int(hi) if hi else lo + 1, 1)
+            cur[0] += last[1] * (times - 1)
+            cur[1] += last[1] * (times - 1)
+            i = m.end()
     while len(stack) > 1:  # unbalanced input: count what was read
-        alts = stack.pop()
-        add(sum(a[0] for a in alts), sum(a[1] for a in alts))
-    return sum(a[0] for a in stack[0])
+        alts = stack.pop().alts
+        stack[-1].alts[-1][0] += sum(a[0] for a in alts)
+        stack[-1].alts[-1][1] += sum(a[1] for a in alts)
+    return sum(a[0] for a in stack[0].alts)

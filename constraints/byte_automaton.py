@@ -13,8 +13,8 @@ linear in byte states, then walks only the distinct futures (a Kubernetes schema
 1,409). A regex over COMPOSE_CHARS, or one outlines-core refuses (its parser's nesting limit), is built part
 by part instead (composed_dfa.py): the copies are then never built, only their minimal automaton copied.
 
-This module imports only numpy, outlines-core and composed_dfa.py: the compile worker (dfa.py run as a
-script) loads it without the package's __init__ (which loads torch).
+This module imports only numpy, outlines-core and composed_dfa.py (and numba, past NUMBA_STATES): the compile
+worker (dfa.py run as a script) loads it without the package's __init__ (which loads torch).
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ import numpy as np
 from outlines_core import Index, Vocabulary
 
 from constraints.composed_dfa import Opaque, compose
+from constraints.piece_nfa import NUMBA_STATES
 
 COMPOSE_CHARS = 10_000  # a longer regex is built part by part (composed_dfa.py): 2-9x faster past 100k
 _BYTE_EOS = 256  # the pseudo-EOS id of the byte-level index
@@ -150,13 +151,20 @@ def minimise(delta: np.ndarray, final: np.ndarray) -> tuple[np.ndarray, np.ndarr
     with the states' signatures (block, successor block per byte class) summarised by 64-bit hashes; the
     partition it ends with is then checked exactly to be a congruence that respects finality, which makes
     the quotient the same language whatever the hashes did (a failed check, odds ~2^-64, redoes it exactly).
+    From NUMBA_STATES states on, Hopcroft's algorithm (automaton_numba.py, compiled; no hashes) finds the same
+    partition: the coarsest one refining {final, non-final, dead} is unique, so the table is the same too.
     """
     cols = delta[:, _byte_class_reps(delta)]  # [n+1, C]
-    rng = np.random.default_rng(0x5EED)
-    w = rng.integers(1, 2**63, size=cols.shape[1] + 1, dtype=np.uint64) | np.uint64(1)
-    block = _moore(cols, final, w)
-    if not _is_congruence(cols, final, block):
-        block = _moore_exact(cols, final)
+    if final.size >= NUMBA_STATES:  # Hopcroft, compiled (automaton_numba.py): the same partition, exactly
+        from constraints.automaton_numba import coarsest_partition
+
+        block = coarsest_partition(cols, np.append(final.astype(np.int64), 2))
+    else:
+        rng = np.random.default_rng(0x5EED)
+        w = rng.integers(1, 2**63, size=cols.shape[1] + 1, dtype=np.uint64) | np.uint64(1)
+        block = _moore(cols, final, w)
+        if not _is_congruence(cols, final, block):
+            block = _moore_exact(cols, final)
     # dense ids by first member: the start's block is 0, the dead state's (alone, the last row) is last
     _, first, block = np.unique(block, return_index=True, return_inverse=True)
     rank = np.empty(first.size, dtype=np.int64)

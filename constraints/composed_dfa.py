@@ -11,11 +11,10 @@ compiled by outlines-core, through byte_automaton.py's `leaf` function handed in
 How: only the group structure of large parts is parsed (groups, alternation, quantifiers); a leaf's text is
 left whole to outlines-core. A large part becomes an NFA whose pieces are copies of the DFAs of its leaves and
 of its repeated large groups, joined by epsilon links in Glushkov style (from the exits of one piece to the
-entries of the next), then determinised by subset construction: a state that is no link's source is a subset
-of its own and its row is copied in one numpy step; only the junctions are explored one subset at a time.
-The language is the plain regular language of the regex, as byte_automaton.py reads outlines-core's
-automaton with its end sentinel. Regexes with flags, anchors or word boundaries are not composed (`Opaque`):
-their meaning depends on context a leaf does not see.
+entries of the next), then determinised by subset construction (piece_nfa.py: the NFA and its
+determinisation). The language is the plain regular language of the regex, as byte_automaton.py reads
+outlines-core's automaton with its end sentinel. Regexes with flags, anchors or word boundaries are not
+composed (`Opaque`): their meaning depends on context a leaf does not see.
 """
 
 from __future__ import annotations
@@ -24,12 +23,10 @@ import re
 import sys
 from collections.abc import Callable
 
-import numpy as np
+from constraints.piece_nfa import Dfa, Nfa, determinise
 
 LEAF_CHARS = 2_000  # a part this short is one leaf, compiled by outlines-core as a whole
 COUNTED = 8  # a group repeated up to this many times or more is a leaf of its own (shared by all its uses)
-MAX_NFA_STATES = 1_000_000  # states of one part's NFA (~1 GB of tables): past this the regex is refused
-Dfa = tuple[np.ndarray, np.ndarray]  # (delta [n+1, 256] int32 with dead row n, final bool [n]); 0 = start
 
 _SPECIAL = re.compile(r"\\.|[\[\]()^$]", re.S)
 _ESCAPE = re.compile(
@@ -124,33 +121,6 @@ def _items(rx: _Regex, lo: int, hi: int) -> list[list[tuple[int, int, int, int, 
     return alts
 
 
-class _Nfa:
-    """Pieces (DFA copies) in one global numbering, with epsilon links between them."""
-
-    def __init__(self):
-        self.deltas: list[np.ndarray] = []
-        self.size = 0
-        self.links: dict[int, set[int]] = {}
-        self.kinds: dict[int, np.ndarray] = {}  # id of each distinct piece DFA -> its byte classes [256]
-
-    def piece(self, dfa: Dfa) -> tuple[set[int], set[int], bool]:
-        """Add a copy of `dfa`: (entries, exits, nullable) of the fragment it forms."""
-        delta, final = dfa
-        n, off = final.size, self.size
-        if off + n > MAX_NFA_STATES:
-            raise ValueError(f"the constraint's automaton is too large to compile (over {MAX_NFA_STATES})")
-        self.deltas.append(np.where(delta[:n] < n, delta[:n] + off, -1).astype(np.int32))
-        self.size += n
-        if id(delta) not in self.kinds:
-            self.kinds[id(delta)] = _same_rows(delta[:n].T)[1]
-        exits = set((np.nonzero(final)[0] + off).tolist())
-        return {off}, exits, False  # a nullable piece passes through its final start state
-
-    def link(self, exits: set[int], entries: set[int]) -> None:
-        for x in exits:
-            self.links.setdefault(x, set()).update(entries)
-
-
 class _Composer:
     def __init__(self, regex: str, leaf: Callable[[str], Dfa], minimise: Callable[[Dfa], Dfa]):
         self.rx = _Regex(regex)
@@ -176,16 +146,16 @@ class _Composer:
                     if "(" not in text:
                         raise
                     split = True
-            nfa = _Nfa()
+            nfa = Nfa()
             entries, exits, nullable = self._fragment(nfa, lo, hi, split, self._times(lo, hi))
-            self.memo[text] = self.minimise(_determinise(nfa, entries, exits, nullable))
+            self.memo[text] = self.minimise(determinise(nfa, entries, exits, nullable))
         return self.memo[text]
 
     def _times(self, lo: int, hi: int) -> int:
         """How often the part text[lo:hi] occurs in the regex (as a group's body; the whole regex: once)."""
         return self.count.get(self.rx.text[lo:hi], 1)
 
-    def _fragment(self, nfa: _Nfa, lo: int, hi: int, split: bool, times: int) -> tuple[set, set, bool]:
+    def _fragment(self, nfa: Nfa, lo: int, hi: int, split: bool, times: int) -> tuple[set, set, bool]:
         """Glushkov fragment of text[lo:hi], a part written `times` times: runs of small items are leaves,
         large groups (every group when `split`) are expanded in place or, when written more often than the
         part (so more than once inside it), compiled once and copied."""
@@ -220,7 +190,7 @@ class _Composer:
             out_n |= n
         return out_e, out_x, out_n
 
-    def _run(self, nfa: _Nfa, run: tuple[int, int], whole: tuple[int, int]):
+    def _run(self, nfa: Nfa, run: tuple[int, int], whole: tuple[int, int]):
         """A piece for a run of small items (a single long atom that is the whole part: one leaf as is)."""
         if run == whole:
             text = self.rx.text[run[0] : run[1]]
@@ -229,7 +199,7 @@ class _Composer:
             return nfa.piece(self.memo[text])
         return nfa.piece(self.compile(*run))
 
-    def _repeat(self, nfa: _Nfa, start: int, qmin: int, qmax: int | None, times: int):
+    def _repeat(self, nfa: Nfa, start: int, qmin: int, qmax: int | None, times: int):
         """A group with its quantifier: copies of the group's fragment (max(qmin, qmax) of them; an unbounded
         one loops). A group written twice, copied or small is compiled once (memoised) and copied."""
         close = self.rx.close[start]
@@ -261,7 +231,7 @@ class _Composer:
         return _concat(nfa, frags) if frags else (set(), set(), True)
 
 
-def _concat(nfa: _Nfa, frags: list) -> tuple[set[int], set[int], bool]:
+def _concat(nfa: Nfa, frags: list) -> tuple[set[int], set[int], bool]:
     entries, exits, nullable = frags[0]
     entries, exits = set(entries), set(exits)
     for e, x, n in frags[1:]:
@@ -273,114 +243,6 @@ def _concat(nfa: _Nfa, frags: list) -> tuple[set[int], set[int], bool]:
     return entries, exits, nullable
 
 
-def _determinise(nfa: _Nfa, entries: set[int], exits: set[int], nullable: bool) -> Dfa:
-    """Subset construction over byte classes. A state without links is a subset of its own (its row is
-    copied in one step); the other subsets are explored a breadth-first level at a time, their successor
-    sets found with numpy and only the distinct new ones closed over the links in Python."""
-    G = nfa.size
-    delta = np.concatenate(nfa.deltas) if nfa.deltas else np.zeros((0, 256), dtype=np.int32)
-    delta = np.concatenate([delta, np.full((1, 256), G, dtype=np.int32)])  # row G: dead
-    delta[delta < 0] = G
-    # byte classes: bytes whose columns agree in every piece (a copy's columns agree where its DFA's do)
-    first, byte_cls = _same_rows(np.stack(list(nfa.kinds.values()) or [np.zeros(256, np.int64)], axis=1))
-    cols = delta[:, first]  # [G+1, C]
-    final = np.zeros(G + 1, dtype=bool)
-    final[list(exits)] = True
-    linked = np.zeros(G + 1, dtype=bool)
-    linked[list(nfa.links)] = True
-
-    def closure(states) -> frozenset:
-        seen, todo = set(states), [s for s in states if linked[s]]
-        while todo:
-            for t in nfa.links[todo.pop()]:
-                if t not in seen:
-                    seen.add(t)
-                    if linked[t]:
-                        todo.append(t)
-        return frozenset(seen)
-
-    ids: dict[frozenset, int] = {}
-    subsets: list[frozenset] = []
-
-    def sid(fs: frozenset) -> int:
-        if len(fs) == 1:
-            (x,) = fs
-            if not linked[x]:
-                return x
-        if fs not in ids:
-            ids[fs] = G + 1 + len(subsets)
-            subsets.append(fs)
-        return ids[fs]
-
-    of_state = np.arange(G + 1, dtype=np.int64)  # the subset each single state's closure is
-    for s in np.nonzero(linked)[0].tolist():
-        of_state[s] = sid(closure([s]))
-    # G (the dead row) stands in the start subset for "the empty word is matched"
-    start = sid(closure(entries) | ({G} if nullable else frozenset()))
-    rows = [of_state[cols]]  # [G+1, C]: rows of the single-state subsets
-    finals = [final]
-    done = 0
-    while done < len(subsets):
-        batch = subsets[done:]
-        done = len(subsets)
-        width = max(len(fs) for fs in batch)
-        members = np.full((len(batch), width), G, dtype=np.int64)
-        for r, fs in enumerate(batch):
-            members[r, : len(fs)] = sorted(fs)
-        finals.append(final[members].any(axis=1) | np.asarray([G in fs for fs in batch]))
-        succ = np.sort(cols[members].transpose(0, 2, 1), axis=2)  # [B, C, width]: successor states
-        succ[:, :, 1:][succ[:, :, 1:] == succ[:, :, :-1]] = G  # duplicates -> dead, then dead last
-        succ = np.sort(succ, axis=2).reshape(-1, width)
-        first_row, inv = _same_rows(succ)
-        to = np.empty(first_row.size, dtype=np.int64)
-        for r, u in enumerate(succ[first_row].tolist()):
-            targets = [t for t in u if t != G]
-            if not targets:
-                to[r] = G
-            elif len(targets) == 1:
-                to[r] = of_state[targets[0]]
-            else:
-                to[r] = sid(frozenset().union(*(closure([t]) if linked[t] else (t,) for t in targets)))
-        rows.append(to[inv].reshape(len(batch), -1))
-    all_rows = np.concatenate(rows)  # [total, C]; G is the dead state
-    all_final = np.concatenate(finals)
-    all_final[G] = False
-    # keep the states reachable from the start, start first
-    reach = np.zeros(all_rows.shape[0], dtype=bool)
-    reach[start] = reach[G] = True
-    frontier = np.asarray([start])
-    seen_at = np.full(all_rows.shape[0], -1, dtype=np.int64)
-    while frontier.size:
-        nxt = all_rows[frontier].reshape(-1)
-        nxt = nxt[~reach[nxt]]
-        seen_at[nxt] = np.arange(nxt.size)  # one survivor per state: the last write wins, no sort needed
-        frontier = nxt[seen_at[nxt] == np.arange(nxt.size)]
-        reach[frontier] = True
-    reach[G] = False
-    keep = np.nonzero(reach)[0]
-    keep = np.concatenate([[start], keep[keep != start]])
-    m = keep.size
-    renum = np.full(all_rows.shape[0], m, dtype=np.int64)
-    renum[keep] = np.arange(m)
-    out = np.full((m + 1, 256), m, dtype=np.int32)
-    out[:m] = renum[all_rows[keep]][:, byte_cls]
-    return out, all_final[keep]
-
-
-def _same_rows(a: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(first row of each group of identical rows of `a`, group of each row): a 64-bit hash groups them, an
-    exact comparison confirms (a collision falls back to sorting the rows)."""
-    w = np.random.default_rng(0xC0DE).integers(1, 2**63, size=a.shape[1], dtype=np.uint64) | np.uint64(1)
-    with np.errstate(over="ignore"):
-        h = (a.astype(np.uint64) * w).sum(axis=1, dtype=np.uint64)
-    _, first, inv = np.unique(h, return_index=True, return_inverse=True)
-    inv = inv.reshape(-1)
-    if not (a == a[first[inv]]).all():
-        _, first, inv = np.unique(a, axis=0, return_index=True, return_inverse=True)
-        inv = inv.reshape(-1)
-    return first, inv
-
-
 def compose(regex: str, leaf: Callable[[str], Dfa], minimise: Callable[[Dfa], Dfa]) -> Dfa:
     """The minimal byte automaton of `regex` (not trimmed), composed part by part; Opaque when the regex
     cannot be split. `leaf` compiles a small regex, `minimise` minimises an automaton."""
@@ -389,8 +251,8 @@ def compose(regex: str, leaf: Callable[[str], Dfa], minimise: Callable[[Dfa], Df
     limit = sys.getrecursionlimit()
     sys.setrecursionlimit(limit + 4 * c.rx.depth)  # a few frames per nested group (object_body nests deep)
     try:
-        nfa = _Nfa()
+        nfa = Nfa()
         entries, exits, nullable = c._fragment(nfa, 0, n, n <= LEAF_CHARS, 1)
-        return minimise(_determinise(nfa, entries, exits, nullable))
+        return minimise(determinise(nfa, entries, exits, nullable))
     finally:
         sys.setrecursionlimit(limit)

@@ -1,0 +1,287 @@
+"""Compiled (numba) kernels of the byte automaton build: Hopcroft minimisation and subset exploration.
+
+Legend: N states of a DFA table (the dead row last), C byte classes, G states of a composed NFA (+1: the
+dead state G), K subsets explored.
+
+byte_automaton.py's `minimise` (hashed Moore refinement) and piece_nfa.py's `_explore` (subset
+construction a breadth-first level at a time in numpy) are the references: the spec, kept for small
+automata and compared with these kernels by tests/constraints/test_automaton_numba.py. Past a few thousand
+states they spend their time in per-round sorts (Moore needs as many rounds as the longest distinguishing
+word: 60 for a 44k-state union of two objects) and in a Python step per new subset (30k subsets for the
+same union). Here:
+
+- `coarsest_partition`: Hopcroft's partition refinement over inverse transitions, O(N C log N)
+  (https://en.wikipedia.org/wiki/DFA_minimization#Hopcroft's_algorithm); the coarsest partition that
+  refines the initial blocks and is stable under every class is unique, so the caller's numbering of the
+  blocks gives exactly the automaton the reference gives.
+- `explore_subsets`: the subsets reachable from the given ones, first in, first out, a new subset numbered
+  when first seen (subset order, then class order): the order the reference's level-by-level batches
+  number them in, so both return the same table.
+
+Imported only for large automata (the import costs ~0.3 s; see piece_nfa.py `NUMBA_STATES`).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import njit
+
+
+def _jit(fn):
+    """njit with an on-disk cache; where numba finds no writable cache location it raises at decoration
+    time: fall back to an uncached compile (as constraints/dp_numba.py does)."""
+    try:
+        return njit(cache=True, nogil=True)(fn)
+    except RuntimeError:
+        return njit(cache=False, nogil=True)(fn)
+
+
+@_jit
+def _partition_kernel(cols_NC, block_N, n_blocks):  # pragma: no cover - compiled
+    N, C = cols_NC.shape
+    # inverse transitions, CSR by (target, class): the sources that move into `target` on `class`
+    cnt = np.zeros(N * C + 1, dtype=np.int64)
+    for s in range(N):
+        for c in range(C):
+            cnt[cols_NC[s, c] * C + c + 1] += 1
+    for k in range(N * C):
+        cnt[k + 1] += cnt[k]
+    src = np.empty(N * C, dtype=np.int32)
+    fill = cnt[:-1].copy()
+    for s in range(N):
+        for c in range(C):
+            k = cols_NC[s, c] * C + c
+            src[fill[k]] = s
+            fill[k] += 1
+    # blocks as ranges of `elems`; [first, mid) holds the states marked in the current step
+    elems = np.argsort(block_N, kind="mergesort").astype(np.int64)
+    loc = np.empty(N, dtype=np.int64)
+    for i in range(N):
+        loc[elems[i]] = i
+    blk = block_N.astype(np.int64).copy()
+    first = np.zeros(N + 1, dtype=np.int64)
+    end = np.zeros(N + 1, dtype=np.int64)
+    for i in range(N):
+        b = blk[elems[i]]
+        if i == 0 or blk[elems[i - 1]] != b:
+            first[b] = i
+        end[b] = i + 1
+    mid = first.copy()
+    work = np.empty(N + 1, dtype=np.int64)
+    n_work = 0
+    for b in range(n_blocks):
+        work[n_work] = b
+        n_work += 1
+    touched = np.empty(N + 1, dtype=np.int64)
+    snap = np.empty(N, dtype=np.int64)
+    nb_total = n_blocks
+    while n_work > 0:
+        n_work -= 1
+        w = work[n_work]
+        size = end[w] - first[w]
+        for i in range(size):  # the splitter as it is now (it may split while it is used)
+            snap[i] = elems[first[w] + i]
+        for c in range(C):
+            n_touched = 0
+            for i in range(size):
+                k = snap[i] * C + c
+                for e in range(cnt[k], cnt[k + 1]):
+                    s = src[e]
+                    b = blk[s]
+                    if mid[b] == first[b]:
+                        touched[n_touched] = b
+                        n_touched += 1
+                    j = loc[s]
+                    if j >= mid[b]:  # not yet marked: swap it to the marked front of its block
+                        m = mid[b]
+                        t = elems[m]
+                        elems[m], elems[j] = s, t
+                        loc[s], loc[t] = m, j
+                        mid[b] = m + 1
+            for q in range(n_touched):
+                b = touched[q]
+                if mid[b] == end[b]:  # every state of the block moves into the splitter: no split
+                    mid[b] = first[b]
+                    continue
+                # the smaller part becomes the new block (relabelled), and is the one to split by next
+                nb = nb_total
+                nb_total += 1
+                if mid[b] - first[b] <= end[b] - mid[b]:
+                    first[nb], end[nb] = first[b], mid[b]
+                    first[b] = mid[b]
+                else:
+                    first[nb], end[nb] = mid[b], end[b]
+                    end[b] = mid[b]
+                mid[b] = first[b]
+                mid[nb] = first[nb]
+                for i in range(first[nb], end[nb]):
+                    blk[elems[i]] = nb
+                work[n_work] = nb
+                n_work += 1
+    return blk
+
+
+def coarsest_partition(cols_NC: np.ndarray, block_N: np.ndarray) -> np.ndarray:
+    """Block id per state [N] of the coarsest partition that refines `block_N` (dense ids 0..B-1) and in
+    which states of one block move into one block on every class of `cols_NC` [N, C] (a total table)."""
+    n_blocks = int(block_N.max()) + 1 if block_N.size else 0
+    cols_NC = np.ascontiguousarray(cols_NC, dtype=np.int32)
+    return _partition_kernel(cols_NC, block_N.astype(np.int64), n_blocks)
+
+
+@_jit
+def _hash(members, lo, hi):  # pragma: no cover - compiled
+    h = np.uint64(1469598103934665603)
+    for i in range(lo, hi):
+        h = (h ^ np.uint64(members[i])) * np.uint64(1099511628211)
+        h ^= h >> np.uint64(29)
+    return h
+
+
+@_jit
+def _explore_kernel(cols, of_state, linked, clos_ptr, clos_idx, init_ptr, init_mem, G):  # pragma: no cover
+    C = cols.shape[1]
+    ptr = np.empty(max(16, 2 * init_ptr.size), dtype=np.int64)
+    ptr[: init_ptr.size] = init_ptr
+    mem = np.empty(max(64, 2 * init_mem.size), dtype=np.int64)
+    mem[: init_mem.size] = init_mem
+    K = init_ptr.size - 1
+    rows = np.empty((max(16, 2 * K), C), dtype=np.int64)
+    cap = 1024
+    while cap < 4 * K:
+        cap *= 2
+    table = np.full(cap, -1, dtype=np.int64)  # open addressing: subset index per slot
+    hashes = np.empty(ptr.size, dtype=np.uint64)  # grows with ptr
+    for k in range(K):
+        h = _hash(mem, ptr[k], ptr[k + 1])
+        hashes[k] = h
+        slot = np.int64(h & np.uint64(cap - 1))
+        while table[slot] >= 0:
+            slot = (slot + 1) & (cap - 1)
+        table[slot] = k
+    buf = np.empty(64, dtype=np.int64)
+    seen = np.zeros(G + 1, dtype=np.bool_)
+    done = 0
+    while done < K:
+        lo, hi = ptr[done], ptr[done + 1]
+        for c in range(C):
+            n_buf = 0
+            n_targets = 0
+            single = G
+            for i in range(lo, hi):
+                t = cols[mem[i], c]
+                if t == G or seen[t]:
+                    continue
+                seen[t] = True
+                n_targets += 1
+                single = t
+                if linked[t]:
+                    a, b = clos_ptr[t], clos_ptr[t + 1]
+                else:
+                    a, b = 0, 0
+                need = n_buf + 1 + (b - a)
+                if need > buf.size:
+                    nbuf = np.empty(2 * need, dtype=np.int64)
+                    nbuf[:n_buf] = buf[:n_buf]
+                    buf = nbuf
+                buf[n_buf] = t
+                n_buf += 1
+                for e in range(a, b):
+                    buf[n_buf] = clos_idx[e]
+                    n_buf += 1
+            for i in range(lo, hi):  # clear the marks of the targets
+                seen[cols[mem[i], c]] = False
+            seen[G] = False
+            if n_targets == 0:
+                rows_val = G
+            elif n_targets == 1:
+                rows_val = of_state[single]
+            else:
+                cand = np.unique(buf[:n_buf])
+                h = _hash(cand, 0, cand.size)
+                slot = np.int64(h & np.uint64(cap - 1))
+                found = -1
+                while table[slot] >= 0:
+                    k = table[slot]
+                    if hashes[k] == h and ptr[k + 1] - ptr[k] == cand.size:
+                        same = True
+                        for i in range(cand.size):
+                            if mem[ptr[k] + i] != cand[i]:
+                                same = False
+                                break
+                        if same:
+                            found = k
+                            break
+                    slot = (slot + 1) & (cap - 1)
+                if found < 0:  # a new subset: store it, index it, queue it
+                    found = K
+                    if K + 2 > ptr.size:
+                        nptr = np.empty(2 * ptr.size, dtype=np.int64)
+                        nptr[: K + 1] = ptr[: K + 1]
+                        ptr = nptr
+                        nh = np.empty(2 * hashes.size, dtype=np.uint64)
+                        nh[:K] = hashes[:K]
+                        hashes = nh
+                    if ptr[K] + cand.size > mem.size:
+                        nmem = np.empty(2 * (ptr[K] + cand.size), dtype=np.int64)
+                        nmem[: ptr[K]] = mem[: ptr[K]]
+                        mem = nmem
+                    mem[ptr[K] : ptr[K] + cand.size] = cand
+                    ptr[K + 1] = ptr[K] + cand.size
+                    hashes[K] = h
+                    table[slot] = K
+                    K += 1
+                    if 2 * K > cap:  # keep the table at most half full: rebuild it twice the size
+                        cap *= 2
+                        table = np.full(cap, -1, dtype=np.int64)
+                        for k in range(K):
+                            s2 = np.int64(hashes[k] & np.uint64(cap - 1))
+                            while table[s2] >= 0:
+                                s2 = (s2 + 1) & (cap - 1)
+                            table[s2] = k
+                rows_val = G + 1 + found
+            if done >= rows.shape[0]:
+                nrows = np.empty((2 * rows.shape[0], C), dtype=np.int64)
+                nrows[:done] = rows[:done]
+                rows = nrows
+            rows[done, c] = rows_val
+        done += 1
+    return ptr[: K + 1].copy(), mem[: ptr[K]].copy(), rows[:K].copy()
+
+
+def explore_subsets(
+    cols: np.ndarray,
+    of_state: np.ndarray,
+    linked: np.ndarray,
+    closures: list[np.ndarray],
+    initial: list[np.ndarray],
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Subset construction from the `initial` subsets (sorted member arrays, numbered G+1, G+2, ...).
+
+    cols [G+1, C]: next NFA state per class (G: dead). of_state [G+1]: the subset a single target stands
+    for (itself, or its closure's number when linked). closures: per linked state (ascending), its closure
+    over the links, sorted. Returns (ptr [K+1], members, rows [K, C]): the members of every subset (initial
+    ones first, then in the order first seen) and the number of its successor on each class (a single
+    target's of_state, G when none, G+1+k for subset k).
+    """
+    G = cols.shape[0] - 1
+    clos_ptr = np.zeros(G + 2, dtype=np.int64)
+    lens = np.zeros(G + 1, dtype=np.int64)
+    states = np.nonzero(linked)[0]
+    for s, cl in zip(states.tolist(), closures):
+        lens[s] = cl.size
+    clos_ptr[1:] = np.cumsum(lens)
+    clos_idx = np.concatenate(closures).astype(np.int64) if closures else np.zeros(0, dtype=np.int64)
+    init_ptr = np.zeros(len(initial) + 1, dtype=np.int64)
+    init_ptr[1:] = np.cumsum([m.size for m in initial])
+    init_mem = np.concatenate(initial).astype(np.int64) if initial else np.zeros(0, dtype=np.int64)
+    return _explore_kernel(
+        np.ascontiguousarray(cols, dtype=np.int64),
+        of_state.astype(np.int64),
+        linked.astype(np.bool_),
+        clos_ptr,
+        clos_idx,
+        init_ptr,
+        init_mem,
+        G,
+    )

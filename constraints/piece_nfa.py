@@ -1,0 +1,176 @@
+"""An NFA whose pieces are copies of byte DFAs joined by epsilon links, and its subset construction.
+
+Legend: G states of the NFA (state G is the dead state), C byte classes (bytes whose columns agree in every
+piece), K subsets explored (the DFA's states beyond the single NFA states).
+
+composed_dfa.py builds the NFA (Glushkov style: the exits of one piece linked to the entries of the next) and
+hands it to `determinise`. A state that is no link's source is a subset of its own, its row copied in one
+numpy step; only the subsets at the junctions are explored. `_explore` does it a breadth-first level at a
+time in numpy and Python (the reference); from NUMBA_STATES NFA states on, automaton_numba.py's
+`explore_subsets` does the same in compiled code and numbers the subsets in the same order, so both give the
+same table (tests/constraints/test_automaton_numba.py compares them).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+MAX_NFA_STATES = 1_000_000  # states of one part's NFA (~1 GB of tables): past this the regex is refused
+NUMBA_STATES = 4_000  # from this many NFA / DFA states on, the compiled kernels (automaton_numba.py) run
+Dfa = tuple[np.ndarray, np.ndarray]  # (delta [n+1, 256] int32 with dead row n, final bool [n]); 0 = start
+
+
+class Nfa:
+    """Pieces (DFA copies) in one global numbering, with epsilon links between them."""
+
+    def __init__(self):
+        self.deltas: list[np.ndarray] = []
+        self.size = 0
+        self.links: dict[int, set[int]] = {}
+        self.kinds: dict[int, np.ndarray] = {}  # id of each distinct piece DFA -> its byte classes [256]
+
+    def piece(self, dfa: Dfa) -> tuple[set[int], set[int], bool]:
+        """Add a copy of `dfa`: (entries, exits, nullable) of the fragment it forms."""
+        delta, final = dfa
+        n, off = final.size, self.size
+        if off + n > MAX_NFA_STATES:
+            raise ValueError(f"the constraint's automaton is too large to compile (over {MAX_NFA_STATES})")
+        self.deltas.append(np.where(delta[:n] < n, delta[:n] + off, -1).astype(np.int32))
+        self.size += n
+        if id(delta) not in self.kinds:
+            self.kinds[id(delta)] = same_rows(delta[:n].T)[1]
+        exits = set((np.nonzero(final)[0] + off).tolist())
+        return {off}, exits, False  # a nullable piece passes through its final start state
+
+    def link(self, exits: set[int], entries: set[int]) -> None:
+        for x in exits:
+            self.links.setdefault(x, set()).update(entries)
+
+
+def determinise(nfa: Nfa, entries: set[int], exits: set[int], nullable: bool) -> Dfa:
+    """The DFA of the NFA from `entries` (the empty word accepted when `nullable`), `exits` final; its states
+    are those reachable from the start (the start first, the others in the order numbered). Subset
+    construction over byte classes: a state without links is a subset of its own (its row is copied in one
+    step); the other subsets are explored by `_explore` or, from NUMBA_STATES NFA states on, by its compiled
+    twin (automaton_numba.py)."""
+    G = nfa.size
+    # byte classes: bytes whose columns agree in every piece (a copy's columns agree where its DFA's do)
+    first, byte_cls = same_rows(np.stack(list(nfa.kinds.values()) or [np.zeros(256, np.int64)], axis=1))
+    # [G+1, C]: each piece's class columns only (a quarter or less of its 256 bytes), row G dead
+    cols = np.concatenate([d[:, first] for d in nfa.deltas] + [np.full((1, first.size), G, dtype=np.int32)])
+    cols[cols < 0] = G
+    final = np.zeros(G + 1, dtype=bool)
+    final[list(exits)] = True
+    linked = np.zeros(G + 1, dtype=bool)
+    linked[list(nfa.links)] = True
+
+    def closure(states) -> frozenset:
+        seen, todo = set(states), [s for s in states if linked[s]]
+        while todo:
+            for t in nfa.links[todo.pop()]:
+                if t not in seen:
+                    seen.add(t)
+                    if linked[t]:
+                        todo.append(t)
+        return frozenset(seen)
+
+    ids: dict[frozenset, int] = {}
+    subsets: list[frozenset] = []
+
+    def sid(fs: frozenset) -> int:
+        if len(fs) == 1:
+            (x,) = fs
+            if not linked[x]:
+                return x
+        if fs not in ids:
+            ids[fs] = G + 1 + len(subsets)
+            subsets.append(fs)
+        return ids[fs]
+
+    of_state = np.arange(G + 1, dtype=np.int64)  # the subset each single state's closure is
+    for s in np.nonzero(linked)[0].tolist():
+        of_state[s] = sid(closure([s]))
+    # G (the dead row) stands in the start subset for "the empty word is matched"
+    start = sid(closure(entries) | ({G} if nullable else frozenset()))
+    if G >= NUMBA_STATES:  # the compiled twin (automaton_numba.py): the same subsets in the same order
+        from constraints.automaton_numba import explore_subsets
+
+        initial = [np.asarray(sorted(fs), dtype=np.int64) for fs in subsets]
+        # a linked state's closure is one of the initial subsets (of_state numbers it): not recomputed
+        closures = [initial[of_state[s] - G - 1] for s in np.nonzero(linked)[0].tolist()]
+        ptr, members, sub_rows = explore_subsets(cols, of_state, linked, closures, initial)
+        fin = final.copy()
+        fin[G] = True  # G in a subset: the empty word is matched there
+        all_rows = np.concatenate([of_state[cols], sub_rows])
+        sub_final = np.logical_or.reduceat(fin[members], ptr[:-1]) if ptr.size > 1 else np.zeros(0, bool)
+        all_final = np.concatenate([final, sub_final])
+    else:
+        all_rows, all_final = _explore(cols, final, of_state, linked, closure, subsets, sid, G)
+    all_final[G] = False
+    # keep the states reachable from the start, start first
+    reach = np.zeros(all_rows.shape[0], dtype=bool)
+    reach[start] = reach[G] = True
+    frontier = np.asarray([start])
+    seen_at = np.full(all_rows.shape[0], -1, dtype=np.int64)
+    while frontier.size:
+        nxt = all_rows[frontier].reshape(-1)
+        nxt = nxt[~reach[nxt]]
+        seen_at[nxt] = np.arange(nxt.size)  # one survivor per state: the last write wins, no sort needed
+        frontier = nxt[seen_at[nxt] == np.arange(nxt.size)]
+        reach[frontier] = True
+    reach[G] = False
+    keep = np.nonzero(reach)[0]
+    keep = np.concatenate([[start], keep[keep != start]])
+    m = keep.size
+    renum = np.full(all_rows.shape[0], m, dtype=np.int64)
+    renum[keep] = np.arange(m)
+    out = np.full((m + 1, 256), m, dtype=np.int32)
+    np.take(renum.astype(np.int32)[all_rows[keep]], byte_cls, axis=1, out=out[:m])
+    return out, all_final[keep]
+
+
+def _explore(cols, final, of_state, linked, closure, subsets: list, sid, G: int) -> tuple[np.ndarray, ...]:
+    """(rows [total, C], final [total]) of the single states then of every subset reachable from `subsets`,
+    explored a breadth-first level at a time: successor sets found with numpy, the distinct new ones closed
+    over the links in Python and numbered in the order first seen (automaton_numba.py's order)."""
+    rows = [of_state[cols]]  # [G+1, C]: rows of the single-state subsets
+    finals = [final]
+    done = 0
+    while done < len(subsets):
+        batch = subsets[done:]
+        done = len(subsets)
+        width = max(len(fs) for fs in batch)
+        members = np.full((len(batch), width), G, dtype=np.int64)
+        for r, fs in enumerate(batch):
+            members[r, : len(fs)] = sorted(fs)
+        finals.append(final[members].any(axis=1) | np.asarray([G in fs for fs in batch]))
+        succ = np.sort(cols[members].transpose(0, 2, 1), axis=2)  # [B, C, width]: successor states
+        succ[:, :, 1:][succ[:, :, 1:] == succ[:, :, :-1]] = G  # duplicates -> dead, then dead last
+        succ = np.sort(succ, axis=2).reshape(-1, width)
+        first_row, inv = same_rows(succ)
+        distinct = succ[first_row].tolist()
+        to = np.empty(first_row.size, dtype=np.int64)
+        for r in np.argsort(first_row, kind="stable").tolist():  # first seen first: new subsets in that order
+            targets = [t for t in distinct[r] if t != G]
+            if not targets:
+                to[r] = G
+            elif len(targets) == 1:
+                to[r] = of_state[targets[0]]
+            else:
+                to[r] = sid(frozenset().union(*(closure([t]) if linked[t] else (t,) for t in targets)))
+        rows.append(to[inv].reshape(len(batch), -1))
+    return np.concatenate(rows), np.concatenate(finals)
+
+
+def same_rows(a: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(first row of each group of identical rows of `a`, group of each row): a 64-bit hash groups them, an
+    exact comparison confirms (a collision falls back to sorting the rows)."""
+    w = np.random.default_rng(0xC0DE).integers(1, 2**63, size=a.shape[1], dtype=np.uint64) | np.uint64(1)
+    with np.errstate(over="ignore"):
+        h = (a.astype(np.uint64) * w).sum(axis=1, dtype=np.uint64)
+    _, first, inv = np.unique(h, return_index=True, return_inverse=True)
+    inv = inv.reshape(-1)
+    if not (a == a[first[inv]]).all():
+        _, first, inv = np.unique(a, axis=0, return_index=True, return_inverse=True)
+        inv = inv.reshape(-1)
+    return first, inv

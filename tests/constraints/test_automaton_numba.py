@@ -1,0 +1,337 @@
+"""constraints/automaton_numba.py against its references; constraints/budget.py's scan against its first form.
+
+The compiled kernels must return exactly the tables the numpy references return (same state numbering, same
+transitions, same final flags), not merely the same language: the token automaton and the compile cache are
+built from these tables. Each comparison forces both paths by patching NUMBA_STATES (byte_automaton.py's copy
+for `minimise`, piece_nfa.py's for `determinise`) on:
+- random DFAs of a few hundred to a few thousand states with many equivalent states (minimisation);
+- random NFAs of DFA pieces joined by links, 500-3,500 states (subset construction);
+- real schemas (JSONSchemaBench files shipped under tests/constraints/data) and a union of three similar
+  objects, compiled both ways end to end.
+The budget scan (`estimate_states`, memoised across calls) must give what the plain scan it replaced gave
+(`_reference_estimate`, copied from the committed constraints/budget.py before the change) on random regexes
+that repeat and nest large groups, in random call orders, and on the regexes of the shipped schemas.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from constraints import budget
+from constraints import byte_automaton as ba
+from constraints import composed_dfa as cd
+from constraints import piece_nfa as pn
+from constraints.automaton_numba import coarsest_partition
+from constraints.schema_errors import UnsupportedSchema
+from constraints.schema_regex import schema_to_regex
+
+DATA = Path(__file__).parent / "data"
+NEVER = 10**12  # a NUMBA_STATES no automaton reaches: the numpy reference runs
+
+
+def both_ways(monkeypatch, fn):
+    """fn() with the references (NUMBA_STATES out of reach), then with the kernels (NUMBA_STATES 0)."""
+    out = []
+    for threshold in (NEVER, 0):
+        monkeypatch.setattr(ba, "NUMBA_STATES", threshold)
+        monkeypatch.setattr(pn, "NUMBA_STATES", threshold)
+        out.append(fn())
+    return out
+
+
+def assert_same_tables(a, b, what=""):
+    (d1, f1), (d2, f2) = a, b
+    assert d1.shape == d2.shape and f1.shape == f2.shape, (what, d1.shape, d2.shape)
+    assert np.array_equal(d1, d2) and np.array_equal(f1, f2), what
+
+
+# ---- minimisation (Hopcroft vs hashed Moore) ----
+
+
+def redundant_dfa(rng: np.random.Generator, n: int, k: int, C: int, final_p: float = 0.3):
+    """A DFA of n states (+ dead row) that is k-state DFA's states copied: each copy moves to a random copy of
+    its target, so the minimal automaton has at most k states. Bytes fall into C classes."""
+    small = rng.integers(0, k + 1, size=(k, C))  # k: dead
+    small_final = rng.random(k) < final_p
+    of = np.concatenate([np.arange(k), rng.integers(0, k, size=n - k)])  # copy -> small state
+    copies = [np.nonzero(of == j)[0] for j in range(k)]
+    tbl = np.full((n, C), n, dtype=np.int32)
+    for s in range(n):
+        for c in range(C):
+            t = small[of[s], c]
+            if t < k:
+                tbl[s, c] = copies[t][rng.integers(0, copies[t].size)]
+    byte_cls = np.sort(rng.integers(0, C, size=256))
+    byte_cls[:C] = np.arange(C)  # every class has a byte
+    delta = np.full((n + 1, 256), n, dtype=np.int32)
+    delta[:n] = tbl[:, byte_cls]
+    return delta, small_final[of]
+
+
+@pytest.mark.parametrize(
+    "seed,n,k,C", [(0, 300, 40, 3), (1, 1000, 150, 5), (2, 3000, 400, 4), (3, 2500, 2400, 2)]
+)
+def test_minimise_kernel_gives_the_reference_table(monkeypatch, seed, n, k, C):
+    delta, final = redundant_dfa(np.random.default_rng(seed), n, k, C)
+    ref, fast = both_ways(monkeypatch, lambda: ba.minimise(delta, final))
+    assert_same_tables(ref, fast)
+    assert ref[1].size <= k
+
+
+@pytest.mark.parametrize("final_p", [0.0, 1.0])
+def test_minimise_kernel_with_an_empty_initial_block(monkeypatch, final_p):
+    """No final state (or no non-final one): one of the three initial blocks is empty."""
+    delta, final = redundant_dfa(np.random.default_rng(5), 600, 50, 3, final_p)
+    ref, fast = both_ways(monkeypatch, lambda: ba.minimise(delta, final))
+    assert_same_tables(ref, fast)
+
+
+def test_coarsest_partition_equals_exact_moore():
+    """The kernel alone against exact Moore refinement: the same partition (ids compared by first member)."""
+    delta, final = redundant_dfa(np.random.default_rng(7), 1500, 200, 4)
+    cols = delta[:, ba._byte_class_reps(delta)]
+
+    def canonical(block):
+        _, first, inv = np.unique(block, return_index=True, return_inverse=True)
+        return np.argsort(np.argsort(first))[inv.reshape(-1)]
+
+    fast = coarsest_partition(cols, np.append(final.astype(np.int64), 2))
+    assert np.array_equal(canonical(fast), canonical(ba._moore_exact(cols, final)))
+
+
+# ---- subset construction ----
+
+CLASS_MAPS = [np.random.default_rng(s).integers(0, 4, size=256) for s in range(3)]
+
+
+def random_piece(rng: np.random.Generator, n: int):
+    """A leaf-like DFA: a 3-byte key (as a JSON key starts an object member), then a body that moves only a
+    few states forward (left to right over its text), many moves missing; final at the end and at two random
+    body states. Body bytes fall into classes from one of three maps shared by the pieces."""
+    cls = CLASS_MAPS[int(rng.integers(0, 3))] % int(rng.integers(2, 5))
+    k = int(cls.max()) + 1
+    tbl = np.minimum(np.arange(n)[:, None] + rng.integers(1, 4, size=(n, k)), n)
+    tbl[rng.random((n, k)) < 0.4] = n
+    delta = np.full((n + 1, 256), n, dtype=np.int32)
+    delta[:n] = tbl[:, cls]
+    delta[:3] = n
+    delta[np.arange(3), rng.integers(0, 256, size=3)] = np.arange(1, 4)
+    final = np.zeros(n, dtype=bool)
+    final[n - 1] = True
+    final[rng.integers(3, n, size=2)] = True
+    return delta, final
+
+
+def random_nfa(seed: int):
+    """Pieces (some copied twice) chained in a random order, an optional stretch and a loop over the end."""
+    rng = np.random.default_rng(seed)
+    nfa, pieces, frags = pn.Nfa(), [], []
+    n = int(rng.integers(30, 300))
+    for _ in range(int(rng.integers(3, 12))):
+        pieces.append(random_piece(rng, int(rng.integers(n // 2, n + 1))))  # kept alive: Nfa keys by id
+        for _ in range(int(rng.integers(1, 3))):
+            frags.append(nfa.piece(pieces[-1]))
+    order = rng.permutation(len(frags))
+    for a, b in zip(order[:-1], order[1:]):
+        nfa.link(frags[a][1], frags[b][0])
+    a, b = sorted(rng.choice(len(frags), size=2, replace=False).tolist())
+    nfa.link(frags[order[a]][1], frags[order[b]][0])  # an optional stretch: jump from a to b
+    nfa.link(frags[order[-1]][1], frags[order[-3]][0])  # a loop over the last pieces
+    return nfa, set(frags[order[0]][0]), set(frags[order[-1]][1]), bool(rng.random() < 0.5), pieces
+
+
+@pytest.mark.parametrize("seed", [0, 2, 6, 8, 13, 15, 21, 24])  # minimal DFAs of 10 to 13,789 states
+def test_explore_kernel_gives_the_reference_table(monkeypatch, seed):
+    nfa, entries, exits, nullable, _pieces = random_nfa(seed)
+    assert 500 <= nfa.size <= 3500
+    ref, fast = both_ways(monkeypatch, lambda: pn.determinise(nfa, entries, exits, nullable))
+    assert_same_tables(ref, fast, f"seed {seed}")
+
+
+# ---- real schemas, end to end ----
+
+REAL = [
+    "not_oneof_allof/JsonSchemaStore_schema-catalog.json",  # overlapping oneOf: composed, NFA of 766 states
+    "not_oneof_allof/Github_hard_o1051.json",  # 3,702 minimal states
+    "not_oneof_allof/Snowplow_sp_378_Normalized.json",
+    "counting_conditionals/JsonSchemaStore_adonisrc.schema.json",
+]
+
+
+@pytest.mark.parametrize("name", REAL)
+def test_real_schemas_compile_to_the_same_table(monkeypatch, name):
+    regex = schema_to_regex(json.loads((DATA / name).read_text()))
+    monkeypatch.setattr(ba, "COMPOSE_CHARS", 1_000)  # built part by part: both kernels run
+    monkeypatch.setattr(cd, "LEAF_CHARS", 300)
+    ref, fast = both_ways(monkeypatch, lambda: ba.byte_dfa(regex))
+    assert_same_tables(ref, fast, name)
+
+
+def test_union_of_similar_objects_at_the_default_threshold(monkeypatch):
+    """anyOf of three objects sharing 24 optional bounded strings: the composed NFA (9k states) is past the
+    default NUMBA_STATES, so the shipped threshold runs the kernels; forcing the references gives the same."""
+
+    def obj(tag: str) -> dict:
+        props: dict = {f"field_{i}": {"type": "string", "maxLength": 12} for i in range(24)}
+        props.update(kind={"const": tag}, count={"type": "integer"})
+        return {"type": "object", "properties": props, "required": ["kind"]}
+
+    regex = schema_to_regex({"anyOf": [obj("a"), obj("b"), obj("c")]})
+    monkeypatch.setattr(ba, "COMPOSE_CHARS", 1_000)
+    monkeypatch.setattr(cd, "LEAF_CHARS", 300)
+    sizes = []
+    real_determinise = cd.determinise
+    monkeypatch.setattr(
+        cd, "determinise", lambda nfa, *a: sizes.append(nfa.size) or real_determinise(nfa, *a)
+    )
+    shipped = ba.byte_dfa(regex)
+    assert max(sizes) >= pn.NUMBA_STATES
+    monkeypatch.setattr(ba, "NUMBA_STATES", NEVER)
+    monkeypatch.setattr(pn, "NUMBA_STATES", NEVER)
+    assert_same_tables(ba.byte_dfa(regex), shipped)
+
+
+# ---- the budget scan ----
+
+_COUNT = re.compile(r"\{(\d*)(,?)(\d*)\}")
+
+
+def _reference_estimate(regex: str) -> int:
+    """estimate_states as committed before the memoised token scan (the oracle), unchanged but for names."""
+    stack: list[list[list[int]]] = [[[0, 0]]]
+    opened: list[int] = []
+    seen: set[str] = set()
+    last = [0, 0]
+
+    def add(d: int, f: int) -> None:
+        stack[-1][-1][0] += d
+        stack[-1][-1][1] += f
+
+    i, n = 0, len(regex)
+    while i < n:
+        ch = regex[i]
+        if ch == "\\":
+            i, last = i + 2, [1, 1]
+            if regex[i - 1 : i] == "x":
+                i += 2
+            add(1, 1)
+            continue
+        if ch == "[":
+            j = i + 1
+            if j < n and regex[j] == "^":
+                j += 1
+            j += 1
+            while j < n and regex[j] != "]":
+                j += 2 if regex[j] == "\\" else 1
+            body = regex[i + 1 : j]
+            k = 1 + (budget.UTF_8_STATES if body.startswith("^") or any(ord(c) > 127 for c in body) else 0)
+            last = [k, k]
+            add(k, k)
+            i = j + 1
+            continue
+        if ch == "(":
+            stack.append([[0, 0]])
+            opened.append(i)
+            i += 3 if regex.startswith("(?:", i) else 1
+            continue
+        if ch == "|":
+            stack[-1].append([0, 0])
+            i += 1
+            continue
+        if ch == ")":
+            alts, start = stack.pop(), opened.pop()
+            last = [sum(a[0] for a in alts), sum(a[1] for a in alts)]
+            if i - start > budget.SHARED_CHARS:
+                text = regex[start : i + 1]
+                if text in seen:
+                    last[0] = last[0] // budget.SHARED_WEIGHT + 1
+                seen.add(text)
+            add(*last)
+            i += 1
+            continue
+        if ch in "?*+":
+            i += 1
+            continue
+        if ch == "{":
+            m = _COUNT.match(regex, i)
+            if m:
+                lo, hi = int(m.group(1) or 0), m.group(3)
+                times = max(lo, int(hi) if hi else lo + 1, 1)
+                add(last[1] * (times - 1), last[1] * (times - 1))
+                i = m.end()
+                continue
+        add(1, 1)
+        last = [1, 1]
+        i += 1
+    while len(stack) > 1:
+        alts = stack.pop()
+        add(sum(a[0] for a in alts), sum(a[1] for a in alts))
+    return sum(a[0] for a in stack[0])
+
+
+ATOMS = ["ab", '"key":', "\\.", "\\x41", "\\u00e9", "[a-z]", "[^\"\\\\]", "[é-ü]", "[]a]", "[^]b]", "{",
+         "x{2}", "y{1,3}", "z{2,}", "w{,}", "q?", "r*", "s+", "(?:t|u)", "(v)", "é", "$", "^"]  # fmt: skip
+
+
+def random_budget_regex(rng: random.Random, pool: list[str], depth: int) -> str:
+    """Atoms, alternations, quantified groups, and large groups drawn from `pool` (so written again)."""
+    parts = []
+    while sum(len(p) for p in parts) < rng.randint(50, 700):
+        r = rng.random()
+        if pool and r < 0.25:
+            parts.append(rng.choice(pool) + rng.choice(["", "", "?", "{2}", "{0,3}", "*"]))
+        elif depth and r < 0.45:
+            body = random_budget_regex(rng, pool, depth - 1)
+            group = f"(?:{body}|{rng.choice(ATOMS)})" if rng.random() < 0.3 else f"(?:{body})"
+            parts.append(group + rng.choice(["", "", "?", "{3}", "+"]))
+            if len(group) > budget.SHARED_CHARS and rng.random() < 0.5:
+                pool.append(group)
+        else:
+            parts.append(rng.choice(ATOMS))
+    return "".join(parts)
+
+
+@pytest.fixture
+def fresh_memo(monkeypatch):
+    monkeypatch.setattr(budget, "_MEMO", budget._Memo())
+
+
+@pytest.mark.parametrize("kept_chars", [budget._KEPT_CHARS, 3_000])  # 3,000: the memo restarts mid-scan
+def test_budget_scan_equals_the_plain_scan(fresh_memo, monkeypatch, kept_chars):
+    monkeypatch.setattr(budget, "_KEPT_CHARS", kept_chars)
+    rng = random.Random(11)
+    pool: list[str] = []
+    regexes = [random_budget_regex(rng, pool, 3) for _ in range(40)]
+    # as schema_regex.py calls it: inner parts first, then the whole that holds them, some texts twice
+    calls = pool + regexes + [a + b for a, b in zip(regexes, regexes[1:])] + rng.sample(regexes, 10)
+    rng.shuffle(calls)
+    assert sum(len(t) > 1_000 for t in calls) > 10 and sum(r.count(g) for r in regexes for g in pool) > 100
+    for text in calls:
+        assert budget.estimate_states(text) == _reference_estimate(text), text[:80]
+
+
+def test_budget_scan_on_the_shipped_schemas(fresh_memo, monkeypatch):
+    """Every check_size call of the translation (each array / object part, inner parts first), the whole."""
+    calls = []
+    memoised = budget.estimate_states
+
+    def checked(regex: str) -> int:
+        n = memoised(regex)
+        assert n == _reference_estimate(regex), regex[:80]
+        calls.append(regex)
+        return n
+
+    monkeypatch.setattr(budget, "estimate_states", checked)
+    for f in sorted(DATA.glob("*/*.json")):
+        try:
+            regex = schema_to_regex(json.loads(f.read_text()))
+        except UnsupportedSchema:
+            continue
+        checked(regex)
+    assert len(calls) >= 100
