@@ -149,23 +149,15 @@ class _NFA:
         return frozenset(out)
 
 
-def to_dfa(n, alphabet: Alphabet, side: str) -> DFA:
-    """The minimal DFA of AST `n` over `alphabet`, reading its `side` ("must" or "may") character sets."""
-    nfa = _NFA(alphabet, side)
-    start, accept = nfa.build(n)
-    first = nfa.closure([start])
-    index = {first: 0}
-    order, delta = [first], []
+def _explore(start, moves) -> tuple[list, list[dict[int, int]]]:
+    """Breadth-first over the states reachable from `start`: (states in the order first seen, each one's row
+    {atom: index of the next state}); `moves(state)` yields (atom, next state). Past MAX_DFA states:
+    TooComplex."""
+    index = {start: 0}
+    order, delta = [start], []
     while len(delta) < len(order):
-        cur = order[len(delta)]
-        step: dict[int, set[int]] = {}
-        for s in cur:
-            for ids, t in nfa.moves[s]:
-                for a in ids:
-                    step.setdefault(a, set()).add(t)
         row: dict[int, int] = {}
-        for a, targets in step.items():
-            nxt = nfa.closure(targets)
+        for a, nxt in moves(order[len(delta)]):
             if nxt not in index:
                 if len(order) >= MAX_DFA:
                     raise TooComplex(f"unsupported: pattern combination over {MAX_DFA} automaton states")
@@ -173,6 +165,23 @@ def to_dfa(n, alphabet: Alphabet, side: str) -> DFA:
                 order.append(nxt)
             row[a] = index[nxt]
         delta.append(row)
+    return order, delta
+
+
+def to_dfa(n, alphabet: Alphabet, side: str) -> DFA:
+    """The minimal DFA of AST `n` over `alphabet`, reading its `side` ("must" or "may") character sets."""
+    nfa = _NFA(alphabet, side)
+    start, accept = nfa.build(n)
+
+    def moves(cur):
+        step: dict[int, set[int]] = {}
+        for s in cur:
+            for ids, t in nfa.moves[s]:
+                for a in ids:
+                    step.setdefault(a, set()).add(t)
+        return ((a, nfa.closure(targets)) for a, targets in step.items())
+
+    order, delta = _explore(nfa.closure([start]), moves)
     return minimize(DFA(delta, [accept in s for s in order]))
 
 
@@ -186,12 +195,8 @@ def product(dfas: list[DFA], negated: list[bool], usable: set[int], n_classes: i
         return all((k >= 0 and d.final[k]) != neg for k, d, neg in zip(key, dfas, negated))
 
     doomed = [_universal(d, n_classes) if neg else set() for d, neg in zip(dfas, negated)]
-    start = tuple(0 for _ in dfas)
-    index = {start: 0}
-    order, delta = [start], []
-    while len(delta) < len(order):
-        key = order[len(delta)]
-        row: dict[int, int] = {}
+
+    def moves(key):
         for a in sorted(usable):
             nxt = []
             for k, d, neg, bad in zip(key, dfas, negated, doomed):
@@ -200,14 +205,9 @@ def product(dfas: list[DFA], negated: list[bool], usable: set[int], n_classes: i
                     break
                 nxt.append(t)
             else:
-                t_key = tuple(nxt)
-                if t_key not in index:
-                    if len(order) >= MAX_DFA:
-                        raise TooComplex(f"unsupported: pattern combination over {MAX_DFA} automaton states")
-                    index[t_key] = len(order)
-                    order.append(t_key)
-                row[a] = index[t_key]
-        delta.append(row)
+                yield a, tuple(nxt)
+
+    order, delta = _explore(tuple(0 for _ in dfas), moves)
     return minimize(DFA(delta, [accepts(k) for k in order]))
 
 

@@ -1,6 +1,7 @@
 """Chat input: one row's conversation checked and normalised before it meets the chat template.
 
-Owns what a conversation may be (`parse_messages`) and the job-level system prompt (`with_system`). A
+Owns what a conversation may be (`parse_messages`), the job-level system prompt (`with_system`) and how a
+cell holding JSON is read (`decoded_cell`, `json_cell`: also for settings and request bodies). A
 conversation is a list of turns `{"role", "content"}` in OpenAI's chat format, given as a list (a Parquet
 list<struct> column, a JSON array) or as its JSON text (a CSV cell, a string column). The rules:
 
@@ -63,16 +64,9 @@ def decoded_cell(value: Any, where: str) -> tuple[Any, str | None]:
 
 def parse_messages(value: Any, where: str) -> tuple[list[dict[str, str]] | None, str | None]:
     """(turns as [{"role", "content"}], None), or (None, what is wrong) naming `where` (e.g. the column)."""
-    value, problem = decoded_cell(value, where)
+    value, problem = json_cell(value, where, list, "a list of turns")
     if problem is not None:
         return None, problem
-    if isinstance(value, str):
-        try:
-            value = json.loads(value)
-        except ValueError as exc:
-            return None, f"{where} is text that is not JSON ({exc})"
-    if not isinstance(value, list):
-        return None, f"{where} is a {type(value).__name__}, not a list of turns"
     if not value:
         return None, f"{where} is empty"
     turns: list[dict[str, str]] = []
@@ -105,3 +99,20 @@ def with_system(turns: list[dict[str, str]], system: str | None) -> list[dict[st
     if system is None or turns[0]["role"] == "system":
         return turns
     return [{"role": "system", "content": system}, *turns]
+
+
+def json_cell(value: Any, where: str, want: type, noun: str) -> tuple[Any, str | None]:
+    """(the cell's value, None) when it is a `want` (a list, a dict) given as a Parquet list/struct/map, as
+    JSON text or as UTF-8 bytes of JSON text; else (None, what is wrong, naming `where`, calling a `want`
+    the `noun`)."""
+    value, problem = decoded_cell(value, where)
+    if problem is not None:
+        return None, problem
+    if isinstance(value, str):
+        try:
+            value = json.loads(value)
+        except ValueError as exc:
+            return None, f"{where} is text that is not JSON ({exc})"
+    if not isinstance(value, want):
+        return None, f"{where} is a {type(value).__name__}, not {noun}"
+    return value, None

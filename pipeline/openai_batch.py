@@ -15,8 +15,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from pipeline.conversation import parse_messages
-from pipeline.row_settings import OPENAI_NAMES, from_mapping, json_object
+from pipeline.conversation import json_cell, parse_messages
+from pipeline.row_settings import OPENAI_NAMES, from_mapping
 
 COLUMNS = ("body", "custom_id", "method", "url")  # what a row reads; the first is the prompt's
 OPTIONAL = ("method", "url")  # keys a line may leave out: their columns exist even when no line sets them
@@ -32,7 +32,7 @@ def request(method: Any, url: Any, body: Any
         return None, {}, f"url {url!r} is not supported (only {URL})"
     if body is None:
         return None, {}, "body is missing"
-    body, why = json_object(body, "body")
+    body, why = json_cell(body, "body", dict, "an object")
     if why:
         return None, {}, why
     if body.get("messages") is None:

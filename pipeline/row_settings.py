@@ -26,6 +26,8 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from pipeline.conversation import json_cell
+
 ALIASES = {"max_tokens": "max_new_tokens", "max_completion_tokens": "max_new_tokens"}
 SEED_LIMIT = 1 << 63  # a seed fits int64 and torch.Generator.manual_seed
 # Keys accepted only at the value that changes nothing (the first value is the one we do).
@@ -73,26 +75,11 @@ def settings_problem(names: list[str]) -> str | None:
     return _conflict(names)
 
 
-def json_object(value: Any, where: str, noun: str = "an object") -> tuple[dict | None, str | None]:
-    """(the object, None) for a cell holding a JSON object as a struct/map, text or bytes; else (None, what
-    is wrong, naming `where`)."""
-    if isinstance(value, (bytes, bytearray)):
-        value = bytes(value).decode("utf-8", "replace")
-    if isinstance(value, str):
-        try:
-            value = json.loads(value)
-        except ValueError as exc:
-            return None, f"{where} is text that is not JSON ({exc})"
-    if not isinstance(value, dict):
-        return None, f"{where} is a {type(value).__name__}, not {noun}"
-    return value, None
-
-
 def from_mapping(value: Any, where: str, accept: tuple[str, ...] | None = None, skip: tuple[str, ...] = ()
                  ) -> tuple[dict[str, tuple[str, Any]], str | None]:
     """({name: (where, value)} of the non-null settings in a sampling_params object, None), or ({}, what is
     wrong). `accept`: the setting names allowed here (default: all); `skip`: keys the caller reads itself."""
-    value, why = json_object(value, where, "an object of settings")
+    value, why = json_cell(value, where, dict, "an object of settings")
     if why:
         return {}, why
     names = accept if accept is not None else setting_names()

@@ -13,7 +13,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # so `tests.constraints.tok_factory` imports
 
 from constraints import CompileConfig  # noqa: E402
-from constraints.schema_regex import schema_to_regex, strict_validator  # noqa: E402
+from constraints.schema_regex import UnsupportedSchema, schema_to_regex, strict_validator  # noqa: E402
 from constraints.vocab_bytes import token_bytes  # noqa: E402
 from constraints.walks import byte_accepts, byte_walks  # noqa: E402
 from tests.constraints.tok_factory import byte_level, gemma_style  # noqa: E402
@@ -39,6 +39,13 @@ def vocab(gemma_tok):
 
         return token_bytes(Tokenizer.from_file(str(SHIPPED_TOKENIZER)))
     return token_bytes(gemma_tok)
+
+
+def assert_refused(schema: dict, message: str) -> None:
+    """schema_to_regex refuses `schema` as unsupported, the refusal saying `message` (keyword and where)."""
+    with pytest.raises(UnsupportedSchema, match="^unsupported: ") as err:
+        schema_to_regex(schema)
+    assert message in str(err.value)
 
 
 def assert_walks_valid(schema, n: int = 40, *, seed: int = 0, max_len: int = 300, regex: str | None = None
