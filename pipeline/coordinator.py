@@ -21,8 +21,10 @@ Slots. One `Slot` per replica; it is starting (its `ready()` not yet answered), 
 leased) or flushing (waiting for the replica's queued commits). The rules:
 - leases go only to idle slots (a starting replica would sit on a lease); an idle slot with nothing to
   lease but commits still queued on its replica is asked to flush them;
-- a generated whole shard stays the slot's `pending` until the replica reports its commit: a report that
-  the marker exists (the attempt won or lost the race) finishes the shard, a failed commit fails the unit;
+- a generated whole shard stays the slot's `pending` until the replica reports its commit (in the same
+  answer when the commit was that fast): a report that the marker exists (the attempt won or lost the
+  race) finishes the shard, a failed commit fails the unit; a flush waits for every queued commit, so a
+  shard it leaves unreported fails too (retried; first writer wins), never flushed again forever;
 - a lease (work or flush) older than `lease_timeout_s` is overdue: the driver kills that replica;
 - a replica lost (died, killed as overdue, died while starting) fails its in-flight unit; each pending
   shard is done if its commit marker exists and failed otherwise (re-leased: first writer still wins, so
@@ -259,14 +261,19 @@ class Coordinator:
         """The replica answered its lease (work or flush); the slot is idle again."""
         unit = slot.unit
         slot.state, slot.unit = IDLE, None
+        if unit is not None:
+            assert result.stats is not None, "a work answer carries the unit's stats"
+            if unit.mode == "commit":  # done when its commit is reported, which may be in this very answer
+                slot.pending[(unit.shard.id, unit.attempt)] = (unit, result.stats)
         effects = self._commit_reports(slot, result.commits)
-        if unit is None:  # a flush
+        if unit is None:  # a flush waited for every queued commit: no report will come for what is left
+            for left, _ in list(slot.pending.values()):
+                del slot.pending[(left.shard.id, left.attempt)]
+                effects += self._fail(left, f"replica {slot.replica_id}: flush did not report its commit")
             return effects
-        assert result.stats is not None, "a work answer carries the unit's stats"
         if unit.mode == "rows":
             assert result.rows is not None, "a rows-mode answer carries the rows"
             return effects + self.piece_rows(unit, result.rows, result.stats["tokens"])
-        slot.pending[(unit.shard.id, unit.attempt)] = (unit, result.stats)  # done when its commit is reported
         return effects
 
     def _commit_reports(self, slot: Slot, reports: list[dict[str, Any]]) -> list[Effect]:

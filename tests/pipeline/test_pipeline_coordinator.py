@@ -77,6 +77,28 @@ def test_a_shard_is_done_when_its_commit_is_reported_not_when_generated():
     assert c.lease(s) is None
 
 
+def test_a_work_answer_may_report_its_own_commit():
+    # Replica.work queues the commit, then reports the commits finished so far: a fast commit is this one.
+    c, _ = _coord(_shards(1))
+    s = _up(c)
+    c.lease(s)
+    assert c.work_done(s, WorkResult([{"shard_id": "s0", "attempt": 1, "won": True}], _stats(4))) == []
+    assert c.done and c.pending_shards(s) == [] and c.lease(s) is None and (c.rows, c.retries) == (4, 0)
+
+
+def test_a_flush_that_leaves_a_commit_unreported_retries_it():
+    # A flush waits for every queued commit, so no report will come for what it left: retried (first
+    # writer wins), never flushed again forever.
+    c, _ = _coord(_shards(1))
+    s = _up(c)
+    c.lease(s)
+    c.work_done(s, WorkResult([], _stats(4)))
+    assert c.lease(s) == FLUSH
+    assert c.work_done(s, WorkResult([])) == [] and c.pending_shards(s) == [] and c.retries == 1
+    u = c.lease(s)
+    assert isinstance(u, WorkUnit) and (u.shard.id, u.attempt) == ("s0", 2)
+
+
 def test_a_failed_commit_is_retried_after_backoff():
     c, clock = _coord(_shards(1), backoff_s=1.0)
     s = _up(c)
@@ -281,13 +303,14 @@ def test_simulated_jobs_under_faults_commit_every_shard_once(seed):
                 carry_out(c.work_raised(slot, "raised"))
             elif fate < 0.2:
                 pass  # hangs: the lease stays out until it is overdue
-            else:
-                reports = finish_commits(slot, rng.randint(0, len(queued[slot.index])))
+            else:  # like Replica.work: queue this unit's commit, then report what has finished, this one too
                 out = [str(r) for r in rows]
+                if order.mode == "commit":
+                    queued[slot.index].append((order.shard.id, order.attempt, out))
+                reports = finish_commits(slot, rng.randint(0, len(queued[slot.index])))
                 if order.mode == "rows":
                     result = WorkResult(reports, _stats(len(out)), pa.table({"r": out}))
                 else:
-                    queued[slot.index].append((order.shard.id, order.attempt, out))
                     result = WorkResult(reports, _stats(len(out)))
                 carry_out(c.work_done(slot, result))
         clock.t += 1.0
