@@ -15,6 +15,7 @@ import os
 import subprocess
 import sys
 import tempfile
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -23,7 +24,7 @@ import numpy as np
 from constraints.choice import choice_regex
 from constraints.dfa import TokenDFA, build_token_dfa, save_dfa
 from constraints.output_check import row_schema, section_kind
-from constraints.schema_regex import load_pydantic, schema_to_regex
+from constraints.schema_regex import load_pydantic, translate_schema
 from constraints.vocab_bytes import vocab_hash
 
 FORMAT_VERSION = "dgbatch-dfa-1"  # bump when the cached arrays change meaning
@@ -66,7 +67,11 @@ def section_regex(section: dict, row: dict | None = None) -> tuple[str, dict | N
             raise ValueError("structured_output.json_schema: expected a JSON Schema object")
     else:
         schema = row_schema(section, row)
-    return schema_to_regex(schema, ref_depth=section.get("ref_depth")), schema
+    translated = translate_schema(schema, ref_depth=section.get("ref_depth"))
+    if translated.left_out:  # sound (a subset of the valid objects), but the user should know
+        warnings.warn("structured_output: optional properties never generated, their values too large to "
+                      "compile: " + "; ".join(translated.left_out), stacklevel=2)
+    return translated.regex, schema
 
 
 def cache_key(regex: str, vocab: list[bytes | None], eos_ids, *, vocab_key: str | None = None) -> str:

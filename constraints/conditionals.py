@@ -1,7 +1,8 @@
 """Conditional keywords: if/then/else, dependentSchemas and schema-form `dependencies`, propertyNames.
 
 Each is rewritten into plain conjunctions (merged as allOf, all_of.py) whose every instance validates:
-- if/then/else: first generate values satisfying `if` AND `then` (then `else` is moot). If that part has no
+- if/then/else: first generate values satisfying `if` AND `then` (then `else` is moot), `if`'s properties
+  present first (an `if` that holds only because its keys are absent decides nothing). If that part has no
   value or cannot be generated, generate `else` together with a decidable failure of `if`: a value of a type
   `if` excludes, or an object missing one of the keys `if` requires, or anything when `if` is false, or
   else `not: if` as negation.py generates it.
@@ -17,12 +18,13 @@ Each is rewritten into plain conjunctions (merged as allOf, all_of.py) whose eve
 from __future__ import annotations
 
 import contextvars
+import json
 
 from constraints import negation
 from constraints.all_of import merge_conjuncts
 from constraints.object_keys import close_required, dependency_lists
 from constraints.property_names import filter_declared
-from constraints.schema_errors import UnsupportedSchema
+from constraints.schema_errors import Unsatisfiable, UnsupportedSchema
 
 _CONDITIONAL = ("if", "then", "else")
 _TYPES = ("object", "array", "string", "integer", "number", "boolean", "null")
@@ -60,17 +62,27 @@ def _choose(tr, s: dict, path: str, depth: int, tried: list[int]) -> str:
     rest = {k: v for k, v in s.items() if k not in _CONDITIONAL}
     cond, then, other = s["if"], s.get("then", True), s.get("else", True)
     choices = []
+    if isinstance(cond, dict) and set(cond.get("properties", {})) - set(cond.get("required", [])):
+        # `if` holding because its keys are present and match, not vacuously: a chain of conditionals on
+        # one discriminator key (allOf of if {k: const} / then) then decides at each step, no backtracking
+        present = {**cond, "required": list(dict.fromkeys([*cond.get("required", []), *cond["properties"]]))}
+        choices.append(
+            lambda: tr.conjuncts(present, path + "/if", depth) + tr.conjuncts(then, path + "/then", depth)
+        )
     if cond is not False:
         choices.append(
             lambda: tr.conjuncts(cond, path + "/if", depth) + tr.conjuncts(then, path + "/then", depth)
         )
     fails = negations(cond)
+    if _fails_already(tr, rest, cond, path, depth):  # `rest` pins a key to values `if` excludes
+        fails.insert(0, {})
     if isinstance(cond, dict) and cond:  # any other way to fail `if` (negation.py), after the cheap ones
         fails.append({"not": cond})
     for fails_if in fails:
         choices.append(lambda f=fails_if: [(path + "/if", f)] + tr.conjuncts(other, path + "/else", depth))
     first: UnsupportedSchema | None = None
-    for parts in choices:
+    keys_present = len(choices) - len(fails) - (cond is not False)  # 1 when the keys-present side leads
+    for i, parts in enumerate(choices):
         tried[0] += 1
         if tried[0] > MAX_TRIES:  # nested conditionals (allOf of many) backtrack: bound the search
             raise UnsupportedSchema(
@@ -78,15 +90,74 @@ def _choose(tr, s: dict, path: str, depth: int, tried: list[int]) -> str:
             )
         try:
             merged = merge_conjuncts(tr.conjuncts(rest, path, depth) + parts(), path)
+            _check_required_values(merged, path)
             return tr.value(merged, path, depth)
         except UnsupportedSchema as e:  # Unsatisfiable included: try the other side
-            first = first or getattr(e, "cause", e)  # a nested if/then/else: its own first cause
+            if i >= keys_present:  # the plain if+then side's reason says more than the keys-present one
+                first = first or getattr(e, "cause", e)  # a nested if/then/else: its own first cause
     err = UnsupportedSchema(
         f"unsupported: if/then/else (neither if+then nor else with a provable failure of if can be "
         f"generated; first: {first}) (at {path}/if)"
     )
     err.cause = first
     raise err
+
+
+def _canon(v):
+    """`v` with every number a float, so equal texts mean JSON equality (1 == 1.0, true != 1)."""
+    if isinstance(v, bool) or v is None or isinstance(v, str):
+        return v
+    if isinstance(v, (int, float)):
+        return float(v)
+    if isinstance(v, list):
+        return [_canon(x) for x in v]
+    return {k: _canon(x) for k, x in v.items()}
+
+
+def _values(s) -> set[str] | None:
+    """The values (canonical JSON texts) that `s`'s const/enum parts, its allOf ones too (nested), all
+    allow; None when it has none."""
+    common, todo = None, [s]
+    while todo:  # merge_conjuncts nests allOf parts
+        part = todo.pop()
+        if not isinstance(part, dict):
+            continue
+        todo += part.get("allOf", [])
+        values = [part["const"]] if "const" in part else part.get("enum")
+        if isinstance(values, list):
+            texts = {json.dumps(_canon(v), sort_keys=True) for v in values}
+            common = texts if common is None else common & texts
+    return common
+
+
+def _check_required_values(s: dict, path: str) -> None:
+    """Unsatisfiable when a required property's const/enum parts share no value. Found here, a side that
+    cannot hold fails at once instead of after every conditional nested below it was chosen (a chain of
+    if {k: const} / then on one key would otherwise backtrack exponentially)."""
+    props = s.get("properties", {})
+    for key in s.get("required", []):
+        common = _values(props.get(key))
+        if common is not None and not common:
+            raise Unsatisfiable(f"unsupported: required property {key!r}: its const/enum parts share no "
+                                f"value (at {path})")
+
+
+def _fails_already(tr, rest: dict, cond, path: str, depth: int) -> bool:
+    """Whether every object `rest` allows fails `cond` on a key: required by `rest`, with const/enum values
+    that `cond`'s const/enum for that key excludes. Then `else` needs no `not` (negation.py would have to
+    write one more way to fail per conditional of a chain)."""
+    if not isinstance(cond, dict) or not cond.get("properties"):
+        return False
+    try:
+        merged = merge_conjuncts(tr.conjuncts(rest, path, depth), path)
+    except UnsupportedSchema:
+        return False
+    props = merged.get("properties", {})
+    for key, sub in cond["properties"].items():
+        have, want = _values(props.get(key)), _values(sub)
+        if key in merged.get("required", []) and have is not None and want is not None and not have & want:
+            return True
+    return False
 
 
 def negations(cond) -> list[dict]:

@@ -16,8 +16,10 @@ generate nothing here", never as proof that no value validates (e.g. to decide `
 
 Unrolling multiplies the regex (each level holds every recursive slot's next level), and a large regex is
 slow to compile into the token automaton. So each $ref's regex is held to REGEX_BUDGET characters: with the
-default depth, `unroll` retries with a smaller depth (down to 1, the target once, never inside itself) and
-refuses naming the $ref when even that is over the budget; an explicit depth is used as given.
+default depth, `unroll` retries with a smaller depth (down to 1, the target once, never inside itself); an
+explicit depth is used as given. When even that is over the budget, a last pass leaves out the optional
+properties whose values alone are too large (reported as `left_out`, schema_regex.py `translate_schema`),
+and only when what is too large is required is the schema refused, naming the $ref or the part.
 
 The regex of a bare `$ref` depends only on its target, the translator's settings and how often each ref the
 target can reach is on the stack, so it is memoised under that key: a definition shared by many parents is
@@ -28,6 +30,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from urllib.parse import unquote
 
 from constraints.budget import MAX_REGEX_CHARS, TooLarge
 from constraints.schema_errors import Unsatisfiable, UnsupportedSchema
@@ -52,24 +55,35 @@ class RefBudget(Exception):
         self.ref, self.size, self.path, self.recursive = ref, size, path, recursive
 
 
-def unroll(translate: Callable[[int], str], ref_depth: int | None) -> str:
-    """translate(depth) at `ref_depth`; None: the largest depth <= REF_DEPTH whose regex fits the budget."""
+def unroll(translate: Callable[[int, bool], str], ref_depth: int | None) -> str:
+    """translate(depth, leave_out_large) at `ref_depth`; None: the largest depth <= REF_DEPTH whose regex
+    fits the budget, and when none fits, one last pass at the smallest depth with leave_out_large=True: the
+    translation then leaves out an optional property whose value alone is too large (a subset of the valid
+    objects, so still sound) instead of refusing the schema."""
     depths = [ref_depth] if ref_depth is not None else list(range(REF_DEPTH, 0, -1))
     for depth in depths:
         try:
-            return translate(depth)
+            return translate(depth, False)
         except TooLarge as e:  # the automaton-size guard (budget.py): a smaller unrolling may fit
-            if not e.recursive or depth == depths[-1]:
-                raise
-            continue
+            if e.recursive and depth != depths[-1]:
+                continue
+            too_large: Exception = e
+            break
         except RefBudget as e:
-            over = e
+            too_large = e
             if not e.recursive:
                 break  # a smaller depth changes nothing when no $ref was unrolled
-    how = f"with ref depth {depth}" if over.recursive else "without recursion"
+    if ref_depth is None:  # an explicit depth is the user's: refused as given, they may lower it
+        try:
+            return translate(depth, True)
+        except (TooLarge, RefBudget):
+            pass  # what is too large is not an optional property: refuse, naming the first size problem
+    if isinstance(too_large, TooLarge):
+        raise too_large
+    how = f"with ref depth {depth}" if too_large.recursive else "without recursion"
     raise UnsupportedSchema(
-        f"unsupported: $ref {over.ref!r} expands to a regex over {REGEX_BUDGET} characters ({over.size}) "
-        f"{how}, too large to compile (at {over.path})"
+        f"unsupported: $ref {too_large.ref!r} expands to a regex over {REGEX_BUDGET} characters "
+        f"({too_large.size}) {how}, too large to compile (at {too_large.path})"
     )
 
 
@@ -79,7 +93,8 @@ def pointer(root, ref, path: str):
         raise UnsupportedSchema(f"unsupported: non-local $ref {ref!r} (at {path})")
     node = root
     for part in [p for p in ref[1:].split("/") if p]:
-        part = part.replace("~1", "/").replace("~0", "~")
+        # a URI fragment is percent-encoded, then a JSON pointer (RFC 6901 section 6: "%3A" is ":")
+        part = unquote(part).replace("~1", "/").replace("~0", "~")
         if isinstance(node, list) and part.isdigit() and int(part) < len(node):
             node = node[int(part)]
             continue

@@ -7,12 +7,15 @@ either honoured exactly (a subset of the valid values, never a superset) or refu
 
 Output shape: properties in declared order, no extra keys, an optional space after ':' and ','. An optional
 property or an anyOf/oneOf branch that no value satisfies (schema_errors.Unsatisfiable) is left out, which is
-exact; when a required one has none the schema is refused.
+exact; when a required one has none the schema is refused. As a last resort before refusing a schema too large
+to compile, an optional property whose value alone is too large is left out too, and named (`left_out`).
 """
 
 from __future__ import annotations
 
 import importlib
+import re
+from dataclasses import dataclass
 
 import jsonschema
 
@@ -21,8 +24,7 @@ from constraints import regex_atoms as ra
 from constraints.all_of import merge_conjuncts
 from constraints.budget import TooLarge, cap_items, cap_length, check_size
 from constraints.drafts import check_draft
-from constraints.object_keys import close_required, dependency_lists, is_forbidden, key_schema
-from constraints.pattern_properties import pattern_pairs, with_extra_pairs
+from constraints.object_regex import object_regex
 from constraints.refs import REF_DEPTH, RefStack, pointer, unroll
 from constraints.schema_errors import Unsatisfiable, UnsupportedSchema
 from constraints.string_patterns import string_regex
@@ -86,29 +88,49 @@ def strict_validator(schema):
     return cls(schema, format_checker=cls.FORMAT_CHECKER)
 
 
-def schema_to_regex(schema: dict | bool, *, whitespace: str = ra.WS, ref_depth: int | None = None) -> str:
+@dataclass(frozen=True)
+class SchemaRegex:
+    regex: str
+    left_out: tuple[str, ...] = ()  # optional properties never generated: "<pointer>: <why>" (refs.unroll)
+
+
+def translate_schema(
+    schema: dict | bool, *, whitespace: str = ra.WS, ref_depth: int | None = None
+) -> SchemaRegex:
     """Translate a JSON Schema to a regex; raises UnsupportedSchema naming the first unsupported keyword.
 
     `ref_depth`: how many times one recursive $ref target may be unrolled on a path; None: the largest
-    depth up to refs.REF_DEPTH whose regex fits refs.REGEX_BUDGET.
+    depth up to refs.REF_DEPTH whose regex fits refs.REGEX_BUDGET. `left_out` names the optional
+    properties left out because their values alone were too large to compile (see refs.py `unroll`).
     """
     check_draft(schema)
+    left_out: list[str] = []
 
-    def translate(depth: int) -> str:
-        t = _Translator(schema, whitespace, depth)
+    def translate(depth: int, leave_out_large: bool) -> str:
+        t = _Translator(schema, whitespace, depth, leave_out_large)
         try:
-            return t.value(schema, "#", 0)
+            regex = t.value(schema, "#", 0)
         except TooLarge as e:
             e.recursive = t.refs.recursive  # refs.unroll retries a smaller depth only when this is set
             raise
+        left_out[:] = t.left_out
+        return regex
 
-    return unroll(translate, ref_depth)
+    regex = unroll(translate, ref_depth)
+    return SchemaRegex(regex, tuple(left_out))
+
+
+def schema_to_regex(schema: dict | bool, *, whitespace: str = ra.WS, ref_depth: int | None = None) -> str:
+    """`translate_schema(...).regex`."""
+    return translate_schema(schema, whitespace=whitespace, ref_depth=ref_depth).regex
 
 
 class _Translator:
-    def __init__(self, root: dict | bool, ws: str, ref_depth: int = REF_DEPTH):
+    def __init__(self, root: dict | bool, ws: str, ref_depth: int = REF_DEPTH, leave_out_large: bool = False):
         self.root, self.ws = root, ws
         self.refs = RefStack(root, ref_depth)
+        self.leave_out_large = leave_out_large  # refs.unroll's last pass
+        self.left_out: list[str] = []
 
     # --- entry point per subschema -------------------------------------------------------------
     def value(self, s: dict | bool, path: str, depth: int) -> str:
@@ -256,54 +278,11 @@ class _Translator:
         return check_size(rf"\[{body}\]" if lo >= 1 else rf"\[(?:{body})?\]", path, "array (items x count)")
 
     def object(self, s: dict, path: str, depth: int) -> str:
-        props: dict = {k: key_schema(s, k) for k in s.get("properties", {})}  # with matching patterns
-        ap = s.get("additionalProperties", True)
-        for kw in ("dependencies", "dependentRequired"):
-            for key, dep in s.get(kw, {}).items():
-                if not isinstance(dep, list):
-                    raise UnsupportedSchema(f"unsupported: {kw} with a schema (at {path}/{kw}/{key})")
-        deps = dependency_lists(s)
-        required = close_required(s.get("required", []), deps)
-        for key in required:  # undeclared (required or via dependencies): additionalProperties governs it
-            props.setdefault(key, key_schema(s, key))
-        for key in required:
-            if is_forbidden(props[key]):  # unsatisfiable: refuse rather than emit an invalid object
-                kw = "properties/" + key if key in s.get("properties", {}) else "additionalProperties"
-                why = "required" if key in s.get("required", []) else "required (by dependencies)"
-                raise Unsatisfiable(
-                    f"unsupported: {why} property {key!r} forbidden by {kw.split('/')[0]} "
-                    f"(no object validates) (at {path}/{kw})"
-                )
-        forbidden = {k for k, v in props.items() if is_forbidden(v)}
-        # an optional key is emitted only when its dependencies are present anyway
-        emit_optional = [
-            k for k in props if k not in required + list(forbidden) and set(deps.get(k, [])) <= set(required)
-        ]
-        fields = []
-        for key in [k for k in props if k in required or k in emit_optional]:
-            try:
-                val = self.value(props[key], f"{path}/properties/{key}", depth + 1)
-            except Unsatisfiable:
-                if key in required:
-                    raise
-                continue  # no value validates: a valid object never has this key
-            fields.append((f"{ra.json_literal(key)}:{self.ws}{val}", key in required))
-        if s.get("patternProperties"):  # keys from the patterns' languages (pattern_properties.py)
-            pairs = pattern_pairs(self, s, props, deps, path, depth)
-            return with_extra_pairs(counting.count_fields(fields, s, path), pairs, "," + self.ws)
-        if not props and ap is not False:  # a free-form map: string keys, values per additionalProperties
-            if deps:  # any generated key could be a dependency's trigger
-                raise UnsupportedSchema(f"unsupported: dependencies on a map without properties (at {path})")
-            try:
-                apv = ap if isinstance(ap, dict) else {}
-                val = self.value(apv, path + "/additionalProperties", depth + 1)
-            except Unsatisfiable:  # no value for any key (or none that ends at the $ref bound): only {}
-                if int(s.get("minProperties", 0)) > 0:
-                    raise
-                return r"\{\}"
-            return counting.free_map(self, s, val, path, depth)
-        obj = ra.object_body(counting.count_fields(fields, s, path), "," + self.ws)
-        return check_size(obj, path, "object")  # budget.py: refuse an automaton too big to compile
+        return object_regex(self, s, path, depth)  # object_regex.py: keys, dependencies, size fallback
+
+    def leave_out(self, where: str, too_large: Exception) -> None:
+        why = re.sub(r" \(at [^()]*\)$", "", str(too_large).removeprefix("unsupported: "))
+        self.left_out.append(f"{where}: {why}")
 
     def union(self, s: dict, path: str, depth: int) -> str:
         return union(self, s, path, depth, ANNOTATIONS)  # unions.py: overlap for anyOf, exclusivity for oneOf

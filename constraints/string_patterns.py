@@ -6,7 +6,8 @@ between the quotes, so each character set becomes "one raw character, or one sho
 generated (a subset, as everywhere in schema_regex.py).
 
 `pattern` is not anchored in JSON Schema (re.search): a top-level alternative without `^` gets any
-characters in front, one without `$` any characters after. `^`/`$` elsewhere are refused.
+characters in front, one without `$` any characters after. `^`/`$` elsewhere are refused, and lookarounds
+but for a leading `^(?!X)` (string_sets.py `leading_negative_lookahead`: X's strings excluded).
 
 One language (a pattern, or a format: string_formats.py) is narrowed to minLength/maxLength on the AST
 (`restrict`): repetition counts are narrowed and, in a sequence of several variable parts, the length budget
@@ -26,7 +27,12 @@ from constraints.char_automaton import TooComplex, combine
 from constraints.ecma_regex import ANY, EMPTY, Alt, Chars, Rep, Seq
 from constraints.schema_errors import Unsatisfiable, UnsupportedSchema
 from constraints.string_formats import FORMATS, format_node
-from constraints.string_sets import anchored_alternatives, split_conjunction
+from constraints.string_sets import (
+    anchored_alternatives,
+    leading_negative_lookahead,
+    search_superset,
+    split_conjunction,
+)
 
 __all__ = ["FORMATS", "emit", "pattern_node", "search_key", "string_regex"]
 
@@ -55,7 +61,11 @@ def string_regex(s: dict, lo: int, hi: int | None, path: str, exclude: tuple = (
     fmt, pat = s.get("format"), s.get("pattern")
     pos, what = [], []
     if pat is not None:
-        pos += [pattern_node(p, path + "/pattern") for p in split_conjunction(pat)]
+        for p in split_conjunction(pat):
+            if (la := leading_negative_lookahead(p)) is not None:  # ^(?!X)R: R's strings, none starting X
+                p, starts = la
+                exclude = (*exclude, *((search_superset(x, path + "/pattern"),) for x in starts))
+            pos.append(pattern_node(p, path + "/pattern"))
         what.append(f"pattern {pat!r}")
     if fmt in FORMATS:
         pos.append(format_node(fmt))

@@ -12,6 +12,10 @@ and names would clash).
 `search_superset` is the other side, for `not: {pattern}` (negation.py): an AST holding every string
 re.search accepts, read on the `may` side (ecma_regex.py), padded where unanchored, and with a final `$`
 also matching before a trailing newline, as in Python; excluding it is sound.
+
+`leading_negative_lookahead` reads the one lookaround shape real schemas use ("a name, but not one that
+starts with org.bukkit."): `^(?!X)R` matches exactly the strings `^R` matches that no alternative of X
+starts, so string_patterns.py generates `^R` and excludes `^X`'s strings through the same `not` machinery.
 """
 
 from __future__ import annotations
@@ -104,3 +108,55 @@ def search_superset(pattern: str, where: str):
 def literals(values: list[str]):
     seqs = [Seq(tuple(literal(ch) for ch in v)) for v in values]
     return seqs[0] if len(seqs) == 1 else Alt(tuple(seqs))
+
+
+def _top_level(pattern: str) -> list[tuple[int, str]]:
+    """(index, char) of each `(`, `)` and `|` outside escapes and character classes, with its depth change
+    left to the caller; None-safe for the well-formed patterns Python's `re` compiled."""
+    out, i, in_class = [], 0, False
+    while i < len(pattern):
+        c = pattern[i]
+        if c == "\\":
+            i += 2
+            continue
+        if in_class:
+            in_class = c != "]"
+        elif c == "[":
+            in_class = True
+            if pattern[i + 1 : i + 2] == "^":
+                i += 1
+            if pattern[i + 1 : i + 2] == "]":  # a leading ']' is a literal inside the class
+                i += 1
+        elif c in "()|":
+            out.append((i, c))
+        i += 1
+    return out
+
+
+def leading_negative_lookahead(pattern: str) -> tuple[str, list[str]] | None:
+    """For `^(?!X)R` with no top-level `|` in R: ("^R", ["^X1", "^X2", ...]) for X's alternatives (a
+    leading `^` inside X is implied); None for any other pattern."""
+    if not (isinstance(pattern, str) and pattern.startswith("^(?!") and _compiles(pattern)):
+        return None
+    depth, close, alts, start = 0, None, [], len("^(?!")
+    for i, c in _top_level(pattern):
+        if c == "(":
+            depth += 1
+        elif c == ")":
+            depth -= 1
+            if depth == 0:
+                close = i
+                break
+        elif depth == 1:
+            alts.append(pattern[start:i])
+            start = i + 1
+    if close is None:
+        return None
+    alts.append(pattern[start:close])
+    rest = pattern[close + 1 :]
+    depth = 0
+    for _, c in _top_level(rest):
+        depth += {"(": 1, ")": -1}.get(c, 0)
+        if c == "|" and depth == 0:
+            return None  # the lookahead guards only the first alternative
+    return "^" + rest, ["^" + a.removeprefix("^") for a in alts]

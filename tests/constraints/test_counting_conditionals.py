@@ -259,3 +259,36 @@ def test_check_schema_rollouts_validate(name, vocab):
     """What `dgbatch check-schema` runs: random-logit rollouts through the commit DP validate."""
     res = check_one(EXACT[name][0], vocab, [1], max_new_tokens=256, canvas_length=32, seed=0)
     assert res["supported"] and res["valid"], (name, res)
+
+
+def test_a_chain_of_conditionals_on_one_key_decides_at_each_step():
+    """JsonSchemaStore's minecraft-item-modifier shape: allOf of `if {k: const c_i}` / `then`, one per value
+    of k. Each `if` is tried with k present first and a side whose const/enum clash is found before the
+    conditionals below it are chosen, so the search is linear, not 2^20 (it used to hit MAX_TRIES)."""
+    kinds = [f"kind{i}" for i in range(20)]
+    schema = {
+        "type": "object",
+        "properties": {"k": {"enum": kinds}},
+        "required": ["k"],
+        "allOf": [{"if": {"properties": {"k": {"const": c}}},
+                   "then": {"properties": {f"p{i}": {"type": "integer", "maximum": i}},
+                            "required": [f"p{i}"]}}
+                  for i, c in enumerate(kinds)],
+    }
+    rx = schema_to_regex(schema)
+    assert accepts(rx, '{"k":"kind0","p0":0}') and not accepts(rx, '{"k":"kind0","p0":1}')
+    assert not accepts(rx, '{"k":"kind0"}')  # kind0's `then` holds
+    values = assert_walks_valid(schema, 60)
+    assert {v["k"] for v in values} == {"kind0"}  # the first side that holds is the one generated
+
+
+def test_a_key_pinned_by_the_rest_fails_an_if_only_by_json_equality():
+    # the rest pins k to 1; `if` wants 1.0, which is the same JSON number: `then` must hold, not `else`
+    schema = {"type": "object", "properties": {"k": {"const": 1}}, "required": ["k"],
+              "if": {"properties": {"k": {"const": 1.0}}}, "then": {"required": ["t"]},
+              "else": {"required": ["e"]}}
+    rx = schema_to_regex(schema)
+    assert not accepts(rx, '{"k":1,"e":0}')
+    assert all("t" in v for v in assert_walks_valid(schema, 30))
+    pinned = {**schema, "if": {"properties": {"k": {"enum": [2, True]}}}}  # true != 1: `if` fails
+    assert all("e" in v and "t" not in v for v in assert_walks_valid(pinned, 30))

@@ -137,6 +137,32 @@ def test_class_escapes_sound_in_both_dialects(esc):
 
 
 @pytest.mark.parametrize(
+    "pattern,good,bad",
+    [  # JsonSchemaStore's bukkit-plugin and mongodb-atlas-search-index-definition
+        (r"^(?!org\.bukkit\.)([a-zA-Z_$][a-zA-Z\d_$]*\.)*[a-zA-Z_$][a-zA-Z\d_$]*$",
+         ["org.foo.Main", "a.b", "org.bukki.X"], ["org.bukkit.Main", "org.bukkit.a.B", "1x"]),
+        (r"^(?!^lucene\.|builtin\.|mongodb\.).*", ["lucene", "x.lucene.", "", "builtin"],
+         ["lucene.x", "builtin.", "mongodb.a"]),
+        (r"^(?![(|])a[|]", ["a|", "a|b"], ["(a|", "b|"]),
+    ],
+)
+def test_a_leading_negative_lookahead_excludes_what_it_names(pattern, good, bad):
+    schema = s(pattern, maxLength=24)
+    rx = schema_to_regex(schema)
+    for v in good:
+        assert accepts(rx, json.dumps(v)), v
+    for v in bad:
+        assert not accepts(rx, json.dumps(v)), v
+    assert all(re.search(pattern, v) for v in assert_walks_valid(schema))
+
+
+def test_a_negative_lookahead_guarding_one_alternative_is_still_refused():
+    for pattern in ("^(?!a)b|c", "x(?!a)b", "^(?=a)b"):
+        with pytest.raises(UnsupportedSchema, match="lookaround"):
+            schema_to_regex(s(pattern))
+
+
+@pytest.mark.parametrize(
     "pattern,why",
     [
         ("^a(?=b)", "lookaround"),

@@ -17,7 +17,7 @@ from constraints import budget
 from constraints import regex_atoms as ra
 from constraints.dfa import build_token_dfa, byte_dfa
 from constraints.schema_errors import UnsupportedSchema
-from constraints.schema_regex import schema_to_regex, strict_validator
+from constraints.schema_regex import schema_to_regex, strict_validator, translate_schema
 from constraints.walks import byte_accepts as accepts
 from constraints.walks import byte_walks, decode, token_walks
 from jobs import cmd_check_schema
@@ -89,15 +89,33 @@ def test_max_items_is_capped_and_min_items_kept():
     assert not accepts(schema_to_regex(at_least), json.dumps([1] * 19))
 
 
-def test_oversized_parts_are_refused_naming_the_part():
-    props = {f"k{i}": {"type": "string", "maxLength": 64} for i in range(130)}
-    wide = {"type": "object", "properties": props}
+def test_oversized_required_parts_are_refused_naming_the_part():
+    props = {f"k{i}": {"type": "string", "maxLength": 64} for i in range(400)}
+    wide = {"type": "object", "properties": props, "required": list(props)}
     with pytest.raises(UnsupportedSchema, match=r"object too large to compile .*\(at #\)"):
         schema_to_regex(wide)
     item = {"type": "object", "properties": {f"k{i}": {"type": "string", "maxLength": 64} for i in range(8)}}
-    tall = {"type": "object", "properties": {"rows": {"type": "array", "items": item, "minItems": 200}}}
+    tall = {"type": "object", "properties": {"rows": {"type": "array", "items": item, "minItems": 200}},
+            "required": ["rows"]}
     with pytest.raises(UnsupportedSchema, match=r"array \(items x count\) too large .*at #/properties/rows"):
         schema_to_regex(tall)
+
+
+def test_oversized_optional_parts_are_left_out_and_named():
+    props = {f"k{i}": {"type": "string", "maxLength": 64} for i in range(130)}
+    wide = translate_schema({"type": "object", "properties": props})
+    gone = {w.split(":")[0].removeprefix("#/properties/") for w in wide.left_out}
+    assert 0 < len(gone) < 130  # the largest optional fields, until the object fits
+    assert all("object too large to compile" in w for w in wide.left_out)
+    kept = sorted(set(props) - gone)
+    assert accepts(wide.regex, json.dumps({kept[0]: "a", kept[-1]: "b"}))
+    assert not accepts(wide.regex, json.dumps({kept[0]: "a", sorted(gone)[0]: "b"}))
+    item = {"type": "object", "properties": {f"k{i}": {"type": "string", "maxLength": 64} for i in range(8)}}
+    tall = {"type": "object", "properties": {"rows": {"type": "array", "items": item, "minItems": 200},
+                                             "id": {"type": "integer"}}}
+    got = translate_schema(tall)
+    assert [w.split(":")[0] for w in got.left_out] == ["#/properties/rows"]
+    assert accepts(got.regex, '{"id":3}') and not accepts(got.regex, '{"rows":[]}')
     with pytest.raises(UnsupportedSchema, match=r"minItems 300 .*\(at #\)"):
         schema_to_regex({"type": "array", "minItems": 300})
 
@@ -177,7 +195,8 @@ def test_walks_report_a_counterexample(vocab):
 def test_cli_prints_valid_no_with_the_counterexample(tmp_path, monkeypatch, capsys):
     from constraints import schema_regex
 
-    monkeypatch.setattr(schema_regex, "schema_to_regex", lambda schema, **kw: ra.INTEGER)  # a broken compiler
+    broken = lambda schema, **kw: schema_regex.SchemaRegex(ra.INTEGER)  # noqa: E731 - a broken compiler
+    monkeypatch.setattr(schema_regex, "translate_schema", broken)
     (tmp_path / "s.json").write_text(json.dumps({"type": "string"}))
     parser = argparse.ArgumentParser()
     cmd_check_schema.add_parser(parser)
