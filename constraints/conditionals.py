@@ -18,13 +18,13 @@ Each is rewritten into plain conjunctions (merged as allOf, all_of.py) whose eve
 from __future__ import annotations
 
 import contextvars
-import json
 
 from constraints import negation
 from constraints.all_of import merge_conjuncts
 from constraints.object_keys import close_required, dependency_lists
 from constraints.property_names import filter_declared
 from constraints.schema_errors import Unsatisfiable, UnsupportedSchema
+from constraints.unions import same_value
 
 _CONDITIONAL = ("if", "then", "else")
 _TYPES = ("object", "array", "string", "integer", "number", "boolean", "null")
@@ -61,6 +61,7 @@ def _if_then_else(tr, s: dict, path: str, depth: int) -> str:
 def _choose(tr, s: dict, path: str, depth: int, tried: list[int]) -> str:
     rest = {k: v for k, v in s.items() if k not in _CONDITIONAL}
     cond, then, other = s["if"], s.get("then", True), s.get("else", True)
+    rest_parts = tr.conjuncts(rest, path, depth)  # once: every call pushes rest's $refs again (refs.py)
     choices = []
     if isinstance(cond, dict) and set(cond.get("properties", {})) - set(cond.get("required", [])):
         # `if` holding because its keys are present and match, not vacuously: a chain of conditionals on
@@ -69,19 +70,19 @@ def _choose(tr, s: dict, path: str, depth: int, tried: list[int]) -> str:
         choices.append(
             lambda: tr.conjuncts(present, path + "/if", depth) + tr.conjuncts(then, path + "/then", depth)
         )
+    keys_present = len(choices)  # 1 when the keys-present side leads; the plain if+then side comes next
     if cond is not False:
         choices.append(
             lambda: tr.conjuncts(cond, path + "/if", depth) + tr.conjuncts(then, path + "/then", depth)
         )
     fails = negations(cond)
-    if _fails_already(tr, rest, cond, path, depth):  # `rest` pins a key to values `if` excludes
+    if _fails_already(rest_parts, cond, path):  # `rest` pins a key to values `if` excludes
         fails.insert(0, {})
     if isinstance(cond, dict) and cond:  # any other way to fail `if` (negation.py), after the cheap ones
         fails.append({"not": cond})
     for fails_if in fails:
         choices.append(lambda f=fails_if: [(path + "/if", f)] + tr.conjuncts(other, path + "/else", depth))
     first: UnsupportedSchema | None = None
-    keys_present = len(choices) - len(fails) - (cond is not False)  # 1 when the keys-present side leads
     for i, parts in enumerate(choices):
         tried[0] += 1
         if tried[0] > MAX_TRIES:  # nested conditionals (allOf of many) backtrack: bound the search
@@ -89,7 +90,7 @@ def _choose(tr, s: dict, path: str, depth: int, tried: list[int]) -> str:
                 f"unsupported: if/then/else (over {MAX_TRIES} nested if/then/else sides tried) (at {path}/if)"
             )
         try:
-            merged = merge_conjuncts(tr.conjuncts(rest, path, depth) + parts(), path)
+            merged = merge_conjuncts(rest_parts + parts(), path)
             _check_required_values(merged, path)
             return tr.value(merged, path, depth)
         except UnsupportedSchema as e:  # Unsatisfiable included: try the other side
@@ -103,20 +104,9 @@ def _choose(tr, s: dict, path: str, depth: int, tried: list[int]) -> str:
     raise err
 
 
-def _canon(v):
-    """`v` with every number a float, so equal texts mean JSON equality (1 == 1.0, true != 1)."""
-    if isinstance(v, bool) or v is None or isinstance(v, str):
-        return v
-    if isinstance(v, (int, float)):
-        return float(v)
-    if isinstance(v, list):
-        return [_canon(x) for x in v]
-    return {k: _canon(x) for k, x in v.items()}
-
-
-def _values(s) -> set[str] | None:
-    """The values (canonical JSON texts) that `s`'s const/enum parts, its allOf ones too (nested), all
-    allow; None when it has none."""
+def _values(s) -> list | None:
+    """The values that `s`'s const/enum parts, its allOf ones too (nested), all allow (JSON equality:
+    1 == 1.0, true != 1); None when it has none."""
     common, todo = None, [s]
     while todo:  # merge_conjuncts nests allOf parts
         part = todo.pop()
@@ -125,9 +115,12 @@ def _values(s) -> set[str] | None:
         todo += part.get("allOf", [])
         values = [part["const"]] if "const" in part else part.get("enum")
         if isinstance(values, list):
-            texts = {json.dumps(_canon(v), sort_keys=True) for v in values}
-            common = texts if common is None else common & texts
+            common = values if common is None else [x for x in common if _among(x, values)]
     return common
+
+
+def _among(x, values: list) -> bool:
+    return any(same_value(x, y) for y in values)
 
 
 def _check_required_values(s: dict, path: str) -> None:
@@ -142,20 +135,22 @@ def _check_required_values(s: dict, path: str) -> None:
                                 f"value (at {path})")
 
 
-def _fails_already(tr, rest: dict, cond, path: str, depth: int) -> bool:
-    """Whether every object `rest` allows fails `cond` on a key: required by `rest`, with const/enum values
-    that `cond`'s const/enum for that key excludes. Then `else` needs no `not` (negation.py would have to
-    write one more way to fail per conditional of a chain)."""
+def _fails_already(rest_parts: list, cond, path: str) -> bool:
+    """Whether every object the rest (its conjuncts) allows fails `cond` on a key: required by the rest,
+    with const/enum values that `cond`'s const/enum for that key excludes. Then `else` needs no `not`
+    (negation.py would have to write one more way to fail per conditional of a chain)."""
     if not isinstance(cond, dict) or not cond.get("properties"):
         return False
     try:
-        merged = merge_conjuncts(tr.conjuncts(rest, path, depth), path)
+        merged = merge_conjuncts(rest_parts, path)
     except UnsupportedSchema:
         return False
     props = merged.get("properties", {})
     for key, sub in cond["properties"].items():
         have, want = _values(props.get(key)), _values(sub)
-        if key in merged.get("required", []) and have is not None and want is not None and not have & want:
+        if key in merged.get("required", []) and have is not None and want is not None and not any(
+            _among(x, want) for x in have
+        ):
             return True
     return False
 

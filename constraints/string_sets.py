@@ -111,8 +111,8 @@ def literals(values: list[str]):
 
 
 def _top_level(pattern: str) -> list[tuple[int, str]]:
-    """(index, char) of each `(`, `)` and `|` outside escapes and character classes, with its depth change
-    left to the caller; None-safe for the well-formed patterns Python's `re` compiled."""
+    """(index, char) of each `(`, `)` and `|` outside escapes and character classes (the caller tracks the
+    nesting); meant for patterns Python's `re` has compiled."""
     out, i, in_class = [], 0, False
     while i < len(pattern):
         c = pattern[i]
