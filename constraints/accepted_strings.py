@@ -3,9 +3,10 @@
 `string_dnf(root, N)` is a union of conjunctions of pattern ASTs (ecma_regex.py), each read on the `may`
 side, so it holds every string Python's `re` and jsonschema could accept (a superset: excluding it is
 sound). `pattern` is re.search (string_sets.py `search_superset`); minLength/maxLength and string
-enum/const values are exact; `anyOf` is the union of its branches. Keywords that only constrain other
-kinds say nothing about strings and are skipped; a checked format (we know only a subset of its language),
-oneOf, `not` and if/then/else inside N are refused by name.
+enum/const values are exact; `anyOf` is the union of its branches, and so is `oneOf` (a string matching
+exactly one branch matches at least one: the union is a superset). Keywords that only constrain other kinds
+say nothing about strings and are skipped; a checked format (we know only a subset of its language), `not`
+and if/then/else inside N are refused by name.
 """
 
 from __future__ import annotations
@@ -17,8 +18,8 @@ from constraints.string_formats import FORMATS
 from constraints.string_sets import search_superset, split_conjunction
 from constraints.unions import conjuncts, kinds_of
 
-_STRING_KEYS = {"pattern", "minLength", "maxLength", "enum", "const", "format", "anyOf"}
-_UNREADABLE = {"oneOf", "not", "if", "$dynamicRef", "$recursiveRef"}  # could hold for strings: unknown
+_STRING_KEYS = {"pattern", "minLength", "maxLength", "enum", "const", "format", "anyOf", "oneOf"}
+_UNREADABLE = {"not", "if", "$dynamicRef", "$recursiveRef"}  # could hold for strings: unknown
 
 
 def _literals(values: list[str]):
@@ -55,8 +56,8 @@ def string_dnf(root, schema, path: str) -> list[tuple]:
                 terms = [x + (_literals(strings),) for x in terms] if strings else []
             elif k == "format" and (v in FORMATS or v in ra.CHECKED_FORMATS):
                 raise UnsupportedSchema(f"unsupported: not with format {v!r} inside (at {path})")
-            elif k == "anyOf":
-                subs = [y for b in v for y in string_dnf(root, b, path + "/anyOf")]
+            elif k in ("anyOf", "oneOf"):  # oneOf read as anyOf: a superset
+                subs = [y for b in v for y in string_dnf(root, b, f"{path}/{k}")]
                 terms = [x + y for x in terms for y in subs]
     if hi is not None and hi < lo:
         return []

@@ -65,12 +65,14 @@ class TooLarge(UnsupportedSchema):
     recursive = False
 
 
-def check_size(regex: str, path: str, what: str) -> str:
+def check_size(regex: str, path: str, what: str, written_again: int = 0) -> str:
     """`regex` unchanged, or TooLarge naming `what` at `path` when its automaton would be too big (or its
-    text too long: parsing and hashing it is linear in the text, which repeated groups can blow up)."""
-    if len(regex) > MAX_REGEX_CHARS:
+    text too long: parsing and hashing it is linear in the text, which repeated groups can blow up).
+    `written_again`: characters of a group the regex writes a second time (an array's item), which
+    composed_dfa.py builds once: they do not count against the text bound."""
+    if len(regex) - written_again > MAX_REGEX_CHARS:
         raise TooLarge(
-            f"unsupported: {what} too large to compile ({len(regex)} regex characters, over "
+            f"unsupported: {what} too large to compile ({len(regex) - written_again} regex characters, over "
             f"{MAX_REGEX_CHARS}) (at {path})"
         )
     n = estimate_states(regex)

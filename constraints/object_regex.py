@@ -14,7 +14,7 @@ from constraints import counting
 from constraints import regex_atoms as ra
 from constraints.budget import TooLarge, check_size
 from constraints.object_keys import close_required, dependency_lists, is_forbidden, key_schema
-from constraints.pattern_properties import pattern_pairs, with_extra_pairs
+from constraints.pattern_properties import pairs_only, pattern_pairs, with_extra_pairs
 from constraints.refs import RefBudget
 from constraints.schema_errors import Unsatisfiable, UnsupportedSchema
 
@@ -60,6 +60,8 @@ def object_regex(tr, s: dict, path: str, depth: int) -> str:
         fields.append((f"{ra.json_literal(key)}:{tr.ws}{val}", key in required, key))
     if s.get("patternProperties"):  # keys from the patterns' languages (pattern_properties.py)
         pairs = pattern_pairs(tr, s, props, deps, path, depth)
+        if pairs and not props and int(s.get("minProperties", 0)) == 1:  # one pattern key makes the count
+            return pairs_only(pairs, "," + tr.ws)
         return with_extra_pairs(counting.count_fields([f[:2] for f in fields], s, path), pairs, "," + tr.ws)
     if not props and ap is not False:  # a free-form map: string keys, values per additionalProperties
         if deps:  # any generated key could be a dependency's trigger

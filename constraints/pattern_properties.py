@@ -24,7 +24,7 @@ from constraints.schema_errors import UnsupportedSchema
 from constraints.string_patterns import search_key, string_regex
 
 PAIR_STATES = 2_000  # a pattern whose value's automaton is estimated bigger than this supplies no keys
-_NO_EXTRA_KEYS = ("maxProperties", "propertyNames", "unevaluatedProperties")
+_NO_EXTRA_KEYS = ("maxProperties", "propertyNames")  # unevaluatedProperties is rewritten (unevaluated.py)
 
 
 def pattern_pairs(tr, s: dict, props: dict, deps: dict, path: str, depth: int) -> list[str]:
@@ -58,12 +58,23 @@ def pattern_pairs(tr, s: dict, props: dict, deps: dict, path: str, depth: int) -
     return pairs
 
 
+def _pair_and_more(pairs: list[str], sep: str) -> tuple[str, str]:
+    pair = pairs[0] if len(pairs) == 1 else "(?:" + "|".join(pairs) + ")"
+    return pair, f"(?:{sep}{pair})*"
+
+
+def pairs_only(pairs: list[str], sep: str) -> str:
+    """An object of one or more `pairs` and no declared keys: it has a key, so minProperties 1 holds (a
+    declared key could be repeated by a pattern key and not count, hence only without declared keys)."""
+    pair, more = _pair_and_more(pairs, sep)
+    return rf"\{{{pair}{more}\}}"
+
+
 def with_extra_pairs(fields: list[tuple[str, bool]], pairs: list[str], sep: str) -> str:
     """ra.object_body(fields) followed by any number of `pairs` (commas only between members)."""
     if not pairs:
         return ra.object_body(fields, sep)
-    pair = pairs[0] if len(pairs) == 1 else "(?:" + "|".join(pairs) + ")"
-    more = f"(?:{sep}{pair})*"
+    pair, more = _pair_and_more(pairs, sep)
     if not fields:
         return rf"\{{(?:{pair}{more})?\}}"
     body = ra.object_body(fields, sep)[2:-2]  # without the braces

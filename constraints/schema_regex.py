@@ -28,6 +28,7 @@ from constraints.object_regex import object_regex
 from constraints.refs import REF_DEPTH, RefStack, pointer, unroll
 from constraints.schema_errors import Unsatisfiable, UnsupportedSchema
 from constraints.string_patterns import string_regex
+from constraints.unevaluated import without_unevaluated
 from constraints.unions import union
 
 ANNOTATIONS = {
@@ -51,7 +52,6 @@ UNSUPPORTED = {
     "contains",
     "minContains",
     "maxContains",
-    "unevaluatedProperties",
     "unevaluatedItems",
     "$dynamicRef",
     "$recursiveRef",
@@ -144,6 +144,8 @@ class _Translator:
             raise Unsatisfiable(f"unsupported: false schema at {path} (no value validates)")
         if not isinstance(s, dict):
             raise UnsupportedSchema(f"unsupported: {type(s).__name__} as a schema (at {path})")
+        if "unevaluatedProperties" in s:  # unevaluated.py: rewritten into what the parts declare
+            return self.value(without_unevaluated(self, s, path, depth), path, depth)
         for key in s:
             if key in UNSUPPORTED:
                 raise UnsupportedSchema(f"unsupported: {key} (at {path})")
@@ -275,7 +277,8 @@ class _Translator:
         more_lo = max(lo - 1, 0)
         more_hi = "" if hi is None else str(int(hi) - 1)
         body = f"{item}(?:{sep}{item}){{{more_lo},{more_hi}}}"
-        return check_size(rf"\[{body}\]" if lo >= 1 else rf"\[(?:{body})?\]", path, "array (items x count)")
+        rx = rf"\[{body}\]" if lo >= 1 else rf"\[(?:{body})?\]"
+        return check_size(rx, path, "array (items x count)", written_again=len(item))
 
     def object(self, s: dict, path: str, depth: int) -> str:
         return object_regex(self, s, path, depth)  # object_regex.py: keys, dependencies, size fallback

@@ -11,7 +11,9 @@ and names would clash).
 
 `search_superset` is the other side, for `not: {pattern}` (negation.py): an AST holding every string
 re.search accepts, read on the `may` side (ecma_regex.py), padded where unanchored, and with a final `$`
-also matching before a trailing newline, as in Python; excluding it is sound.
+also matching before a trailing newline, as in Python; excluding it is sound. It widens the pattern where
+that keeps the exclusion small (long counts unbounded) or possible at all (word boundaries dropped): still
+a superset, so what is generated outside it still fails the pattern.
 
 `leading_negative_lookahead` reads the one lookaround shape real schemas use ("a name, but not one that
 starts with org.bukkit."): `^(?!X)R` matches exactly the strings `^R` matches that no alternative of X
@@ -29,6 +31,7 @@ PREFIX = r"^(?=[\s\S]*?(?:"
 SEP = r"))(?=[\s\S]*?(?:"
 SUFFIX = "))"
 _PAD = Rep(ANY, 0, None)
+WIDEN_COUNT = 8  # search_superset: counted repetitions past this become unbounded (a superset)
 _GROUP_REFS = re.compile(r"\\[1-9]|\(\?P[<=]|\(\?<[A-Za-z_]|\\k<|\\g<")
 
 
@@ -97,12 +100,27 @@ def _has_anchor(n) -> bool:
 
 
 def search_superset(pattern: str, where: str):
-    """An AST whose language holds every string re.search(pattern, .) accepts (read on the `may` side)."""
+    """An AST whose language holds every string re.search(pattern, .) accepts (read on the `may` side).
+    Word boundaries are dropped first: without an assertion a pattern matches more, never less; and long
+    counted repetitions are widened (`_widened`) so excluding the language stays a small automaton."""
     alts = []
-    for items, start, end in anchored_alternatives(pattern, where):
+    for items, start, end in anchored_alternatives(_without_word_boundaries(pattern), where):
         tail = [Rep(literal("\n"), 0, 1)] if end else [_PAD]
-        alts.append(Seq(tuple(([] if start else [_PAD]) + items + tail)))
+        alts.append(Seq(tuple(([] if start else [_PAD]) + [_widened(x) for x in items] + tail)))
     return alts[0] if len(alts) == 1 else Alt(tuple(alts))
+
+
+def _widened(n):
+    """`n` with each repetition counted past WIDEN_COUNT made unbounded from at most WIDEN_COUNT copies on:
+    a superset (`x{1,256}` becomes `x{1,}`), which needs a few automaton states instead of hundreds."""
+    if isinstance(n, Rep):
+        item = _widened(n.item)
+        if n.hi is None or n.hi > WIDEN_COUNT:
+            return Rep(item, min(n.lo, WIDEN_COUNT), None)
+        return Rep(item, n.lo, n.hi)
+    if isinstance(n, (Seq, Alt)):
+        return type(n)(tuple(_widened(x) for x in n.items))
+    return n
 
 
 def literals(values: list[str]):
@@ -110,27 +128,35 @@ def literals(values: list[str]):
     return seqs[0] if len(seqs) == 1 else Alt(tuple(seqs))
 
 
-def _top_level(pattern: str) -> list[tuple[int, str]]:
-    """(index, char) of each `(`, `)` and `|` outside escapes and character classes (the caller tracks the
-    nesting); meant for patterns Python's `re` has compiled."""
+def _tokens(pattern: str) -> list[tuple[int, str, bool]]:
+    """(offset, text, inside a character class) of each escape (two characters) or single character, for
+    patterns Python's `re` has compiled; a class's opening `[` and closing `]` count as outside it."""
     out, i, in_class = [], 0, False
     while i < len(pattern):
         c = pattern[i]
         if c == "\\":
+            out.append((i, pattern[i : i + 2], in_class))
             i += 2
             continue
-        if in_class:
-            in_class = c != "]"
-        elif c == "[":
-            in_class = True
-            if pattern[i + 1 : i + 2] == "^":
-                i += 1
-            if pattern[i + 1 : i + 2] == "]":  # a leading ']' is a literal inside the class
-                i += 1
-        elif c in "()|":
-            out.append((i, c))
+        if in_class and c == "]":
+            in_class = False
+        elif not in_class and c == "[":
+            out.append((i, c, False))
+            i, in_class = i + 1, True
+            for lead in ("^", "]"):  # a leading ']' (after an optional '^') is a literal in the class
+                if pattern[i : i + 1] == lead:
+                    out.append((i, lead, True))
+                    i += 1
+            continue
+        out.append((i, c, in_class))
         i += 1
     return out
+
+
+def _top_level(pattern: str) -> list[tuple[int, str]]:
+    """(offset, char) of each `(`, `)` and `|` outside escapes and character classes (the caller tracks
+    the nesting)."""
+    return [(i, t) for i, t, in_class in _tokens(pattern) if not in_class and t in ("(", ")", "|")]
 
 
 def leading_negative_lookahead(pattern: str) -> tuple[str, list[str]] | None:
@@ -160,3 +186,11 @@ def leading_negative_lookahead(pattern: str) -> tuple[str, list[str]] | None:
         if c == "|" and depth == 0:
             return None  # the lookahead guards only the first alternative
     return "^" + rest, ["^" + a.removeprefix("^") for a in alts]
+
+
+def _without_word_boundaries(pattern: str) -> str:
+    """`pattern` without its `\\b` / `\\B` assertions (a `\\b` inside a class is a backspace: kept); the
+    pattern itself when dropping them would not compile (a quantified assertion, say)."""
+    kept = [t for _, t, in_class in _tokens(pattern) if in_class or t not in ("\\b", "\\B")]
+    dropped = "".join(kept)
+    return dropped if dropped != pattern and _compiles(dropped) else pattern

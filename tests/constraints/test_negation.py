@@ -228,3 +228,13 @@ def test_real_oneof_with_an_overlap_keeps_exactly_one_branch():
     schema = json.loads((REAL / "Github_medium_o11666.json").read_text())
     rx = schema_to_regex(schema)
     assert accepts(rx, '{"type":"custom"}') and not accepts(rx, '{"type":"void"}')
+
+
+def test_not_oneof_of_strings_excludes_the_union_of_its_branches():
+    """A string matching exactly one branch matches at least one: excluding anyOf's union (a superset of
+    oneOf's strings) is sound (JsonSchemaStore's dein narrows a oneOf by `not` of one holding a oneOf)."""
+    schema = {"type": "string", "maxLength": 4, "not": {"oneOf": [{"pattern": "^a"}, {"pattern": "b$"}]}}
+    rx = schema_to_regex(schema)
+    assert accepts(rx, '"ba"') and not accepts(rx, '"ax"') and not accepts(rx, '"xb"')
+    values = assert_walks_valid(schema, 60)
+    assert values and not any(v.startswith("a") or v.endswith("b") for v in values)

@@ -286,6 +286,12 @@ PP_EXACT = {
         ['{"n_1":"s"}', "{}"],
     ),
     "untyped_is_object_only": ({"patternProperties": {"^k": INT}}, ['{"k":1}'], ['"s"', "1", '{"k":"s"}']),
+    "min_one_pattern_key": (  # JsonSchemaStore's pattern.json: a map of pattern keys, at least one
+        {"type": "object", "minProperties": 1,
+         "patternProperties": {"^.+$": {"type": "string", "maxLength": 3}}},
+        ['{"a":"x"}', '{"a":"x","b":"y"}'],
+        ["{}", '{"a":1}'],
+    ),
 }
 
 
@@ -360,3 +366,25 @@ def test_conjoined_pattern_splits_back_and_many_words_fall_back_to_their_own_mat
     rx = schema_to_regex(schema)
     assert all(accepts(rx, f'"{w}"') for w in words) and not accepts(rx, '"NEW SENT"')
     assert_walks_valid(schema)
+
+
+URL = (r"^https?:\/\/(www\.)?[-a-zA-Z0-9@:%._\+~#=]{1,256}\.[a-zA-Z0-9()]{1,6}\b"
+       r"([-a-zA-Z0-9()@:%_\+.~#?&//=]*)$")
+
+
+def test_a_oneof_beside_a_word_boundary_pattern_excludes_its_widened_language():
+    """JsonSchemaStore's dein `repo`: oneOf a URL pattern with `\\b` (which we cannot generate), a path and a
+    user/repo name. The URL branch adds nothing; the others exclude a superset of the URL's strings (the
+    `\\b` dropped, `{1,256}` widened to `{1,}`), so every output matches exactly one branch."""
+    schema = {"oneOf": [s(URL), s(r"^[~|/][a-zA-Z-_0-9/\.~]+$", maxLength=12),
+                        s(r"^[a-zA-Z-_0-9]+/[a-zA-Z-_0-9\.]+$", maxLength=12)]}
+    values = assert_walks_valid(schema)  # the validator checks oneOf: exactly one branch matches
+    assert any(v.startswith(("~", "/", "|")) for v in values) and any(v[0].isalnum() for v in values)
+    assert not any(re.search(URL, v) for v in values)
+
+
+@pytest.mark.parametrize("pattern", [r"\bid\b", r"^x{3,200}$", r"^[ab]{2,40}\Bc"])
+def test_not_pattern_excludes_a_superset_when_the_pattern_has_a_boundary_or_long_count(pattern):
+    schema = {"type": "string", "maxLength": 6, "not": {"pattern": pattern}}
+    values = assert_walks_valid(schema)
+    assert values and not any(re.search(pattern, v) for v in values)

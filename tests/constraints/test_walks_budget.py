@@ -212,3 +212,19 @@ def test_walks_reach_every_length_and_stop(vocab):
     lengths = {len(json.loads(decode(t, vocab))) for t in token_walks(dfa, vocab, 200, budget=10, seed=0)}
     assert lengths == {0, 1, 2, 3}
     assert np.all(dfa.dist >= 0)
+
+
+def test_an_arrays_item_written_twice_counts_once_against_the_text_bound(monkeypatch):
+    """`[item(,item)*]` writes the item twice; composed_dfa.py builds it once, so an item over half the
+    text bound still fits (WashingtonPost's wp_98: an array of large objects)."""
+    item = {"type": "object", "properties": {f"k{i}": {"type": "integer", "maximum": 9} for i in range(6)},
+            "required": [f"k{i}" for i in range(6)]}
+    item_chars = len(schema_to_regex(item))
+    monkeypatch.setattr(budget, "MAX_REGEX_CHARS", int(item_chars * 1.5))
+    rx = schema_to_regex({"type": "array", "items": item, "maxItems": 3})
+    assert len(rx) > budget.MAX_REGEX_CHARS  # the text is over the bound, its distinct part is not
+    row = json.dumps({f"k{i}": i for i in range(6)}, separators=(",", ":"))
+    assert accepts(rx, f"[{row},{row}]") and not accepts(rx, f"[{row},{row},{row},{row}]")
+    monkeypatch.setattr(budget, "MAX_REGEX_CHARS", item_chars + 5)  # the item fits, the array does not
+    with pytest.raises(UnsupportedSchema, match=r"array \(items x count\) too large"):
+        schema_to_regex({"type": "array", "items": item, "maxItems": 3})
