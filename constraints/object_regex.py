@@ -46,6 +46,7 @@ def object_regex(tr, s: dict, path: str, depth: int) -> str:
     ]
     fields = []
     for key in [k for k in props if k in required or k in emit_optional]:
+        mark = len(tr.left_out)
         try:
             val = tr.value(props[key], f"{path}/properties/{key}", depth + 1)
         except Unsatisfiable:
@@ -55,6 +56,7 @@ def object_regex(tr, s: dict, path: str, depth: int) -> str:
         except (RefBudget, TooLarge) as e:  # its value alone is too large to compile
             if key in required or not tr.leave_out_large:
                 raise
+            del tr.left_out[mark:]  # what its value left out goes with it
             tr.leave_out(f"{path}/properties/{key}", e)
             continue
         fields.append((f"{ra.json_literal(key)}:{tr.ws}{val}", key in required, key))

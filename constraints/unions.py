@@ -18,8 +18,9 @@ module does not understand makes the proof fail (unknown kinds, unknown values),
 
 from __future__ import annotations
 
+from constraints.budget import TooLarge
 from constraints.object_combinators import expand_object_branches
-from constraints.refs import RefBound, pointer
+from constraints.refs import RefBound, RefBudget, pointer
 from constraints.schema_errors import Unsatisfiable, UnsupportedSchema
 
 _ALL_KINDS = frozenset({"object", "array", "string", "number", "boolean", "null"})
@@ -210,15 +211,30 @@ def union(tr, s: dict, path: str, depth: int, annotations: set[str]) -> str:
             jobs, strengthened = exclusive_branches(tr.root, {}, branches, path), True
     alts: list[str] = []
     failed: list[UnsupportedSchema] = []
+    too_large: list[tuple[str, Exception]] = []
     for b, at in jobs:
+        mark = len(tr.left_out)
         try:
             alts.append(tr.value(b, at, depth + 1))
         except Unsatisfiable as e:  # no value (or none that ends at the $ref bound): adds nothing
             failed.append(e)
+        except (TooLarge, RefBudget) as e:  # in refs.unroll's last pass the other branches may do
+            if tr.leave_out_large:
+                del tr.left_out[mark:]  # what the branch left out goes with it
+                too_large.append((at, e))
+            elif strengthened and isinstance(e, TooLarge):
+                failed.append(e)  # as any branch narrowed past what we can write, below
+            else:
+                raise
         except UnsupportedSchema as e:  # a branch narrowed by `not`s we cannot write: a subset without it
             if not strengthened:
                 raise
             failed.append(e)
+    if too_large:
+        if not alts:
+            raise too_large[0][1]
+        for at, e in too_large:  # a subset of the union: every value still matches its (one) branch
+            tr.leave_out(at, e)
     if not alts:
         bound = [e for e in failed if isinstance(e, RefBound)]
         if bound:

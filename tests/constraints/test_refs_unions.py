@@ -13,7 +13,7 @@ import time
 
 import pytest
 
-from constraints import refs
+from constraints import budget, refs
 from constraints.compile import section_regex
 from constraints.schema_regex import UnsupportedSchema, schema_to_regex, strict_validator, translate_schema
 from constraints.unions import exclusive
@@ -205,6 +205,23 @@ def test_an_optional_property_too_large_to_compile_is_left_out_and_named(monkeyp
         translate_schema(required)
     with pytest.warns(UserWarning, match="never generated.*#/properties/credits"):  # a job's compile says so
         section_regex({"json_schema": schema})
+
+
+@pytest.mark.parametrize("kw", ["anyOf", "oneOf"])
+def test_a_union_branch_too_large_to_compile_is_left_out_and_named(monkeypatch, kw):
+    # Github_ultra's o38670: an anyOf branch whose required part alone is over the budget
+    big = {"type": "object", "required": list("abcdefgh"),
+           "properties": {k: {"type": "string", "maxLength": 8} for k in "abcdefgh"}}
+    small = {"type": "integer", "maximum": 9}
+    schema = {"type": "object", "required": ["v"], "properties": {"v": {kw: [big, small]}}}
+    monkeypatch.setattr(budget, "MAX_REGEX_CHARS", len(schema_to_regex(big)) - 1)
+    got = translate_schema(schema)
+    assert [w.split(":")[0] for w in got.left_out] == [f"#/properties/v/{kw}/0"]
+    assert accepts(got.regex, '{"v":7}') and not accepts(got.regex, '{"v":{}}')
+    assert_sound(schema, got.regex)
+    monkeypatch.setattr(budget, "MAX_REGEX_CHARS", 3)  # every branch too large: refused, naming one
+    with pytest.raises(UnsupportedSchema, match="too large to compile"):
+        translate_schema(schema)
 
 
 def test_exponential_dag_leaves_out_its_deep_levels_quickly_not_hung():
