@@ -69,8 +69,8 @@ def section_regex(section: dict, row: dict | None = None) -> tuple[str, dict | N
         schema = row_schema(section, row)
     translated = translate_schema(schema, ref_depth=section.get("ref_depth"))
     if translated.left_out:  # sound (a subset of the valid objects), but the user should know
-        warnings.warn("structured_output: optional properties never generated, their values too large to "
-                      "compile: " + "; ".join(translated.left_out), stacklevel=2)
+        warnings.warn("structured_output: parts never generated (optional properties or union branches too "
+                      "large to compile): " + "; ".join(translated.left_out), stacklevel=2)
     return translated.regex, schema
 
 

@@ -18,7 +18,7 @@ Unrolling multiplies the regex (each level holds every recursive slot's next lev
 slow to compile into the token automaton. So each $ref's regex is held to REGEX_BUDGET characters: with the
 default depth, `unroll` retries with a smaller depth (down to 1, the target once, never inside itself); an
 explicit depth is used as given. When even that is over the budget, a last pass leaves out the optional
-properties whose values alone are too large (reported as `left_out`, schema_regex.py `translate_schema`),
+properties whose values alone are too large and union branches (reported as `left_out`, schema_regex.py),
 and only when what is too large is required is the schema refused, naming the $ref or the part.
 
 The regex of a bare `$ref` depends only on its target, the translator's settings and how often each ref the

@@ -8,7 +8,8 @@ either honoured exactly (a subset of the valid values, never a superset) or refu
 Output shape: properties in declared order, no extra keys, an optional space after ':' and ','. An optional
 property or an anyOf/oneOf branch that no value satisfies (schema_errors.Unsatisfiable) is left out, which is
 exact; when a required one has none the schema is refused. As a last resort before refusing a schema too large
-to compile, an optional property whose value alone is too large is left out too, and named (`left_out`).
+to compile, an optional property whose value alone is too large is left out too, and so is a union branch
+when another remains (unions.py), each named (`left_out`).
 """
 
 from __future__ import annotations
@@ -91,7 +92,7 @@ def strict_validator(schema):
 @dataclass(frozen=True)
 class SchemaRegex:
     regex: str
-    left_out: tuple[str, ...] = ()  # optional properties never generated: "<pointer>: <why>" (refs.unroll)
+    left_out: tuple[str, ...] = ()  # parts never generated: "<pointer>: <why>" (refs.unroll's last pass)
 
 
 def translate_schema(
@@ -101,7 +102,7 @@ def translate_schema(
 
     `ref_depth`: how many times one recursive $ref target may be unrolled on a path; None: the largest
     depth up to refs.REF_DEPTH whose regex fits refs.REGEX_BUDGET. `left_out` names the optional
-    properties left out because their values alone were too large to compile (see refs.py `unroll`).
+    properties and union branches left out because they were too large to compile (refs.py `unroll`).
     """
     check_draft(schema)
     left_out: list[str] = []

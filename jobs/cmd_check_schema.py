@@ -264,7 +264,7 @@ def run(args: argparse.Namespace) -> int:
             if not res["valid"]:
                 line += f"\n  counterexample: {res['error']}"
             for where in res.get("left_out", []):  # never generated: too large to compile
-                line += f"\n  left out (optional, too large): {where}"
+                line += f"\n  left out (too large to compile): {where}"
         else:
             line = f"{f.name}: {res['error']}"
         print(line, flush=True)
