@@ -132,9 +132,17 @@ def _usable(ranges) -> bool:
 @functools.lru_cache(maxsize=4096)
 def pattern_node(pattern: str, where: str):
     """The AST of the strings re.search(pattern, .) accepts that we generate (anchors made explicit)."""
-    out = []
+    out, inner = [], []
     for items, start, end in anchored_alternatives(pattern, where):
-        out.append(Seq(tuple(([] if start else [_PAD]) + items + ([] if end else [_PAD]))))
+        if not start and not end:  # `.*(a|b|...).*` below: the same strings
+            inner.append(Seq(tuple(items)))
+        else:
+            out.append(Seq(tuple(([] if start else [_PAD]) + items + ([] if end else [_PAD]))))
+    if inner:
+        # One pair of pads around the unanchored alternatives, not a pair each: `.*w1.*|...|.*w30.*` makes
+        # the subset construction track which words' tails are live (2^30 subsets; a Github_hard schema's
+        # patternProperties), `.*(w1|...|w30).*` only how far into a word it is.
+        out.append(Seq((_PAD, inner[0] if len(inner) == 1 else Alt(tuple(inner)), _PAD)))
     node = prune(_cap_counts(out[0] if len(out) == 1 else Alt(tuple(out))))
     if node is None:
         why = "no string we generate matches it"

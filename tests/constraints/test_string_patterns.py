@@ -12,6 +12,7 @@ from __future__ import annotations
 import itertools
 import json
 import re
+import time
 
 import jsonschema
 import pytest
@@ -388,3 +389,18 @@ def test_not_pattern_excludes_a_superset_when_the_pattern_has_a_boundary_or_long
     schema = {"type": "string", "maxLength": 6, "not": {"pattern": pattern}}
     values = assert_walks_valid(schema)
     assert values and not any(re.search(pattern, v) for v in values)
+
+
+def test_many_unanchored_key_patterns_share_one_pair_of_pads():
+    """Github_hard's o48423: patternProperties "Red|Blue|...|Let's Go Eevee" (30 unanchored words). Written
+    `.*w1.*|...|.*w30.*` its automaton never finished building (the subset construction tracked which
+    words had matched); `.*(w1|...|w30).*` is the same language and builds at once."""
+    words = [f"word{i}" for i in range(30)]
+    schema = {"type": "object", "additionalProperties": False,
+              "patternProperties": {"|".join(words): {"type": "integer", "maximum": 9}}}
+    t0 = time.perf_counter()
+    rx = schema_to_regex(schema)
+    assert accepts(rx, '{"xword7y":3,"word29":1}') and not accepts(rx, '{"wordx":1}')
+    values = assert_walks_valid(schema, 40)
+    assert time.perf_counter() - t0 < 60  # generous for a shared CPU; before: not done after 120 s
+    assert any(values) and all(any(w in k for w in words) for v in values for k in v)
