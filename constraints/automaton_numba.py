@@ -1,4 +1,5 @@
-"""Compiled (numba) kernels of the byte automaton build: Hopcroft minimisation and subset exploration.
+"""Compiled (numba) kernels of the byte automaton build: byte classes, Hopcroft minimisation, co-reachable
+states and subset exploration.
 
 Legend: N states of a DFA table (the dead row last), C byte classes, G states of a composed NFA (+1: the
 dead state G), K subsets explored.
@@ -14,6 +15,10 @@ same union). Here:
   (https://en.wikipedia.org/wiki/DFA_minimization#Hopcroft's_algorithm); the coarsest partition that
   refines the initial blocks and is stable under every class is unique, so the caller's numbering of the
   blocks gives exactly the automaton the reference gives.
+- `byte_class_reps`: the classes of identical byte columns, refined row by row (exact; the reference
+  `_byte_class_reps` hashes every column in numpy, ~100 MB of temporaries for a 50k-state table).
+- `coreachable`: the states that can reach a final state, by a depth-first search over reversed edges
+  (the reference: `_trim`'s level-by-level search in numpy).
 - `explore_subsets`: the subsets reachable from the given ones, first in, first out, a new subset numbered
   when first seen (subset order, then class order): the order the reference's level-by-level batches
   number them in, so both return the same table.
@@ -127,6 +132,90 @@ def coarsest_partition(cols_NC: np.ndarray, block_N: np.ndarray) -> np.ndarray:
     n_blocks = int(block_N.max()) + 1 if block_N.size else 0
     cols_NC = np.ascontiguousarray(cols_NC, dtype=np.int32)
     return _partition_kernel(cols_NC, block_N.astype(np.int64), n_blocks)
+
+
+@_jit
+def _byte_classes_kernel(delta_NB):  # pragma: no cover - compiled
+    N, B = delta_NB.shape
+    cls = np.zeros(B, dtype=np.int64)
+    rep = np.zeros(B, dtype=np.int64)  # first column of each class
+    n_cls = 1
+    for r in range(N):
+        split = False
+        for c in range(B):
+            if delta_NB[r, c] != delta_NB[r, rep[cls[c]]]:
+                split = True
+                break
+        if not split:  # the usual row: every column agrees with its class's first one
+            continue
+        new = np.full(B, -1, dtype=np.int64)
+        n_cls = 0
+        for c in range(B):  # classes numbered by first column, so `rep` stays ascending
+            if new[c] >= 0:
+                continue
+            new[c] = n_cls
+            rep[n_cls] = c
+            for d in range(c + 1, B):
+                if new[d] < 0 and cls[d] == cls[c] and delta_NB[r, d] == delta_NB[r, c]:
+                    new[d] = n_cls
+            n_cls += 1
+        cls = new
+    return rep[:n_cls].copy()
+
+
+def byte_class_reps(delta_NB: np.ndarray) -> np.ndarray:
+    """The first column of each class of identical columns of `delta_NB` [N, B], ascending; exact (no
+    hashes): the classes are refined row by row, and only a row on which some column leaves its class's
+    first one (at most B - 1 rows) regroups them."""
+    return _byte_classes_kernel(np.ascontiguousarray(delta_NB, dtype=np.int32))
+
+
+@_jit
+def _coreachable_kernel(delta_NB, final_N):  # pragma: no cover - compiled
+    n = final_N.size
+    B = delta_NB.shape[1]
+    # distinct reversed edges, CSR by target (a row sends most bytes to a few targets: counted once)
+    stamp = np.full(n, -1, dtype=np.int64)
+    cnt = np.zeros(n + 1, dtype=np.int64)
+    for s in range(n):
+        for b in range(B):
+            t = delta_NB[s, b]
+            if t < n and stamp[t] != s:
+                stamp[t] = s
+                cnt[t + 1] += 1
+    for t in range(n):
+        cnt[t + 1] += cnt[t]
+    src = np.empty(cnt[n], dtype=np.int32)
+    fill = cnt[:n].copy()
+    stamp[:] = -1
+    for s in range(n):
+        for b in range(B):
+            t = delta_NB[s, b]
+            if t < n and stamp[t] != s:
+                stamp[t] = s
+                src[fill[t]] = s
+                fill[t] += 1
+    live = final_N.copy()
+    stack = np.nonzero(final_N)[0].astype(np.int64)
+    todo = np.empty(n, dtype=np.int64)
+    top = stack.size
+    todo[:top] = stack
+    while top > 0:
+        top -= 1
+        t = todo[top]
+        for e in range(cnt[t], cnt[t + 1]):
+            s = src[e]
+            if not live[s]:
+                live[s] = True
+                todo[top] = s
+                top += 1
+    return live
+
+
+def coreachable(delta_NB: np.ndarray, final_N: np.ndarray) -> np.ndarray:
+    """Bool [N]: the states of the table `delta_NB` [N+1, B] (row N dead) from which a final state can be
+    reached (depth-first over the distinct reversed edges)."""
+    return _coreachable_kernel(np.ascontiguousarray(delta_NB, dtype=np.int32), final_N.astype(np.bool_))
 
 
 @_jit

@@ -19,7 +19,7 @@ worker (dfa.py run as a script) loads it without the package's __init__ (which l
 
 from __future__ import annotations
 
-from itertools import chain, repeat
+from itertools import chain
 
 import numpy as np
 from outlines_core import Index, Vocabulary
@@ -77,27 +77,31 @@ def _outlines_dfa(regex: str) -> tuple[np.ndarray, np.ndarray]:
     trans = index.get_transitions()
     pre = index.get_initial_state()
     init = trans[pre][1]
-    src = np.fromiter(chain.from_iterable(repeat(s, len(m)) for s, m in trans.items()), dtype=np.int64)
-    byte = np.fromiter(chain.from_iterable(m.keys() for m in trans.values()), dtype=np.int64)
-    dst = np.fromiter(chain.from_iterable(m.values() for m in trans.values()), dtype=np.int64)
-    # dense numbering with the start first
-    ids = np.unique(np.concatenate([src, dst, np.asarray([init], dtype=np.int64)]))
-    pos = np.searchsorted(ids, [init])[0]
-    ids = np.concatenate([[init], ids[:pos], ids[pos + 1 :]])
-    order = np.argsort(ids, kind="stable")
-    n = ids.size
-
-    def num(x: np.ndarray) -> np.ndarray:
-        return order[np.searchsorted(ids[order], x)]
-
+    rows = list(trans.values())
+    lens = np.fromiter(map(len, rows), dtype=np.int64, count=len(rows))
+    src = np.repeat(np.fromiter(trans.keys(), dtype=np.int64, count=len(rows)), lens)
+    total = int(lens.sum())
+    byte = np.fromiter(chain.from_iterable(rows), dtype=np.int64, count=total)
+    dst = np.fromiter(chain.from_iterable(map(dict.values, rows)), dtype=np.int64, count=total)
+    # dense numbering, the start first, then the engine's ids ascending: a table over its ids (no sort)
+    top = int(max(src.max(initial=0), dst.max(initial=0), init)) + 1
+    seen = np.zeros(top, dtype=bool)
+    seen[src] = True
+    seen[dst] = True
+    seen[init] = False
+    ids = np.nonzero(seen)[0]
+    n = ids.size + 1
+    num = np.zeros(top, dtype=np.int64)
+    num[ids] = np.arange(1, n)
     keep = byte < 256  # the byte index's EOS pseudo-token is not text
     delta = np.full((n + 1, 256), n, dtype=np.int32)
-    delta[num(src[keep]), byte[keep]] = num(dst[keep])
-    delta[num(np.asarray([pre]))] = n  # the state before \x01 is not ours: no longer co-reachable, trimmed
+    delta[num[src[keep]], byte[keep]] = num[dst[keep]]
+    delta[num[pre]] = n  # the state before \x01 is not ours: no longer co-reachable, trimmed
     accept = np.zeros(n + 1, dtype=bool)
     fin = np.fromiter(index.get_final_states(), dtype=np.int64)
-    fin = fin[np.isin(fin, ids)]
-    accept[num(fin)] = True
+    fin = fin[fin < top]
+    fin = fin[seen[fin] | (fin == init)]
+    accept[num[fin]] = True
     final = accept[delta[:n, 0]]
     # the sentinel itself is not text: drop \x00 moves into states that only end the match
     has_out = np.append((delta[:n] < n).any(axis=1), False)
@@ -109,6 +113,25 @@ def _trim(delta: np.ndarray, final: np.ndarray) -> tuple[np.ndarray, np.ndarray]
     """The co-reachable states (those that can reach a final state), renumbered in order.
 
     ValueError when the start is not among them (the regex matches no string)."""
+    n = final.size
+    if n >= NUMBA_STATES:  # compiled (automaton_numba.py): the same set
+        from constraints.automaton_numba import coreachable
+
+        live = coreachable(delta, final)
+    else:
+        live = _coreachable(delta, final)
+    if not live[0]:
+        raise ValueError("the constraint's regex matches no string")
+    renum = np.full(n + 1, -1, dtype=np.int64)
+    renum[np.nonzero(live)[0]] = np.arange(int(live.sum()))
+    m = int(live.sum())
+    renum[~np.append(live, False)] = m
+    out = renum[delta[np.append(live, True)]].astype(np.int32)
+    return out, final[live]
+
+
+def _coreachable(delta: np.ndarray, final: np.ndarray) -> np.ndarray:
+    """Bool [n]: states that can reach a final state (the reference of automaton_numba.py's `coreachable`)."""
     n = final.size
     src, byte = np.nonzero(delta[:n] < n)
     dst = delta[src, byte]
@@ -124,14 +147,7 @@ def _trim(delta: np.ndarray, final: np.ndarray) -> tuple[np.ndarray, np.ndarray]
         preds = np.unique(preds[~live[preds]])
         live[preds] = True
         frontier = preds
-    if not live[0]:
-        raise ValueError("the constraint's regex matches no string")
-    renum = np.full(n + 1, -1, dtype=np.int64)
-    renum[np.nonzero(live)[0]] = np.arange(int(live.sum()))
-    m = int(live.sum())
-    renum[~np.append(live, False)] = m
-    out = renum[delta[np.append(live, True)]].astype(np.int32)
-    return out, final[live]
+    return live
 
 
 def csr_ranges(lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
@@ -154,12 +170,13 @@ def minimise(delta: np.ndarray, final: np.ndarray) -> tuple[np.ndarray, np.ndarr
     From NUMBA_STATES states on, Hopcroft's algorithm (automaton_numba.py, compiled; no hashes) finds the same
     partition: the coarsest one refining {final, non-final, dead} is unique, so the table is the same too.
     """
-    cols = delta[:, _byte_class_reps(delta)]  # [n+1, C]
-    if final.size >= NUMBA_STATES:  # Hopcroft, compiled (automaton_numba.py): the same partition, exactly
-        from constraints.automaton_numba import coarsest_partition
+    if final.size >= NUMBA_STATES:  # compiled (automaton_numba.py): the same classes and partition, exactly
+        from constraints.automaton_numba import byte_class_reps, coarsest_partition
 
+        cols = delta[:, byte_class_reps(delta)]  # [n+1, C]
         block = coarsest_partition(cols, np.append(final.astype(np.int64), 2))
     else:
+        cols = delta[:, _byte_class_reps(delta)]
         rng = np.random.default_rng(0x5EED)
         w = rng.integers(1, 2**63, size=cols.shape[1] + 1, dtype=np.uint64) | np.uint64(1)
         block = _moore(cols, final, w)

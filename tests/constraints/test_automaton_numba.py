@@ -27,7 +27,7 @@ from constraints import budget
 from constraints import byte_automaton as ba
 from constraints import composed_dfa as cd
 from constraints import piece_nfa as pn
-from constraints.automaton_numba import coarsest_partition
+from constraints.automaton_numba import byte_class_reps, coarsest_partition, coreachable
 from constraints.schema_errors import UnsupportedSchema
 from constraints.schema_regex import schema_to_regex
 
@@ -90,6 +90,30 @@ def test_minimise_kernel_with_an_empty_initial_block(monkeypatch, final_p):
     delta, final = redundant_dfa(np.random.default_rng(5), 600, 50, 3, final_p)
     ref, fast = both_ways(monkeypatch, lambda: ba.minimise(delta, final))
     assert_same_tables(ref, fast)
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_byte_class_kernel_gives_the_reference_classes(seed):
+    """Random tables whose bytes fall into a few classes, plus rows that split one class late (the kernel's
+    regrouping) and a table with every byte its own class."""
+    rng = np.random.default_rng(seed)
+    delta, _ = redundant_dfa(rng, 400, 60, 2 + seed)
+    row = int(rng.integers(0, 400))
+    delta[row, rng.integers(0, 256, size=3)] = 7  # a late split of some classes
+    assert np.array_equal(byte_class_reps(delta), ba._byte_class_reps(delta))
+    every = rng.permutation(256 * 5).reshape(5, 256).astype(np.int32) % 300
+    assert np.array_equal(byte_class_reps(every), ba._byte_class_reps(every))
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_coreachable_kernel_gives_the_reference_set(seed):
+    rng = np.random.default_rng(seed)
+    n = 800
+    delta = rng.integers(0, n + 1, size=(n + 1, 256)).astype(np.int32)
+    delta[rng.random((n + 1, 256)) < 0.995] = n  # sparse moves: many states cannot reach a final one
+    delta[n] = n
+    final = rng.random(n) < 0.01
+    assert np.array_equal(coreachable(delta, final), ba._coreachable(delta, final))
 
 
 def test_coarsest_partition_equals_exact_moore():
