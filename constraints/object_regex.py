@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from constraints import counting
 from constraints import regex_atoms as ra
-from constraints.budget import TooLarge, check_size
+from constraints.budget import TooLarge, check_size, estimate_states
 from constraints.object_keys import close_required, dependency_lists, is_forbidden, key_schema
 from constraints.pattern_properties import pairs_only, pattern_pairs, with_extra_pairs
 from constraints.refs import RefBudget
@@ -81,15 +81,42 @@ def object_regex(tr, s: dict, path: str, depth: int) -> str:
 
 def _sized(tr, fields: list[tuple[str, bool, str]], s: dict, path: str) -> str:
     """The object's regex from (field regex, required, key); when it is too large to compile, in
-    refs.unroll's last pass, its largest optional fields are left out (named) until it fits."""
-    while True:
-        obj = ra.object_body(counting.count_fields([f[:2] for f in fields], s, path), "," + tr.ws)
-        try:
-            return check_size(obj, path, "object")  # budget.py: refuse an automaton too big to compile
+    refs.unroll's last pass, its largest optional fields are left out (named): the fewest of them, largest
+    (most automaton states) first, that make it fit, found by doubling then bisecting the count (an object
+    of 150 optional fields would otherwise be rebuilt once per field: seconds of string building)."""
+
+    def attempt(k: int) -> str | TooLarge:
+        gone = {id(f) for f in order[:k]}
+        kept = [f[:2] for f in fields if id(f) not in gone]
+        obj = ra.object_body(counting.count_fields(kept, s, path), "," + tr.ws)
+        try:  # budget.py: refuse an automaton too big to compile
+            return check_size(obj, path, "object")
         except TooLarge as e:
-            optional = [f for f in fields if not f[1]]
-            if not tr.leave_out_large or not optional:
-                raise
-            largest = max(optional, key=lambda f: len(f[0]))
-            fields.remove(largest)
-            tr.leave_out(f"{path}/properties/{largest[2]}", e)
+            return e
+
+    # largest by estimated automaton states (a string's maxLength hardly shows in its text), then by text;
+    # the sort is stable, so ties keep the fields' order
+    order = sorted((f for f in fields if not f[1]), key=lambda f: (-estimate_states(f[0]), -len(f[0])))
+    first = attempt(0)
+    if isinstance(first, str):
+        return first
+    if not tr.leave_out_large or not order:
+        raise first
+    lo, hi = 0, 1  # attempt(lo) is too large; find the smallest hi whose attempt fits
+    while hi < len(order) and isinstance(attempt(hi), TooLarge):
+        lo, hi = hi, min(2 * hi, len(order))
+    best = attempt(hi)
+    if isinstance(best, TooLarge):  # every optional field left out and still too large
+        for f in order:
+            tr.leave_out(f"{path}/properties/{f[2]}", first)
+        raise best
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        got = attempt(mid)
+        if isinstance(got, str):
+            hi, best = mid, got
+        else:
+            lo = mid
+    for f in order[:hi]:
+        tr.leave_out(f"{path}/properties/{f[2]}", first)
+    return best

@@ -189,8 +189,8 @@ def object_body(fields: list[tuple[str, bool]], sep: str) -> str:
         body = "".join(f"(?:{f}{sep})?" for f, _ in fields[:first]) + fields[first][0]
         body += "".join(f"{sep}{f}" if r else f"(?:{sep}{f})?" for f, r in fields[first + 1 :])
     else:  # all optional: "(?:N)?", N the non-empty sequences (pattern_properties.py relies on this form)
-        some = fields[0][0]
-        for f, _ in fields[1:]:
-            some = f"(?:{some}(?:{sep}{f})?|{f})"
-        body = f"(?:{some})?"
+        # N(1..k) unrolled: k-1 opening groups, f_1, then "(?:sep f_j)?|f_j)" for each later field, joined
+        # once (building it by repeated wrapping copies the whole text per field: quadratic)
+        later = [f"(?:{sep}{f})?|{f})" for f, _ in fields[1:]]
+        body = "(?:" + "(?:" * len(later) + fields[0][0] + "".join(later) + ")?"
     return r"\{" + body + r"\}"

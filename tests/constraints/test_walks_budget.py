@@ -120,6 +120,21 @@ def test_oversized_optional_parts_are_left_out_and_named():
         schema_to_regex({"type": "array", "minItems": 300})
 
 
+def test_the_fewest_largest_optional_fields_are_left_out():
+    """Fields of mixed sizes: the ones left out are the largest, and putting back the smallest of them makes
+    the object too large again (the count found by doubling and bisection is the fewest that fit)."""
+    sizes = {f"k{i}": 8 + (i * 37) % 57 for i in range(300)}  # 8..64 (longer strings are capped at 64)
+    props = {k: {"type": "string", "maxLength": n} for k, n in sizes.items()}
+    got = translate_schema({"type": "object", "properties": props})
+    gone = [w.split(":")[0].removeprefix("#/properties/") for w in got.left_out]
+    assert 1 < len(gone) < len(props)
+    kept = set(props) - set(gone)
+    assert min(sizes[k] for k in gone) >= max(sizes[k] for k in kept)
+    back = min(gone, key=lambda k: sizes[k])
+    fewer = translate_schema({"type": "object", "properties": {k: props[k] for k in [*kept, back]}})
+    assert fewer.left_out  # one more field than the fit: too large again
+
+
 def test_state_estimate_tracks_the_automaton():
     for rx in (
         ra.string_pattern(0, 64),
