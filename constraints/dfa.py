@@ -4,10 +4,11 @@ Legend: S live DFA states (0 is the start), V vocabulary, K token classes, E cla
 
 How: byte_automaton.py turns the regex into its minimal byte automaton (outlines-core's, minimised, or for
 a large regex composed part by part: composed_dfa.py). We then walk every vocabulary token from every state
-ourselves, level by level over a byte trie of the vocabulary and a chunk of states at a time in numpy,
-instead of asking outlines-core for the token-level Index: its `get_transitions()` materialises a dict entry
-per (state, token) (16.7 GB at V=262k for a large schema), and walking the trie shares work between tokens
-with a common prefix.
+ourselves, level by level over a byte trie of the vocabulary and a chunk of states at a time in numpy
+(from NUMBA_STATES byte states on, compiled: token_walk_numba.py walks the trie depth-first from each
+state), instead of asking outlines-core for the token-level Index: its `get_transitions()` materialises a
+dict entry per (state, token) (16.7 GB at V=262k for a large schema), and walking the trie shares work
+between tokens with a common prefix.
 
 Tokens whose next-state column is identical from every state form one class. Per chunk of states the columns
 are grouped exactly (an integer-exact float hash proposes the groups, an element-wise comparison confirms
@@ -23,6 +24,7 @@ import sys
 import tempfile
 import time
 import types
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -33,6 +35,7 @@ if not __package__:  # compile.py runs this file as a script: register the packa
     _pkg.__path__ = [os.path.dirname(os.path.abspath(__file__))]
 
 from constraints.byte_automaton import byte_dfa, csr_ranges  # noqa: E402
+from constraints.piece_nfa import NUMBA_STATES  # noqa: E402
 
 __all__ = ["TokenDFA", "build_token_dfa", "build_trie", "byte_dfa", "save_dfa", "walk"]
 
@@ -186,14 +189,24 @@ def _token_classes(delta, trie: _Trie, order: np.ndarray, V: int, chunk: int) ->
 
     Per chunk the tokens are grouped by their column of next states (`_column_groups`); a token's class is
     its tuple of groups over the chunks. Only the columns of each group's first token are kept per chunk.
+    From NUMBA_STATES byte states on (piece_nfa.py's rule: the byte automaton's own build has then loaded
+    numba already), the walk and the hashed grouping are token_walk_numba.py's compiled twins of `walk` and
+    `_propose_groups`: the same columns and the same groups.
     """
     n_b = delta.shape[0] - 1
+    if n_b >= NUMBA_STATES:
+        from constraints.token_walk_numba import hashed_groups, preorder_trie, walk_preorder
+
+        walked = preorder_trie(trie.parent, trie.byte, trie.ends)  # the same trie, depth-first
+        walk_fn, propose = walk_preorder, hashed_groups
+    else:
+        walk_fn, walked, propose = walk, trie, _propose_groups
     cls = np.zeros(V, dtype=np.int64)
     parts = []
     for lo in range(0, n_b, chunk):
         q = order[lo : lo + chunk]
-        nxt = walk(delta, trie, q, V)  # [Q, V]
-        group, first = _column_groups(nxt)
+        nxt = walk_fn(delta, walked, q, V)  # [Q, V]
+        group, first = _column_groups(nxt, propose)
         parts.append((q, group, nxt[:, first]))
         _, cls = np.unique(cls * first.size + group, return_inverse=True)
         cls = cls.reshape(-1)
@@ -206,24 +219,35 @@ def _token_classes(delta, trie: _Trie, order: np.ndarray, V: int, chunk: int) ->
     return cls, reps, cols
 
 
-def _column_groups(nxt: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(group of each column [V], first column of each group) for the columns of `nxt` [Q, V], exactly.
-
-    Two random integer weightings of a column, summed in float64, are exact integers (the weights are small
-    enough that no sum passes 2^53), so equal columns always agree; the groups they propose are then
-    confirmed row by row, and a collision (different columns, same sums) falls back to an exact sort.
-    """
-    Q, V = nxt.shape
-    bits = 52 - int(np.ceil(np.log2(max(int(nxt.max()), 1) + 1))) - int(np.ceil(np.log2(Q + 1)))
-    w = np.random.default_rng(0x5EED).integers(0, 2 ** max(bits, 1), size=(2, Q)).astype(np.float64)
+def _propose_groups(nxt: np.ndarray, w: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
+    """Columns of `nxt` [Q, V] grouped by their sums under the weights `w` [2, Q] (groups in order of the
+    sums, each with its first column), or None where a group holds two different columns."""
     h = w @ nxt.astype(np.float64)  # [2, V]
     _, first, group = np.unique(h[0] + 1j * h[1], return_index=True, return_inverse=True)
     group = group.reshape(-1)
     idx = first[group]
-    if bits < 8 or not all((row == row[idx]).all() for row in nxt):
-        _, first, group = np.unique(nxt, axis=1, return_index=True, return_inverse=True)
-        group = group.reshape(-1)
+    if not all((row == row[idx]).all() for row in nxt):
+        return None
     return group, first
+
+
+def _column_groups(nxt: np.ndarray, propose: Callable = _propose_groups) -> tuple[np.ndarray, np.ndarray]:
+    """(group of each column [V], first column of each group) for the columns of `nxt` [Q, V], exactly.
+
+    Two random integer weightings of a column, summed in float64, are exact integers (the weights are small
+    enough that no sum passes 2^53), so equal columns always agree; `propose` (`_propose_groups` or its
+    compiled twin) groups the columns by these sums and confirms the groups element by element, and a
+    collision (different columns, same sums) falls back to an exact sort.
+    """
+    Q, V = nxt.shape
+    bits = 52 - int(np.ceil(np.log2(max(int(nxt.max()), 1) + 1))) - int(np.ceil(np.log2(Q + 1)))
+    if bits >= 8:
+        w = np.random.default_rng(0x5EED).integers(0, 2**bits, size=(2, Q)).astype(np.float64)
+        found = propose(nxt, w)
+        if found is not None:
+            return found
+    _, first, group = np.unique(nxt, axis=1, return_index=True, return_inverse=True)
+    return group.reshape(-1), first
 
 
 def _bfs(src: np.ndarray, dst: np.ndarray, n: int, sources: np.ndarray) -> np.ndarray:
