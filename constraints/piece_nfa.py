@@ -4,11 +4,13 @@ Legend: G states of the NFA (state G is the dead state), C byte classes (bytes w
 piece), K subsets explored (the DFA's states beyond the single NFA states).
 
 composed_dfa.py builds the NFA (Glushkov style: the exits of one piece linked to the entries of the next) and
-hands it to `determinise`. A state that is no link's source is a subset of its own, its row copied in one
-numpy step; only the subsets at the junctions are explored. `_explore` does it a breadth-first level at a
-time in numpy and Python (the reference); from NUMBA_STATES NFA states on, automaton_numba.py's
-`explore_subsets` does the same in compiled code and numbers the subsets in the same order, so both give the
-same table (tests/constraints/test_automaton_numba.py compares them).
+hands it to `determinise`. A piece is not copied when added: its DFA's class columns are read once, when
+the NFA is determinised. A state that is no link's source is a subset of its own, its row its piece's row
+shifted; only the subsets at the junctions are explored. `_explore` does it a breadth-first level at a time
+in numpy and Python (the reference); from NUMBA_STATES NFA states on, automaton_numba.py's
+`explore_subsets` does the same in compiled code and numbers the subsets in the same order, and
+determinise_numba.py's kernels number the pieces' byte classes and write the reachable table, so both ways
+give the same table (tests/constraints/test_automaton_numba.py and test_determinise_numba.py compare them).
 """
 
 from __future__ import annotations
@@ -24,10 +26,11 @@ class Nfa:
     """Pieces (DFA copies) in one global numbering, with epsilon links between them."""
 
     def __init__(self):
-        self.deltas: list[np.ndarray] = []
+        self.pieces: list[tuple[np.ndarray, int, int]] = []  # (delta, first state, states) of each copy
         self.size = 0
         self.links: dict[int, set[int]] = {}
-        self.kinds: dict[int, np.ndarray] = {}  # id of each distinct piece DFA -> its byte classes [256]
+        # each distinct piece DFA, by id (its table held here, so that no other one takes its id)
+        self.kinds: dict[int, tuple[np.ndarray, int]] = {}
 
     def piece(self, dfa: Dfa) -> tuple[set[int], set[int], bool]:
         """Add a copy of `dfa`: (entries, exits, nullable) of the fragment it forms."""
@@ -35,10 +38,10 @@ class Nfa:
         n, off = final.size, self.size
         if off + n > MAX_NFA_STATES:
             raise ValueError(f"the constraint's automaton is too large to compile (over {MAX_NFA_STATES})")
-        self.deltas.append(np.where(delta[:n] < n, delta[:n] + off, -1).astype(np.int32))
+        # the copy is not made here: `determinise` reads the class columns only, once per distinct DFA
+        self.pieces.append((delta, off, n))
         self.size += n
-        if id(delta) not in self.kinds:
-            self.kinds[id(delta)] = same_rows(delta[:n].T)[1]
+        self.kinds.setdefault(id(delta), (delta, n))
         exits = set((np.nonzero(final)[0] + off).tolist())
         return {off}, exits, False  # a nullable piece passes through its final start state
 
@@ -50,15 +53,33 @@ class Nfa:
 def determinise(nfa: Nfa, entries: set[int], exits: set[int], nullable: bool) -> Dfa:
     """The DFA of the NFA from `entries` (the empty word accepted when `nullable`), `exits` final; its states
     are those reachable from the start (the start first, the others in the order numbered). Subset
-    construction over byte classes: a state without links is a subset of its own (its row is copied in one
-    step); the other subsets are explored by `_explore` or, from NUMBA_STATES NFA states on, by its compiled
-    twin (automaton_numba.py)."""
+    construction over byte classes: a state without links is a subset of its own (its row is its piece's
+    row, shifted); the other subsets are explored by `_explore`. From NUMBA_STATES NFA states on, compiled
+    twins run in place of the numpy steps (the pieces' byte classes, the exploration, the reachable table:
+    automaton_numba.py, determinise_numba.py), with the same result."""
     G = nfa.size
+    compiled = G >= NUMBA_STATES
+    if compiled:
+        from constraints.automaton_numba import explore_subsets
+        from constraints.determinise_numba import column_labels, reachable_table
+    labels = []  # each distinct piece's byte classes (groups of identical columns), numbered by same_rows
+    for delta, n in nfa.kinds.values():
+        got = column_labels(delta, n, _weights(n)) if compiled else None  # None: numpy, or a hash collision
+        labels.append(same_rows(delta[:n].T)[1] if got is None else got)
     # byte classes: bytes whose columns agree in every piece (a copy's columns agree where its DFA's do)
-    first, byte_cls = same_rows(np.stack(list(nfa.kinds.values()) or [np.zeros(256, np.int64)], axis=1))
-    # [G+1, C]: each piece's class columns only (a quarter or less of its 256 bytes), row G dead
-    cols = np.concatenate([d[:, first] for d in nfa.deltas] + [np.full((1, first.size), G, dtype=np.int32)])
-    cols[cols < 0] = G
+    first, byte_cls = same_rows(np.stack(labels or [np.zeros(256, np.int64)], axis=1))
+    # [G+1, C]: each piece's class columns only (a quarter or less of its 256 bytes), shifted to its first
+    # state, the dead state G for the piece's dead row; row G dead
+    cols = np.empty((G + 1, first.size), dtype=np.int64)
+    cols[G] = G
+    shape: dict[int, tuple[np.ndarray, np.ndarray]] = {}  # per distinct piece: its class columns, dead cells
+    for delta, off, n in nfa.pieces:
+        if id(delta) not in shape:
+            sub = delta[:n, first].astype(np.int64)
+            shape[id(delta)] = sub, sub >= n
+        sub, dead = shape[id(delta)]
+        np.add(sub, off, out=cols[off : off + n])
+        np.copyto(cols[off : off + n], G, where=dead)
     final = np.zeros(G + 1, dtype=bool)
     final[list(exits)] = True
     linked = np.zeros(G + 1, dtype=bool)
@@ -92,20 +113,16 @@ def determinise(nfa: Nfa, entries: set[int], exits: set[int], nullable: bool) ->
         of_state[s] = sid(closure([s]))
     # G (the dead row) stands in the start subset for "the empty word is matched"
     start = sid(closure(entries) | ({G} if nullable else frozenset()))
-    if G >= NUMBA_STATES:  # the compiled twin (automaton_numba.py): the same subsets in the same order
-        from constraints.automaton_numba import explore_subsets
-
+    if compiled:  # the same subsets in the same order, the same table
         initial = [np.asarray(sorted(fs), dtype=np.int64) for fs in subsets]
         # a linked state's closure is one of the initial subsets (of_state numbers it): not recomputed
         closures = [initial[of_state[s] - G - 1] for s in np.nonzero(linked)[0].tolist()]
         ptr, members, sub_rows = explore_subsets(cols, of_state, linked, closures, initial)
         fin = final.copy()
         fin[G] = True  # G in a subset: the empty word is matched there
-        all_rows = np.concatenate([of_state[cols], sub_rows])
         sub_final = np.logical_or.reduceat(fin[members], ptr[:-1]) if ptr.size > 1 else np.zeros(0, bool)
-        all_final = np.concatenate([final, sub_final])
-    else:
-        all_rows, all_final = _explore(cols, final, of_state, linked, closure, subsets, sid, G)
+        return reachable_table(cols, of_state, sub_rows, final, sub_final, start, byte_cls)
+    all_rows, all_final = _explore(cols, final, of_state, linked, closure, subsets, sid, G)
     all_final[G] = False
     # keep the states reachable from the start, start first
     reach = np.zeros(all_rows.shape[0], dtype=bool)
@@ -165,12 +182,36 @@ def _explore(cols, final, of_state, linked, closure, subsets: list, sid, G: int)
 def same_rows(a: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(first row of each group of identical rows of `a`, group of each row): a 64-bit hash groups them, an
     exact comparison confirms (a collision falls back to sorting the rows)."""
-    w = np.random.default_rng(0xC0DE).integers(1, 2**63, size=a.shape[1], dtype=np.uint64) | np.uint64(1)
+    w = _weights(a.shape[1])
     with np.errstate(over="ignore"):
         h = (a.astype(np.uint64) * w).sum(axis=1, dtype=np.uint64)
     _, first, inv = np.unique(h, return_index=True, return_inverse=True)
     inv = inv.reshape(-1)
-    if not (a == a[first[inv]]).all():
+    rep = first[inv]
+    # each row against its group's first, read in memory order (a piece's table, transposed: its columns)
+    if a.flags.f_contiguous:
+        same = (a.T == np.take(a.T, rep, axis=1)).all()
+    else:
+        same = (a == a[rep]).all()
+    if not same:
         _, first, inv = np.unique(a, axis=0, return_index=True, return_inverse=True)
         inv = inv.reshape(-1)
     return first, inv
+
+
+def _weights(k: int) -> np.ndarray:
+    """The odd 64-bit weights of `same_rows`'s hash of rows of k entries (fixed: the numbering they give
+    decides the order of byte classes, hence of subsets and states). Drawn once for the longest rows so far:
+    a generator's first k draws are the same however many it is asked for (numpy draws 64-bit bounded
+    integers one at a time; tests/constraints/test_determinise_numba.py checks it)."""
+    global _WEIGHTS
+    w = _WEIGHTS  # read once: another thread may replace it meanwhile
+    if k > w.size:
+        rng = np.random.default_rng(0xC0DE)
+        w = rng.integers(1, 2**63, size=max(k, 2 * w.size), dtype=np.uint64) | np.uint64(1)
+        w.flags.writeable = False
+        _WEIGHTS = w
+    return w[:k]
+
+
+_WEIGHTS = np.zeros(0, dtype=np.uint64)

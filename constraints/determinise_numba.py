@@ -1,0 +1,141 @@
+"""Compiled (numba) twins of the numpy steps around piece_nfa.py's subset exploration, for large NFAs.
+
+Legend: n states of a piece DFA, G states of the composed NFA (+1: the dead state G), C byte classes, K
+subsets explored, m states of the resulting DFA.
+
+piece_nfa.py's `determinise` is the reference: from NUMBA_STATES NFA states on it runs these in place of
+its numpy steps (and automaton_numba.py's `explore_subsets` in place of `_explore`), and
+tests/constraints/test_automaton_numba.py and test_determinise_numba.py compare the two ways table for
+table. Past a few thousand states the numpy steps spent their time making 256-wide temporaries:
+- `column_labels`: a piece DFA's byte classes as `same_rows(delta[:n].T)` numbers them (the rank of each
+  column's 64-bit hash): the hashes in one pass over the table's rows and the exact check in a second, one
+  call per piece, in place of a transposed copy, its product, a gathered copy to compare with (~4 passes
+  of 256 n) and a dozen numpy calls (most pieces have tens of states: the calls were most of the time).
+- `reachable_table`: the DFA states reachable from the start, the start first, and their 256-byte table,
+  filled row by row from the class columns: no [G+1+K, C] table of every state's successors, no
+  level-by-level search in numpy, no filled [m+1, 256] table overwritten by a gather along its rows.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from constraints.automaton_numba import _jit
+
+
+@_jit
+def _labels_kernel(delta, n, w):  # pragma: no cover - compiled
+    B = delta.shape[1]
+    h = np.zeros(B, dtype=np.uint64)
+    for s in range(n):
+        ws = w[s]
+        for b in range(B):
+            h[b] += np.uint64(delta[s, b]) * ws  # wraps modulo 2^64, as numpy's uint64 product and sum
+    order = np.argsort(h)
+    labels = np.empty(B, dtype=np.int64)  # the rank of the column's hash among the distinct ones
+    first = np.full(B, B, dtype=np.int64)  # per rank: its first column
+    k = -1
+    for i in range(B):
+        b = order[i]
+        if i == 0 or h[b] != h[order[i - 1]]:
+            k += 1
+        labels[b] = k
+        first[k] = min(first[k], b)
+    rep = first[labels]  # per column: its group's first
+    for s in range(n):  # every column against its group's first: one hash, one column
+        for b in range(B):
+            if delta[s, rep[b]] != delta[s, b]:
+                return labels, False
+    return labels, True
+
+
+def column_labels(delta: np.ndarray, n: int, w: np.ndarray) -> np.ndarray | None:
+    """The group of each column of delta[:n] (int [256]): groups of identical columns, numbered by the
+    ascending rank of the hash sum(delta[s, b] * w[s]) mod 2^64, as piece_nfa.py's `same_rows` numbers the
+    rows of delta[:n].T with the weights `w` [n]. None when two different columns share a hash (the caller
+    then sorts, as `same_rows` does)."""
+    labels, exact = _labels_kernel(delta, n, w)
+    return labels if exact else None
+
+
+@_jit
+def _reach_kernel(cols, of_state, sub_rows, start, keep, renum):  # pragma: no cover - compiled
+    G = cols.shape[0] - 1
+    C = cols.shape[1]
+    T = renum.size
+    reach = np.zeros(T, dtype=np.bool_)
+    reach[start] = True
+    reach[G] = True  # the dead state is not followed (nor kept, unless it is the start)
+    queue = keep  # breadth first, in the space `keep` takes after
+    queue[0] = start
+    head, tail = 0, 1
+    while head < tail:
+        s = queue[head]
+        head += 1
+        for c in range(C):
+            t = of_state[cols[s, c]] if s <= G else sub_rows[s - G - 1, c]
+            if not reach[t]:
+                reach[t] = True
+                queue[tail] = t
+                tail += 1
+    reach[G] = False
+    reach[start] = False
+    keep[0] = start
+    m = 1
+    renum[:] = -1
+    renum[start] = 0
+    for s in range(T):  # the start first, the others ascending
+        if reach[s]:
+            keep[m] = s
+            renum[s] = m
+            m += 1
+    for s in range(T):
+        if renum[s] < 0:
+            renum[s] = m
+    return m
+
+
+@_jit
+def _table_kernel(cols, of_state, sub_rows, accept, keep, renum, byte_cls, out, fin):  # pragma: no cover
+    G = cols.shape[0] - 1
+    C = cols.shape[1]
+    row = np.empty(C, dtype=np.int32)
+    m = fin.size
+    for i in range(m):
+        s = keep[i]
+        for c in range(C):
+            row[c] = renum[of_state[cols[s, c]] if s <= G else sub_rows[s - G - 1, c]]
+        for b in range(byte_cls.size):
+            out[i, b] = row[byte_cls[b]]
+        fin[i] = accept[s]
+    out[m] = m
+
+
+def reachable_table(
+    cols: np.ndarray,
+    of_state: np.ndarray,
+    sub_rows: np.ndarray,
+    final: np.ndarray,
+    sub_final: np.ndarray,
+    start: int,
+    byte_cls: np.ndarray,
+) -> tuple[np.ndarray, np.ndarray]:
+    """(delta [m+1, 256] int32 with dead row m, final [m]) of the states reachable from `start`: the start
+    first, the others ascending. State s <= G is the single NFA state s (successors of_state[cols[s]]),
+    G + 1 + k the explored subset k (successors sub_rows[k]); final [G+1] and sub_final [K] say which
+    accept; byte_cls [256] is each byte's class. The arrays are made here, in numpy, not in the kernels:
+    numpy asks for huge pages for large ones, numba's allocator does not (4 times slower to fill)."""
+    cols = np.ascontiguousarray(cols, dtype=np.int64)
+    of_state = np.ascontiguousarray(of_state, dtype=np.int64)
+    sub_rows = np.ascontiguousarray(sub_rows, dtype=np.int64)
+    T = cols.shape[0] + sub_rows.shape[0]
+    keep = np.empty(T, dtype=np.int64)
+    renum = np.empty(T, dtype=np.int32)
+    m = _reach_kernel(cols, of_state, sub_rows, int(start), keep, renum)
+    out = np.empty((m + 1, byte_cls.size), dtype=np.int32)
+    fin = np.empty(m, dtype=np.bool_)
+    accept = np.concatenate([final, sub_final]).astype(np.bool_)
+    accept[cols.shape[0] - 1] = False  # G: the dead state (the start when only the empty word was)
+    byte_cls = np.ascontiguousarray(byte_cls, dtype=np.int64)
+    _table_kernel(cols, of_state, sub_rows, accept, keep[:m], renum, byte_cls, out, fin)
+    return out, fin
