@@ -19,6 +19,8 @@ worker (dfa.py run as a script) loads it without the package's __init__ (which l
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass
 from itertools import chain
 
 import numpy as np
@@ -32,9 +34,30 @@ _BYTE_EOS = 256  # the pseudo-EOS id of the byte-level index
 _BYTE_VOCAB = Vocabulary(_BYTE_EOS, {bytes([b]): [b] for b in range(256)})
 
 
-def leaf_dfa(regex: str) -> tuple[np.ndarray, np.ndarray]:
+@dataclass(frozen=True)
+class Steps:
+    """How `_trim` finds the co-reachable states and `minimise` the coarsest partition: the numpy references
+    (no import, low cost per call on a small automaton) or automaton_numba.py's compiled twins (the same
+    results; ~0.3 s to import numba once, then much faster per state and per call)."""
+
+    live: Callable[[np.ndarray, np.ndarray], np.ndarray]  # (delta, final) -> bool [n]
+    blocks: Callable[[np.ndarray, np.ndarray], np.ndarray]  # (delta, final) -> block id [n+1] (dead row last)
+
+
+def compiled_steps() -> Steps:
+    from constraints.automaton_numba import coreachable
+
+    return Steps(coreachable, _hopcroft_blocks)
+
+
+def steps_for(n: int) -> Steps:
+    """The one rule for a lone automaton of n states: compiled from NUMBA_STATES states on."""
+    return compiled_steps() if n >= NUMBA_STATES else REFERENCE_STEPS
+
+
+def leaf_dfa(regex: str, steps: Steps | None = None) -> tuple[np.ndarray, np.ndarray]:
     """outlines-core's automaton of a small regex, co-reachable states only (not minimised: small already)."""
-    return _trim(*_outlines_dfa(regex))
+    return _trim(*_outlines_dfa(regex), steps)
 
 
 def byte_dfa(regex: str) -> tuple[np.ndarray, np.ndarray]:
@@ -47,21 +70,26 @@ def byte_dfa(regex: str) -> tuple[np.ndarray, np.ndarray]:
     """
     if len(regex) > COMPOSE_CHARS:
         try:
-            return _trim(*compose(regex, leaf_dfa, _minimise_pair))
+            return _composed(regex)
         except Opaque:
             pass  # flags or anchors: outlines-core reads it whole
     try:
         delta, final = _outlines_dfa(regex)
     except ValueError as err:  # outlines-core's nesting limit (e.g. ~80 optional fields in a row): split it
         try:
-            return _trim(*compose(regex, leaf_dfa, _minimise_pair))
+            return _composed(regex)
         except Opaque:
             raise err from None
     return _trim(*minimise(delta, final))  # after minimising: the trim then walks the small automaton
 
 
-def _minimise_pair(dfa: tuple[np.ndarray, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
-    return minimise(*dfa)
+def _composed(regex: str) -> tuple[np.ndarray, np.ndarray]:
+    """composed_dfa.py's build, every part with the compiled steps whatever its size: a composed regex is a
+    large one, and its hundreds of small leaves and parts spent more in numpy's per-call overhead than in
+    their states (byte_dfa of 20 slow JSONSchemaBench schemas, min of 3: 18.1 s -> 14.9 s)."""
+    steps = compiled_steps()
+    dfa = compose(regex, lambda rx: leaf_dfa(rx, steps), lambda d: minimise(*d, steps))
+    return _trim(*dfa, steps)
 
 
 def _outlines_dfa(regex: str) -> tuple[np.ndarray, np.ndarray]:
@@ -109,17 +137,13 @@ def _outlines_dfa(regex: str) -> tuple[np.ndarray, np.ndarray]:
     return delta, final
 
 
-def _trim(delta: np.ndarray, final: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """The co-reachable states (those that can reach a final state), renumbered in order.
+def _trim(delta: np.ndarray, final: np.ndarray, steps: Steps | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """The co-reachable states (those that can reach a final state), renumbered in order; `steps` None: the
+    rule `steps_for`.
 
     ValueError when the start is not among them (the regex matches no string)."""
     n = final.size
-    if n >= NUMBA_STATES:  # compiled (automaton_numba.py): the same set
-        from constraints.automaton_numba import coreachable
-
-        live = coreachable(delta, final)
-    else:
-        live = _coreachable(delta, final)
+    live = (steps or steps_for(n)).live(delta, final)
     if not live[0]:
         raise ValueError("the constraint's regex matches no string")
     renum = np.full(n + 1, -1, dtype=np.int64)
@@ -160,28 +184,20 @@ def csr_ranges(lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
     return offs + np.arange(total)
 
 
-def minimise(delta: np.ndarray, final: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def minimise(
+    delta: np.ndarray, final: np.ndarray, steps: Steps | None = None
+) -> tuple[np.ndarray, np.ndarray]:
     """The minimal automaton of the same language; states numbered by their first member, the start first.
 
     The dead row stays alone (states that cannot reach a final state stay, for `_trim`). Moore's refinement,
     with the states' signatures (block, successor block per byte class) summarised by 64-bit hashes; the
     partition it ends with is then checked exactly to be a congruence that respects finality, which makes
     the quotient the same language whatever the hashes did (a failed check, odds ~2^-64, redoes it exactly).
-    From NUMBA_STATES states on, Hopcroft's algorithm (automaton_numba.py, compiled; no hashes) finds the same
-    partition: the coarsest one refining {final, non-final, dead} is unique, so the table is the same too.
+    With the compiled steps (`steps_for`: from NUMBA_STATES states on), Hopcroft's algorithm
+    (automaton_numba.py; no hashes) finds the same partition: the coarsest one refining {final, non-final,
+    dead} is unique, so the table is the same too.
     """
-    if final.size >= NUMBA_STATES:  # compiled (automaton_numba.py): the same classes and partition, exactly
-        from constraints.automaton_numba import byte_class_reps, coarsest_partition
-
-        cols = delta[:, byte_class_reps(delta)]  # [n+1, C]
-        block = coarsest_partition(cols, np.append(final.astype(np.int64), 2))
-    else:
-        cols = delta[:, _byte_class_reps(delta)]
-        rng = np.random.default_rng(0x5EED)
-        w = rng.integers(1, 2**63, size=cols.shape[1] + 1, dtype=np.uint64) | np.uint64(1)
-        block = _moore(cols, final, w)
-        if not _is_congruence(cols, final, block):
-            block = _moore_exact(cols, final)
+    block = (steps or steps_for(final.size)).blocks(delta, final)
     # dense ids by first member: the start's block is 0, the dead state's (alone, the last row) is last
     _, first, block = np.unique(block, return_index=True, return_inverse=True)
     rank = np.empty(first.size, dtype=np.int64)
@@ -191,6 +207,25 @@ def minimise(delta: np.ndarray, final: np.ndarray) -> tuple[np.ndarray, np.ndarr
     out = np.full((m + 1, 256), m, dtype=np.int32)
     out[:m] = block[delta[first[:m]]]
     return out, final[first[:m]]
+
+
+def _moore_blocks(delta: np.ndarray, final: np.ndarray) -> np.ndarray:
+    """The reference partition: hashed Moore refinement, checked exactly (exact Moore if the check fails)."""
+    cols = delta[:, _byte_class_reps(delta)]  # [n+1, C]
+    rng = np.random.default_rng(0x5EED)
+    w = rng.integers(1, 2**63, size=cols.shape[1] + 1, dtype=np.uint64) | np.uint64(1)
+    block = _moore(cols, final, w)
+    if not _is_congruence(cols, final, block):
+        block = _moore_exact(cols, final)
+    return block
+
+
+def _hopcroft_blocks(delta: np.ndarray, final: np.ndarray) -> np.ndarray:
+    """The compiled partition (automaton_numba.py): the same classes and the same coarsest partition."""
+    from constraints.automaton_numba import byte_class_reps, coarsest_partition
+
+    cols = delta[:, byte_class_reps(delta)]  # [n+1, C]
+    return coarsest_partition(cols, np.append(final.astype(np.int64), 2))
 
 
 def _byte_class_reps(delta: np.ndarray) -> np.ndarray:
@@ -269,3 +304,6 @@ def _moore_exact(cols: np.ndarray, final: np.ndarray) -> np.ndarray:
         if int(block.max()) + 1 == n_blocks:
             return block
         n_blocks = int(block.max()) + 1
+
+
+REFERENCE_STEPS = Steps(_coreachable, _moore_blocks)

@@ -36,11 +36,15 @@ NEVER = 10**12  # a NUMBA_STATES no automaton reaches: the numpy reference runs
 
 
 def both_ways(monkeypatch, fn):
-    """fn() with the references (NUMBA_STATES out of reach), then with the kernels (NUMBA_STATES 0)."""
+    """fn() with the references (NUMBA_STATES out of reach, and byte_automaton.py's composed builds, which
+    take the compiled steps whatever the size, given the references), then with the kernels (NUMBA_STATES
+    0, the compiled steps)."""
     out = []
-    for threshold in (NEVER, 0):
+    compiled = ba.compiled_steps
+    for threshold, steps in ((NEVER, lambda: ba.REFERENCE_STEPS), (0, compiled)):
         monkeypatch.setattr(ba, "NUMBA_STATES", threshold)
         monkeypatch.setattr(pn, "NUMBA_STATES", threshold)
+        monkeypatch.setattr(ba, "compiled_steps", steps)
         out.append(fn())
     return out
 
@@ -218,7 +222,21 @@ def test_union_of_similar_objects_at_the_default_threshold(monkeypatch):
     assert max(sizes) >= pn.NUMBA_STATES
     monkeypatch.setattr(ba, "NUMBA_STATES", NEVER)
     monkeypatch.setattr(pn, "NUMBA_STATES", NEVER)
+    monkeypatch.setattr(ba, "compiled_steps", lambda: ba.REFERENCE_STEPS)
     assert_same_tables(ba.byte_dfa(regex), shipped)
+
+
+def test_a_composed_build_takes_the_compiled_steps_for_its_small_parts(monkeypatch):
+    """Past COMPOSE_CHARS every leaf and part uses the compiled steps, even far below NUMBA_STATES."""
+    regex = schema_to_regex(json.loads((DATA / REAL[2]).read_text()))
+    monkeypatch.setattr(ba, "COMPOSE_CHARS", 1_000)
+    monkeypatch.setattr(cd, "LEAF_CHARS", 300)
+    sizes = []
+    real = ba.compiled_steps()
+    monkeypatch.setattr(ba, "compiled_steps", lambda: ba.Steps(
+        lambda d, f: sizes.append(f.size) or real.live(d, f), real.blocks))
+    ba.byte_dfa(regex)
+    assert len(sizes) > 3 and min(sizes) < 100 < ba.NUMBA_STATES
 
 
 # ---- the budget scan ----
