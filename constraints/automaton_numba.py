@@ -160,14 +160,20 @@ def _byte_classes_kernel(delta_NB):  # pragma: no cover - compiled
                     new[d] = n_cls
             n_cls += 1
         cls = new
-    return rep[:n_cls].copy()
+    return cls, rep[:n_cls].copy()
+
+
+def byte_classes(delta_NB: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(class of each column [B], first column of each class, ascending) for the classes of identical
+    columns of `delta_NB` [N, B], numbered by first column; exact (no hashes): the classes are refined row by
+    row, and only a row on which some column leaves its class's first one (at most B - 1 rows) regroups
+    them."""
+    return _byte_classes_kernel(np.ascontiguousarray(delta_NB, dtype=np.int32))
 
 
 def byte_class_reps(delta_NB: np.ndarray) -> np.ndarray:
-    """The first column of each class of identical columns of `delta_NB` [N, B], ascending; exact (no
-    hashes): the classes are refined row by row, and only a row on which some column leaves its class's
-    first one (at most B - 1 rows) regroups them."""
-    return _byte_classes_kernel(np.ascontiguousarray(delta_NB, dtype=np.int32))
+    """The first column of each class of identical columns of `delta_NB`, ascending."""
+    return byte_classes(delta_NB)[1]
 
 
 @_jit

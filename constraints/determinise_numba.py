@@ -1,4 +1,4 @@
-"""Compiled (numba) twins of the numpy steps around piece_nfa.py's subset exploration, for large NFAs.
+"""Compiled (numba) twin of the numpy table step after piece_nfa.py's subset exploration, for large NFAs.
 
 Legend: n states of a piece DFA, G states of the composed NFA (+1: the dead state G), C byte classes, K
 subsets explored, m states of the resulting DFA.
@@ -7,13 +7,10 @@ piece_nfa.py's `determinise` is the reference: from NUMBA_STATES NFA states on i
 its numpy steps (and automaton_numba.py's `explore_subsets` in place of `_explore`), and
 tests/constraints/test_automaton_numba.py and test_determinise_numba.py compare the two ways table for
 table. Past a few thousand states the numpy steps spent their time making 256-wide temporaries:
-- `column_labels`: a piece DFA's byte classes as `same_rows(delta[:n].T)` numbers them (the rank of each
-  column's 64-bit hash): the hashes in one pass over the table's rows and the exact check in a second, one
-  call per piece, in place of a transposed copy, its product, a gathered copy to compare with (~4 passes
-  of 256 n) and a dozen numpy calls (most pieces have tens of states: the calls were most of the time).
 - `reachable_table`: the DFA states reachable from the start, the start first, and their 256-byte table,
   filled row by row from the class columns: no [G+1+K, C] table of every state's successors, no
   level-by-level search in numpy, no filled [m+1, 256] table overwritten by a gather along its rows.
+(The pieces' byte classes come from automaton_numba.py's `byte_classes`, the minimiser's kernel.)
 """
 
 from __future__ import annotations
@@ -21,41 +18,6 @@ from __future__ import annotations
 import numpy as np
 
 from constraints.automaton_numba import _jit
-
-
-@_jit
-def _labels_kernel(delta, n, w):  # pragma: no cover - compiled
-    B = delta.shape[1]
-    h = np.zeros(B, dtype=np.uint64)
-    for s in range(n):
-        ws = w[s]
-        for b in range(B):
-            h[b] += np.uint64(delta[s, b]) * ws  # wraps modulo 2^64, as numpy's uint64 product and sum
-    order = np.argsort(h)
-    labels = np.empty(B, dtype=np.int64)  # the rank of the column's hash among the distinct ones
-    first = np.full(B, B, dtype=np.int64)  # per rank: its first column
-    k = -1
-    for i in range(B):
-        b = order[i]
-        if i == 0 or h[b] != h[order[i - 1]]:
-            k += 1
-        labels[b] = k
-        first[k] = min(first[k], b)
-    rep = first[labels]  # per column: its group's first
-    for s in range(n):  # every column against its group's first: one hash, one column
-        for b in range(B):
-            if delta[s, rep[b]] != delta[s, b]:
-                return labels, False
-    return labels, True
-
-
-def column_labels(delta: np.ndarray, n: int, w: np.ndarray) -> np.ndarray | None:
-    """The group of each column of delta[:n] (int [256]): groups of identical columns, numbered by the
-    ascending rank of the hash sum(delta[s, b] * w[s]) mod 2^64, as piece_nfa.py's `same_rows` numbers the
-    rows of delta[:n].T with the weights `w` [n]. None when two different columns share a hash (the caller
-    then sorts, as `same_rows` does)."""
-    labels, exact = _labels_kernel(delta, n, w)
-    return labels if exact else None
 
 
 @_jit

@@ -8,9 +8,10 @@ hands it to `determinise`. A piece is not copied when added: its DFA's class col
 the NFA is determinised. A state that is no link's source is a subset of its own, its row its piece's row
 shifted; only the subsets at the junctions are explored. `_explore` does it a breadth-first level at a time
 in numpy and Python (the reference); from NUMBA_STATES NFA states on, automaton_numba.py's
-`explore_subsets` does the same in compiled code and numbers the subsets in the same order, and
-determinise_numba.py's kernels number the pieces' byte classes and write the reachable table, so both ways
-give the same table (tests/constraints/test_automaton_numba.py and test_determinise_numba.py compare them).
+`explore_subsets` does the same in compiled code and numbers the subsets in the same order, its
+`byte_classes` numbers the pieces' byte classes, and determinise_numba.py writes the reachable table, so
+both ways give the same table (tests/constraints/test_automaton_numba.py and test_determinise_numba.py
+compare them).
 """
 
 from __future__ import annotations
@@ -60,12 +61,13 @@ def determinise(nfa: Nfa, entries: set[int], exits: set[int], nullable: bool) ->
     G = nfa.size
     compiled = G >= NUMBA_STATES
     if compiled:
-        from constraints.automaton_numba import explore_subsets
-        from constraints.determinise_numba import column_labels, reachable_table
-    labels = []  # each distinct piece's byte classes (groups of identical columns), numbered by same_rows
-    for delta, n in nfa.kinds.values():
-        got = column_labels(delta, n, _weights(n)) if compiled else None  # None: numpy, or a hash collision
-        labels.append(same_rows(delta[:n].T)[1] if got is None else got)
+        from constraints.automaton_numba import byte_classes, explore_subsets
+        from constraints.determinise_numba import reachable_table
+    # each distinct piece's byte classes (groups of identical columns), numbered by first column
+    labels = [
+        byte_classes(delta[:n])[0] if compiled else _classes_by_first(delta[:n].T)
+        for delta, n in nfa.kinds.values()
+    ]
     # byte classes: bytes whose columns agree in every piece (a copy's columns agree where its DFA's do)
     first, byte_cls = same_rows(np.stack(labels or [np.zeros(256, np.int64)], axis=1))
     # [G+1, C]: each piece's class columns only (a quarter or less of its 256 bytes), shifted to its first
@@ -182,7 +184,7 @@ def _explore(cols, final, of_state, linked, closure, subsets: list, sid, G: int)
 def same_rows(a: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(first row of each group of identical rows of `a`, group of each row): a 64-bit hash groups them, an
     exact comparison confirms (a collision falls back to sorting the rows)."""
-    w = _weights(a.shape[1])
+    w = np.random.default_rng(0xC0DE).integers(1, 2**63, size=a.shape[1], dtype=np.uint64) | np.uint64(1)
     with np.errstate(over="ignore"):
         h = (a.astype(np.uint64) * w).sum(axis=1, dtype=np.uint64)
     _, first, inv = np.unique(h, return_index=True, return_inverse=True)
@@ -199,19 +201,10 @@ def same_rows(a: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return first, inv
 
 
-def _weights(k: int) -> np.ndarray:
-    """The odd 64-bit weights of `same_rows`'s hash of rows of k entries (fixed: the numbering they give
-    decides the order of byte classes, hence of subsets and states). Drawn once for the longest rows so far:
-    a generator's first k draws are the same however many it is asked for (numpy draws 64-bit bounded
-    integers one at a time; tests/constraints/test_determinise_numba.py checks it)."""
-    global _WEIGHTS
-    w = _WEIGHTS  # read once: another thread may replace it meanwhile
-    if k > w.size:
-        rng = np.random.default_rng(0xC0DE)
-        w = rng.integers(1, 2**63, size=max(k, 2 * w.size), dtype=np.uint64) | np.uint64(1)
-        w.flags.writeable = False
-        _WEIGHTS = w
-    return w[:k]
-
-
-_WEIGHTS = np.zeros(0, dtype=np.uint64)
+def _classes_by_first(a: np.ndarray) -> np.ndarray:
+    """Group of each row of `a`, groups of identical rows numbered by their first row (the numbering of
+    automaton_numba.py's `byte_classes`, its compiled twin for a piece's columns)."""
+    first, inv = same_rows(a)
+    rank = np.empty(first.size, dtype=np.int64)
+    rank[np.argsort(first)] = np.arange(first.size)
+    return rank[inv]

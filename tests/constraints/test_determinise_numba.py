@@ -1,8 +1,8 @@
 """constraints/determinise_numba.py against the numpy steps of constraints/piece_nfa.py it stands in for.
 
-`column_labels` must number a piece DFA's byte classes exactly as `same_rows(delta[:n].T)` does (the numbers
-order the NFA's byte classes, hence its subsets and states), and say when two different columns share a
-hash. `determinise` must give the same table both ways (NUMBA_STATES patched, as in
+automaton_numba.py's `byte_classes` must number a piece DFA's byte classes exactly as piece_nfa.py's
+`_classes_by_first` does (the numbers order the NFA's byte classes, hence its subsets and states), even where
+a column-sum hash would collide. `determinise` must give the same table both ways (NUMBA_STATES patched, as in
 tests/constraints/test_automaton_numba.py, which also compares the two ways on random NFAs and real schemas)
 in the corners: a start that is the dead state, an empty NFA, pieces copied many times, a piece that is
 all dead moves.
@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from constraints import piece_nfa as pn
-from constraints.determinise_numba import column_labels
+from constraints.automaton_numba import byte_classes
 
 NEVER = 10**12  # a NUMBA_STATES no automaton reaches: the numpy reference runs
 
@@ -29,21 +29,20 @@ def random_delta(rng: np.random.Generator, n: int, classes: int) -> np.ndarray:
 
 
 @pytest.mark.parametrize("n,classes", [(1, 1), (1, 3), (2, 256), (40, 5), (700, 30), (5000, 90)])
-def test_column_labels_number_as_same_rows(n, classes):
+def test_byte_classes_number_as_the_reference(n, classes):
     delta = random_delta(np.random.default_rng(n + classes), n, classes)
-    got = column_labels(delta, n, pn._weights(n))
-    assert got is not None
-    assert np.array_equal(got, pn.same_rows(delta[:n].T)[1])
+    labels, reps = byte_classes(delta[:n])
+    assert np.array_equal(labels, pn._classes_by_first(delta[:n].T))
+    assert np.array_equal(reps, np.sort(np.unique(labels, return_index=True)[1]))
 
 
-def test_column_labels_report_a_collision():
-    """With unit weights the hash is the column sum: (1, 2) and (2, 1) collide, and are told apart."""
+def test_byte_classes_tell_apart_columns_with_equal_sums():
+    """(1, 2) and (2, 1) have the same sum: two classes; equal columns: one."""
     delta = np.full((3, 256), 2, dtype=np.int32)
     delta[0, 0], delta[1, 0], delta[0, 1], delta[1, 1] = 1, 2, 2, 1
-    assert column_labels(delta, 2, np.ones(2, dtype=np.uint64)) is None
-    delta[:2, 1] = delta[:2, 0]  # equal columns: no collision
-    labels = column_labels(delta, 2, np.ones(2, dtype=np.uint64))
-    assert labels is not None and labels[0] == labels[1]
+    assert byte_classes(delta[:2])[0][0] != byte_classes(delta[:2])[0][1]
+    delta[:2, 1] = delta[:2, 0]
+    assert byte_classes(delta[:2])[0][0] == byte_classes(delta[:2])[0][1]
 
 
 def both_ways(monkeypatch, build):
@@ -121,11 +120,3 @@ def test_a_piece_of_dead_moves_only(monkeypatch):
     dfa = random_dfa(np.random.default_rng(10), 6, 3, True)
     ref, fast = both_ways(monkeypatch, lambda: chain([dfa, dead, dfa]))
     assert_same(ref, fast)
-
-
-def test_weights_are_the_first_draws_of_one_generator():
-    """`_weights` keeps one array of draws and slices it: each slice must be what a fresh generator draws for
-    that many (numpy's bounded 64-bit integers are drawn one at a time), whatever was asked before."""
-    for k in [0, 1, 2, 5, 63, 64, 1000, 257, 4096, 3, 10_000, 9_999, 70_000]:
-        fresh = np.random.default_rng(0xC0DE).integers(1, 2**63, size=k, dtype=np.uint64) | np.uint64(1)
-        assert np.array_equal(pn._weights(k), fresh), k
