@@ -139,11 +139,12 @@ def _byte_classes_kernel(delta_NB):  # pragma: no cover - compiled
     N, B = delta_NB.shape
     cls = np.zeros(B, dtype=np.int64)
     rep = np.zeros(B, dtype=np.int64)  # first column of each class
+    rep_of = np.zeros(B, dtype=np.int64)  # first column of each column's class (one lookup per cell)
     n_cls = 1
     for r in range(N):
         split = False
         for c in range(B):
-            if delta_NB[r, c] != delta_NB[r, rep[cls[c]]]:
+            if delta_NB[r, c] != delta_NB[r, rep_of[c]]:
                 split = True
                 break
         if not split:  # the usual row: every column agrees with its class's first one
@@ -160,6 +161,8 @@ def _byte_classes_kernel(delta_NB):  # pragma: no cover - compiled
                     new[d] = n_cls
             n_cls += 1
         cls = new
+        for c in range(B):
+            rep_of[c] = rep[cls[c]]
     return cls, rep[:n_cls].copy()
 
 

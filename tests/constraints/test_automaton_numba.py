@@ -27,7 +27,7 @@ from constraints import budget
 from constraints import byte_automaton as ba
 from constraints import composed_dfa as cd
 from constraints import piece_nfa as pn
-from constraints.automaton_numba import byte_class_reps, coarsest_partition, coreachable
+from constraints.automaton_numba import byte_class_reps, byte_classes, coarsest_partition, coreachable
 from constraints.schema_errors import UnsupportedSchema
 from constraints.schema_regex import schema_to_regex
 
@@ -107,6 +107,9 @@ def test_byte_class_kernel_gives_the_reference_classes(seed):
     assert np.array_equal(byte_class_reps(delta), ba._byte_class_reps(delta))
     every = rng.permutation(256 * 5).reshape(5, 256).astype(np.int32) % 300
     assert np.array_equal(byte_class_reps(every), ba._byte_class_reps(every))
+    for table in (delta, every):  # the class of each byte too (minimise spreads class columns by it)
+        for got, want in zip(byte_classes(table), ba._byte_classes(table)):
+            assert np.array_equal(got, want)
 
 
 @pytest.mark.parametrize("seed", range(4))
@@ -234,7 +237,7 @@ def test_a_composed_build_takes_the_compiled_steps_for_its_small_parts(monkeypat
     sizes = []
     real = ba.compiled_steps()
     monkeypatch.setattr(ba, "compiled_steps", lambda: ba.Steps(
-        lambda d, f: sizes.append(f.size) or real.live(d, f), real.blocks))
+        lambda d, f: sizes.append(f.size) or real.live(d, f), real.classes, real.blocks))
     ba.byte_dfa(regex)
     assert len(sizes) > 3 and min(sizes) < 100 < ba.NUMBA_STATES
 
