@@ -36,10 +36,12 @@ _BYTE_VOCAB = Vocabulary(_BYTE_EOS, {bytes([b]): [b] for b in range(256)})
 
 @dataclass(frozen=True)
 class Steps:
-    """How `_trim` finds the co-reachable states and `minimise` the coarsest partition: the numpy references
-    (no import, low cost per call on a small automaton) or automaton_numba.py's compiled twins (the same
-    results; ~0.3 s to import numba once, then much faster per state and per call)."""
+    """How `_outlines_dfa` reads outlines-core's transitions, `_trim` finds the co-reachable states and
+    `minimise` the byte classes and the coarsest partition: the references (dicts and numpy: no import, low
+    cost per call on a small automaton) or the compiled twins of index_numba.py and automaton_numba.py (the
+    same results; ~0.3 s to import numba once, then much faster per state and per call)."""
 
+    edges: Callable[[Index], tuple[np.ndarray, ...]]  # outlines-core's Index -> (src, token, dst) [E]
     live: Callable[[np.ndarray, np.ndarray], np.ndarray]  # (delta, final) -> bool [n]
     classes: Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]  # delta -> (class [256], first bytes [C])
     blocks: Callable[[np.ndarray, np.ndarray], np.ndarray]  # (cols [n+1, C], final) -> block id [n+1]
@@ -48,7 +50,7 @@ class Steps:
 def compiled_steps() -> Steps:
     from constraints.automaton_numba import byte_classes, coreachable
 
-    return Steps(coreachable, byte_classes, _hopcroft_blocks)
+    return Steps(_decoded_edges, coreachable, byte_classes, _hopcroft_blocks)
 
 
 def steps_for(n: int) -> Steps:
@@ -58,7 +60,7 @@ def steps_for(n: int) -> Steps:
 
 def leaf_dfa(regex: str, steps: Steps | None = None) -> tuple[np.ndarray, np.ndarray]:
     """outlines-core's automaton of a small regex, co-reachable states only (not minimised: small already)."""
-    return _trim(*_outlines_dfa(regex), steps)
+    return _trim(*_outlines_dfa(regex, (steps or REFERENCE_STEPS).edges), steps)
 
 
 def byte_dfa(regex: str) -> tuple[np.ndarray, np.ndarray]:
@@ -89,11 +91,11 @@ def _composed(regex: str) -> tuple[np.ndarray, np.ndarray]:
     large one, and its hundreds of small leaves and parts spent more in numpy's per-call overhead than in
     their states (byte_dfa of 20 slow JSONSchemaBench schemas, min of 3: 18.1 s -> 14.9 s)."""
     steps = compiled_steps()
-    dfa = compose(regex, lambda rx: leaf_dfa(rx, steps), lambda d: minimise(*d, steps))
+    dfa = compose(regex, lambda rx: leaf_dfa(rx, steps), lambda d: minimise_classes(*d, steps))
     return _trim(*dfa, steps)
 
 
-def _outlines_dfa(regex: str) -> tuple[np.ndarray, np.ndarray]:
+def _outlines_dfa(regex: str, edges: Callable | None = None) -> tuple[np.ndarray, np.ndarray]:
     """outlines-core's automaton of \\x01 `regex` \\x00 as (delta [n+1, 256], final [n]), sentinels removed.
 
     The leading \\x01 is for speed only: outlines-core's engine also determinises the unanchored search
@@ -103,15 +105,9 @@ def _outlines_dfa(regex: str) -> tuple[np.ndarray, np.ndarray]:
     We start after it; a regex that does admit \\x01 somewhere is only slower, never read differently.
     """
     index = Index(f"\\x01(?:{regex})\\x00", _BYTE_VOCAB)
-    trans = index.get_transitions()
+    src, byte, dst = (edges or _index_edges)(index)
     pre = index.get_initial_state()
-    init = trans[pre][1]
-    rows = list(trans.values())
-    lens = np.fromiter(map(len, rows), dtype=np.int64, count=len(rows))
-    src = np.repeat(np.fromiter(trans.keys(), dtype=np.int64, count=len(rows)), lens)
-    total = int(lens.sum())
-    byte = np.fromiter(chain.from_iterable(rows), dtype=np.int64, count=total)
-    dst = np.fromiter(chain.from_iterable(map(dict.values, rows)), dtype=np.int64, count=total)
+    init = int(dst[(src == pre) & (byte == 1)][0])  # the start: after \x01
     # dense numbering, the start first, then the engine's ids ascending: a table over its ids (no sort)
     top = int(max(src.max(initial=0), dst.max(initial=0), init)) + 1
     seen = np.zeros(top, dtype=bool)
@@ -136,6 +132,26 @@ def _outlines_dfa(regex: str) -> tuple[np.ndarray, np.ndarray]:
     has_out = np.append((delta[:n] < n).any(axis=1), False)
     delta[:n, 0] = np.where(has_out[delta[:n, 0]] & ~accept[delta[:n, 0]], delta[:n, 0], n)
     return delta, final
+
+
+def _index_edges(index: Index) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(source state, byte, target state) int64 [E] of every transition of `index`, from its dicts (the
+    reference of index_numba.py's `decode_index`)."""
+    trans = index.get_transitions()
+    rows = list(trans.values())
+    lens = np.fromiter(map(len, rows), dtype=np.int64, count=len(rows))
+    src = np.repeat(np.fromiter(trans.keys(), dtype=np.int64, count=len(rows)), lens)
+    total = int(lens.sum())
+    byte = np.fromiter(chain.from_iterable(rows), dtype=np.int64, count=total)
+    dst = np.fromiter(chain.from_iterable(map(dict.values, rows)), dtype=np.int64, count=total)
+    return src, byte, dst
+
+
+def _decoded_edges(index: Index) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """`_index_edges` read from the Index's binary form (index_numba.py), the reference where that fails."""
+    from constraints.index_numba import decode_index
+
+    return decode_index(index, _BYTE_EOS) or _index_edges(index)
 
 
 def _trim(delta: np.ndarray, final: np.ndarray, steps: Steps | None = None) -> tuple[np.ndarray, np.ndarray]:
@@ -200,7 +216,16 @@ def minimise(
     """
     steps = steps or steps_for(final.size)
     cls, reps = steps.classes(delta)  # delta[:, b] is cols[:, cls[b]]
-    cols = delta[:, reps]  # [n+1, C]
+    return minimise_classes(delta[:, reps], cls, final, steps)
+
+
+def minimise_classes(
+    cols: np.ndarray, cls: np.ndarray, final: np.ndarray, steps: Steps | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """`minimise` of the automaton whose byte b moves as column cls[b] of `cols` [n+1, C] (dead row n):
+    the same table, read from piece_nfa.py's `determinise_classes` without its 256-wide table. Two classes
+    may move alike (they need not be the coarsest): the coarsest partition, hence the table, is the same."""
+    steps = steps or steps_for(final.size)
     block = steps.blocks(cols, final)
     # dense ids by first member: the start's block is 0, the dead state's (alone, the last row) is last
     _, first, block = np.unique(block, return_index=True, return_inverse=True)
@@ -321,4 +346,4 @@ def _moore_exact(cols: np.ndarray, final: np.ndarray) -> np.ndarray:
         n_blocks = int(block.max()) + 1
 
 
-REFERENCE_STEPS = Steps(_coreachable, _byte_classes, _moore_blocks)
+REFERENCE_STEPS = Steps(_index_edges, _coreachable, _byte_classes, _moore_blocks)

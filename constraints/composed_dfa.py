@@ -25,7 +25,7 @@ from collections.abc import Callable
 
 import numpy as np
 
-from constraints.piece_nfa import Dfa, Nfa, determinise
+from constraints.piece_nfa import ClassDfa, Dfa, Nfa, determinise_classes
 
 LEAF_CHARS = 2_000  # a part this short is one leaf, compiled by outlines-core as a whole
 COUNTED = 8  # a group repeated up to this many times or more is a leaf of its own (shared by all its uses)
@@ -179,7 +179,7 @@ def _items(rx: _Regex, lo: int, hi: int) -> list[list[tuple[int, int, int, int, 
 
 
 class _Composer:
-    def __init__(self, regex: str, leaf: Callable[[str], Dfa], minimise: Callable[[Dfa], Dfa]):
+    def __init__(self, regex: str, leaf: Callable[[str], Dfa], minimise: Callable[[ClassDfa], Dfa]):
         self.rx = _Regex(regex)
         self.leaf_fn, self.minimise = leaf, minimise
         self.memo: dict[str, Dfa] = {}
@@ -207,7 +207,7 @@ class _Composer:
                     split = True
             nfa = Nfa()
             entries, exits, nullable = self._fragment(nfa, lo, hi, split, self._times(lo, hi))
-            self.memo[text] = self.minimise(determinise(nfa, entries, exits, nullable))
+            self.memo[text] = self.minimise(determinise_classes(nfa, entries, exits, nullable))
         return self.memo[text]
 
     def _times(self, lo: int, hi: int) -> int:
@@ -302,9 +302,10 @@ def _concat(nfa: Nfa, frags: list) -> tuple[set[int], set[int], bool]:
     return entries, exits, nullable
 
 
-def compose(regex: str, leaf: Callable[[str], Dfa], minimise: Callable[[Dfa], Dfa]) -> Dfa:
+def compose(regex: str, leaf: Callable[[str], Dfa], minimise: Callable[[ClassDfa], Dfa]) -> Dfa:
     """The minimal byte automaton of `regex` (not trimmed), composed part by part; Opaque when the regex
-    cannot be split. `leaf` compiles a small regex, `minimise` minimises an automaton."""
+    cannot be split. `leaf` compiles a small regex, `minimise` minimises an automaton given by byte class
+    (piece_nfa.py's `determinise_classes`)."""
     c = _Composer(regex, leaf, minimise)
     n = len(regex)
     limit = sys.getrecursionlimit()
@@ -312,6 +313,6 @@ def compose(regex: str, leaf: Callable[[str], Dfa], minimise: Callable[[Dfa], Df
     try:
         nfa = Nfa()
         entries, exits, nullable = c._fragment(nfa, 0, n, n <= LEAF_CHARS, 1)
-        return minimise(determinise(nfa, entries, exits, nullable))
+        return minimise(determinise_classes(nfa, entries, exits, nullable))
     finally:
         sys.setrecursionlimit(limit)

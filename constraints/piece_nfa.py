@@ -21,6 +21,8 @@ import numpy as np
 MAX_NFA_STATES = 1_000_000  # states of one part's NFA (~1 GB of tables): past this the regex is refused
 NUMBA_STATES = 4_000  # from this many NFA / DFA states on, the compiled kernels (automaton_numba.py) run
 Dfa = tuple[np.ndarray, np.ndarray]  # (delta [n+1, 256] int32 with dead row n, final bool [n]); 0 = start
+# the same by byte class: (table [n+1, C] int32 with dead row n, class of each byte [256], final bool [n])
+ClassDfa = tuple[np.ndarray, np.ndarray, np.ndarray]
 
 
 class Nfa:
@@ -52,7 +54,15 @@ class Nfa:
 
 
 def determinise(nfa: Nfa, entries: set[int], exits: set[int], nullable: bool) -> Dfa:
-    """The DFA of the NFA from `entries` (the empty word accepted when `nullable`), `exits` final; its states
+    """The DFA of the NFA from `entries` (the empty word accepted when `nullable`), `exits` final: the table
+    of `determinise_classes`, each byte's column that of its class."""
+    cols, byte_cls, final = determinise_classes(nfa, entries, exits, nullable)
+    return np.take(cols, byte_cls, axis=1), final
+
+
+def determinise_classes(nfa: Nfa, entries: set[int], exits: set[int], nullable: bool) -> ClassDfa:
+    """The DFA of the NFA from `entries` (the empty word accepted when `nullable`), `exits` final, by byte
+    class: (table [m+1, C] int32 with dead row m, class of each byte [256], final [m]); its states
     are those reachable from the start (the start first, the others in the order numbered). Subset
     construction over byte classes: a state without links is a subset of its own (its row is its piece's
     row, shifted); the other subsets are explored by `_explore`. From NUMBA_STATES NFA states on, compiled
@@ -123,7 +133,9 @@ def determinise(nfa: Nfa, entries: set[int], exits: set[int], nullable: bool) ->
         fin = final.copy()
         fin[G] = True  # G in a subset: the empty word is matched there
         sub_final = np.logical_or.reduceat(fin[members], ptr[:-1]) if ptr.size > 1 else np.zeros(0, bool)
-        return reachable_table(cols, of_state, sub_rows, final, sub_final, start, byte_cls)
+        classes = np.arange(first.size)  # the table by class: each class its own column
+        table, fin = reachable_table(cols, of_state, sub_rows, final, sub_final, start, classes)
+        return table, byte_cls, fin
     all_rows, all_final = _explore(cols, final, of_state, linked, closure, subsets, sid, G)
     all_final[G] = False
     # keep the states reachable from the start, start first
@@ -143,9 +155,9 @@ def determinise(nfa: Nfa, entries: set[int], exits: set[int], nullable: bool) ->
     m = keep.size
     renum = np.full(all_rows.shape[0], m, dtype=np.int64)
     renum[keep] = np.arange(m)
-    out = np.full((m + 1, 256), m, dtype=np.int32)
-    np.take(renum.astype(np.int32)[all_rows[keep]], byte_cls, axis=1, out=out[:m])
-    return out, all_final[keep]
+    out = np.full((m + 1, first.size), m, dtype=np.int32)
+    out[:m] = renum.astype(np.int32)[all_rows[keep]]
+    return out, byte_cls, all_final[keep]
 
 
 def _explore(cols, final, of_state, linked, closure, subsets: list, sid, G: int) -> tuple[np.ndarray, ...]:

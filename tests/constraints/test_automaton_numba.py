@@ -112,6 +112,25 @@ def test_byte_class_kernel_gives_the_reference_classes(seed):
             assert np.array_equal(got, want)
 
 
+@pytest.mark.parametrize("seed", range(3))
+def test_minimise_by_class_gives_the_table_of_minimise(monkeypatch, seed):
+    """The composed build minimises determinise_classes' tables without spreading them to 256 bytes: the
+    same table as `minimise` of the spread one, with the coarsest classes, with finer ones (columns that
+    move alike, as a subset construction's classes may) and with every byte its own class."""
+    rng = np.random.default_rng(seed)
+    delta, final = redundant_dfa(rng, 900, 70, 5)
+    cls, reps = ba._byte_classes(delta)
+    fine = rng.integers(0, 3, size=256) * (cls.max() + 1) + cls  # each class split by a random tag
+    _, first, fine = np.unique(fine, return_index=True, return_inverse=True)
+    ways = [(delta[:, reps], cls), (delta[:, first], fine.reshape(-1)), (delta, np.arange(256))]
+    for cols, of_byte in ways:
+        assert np.array_equal(np.take(cols, of_byte, axis=1), delta)
+        ref, fast = both_ways(monkeypatch, lambda c=cols, b=of_byte: ba.minimise_classes(c, b, final))
+        want = ba.minimise(delta, final)
+        assert_same_tables(ref, want)
+        assert_same_tables(fast, want)
+
+
 @pytest.mark.parametrize("seed", range(4))
 def test_coreachable_kernel_gives_the_reference_set(seed):
     rng = np.random.default_rng(seed)
@@ -217,9 +236,9 @@ def test_union_of_similar_objects_at_the_default_threshold(monkeypatch):
     monkeypatch.setattr(ba, "COMPOSE_CHARS", 1_000)
     monkeypatch.setattr(cd, "LEAF_CHARS", 300)
     sizes = []
-    real_determinise = cd.determinise
+    real_determinise = cd.determinise_classes
     monkeypatch.setattr(
-        cd, "determinise", lambda nfa, *a: sizes.append(nfa.size) or real_determinise(nfa, *a)
+        cd, "determinise_classes", lambda nfa, *a: sizes.append(nfa.size) or real_determinise(nfa, *a)
     )
     shipped = ba.byte_dfa(regex)
     assert max(sizes) >= pn.NUMBA_STATES
@@ -237,7 +256,7 @@ def test_a_composed_build_takes_the_compiled_steps_for_its_small_parts(monkeypat
     sizes = []
     real = ba.compiled_steps()
     monkeypatch.setattr(ba, "compiled_steps", lambda: ba.Steps(
-        lambda d, f: sizes.append(f.size) or real.live(d, f), real.classes, real.blocks))
+        real.edges, lambda d, f: sizes.append(f.size) or real.live(d, f), real.classes, real.blocks))
     ba.byte_dfa(regex)
     assert len(sizes) > 3 and min(sizes) < 100 < ba.NUMBA_STATES
 

@@ -21,7 +21,7 @@ from tests.constraints.test_byte_automaton import same_language, unminimised
 
 
 def composed(regex: str) -> tuple[np.ndarray, np.ndarray]:
-    return ba._trim(*cd.compose(regex, ba.leaf_dfa, lambda d: ba.minimise(*d)))
+    return ba._trim(*cd.compose(regex, ba.leaf_dfa, lambda d: ba.minimise_classes(*d)))
 
 
 HAND = [
@@ -93,7 +93,7 @@ def test_schema_regexes_from_the_shipped_sample(monkeypatch):
 @pytest.mark.parametrize("regex", ["(?i:ab)c", "a(?i)b", "^ab", "a$", "a\\bb", "\\Aab"])
 def test_context_dependent_syntax_is_not_composed(regex):
     with pytest.raises(cd.Opaque):
-        cd.compose(regex, ba.leaf_dfa, lambda d: ba.minimise(*d))
+        cd.compose(regex, ba.leaf_dfa, lambda d: ba.minimise_classes(*d))
 
 
 def test_past_the_nesting_limit_of_outlines_core():
