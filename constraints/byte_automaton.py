@@ -59,7 +59,14 @@ def steps_for(n: int) -> Steps:
 
 
 def leaf_dfa(regex: str, steps: Steps | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """outlines-core's automaton of a small regex, co-reachable states only (not minimised: small already)."""
+    """outlines-core's automaton of a small regex, co-reachable states only (not minimised: small already).
+    With the compiled steps, index_numba.py's `leaf_table` (the same table in one compiled pass)."""
+    if steps is not None and steps.edges is _decoded_edges:
+        from constraints.index_numba import leaf_table
+
+        dfa = leaf_table(Index(f"\\x01(?:{regex})\\x00", _BYTE_VOCAB), _BYTE_EOS)
+        if dfa is not None:
+            return dfa
     return _trim(*_outlines_dfa(regex, (steps or REFERENCE_STEPS).edges), steps)
 
 

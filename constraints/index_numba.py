@@ -12,6 +12,10 @@ eos_token_id, vocab_size); `_decode_kernel` reads it in one pass. The reading is
 must consume the bytes exactly and give the Index's initial state, final states and EOS; anything else
 (another outlines-core version's layout) returns None and the caller takes the reference.
 
+`leaf_table` goes on to byte_automaton.py's `_trim(*_outlines_dfa(...))` in the same pass (the numbering,
+the sentinels, the co-reachable states): a leaf of a composed regex is small, and the dozen numpy steps
+of the reference cost more per leaf in calls than in work.
+
 Imported only with the compiled steps (byte_automaton.py `compiled_steps`): numba is loaded then already.
 """
 
@@ -19,7 +23,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from constraints.automaton_numba import _jit
+from constraints.automaton_numba import _coreachable_kernel, _jit
 
 
 @_jit
@@ -97,3 +101,87 @@ def decode_index(index, eos: int) -> tuple[np.ndarray, np.ndarray, np.ndarray] |
     if set(fin[:n_fin].tolist()) != set(index.get_final_states()):
         return None
     return src[:e], tok[:e], dst[:e]
+
+
+@_jit
+def _leaf_kernel(src, tok, dst, pre, fins):  # pragma: no cover - compiled
+    """The steps of byte_automaton.py's `_outlines_dfa` then `_trim`, on the decoded transitions: (delta
+    [m+1, 256] int32, final [m]), or an empty final where the start is not co-reachable."""
+    E = src.size
+    top = 0
+    for e in range(E):
+        top = max(top, src[e] + 1, dst[e] + 1)
+    init = -1
+    for e in range(E):
+        if src[e] == pre and tok[e] == 1:
+            init = dst[e]
+    top = max(top, init + 1)
+    # dense numbering: the start (after \x01) first, then the engine's ids ascending
+    seen = np.zeros(top, dtype=np.bool_)
+    for e in range(E):
+        seen[src[e]] = True
+        seen[dst[e]] = True
+    seen[init] = False
+    num = np.zeros(top, dtype=np.int64)
+    n = 1
+    for i in range(top):
+        if seen[i]:
+            num[i] = n
+            n += 1
+    delta = np.full((n + 1, 256), n, dtype=np.int32)
+    for e in range(E):
+        if tok[e] < 256:  # the EOS pseudo-token is not text
+            delta[num[src[e]], tok[e]] = num[dst[e]]
+    delta[num[pre], :] = n  # the state before \x01 is not ours
+    accept = np.zeros(n + 1, dtype=np.bool_)
+    for f in fins:
+        if f < top and (seen[f] or f == init):
+            accept[num[f]] = True
+    final = np.empty(n, dtype=np.bool_)
+    has_out = np.zeros(n + 1, dtype=np.bool_)
+    for s in range(n):
+        final[s] = accept[delta[s, 0]]
+        for b in range(256):
+            if delta[s, b] < n:
+                has_out[s] = True
+                break
+    for s in range(n):  # the sentinel \x00 is not text: drop its moves into states that only end the match
+        t = delta[s, 0]
+        if not (has_out[t] and not accept[t]):
+            delta[s, 0] = n
+    live = _coreachable_kernel(delta, final)
+    if not live[0]:
+        return delta[:0], final[:0]
+    renum = np.empty(n + 1, dtype=np.int32)
+    m = 0
+    for s in range(n):
+        if live[s]:
+            renum[s] = m
+            m += 1
+    for s in range(n):
+        if not live[s]:
+            renum[s] = m
+    renum[n] = m
+    out = np.empty((m + 1, 256), dtype=np.int32)
+    fin = np.empty(m, dtype=np.bool_)
+    for s in range(n):
+        if live[s]:
+            r = renum[s]
+            fin[r] = final[s]
+            for b in range(256):
+                out[r, b] = renum[delta[s, b]]
+    out[m, :] = m
+    return out, fin
+
+
+def leaf_table(index, eos: int) -> tuple[np.ndarray, np.ndarray] | None:
+    """byte_automaton.py's `_trim(*_outlines_dfa(regex))` of the Index of \\x01 `regex` \\x00 (EOS id `eos`),
+    the same table; None where `decode_index` cannot read it. ValueError where the regex matches no string."""
+    edges = decode_index(index, eos)
+    if edges is None:
+        return None
+    fins = np.fromiter(index.get_final_states(), dtype=np.int64)
+    delta, final = _leaf_kernel(*edges, np.int64(index.get_initial_state()), fins)
+    if final.size == 0:
+        raise ValueError("the constraint's regex matches no string")
+    return delta, final

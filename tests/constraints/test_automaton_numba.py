@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from constraints import budget
+from constraints import budget, index_numba
 from constraints import byte_automaton as ba
 from constraints import composed_dfa as cd
 from constraints import piece_nfa as pn
@@ -257,6 +257,14 @@ def test_a_composed_build_takes_the_compiled_steps_for_its_small_parts(monkeypat
     real = ba.compiled_steps()
     monkeypatch.setattr(ba, "compiled_steps", lambda: ba.Steps(
         real.edges, lambda d, f: sizes.append(f.size) or real.live(d, f), real.classes, real.blocks))
+    real_leaf = index_numba.leaf_table  # the leaves: decoded and trimmed in one compiled pass
+
+    def leaf_table(*args):
+        dfa = real_leaf(*args)
+        sizes.append(dfa[1].size)
+        return dfa
+
+    monkeypatch.setattr(index_numba, "leaf_table", leaf_table)
     ba.byte_dfa(regex)
     assert len(sizes) > 3 and min(sizes) < 100 < ba.NUMBA_STATES
 

@@ -9,7 +9,7 @@ import pytest
 from outlines_core import Index
 
 import constraints.byte_automaton as ba
-from constraints.index_numba import decode_index
+from constraints.index_numba import decode_index, leaf_table
 
 REGEXES = [
     "a",
@@ -37,6 +37,15 @@ def test_decoded_transitions_are_the_indexs(regex):
     # and the byte automaton read through either is the same table
     fast, ref = ba._outlines_dfa(regex, ba._decoded_edges), ba._outlines_dfa(regex)
     assert np.array_equal(fast[0], ref[0]) and np.array_equal(fast[1], ref[1])
+
+
+@pytest.mark.parametrize("regex", REGEXES + ["(?:ab|a)(?:c|)", "x{0}", "[a-z]+\\.[a-z]{2,3}|tr(?:ue)?"])
+def test_the_fused_leaf_table_is_the_reference_leaf(regex):
+    """leaf_table: the trimmed table of `_trim(*_outlines_dfa(...))`, array for array."""
+    ref = ba._trim(*ba._outlines_dfa(regex))
+    got = leaf_table(Index(f"\\x01(?:{regex})\\x00", ba._BYTE_VOCAB), ba._BYTE_EOS)
+    assert np.array_equal(got[0], ref[0]) and np.array_equal(got[1], ref[1])
+    assert ba.leaf_dfa(regex, ba.compiled_steps())[0].shape == ref[0].shape
 
 
 class _Blob:
