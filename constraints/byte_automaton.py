@@ -170,12 +170,12 @@ def _trim(delta: np.ndarray, final: np.ndarray, steps: Steps | None = None) -> t
     live = (steps or steps_for(n)).live(delta, final)
     if not live[0]:
         raise ValueError("the constraint's regex matches no string")
-    renum = np.full(n + 1, -1, dtype=np.int64)
-    renum[np.nonzero(live)[0]] = np.arange(int(live.sum()))
     m = int(live.sum())
-    renum[~np.append(live, False)] = m
-    out = renum[delta[np.append(live, True)]].astype(np.int32)
-    return out, final[live]
+    renum = np.full(n + 1, m, dtype=np.int32)
+    renum[np.nonzero(live)[0]] = np.arange(m, dtype=np.int32)
+    # one int32 gather (after a minimisation at most one state goes: most rows are kept, none copied twice)
+    rows = delta if m == n else delta[np.append(live, True)]
+    return np.take(renum, rows), final[live]
 
 
 def _coreachable(delta: np.ndarray, final: np.ndarray) -> np.ndarray:
