@@ -19,6 +19,7 @@ worker (dfa.py run as a script) loads it without the package's __init__ (which l
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from itertools import chain
@@ -64,7 +65,7 @@ def leaf_dfa(regex: str, steps: Steps | None = None) -> tuple[np.ndarray, np.nda
     if steps is not None and steps.edges is _decoded_edges:
         from constraints.index_numba import leaf_table
 
-        dfa = leaf_table(Index(f"\\x01(?:{regex})\\x00", _BYTE_VOCAB), _BYTE_EOS)
+        dfa = leaf_table(_index(regex), _BYTE_EOS)
         if dfa is not None:
             return dfa
     return _trim(*_outlines_dfa(regex, (steps or REFERENCE_STEPS).edges), steps)
@@ -84,13 +85,19 @@ def byte_dfa(regex: str) -> tuple[np.ndarray, np.ndarray]:
         except Opaque:
             pass  # flags or anchors: outlines-core reads it whole
     try:
-        delta, final = _outlines_dfa(regex)
+        index = _index(regex)
     except ValueError as err:  # outlines-core's nesting limit (e.g. ~80 optional fields in a row): split it
         try:
             return _composed(regex)
         except Opaque:
             raise err from None
-    return _trim(*minimise(delta, final))  # after minimising: the trim then walks the small automaton
+    if "numba" in sys.modules:  # loaded already: the compiled twin costs no import (what steps_for saves)
+        from constraints.index_numba import leaf_table
+
+        dfa = leaf_table(index, _BYTE_EOS, trim=False)  # the table `_index_dfa` makes, compiled
+        if dfa is not None:
+            return _trim(*minimise(*dfa))
+    return _trim(*minimise(*_index_dfa(index)))  # after minimising: the trim then walks the small automaton
 
 
 def _composed(regex: str) -> tuple[np.ndarray, np.ndarray]:
@@ -111,7 +118,16 @@ def _outlines_dfa(regex: str, edges: Callable | None = None) -> tuple[np.ndarray
     holds in front, a match can only start there and that search stays as small as the automaton itself.
     We start after it; a regex that does admit \\x01 somewhere is only slower, never read differently.
     """
-    index = Index(f"\\x01(?:{regex})\\x00", _BYTE_VOCAB)
+    return _index_dfa(_index(regex), edges)
+
+
+def _index(regex: str) -> Index:
+    """outlines-core's Index of \\x01 `regex` \\x00 over the 256 one-byte tokens (`_outlines_dfa`)."""
+    return Index(f"\\x01(?:{regex})\\x00", _BYTE_VOCAB)
+
+
+def _index_dfa(index: Index, edges: Callable | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """`_outlines_dfa` of the regex whose Index this is; `edges` reads its transitions."""
     src, byte, dst = (edges or _index_edges)(index)
     pre = index.get_initial_state()
     init = int(dst[(src == pre) & (byte == 1)][0])  # the start: after \x01

@@ -104,9 +104,9 @@ def decode_index(index, eos: int) -> tuple[np.ndarray, np.ndarray, np.ndarray] |
 
 
 @_jit
-def _leaf_kernel(src, tok, dst, pre, fins):  # pragma: no cover - compiled
-    """The steps of byte_automaton.py's `_outlines_dfa` then `_trim`, on the decoded transitions: (delta
-    [m+1, 256] int32, final [m]), or an empty final where the start is not co-reachable."""
+def _leaf_kernel(src, tok, dst, pre, fins, trim):  # pragma: no cover - compiled
+    """The steps of byte_automaton.py's `_outlines_dfa` then (`trim`) of `_trim`, on the decoded transitions:
+    (delta [m+1, 256] int32, final [m]), or an empty final where the start is not co-reachable."""
     E = src.size
     top = 0
     for e in range(E):
@@ -149,6 +149,8 @@ def _leaf_kernel(src, tok, dst, pre, fins):  # pragma: no cover - compiled
         t = delta[s, 0]
         if not (has_out[t] and not accept[t]):
             delta[s, 0] = n
+    if not trim:
+        return delta, final
     live = _coreachable_kernel(delta, final)
     if not live[0]:
         return delta[:0], final[:0]
@@ -174,14 +176,15 @@ def _leaf_kernel(src, tok, dst, pre, fins):  # pragma: no cover - compiled
     return out, fin
 
 
-def leaf_table(index, eos: int) -> tuple[np.ndarray, np.ndarray] | None:
-    """byte_automaton.py's `_trim(*_outlines_dfa(regex))` of the Index of \\x01 `regex` \\x00 (EOS id `eos`),
-    the same table; None where `decode_index` cannot read it. ValueError where the regex matches no string."""
+def leaf_table(index, eos: int, trim: bool = True) -> tuple[np.ndarray, np.ndarray] | None:
+    """byte_automaton.py's `_trim(*_outlines_dfa(regex))` (`_outlines_dfa(regex)` if not `trim`) of the
+    Index of \\x01 `regex` \\x00 (EOS id `eos`), the same table; None where `decode_index` cannot read it.
+    ValueError where the regex matches no string (when trimming)."""
     edges = decode_index(index, eos)
     if edges is None:
         return None
     fins = np.fromiter(index.get_final_states(), dtype=np.int64)
-    delta, final = _leaf_kernel(*edges, np.int64(index.get_initial_state()), fins)
-    if final.size == 0:
+    delta, final = _leaf_kernel(*edges, np.int64(index.get_initial_state()), fins, trim)
+    if trim and final.size == 0:
         raise ValueError("the constraint's regex matches no string")
     return delta, final

@@ -4,6 +4,8 @@ The regexes reach the varint widths bincode uses for state ids (one byte, 2 and 
 thousands of states) and the EOS token (256: two bytes); a byte string that is not an Index's layout must
 give None, never arrays."""
 
+import sys
+
 import numpy as np
 import pytest
 from outlines_core import Index
@@ -46,6 +48,17 @@ def test_the_fused_leaf_table_is_the_reference_leaf(regex):
     got = leaf_table(Index(f"\\x01(?:{regex})\\x00", ba._BYTE_VOCAB), ba._BYTE_EOS)
     assert np.array_equal(got[0], ref[0]) and np.array_equal(got[1], ref[1])
     assert ba.leaf_dfa(regex, ba.compiled_steps())[0].shape == ref[0].shape
+    whole, untrimmed = ba._outlines_dfa(regex), leaf_table(ba._index(regex), ba._BYTE_EOS, trim=False)
+    assert np.array_equal(untrimmed[0], whole[0]) and np.array_equal(untrimmed[1], whole[1])
+
+
+@pytest.mark.parametrize("regex", REGEXES)
+def test_a_whole_regex_gives_the_same_automaton_with_numba_loaded_or_not(monkeypatch, regex):
+    """byte_dfa reads the Index with the compiled twin only where numba is loaded already."""
+    with_numba = ba.byte_dfa(regex)
+    monkeypatch.delitem(sys.modules, "numba")
+    without = ba.byte_dfa(regex)
+    assert np.array_equal(with_numba[0], without[0]) and np.array_equal(with_numba[1], without[1])
 
 
 class _Blob:
