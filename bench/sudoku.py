@@ -1,14 +1,16 @@
 """Sudoku solved % on the held-out set (sudoku/data/heldout.jsonl) at 48 / 24 / 12 / 6 denoising steps, one
 model (model/assets/dgbatch-sudoku), four ways, all through the fast engine's one loop (engine/fast.py):
 
-- `pinned`: the clues in the prompt and pinned on the canvas (engine/pins.py, the `grid` template of
-  pipeline/pin_templates.py, as a job with `generation.pins` runs it), confidence-ordered commits;
-- `prompt`: the clues in the prompt only, the whole canvas denoised from noise;
+- `pinned`: the clues pinned on the canvas with the cell markers (sudoku/grid.py `canvas_text` as the `grid`
+  template of pipeline/pin_templates.py, as a job with `generation.pins` runs it), the short prompt,
+  confidence-ordered commits;
+- `prompt`: the clues in the prompt only (the same canvas text), the whole canvas denoised from noise;
 - `pinned_l2r`: pinned, but commits strictly left to right (engine/params.py `commit_order`), the same number
   of positions per step as an autoregressive order would take: the bidirectional advantage, same weights;
-- `pinned_valid`: the recipe of jobs/examples/sudoku.yaml: pinned, the output held to 81 digits (regex
-  `[1-9]{81}`, constraints/hook.py with the pins), and the all-different validator (sudoku/grid.py
-  `validate`) with up to 3 regenerations from derived seeds (pipeline/validators.py `Validator.generate`).
+- `pinned_valid`: the recipe of jobs/examples/sudoku.yaml: pinned, the output held to a digit 1-9 after each
+  marker (sudoku/grid.py `CANVAS_REGEX`, constraints/hook.py with the pins), and the all-different validator
+  (sudoku/grid.py `validate`) with up to 3 regenerations from derived seeds (pipeline/validators.py
+  `Validator.generate`).
 
 Solved means every cell right (sudoku/grid.py `check_solution`). Prints one JSON line per (steps, way):
 solved % overall and on the hard subset (<= 25 clues), the counts behind them, forwards and wall time; then
@@ -38,7 +40,7 @@ from pipeline.outputs import RowResult  # noqa: E402
 from pipeline.pin_templates import template_pins  # noqa: E402
 from pipeline.rows import PreparedRow  # noqa: E402
 from pipeline.validators import Validator  # noqa: E402
-from sudoku.grid import check_solution, prompt  # noqa: E402
+from sudoku.grid import CANVAS_REGEX, PINNED_PROMPT, canvas_text, check_solution, prompt  # noqa: E402, I001
 
 WAYS = ("pinned", "prompt", "pinned_l2r", "pinned_valid")
 HARD = 25
@@ -58,7 +60,7 @@ class Solver:
         self.base = GenerationParams.from_model(self.model)
         self.batch = batch
         self.forwards = 0
-        self.digits = build_hook({"regex": "[1-9]{81}"}, self.tok, self.model.config,
+        self.digits = build_hook({"regex": CANVAS_REGEX}, self.tok, self.model.config,
                                  max_new_tokens=self.base.max_new_tokens)
 
     def texts(self, puzzles: list[str], seeds: list[int], steps: int, way: str) -> list[str]:
@@ -67,9 +69,11 @@ class Solver:
         encode = lambda s: self.tok.encode(s, add_special_tokens=False)  # noqa: E731
         reqs = []
         for i, (p, seed) in enumerate(zip(puzzles, seeds)):
-            pins = None if way == "prompt" else template_pins("grid", p, encode, params.eos_token_ids[0]).pins
+            pins = None if way == "prompt" else \
+                template_pins("grid", canvas_text(p), encode, params.eos_token_ids[0]).pins
             hook = self.digits.with_pins(pins, params.max_new_tokens) if way == "pinned_valid" else None
-            reqs.append(Request(id=str(i), input_ids=encode_prompt(self.tok, prompt(p)), seed=seed,
+            text = prompt(p) if way == "prompt" else PINNED_PROMPT
+            reqs.append(Request(id=str(i), input_ids=encode_prompt(self.tok, text), seed=seed,
                                 params=params, pins=pins, commit_hook=hook))
         eng = Engine(self.model, max_batch_rows=self.batch)
         done = eng.generate(reqs)

@@ -34,6 +34,7 @@ from typing import TYPE_CHECKING, Protocol
 from pipeline.outputs import RowResult
 from pipeline.rows import PreparedRow
 from pipeline.spec import JobSpec
+from pipeline.user_code import load_callable
 
 if TYPE_CHECKING:
     from constraints import ConstraintHook
@@ -188,6 +189,14 @@ class EngineBackend:
 
         spec = self.spec.generation.pins
         template = (row.extra or {}).get(spec.column)
+        if spec.map is not None:
+            try:
+                template = load_callable(spec.map)(template)
+            except Exception as exc:  # noqa: BLE001 - user code fails one row, never the job
+                return f"column {spec.column}: pins.map {spec.map!r} raised {type(exc).__name__}: {exc}", hook
+            if not isinstance(template, str):
+                return (f"column {spec.column}: pins.map {spec.map!r} returned {type(template).__name__}, "
+                        "not a str"), hook
         if not params.eos_token_ids:
             return "pins need the checkpoint's EOS token ids (one is pinned after the template)", hook
         try:

@@ -20,6 +20,9 @@ the closest known names ("did you mean"). The knobs:
   column in one of pipeline/pin_templates.py's forms (text with `{{hole:N}}`, a JSON skeleton, a grid such
   as an 81-character Sudoku); the engine never changes a pinned token and fills the holes
   (engine/pins.py). A row's template must fit its max_new_tokens; a bad template is that row's error.
+  `map: "module:function"` (optional) turns the column's value into the template first, e.g. a Sudoku
+  puzzle into the canvas layout its model reads (sudoku/grid.py `canvas_text`); what it raises, or a
+  return that is not a string, is that row's error.
 
 The engine is imported only when a parameter is set: it loads torch, which reading a spec otherwise does not.
 """
@@ -31,6 +34,8 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic_core import InitErrorDetails, PydanticCustomError
+
+from pipeline.user_code import load_callable
 
 KNOBS = ("seed", "n", "temperature", "max_tokens", "stop", "logprobs", "pins")
 PIN_FORMS = ("holes", "json", "grid")  # pipeline/pin_templates.py's forms (defined here: reading a spec
@@ -44,6 +49,14 @@ class PinsSpec(BaseModel):
 
     column: str = Field(min_length=1)
     form: str
+    map: str | None = None  # "module:function": fn(the column's value) -> the template
+
+    @field_validator("map")
+    @classmethod
+    def _importable(cls, v: str | None) -> str | None:
+        if v is not None:
+            load_callable(v)  # a bad name fails the spec before any work
+        return v
 
     @field_validator("form")
     @classmethod
@@ -138,4 +151,6 @@ class GenerationSpec(BaseModel):
                     "pins": None}
         out = {name: d.get(name) for name in _FIRST_VERSION_FIELDS}
         out.update({k: v for k, v in d.items() if not (k in defaults and v == defaults[k])})
+        if out.get("pins") and out["pins"].get("map") is None:
+            out["pins"] = {k: v for k, v in out["pins"].items() if k != "map"}  # as before `map` existed
         return out

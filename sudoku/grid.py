@@ -3,7 +3,8 @@
 A puzzle is the common 81-character layout, row by row, with `0` or `.` for an empty cell. A grid here is a
 list of 81 ints (0 = empty). `check_solution` is the acceptance test every solver output goes through
 (bench, pipeline validator, training monitor): it ignores separators and whitespace in the answer text, so
-"534 678 912 / ..." and the bare 81 digits are the same answer.
+"534 678 912 / ..." and the bare 81 digits are the same answer. `canvas_text` is the layout the shipped
+Sudoku model reads and writes: each cell after a marker character of its own.
 """
 
 from __future__ import annotations
@@ -103,16 +104,40 @@ def validate(text: str, row: dict) -> str | None:
 
 
 PROMPT = "Solve this Sudoku: {puzzle}"
+# The prompt of pinned mode: the clues are on the canvas (`canvas_text`), so the prompt need not repeat them.
+PINNED_PROMPT = "Solve this Sudoku."
+
+# The canvas layout: each cell's digit follows a marker character of its own (81 distinct characters, each
+# one token of the shipped tokenizer; no digit, `.` or whitespace, so `answer_digits` reads past them).
+# Attention sees only relative positions (RoPE), but a cell's row, column and box depend on where it is;
+# with the markers pinned, a cell reads which cell it is from the token just before it, a lookup a small
+# model learns at once instead of inferring its place from distances.
+MARKERS = ("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
+           "!#$%&()*+,-/:;<=>?@[]^_|~`'\"\\")
+
+
+# A solved canvas as the job's structured output: a character, then a digit 1-9, 81 times. The markers are
+# pinned, so with the pins it holds each empty cell to one digit 1-9 (constraints/hook.py `with_pins`).
+CANVAS_REGEX = "(.[1-9]){81}"
+
+
+def canvas_text(cells: str) -> str:
+    """A puzzle (81 chars, `0` or `.` empty) or a solution as canvas text: marker, cell, marker, cell, ...
+    Raises `parse`'s ValueError for what is not a grid. Empty cells are written `0`, so the text is also
+    the `grid` pin template of pinned mode (markers and clues pinned, empty cells holes)."""
+    return "".join(m + ch for m, ch in zip(MARKERS, to_string(parse(cells))))  # parse names any problem
 
 
 def prompt(puzzle: str) -> str:
-    """The model's user prompt for a puzzle (the text the shipped Sudoku model was trained on): the puzzle in
-    the 81-char layout with `0` for empty cells (a `.` is rewritten to `0`, so either input form works)."""
-    return PROMPT.format(puzzle=to_string(parse(puzzle)))
+    """The model's user prompt for a puzzle when the clues are not pinned: the puzzle as canvas text
+    (`canvas_text`, `0` for empty cells; a `.` is rewritten to `0`), so a cell's clue sits after the same
+    marker in the prompt as the cell on the canvas."""
+    return PROMPT.format(puzzle=canvas_text(puzzle))
 
 
 def template_values(values: dict[str, str]) -> dict[str, str]:
-    """The job spec's `input.template_values` for a `puzzle` column (jobs/examples/sudoku.yaml): the puzzle
-    as the model was trained to read it (`0` for empty cells), so files using `.` work unchanged. A puzzle
-    that does not parse raises, which makes that row an error row naming the problem."""
-    return {"puzzle": to_string(parse(values["puzzle"]))}
+    """A job's `input.template_values` for a `puzzle` column when the clues go in the prompt ("Solve this
+    Sudoku: {puzzle}"): the puzzle as the shipped model reads it there, its canvas text (`prompt`), so files
+    using `0` or `.` both work. A puzzle that does not parse raises, which makes that row an error row
+    naming the problem. (jobs/examples/sudoku.yaml pins the clues instead: `generation.pins.map`.)"""
+    return {"puzzle": canvas_text(values["puzzle"])}

@@ -10,7 +10,8 @@ from engine.generate import generate
 from engine.params import GenerationParams, until_stop
 from engine.pins import Pins
 from model.tokenizer import encode_prompt, left_pad
-from sudoku.grid import check_solution, parse, prompt, to_string
+from pipeline.pin_templates import template_pins
+from sudoku.grid import PINNED_PROMPT, canvas_text, check_solution, prompt
 
 
 def solved_fraction(outputs: list[str], puzzles: list[str]) -> float:
@@ -22,26 +23,28 @@ def solved_fraction(outputs: list[str], puzzles: list[str]) -> float:
     return sum(check_solution(p, o) is None for o, p in zip(outputs, puzzles)) / len(puzzles)
 
 
-def clue_pins(tok, puzzle: str) -> Pins:
-    """The engine pins of pinned mode: each clue's digit token at its cell's canvas offset (cell i = offset i,
-    the digits being single tokens)."""
-    cells = to_string(parse(puzzle))
-    return Pins.at({i: tok.encode(c, add_special_tokens=False)[0] for i, c in enumerate(cells) if c != "0"})
+def clue_pins(tok, puzzle: str, stop_id: int) -> Pins:
+    """The engine pins of pinned mode, as a job's `generation.pins` (form grid) makes them from the
+    puzzle's canvas text: every marker and clue digit at its canvas offset, then the stop token."""
+    encode = lambda text: tok.encode(text, add_special_tokens=False)  # noqa: E731
+    return template_pins("grid", canvas_text(puzzle), encode, stop_id).pins
 
 
 @torch.no_grad()
 def solve_texts(model, tok, puzzles: list[str], steps: int, seed: int = 0, batch: int = 50,
                 pin_clues: bool = False) -> list[str]:
     """The model's answer text for each puzzle (engine reference loop, the checkpoint's sampler settings at
-    `steps` denoising steps, one canvas): clues in the prompt, and with pin_clues also pinned in the canvas.
+    `steps` denoising steps, one canvas): clues in the prompt (sudoku/grid.py `prompt`), or with pin_clues
+    pinned on the canvas under the short `PINNED_PROMPT`.
     Batch i is seeded seed + i."""
     stops = GenerationParams.from_model(model).eos_token_ids
     pad = model.config.text.pad_token_id
     texts = []
     for i in range(0, len(puzzles), batch):
         part = puzzles[i:i + batch]
-        ids_BL, valid_BL = left_pad([encode_prompt(tok, prompt(p)) for p in part], pad)
-        pins = [clue_pins(tok, p) for p in part] if pin_clues else None
+        texts_in = [PINNED_PROMPT if pin_clues else prompt(p) for p in part]
+        ids_BL, valid_BL = left_pad([encode_prompt(tok, t) for t in texts_in], pad)
+        pins = [clue_pins(tok, p, stops[0]) for p in part] if pin_clues else None
         out_BT = generate(model, ids_BL, valid_BL.long(), mode="reference", seed=seed + i // batch,
                           max_new_tokens=model.config.canvas_length, max_denoising_steps=steps, pins=pins)
         for row in out_BT[:, ids_BL.shape[1]:].tolist():
@@ -49,12 +52,13 @@ def solve_texts(model, tok, puzzles: list[str], steps: int, seed: int = 0, batch
     return texts
 
 
-def monitor(model, tok, rows: list[dict], steps: int, seed: int = 0) -> dict[str, float]:
+def monitor(model, tok, rows: list[dict], steps: int, seed: int = 0,
+            pin_clues: bool = True) -> dict[str, float]:
     """Solved fraction on held-out rows ({"puzzle", "clues", ...}) overall and on the hard subset (<= 25
     clues), with the global RNG restored afterwards so a training run's randomness does not depend on it."""
     devices = [model.device] if model.device.type == "cuda" else []
     with torch.random.fork_rng(devices=devices):
-        texts = solve_texts(model, tok, [r["puzzle"] for r in rows], steps, seed)
+        texts = solve_texts(model, tok, [r["puzzle"] for r in rows], steps, seed, pin_clues=pin_clues)
     ok = [check_solution(r["puzzle"], t) is None for r, t in zip(rows, texts)]
     hard = [o for o, r in zip(ok, rows) if r["clues"] <= 25]
     return {"solved": round(sum(ok) / len(ok), 4), "hard_solved": round(sum(hard) / max(1, len(hard)), 4),

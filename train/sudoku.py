@@ -2,8 +2,9 @@
 `python -m train.sudoku --out runs/sudoku` (then `--export model/assets/dgbatch-sudoku`).
 
 Owns the Sudoku recipe (`SudokuConfig`) and geometry (`sudoku_model_config`: train/loop.py's small layout with
-one 88-token canvas holding the 81 digits + <turn|>, and a sliding window covering prompt + canvas so every
-cell sees every cell on every layer), the loop and the export. Reused, not copied: the block-diffusion loss
+one 164-token canvas holding the grid's canvas text (sudoku/grid.py `canvas_text`: 81 cell markers and 81
+digits) + <turn|>, and a sliding window covering prompt + canvas so every cell sees every cell on every
+layer), the loop and the export. Reused, not copied: the block-diffusion loss
 with per-position pins (train/forward.py), initialisation, LR schedule and checkpoints (train/loop.py), the
 data stream (train/sudoku_data.py) and the held-out monitor (sudoku/metrics.py).
 """
@@ -29,7 +30,7 @@ from train.sudoku_data import END_OF_TURN, build_batch, build_pool, load_heldout
 ROOT = Path(__file__).resolve().parents[1]
 TOKENIZER_DIR = ROOT / "model" / "assets" / "dgbatch-small"  # same tokenizer as the small model
 ASSET_DIR = ROOT / "model" / "assets" / "dgbatch-sudoku"
-PROMPT_TOKENS = 105  # chat-templated "Solve this Sudoku: <81 digits>" (every puzzle has the same length)
+PROMPT_TOKENS = 186  # chat-templated prompt-only prompt (sudoku/grid.py `prompt`), every puzzle alike
 
 
 @dataclass
@@ -40,7 +41,7 @@ class SudokuConfig:
     # resumed run keeps the horizon and its remaining budget). This CPU is shared, so a fixed step count
     # could take anywhere from 1 to 2 hours; the budget keeps the one command under 2 hours.
     steps: int = 3000
-    time_budget_s: float = 4500.0
+    time_budget_s: float = 6600.0
     batch_size: int = 32
     lr: float = 2e-3
     min_lr_frac: float = 0.05
@@ -49,13 +50,13 @@ class SudokuConfig:
     grad_clip: float = 1.0
     eps: float = 1e-3  # corruption level t ~ U(eps, 1)
     self_cond_frac: float = 0.5  # fraction of batches trained two-pass (the sampler self-conditions)
-    pin_frac: float = 0.5  # fraction of rows with their clues pinned in the canvas
+    pin_frac: float = 0.8  # fraction of batches with their clues pinned in the canvas (the example's way)
     max_clues: int = 45  # training clue counts are uniform in [a puzzle's minimal count, max_clues]
     pool: int = 2000  # minimal puzzles generated once (seeded, cached in out/pool.jsonl)
     hidden: int = 128
     layers: int = 6
-    canvas: int = 88
-    sliding_window: int = 256
+    canvas: int = 164
+    sliding_window: int = 352
     seed: int = 27
     threads: int = 1
     ckpt_every_s: float = 180.0
@@ -72,8 +73,9 @@ class SudokuConfig:
         for name in ("self_cond_frac", "pin_frac"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ValueError(f"{name} must be in [0, 1], got {getattr(self, name)}")
-        if self.canvas < 82:
-            raise ValueError(f"canvas must hold 81 digits + <turn|> (>= 82), got {self.canvas}")
+        if self.canvas < 163:
+            raise ValueError(f"canvas must hold 81 markers, 81 digits and <turn|> (>= 163), "
+                             f"got {self.canvas}")
         if self.sliding_window < PROMPT_TOKENS + self.canvas:
             raise ValueError(f"sliding_window {self.sliding_window} < prompt + canvas "
                              f"({PROMPT_TOKENS + self.canvas}): some cells would not see every cell")

@@ -3,9 +3,11 @@ function of (pool, seed, step) so a resumed run continues exactly.
 
 Each row: a pool puzzle under a random symmetry (sudoku/augment.py), with extra clues put back from its
 solution so the clue count is uniform in [the puzzle's own count, max_clues] (a superset of a unique puzzle's
-clues stays unique), then, with probability `pin_frac`, its clues also pinned in the canvas (clean, never
-corrupted, no loss: the engine's pinned mode) — otherwise the clues are only in the prompt and the whole
-canvas is noised. Rows equal to a held-out puzzle (sudoku/data/heldout.jsonl) are redrawn; the pool uses
+clues stays unique). The target is the solution's canvas text (sudoku/grid.py `canvas_text`: each digit after
+its cell's marker). With probability `pin_frac` a batch is pinned: the short prompt, and the markers, clues
+and stop token pinned in the canvas (clean, never corrupted, no loss: the engine's pinned mode, as a job's
+`generation.pins` makes it); otherwise the puzzle's canvas text is in the prompt and the whole canvas is
+noised. Rows equal to a held-out puzzle (sudoku/data/heldout.jsonl) are redrawn; the pool uses
 seeds disjoint from the held-out set's.
 """
 
@@ -20,7 +22,7 @@ import numpy as np
 import torch
 
 from sudoku import augment
-from sudoku.grid import prompt, to_string
+from sudoku.grid import PINNED_PROMPT, canvas_text, prompt, to_string
 from sudoku.puzzles import make_puzzle
 from train.forward import Batch, make_batch
 
@@ -68,8 +70,10 @@ def build_pool(n: int, seed: int, cache: Path | None = None) -> np.ndarray:
 
 def sample_rows(pool: np.ndarray, seed: int, step: int, batch_size: int, max_clues: int, pin_frac: float,
                 exclude: set[str]) -> list[tuple[str, str, bool]]:
-    """Batch `step`'s rows as (puzzle, solution, pinned) strings/flags; a pure function of the arguments."""
+    """Batch `step`'s rows as (puzzle, solution, pinned) strings/flags; a pure function of the arguments.
+    A batch is all pinned or all prompt-only (drawn with pin_frac), so its prompts pad to one length."""
     rng = np.random.default_rng([seed, step])
+    pinned = bool(rng.random() < pin_frac)
     rows = []
     while len(rows) < batch_size:
         p_81, s_81 = pool[rng.integers(len(pool))].astype(np.int64)
@@ -80,7 +84,6 @@ def sample_rows(pool: np.ndarray, seed: int, step: int, batch_size: int, max_clu
         empty = np.flatnonzero(p_81 == 0)
         add = rng.permutation(empty)[:target - have]
         p_81[add] = s_81[add]
-        pinned = bool(rng.random() < pin_frac)
         puzzle = "".join(map(str, p_81.tolist()))
         if puzzle in exclude:
             continue  # never train on a held-out puzzle
@@ -89,12 +92,15 @@ def sample_rows(pool: np.ndarray, seed: int, step: int, batch_size: int, max_clu
 
 
 def build_batch(rows: list[tuple[str, str, bool]], tok, canvas: int) -> tuple[Batch, torch.Tensor]:
-    """(Batch, pinned_BKC): chat prompts `sudoku.grid.prompt`, targets the 81 solution digits then <turn|>;
-    pinned_BKC marks clue cells of pinned rows (the digits are single tokens, so cell i is canvas slot i)."""
-    b = make_batch(tok, [prompt(p) for p, _, _ in rows], [s for _, s, _ in rows], canvas, END_OF_TURN, PAD,
-                   n_canvases=1)
+    """(Batch, pinned_BKC): targets the solution's canvas text (sudoku/grid.py `canvas_text`: marker, digit,
+    ... every character one token) then <turn|>. A pinned row has the short prompt and its canvas pins
+    exactly what the `grid` template of `canvas_text(puzzle)` pins: markers, clues and the stop token; a
+    prompt-only row has the puzzle's canvas text in its prompt and nothing pinned."""
+    b = make_batch(tok, [PINNED_PROMPT if pin else prompt(p) for p, _, pin in rows],
+                   [canvas_text(s) for _, s, _ in rows], canvas, END_OF_TURN, PAD, n_canvases=1)
     pinned = torch.zeros_like(b.targets_BKC, dtype=torch.bool)
     for i, (p, _, pin) in enumerate(rows):
         if pin:
-            pinned[i, 0, :81] = torch.tensor([c != "0" for c in p])
+            marks = [k % 2 == 0 or k == 162 or p[k // 2] != "0" for k in range(163)]  # markers, clues, stop
+            pinned[i, 0, :163] = torch.tensor(marks)
     return b, pinned

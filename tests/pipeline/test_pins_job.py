@@ -72,3 +72,32 @@ def test_the_spec_checks_pins(tmp_path):
         JobSpec.parse({**base, "generation": {"pins": {"form": "grid"}}})
     plain = JobSpec.parse(base)
     assert "pins" not in plain.generation.fingerprint_dict()
+
+
+def test_a_map_turns_the_column_into_the_template(tmp_path):
+    """`pins.map` ("module:function"): the column's value through the user's function is the template
+    (here a Sudoku puzzle into the canvas layout, sudoku/grid.py `canvas_text`); what the function raises, or
+    a return that is not text, is that row's error; a bad name fails the spec; and a job without a map
+    keeps the fingerprint it had before `map` existed."""
+    puzzle = "530070000600195000098000060800060003400803001700020006060000280000419005000080079"
+    rows = [{"prompt": "Sudoku", "g": puzzle.replace("0", ".")}, {"prompt": "Sudoku", "g": "12x"}]
+    got = _run(tmp_path, rows, {"column": "g", "form": "grid", "map": "sudoku.grid:canvas_text"},
+               generation={"max_new_tokens": 168, "max_denoising_steps": 4,
+                           "pins": {"column": "g", "form": "grid", "map": "sudoku.grid:canvas_text"}})
+    text = got[0]["text"]
+    # markers and clues pinned (a hole holds one token of any width: the small model is no Sudoku solver)
+    assert got[0]["status"] == "ok" and text.startswith("A5B3C") and text.endswith('"7\\9'), text
+    assert got[1]["status"] == "error"
+    assert "column g: pins.map 'sudoku.grid:canvas_text' raised ValueError" in got[1]["error"]
+    bad = _run(tmp_path, rows[:1], {"column": "g", "form": "grid", "map": "builtins:len"})
+    assert bad[0]["status"] == "error" and "returned int, not a str" in bad[0]["error"]
+    base = {"input": {"path": str(tmp_path / "in"), "prompt_column": "prompt"},
+            "output": {"path": str(tmp_path / "out")}}
+    with pytest.raises(SpecError, match="has no attribute 'nope'"):
+        JobSpec.parse({**base, "generation": {"pins": {"column": "g", "form": "grid",
+                                                        "map": "sudoku.grid:nope"}}})
+    unmapped = JobSpec.parse({**base, "generation": {"pins": {"column": "g", "form": "grid"}}})
+    assert unmapped.generation.fingerprint_dict()["pins"] == {"column": "g", "form": "grid"}
+    pins = {"column": "g", "form": "grid", "map": "sudoku.grid:canvas_text"}
+    mapped = JobSpec.parse({**base, "generation": {"pins": pins}})
+    assert mapped.generation.fingerprint_dict()["pins"] == pins

@@ -10,6 +10,7 @@ import pytest
 from pipeline.plan import fingerprint_components
 from pipeline.rows import prepare_rows
 from pipeline.spec import InputSpec, JobSpec, SpecError
+from sudoku.grid import canvas_text
 
 GOOD = "0" * 80 + "5"
 
@@ -24,7 +25,7 @@ def test_values_are_mapped_before_the_template_is_filled():
     plain = _rows()
     assert plain[0].prompt == f"Solve this Sudoku: {GOOD.replace('0', '.')} (1)"
     mapped = _rows(template_values="sudoku.grid:template_values")
-    assert [r.prompt for r in mapped[:2]] == [f"Solve this Sudoku: {GOOD} ({n})" for n in (1, 2)]
+    assert [r.prompt for r in mapped[:2]] == [f"Solve this Sudoku: {canvas_text(GOOD)} ({n})" for n in (1, 2)]
     assert [(r.id, r.seed) for r in mapped] == [(r.id, r.seed) for r in plain]
     bad = mapped[2]  # the function raised on this row only: an error row naming the row and the cause
     assert bad.prompt is None and bad.error.startswith("in.parquet row 2: input.template_values")

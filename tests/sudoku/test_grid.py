@@ -2,9 +2,22 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
-from sudoku.grid import check_solution, format_grid, parse, prompt, to_string, validate
+from sudoku.grid import (
+    CANVAS_REGEX,
+    MARKERS,
+    canvas_text,
+    check_solution,
+    format_grid,
+    parse,
+    prompt,
+    template_values,
+    to_string,
+    validate,
+)
 
 # A classic puzzle and its (unique) solution.
 PUZZLE = "530070000600195000098000060800060003400803001700020006060000280000419005000080079"
@@ -91,5 +104,21 @@ def test_validate_reads_the_row_puzzle():
     assert validate(SOLUTION, {"id": 3}) == "row has no 'puzzle' field"
 
 
-def test_prompt_normalises_dots():
-    assert prompt(PUZZLE.replace("0", ".")) == "Solve this Sudoku: " + PUZZLE
+def test_prompt_and_template_values_write_the_canvas_text():
+    assert prompt(PUZZLE.replace("0", ".")) == "Solve this Sudoku: " + canvas_text(PUZZLE)
+    assert template_values({"puzzle": PUZZLE.replace("0", ".")}) == {"puzzle": canvas_text(PUZZLE)}
+
+
+def test_canvas_text_puts_each_cell_after_its_own_marker():
+    assert len(set(MARKERS)) == 81 and not any(ch.isdigit() or ch.isspace() or ch == "." for ch in MARKERS)
+    text = canvas_text(PUZZLE.replace("0", "."))
+    assert len(text) == 162 and text[:6] == "A5B3C0" and text[-2:] == "\\9"
+    assert text[0::2] == MARKERS and text[1::2] == PUZZLE
+    assert canvas_text(SOLUTION)[1::2] == SOLUTION
+    assert check_solution(PUZZLE, canvas_text(SOLUTION)) is None  # the markers read as separators
+    assert re.fullmatch(CANVAS_REGEX, canvas_text(SOLUTION))
+    assert not re.fullmatch(CANVAS_REGEX, canvas_text(PUZZLE))  # an empty cell is no answer
+    with pytest.raises(ValueError, match="81 cells"):
+        canvas_text(PUZZLE[:80])
+    with pytest.raises(ValueError, match="breaks row 1"):
+        canvas_text("55" + PUZZLE[2:])

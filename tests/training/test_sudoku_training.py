@@ -12,9 +12,9 @@ from training_helpers import assert_learns_and_resumes
 
 import train.forward as forward
 from model import DiffusionGemma, load_tokenizer
-from sudoku.grid import check_solution, parse
+from sudoku.grid import canvas_text, check_solution, parse
 from sudoku.puzzles import count_solutions
-from train.sudoku import TOKENIZER_DIR, SudokuConfig, sudoku_model_config, train
+from train.sudoku import PROMPT_TOKENS, TOKENIZER_DIR, SudokuConfig, sudoku_model_config, train
 from train.sudoku_data import END_OF_TURN, HELDOUT_SEED, build_batch, build_pool, load_heldout, sample_rows
 
 DIGIT_IDS = {str(d): 372 + d for d in range(10)}  # '0'..'9' are single tokens 372..381
@@ -46,7 +46,10 @@ def test_rows_are_valid_unique_and_a_function_of_the_step(pool):
     rows = sample_rows(pool, 7, 3, 16, 45, 0.5, set())
     assert rows == sample_rows(pool, 7, 3, 16, 45, 0.5, set())
     assert rows != sample_rows(pool, 7, 4, 16, 45, 0.5, set())
-    assert {pin for _, _, pin in rows} == {True, False}
+    # a batch is all pinned or all prompt-only (one prompt length), and both kinds come up
+    assert all(len({pin for _, _, pin in sample_rows(pool, 7, step, 4, 45, 0.5, set())}) == 1
+               for step in range(12))
+    assert {sample_rows(pool, 7, step, 1, 45, 0.5, set())[0][2] for step in range(12)} == {True, False}
     minimal = min(int((p > 0).sum()) for p in pool[:, 0])
     for puzzle, solution, _ in rows:
         assert minimal <= sum(c != "0" for c in puzzle) <= 45
@@ -70,24 +73,28 @@ def test_training_never_sees_heldout_puzzles(pool):
 
 
 def test_batch_layout_and_pins(pool, tok):
-    rows = sample_rows(pool, 7, 0, 6, 45, 0.5, set())
-    b, pinned = build_batch(rows, tok, 88)
-    assert b.targets_BKC.shape == (6, 1, 88) and pinned.shape == (6, 1, 88)
-    assert len({tuple(r) for r in b.prompt_BL.tolist()}) == 6 and b.prompt_BL.shape[1] == 105
-    for i, (puzzle, solution, pin) in enumerate(rows):
-        t = b.targets_BKC[i, 0].tolist()
-        assert t[:81] == [DIGIT_IDS[c] for c in solution] and t[81] == END_OF_TURN
-        assert pinned[i, 0].tolist() == [pin and c != "0" for c in puzzle] + [False] * 7
-        # the prompt ends with the puzzle's 81 digits, then the chat template's tail
-        prompt = b.prompt_BL[i].tolist()
-        start = next(j for j in range(len(prompt) - 81) if prompt[j:j + 81] == [DIGIT_IDS[c] for c in puzzle])
-        assert start > 0
+    one = lambda text: tok.encode(text, add_special_tokens=False)  # noqa: E731
+    for pin in (True, False):
+        rows = [(p, s, pin) for p, s, _ in sample_rows(pool, 7, 0, 6, 45, 0.5, set())]
+        b, pinned = build_batch(rows, tok, 164)
+        assert b.targets_BKC.shape == (6, 1, 164) and pinned.shape == (6, 1, 164)
+        assert b.prompt_BL.shape[1] == (24 if pin else PROMPT_TOKENS)
+        for i, (puzzle, solution, _) in enumerate(rows):
+            t = b.targets_BKC[i, 0].tolist()
+            assert t[:162] == one(canvas_text(solution)) and t[162] == END_OF_TURN and t[163] == 0
+            assert t[1:162:2] == [DIGIT_IDS[c] for c in solution]  # each digit one token, after its marker
+            want = [k % 2 == 0 or puzzle[k // 2] != "0" for k in range(162)] + [True, False]
+            assert pinned[i, 0].tolist() == (want if pin else [False] * 164)  # markers, clues, the stop
+            prompt = b.prompt_BL[i].tolist()
+            if not pin:  # the prompt holds the puzzle's canvas text, then the chat template's tail
+                text = one(canvas_text(puzzle))
+                assert any(prompt[j:j + 162] == text for j in range(len(prompt) - 161))
 
 
 def test_pinned_positions_stay_clean_and_carry_no_loss(pool, tok, monkeypatch):
     torch.manual_seed(0)
-    model = DiffusionGemma(sudoku_model_config(tok.vocab_size, 32, 2, 88, 256)).float()
-    b, _ = build_batch(sample_rows(pool, 7, 0, 3, 30, 0.0, set()), tok, 88)
+    model = DiffusionGemma(sudoku_model_config(tok.vocab_size, 32, 2, 164, 352)).float()
+    b, _ = build_batch(sample_rows(pool, 7, 0, 3, 30, 0.0, set()), tok, 164)  # prompt-only: no pins
     pinned = torch.zeros_like(b.targets_BKC, dtype=torch.bool)
     pinned[:, 0, :40] = True
     seen = []
@@ -97,7 +104,7 @@ def test_pinned_positions_stay_clean_and_carry_no_loss(pool, tok, monkeypatch):
     free = forward.diffusion_loss(model, b, eps=0.5, self_cond=False, gen=gen())
     loss = forward.diffusion_loss(model, b, eps=0.5, self_cond=False, gen=gen(), pinned_BKC=pinned)
     free_canvas, pin_canvas = seen
-    tgt = b.targets_BKC.view(3, 88)
+    tgt = b.targets_BKC.view(3, 164)
     assert torch.equal(pin_canvas[:, :40], tgt[:, :40])  # pins hold the clean digits
     assert torch.equal(pin_canvas[:, 40:], free_canvas[:, 40:])  # same noise elsewhere
     assert (free_canvas[:, :40] != tgt[:, :40]).any()  # without pins those cells were corrupted
@@ -106,9 +113,9 @@ def test_pinned_positions_stay_clean_and_carry_no_loss(pool, tok, monkeypatch):
         forward.diffusion_loss(model, b, eps=0.5, self_cond=False, gen=gen(), pinned_BKC=pinned)
         ids, valid = forward.context_of(b)
         logits = real(model, forward.encode_context(model, ids, valid), valid, b.prompt_BL.shape[1],
-                      seen[-1], 88)
+                      seen[-1], 164)
         ce = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), tgt.reshape(-1),
-                                               reduction="none").view(3, 88)
+                                               reduction="none").view(3, 164)
     torch.testing.assert_close(loss.detach(), ce[:, 40:].mean(), atol=1e-5, rtol=0)
     assert not torch.isclose(loss, free)
     nothing = forward.diffusion_loss(model, b, eps=0.5, self_cond=False, gen=gen(),
@@ -117,10 +124,10 @@ def test_pinned_positions_stay_clean_and_carry_no_loss(pool, tok, monkeypatch):
 
 
 def test_config_checks_itself():
-    with pytest.raises(ValueError, match="81 digits"):
-        SudokuConfig(canvas=81)
+    with pytest.raises(ValueError, match="81 markers, 81 digits"):
+        SudokuConfig(canvas=162)
     with pytest.raises(ValueError, match="sliding_window"):
-        SudokuConfig(sliding_window=128)
+        SudokuConfig(sliding_window=300)
     with pytest.raises(ValueError, match="pin_frac"):
         SudokuConfig(pin_frac=1.5)
     with pytest.raises(ValueError, match="max_clues"):
