@@ -38,10 +38,19 @@ RAY = str(Path(sys.executable).with_name("ray"))
 DGBATCH_RAY = str(Path(sys.executable).with_name("dgbatch-ray"))
 
 
+_GIVEN: set[int] = set()
+
+
 def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A free port on 127.0.0.1, never one this process handed out before: each call binds and closes, so the
+    OS may offer the same number again, and Ray refuses a head whose components share a port (seen once)."""
+    while True:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        if port not in _GIVEN:
+            _GIVEN.add(port)
+            return port
 
 
 def _processes_mentioning(text: str) -> list[int]:
