@@ -37,10 +37,10 @@ from engine.params import GenerationParams  # noqa: E402
 from model import DiffusionGemma, load_tokenizer  # noqa: E402
 from model.tokenizer import encode_prompt  # noqa: E402
 from pipeline.outputs import RowResult  # noqa: E402
-from pipeline.pin_templates import template_pins  # noqa: E402
 from pipeline.rows import PreparedRow  # noqa: E402
 from pipeline.validators import Validator  # noqa: E402
-from sudoku.grid import CANVAS_REGEX, PINNED_PROMPT, canvas_text, check_solution, prompt  # noqa: E402, I001
+from sudoku.grid import CANVAS_REGEX, PINNED_PROMPT, check_solution, prompt  # noqa: E402
+from sudoku.metrics import clue_pins  # noqa: E402
 
 WAYS = ("pinned", "prompt", "pinned_l2r", "pinned_valid")
 HARD = 25
@@ -66,11 +66,9 @@ class Solver:
     def texts(self, puzzles: list[str], seeds: list[int], steps: int, way: str) -> list[str]:
         order = "left_to_right" if way == "pinned_l2r" else "confidence"
         params = self.base.with_(max_denoising_steps=steps, commit_order=order)
-        encode = lambda s: self.tok.encode(s, add_special_tokens=False)  # noqa: E731
         reqs = []
         for i, (p, seed) in enumerate(zip(puzzles, seeds)):
-            pins = None if way == "prompt" else \
-                template_pins("grid", canvas_text(p), encode, params.eos_token_ids[0]).pins
+            pins = None if way == "prompt" else clue_pins(self.tok, p, params.eos_token_ids[0])
             hook = self.digits.with_pins(pins, params.max_new_tokens) if way == "pinned_valid" else None
             text = prompt(p) if way == "prompt" else PINNED_PROMPT
             reqs.append(Request(id=str(i), input_ids=encode_prompt(self.tok, text), seed=seed,
