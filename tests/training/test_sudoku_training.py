@@ -98,8 +98,8 @@ def test_pinned_positions_stay_clean_and_carry_no_loss(pool, tok, monkeypatch):
     pinned = torch.zeros_like(b.targets_BKC, dtype=torch.bool)
     pinned[:, 0, :40] = True
     seen = []
-    real = forward.decode_canvases
-    monkeypatch.setattr(forward, "decode_canvases", lambda *a, **k: seen.append(a[4]) or real(*a, **k))
+    real = forward.decode_hidden  # the graded pass (the head then runs only on graded positions)
+    monkeypatch.setattr(forward, "decode_hidden", lambda *a, **k: seen.append(a[4]) or real(*a, **k))
     gen = lambda: torch.Generator().manual_seed(5)  # noqa: E731
     free = forward.diffusion_loss(model, b, eps=0.5, self_cond=False, gen=gen())
     loss = forward.diffusion_loss(model, b, eps=0.5, self_cond=False, gen=gen(), pinned_BKC=pinned)
@@ -112,8 +112,8 @@ def test_pinned_positions_stay_clean_and_carry_no_loss(pool, tok, monkeypatch):
     with torch.no_grad():
         forward.diffusion_loss(model, b, eps=0.5, self_cond=False, gen=gen(), pinned_BKC=pinned)
         ids, valid = forward.context_of(b)
-        logits = real(model, forward.encode_context(model, ids, valid), valid, b.prompt_BL.shape[1],
-                      seen[-1], 164)
+        logits = model.logits(real(model, forward.encode_context(model, ids, valid), valid,
+                                   b.prompt_BL.shape[1], seen[-1], 164))  # the head on every position
         ce = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), tgt.reshape(-1),
                                                reduction="none").view(3, 164)
     torch.testing.assert_close(loss.detach(), ce[:, 40:].mean(), atol=1e-5, rtol=0)
