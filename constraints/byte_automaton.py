@@ -37,21 +37,24 @@ _BYTE_VOCAB = Vocabulary(_BYTE_EOS, {bytes([b]): [b] for b in range(256)})
 
 @dataclass(frozen=True)
 class Steps:
-    """How `_outlines_dfa` reads outlines-core's transitions, `_trim` finds the co-reachable states and
-    `minimise` the byte classes and the coarsest partition: the references (dicts and numpy: no import, low
-    cost per call on a small automaton) or the compiled twins of index_numba.py and automaton_numba.py (the
-    same results; ~0.3 s to import numba once, then much faster per state and per call)."""
+    """How `_outlines_dfa` reads outlines-core's transitions, `_trim` finds the co-reachable states,
+    `minimise` the byte classes and the coarsest partition, and `table` turns a whole Index into its table
+    in one pass: the references (dicts and numpy: no import, low cost per call on a small automaton; no
+    one-pass table) or the compiled twins of index_numba.py and automaton_numba.py (the same results; ~0.3 s
+    to import numba once, then much faster per state and per call)."""
 
     edges: Callable[[Index], tuple[np.ndarray, ...]]  # outlines-core's Index -> (src, token, dst) [E]
     live: Callable[[np.ndarray, np.ndarray], np.ndarray]  # (delta, final) -> bool [n]
     classes: Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]  # delta -> (class [256], first bytes [C])
     blocks: Callable[[np.ndarray, np.ndarray], np.ndarray]  # (cols [n+1, C], final) -> block id [n+1]
+    # (Index, trim) -> `_trim(*_index_dfa(index))` (`_index_dfa(index)` if not trim), None: not read here
+    table: Callable[[Index, bool], tuple[np.ndarray, np.ndarray] | None]
 
 
 def compiled_steps() -> Steps:
     from constraints.automaton_numba import byte_classes, coreachable
 
-    return Steps(_decoded_edges, coreachable, byte_classes, _hopcroft_blocks)
+    return Steps(_decoded_edges, coreachable, byte_classes, _hopcroft_blocks, _decoded_table)
 
 
 def steps_for(n: int) -> Steps:
@@ -59,13 +62,17 @@ def steps_for(n: int) -> Steps:
     return compiled_steps() if n >= NUMBA_STATES else REFERENCE_STEPS
 
 
+def loaded_steps() -> Steps:
+    """The rule for reading a whole Index, whose size is unknown before it is read: compiled where numba is
+    loaded already (the compiled twin then costs no import: what `steps_for` saves), else the references."""
+    return compiled_steps() if "numba" in sys.modules else REFERENCE_STEPS
+
+
 def leaf_dfa(regex: str, steps: Steps | None = None) -> tuple[np.ndarray, np.ndarray]:
     """outlines-core's automaton of a small regex, co-reachable states only (not minimised: small already).
     With the compiled steps, index_numba.py's `leaf_table` (the same table in one compiled pass)."""
-    if steps is not None and steps.edges is _decoded_edges:
-        from constraints.index_numba import leaf_table
-
-        dfa = leaf_table(_index(regex), _BYTE_EOS)
+    if steps is not None:
+        dfa = steps.table(_index(regex), True)
         if dfa is not None:
             return dfa
     return _trim(*_outlines_dfa(regex, (steps or REFERENCE_STEPS).edges), steps)
@@ -91,13 +98,10 @@ def byte_dfa(regex: str) -> tuple[np.ndarray, np.ndarray]:
             return _composed(regex)
         except Opaque:
             raise err from None
-    if "numba" in sys.modules:  # loaded already: the compiled twin costs no import (what steps_for saves)
-        from constraints.index_numba import leaf_table
-
-        dfa = leaf_table(index, _BYTE_EOS, trim=False)  # the table `_index_dfa` makes, compiled
-        if dfa is not None:
-            return _trim(*minimise(*dfa))
-    return _trim(*minimise(*_index_dfa(index)))  # after minimising: the trim then walks the small automaton
+    dfa = loaded_steps().table(index, False)  # the table `_index_dfa` makes, compiled where numba is loaded
+    if dfa is None:
+        dfa = _index_dfa(index)
+    return _trim(*minimise(*dfa))  # after minimising: the trim then walks the small automaton
 
 
 def _composed(regex: str) -> tuple[np.ndarray, np.ndarray]:
@@ -175,6 +179,19 @@ def _decoded_edges(index: Index) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     from constraints.index_numba import decode_index
 
     return decode_index(index, _BYTE_EOS) or _index_edges(index)
+
+
+def _decoded_table(index: Index, trim: bool) -> tuple[np.ndarray, np.ndarray] | None:
+    """index_numba.py's `leaf_table`: the Index's table (trimmed or not) in one compiled pass; None where its
+    binary form is not read there."""
+    from constraints.index_numba import leaf_table
+
+    return leaf_table(index, _BYTE_EOS, trim)
+
+
+def _no_table(index: Index, trim: bool) -> None:
+    """The references have no one-pass table: their callers take `_index_dfa` and `_trim` step by step."""
+    return None
 
 
 def _trim(delta: np.ndarray, final: np.ndarray, steps: Steps | None = None) -> tuple[np.ndarray, np.ndarray]:
@@ -369,4 +386,4 @@ def _moore_exact(cols: np.ndarray, final: np.ndarray) -> np.ndarray:
         n_blocks = int(block.max()) + 1
 
 
-REFERENCE_STEPS = Steps(_index_edges, _coreachable, _byte_classes, _moore_blocks)
+REFERENCE_STEPS = Steps(_index_edges, _coreachable, _byte_classes, _moore_blocks, _no_table)

@@ -15,6 +15,7 @@ that repeat and nest large groups, in random call orders, and on the regexes of 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import random
 import re
@@ -255,8 +256,8 @@ def test_a_composed_build_takes_the_compiled_steps_for_its_small_parts(monkeypat
     monkeypatch.setattr(cd, "LEAF_CHARS", 300)
     sizes = []
     real = ba.compiled_steps()
-    monkeypatch.setattr(ba, "compiled_steps", lambda: ba.Steps(
-        real.edges, lambda d, f: sizes.append(f.size) or real.live(d, f), real.classes, real.blocks))
+    monkeypatch.setattr(ba, "compiled_steps", lambda: dataclasses.replace(
+        real, live=lambda d, f: sizes.append(f.size) or real.live(d, f)))
     real_leaf = index_numba.leaf_table  # the leaves: decoded and trimmed in one compiled pass
 
     def leaf_table(*args):
