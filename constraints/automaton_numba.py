@@ -1,5 +1,5 @@
-"""Compiled (numba) kernels of the byte automaton build: byte classes, Hopcroft minimisation, co-reachable
-states and subset exploration.
+"""Compiled (numba) kernels of the byte automaton build: byte classes, co-reachable states and subset
+exploration (Hopcroft minimisation: partition_numba.py).
 
 Legend: N states of a DFA table (the dead row last), C byte classes, G states of a composed NFA (+1: the
 dead state G), K subsets explored.
@@ -11,10 +11,7 @@ states they spend their time in per-round sorts (Moore needs as many rounds as t
 word: 60 for a 44k-state union of two objects) and in a Python step per new subset (30k subsets for the
 same union). Here:
 
-- `coarsest_partition`: Hopcroft's partition refinement over inverse transitions, O(N C log N)
-  (https://en.wikipedia.org/wiki/DFA_minimization#Hopcroft's_algorithm); the coarsest partition that
-  refines the initial blocks and is stable under every class is unique, so the caller's numbering of the
-  blocks gives exactly the automaton the reference gives.
+- `coarsest_partition` (partition_numba.py): Hopcroft's minimisation, on the same `_jit`.
 - `byte_class_reps`: the classes of identical byte columns, refined row by row (exact; the reference
   `_byte_class_reps` hashes every column in numpy, ~100 MB of temporaries for a 50k-state table).
 - `coreachable`: the states that can reach a final state, by a depth-first search over reversed edges
@@ -39,99 +36,6 @@ def _jit(fn):
         return njit(cache=True, nogil=True)(fn)
     except RuntimeError:
         return njit(cache=False, nogil=True)(fn)
-
-
-@_jit
-def _partition_kernel(cols_NC, block_N, n_blocks):  # pragma: no cover - compiled
-    N, C = cols_NC.shape
-    # inverse transitions, CSR by (target, class): the sources that move into `target` on `class`
-    cnt = np.zeros(N * C + 1, dtype=np.int64)
-    for s in range(N):
-        for c in range(C):
-            cnt[cols_NC[s, c] * C + c + 1] += 1
-    for k in range(N * C):
-        cnt[k + 1] += cnt[k]
-    src = np.empty(N * C, dtype=np.int32)
-    fill = cnt[:-1].copy()
-    for s in range(N):
-        for c in range(C):
-            k = cols_NC[s, c] * C + c
-            src[fill[k]] = s
-            fill[k] += 1
-    # blocks as ranges of `elems`; [first, mid) holds the states marked in the current step
-    elems = np.argsort(block_N, kind="mergesort").astype(np.int64)
-    loc = np.empty(N, dtype=np.int64)
-    for i in range(N):
-        loc[elems[i]] = i
-    blk = block_N.astype(np.int64).copy()
-    first = np.zeros(N + 1, dtype=np.int64)
-    end = np.zeros(N + 1, dtype=np.int64)
-    for i in range(N):
-        b = blk[elems[i]]
-        if i == 0 or blk[elems[i - 1]] != b:
-            first[b] = i
-        end[b] = i + 1
-    mid = first.copy()
-    work = np.empty(N + 1, dtype=np.int64)
-    n_work = 0
-    for b in range(n_blocks):
-        work[n_work] = b
-        n_work += 1
-    touched = np.empty(N + 1, dtype=np.int64)
-    snap = np.empty(N, dtype=np.int64)
-    nb_total = n_blocks
-    while n_work > 0:
-        n_work -= 1
-        w = work[n_work]
-        size = end[w] - first[w]
-        for i in range(size):  # the splitter as it is now (it may split while it is used)
-            snap[i] = elems[first[w] + i]
-        for c in range(C):
-            n_touched = 0
-            for i in range(size):
-                k = snap[i] * C + c
-                for e in range(cnt[k], cnt[k + 1]):
-                    s = src[e]
-                    b = blk[s]
-                    if mid[b] == first[b]:
-                        touched[n_touched] = b
-                        n_touched += 1
-                    j = loc[s]
-                    if j >= mid[b]:  # not yet marked: swap it to the marked front of its block
-                        m = mid[b]
-                        t = elems[m]
-                        elems[m], elems[j] = s, t
-                        loc[s], loc[t] = m, j
-                        mid[b] = m + 1
-            for q in range(n_touched):
-                b = touched[q]
-                if mid[b] == end[b]:  # every state of the block moves into the splitter: no split
-                    mid[b] = first[b]
-                    continue
-                # the smaller part becomes the new block (relabelled), and is the one to split by next
-                nb = nb_total
-                nb_total += 1
-                if mid[b] - first[b] <= end[b] - mid[b]:
-                    first[nb], end[nb] = first[b], mid[b]
-                    first[b] = mid[b]
-                else:
-                    first[nb], end[nb] = mid[b], end[b]
-                    end[b] = mid[b]
-                mid[b] = first[b]
-                mid[nb] = first[nb]
-                for i in range(first[nb], end[nb]):
-                    blk[elems[i]] = nb
-                work[n_work] = nb
-                n_work += 1
-    return blk
-
-
-def coarsest_partition(cols_NC: np.ndarray, block_N: np.ndarray) -> np.ndarray:
-    """Block id per state [N] of the coarsest partition that refines `block_N` (dense ids 0..B-1) and in
-    which states of one block move into one block on every class of `cols_NC` [N, C] (a total table)."""
-    n_blocks = int(block_N.max()) + 1 if block_N.size else 0
-    cols_NC = np.ascontiguousarray(cols_NC, dtype=np.int32)
-    return _partition_kernel(cols_NC, block_N.astype(np.int64), n_blocks)
 
 
 @_jit

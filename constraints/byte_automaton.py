@@ -251,7 +251,7 @@ def minimise(
     partition it ends with is then checked exactly to be a congruence that respects finality, which makes
     the quotient the same language whatever the hashes did (a failed check, odds ~2^-64, redoes it exactly).
     With the compiled steps (`steps_for`: from NUMBA_STATES states on), Hopcroft's algorithm
-    (automaton_numba.py; no hashes) finds the same partition: the coarsest one refining {final, non-final,
+    (partition_numba.py; no hashes) finds the same partition: the coarsest one refining {final, non-final,
     dead} is unique, so the table is the same too.
     """
     steps = steps or steps_for(final.size)
@@ -293,7 +293,7 @@ def _moore_blocks(cols: np.ndarray, final: np.ndarray) -> np.ndarray:
 
 def _hopcroft_blocks(cols: np.ndarray, final: np.ndarray) -> np.ndarray:
     """The compiled partition (automaton_numba.py): the same coarsest partition."""
-    from constraints.automaton_numba import coarsest_partition
+    from constraints.partition_numba import coarsest_partition
 
     return coarsest_partition(cols, np.append(final.astype(np.int64), 2))
 

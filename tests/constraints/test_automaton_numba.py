@@ -28,7 +28,8 @@ from constraints import budget, index_numba
 from constraints import byte_automaton as ba
 from constraints import composed_dfa as cd
 from constraints import piece_nfa as pn
-from constraints.automaton_numba import byte_class_reps, byte_classes, coarsest_partition, coreachable
+from constraints.automaton_numba import byte_class_reps, byte_classes, coreachable
+from constraints.partition_numba import coarsest_partition
 from constraints.schema_errors import UnsupportedSchema
 from constraints.schema_regex import schema_to_regex
 
@@ -155,6 +156,46 @@ def test_coarsest_partition_equals_exact_moore():
     fast = coarsest_partition(cols, np.append(final.astype(np.int64), 2))
     assert np.array_equal(canonical(fast), canonical(ba._moore_exact(cols, final)))
 
+
+
+def _exact_refinement(cols: np.ndarray, block: np.ndarray) -> np.ndarray:
+    """Moore's refinement from any initial blocks, on exact row sorts (the spec for the test below)."""
+    n_blocks = np.unique(block).size
+    while True:
+        sig = np.concatenate([block[:, None], block[cols]], axis=1)
+        _, block = np.unique(sig, axis=0, return_inverse=True)
+        block = block.reshape(-1)
+        if block.max() + 1 == n_blocks:
+            return block
+        n_blocks = block.max() + 1
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_coarsest_partition_from_any_initial_blocks(seed):
+    """The block left out of the first splitters (the one most moves go into) is a block of several states
+    here, or one of one state that is not the dead row: the same partition as exact refinement."""
+    rng = np.random.default_rng(seed)
+    N, C = int(rng.integers(50, 400)), int(rng.integers(1, 6))
+    k = int(rng.integers(2, 12))
+    small = rng.integers(0, k, size=(k, C))
+    of = np.concatenate([np.arange(k), rng.integers(0, k, size=N - k)])  # copies of a k-state table
+    cols = np.empty((N, C), dtype=np.int32)
+    for s in range(N):
+        for c in range(C):
+            targets = np.nonzero(of == small[of[s], c])[0]
+            cols[s, c] = rng.choice(targets)
+    block = rng.integers(0, int(rng.integers(1, 5)), size=N)
+    if seed == 3:  # a lone state most moves go into
+        cols[rng.random((N, C)) < 0.8] = N - 1
+        block = np.where(np.arange(N) == N - 1, 9, block)
+    _, block = np.unique(block, return_inverse=True)
+    fast = coarsest_partition(cols, block.reshape(-1).astype(np.int64))
+
+    def canonical(b):
+        _, first, inv = np.unique(b, return_index=True, return_inverse=True)
+        return np.argsort(np.argsort(first))[inv.reshape(-1)]
+
+    assert np.array_equal(canonical(fast), canonical(_exact_refinement(cols, block.reshape(-1))))
 
 # ---- subset construction ----
 
