@@ -204,11 +204,12 @@ def _trim(delta: np.ndarray, final: np.ndarray, steps: Steps | None = None) -> t
     if not live[0]:
         raise ValueError("the constraint's regex matches no string")
     m = int(live.sum())
+    if m == n:  # every state kept: the renumbering is the identity (a gather of the whole table saved)
+        return delta.astype(np.int32, copy=False), final[live]
     renum = np.full(n + 1, m, dtype=np.int32)
     renum[np.nonzero(live)[0]] = np.arange(m, dtype=np.int32)
     # one int32 gather (after a minimisation at most one state goes: most rows are kept, none copied twice)
-    rows = delta if m == n else delta[np.append(live, True)]
-    return np.take(renum, rows), final[live]
+    return np.take(renum, delta[np.append(live, True)]), final[live]
 
 
 def _coreachable(delta: np.ndarray, final: np.ndarray) -> np.ndarray:
