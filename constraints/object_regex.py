@@ -94,12 +94,13 @@ def _sized(tr, fields: list[tuple[str, bool, str]], s: dict, path: str) -> str:
         except TooLarge as e:
             return e
 
+    order: list = []  # set below, read by `attempt` from 1 on
+    first = attempt(0)
+    if isinstance(first, str):  # it fits: no field is left out, and none needs its size estimated
+        return first
     # largest by estimated automaton states (a string's maxLength hardly shows in its text), then by text;
     # the sort is stable, so ties keep the fields' order
     order = sorted((f for f in fields if not f[1]), key=lambda f: (-estimate_states(f[0]), -len(f[0])))
-    first = attempt(0)
-    if isinstance(first, str):
-        return first
     if not tr.leave_out_large or not order:
         raise first
     lo, hi = 0, 1  # attempt(lo) is too large; find the smallest hi whose attempt fits
