@@ -159,8 +159,11 @@ def build_token_dfa(
     # class edges, then trim to states reachable from the start and co-reachable by whole tokens
     src, cls = np.nonzero((cols < n_b) & alive_cls)
     dst = cols[src, cls].astype(np.int64)
-    reach = _bfs(src, dst, n_b, np.asarray([0])) >= 0
-    dist_b = _bfs(dst, src, n_b, np.nonzero(final_b)[0])  # fewest tokens to a final state, -1: none
+    bfs = _bfs
+    if n_b >= NUMBA_STATES:  # loaded already by the byte automaton's build (token_walk_numba.py)
+        from constraints.token_walk_numba import bfs
+    reach = bfs(src, dst, n_b, np.asarray([0])) >= 0
+    dist_b = bfs(dst, src, n_b, np.nonzero(final_b)[0])  # fewest tokens to a final state, -1: none
     keep = reach & (dist_b >= 0)
     if not keep[0]:
         raise ValueError("no token sequence of this vocabulary spells a string matching the constraint")

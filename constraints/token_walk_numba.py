@@ -1,4 +1,5 @@
-"""Compiled (numba) kernels of the token automaton build: the vocabulary walk and the column grouping.
+"""Compiled (numba) kernels of the token automaton build: the vocabulary walk, the column grouping and the
+token-distance search.
 
 Legend: S byte states (row S of delta is the dead state), N trie nodes (0 is the root, the empty prefix),
 Q a chunk of byte states, V vocabulary, K groups of equal columns.
@@ -16,6 +17,10 @@ automata they spend their time on nodes live from some state of the chunk but de
 - `hashed_groups`: the reference's hash (the same integer weights, summed exactly: every partial sum is an
   integer below 2^53), its groups numbered in the same order (sorted by the pair of sums, first column of
   each), confirmed element by element in one compiled pass; None where the reference would fall back.
+- `bfs`: dfa.py's `_bfs` (fewest class edges from the sources to each state) as one first-in first-out
+  search over edges sorted by source: the reference runs a numpy round per distance, each with a sort of
+  the frontier (a deep automaton's 1,000 rounds: ~2 s over the 65 slowest harness schemas). Distances
+  are unique, so both give the same array.
 
 Imported only for large automata (from piece_nfa.py's `NUMBA_STATES` byte states on: the byte automaton's
 build has then loaded numba already). Numpy and numba only: the compile worker (dfa.py run as a script)
@@ -178,3 +183,48 @@ def hashed_groups(nxt_QV: np.ndarray, w_2Q: np.ndarray) -> tuple[np.ndarray, np.
     rank = np.empty(first.size, dtype=np.int64)
     rank[order_K] = np.arange(first.size)
     return rank[group], first[order_K]
+
+
+@_jit
+def _bfs_kernel(src_E, dst_E, n, sources, dist_N):  # pragma: no cover - compiled
+    start = np.zeros(n + 1, dtype=np.int64)  # edges out of each node, CSR by source
+    for e in range(src_E.size):
+        start[src_E[e] + 1] += 1
+    for i in range(n):
+        start[i + 1] += start[i]
+    nbr = np.empty(src_E.size, dtype=np.int64)
+    fill = start[:-1].copy()
+    for e in range(src_E.size):
+        nbr[fill[src_E[e]]] = dst_E[e]
+        fill[src_E[e]] += 1
+    queue = np.empty(n, dtype=np.int64)
+    tail = 0
+    for s in sources:
+        if dist_N[s] < 0:
+            dist_N[s] = 0
+            queue[tail] = s
+            tail += 1
+    head = 0
+    while head < tail:
+        u = queue[head]
+        head += 1
+        for e in range(start[u], start[u + 1]):
+            v = nbr[e]
+            if dist_N[v] < 0:
+                dist_N[v] = dist_N[u] + 1
+                queue[tail] = v
+                tail += 1
+
+
+def bfs(src: np.ndarray, dst: np.ndarray, n: int, sources: np.ndarray) -> np.ndarray:
+    """Fewest edges from `sources` to each of n nodes along src -> dst (-1: unreachable): int64 [n], exactly
+    dfa.py's `_bfs`."""
+    dist = np.full(n, -1, dtype=np.int64)
+    _bfs_kernel(
+        np.ascontiguousarray(src, dtype=np.int64),
+        np.ascontiguousarray(dst, dtype=np.int64),
+        n,
+        np.ascontiguousarray(sources, dtype=np.int64),
+        dist,
+    )
+    return dist

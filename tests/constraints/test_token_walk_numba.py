@@ -7,6 +7,8 @@ Compared on:
   live long) and random small vocabularies: multi-byte tokens sharing prefixes, duplicates, empty and None
   entries;
 - random next-state tables with many equal columns, and a forced collision of the hashes (both fall back);
+- random graphs for the token-distance search (`bfs` against dfa.py's `_bfs`): long chains, several
+  sources (repeated), unreachable nodes, no edges at all;
 - real schemas (shipped under tests/constraints/data) against the shipped tokenizer's vocabulary, built end
   to end both ways by patching dfa.py's NUMBA_STATES.
 """
@@ -21,7 +23,7 @@ import pytest
 
 from constraints import dfa
 from constraints.schema_regex import schema_to_regex
-from constraints.token_walk_numba import hashed_groups, preorder_trie, walk_preorder
+from constraints.token_walk_numba import bfs, hashed_groups, preorder_trie, walk_preorder
 
 DATA = Path(__file__).parent / "data"
 NEVER = 10**12  # a NUMBA_STATES no automaton reaches: the numpy references run
@@ -159,3 +161,16 @@ def test_real_schemas_give_the_same_token_dfa(monkeypatch, vocab, name):
     for k, a in ref.arrays().items():
         b = fast.arrays()[k]
         assert a.dtype == b.dtype and np.array_equal(a, b), (name, k)
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_bfs_is_the_level_by_level_search(seed):
+    rng = np.random.default_rng(seed)
+    n = int(rng.integers(1, 3000))
+    E = 0 if seed == 0 else int(rng.integers(0, 4 * n))
+    src, dst = rng.integers(0, n, size=E), rng.integers(0, n, size=E)
+    if seed == 1:  # one long chain: a round per node in the reference
+        src, dst = np.arange(n - 1), np.arange(1, n)
+    sources = rng.integers(0, n, size=int(rng.integers(1, 4)))
+    sources = np.concatenate([sources, sources[:1]])
+    assert np.array_equal(bfs(src, dst, n, sources), dfa._bfs(src, dst, n, sources))
