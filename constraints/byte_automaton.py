@@ -38,23 +38,27 @@ _BYTE_VOCAB = Vocabulary(_BYTE_EOS, {bytes([b]): [b] for b in range(256)})
 @dataclass(frozen=True)
 class Steps:
     """How `_outlines_dfa` reads outlines-core's transitions, `_trim` finds the co-reachable states,
-    `minimise` the byte classes and the coarsest partition, and `table` turns a whole Index into its table
-    in one pass: the references (dicts and numpy: no import, low cost per call on a small automaton; no
-    one-pass table) or the compiled twins of index_numba.py and automaton_numba.py (the same results; ~0.3 s
-    to import numba once, then much faster per state and per call)."""
+    `minimise` the byte classes, the coarsest partition and its quotient table, and `table` turns a whole
+    Index into its table in one pass: the references (dicts and numpy: no import, low cost per call on a
+    small automaton; no one-pass table) or the compiled twins of index_numba.py, automaton_numba.py and
+    partition_numba.py (the same results; ~0.3 s to import numba once, then much faster per state and per
+    call)."""
 
     edges: Callable[[Index], tuple[np.ndarray, ...]]  # outlines-core's Index -> (src, token, dst) [E]
     live: Callable[[np.ndarray, np.ndarray], np.ndarray]  # (delta, final) -> bool [n]
     classes: Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]  # delta -> (class [256], first bytes [C])
     blocks: Callable[[np.ndarray, np.ndarray], np.ndarray]  # (cols [n+1, C], final) -> block id [n+1]
+    # (cols, class [256], final, block) -> the quotient (delta [m+1, 256], final [m]), blocks by first member
+    quotient: Callable[..., tuple[np.ndarray, np.ndarray]]
     # (Index, trim) -> `_trim(*_index_dfa(index))` (`_index_dfa(index)` if not trim), None: not read here
     table: Callable[[Index, bool], tuple[np.ndarray, np.ndarray] | None]
 
 
 def compiled_steps() -> Steps:
     from constraints.automaton_numba import byte_classes, coreachable
+    from constraints.partition_numba import quotient
 
-    return Steps(_decoded_edges, coreachable, byte_classes, _hopcroft_blocks, _decoded_table)
+    return Steps(_decoded_edges, coreachable, byte_classes, _hopcroft_blocks, quotient, _decoded_table)
 
 
 def steps_for(n: int) -> Steps:
@@ -267,7 +271,15 @@ def minimise_classes(
     the same table, read from piece_nfa.py's `determinise_classes` without its 256-wide table. Two classes
     may move alike (they need not be the coarsest): the coarsest partition, hence the table, is the same."""
     steps = steps or steps_for(final.size)
-    block = steps.blocks(cols, final)
+    return steps.quotient(cols, cls, final, steps.blocks(cols, final))
+
+
+def _quotient(
+    cols: np.ndarray, cls: np.ndarray, final: np.ndarray, block: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """The table of the quotient automaton: (delta [m+1, 256] int32, final [m]) of the blocks of the states
+    of `cols` [n+1, C] (byte b moving as column cls[b]), numbered by first member (the reference of
+    partition_numba.py's `quotient`)."""
     # dense ids by first member: the start's block is 0, the dead state's (alone, the last row) is last
     _, first, block = np.unique(block, return_index=True, return_inverse=True)
     rank = np.empty(first.size, dtype=np.int64)
@@ -387,4 +399,4 @@ def _moore_exact(cols: np.ndarray, final: np.ndarray) -> np.ndarray:
         n_blocks = int(block.max()) + 1
 
 
-REFERENCE_STEPS = Steps(_index_edges, _coreachable, _byte_classes, _moore_blocks, _no_table)
+REFERENCE_STEPS = Steps(_index_edges, _coreachable, _byte_classes, _moore_blocks, _quotient, _no_table)

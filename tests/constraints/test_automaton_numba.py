@@ -29,7 +29,7 @@ from constraints import byte_automaton as ba
 from constraints import composed_dfa as cd
 from constraints import piece_nfa as pn
 from constraints.automaton_numba import byte_class_reps, byte_classes, coreachable
-from constraints.partition_numba import coarsest_partition
+from constraints.partition_numba import coarsest_partition, quotient
 from constraints.schema_errors import UnsupportedSchema
 from constraints.schema_regex import schema_to_regex
 
@@ -156,6 +156,18 @@ def test_coarsest_partition_equals_exact_moore():
     fast = coarsest_partition(cols, np.append(final.astype(np.int64), 2))
     assert np.array_equal(canonical(fast), canonical(ba._moore_exact(cols, final)))
 
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_the_compiled_quotient_table_is_the_reference(seed):
+    """partition_numba.quotient against byte_automaton._quotient: the same table, the same final flags."""
+    delta, final = redundant_dfa(np.random.default_rng(seed), 800 + 300 * seed, 60 + seed, 2 + seed)
+    cls, reps = ba._byte_classes(delta)
+    cols = delta[:, reps]
+    block = coarsest_partition(cols, np.append(final.astype(np.int64), 2))
+    got, ref = quotient(cols, cls, final, block), ba._quotient(cols, cls, final, block)
+    assert_same_tables(got, ref)
+    assert got[0].dtype == ref[0].dtype == np.int32
 
 
 def _exact_refinement(cols: np.ndarray, block: np.ndarray) -> np.ndarray:
