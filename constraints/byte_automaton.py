@@ -52,13 +52,14 @@ class Steps:
     quotient: Callable[..., tuple[np.ndarray, np.ndarray]]
     # (Index, trim) -> `_trim(*_index_dfa(index))` (`_index_dfa(index)` if not trim), None: not read here
     table: Callable[[Index, bool], tuple[np.ndarray, np.ndarray] | None]
+    compiled: bool  # the compiled twins: a composed build's subset construction (piece_nfa.py) at every size
 
 
 def compiled_steps() -> Steps:
     from constraints.automaton_numba import byte_classes, coreachable
     from constraints.partition_numba import quotient
 
-    return Steps(_decoded_edges, coreachable, byte_classes, _hopcroft_blocks, quotient, _decoded_table)
+    return Steps(_decoded_edges, coreachable, byte_classes, _hopcroft_blocks, quotient, _decoded_table, True)
 
 
 def steps_for(n: int) -> Steps:
@@ -111,9 +112,11 @@ def byte_dfa(regex: str) -> tuple[np.ndarray, np.ndarray]:
 def _composed(regex: str) -> tuple[np.ndarray, np.ndarray]:
     """composed_dfa.py's build, every part with the compiled steps whatever its size: a composed regex is a
     large one, and its hundreds of small leaves and parts spent more in numpy's per-call overhead than in
-    their states (byte_dfa of 20 slow JSONSchemaBench schemas, min of 3: 18.1 s -> 14.9 s)."""
+    their states (byte_dfa of 20 slow JSONSchemaBench schemas, min of 3: 18.1 s -> 14.9 s); their subset
+    constructions too (piece_nfa.py `determinise_classes`)."""
     steps = compiled_steps()
-    dfa = compose(regex, lambda rx: leaf_dfa(rx, steps), lambda d: minimise_classes(*d, steps))
+    leaf, minimise = (lambda rx: leaf_dfa(rx, steps)), (lambda d: minimise_classes(*d, steps))
+    dfa = compose(regex, leaf, minimise, steps.compiled)
     return _trim(*dfa, steps)
 
 
@@ -399,4 +402,4 @@ def _moore_exact(cols: np.ndarray, final: np.ndarray) -> np.ndarray:
         n_blocks = int(block.max()) + 1
 
 
-REFERENCE_STEPS = Steps(_index_edges, _coreachable, _byte_classes, _moore_blocks, _quotient, _no_table)
+REFERENCE_STEPS = Steps(_index_edges, _coreachable, _byte_classes, _moore_blocks, _quotient, _no_table, False)

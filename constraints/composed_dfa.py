@@ -179,9 +179,11 @@ def _items(rx: _Regex, lo: int, hi: int) -> list[list[tuple[int, int, int, int, 
 
 
 class _Composer:
-    def __init__(self, regex: str, leaf: Callable[[str], Dfa], minimise: Callable[[ClassDfa], Dfa]):
+    def __init__(
+        self, regex: str, leaf: Callable[[str], Dfa], minimise: Callable[[ClassDfa], Dfa], compiled: bool
+    ):
         self.rx = _Regex(regex)
-        self.leaf_fn, self.minimise = leaf, minimise
+        self.leaf_fn, self.minimise, self.compiled = leaf, minimise, compiled
         self.memo: dict[str, Dfa] = {}
         self.count: dict[str, int] = {}
         opens = self.rx.opens  # how often each large group's body occurs
@@ -207,7 +209,7 @@ class _Composer:
                     split = True
             nfa = Nfa()
             entries, exits, nullable = self._fragment(nfa, lo, hi, split, self._times(lo, hi))
-            self.memo[text] = self.minimise(determinise_classes(nfa, entries, exits, nullable))
+            self.memo[text] = self.minimise(determinise_classes(nfa, entries, exits, nullable, self.compiled))
         return self.memo[text]
 
     def _times(self, lo: int, hi: int) -> int:
@@ -302,17 +304,20 @@ def _concat(nfa: Nfa, frags: list) -> tuple[set[int], set[int], bool]:
     return entries, exits, nullable
 
 
-def compose(regex: str, leaf: Callable[[str], Dfa], minimise: Callable[[ClassDfa], Dfa]) -> Dfa:
+def compose(
+    regex: str, leaf: Callable[[str], Dfa], minimise: Callable[[ClassDfa], Dfa], compiled: bool = False
+) -> Dfa:
     """The minimal byte automaton of `regex` (not trimmed), composed part by part; Opaque when the regex
     cannot be split. `leaf` compiles a small regex, `minimise` minimises an automaton given by byte class
-    (piece_nfa.py's `determinise_classes`)."""
-    c = _Composer(regex, leaf, minimise)
+    (piece_nfa.py's `determinise_classes`, compiled for every part when `compiled`, else from its
+    NUMBA_STATES on)."""
+    c = _Composer(regex, leaf, minimise, compiled)
     n = len(regex)
     limit = sys.getrecursionlimit()
     sys.setrecursionlimit(limit + 4 * c.rx.depth)  # a few frames per nested group (object_body nests deep)
     try:
         nfa = Nfa()
         entries, exits, nullable = c._fragment(nfa, 0, n, n <= LEAF_CHARS, 1)
-        return minimise(determinise_classes(nfa, entries, exits, nullable))
+        return minimise(determinise_classes(nfa, entries, exits, nullable, compiled))
     finally:
         sys.setrecursionlimit(limit)
