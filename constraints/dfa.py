@@ -19,6 +19,7 @@ any token.
 
 from __future__ import annotations
 
+import functools
 import os
 import sys
 import tempfile
@@ -245,12 +246,21 @@ def _column_groups(nxt: np.ndarray, propose: Callable = _propose_groups) -> tupl
     Q, V = nxt.shape
     bits = 52 - int(np.ceil(np.log2(max(int(nxt.max()), 1) + 1))) - int(np.ceil(np.log2(Q + 1)))
     if bits >= 8:
-        w = np.random.default_rng(0x5EED).integers(0, 2**bits, size=(2, Q)).astype(np.float64)
+        w = _weights(bits, Q)
         found = propose(nxt, w)
         if found is not None:
             return found
     _, first, group = np.unique(nxt, axis=1, return_index=True, return_inverse=True)
     return group.reshape(-1), first
+
+
+@functools.lru_cache(maxsize=64)
+def _weights(bits: int, Q: int) -> np.ndarray:
+    """The hash weights of `_column_groups`: float64 [2, Q] integers below 2^bits from a fixed seed, made once
+    per (bits, Q) (every full chunk of a build has the same: a generator per chunk cost ~0.3 s over 30 slow
+    schemas). Shared by every caller, so never written (left writeable: numba compiles a read-only array as
+    another type)."""
+    return np.random.default_rng(0x5EED).integers(0, 2**bits, size=(2, Q)).astype(np.float64)
 
 
 def _bfs(src: np.ndarray, dst: np.ndarray, n: int, sources: np.ndarray) -> np.ndarray:
