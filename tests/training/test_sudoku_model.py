@@ -18,7 +18,7 @@ from train.sudoku_data import load_heldout
 
 ASSET = Path(__file__).resolve().parents[2] / "model" / "assets" / "dgbatch-sudoku"
 # Mean fraction of empty cells filled with the right digit on 8 40-clue puzzles, pinned: the shipped weights
-# give 0.90 (0.68 with the clues only in the prompt); a broken loader, tokenizer, layout or sampler gives
+# give 0.86 (0.84 with the clues only in the prompt); a broken loader, tokenizer, layout or sampler gives
 # about 0.11 (a digit at random).
 EASY_CELL_FLOOR = 0.7
 
