@@ -28,7 +28,7 @@ import numpy as np
 from outlines_core import Index, Vocabulary
 
 from constraints.composed_dfa import Opaque, compose
-from constraints.piece_nfa import NUMBA_STATES
+from constraints.piece_nfa import NUMBA_STATES, Determinise, determinise_classes, determinise_compiled
 
 COMPOSE_CHARS = 10_000  # a longer regex is built part by part (composed_dfa.py): 2-9x faster past 100k
 _BYTE_EOS = 256  # the pseudo-EOS id of the byte-level index
@@ -38,11 +38,12 @@ _BYTE_VOCAB = Vocabulary(_BYTE_EOS, {bytes([b]): [b] for b in range(256)})
 @dataclass(frozen=True)
 class Steps:
     """How `_outlines_dfa` reads outlines-core's transitions, `_trim` finds the co-reachable states,
-    `minimise` the byte classes, the coarsest partition and its quotient table, and `table` turns a whole
-    Index into its table in one pass: the references (dicts and numpy: no import, low cost per call on a
-    small automaton; no one-pass table) or the compiled twins of index_numba.py, automaton_numba.py and
-    partition_numba.py (the same results; ~0.3 s to import numba once, then much faster per state and per
-    call)."""
+    `minimise` the byte classes, the coarsest partition and its quotient table, `table` turns a whole
+    Index into its table in one pass, and a composed build determinises its parts: the references (dicts
+    and numpy: no import, low cost per call on a small automaton; no one-pass table; piece_nfa.py's size
+    rule) or the compiled twins of index_numba.py, automaton_numba.py, partition_numba.py and piece_nfa.py's
+    `determinise_compiled` (the same results; ~0.3 s to import numba once, then much faster per state and
+    per call)."""
 
     edges: Callable[[Index], tuple[np.ndarray, ...]]  # outlines-core's Index -> (src, token, dst) [E]
     live: Callable[[np.ndarray, np.ndarray], np.ndarray]  # (delta, final) -> bool [n]
@@ -52,14 +53,19 @@ class Steps:
     quotient: Callable[..., tuple[np.ndarray, np.ndarray]]
     # (Index, trim) -> `_trim(*_index_dfa(index))` (`_index_dfa(index)` if not trim), None: not read here
     table: Callable[[Index, bool], tuple[np.ndarray, np.ndarray] | None]
-    compiled: bool  # the compiled twins: a composed build's subset construction (piece_nfa.py) at every size
+    # (nfa, entries, exits, nullable) -> ClassDfa: a composed build's subset construction of every part
+    # (piece_nfa.py: its size rule, or its compiled kernel at every size)
+    determinise: Determinise
 
 
 def compiled_steps() -> Steps:
     from constraints.automaton_numba import byte_classes, coreachable
     from constraints.partition_numba import quotient
 
-    return Steps(_decoded_edges, coreachable, byte_classes, _hopcroft_blocks, quotient, _decoded_table, True)
+    return Steps(
+        _decoded_edges, coreachable, byte_classes, _hopcroft_blocks, quotient, _decoded_table,
+        determinise_compiled,
+    )
 
 
 def steps_for(n: int) -> Steps:
@@ -113,10 +119,10 @@ def _composed(regex: str) -> tuple[np.ndarray, np.ndarray]:
     """composed_dfa.py's build, every part with the compiled steps whatever its size: a composed regex is a
     large one, and its hundreds of small leaves and parts spent more in numpy's per-call overhead than in
     their states (byte_dfa of 20 slow JSONSchemaBench schemas, min of 3: 18.1 s -> 14.9 s); their subset
-    constructions too (piece_nfa.py `determinise_classes`)."""
+    constructions too (piece_nfa.py `determinise_compiled`)."""
     steps = compiled_steps()
     leaf, minimise = (lambda rx: leaf_dfa(rx, steps)), (lambda d: minimise_classes(*d, steps))
-    dfa = compose(regex, leaf, minimise, steps.compiled)
+    dfa = compose(regex, leaf, minimise, steps.determinise)
     return _trim(*dfa, steps)
 
 
@@ -402,4 +408,6 @@ def _moore_exact(cols: np.ndarray, final: np.ndarray) -> np.ndarray:
         n_blocks = int(block.max()) + 1
 
 
-REFERENCE_STEPS = Steps(_index_edges, _coreachable, _byte_classes, _moore_blocks, _quotient, _no_table, False)
+REFERENCE_STEPS = Steps(
+    _index_edges, _coreachable, _byte_classes, _moore_blocks, _quotient, _no_table, determinise_classes
+)

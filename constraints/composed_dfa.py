@@ -25,7 +25,7 @@ from collections.abc import Callable
 
 import numpy as np
 
-from constraints.piece_nfa import ClassDfa, Dfa, Nfa, determinise_classes
+from constraints.piece_nfa import ClassDfa, Determinise, Dfa, Nfa, determinise_classes
 
 LEAF_CHARS = 2_000  # a part this short is one leaf, compiled by outlines-core as a whole
 COUNTED = 8  # a group repeated up to this many times or more is a leaf of its own (shared by all its uses)
@@ -180,10 +180,14 @@ def _items(rx: _Regex, lo: int, hi: int) -> list[list[tuple[int, int, int, int, 
 
 class _Composer:
     def __init__(
-        self, regex: str, leaf: Callable[[str], Dfa], minimise: Callable[[ClassDfa], Dfa], compiled: bool
+        self,
+        regex: str,
+        leaf: Callable[[str], Dfa],
+        minimise: Callable[[ClassDfa], Dfa],
+        determinise: Determinise,
     ):
         self.rx = _Regex(regex)
-        self.leaf_fn, self.minimise, self.compiled = leaf, minimise, compiled
+        self.leaf_fn, self.minimise, self.determinise = leaf, minimise, determinise
         self.memo: dict[str, Dfa] = {}
         self.count: dict[str, int] = {}
         opens = self.rx.opens  # how often each large group's body occurs
@@ -209,7 +213,7 @@ class _Composer:
                     split = True
             nfa = Nfa()
             entries, exits, nullable = self._fragment(nfa, lo, hi, split, self._times(lo, hi))
-            self.memo[text] = self.minimise(determinise_classes(nfa, entries, exits, nullable, self.compiled))
+            self.memo[text] = self.minimise(self.determinise(nfa, entries, exits, nullable))
         return self.memo[text]
 
     def _times(self, lo: int, hi: int) -> int:
@@ -305,19 +309,22 @@ def _concat(nfa: Nfa, frags: list) -> tuple[set[int], set[int], bool]:
 
 
 def compose(
-    regex: str, leaf: Callable[[str], Dfa], minimise: Callable[[ClassDfa], Dfa], compiled: bool = False
+    regex: str,
+    leaf: Callable[[str], Dfa],
+    minimise: Callable[[ClassDfa], Dfa],
+    determinise: Determinise = determinise_classes,
 ) -> Dfa:
     """The minimal byte automaton of `regex` (not trimmed), composed part by part; Opaque when the regex
-    cannot be split. `leaf` compiles a small regex, `minimise` minimises an automaton given by byte class
-    (piece_nfa.py's `determinise_classes`, compiled for every part when `compiled`, else from its
-    NUMBA_STATES on)."""
-    c = _Composer(regex, leaf, minimise, compiled)
+    cannot be split. `leaf` compiles a small regex, `determinise` is the subset construction of every part
+    (piece_nfa.py's `determinise_classes`, its size rule, or one of its kernels: byte_automaton.py's `Steps`
+    chooses), `minimise` minimises what it gives by byte class."""
+    c = _Composer(regex, leaf, minimise, determinise)
     n = len(regex)
     limit = sys.getrecursionlimit()
     sys.setrecursionlimit(limit + 4 * c.rx.depth)  # a few frames per nested group (object_body nests deep)
     try:
         nfa = Nfa()
         entries, exits, nullable = c._fragment(nfa, 0, n, n <= LEAF_CHARS, 1)
-        return minimise(determinise_classes(nfa, entries, exits, nullable, compiled))
+        return minimise(determinise(nfa, entries, exits, nullable))
     finally:
         sys.setrecursionlimit(limit)

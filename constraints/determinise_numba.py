@@ -86,7 +86,7 @@ def reachable_table(
     first, the others ascending. State s <= G is the single NFA state s (successors of_state[cols[s]]),
     G + 1 + k the explored subset k (successors sub_rows[k]); final [G+1] and sub_final [K] say which
     accept; byte_cls [B] is each column's class (each byte's: a 256-wide table; piece_nfa.py's
-    `determinise_classes` passes 0..C-1, the table by class). The arrays are made here, in numpy, not in
+    `determinise_compiled` passes 0..C-1, the table by class). The arrays are made here, in numpy, not in
     the kernels: numpy asks for huge pages for large ones, numba's allocator does not (4 times slower to
     fill)."""
     cols = np.ascontiguousarray(cols, dtype=np.int64)

@@ -16,6 +16,8 @@ compare them).
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 
 MAX_NFA_STATES = 1_000_000  # states of one part's NFA (~1 GB of tables): past this the regex is refused
@@ -23,6 +25,8 @@ NUMBA_STATES = 4_000  # from this many NFA / DFA states on, the compiled kernels
 Dfa = tuple[np.ndarray, np.ndarray]  # (delta [n+1, 256] int32 with dead row n, final bool [n]); 0 = start
 # the same by byte class: (table [n+1, C] int32 with dead row n, class of each byte [256], final bool [n])
 ClassDfa = tuple[np.ndarray, np.ndarray, np.ndarray]
+# a subset construction: (nfa, entries, exits, nullable) -> its ClassDfa (`determinise_classes`, kernels)
+Determinise = Callable[["Nfa", set[int], set[int], bool], ClassDfa]
 
 
 class Nfa:
@@ -60,87 +64,101 @@ def determinise(nfa: Nfa, entries: set[int], exits: set[int], nullable: bool) ->
     return np.take(cols, byte_cls, axis=1), final
 
 
-def determinise_classes(
-    nfa: Nfa, entries: set[int], exits: set[int], nullable: bool, compiled: bool = False
-) -> ClassDfa:
+def determinise_classes(nfa: Nfa, entries: set[int], exits: set[int], nullable: bool) -> ClassDfa:
     """The DFA of the NFA from `entries` (the empty word accepted when `nullable`), `exits` final, by byte
     class: (table [m+1, C] int32 with dead row m, class of each byte [256], final [m]); its states
-    are those reachable from the start (the start first, the others in the order numbered). Subset
-    construction over byte classes: a state without links is a subset of its own (its row is its piece's
-    row, shifted); the other subsets are explored by `_explore`. From NUMBA_STATES NFA states on, compiled
-    twins run in place of the numpy steps (the pieces' byte classes, the exploration, the reachable table:
-    automaton_numba.py, determinise_numba.py), with the same result; at every size when `compiled` (a
-    composed build, whose leaves loaded numba already: 397 small parts of 33 slow schemas, 2.1-2.6 s ->
-    0.8-1.1 s)."""
-    G = nfa.size
-    compiled = compiled or G >= NUMBA_STATES
-    if compiled:
-        from constraints.automaton_numba import byte_classes, explore_subsets
-        from constraints.determinise_numba import reachable_table
-    # each distinct piece's byte classes (groups of identical columns), numbered by first column
-    labels = [
-        byte_classes(delta[:n])[0] if compiled else _classes_by_first(delta[:n].T)
-        for delta, n in nfa.kinds.values()
-    ]
-    # byte classes: bytes whose columns agree in every piece (a copy's columns agree where its DFA's do)
-    first, byte_cls = same_rows(np.stack(labels or [np.zeros(256, np.int64)], axis=1))
-    # [G+1, C]: each piece's class columns only (a quarter or less of its 256 bytes), shifted to its first
-    # state, the dead state G for the piece's dead row; row G dead
-    cols = np.empty((G + 1, first.size), dtype=np.int64)
-    cols[G] = G
-    shape: dict[int, tuple[np.ndarray, np.ndarray]] = {}  # per distinct piece: its class columns, dead cells
-    for delta, off, n in nfa.pieces:
-        if id(delta) not in shape:
-            sub = delta[:n, first].astype(np.int64)
-            shape[id(delta)] = sub, sub >= n
-        sub, dead = shape[id(delta)]
-        np.add(sub, off, out=cols[off : off + n])
-        np.copyto(cols[off : off + n], G, where=dead)
-    final = np.zeros(G + 1, dtype=bool)
-    final[list(exits)] = True
-    linked = np.zeros(G + 1, dtype=bool)
-    linked[list(nfa.links)] = True
+    are those reachable from the start (the start first, the others in the order numbered). The rule for a
+    lone NFA: `determinise_compiled` from NUMBA_STATES NFA states on, else `determinise_reference` (the
+    same table). A composed build takes `determinise_compiled` at every size (byte_automaton.py's compiled
+    `Steps`: its leaves loaded numba already)."""
+    kernel = determinise_compiled if nfa.size >= NUMBA_STATES else determinise_reference
+    return kernel(nfa, entries, exits, nullable)
 
-    def closure(states) -> frozenset:
+
+class _Subsets:
+    """What both subset constructions start from: the NFA's class columns, its finals, the closures of its
+    linked states and the start subset, numbered (the initial subsets) in the order both explore from.
+    `labels` numbers one piece's byte classes by first column (`_classes_by_first` or its compiled twin)."""
+
+    def __init__(self, nfa: Nfa, entries: set[int], exits: set[int], nullable: bool, labels: Callable):
+        G = self.G = nfa.size
+        self.nfa = nfa
+        # byte classes: bytes whose columns agree in every piece (a copy's columns agree where its DFA's do)
+        per_piece = [labels(delta[:n]) for delta, n in nfa.kinds.values()]
+        first, self.byte_cls = same_rows(np.stack(per_piece or [np.zeros(256, np.int64)], axis=1))
+        self.n_cls = first.size
+        # [G+1, C]: each piece's class columns only (a quarter or less of its 256 bytes), shifted to its
+        # first state, the dead state G for the piece's dead row; row G dead
+        cols = self.cols = np.empty((G + 1, first.size), dtype=np.int64)
+        cols[G] = G
+        shape: dict[int, tuple[np.ndarray, np.ndarray]] = {}  # per distinct piece: class columns, dead cells
+        for delta, off, n in nfa.pieces:
+            if id(delta) not in shape:
+                sub = delta[:n, first].astype(np.int64)
+                shape[id(delta)] = sub, sub >= n
+            sub, dead = shape[id(delta)]
+            np.add(sub, off, out=cols[off : off + n])
+            np.copyto(cols[off : off + n], G, where=dead)
+        self.final = np.zeros(G + 1, dtype=bool)
+        self.final[list(exits)] = True
+        self.linked = np.zeros(G + 1, dtype=bool)
+        self.linked[list(nfa.links)] = True
+        self.ids: dict[frozenset, int] = {}
+        self.subsets: list[frozenset] = []
+        self.of_state = np.arange(G + 1, dtype=np.int64)  # the subset each single state's closure is
+        for s in np.nonzero(self.linked)[0].tolist():
+            self.of_state[s] = self.sid(self.closure([s]))
+        # G (the dead row) stands in the start subset for "the empty word is matched"
+        self.start = self.sid(self.closure(entries) | ({G} if nullable else frozenset()))
+
+    def closure(self, states) -> frozenset:
+        linked, links = self.linked, self.nfa.links
         seen, todo = set(states), [s for s in states if linked[s]]
         while todo:
-            for t in nfa.links[todo.pop()]:
+            for t in links[todo.pop()]:
                 if t not in seen:
                     seen.add(t)
                     if linked[t]:
                         todo.append(t)
         return frozenset(seen)
 
-    ids: dict[frozenset, int] = {}
-    subsets: list[frozenset] = []
-
-    def sid(fs: frozenset) -> int:
+    def sid(self, fs: frozenset) -> int:
         if len(fs) == 1:
             (x,) = fs
-            if not linked[x]:
+            if not self.linked[x]:
                 return x
-        if fs not in ids:
-            ids[fs] = G + 1 + len(subsets)
-            subsets.append(fs)
-        return ids[fs]
+        if fs not in self.ids:
+            self.ids[fs] = self.G + 1 + len(self.subsets)
+            self.subsets.append(fs)
+        return self.ids[fs]
 
-    of_state = np.arange(G + 1, dtype=np.int64)  # the subset each single state's closure is
-    for s in np.nonzero(linked)[0].tolist():
-        of_state[s] = sid(closure([s]))
-    # G (the dead row) stands in the start subset for "the empty word is matched"
-    start = sid(closure(entries) | ({G} if nullable else frozenset()))
-    if compiled:  # the same subsets in the same order, the same table
-        initial = [np.asarray(sorted(fs), dtype=np.int64) for fs in subsets]
-        # a linked state's closure is one of the initial subsets (of_state numbers it): not recomputed
-        closures = [initial[of_state[s] - G - 1] for s in np.nonzero(linked)[0].tolist()]
-        ptr, members, sub_rows = explore_subsets(cols, of_state, linked, closures, initial)
-        fin = final.copy()
-        fin[G] = True  # G in a subset: the empty word is matched there
-        sub_final = np.logical_or.reduceat(fin[members], ptr[:-1]) if ptr.size > 1 else np.zeros(0, bool)
-        classes = np.arange(first.size)  # the table by class: each class its own column
-        table, fin = reachable_table(cols, of_state, sub_rows, final, sub_final, start, classes)
-        return table, byte_cls, fin
-    all_rows, all_final = _explore(cols, final, of_state, linked, closure, subsets, sid, G)
+
+def determinise_compiled(nfa: Nfa, entries: set[int], exits: set[int], nullable: bool) -> ClassDfa:
+    """`determinise_classes` by the compiled twins (the pieces' byte classes, the exploration, the reachable
+    table: automaton_numba.py, determinise_numba.py): the same subsets in the same order, the same table."""
+    from constraints.automaton_numba import byte_classes, explore_subsets
+    from constraints.determinise_numba import reachable_table
+
+    s = _Subsets(nfa, entries, exits, nullable, lambda delta: byte_classes(delta)[0])
+    G = s.G
+    initial = [np.asarray(sorted(fs), dtype=np.int64) for fs in s.subsets]
+    # a linked state's closure is one of the initial subsets (of_state numbers it): not recomputed
+    closures = [initial[s.of_state[x] - G - 1] for x in np.nonzero(s.linked)[0].tolist()]
+    ptr, members, sub_rows = explore_subsets(s.cols, s.of_state, s.linked, closures, initial)
+    fin = s.final.copy()
+    fin[G] = True  # G in a subset: the empty word is matched there
+    sub_final = np.logical_or.reduceat(fin[members], ptr[:-1]) if ptr.size > 1 else np.zeros(0, bool)
+    classes = np.arange(s.n_cls)  # the table by class: each class its own column
+    table, fin = reachable_table(s.cols, s.of_state, sub_rows, s.final, sub_final, s.start, classes)
+    return table, s.byte_cls, fin
+
+
+def determinise_reference(nfa: Nfa, entries: set[int], exits: set[int], nullable: bool) -> ClassDfa:
+    """`determinise_classes` in numpy and Python: a state without links is a subset of its own (its row is
+    its piece's row, shifted); the other subsets are explored by `_explore`."""
+    s = _Subsets(nfa, entries, exits, nullable, lambda delta: _classes_by_first(delta.T))
+    G, start = s.G, s.start
+    all_rows, all_final = _explore(s.cols, s.final, s.of_state, s.linked, s.closure, s.subsets, s.sid, G)
     all_final[G] = False
     # keep the states reachable from the start, start first
     reach = np.zeros(all_rows.shape[0], dtype=bool)
@@ -159,9 +177,9 @@ def determinise_classes(
     m = keep.size
     renum = np.full(all_rows.shape[0], m, dtype=np.int64)
     renum[keep] = np.arange(m)
-    out = np.full((m + 1, first.size), m, dtype=np.int32)
+    out = np.full((m + 1, s.n_cls), m, dtype=np.int32)
     out[:m] = renum.astype(np.int32)[all_rows[keep]]
-    return out, byte_cls, all_final[keep]
+    return out, s.byte_cls, all_final[keep]
 
 
 def _explore(cols, final, of_state, linked, closure, subsets: list, sid, G: int) -> tuple[np.ndarray, ...]:

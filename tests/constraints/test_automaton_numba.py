@@ -290,9 +290,9 @@ def test_union_of_similar_objects_at_the_default_threshold(monkeypatch):
     monkeypatch.setattr(ba, "COMPOSE_CHARS", 1_000)
     monkeypatch.setattr(cd, "LEAF_CHARS", 300)
     sizes = []
-    real_determinise = cd.determinise_classes
+    real_determinise = ba.determinise_compiled  # the composed build's kernel (its compiled steps')
     monkeypatch.setattr(
-        cd, "determinise_classes", lambda nfa, *a: sizes.append(nfa.size) or real_determinise(nfa, *a)
+        ba, "determinise_compiled", lambda nfa, *a: sizes.append(nfa.size) or real_determinise(nfa, *a)
     )
     shipped = ba.byte_dfa(regex)
     assert max(sizes) >= pn.NUMBA_STATES
