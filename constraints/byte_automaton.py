@@ -68,9 +68,16 @@ def compiled_steps() -> Steps:
     )
 
 
+def compiled_at(n: int) -> bool:
+    """The one size rule for a lone automaton of n states, read where a strategy is chosen (`steps_for`,
+    dfa.py's `token_steps_for`): the compiled kernels from NUMBA_STATES states on (below it numba's ~0.3 s
+    import costs more than it saves)."""
+    return n >= NUMBA_STATES
+
+
 def steps_for(n: int) -> Steps:
-    """The one rule for a lone automaton of n states: compiled from NUMBA_STATES states on."""
-    return compiled_steps() if n >= NUMBA_STATES else REFERENCE_STEPS
+    """The steps for a lone automaton of n states: compiled where `compiled_at` says so."""
+    return compiled_steps() if compiled_at(n) else REFERENCE_STEPS
 
 
 def loaded_steps() -> Steps:

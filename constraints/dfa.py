@@ -5,10 +5,10 @@ Legend: S live DFA states (0 is the start), V vocabulary, K token classes, E cla
 How: byte_automaton.py turns the regex into its minimal byte automaton (outlines-core's, minimised, or for
 a large regex composed part by part: composed_dfa.py). We then walk every vocabulary token from every state
 ourselves, level by level over a byte trie of the vocabulary and a chunk of states at a time in numpy
-(from NUMBA_STATES byte states on, compiled: token_walk_numba.py walks the trie depth-first from each
-state), instead of asking outlines-core for the token-level Index: its `get_transitions()` materialises a
-dict entry per (state, token) (16.7 GB at V=262k for a large schema), and walking the trie shares work
-between tokens with a common prefix.
+(from NUMBA_STATES byte states on, byte_automaton.py's `compiled_at`, compiled: token_walk_numba.py walks
+the trie depth-first from each state), instead of asking outlines-core for the token-level Index: its
+`get_transitions()` materialises a dict entry per (state, token) (16.7 GB at V=262k for a large schema),
+and walking the trie shares work between tokens with a common prefix.
 
 Tokens whose next-state column is identical from every state form one class. Per chunk of states the columns
 are grouped exactly (an integer-exact float hash proposes the groups, an element-wise comparison confirms
@@ -35,8 +35,7 @@ if not __package__:  # compile.py runs this file as a script: register the packa
     _pkg = sys.modules.setdefault("constraints", types.ModuleType("constraints"))
     _pkg.__path__ = [os.path.dirname(os.path.abspath(__file__))]
 
-from constraints.byte_automaton import byte_dfa, csr_ranges  # noqa: E402
-from constraints.piece_nfa import NUMBA_STATES  # noqa: E402
+from constraints.byte_automaton import byte_dfa, compiled_at, csr_ranges  # noqa: E402
 
 __all__ = ["TokenDFA", "build_token_dfa", "build_trie", "byte_dfa", "save_dfa", "walk"]
 
@@ -143,6 +142,29 @@ def walk(delta: np.ndarray, trie: _Trie, states: np.ndarray, n_vocab: int) -> np
     return out
 
 
+@dataclass(frozen=True)
+class TokenSteps:
+    """How the token build walks the trie, groups the columns of a chunk and finds token distances: the
+    references of this file (numpy: no import) or token_walk_numba.py's compiled twins (the same columns,
+    groups and distances; numba loaded already by a byte automaton of that size)."""
+
+    trie: Callable[[_Trie], object]  # the trie as `walk` reads it (the compiled walk: depth-first)
+    walk: Callable[[np.ndarray, object, np.ndarray, int], np.ndarray]  # (delta, trie, states, V) -> [Q, V]
+    propose: Callable[[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray] | None]  # `_propose_groups`
+    bfs: Callable[[np.ndarray, np.ndarray, int, np.ndarray], np.ndarray]  # `_bfs`
+
+
+def compiled_token_steps() -> TokenSteps:
+    from constraints.token_walk_numba import bfs, hashed_groups, preorder_trie, walk_preorder
+
+    return TokenSteps(lambda t: preorder_trie(t.parent, t.byte, t.ends), walk_preorder, hashed_groups, bfs)
+
+
+def token_steps_for(n_b: int) -> TokenSteps:
+    """The token steps for a byte automaton of n_b states: byte_automaton.py's one rule (`compiled_at`)."""
+    return compiled_token_steps() if compiled_at(n_b) else REFERENCE_TOKEN_STEPS
+
+
 def build_token_dfa(
     regex: str, vocab: list[bytes | None], eos_ids, *, chunk: int | None = None, trie: _Trie | None = None
 ) -> TokenDFA:
@@ -154,17 +176,15 @@ def build_token_dfa(
     order = np.argsort((delta[:n_b] < n_b).sum(axis=1), kind="stable")
     # chunks of ~8 MB of next states: measured 2x faster than 64 MB ones (the column grouping stays in cache)
     chunk = chunk or max(64, (1 << 21) // max(V, 1))
-    inverse, reps, cols = _token_classes(delta, trie, order, V, chunk)  # [V], [K], [S_b, K]
+    steps = token_steps_for(n_b)
+    inverse, reps, cols = _token_classes(delta, trie, order, V, chunk, steps)  # [V], [K], [S_b, K]
     special = np.asarray([not b for b in vocab])
     alive_cls = ((cols < n_b).any(axis=0)) & ~special[reps]
     # class edges, then trim to states reachable from the start and co-reachable by whole tokens
     src, cls = np.nonzero((cols < n_b) & alive_cls)
     dst = cols[src, cls].astype(np.int64)
-    bfs = _bfs
-    if n_b >= NUMBA_STATES:  # loaded already by the byte automaton's build (token_walk_numba.py)
-        from constraints.token_walk_numba import bfs
-    reach = bfs(src, dst, n_b, np.asarray([0])) >= 0
-    dist_b = bfs(dst, src, n_b, np.nonzero(final_b)[0])  # fewest tokens to a final state, -1: none
+    reach = steps.bfs(src, dst, n_b, np.asarray([0])) >= 0
+    dist_b = steps.bfs(dst, src, n_b, np.nonzero(final_b)[0])  # fewest tokens to a final state, -1: none
     keep = reach & (dist_b >= 0)
     if not keep[0]:
         raise ValueError("no token sequence of this vocabulary spells a string matching the constraint")
@@ -188,29 +208,23 @@ def build_token_dfa(
     )
 
 
-def _token_classes(delta, trie: _Trie, order: np.ndarray, V: int, chunk: int) -> tuple[np.ndarray, ...]:
+def _token_classes(
+    delta, trie: _Trie, order: np.ndarray, V: int, chunk: int, steps: TokenSteps
+) -> tuple[np.ndarray, ...]:
     """(class of each token [V], first token of each class [K], next state of each class [S_b, K]), exactly.
 
     Per chunk the tokens are grouped by their column of next states (`_column_groups`); a token's class is
     its tuple of groups over the chunks. Only the columns of each group's first token are kept per chunk.
-    From NUMBA_STATES byte states on (piece_nfa.py's rule: the byte automaton's own build has then loaded
-    numba already), the walk and the hashed grouping are token_walk_numba.py's compiled twins of `walk` and
-    `_propose_groups`: the same columns and the same groups.
+    `steps` walks and groups (`token_steps_for`: the same columns and the same groups either way).
     """
     n_b = delta.shape[0] - 1
-    if n_b >= NUMBA_STATES:
-        from constraints.token_walk_numba import hashed_groups, preorder_trie, walk_preorder
-
-        walked = preorder_trie(trie.parent, trie.byte, trie.ends)  # the same trie, depth-first
-        walk_fn, propose = walk_preorder, hashed_groups
-    else:
-        walk_fn, walked, propose = walk, trie, _propose_groups
+    walked = steps.trie(trie)
     cls = np.zeros(V, dtype=np.int64)
     parts = []
     for lo in range(0, n_b, chunk):
         q = order[lo : lo + chunk]
-        nxt = walk_fn(delta, walked, q, V)  # [Q, V]
-        group, first = _column_groups(nxt, propose)
+        nxt = steps.walk(delta, walked, q, V)  # [Q, V]
+        group, first = _column_groups(nxt, steps.propose)
         parts.append((q, group, nxt[:, first]))
         _, cls = np.unique(cls * first.size + group, return_inverse=True)
         cls = cls.reshape(-1)
@@ -279,6 +293,9 @@ def _bfs(src: np.ndarray, dst: np.ndarray, n: int, sources: np.ndarray) -> np.nd
         dist[nxt] = level
         frontier = nxt
     return dist
+
+
+REFERENCE_TOKEN_STEPS = TokenSteps(lambda t: t, walk, _propose_groups, _bfs)
 
 
 def save_dfa(path, dfa: TokenDFA) -> None:

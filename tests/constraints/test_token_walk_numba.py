@@ -10,7 +10,7 @@ Compared on:
 - random graphs for the token-distance search (`bfs` against dfa.py's `_bfs`): long chains, several
   sources (repeated), unreachable nodes, no edges at all;
 - real schemas (shipped under tests/constraints/data) against the shipped tokenizer's vocabulary, built end
-  to end both ways by patching dfa.py's NUMBA_STATES.
+  to end both ways by patching byte_automaton.py's NUMBA_STATES (its `compiled_at`, the rule of both builds).
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from constraints import byte_automaton as ba
 from constraints import dfa
 from constraints.schema_regex import schema_to_regex
 from constraints.token_walk_numba import bfs, hashed_groups, preorder_trie, walk_preorder
@@ -129,17 +130,17 @@ def test_hash_collision_falls_back_both_ways():
 
 
 @pytest.mark.parametrize("seed,n,chunk", [(0, 400, 64), (1, 900, 100), (2, 150, 1000)])
-def test_token_classes_both_ways(monkeypatch, seed, n, chunk):
+def test_token_classes_both_ways(seed, n, chunk):
     rng = np.random.default_rng(seed)
     alphabet = b'ab"{}:'
     delta = random_delta(rng, n, alphabet, 0.7)
     vocab = random_vocab(rng, 600, alphabet)
     trie = dfa.build_trie(vocab)
     order = np.argsort((delta[:n] < n).sum(axis=1), kind="stable")
-    out = []
-    for threshold in (NEVER, 0):
-        monkeypatch.setattr(dfa, "NUMBA_STATES", threshold)
-        out.append(dfa._token_classes(delta, trie, order, len(vocab), chunk))
+    out = [
+        dfa._token_classes(delta, trie, order, len(vocab), chunk, steps)
+        for steps in (dfa.REFERENCE_TOKEN_STEPS, dfa.compiled_token_steps())
+    ]
     for ref, fast in zip(*out):
         assert ref.dtype == fast.dtype and np.array_equal(ref, fast)
 
@@ -155,7 +156,7 @@ def test_real_schemas_give_the_same_token_dfa(monkeypatch, vocab, name):
     regex = schema_to_regex(json.loads((DATA / name).read_text()))
     out = []
     for threshold in (NEVER, 0):
-        monkeypatch.setattr(dfa, "NUMBA_STATES", threshold)
+        monkeypatch.setattr(ba, "NUMBA_STATES", threshold)  # the one rule (`compiled_at`) both builds read
         out.append(dfa.build_token_dfa(regex, vocab, [1], chunk=256))
     ref, fast = out
     for k, a in ref.arrays().items():
