@@ -1,5 +1,6 @@
 """Sudoku solved % on the held-out set (sudoku/data/heldout.jsonl) at 48 / 24 / 12 / 6 denoising steps, one
-model (model/assets/dgbatch-sudoku), four ways, all through the fast engine's one loop (engine/fast.py):
+model (model/assets/dgbatch-sudoku), six ways through the fast engine's one loop (engine/fast.py) and one
+without the model:
 
 - `pinned`: the clues pinned on the canvas with the cell markers (sudoku/grid.py `canvas_text` as the `grid`
   template of pipeline/pin_templates.py, as a job with `generation.pins` runs it), the short prompt,
@@ -7,15 +8,21 @@ model (model/assets/dgbatch-sudoku), four ways, all through the fast engine's on
 - `prompt`: the clues in the prompt only (the same canvas text), the whole canvas denoised from noise;
 - `pinned_l2r`: pinned, but commits strictly left to right (engine/params.py `commit_order`), the same number
   of positions per step as an autoregressive order would take: the bidirectional advantage, same weights;
-- `pinned_valid`: the recipe of jobs/examples/sudoku.yaml: pinned, the output held to a digit 1-9 after each
-  marker (sudoku/grid.py `CANVAS_REGEX`, constraints/hook.py with the pins), and the all-different validator
-  (sudoku/grid.py `validate`) with up to 3 regenerations from derived seeds (pipeline/validators.py
-  `Validator.generate`).
+- `pinned_valid`: pinned, the output held to a digit 1-9 after each marker (sudoku/grid.py `CANVAS_REGEX`,
+  constraints/hook.py with the pins), and the all-different validator (sudoku/grid.py `validate`) with up to 3
+  regenerations from derived seeds (pipeline/validators.py `Validator.generate`);
+- `pinned_groups`: pinned and held to digits as `pinned_valid`, and the rows, columns and boxes held
+  all-different at every step and at the commit (constraints/all_different.py over sudoku/grid.py
+  `CANVAS_GROUPS`), no validator;
+- `groups_valid`: the recipe of jobs/examples/sudoku.yaml: `pinned_groups` and the validator with up to 3
+  regenerations;
+- `groups_only`: no model: the all-different rule of `pinned_groups` alone, over logits that say nothing
+  (all equal), so that `pinned_groups` minus this is what the model adds to the constraint.
 
 Solved means every cell right (sudoku/grid.py `check_solution`). Prints one JSON line per (steps, way):
 solved % overall and on the hard subset (<= 25 clues), the counts behind them, forwards and wall time; then
 the ratios the issue asks about. Run: `OMP_NUM_THREADS=1 python bench/sudoku.py [--n 1000] [--steps
-48,24,12,6] [--ways pinned,prompt,pinned_l2r,pinned_valid]`.
+48,24,12,6] [--ways pinned,prompt,pinned_l2r,pinned_valid,pinned_groups,groups_valid,groups_only]`.
 """
 
 from __future__ import annotations
@@ -32,6 +39,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from constraints import build_hook, decode_text  # noqa: E402
+from constraints.all_different import AllDifferent, AllDifferentSpec  # noqa: E402
+from engine import pins as pinning  # noqa: E402
 from engine.fast import Engine, Request  # noqa: E402
 from engine.params import GenerationParams  # noqa: E402
 from model import DiffusionGemma, load_tokenizer  # noqa: E402
@@ -39,10 +48,13 @@ from model.tokenizer import encode_prompt  # noqa: E402
 from pipeline.outputs import RowResult  # noqa: E402
 from pipeline.rows import PreparedRow  # noqa: E402
 from pipeline.validators import Validator  # noqa: E402
-from sudoku.grid import CANVAS_REGEX, PINNED_PROMPT, check_solution, prompt  # noqa: E402
+from sudoku.grid import CANVAS_GROUPS, CANVAS_REGEX, DIGITS, PINNED_PROMPT, check_solution, prompt  # noqa: E402
 from sudoku.metrics import clue_pins  # noqa: E402
 
-WAYS = ("pinned", "prompt", "pinned_l2r", "pinned_valid")
+WAYS = ("pinned", "prompt", "pinned_l2r", "pinned_valid", "pinned_groups", "groups_valid", "groups_only")
+DIGIT_WAYS = ("pinned_valid", "pinned_groups", "groups_valid")  # the output held to digits (decode_text)
+GROUP_WAYS = ("pinned_groups", "groups_valid")
+VALIDATED = ("pinned_valid", "groups_valid")
 HARD = 25
 
 
@@ -62,6 +74,31 @@ class Solver:
         self.forwards = 0
         self.digits = build_hook({"regex": CANVAS_REGEX}, self.tok, self.model.config,
                                  max_new_tokens=self.base.max_new_tokens)
+        self.groups = AllDifferentSpec(CANVAS_GROUPS, tuple(self.tok.token_to_id(d) for d in DIGITS))
+
+    def hook(self, way: str, pins, max_new_tokens: int):
+        """The row's commit hook for this way (None: the loop's argmax)."""
+        if way not in DIGIT_WAYS:
+            return None
+        hook = self.digits.with_pins(pins, max_new_tokens)
+        if way in GROUP_WAYS:
+            hook = AllDifferent(self.groups, max_new_tokens=max_new_tokens, inner=hook,
+                                pins_tokens=pins.tokens)
+        return hook
+
+    def no_model(self, puzzles: list[str]) -> list[str]:
+        """`groups_only`: the all-different commit over all-equal logits, no decoder forward."""
+        stop = self.base.eos_token_ids[0]
+        n, V = self.base.max_new_tokens, self.model.config.text.vocab_size
+        texts = []
+        for p in puzzles:
+            pins = clue_pins(self.tok, p, stop)
+            hook = self.hook("pinned_groups", pins, n)
+            pin_C = list(pins.tokens) + [pinning.FREE] * (n - len(pins.tokens))
+            logits_CV = pinning.mask_logits(torch.zeros(n, V), pin_C)
+            toks, _, _ = hook.commit(logits_CV, hook.initial_state(), tokens_left=n, last_canvas=True)
+            texts.append(decode_text(self.digits, [int(t) for t in toks]))
+        return texts
 
     def texts(self, puzzles: list[str], seeds: list[int], steps: int, way: str) -> list[str]:
         order = "left_to_right" if way == "pinned_l2r" else "confidence"
@@ -69,7 +106,7 @@ class Solver:
         reqs = []
         for i, (p, seed) in enumerate(zip(puzzles, seeds)):
             pins = None if way == "prompt" else clue_pins(self.tok, p, params.eos_token_ids[0])
-            hook = self.digits.with_pins(pins, params.max_new_tokens) if way == "pinned_valid" else None
+            hook = self.hook(way, pins, params.max_new_tokens)
             text = prompt(p) if way == "prompt" else PINNED_PROMPT
             reqs.append(Request(id=str(i), input_ids=encode_prompt(self.tok, text), seed=seed,
                                 params=params, pins=pins, commit_hook=hook))
@@ -79,7 +116,7 @@ class Solver:
         bad = [c.error for c in done if c.finish_reason == "error"]
         if bad:
             raise RuntimeError(f"engine refused a puzzle: {bad[0]}")
-        if way == "pinned_valid":
+        if way in DIGIT_WAYS:
             return [decode_text(self.digits, c.token_ids) for c in done]
         return [self.tok.decode(c.token_ids, skip_special_tokens=True) for c in done]
 
@@ -89,7 +126,7 @@ def run_way(solver: Solver, rows: list[dict], steps: int, way: str) -> dict:
     seeds = [1000 + i for i in range(len(rows))]
     t0, f0 = time.perf_counter(), solver.forwards
     generations = [1] * len(rows)
-    if way == "pinned_valid":
+    if way in VALIDATED:
         validator = Validator("sudoku.grid:validate", max_regenerations=3)
 
         def generate(prepared: list[PreparedRow]) -> list[RowResult]:
@@ -99,6 +136,8 @@ def run_way(solver: Solver, rows: list[dict], steps: int, way: str) -> dict:
         prepared = [PreparedRow(i, str(i), s, p) for i, (p, s) in enumerate(zip(puzzles, seeds))]
         _, results = validator.generate(generate, prepared, [{"puzzle": p} for p in puzzles])
         texts, generations = [r.text or "" for r in results], [r.generations for r in results]
+    elif way == "groups_only":
+        texts = solver.no_model(puzzles)
     else:
         texts = solver.texts(puzzles, seeds, steps, way)
     ok = [check_solution(p, t) is None for p, t in zip(puzzles, texts)]
@@ -139,6 +178,9 @@ def main(argv: list[str] | None = None) -> int:
             line.append(f"pinned/prompt {got['pinned'] / got['prompt']:.2f}x")
         if "pinned" in got and "pinned_l2r" in got and got["pinned_l2r"]:
             line.append(f"confidence/left-to-right {got['pinned'] / got['pinned_l2r']:.2f}x")
+        if "groups_only" in got:  # what the model adds to the all-different rule, in points
+            base = got["groups_only"]
+            line += [f"{w} - groups_only {got[w] - base:+.1f} points" for w in GROUP_WAYS if w in got]
         print("  ".join(line))
     return 0
 

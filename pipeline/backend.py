@@ -246,6 +246,11 @@ class EngineBackend:
                 if isinstance(pins, str):  # the row's template is unusable (or the constraint forbids it)
                     results[key] = RowResult(status="error", error=f"row {r.id}: {pins}")
                     continue
+            if self.hooks is not None and hook is not None:
+                hook = self.hooks.grouped(hook, pins, params.max_new_tokens)
+                if isinstance(hook, str):  # its pins break structured_output.all_different
+                    results[key] = RowResult(status="error", error=f"row {r.id}: {hook}")
+                    continue
             stop = tuple((r.settings or {}).get("stop", self.spec.generation.stop))
             if stop and hook is not None:  # the job-level pair is refused by the spec (pipeline/spec.py)
                 why = "stop strings cannot be used with structured output"
@@ -294,6 +299,23 @@ class _ConstraintHooks:
         # A constraint shared by all rows is compiled once per replica; failing here fails the job up front.
         self.shared = None if self.per_row else self._build(None, max_new_tokens)
         self.budgets: dict[int, ConstraintHook | str] = {}  # the shared constraint at rows' own max_tokens
+        # structured_output.all_different around every row's hook; a bad section fails the job up front
+        groups = self.section.all_different
+        self.groups = None if groups is None else groups.resolve(
+            lambda s: tokenizer.encode(s, add_special_tokens=False))
+
+    def grouped(self, hook, pins, max_new_tokens: int):
+        """The row's hook held to structured_output.all_different too (the hook itself without one), or why
+        not (its pins break the groups, or a group lies past its max_new_tokens): that row's error."""
+        from constraints.all_different import AllDifferent
+
+        if self.groups is None:
+            return hook
+        try:
+            return AllDifferent(self.groups, max_new_tokens=max_new_tokens, inner=hook,
+                                pins_tokens=() if pins is None else pins.tokens)
+        except ValueError as exc:
+            return str(exc)
 
     def _build(self, row: PreparedRow | None, max_new_tokens: int) -> ConstraintHook:
         from constraints import build_hook

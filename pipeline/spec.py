@@ -28,6 +28,7 @@ from pydantic import (
     model_validator,
 )
 
+from pipeline.all_different_spec import AllDifferentSection
 from pipeline.generation_spec import GenerationSpec
 from pipeline.redact import REDACTED, is_auth_header, is_credential_name, scrub, scrub_json, url_credentials
 from pipeline.user_code import load_callable
@@ -177,6 +178,7 @@ class StructuredOutputSpec(_Section):
     # with a new seed, at most max_regenerations times (pipeline/validators.py).
     validator: UserCallable = None
     max_regenerations: int = Field(default=3, ge=0, le=16)
+    all_different: AllDifferentSection | None = None  # pipeline/all_different_spec.py
 
     @field_validator("json_schema")
     @classmethod
@@ -208,13 +210,11 @@ class StructuredOutputSpec(_Section):
 
     @model_serializer(mode="wrap")
     def _validator_only_when_set(self, handler: Any) -> dict[str, Any]:
-        # Without a validator its fields are left out of every dump, so the plan fingerprint of a job
-        # planned before they existed (pipeline/plan.py hashes this dump) keeps its value and resumes.
-        d = handler(self)
-        if self.validator is None:
-            d.pop("validator", None)
-            d.pop("max_regenerations", None)
-        return d
+        # Without a validator (or all_different) its fields are left out of every dump, so the plan
+        # fingerprint of a job planned before they existed (pipeline/plan.py hashes this dump) is unchanged.
+        unset = {"validator", "max_regenerations"} if self.validator is None else set()
+        unset |= {"all_different"} if self.all_different is None else set()
+        return {k: v for k, v in handler(self).items() if k not in unset}
 
 
 class ResourcesSpec(_Section):

@@ -121,6 +121,18 @@ MARKERS = ("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
 CANVAS_REGEX = "(.[1-9]){81}"
 
 
+# The 27 groups (9 rows, 9 columns, 9 boxes) as cell indices, and as the canvas output offsets of their digits
+# (cell i's digit follows its marker: offset 2i+1 of canvas_text).
+UNITS = tuple(tuple(i for i in range(81) if key[i] == k) for key in (ROW, COL, BOX) for k in range(9))
+CANVAS_GROUPS = tuple(tuple(2 * i + 1 for i in unit) for unit in UNITS)
+
+
+def canvas_groups() -> list[list[int]]:
+    """`structured_output.all_different.groups` of the canvas layout (constraints/all_different.py): every
+    row, column and box of canvas_text, as output offsets of its 9 digits."""
+    return [list(g) for g in CANVAS_GROUPS]
+
+
 def canvas_text(cells: str) -> str:
     """A puzzle (81 chars, `0` or `.` empty) or a solution as canvas text: marker, cell, marker, cell, ...
     Raises `parse`'s ValueError for what is not a grid. Empty cells are written `0`, so the text is also

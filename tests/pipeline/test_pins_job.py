@@ -101,3 +101,32 @@ def test_a_map_turns_the_column_into_the_template(tmp_path):
     pins = {"column": "g", "form": "grid", "map": "sudoku.grid:canvas_text"}
     mapped = JobSpec.parse({**base, "generation": {"pins": pins}})
     assert mapped.generation.fingerprint_dict()["pins"] == pins
+
+
+def test_all_different_groups_hold_in_every_row(tmp_path):
+    """structured_output.all_different over a grid template's cells: every ok row's five cells are a
+    permutation of the five values (pins included), a row whose pins repeat a value in a group is an error
+    row naming it, and a value that is not one token fails the job before any row."""
+    so = {"regex": "[a-e]{5}", "all_different": {"groups": [[0, 1, 2, 3, 4]], "values": list("abcde")}}
+    rows = [{"prompt": f"Rank these, {i}.", "g": t} for i, t in enumerate(["....."] * 4 + ["c....", "a.a.."])]
+    got = _run(tmp_path, rows, {"column": "g", "form": "grid"}, structured_output=so)
+    assert [r["status"] for r in got] == ["ok"] * 5 + ["error"], got
+    for r in got[:5]:
+        assert sorted(r["text"]) == list("abcde"), r
+    assert got[4]["text"][0] == "c"
+    assert "all_different" in got[5]["error"] and "offsets 0 and 2" in got[5]["error"], got[5]
+    bad = dict(so, all_different={"groups": [[0, 1]], "values": ["a", "dgbatch-not-one-token"]})
+    with pytest.raises(ValueError, match="all_different.values: 'dgbatch-not-one-token' is .* tokens"):
+        _run(tmp_path, rows[:1], {"column": "g", "form": "grid"}, structured_output=bad)
+
+
+def test_the_spec_checks_all_different(tmp_path):
+    base = {"input": {"path": str(tmp_path), "prompt_column": "p"}, "output": {"path": str(tmp_path / "o")}}
+    for section, msg in [({"groups": "no_such_module:f", "values": ["a"]}, "no_such_module"),
+                         ({"groups": [], "values": ["a"]}, "no group given"),
+                         ({"groups": [[0]], "values": ["a", "a"]}, "a value repeats"),
+                         ({"groups": [[0]], "values": ["a"], "extra": 1}, "extra")]:
+        with pytest.raises(SpecError, match=msg):
+            JobSpec.parse({**base, "structured_output": {"regex": "a", "all_different": section}})
+    ok = JobSpec.parse({**base, "structured_output": {"regex": "a"}})
+    assert "all_different" not in ok.structured_output.model_dump()  # plan fingerprints of older jobs hold

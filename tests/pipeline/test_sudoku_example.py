@@ -1,8 +1,8 @@
 """The README's second example end to end: jobs/examples/sudoku.yaml solves its puzzles through the
-pipeline (Ray, pins written by `pins.map` in the model's canvas layout, the regex, the all-different
-validator with regenerations) on the shipped Sudoku model, `.` puzzles included; every row is a valid
-solution of its own puzzle with its clues in place, or an `invalid` row with the validator's message after 3
-regenerations."""
+pipeline (Ray, pins written by `pins.map` in the model's canvas layout, the regex, the all-different groups
+held at every step, the validator with regenerations) on the shipped Sudoku model, `.` puzzles included;
+every row is a valid solution of its own puzzle with its clues in place, or an `invalid` row with the
+validator's message after 3 regenerations."""
 
 from __future__ import annotations
 
@@ -33,6 +33,7 @@ def test_the_sudoku_example_runs_end_to_end(tmp_path, ray_local):
             assert r["status"] == "invalid" and r["generations"] == 4 and "validator" in r["error"], r
             assert r["text"][0::2] == MARKERS and r["text"][1::2].isdigit(), r  # markers, then digits
             assert all(p in ".0" or p == t for p, t in zip(r["puzzle"], r["text"][1::2])), r
-    # The validator rejected and regenerated; how many puzzles end solved is the model's quality, measured
-    # by bench/sudoku.py (bench/RESULTS.md: 28.0% of held-out puzzles at 12 steps), not asserted here.
-    assert any(r["generations"] > 1 for r in rows)
+    # How many held-out puzzles end solved is measured by bench/sudoku.py (bench/RESULTS.md), not here; but
+    # the groups must do their part: without them this job solved 3 of these 6 (session 19), with them all
+    # 6 at the first generation; at least 5 leaves room for a numerics change, not for the groups failing.
+    assert sum(r["status"] == "ok" for r in rows) >= 5, [(r["status"], r["generations"]) for r in rows]
