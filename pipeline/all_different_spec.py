@@ -16,12 +16,14 @@ spec is (the callable imported); the groups and the values' tokens when a replic
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, ConfigDict, field_validator
 
-from constraints.all_different import AllDifferentSpec
 from pipeline.user_code import load_callable
+
+if TYPE_CHECKING:
+    from constraints.all_different import AllDifferentSpec
 
 
 class AllDifferentSection(BaseModel):
@@ -51,6 +53,10 @@ class AllDifferentSection(BaseModel):
     def resolve(self, encode: Callable[[str], list[int]]) -> AllDifferentSpec:
         """The constraint's spec: the groups (the callable's, called with no argument) and each value's one
         token under `encode` (text -> token ids, no special tokens). ValueError naming what is wrong."""
+        # imported here: constraints loads torch, which the driver checking a spec never needs (as
+        # pipeline/backend.py imports it where used)
+        from constraints.all_different import AllDifferentSpec
+
         where = "structured_output.all_different"
         groups = self.groups
         if isinstance(groups, str):
