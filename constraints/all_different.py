@@ -24,6 +24,8 @@ reads next is consistent, and the stop rule compares assignments.
 
 Offsets count output tokens from the first canvas' first position (as engine/pins.py's): canvas k holds
 [k*C, (k+1)*C); a group may span canvases: values committed in earlier canvases are fixed for later ones.
+Cost: per row and step, the value tokens' logits at the group positions ([P, K], not [C, V]) go to the host
+and `assign` takes P small numpy rounds (4.6 ms for 81 open positions on this CPU, measured).
 
 Legend: C canvas length, V vocabulary, P group positions in this canvas, K values, G groups.
 """
