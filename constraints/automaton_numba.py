@@ -14,6 +14,7 @@ same union). Here:
 - `coarsest_partition` (partition_numba.py): Hopcroft's minimisation, on the same `_jit`.
 - `byte_class_reps`: the classes of identical byte columns, refined row by row (exact; the reference
   `_byte_class_reps` hashes every column in numpy, ~100 MB of temporaries for a 50k-state table).
+- `bfs_order`: the breadth-first order of bfs_numbering.py (its reference), one first-in first-out search.
 - `coreachable`: the states that can reach a final state, by a depth-first search over reversed edges
   (the reference: `_trim`'s level-by-level search in numpy).
 - `explore_subsets`: the subsets reachable from the given ones, first in, first out, a new subset numbered
@@ -129,6 +130,37 @@ def coreachable(delta_NB: np.ndarray, final_N: np.ndarray) -> np.ndarray:
     """Bool [N]: the states of the table `delta_NB` [N+1, B] (row N dead) from which a final state can be
     reached (depth-first over the distinct reversed edges)."""
     return _coreachable_kernel(np.ascontiguousarray(delta_NB, dtype=np.int32), final_N.astype(np.bool_))
+
+
+@_jit
+def _bfs_order_kernel(delta_NB):  # pragma: no cover - compiled
+    n, B = delta_NB.shape[0] - 1, delta_NB.shape[1]
+    seen = np.zeros(n + 1, dtype=np.bool_)
+    seen[n] = True  # the dead state is never numbered
+    seen[0] = True
+    order = np.empty(n, dtype=np.int64)
+    order[0] = 0
+    k, head = 1, 0
+    while head < k:
+        s = order[head]
+        head += 1
+        for b in range(B):
+            t = delta_NB[s, b]
+            if not seen[t]:
+                seen[t] = True
+                order[k] = t
+                k += 1
+    for t in range(n):  # never met (none in a trimmed minimal automaton): ascending, last
+        if not seen[t]:
+            order[k] = t
+            k += 1
+    return order
+
+
+def bfs_order(delta_NB: np.ndarray) -> np.ndarray:
+    """bfs_numbering.py's `bfs_order`: int64 [N], the states of `delta_NB` [N+1, B] in the order a first-in
+    first-out search from state 0 meets them (successors by byte ascending), the others after, ascending."""
+    return _bfs_order_kernel(np.ascontiguousarray(delta_NB, dtype=np.int32))
 
 
 @_jit

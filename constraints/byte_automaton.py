@@ -27,6 +27,7 @@ from itertools import chain
 import numpy as np
 from outlines_core import Index, Vocabulary
 
+from constraints import bfs_numbering
 from constraints.composed_dfa import Opaque, compose
 from constraints.piece_nfa import NUMBA_STATES, Determinise, determinise_classes, determinise_compiled
 
@@ -56,15 +57,16 @@ class Steps:
     # (nfa, entries, exits, nullable) -> ClassDfa: a composed build's subset construction of every part
     # (piece_nfa.py: its size rule, or its compiled kernel at every size)
     determinise: Determinise
+    order: Callable[[np.ndarray], np.ndarray]  # delta -> its states breadth-first [n] (bfs_numbering.py)
 
 
 def compiled_steps() -> Steps:
-    from constraints.automaton_numba import byte_classes, coreachable
+    from constraints.automaton_numba import bfs_order, byte_classes, coreachable
     from constraints.partition_numba import quotient
 
     return Steps(
         _decoded_edges, coreachable, byte_classes, _hopcroft_blocks, quotient, _decoded_table,
-        determinise_compiled,
+        determinise_compiled, bfs_order,
     )
 
 
@@ -129,8 +131,9 @@ def _composed(regex: str) -> tuple[np.ndarray, np.ndarray]:
     constructions too (piece_nfa.py `determinise_compiled`)."""
     steps = compiled_steps()
     leaf, minimise = (lambda rx: leaf_dfa(rx, steps)), (lambda d: minimise_classes(*d, steps))
-    dfa = compose(regex, leaf, minimise, steps.determinise)
-    return _trim(*dfa, steps)
+    delta, final = _trim(*compose(regex, leaf, minimise, steps.determinise), steps)
+    # numbered breadth-first: the table then depends on the language only, not on how it was cut into parts
+    return bfs_numbering.renumber(delta, final, steps.order(delta))
 
 
 def _outlines_dfa(regex: str, edges: Callable | None = None) -> tuple[np.ndarray, np.ndarray]:
@@ -416,5 +419,6 @@ def _moore_exact(cols: np.ndarray, final: np.ndarray) -> np.ndarray:
 
 
 REFERENCE_STEPS = Steps(
-    _index_edges, _coreachable, _byte_classes, _moore_blocks, _quotient, _no_table, determinise_classes
+    _index_edges, _coreachable, _byte_classes, _moore_blocks, _quotient, _no_table, determinise_classes,
+    bfs_numbering.bfs_order,
 )

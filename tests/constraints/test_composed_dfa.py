@@ -90,6 +90,26 @@ def test_schema_regexes_from_the_shipped_sample(monkeypatch):
     assert checked >= 15
 
 
+def test_a_composed_build_is_the_same_table_however_it_is_cut(monkeypatch):
+    """byte_automaton.py numbers a composed build breadth-first: the parts (LEAF_CHARS) change how it is
+    built, never the table (delta and final, byte for byte), nor does the compiled or reference way."""
+    import json
+    from pathlib import Path
+
+    regex = schema_to_regex(json.loads((Path(__file__).parent / "data" / "not_oneof_allof" /
+                                        "Github_hard_o1051.json").read_text()))
+    monkeypatch.setattr(ba, "COMPOSE_CHARS", 1_000)
+    tables = []
+    for leaf_chars in (2_000, 250, 40):
+        monkeypatch.setattr(cd, "LEAF_CHARS", leaf_chars)
+        tables.append(ba.byte_dfa(regex))
+    monkeypatch.setattr(ba, "compiled_steps", lambda: ba.REFERENCE_STEPS)
+    tables.append(ba.byte_dfa(regex))
+    for delta, final in tables[1:]:
+        assert np.array_equal(delta, tables[0][0]) and np.array_equal(final, tables[0][1])
+    assert same_language(*tables[0], *ba.minimise(*unminimised(regex)))
+
+
 @pytest.mark.parametrize("regex", ["(?i:ab)c", "a(?i)b", "^ab", "a$", "a\\bb", "\\Aab"])
 def test_context_dependent_syntax_is_not_composed(regex):
     with pytest.raises(cd.Opaque):
