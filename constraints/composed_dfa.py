@@ -27,7 +27,11 @@ import numpy as np
 
 from constraints.piece_nfa import ClassDfa, Determinise, Dfa, Nfa, determinise_classes
 
-LEAF_CHARS = 2_000  # a part this short is one leaf, compiled by outlines-core as a whole
+# a part this short is one leaf, compiled by outlines-core as a whole. Short: outlines-core spends ~15 us a
+# state on a leaf of several bounded strings (8k states), the subset construction much less once the strings
+# are pieces of their own (95 slow JSONSchemaBench schemas' builds, min of 2: 52.1 s at 2,000, 46.2 s at
+# 1,000, 39.9 s at 250; the same tables: byte_automaton.py numbers a composed build breadth-first)
+LEAF_CHARS = 250
 COUNTED = 8  # a group repeated up to this many times or more is a leaf of its own (shared by all its uses)
 
 _SPECIAL_CODES = np.zeros(128, dtype=bool)  # the characters the scan reads: \ [ ] ( ) ^ $
