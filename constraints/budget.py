@@ -38,6 +38,9 @@ MAX_REGEX_CHARS = 1_500_000  # regex text of one array / object (a 954k-characte
 UTF_8_STATES = 8  # extra byte states of one character class that admits multi-byte UTF-8 characters
 SHARED_CHARS = 200  # a group this long written again counts 1/SHARED_WEIGHT of its states the next times
 SHARED_WEIGHT = 8
+# from this many characters on, the compiled scan (budget_numba.py: ~100x faster a character) counts a
+# regex: one this long is composed (byte_automaton.py COMPOSE_CHARS), whose build loads numba anyway
+COMPILED_CHARS = 10_000
 
 
 def cap_length(lo: int, hi: int | None, path: str) -> int | None:
@@ -140,13 +143,24 @@ def estimate_states(regex: str) -> int:
     A large group written again (object_body writes each optional field twice, a $ref target is written at
     each use) counts only 1/SHARED_WEIGHT of its states after the first time: composed_dfa.py builds it once
     and copies its minimal automaton, which is much smaller than the text's count. Copies a counted
-    repetition makes are real (each counts its place), so they count in full. Memoised (`_Memo`).
+    repetition makes are real (each counts its place), so they count in full. Memoised (`_Memo`); from
+    COMPILED_CHARS characters on, scanned by the compiled twin (the same count).
     """
     n = _MEMO.whole.get(regex)
     if n is None:
-        n = _MEMO.whole[regex] = _estimate(regex, _MEMO)
+        n = _compiled_estimate(regex) if len(regex) >= COMPILED_CHARS else None
+        if n is None:  # short, or a count past int64 (budget_numba.py): the scan in Python integers
+            n = _estimate(regex, _MEMO)
+        _MEMO.whole[regex] = n
         _MEMO.chars += len(regex)
     return n
+
+
+def _compiled_estimate(regex: str) -> int | None:
+    """budget_numba.py's `estimate` (None where it leaves the count to `_estimate`)."""
+    from constraints.budget_numba import estimate
+
+    return estimate(regex, SHARED_CHARS, SHARED_WEIGHT, UTF_8_STATES)
 
 
 class _Frame:

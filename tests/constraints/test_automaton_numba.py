@@ -468,6 +468,27 @@ def test_budget_scan_equals_the_plain_scan(fresh_memo, monkeypatch, kept_chars):
         assert budget.estimate_states(text) == _reference_estimate(text), text[:80]
 
 
+def test_compiled_budget_scan_equals_the_plain_scan():
+    """budget_numba.py's kernel against the oracle on random regexes that repeat large groups, the same
+    doubled and counted, non-ASCII classes; None (the Python scan decides) past int64 and on an unopened
+    ")"."""
+    from constraints.budget_numba import estimate
+
+    def compiled(text: str) -> int | None:
+        return estimate(text, budget.SHARED_CHARS, budget.SHARED_WEIGHT, budget.UTF_8_STATES)
+
+    rng = random.Random(5)
+    pool: list[str] = []
+    for _ in range(120):
+        regex = random_budget_regex(rng, pool, 3)
+        for text in (regex, regex + "é" + regex, f"(?:{regex}){{3}}", f"[é]({regex}|{regex})"):
+            assert compiled(text) == _reference_estimate(text), text[:80]
+    for text in ("(ab", "[^a]é{2}", "\\x41{3}", "x{,}", "{", "a{2,", "[", "\\", "(?:", "a{0}b{3,1}"):
+        assert compiled(text) == _reference_estimate(text), text
+    assert compiled("a{99999999999999999999}") is None and compiled("(?:ab{4000000000}){4000000000}") is None
+    assert compiled("ab)") is None and compiled("é{\u0663}") is None  # Python's \\d reads the Arabic-Indic 3
+
+
 def test_budget_scan_on_the_shipped_schemas(fresh_memo, monkeypatch):
     """Every check_size call of the translation (each array / object part, inner parts first), the whole."""
     calls = []
@@ -480,6 +501,7 @@ def test_budget_scan_on_the_shipped_schemas(fresh_memo, monkeypatch):
         return n
 
     monkeypatch.setattr(budget, "estimate_states", checked)
+    monkeypatch.setattr(budget, "COMPILED_CHARS", 2_000)  # the compiled scan too, on the longer parts
     for f in sorted(DATA.glob("*/*.json")):
         try:
             regex = schema_to_regex(json.loads(f.read_text()))
