@@ -19,8 +19,10 @@ time, and each time its peers (the positions sharing a group with it) may no lon
 This is confidence-ordered decoding (the loop's own commit order) under the constraint, with no search:
 a position left with no allowed value takes its raw best value, and the output breaks the constraint there
 (a validator, pipeline/validators.py, regenerates such a row with a new seed; `AllDifferentState.broken`
-counts them). At each step the positions the loop keeps take their assigned value, so the canvas the model
-reads next is consistent, and the stop rule compares assignments.
+counts them). The inner constraint always wins: where none of its valid outputs holds every assigned value,
+it commits its best valid output anyway (the narrowed logits penalise the other tokens, never forbid them),
+and `broken` counts the group positions it changed. At each step the positions the loop keeps take their
+assigned value, so the canvas the model reads next is consistent, and the stop rule compares assignments.
 
 Offsets count output tokens from the first canvas' first position (as engine/pins.py's): canvas k holds
 [k*C, (k+1)*C); a group may span canvases: values committed in earlier canvases are fixed for later ones.
@@ -38,6 +40,10 @@ import numpy as np
 import torch
 
 _NEG = -np.inf
+# Over any canvas' summed logit differences (softcapped logits over temperature: a few hundred a position),
+# so one overridden group position costs an inner constraint's path more than everything else it could gain.
+_PENALTY = 1e6
+_NO_VALUE = -2  # a position committed with a token that is not a value (an inner constraint's choice)
 
 
 @dataclass(frozen=True)
@@ -102,27 +108,29 @@ class AllDifferentSpec:
 
 @dataclass(frozen=True)
 class AllDifferentState:
-    fixed: dict[int, int] = field(default_factory=dict)  # offset -> value index committed in earlier canvases
-    broken: int = 0  # positions committed with no allowed value left (the output breaks the constraint)
+    fixed: dict[int, int] = field(default_factory=dict)  # offset -> value index (or _NO_VALUE) committed
+    # in earlier canvases
+    broken: int = 0  # positions where the output may break the groups: committed with no allowed value
+    # left, or given another token by the inner constraint
     inner: object = None  # the inner hook's state
 
 
 def assign(logits_PK: np.ndarray, peers: list[np.ndarray], fixed_P: np.ndarray,
            exact_GP: np.ndarray | None = None) -> tuple[np.ndarray, int]:
     """The rule of this module's docstring. logits_PK: fp32 logits of the value tokens at the positions;
-    peers[p]: the positions sharing a group with p; fixed_P: a value index per position, or -1; exact_GP:
+    peers[p]: the positions sharing a group with p; fixed_P: a value index per position, -1 (open) or
+    _NO_VALUE (committed holding no value: it constrains nothing); exact_GP:
     membership of the groups with as many positions as values (each value exactly once in them), or None.
     Returns (value index per position, positions given a value no longer allowed)."""
     P, K = logits_PK.shape
     allowed_PK = np.isfinite(logits_PK)
-    out_P = np.full(P, -1, dtype=np.int64)
+    out_P = fixed_P.astype(np.int64)  # fixed values stay; _NO_VALUE positions stay closed, holding none
     for p in np.flatnonzero(fixed_P >= 0):
-        out_P[p] = fixed_P[p]
         allowed_PK[peers[p], fixed_P[p]] = False
     exact = None if exact_GP is None or not exact_GP.size else exact_GP.astype(np.int32)
     broken = 0
-    for _ in range(P - int((fixed_P >= 0).sum())):
-        open_P = out_P < 0
+    for _ in range(int((fixed_P == -1).sum())):
+        open_P = out_P == -1
         p = _only_place(exact, allowed_PK & open_P[:, None], out_P) if exact is not None else None
         if p is not None:
             p, v = p
@@ -240,12 +248,14 @@ class AllDifferent:
         return lay.here, out_P[n_before:], broken
 
     def _narrow(self, logits_CV: torch.Tensor, here: list[int], vidx: np.ndarray, off0: int) -> torch.Tensor:
-        """The logits with each group position allowing only its assigned value token."""
+        """The logits with every token but its assigned value _PENALTY lower at each group position: an inner
+        constraint keeps the assigned values whenever one of its valid outputs holds them all, and where none
+        does it still finds its best valid output (a masked -inf there would leave it none)."""
         out = logits_CV.clone()
         rows = torch.tensor([o - off0 for o in here], dtype=torch.long, device=out.device)
         toks = self._values.to(out.device)[torch.from_numpy(vidx).to(out.device)]
         keep = out[rows, toks].clone()
-        out[rows] = -torch.inf
+        out[rows] -= _PENALTY
         out[rows, toks] = torch.where(torch.isfinite(keep), keep, torch.zeros_like(keep))
         return out
 
@@ -263,9 +273,12 @@ class AllDifferent:
         else:
             toks, inner_state, done = self.inner.commit(narrowed, state.inner, tokens_left=tokens_left,
                                                         last_canvas=last_canvas)
-        fixed = dict(state.fixed)
-        fixed.update({o: int(v) for o, v in zip(here, vidx if here else [])})
-        return toks, AllDifferentState(fixed, state.broken + broken, inner_state), done
+        # what was committed: a value index, or _NO_VALUE where the inner constraint put another token
+        value_of = {t: k for k, t in enumerate(self.spec.values)}
+        got = [value_of.get(int(toks[o - off0]), _NO_VALUE) for o in here]
+        overridden = sum(g != int(v) for g, v in zip(got, vidx if here else []))
+        fixed = {**state.fixed, **dict(zip(here, got))}
+        return toks, AllDifferentState(fixed, state.broken + broken + overridden, inner_state), done
 
     # -- SteeringHook -----------------------------------------------------------------------------------
     def seed_canvas(self, canvas_C: torch.Tensor, state: AllDifferentState, *, tokens_left: int,

@@ -7,6 +7,7 @@ committed output holds the groups (across canvases) and its pins, with batching 
 from __future__ import annotations
 
 import random
+import re
 import sys
 from pathlib import Path
 
@@ -129,6 +130,28 @@ def test_the_rule_alone_solves_a_sudoku_of_forced_moves():
                                  tokens_left=164, last_canvas=True)
     digits = "".join(str(VALUES.index(int(toks[2 * i + 1])) + 1) for i in range(81))
     assert check_solution(puzzle, digits) is None and state.broken == 0
+
+
+def test_the_inner_constraint_always_wins(gemma_tok, cfg):
+    """A regex over a, b, c for five grouped positions with values a..e: no valid output keeps the group all
+    different, so the regex's best valid output is committed and the broken positions are counted; where the
+    regex allows every assignment (a..e), the committed output is the assignment, all different."""
+    from constraints import build_hook, decode_text
+
+    vals = tuple(gemma_tok.token_to_id(c) for c in "abcde")
+    assert None not in vals
+    spec = AllDifferentSpec(((0, 1, 2, 3, 4),), vals)
+    V = gemma_tok.get_vocab_size()
+    for regex, must_break in (("[a-c]{5}", True), ("[a-e]{5}", False)):
+        inner = build_hook({"regex": regex}, gemma_tok, [1], max_new_tokens=8, canvas_length=8, config=cfg,
+                           pad_token_id=0)
+        hook = AllDifferent(spec, max_new_tokens=8, inner=inner)
+        for seed in range(6):
+            logits = torch.randn(8, V, generator=torch.Generator().manual_seed(seed))
+            toks, state, _ = hook.commit(logits, hook.initial_state(), tokens_left=8, last_canvas=True)
+            text = decode_text(inner, toks.tolist())
+            assert re.fullmatch(regex, text), (regex, text)
+            assert (state.broken > 0) == must_break and (len(set(text)) < 5) == must_break, (regex, text)
 
 
 # -- in the denoising loops (tiny model: canvas 8, three canvases) ---------------------------------------
