@@ -14,7 +14,7 @@ same union). Here:
 - `coarsest_partition` (partition_numba.py): Hopcroft's minimisation, on the same `_jit`.
 - `byte_class_reps`: the classes of identical byte columns, refined row by row (exact; the reference
   `_byte_class_reps` hashes every column in numpy, ~100 MB of temporaries for a 50k-state table).
-- `bfs_order`: the breadth-first order of bfs_numbering.py (its reference), one first-in first-out search.
+- `bfs_renumbered`: bfs_numbering.py's breadth-first numbering (its reference), one search, one pass.
 - `coreachable`: the states that can reach a final state, by a depth-first search over reversed edges
   (the reference: `_trim`'s level-by-level search in numpy).
 - `explore_subsets`: the subsets reachable from the given ones, first in, first out, a new subset numbered
@@ -133,34 +133,51 @@ def coreachable(delta_NB: np.ndarray, final_N: np.ndarray) -> np.ndarray:
 
 
 @_jit
-def _bfs_order_kernel(delta_NB):  # pragma: no cover - compiled
+def _bfs_renumber_kernel(delta_NB, live_N):  # pragma: no cover - compiled
     n, B = delta_NB.shape[0] - 1, delta_NB.shape[1]
-    seen = np.zeros(n + 1, dtype=np.bool_)
-    seen[n] = True  # the dead state is never numbered
-    seen[0] = True
-    order = np.empty(n, dtype=np.int64)
+    m = 0
+    for s in range(n):
+        if live_N[s]:
+            m += 1
+    new = np.full(n + 1, -1, dtype=np.int32)  # -1: a live state not met yet
+    for s in range(n + 1):
+        if s == n or not live_N[s]:
+            new[s] = m  # the dead state, and the states that cannot reach a final one
+    order = np.empty(m, dtype=np.int64)
     order[0] = 0
+    new[0] = 0
     k, head = 1, 0
     while head < k:
         s = order[head]
         head += 1
         for b in range(B):
             t = delta_NB[s, b]
-            if not seen[t]:
-                seen[t] = True
+            if new[t] < 0:
+                new[t] = k
                 order[k] = t
                 k += 1
-    for t in range(n):  # never met (none in a trimmed minimal automaton): ascending, last
-        if not seen[t]:
+    for t in range(n):  # live but never met (none in a minimal automaton): ascending, last
+        if new[t] < 0:
+            new[t] = k
             order[k] = t
             k += 1
-    return order
+    out = np.empty((m + 1, B), dtype=np.int32)
+    for i in range(m):
+        s = order[i]
+        for b in range(B):
+            out[i, b] = new[delta_NB[s, b]]
+    out[m, :] = m
+    return out, order
 
 
-def bfs_order(delta_NB: np.ndarray) -> np.ndarray:
-    """bfs_numbering.py's `bfs_order`: int64 [N], the states of `delta_NB` [N+1, B] in the order a first-in
-    first-out search from state 0 meets them (successors by byte ascending), the others after, ascending."""
-    return _bfs_order_kernel(np.ascontiguousarray(delta_NB, dtype=np.int32))
+def bfs_renumbered(
+    delta_NB: np.ndarray, final_N: np.ndarray, live_N: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """bfs_numbering.py's `bfs_renumbered`: the live states of the table `delta_NB` [N+1, B] numbered in the
+    order a first-in first-out search from state 0 meets them (successors by byte ascending), the others
+    dead, in one search and one pass writing the table."""
+    out, order = _bfs_renumber_kernel(np.ascontiguousarray(delta_NB, dtype=np.int32), live_N.astype(np.bool_))
+    return out, final_N[order]
 
 
 @_jit

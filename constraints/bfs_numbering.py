@@ -11,8 +11,9 @@ of the automaton, not of its names; so renumbered in that order, two minimal aut
 same table, whichever way they were built. That leaves the composed build free to choose its parts for
 speed (composed_dfa.py `LEAF_CHARS`).
 
-`bfs_order` is the reference (numpy, a level at a time); automaton_numba.py's `bfs_order` the compiled
-twin (tests/constraints/test_automaton_numba.py compares them).
+`bfs_renumbered` (the search a level at a time in numpy, then the table gathered) is the reference;
+automaton_numba.py's `bfs_renumbered` the compiled twin, one search and one pass over the table
+(tests/constraints/test_automaton_numba.py compares them).
 """
 
 from __future__ import annotations
@@ -42,10 +43,17 @@ def bfs_order(delta: np.ndarray) -> np.ndarray:
     return np.concatenate(levels)
 
 
-def renumber(delta: np.ndarray, final: np.ndarray, order: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """The table (delta [n+1, B] int32 with dead row n, final [n]) with state order[i] renamed i."""
+def bfs_renumbered(
+    delta: np.ndarray, final: np.ndarray, live: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """The states `live` [n] of (delta [n+1, B], final [n]) (state 0 among them), the others read as the
+    dead state, numbered in `bfs_order` (live states it never meets after, ascending): (delta [m+1, B]
+    int32 with dead row m, final [m]). The reference of automaton_numba.py's `bfs_renumbered`."""
     n = final.size
-    new = np.empty(n + 1, dtype=np.int32)
-    new[order] = np.arange(n, dtype=np.int32)
-    new[n] = n
+    dead = np.append(~live, True)
+    order = bfs_order(np.where(dead[delta], n, delta))
+    order = order[live[order]]
+    m = order.size
+    new = np.full(n + 1, m, dtype=np.int32)
+    new[order] = np.arange(m, dtype=np.int32)
     return np.take(new, delta[np.append(order, n)]), final[order]

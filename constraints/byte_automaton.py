@@ -57,16 +57,17 @@ class Steps:
     # (nfa, entries, exits, nullable) -> ClassDfa: a composed build's subset construction of every part
     # (piece_nfa.py: its size rule, or its compiled kernel at every size)
     determinise: Determinise
-    order: Callable[[np.ndarray], np.ndarray]  # delta -> its states breadth-first [n] (bfs_numbering.py)
+    # (delta, final, live) -> the live states numbered breadth-first (bfs_numbering.py), the others dead
+    renumber: Callable[[np.ndarray, np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]
 
 
 def compiled_steps() -> Steps:
-    from constraints.automaton_numba import bfs_order, byte_classes, coreachable
+    from constraints.automaton_numba import bfs_renumbered, byte_classes, coreachable
     from constraints.partition_numba import quotient
 
     return Steps(
         _decoded_edges, coreachable, byte_classes, _hopcroft_blocks, quotient, _decoded_table,
-        determinise_compiled, bfs_order,
+        determinise_compiled, bfs_renumbered,
     )
 
 
@@ -131,9 +132,10 @@ def _composed(regex: str) -> tuple[np.ndarray, np.ndarray]:
     constructions too (piece_nfa.py `determinise_compiled`)."""
     steps = compiled_steps()
     leaf, minimise = (lambda rx: leaf_dfa(rx, steps)), (lambda d: minimise_classes(*d, steps))
-    delta, final = _trim(*compose(regex, leaf, minimise, steps.determinise), steps)
-    # numbered breadth-first: the table then depends on the language only, not on how it was cut into parts
-    return bfs_numbering.renumber(delta, final, steps.order(delta))
+    delta, final = compose(regex, leaf, minimise, steps.determinise)
+    # trimmed and numbered breadth-first in one pass: the table then depends on the language only, not on
+    # how it was cut into parts
+    return steps.renumber(delta, final, _live(delta, final, steps))
 
 
 def _outlines_dfa(regex: str, edges: Callable | None = None) -> tuple[np.ndarray, np.ndarray]:
@@ -223,9 +225,7 @@ def _trim(delta: np.ndarray, final: np.ndarray, steps: Steps | None = None) -> t
 
     ValueError when the start is not among them (the regex matches no string)."""
     n = final.size
-    live = (steps or steps_for(n)).live(delta, final)
-    if not live[0]:
-        raise ValueError("the constraint's regex matches no string")
+    live = _live(delta, final, steps or steps_for(n))
     m = int(live.sum())
     if m == n:  # every state kept: the renumbering is the identity (a gather of the whole table saved)
         return delta.astype(np.int32, copy=False), final[live]
@@ -233,6 +233,14 @@ def _trim(delta: np.ndarray, final: np.ndarray, steps: Steps | None = None) -> t
     renum[np.nonzero(live)[0]] = np.arange(m, dtype=np.int32)
     # one int32 gather (after a minimisation at most one state goes: most rows are kept, none copied twice)
     return np.take(renum, delta[np.append(live, True)]), final[live]
+
+
+def _live(delta: np.ndarray, final: np.ndarray, steps: Steps) -> np.ndarray:
+    """Bool [n]: the co-reachable states; ValueError when the start is not one (the regex matches nothing)."""
+    live = steps.live(delta, final)
+    if not live[0]:
+        raise ValueError("the constraint's regex matches no string")
+    return live
 
 
 def _coreachable(delta: np.ndarray, final: np.ndarray) -> np.ndarray:
@@ -420,5 +428,5 @@ def _moore_exact(cols: np.ndarray, final: np.ndarray) -> np.ndarray:
 
 REFERENCE_STEPS = Steps(
     _index_edges, _coreachable, _byte_classes, _moore_blocks, _quotient, _no_table, determinise_classes,
-    bfs_numbering.bfs_order,
+    bfs_numbering.bfs_renumbered,
 )

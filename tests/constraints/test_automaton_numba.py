@@ -28,7 +28,7 @@ from constraints import bfs_numbering, budget, index_numba
 from constraints import byte_automaton as ba
 from constraints import composed_dfa as cd
 from constraints import piece_nfa as pn
-from constraints.automaton_numba import bfs_order, byte_class_reps, byte_classes, coreachable
+from constraints.automaton_numba import bfs_renumbered, byte_class_reps, byte_classes, coreachable
 from constraints.partition_numba import coarsest_partition, quotient
 from constraints.schema_errors import UnsupportedSchema
 from constraints.schema_regex import schema_to_regex
@@ -134,25 +134,28 @@ def test_minimise_by_class_gives_the_table_of_minimise(monkeypatch, seed):
 
 
 @pytest.mark.parametrize("seed,reach_p", [(0, 0.995), (1, 0.9), (2, 0.0), (3, 0.999)])
-def test_bfs_order_kernel_gives_the_reference_order(seed, reach_p):
-    """Sparse random tables (some states never met: they follow, ascending), dense ones, a one-state one."""
+def test_bfs_renumber_kernel_gives_the_reference_table(seed, reach_p):
+    """Sparse random tables (some states never met: they follow, ascending), dense ones, a one-state one,
+    each with all states live and with some not (read as the dead state)."""
     rng = np.random.default_rng(seed)
     for n in (1, 7, 900):
         delta = rng.integers(0, n + 1, size=(n + 1, 256)).astype(np.int32)
         delta[rng.random((n + 1, 256)) < reach_p] = n
         delta[n] = n
-        got, want = bfs_order(delta), bfs_numbering.bfs_order(delta)
-        assert got.dtype == want.dtype and np.array_equal(got, want)
-        assert np.array_equal(np.sort(got), np.arange(n)) and got[0] == 0
+        final = rng.random(n) < 0.3
+        for live in (np.ones(n, dtype=bool), np.append(True, rng.random(n - 1) < 0.8)):
+            got, want = bfs_renumbered(delta, final, live), bfs_numbering.bfs_renumbered(delta, final, live)
+            assert_same_tables(got, want)
+            assert got[1].size == live.sum()
 
 
 def test_breadth_first_numbering_keeps_the_language():
-    """Renumbered, a table accepts the same words (state order[i] is state i; the dead row stays last)."""
+    """Renumbered, a minimal table is the same automaton: state order[i] is state i, the dead row last."""
     delta, final = redundant_dfa(np.random.default_rng(9), 500, 60, 4)
     delta, final = ba.minimise(delta, final)
-    order = bfs_numbering.bfs_order(delta)
-    new_delta, new_final = bfs_numbering.renumber(delta, final, order)
     n = final.size
+    order = bfs_numbering.bfs_order(delta)
+    new_delta, new_final = bfs_numbering.bfs_renumbered(delta, final, np.ones(n, dtype=bool))
     renamed = np.empty(n + 1, dtype=np.int64)
     renamed[np.append(order, n)] = np.arange(n + 1)
     assert np.array_equal(new_final[renamed[:n]], final)
