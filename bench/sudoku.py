@@ -17,12 +17,15 @@ without the model:
 - `groups_valid`: the recipe of jobs/examples/sudoku.yaml: `pinned_groups` and the validator with up to 3
   regenerations;
 - `groups_only`: no model: the all-different rule of `pinned_groups` alone, over logits that say nothing
-  (all equal), so that `pinned_groups` minus this is what the model adds to the constraint.
+  (tiny noise drawn from the row's seed: it only breaks ties), so that `pinned_groups` minus this is what the
+  model adds to the rule;
+- `groups_only_valid`: the same with the validator's 3 regenerations (each a new seed, so new tie-breaks):
+  the baseline of `groups_valid`.
 
 Solved means every cell right (sudoku/grid.py `check_solution`). Prints one JSON line per (steps, way):
 solved % overall and on the hard subset (<= 25 clues), the counts behind them, forwards and wall time; then
 the ratios the issue asks about. Run: `OMP_NUM_THREADS=1 python bench/sudoku.py [--n 1000] [--steps
-48,24,12,6] [--ways pinned,prompt,pinned_l2r,pinned_valid,pinned_groups,groups_valid,groups_only]`.
+48,24,12,6] [--ways pinned,prompt,pinned_l2r,pinned_valid,pinned_groups,groups_valid,groups_only,...]`.
 """
 
 from __future__ import annotations
@@ -51,10 +54,13 @@ from pipeline.validators import Validator  # noqa: E402
 from sudoku.grid import CANVAS_GROUPS, CANVAS_REGEX, DIGITS, PINNED_PROMPT, check_solution, prompt  # noqa: E402
 from sudoku.metrics import clue_pins  # noqa: E402
 
-WAYS = ("pinned", "prompt", "pinned_l2r", "pinned_valid", "pinned_groups", "groups_valid", "groups_only")
+WAYS = ("pinned", "prompt", "pinned_l2r", "pinned_valid", "pinned_groups", "groups_valid", "groups_only",
+        "groups_only_valid")
+# each no-model way -> the way with the model it is the baseline of
+NO_MODEL = {"groups_only": "pinned_groups", "groups_only_valid": "groups_valid"}
 DIGIT_WAYS = ("pinned_valid", "pinned_groups", "groups_valid")  # the output held to digits (decode_text)
 GROUP_WAYS = ("pinned_groups", "groups_valid")
-VALIDATED = ("pinned_valid", "groups_valid")
+VALIDATED = ("pinned_valid", "groups_valid", "groups_only_valid")
 HARD = 25
 
 
@@ -86,21 +92,25 @@ class Solver:
                                 pins_tokens=pins.tokens)
         return hook
 
-    def no_model(self, puzzles: list[str]) -> list[str]:
-        """`groups_only`: the all-different commit over all-equal logits, no decoder forward."""
+    def no_model(self, puzzles: list[str], seeds: list[int]) -> list[str]:
+        """The no-model ways: the all-different commit over logits that say nothing (N(0, 0.01^2) noise from
+        each row's seed), no decoder forward."""
         stop = self.base.eos_token_ids[0]
         n, V = self.base.max_new_tokens, self.model.config.text.vocab_size
         texts = []
-        for p in puzzles:
+        for p, seed in zip(puzzles, seeds):
             pins = clue_pins(self.tok, p, stop)
             hook = self.hook("pinned_groups", pins, n)
             pin_C = list(pins.tokens) + [pinning.FREE] * (n - len(pins.tokens))
-            logits_CV = pinning.mask_logits(torch.zeros(n, V), pin_C)
+            noise_CV = 0.01 * torch.randn(n, V, generator=torch.Generator().manual_seed(seed))
+            logits_CV = pinning.mask_logits(noise_CV, pin_C)
             toks, _, _ = hook.commit(logits_CV, hook.initial_state(), tokens_left=n, last_canvas=True)
             texts.append(decode_text(self.digits, [int(t) for t in toks]))
         return texts
 
     def texts(self, puzzles: list[str], seeds: list[int], steps: int, way: str) -> list[str]:
+        if way in NO_MODEL:
+            return self.no_model(puzzles, seeds)
         order = "left_to_right" if way == "pinned_l2r" else "confidence"
         params = self.base.with_(max_denoising_steps=steps, commit_order=order)
         reqs = []
@@ -136,8 +146,6 @@ def run_way(solver: Solver, rows: list[dict], steps: int, way: str) -> dict:
         prepared = [PreparedRow(i, str(i), s, p) for i, (p, s) in enumerate(zip(puzzles, seeds))]
         _, results = validator.generate(generate, prepared, [{"puzzle": p} for p in puzzles])
         texts, generations = [r.text or "" for r in results], [r.generations for r in results]
-    elif way == "groups_only":
-        texts = solver.no_model(puzzles)
     else:
         texts = solver.texts(puzzles, seeds, steps, way)
     ok = [check_solution(p, t) is None for p, t in zip(puzzles, texts)]
@@ -178,9 +186,9 @@ def main(argv: list[str] | None = None) -> int:
             line.append(f"pinned/prompt {got['pinned'] / got['prompt']:.2f}x")
         if "pinned" in got and "pinned_l2r" in got and got["pinned_l2r"]:
             line.append(f"confidence/left-to-right {got['pinned'] / got['pinned_l2r']:.2f}x")
-        if "groups_only" in got:  # what the model adds to the all-different rule, in points
-            base = got["groups_only"]
-            line += [f"{w} - groups_only {got[w] - base:+.1f} points" for w in GROUP_WAYS if w in got]
+        for base, w in NO_MODEL.items():  # what the model adds to the all-different rule, in points
+            if base in got and w in got:
+                line.append(f"{w} - {base} {got[w] - got[base]:+.1f} points")
         print("  ".join(line))
     return 0
 
