@@ -181,8 +181,11 @@ def build_token_dfa(
     special = np.asarray([not b for b in vocab])
     alive_cls = ((cols < n_b).any(axis=0)) & ~special[reps]
     # class edges, then trim to states reachable from the start and co-reachable by whole tokens
-    src, cls = np.nonzero((cols < n_b) & alive_cls)
-    dst = cols[src, cls].astype(np.int64)
+    # flat indices, then (state, class): the pairs of a 2-D nonzero in its order, ~3x faster (its per-element
+    # index loop was 0.1-0.6 s on a 77k-state, 487-class table)
+    flat = np.flatnonzero((cols < n_b) & alive_cls)
+    src, cls = np.divmod(flat, max(cols.shape[1], 1))
+    dst = cols.reshape(-1)[flat].astype(np.int64)
     reach = steps.bfs(src, dst, n_b, np.asarray([0])) >= 0
     dist_b = steps.bfs(dst, src, n_b, np.nonzero(final_b)[0])  # fewest tokens to a final state, -1: none
     keep = reach & (dist_b >= 0)
