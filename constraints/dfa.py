@@ -35,7 +35,8 @@ if not __package__:  # compile.py runs this file as a script: register the packa
     _pkg = sys.modules.setdefault("constraints", types.ModuleType("constraints"))
     _pkg.__path__ = [os.path.dirname(os.path.abspath(__file__))]
 
-from constraints.byte_automaton import byte_dfa, compiled_at, csr_ranges  # noqa: E402
+from constraints.byte_automaton import byte_dfa, compiled_at  # noqa: E402
+from constraints.csr import csr_ranges  # noqa: E402
 
 __all__ = ["TokenDFA", "build_token_dfa", "build_trie", "byte_dfa", "save_dfa", "walk"]
 

@@ -3,7 +3,7 @@
 Legend: N states of a DFA table (the dead row last), C byte classes, E stored inverse transitions.
 
 `coarsest_partition` is Hopcroft's partition refinement over inverse transitions, O(N C log N)
-(https://en.wikipedia.org/wiki/DFA_minimization#Hopcroft's_algorithm). byte_automaton.py's `_moore_blocks`
+(https://en.wikipedia.org/wiki/DFA_minimization#Hopcroft's_algorithm). moore.py's `moore_blocks`
 (hashed Moore refinement) is the reference, compared with it by tests/constraints/test_automaton_numba.py.
 The coarsest partition that refines the initial blocks and is stable under every class is unique, so the
 caller's numbering of the blocks (by first member) gives exactly the automaton the reference gives, however

@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from constraints import bfs_numbering, budget, index_numba
+from constraints import bfs_numbering, budget, index_numba, moore
 from constraints import byte_automaton as ba
 from constraints import composed_dfa as cd
 from constraints import piece_nfa as pn
@@ -183,7 +183,7 @@ def test_coarsest_partition_equals_exact_moore():
         return np.argsort(np.argsort(first))[inv.reshape(-1)]
 
     fast = coarsest_partition(cols, np.append(final.astype(np.int64), 2))
-    assert np.array_equal(canonical(fast), canonical(ba._moore_exact(cols, final)))
+    assert np.array_equal(canonical(fast), canonical(moore.moore_exact(cols, final)))
 
 
 

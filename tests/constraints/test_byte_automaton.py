@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from outlines_core import Index, Vocabulary
 
-from constraints import budget
+from constraints import budget, moore
 from constraints import byte_automaton as ba
 from constraints import regex_atoms as ra
 from constraints.dfa import build_token_dfa
@@ -107,12 +107,12 @@ def test_hash_collisions_fall_back_to_the_exact_refinement():
     delta, final = unminimised(ra.object_body([('"a":1', False), ('"b":2', False), ('"c":3', False)], ","))
     cols = delta[:, ba._byte_class_reps(delta)]
     zero = np.zeros(cols.shape[1] + 1, dtype=np.uint64)  # every signature collides: nothing splits
-    wrong = ba._moore(cols, final, zero)
-    assert not ba._is_congruence(cols, final, wrong)
-    exact = ba._moore_exact(cols, final)
-    assert ba._is_congruence(cols, final, exact)
+    wrong = moore.moore(cols, final, zero)
+    assert not moore.is_congruence(cols, final, wrong)
+    exact = moore.moore_exact(cols, final)
+    assert moore.is_congruence(cols, final, exact)
     w = np.random.default_rng(1).integers(1, 2**63, size=cols.shape[1] + 1, dtype=np.uint64)
-    hashed = ba._moore(cols, final, w)
+    hashed = moore.moore(cols, final, w)
     assert np.unique(hashed).size == np.unique(exact).size  # the hashed refinement finds the same blocks
 
 
