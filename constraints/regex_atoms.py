@@ -183,14 +183,24 @@ def object_body(fields: list[tuple[str, bool]], sep: str) -> str:
     """
     if not fields:
         return r"\{\}"
+    # the pieces of the text in order, joined once at the end: each field's text is copied only into the
+    # result (the fields of a nested object are the whole text below it: a copy per f-string, per partial
+    # join and per concatenation was 0.2 s of a 1.8M-character schema's translation)
+    out = [r"\{"]
     req = [i for i, (_, r) in enumerate(fields) if r]
     if req:
         first = req[0]
-        body = "".join(f"(?:{f}{sep})?" for f, _ in fields[:first]) + fields[first][0]
-        body += "".join(f"{sep}{f}" if r else f"(?:{sep}{f})?" for f, r in fields[first + 1 :])
+        for f, _ in fields[:first]:
+            out += ("(?:", f, sep, ")?")
+        out.append(fields[first][0])
+        for f, r in fields[first + 1 :]:
+            out += (sep, f) if r else ("(?:", sep, f, ")?")
     else:  # all optional: "(?:N)?", N the non-empty sequences (pattern_properties.py relies on this form)
-        # N(1..k) unrolled: k-1 opening groups, f_1, then "(?:sep f_j)?|f_j)" for each later field, joined
-        # once (building it by repeated wrapping copies the whole text per field: quadratic)
-        later = [f"(?:{sep}{f})?|{f})" for f, _ in fields[1:]]
-        body = "(?:" + "(?:" * len(later) + fields[0][0] + "".join(later) + ")?"
-    return r"\{" + body + r"\}"
+        # N(1..k) unrolled: k-1 opening groups, f_1, then "(?:sep f_j)?|f_j)" for each later field (building
+        # it by repeated wrapping copies the whole text per field: quadratic)
+        out += ("(?:", "(?:" * (len(fields) - 1), fields[0][0])
+        for f, _ in fields[1:]:
+            out += ("(?:", sep, f, ")?|", f, ")")
+        out.append(")?")
+    out.append(r"\}")
+    return "".join(out)
