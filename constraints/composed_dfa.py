@@ -193,6 +193,7 @@ class _Composer:
         self.rx = _Regex(regex)
         self.leaf_fn, self.minimise, self.determinise = leaf, minimise, determinise
         self.memo: dict[str, Dfa] = {}
+        self.labels: dict = {}  # the pieces' byte classes, by id (piece_nfa.py Nfa), shared by every part
         self.count: dict[str, int] = {}
         opens = self.rx.opens  # how often each large group's body occurs
         closes = self.rx.close[opens]
@@ -215,7 +216,7 @@ class _Composer:
                     if "(" not in text:
                         raise
                     split = True
-            nfa = Nfa()
+            nfa = Nfa(self.labels)
             entries, exits, nullable = self._fragment(nfa, lo, hi, split, self._times(lo, hi))
             self.memo[text] = self.minimise(self.determinise(nfa, entries, exits, nullable))
         return self.memo[text]
@@ -358,7 +359,7 @@ def compose(
     limit = sys.getrecursionlimit()
     sys.setrecursionlimit(limit + 4 * c.rx.depth)  # a few frames per nested group (object_body nests deep)
     try:
-        nfa = Nfa()
+        nfa = Nfa(c.labels)
         entries, exits, nullable = c._fragment(nfa, 0, n, n <= LEAF_CHARS, 1)
         return minimise(determinise(nfa, entries, exits, nullable))
     finally:

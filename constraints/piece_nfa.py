@@ -32,8 +32,11 @@ Determinise = Callable[["Nfa", set[int], set[int], bool], ClassDfa]
 class Nfa:
     """Pieces (DFA copies) in one global numbering, with epsilon links between them."""
 
-    def __init__(self):
+    def __init__(self, labels: dict[int, tuple[np.ndarray, np.ndarray]] | None = None):
         self.pieces: list[tuple[np.ndarray, int, int]] = []  # (delta, first state, states) of each copy
+        # each distinct piece DFA's byte classes by id, found once: composed_dfa.py hands every NFA of one
+        # build the same dict. It holds the table with them, so that no other table takes that id meanwhile
+        self.labels = {} if labels is None else labels
         self.size = 0
         self.links: dict[int, set[int]] = {}
         # each distinct piece DFA, by id (its table held here, so that no other one takes its id)
@@ -84,7 +87,12 @@ class _Subsets:
         G = self.G = nfa.size
         self.nfa = nfa
         # byte classes: bytes whose columns agree in every piece (a copy's columns agree where its DFA's do)
-        per_piece = [labels(delta[:n]) for delta, n in nfa.kinds.values()]
+        per_piece = []
+        for key, (delta, n) in nfa.kinds.items():
+            held = nfa.labels.get(key)
+            if held is None or held[0] is not delta:
+                held = nfa.labels[key] = delta, labels(delta[:n])
+            per_piece.append(held[1])
         first, self.byte_cls = same_rows(np.stack(per_piece or [np.zeros(256, np.int64)], axis=1))
         self.n_cls = first.size
         # [G+1, C]: each piece's class columns only (a quarter or less of its 256 bytes), shifted to its
