@@ -101,9 +101,8 @@ class Solver:
         for p, seed in zip(puzzles, seeds):
             pins = clue_pins(self.tok, p, stop)
             hook = self.hook("pinned_groups", pins, n)
-            pin_C = list(pins.tokens) + [pinning.FREE] * (n - len(pins.tokens))
             noise_CV = 0.01 * torch.randn(n, V, generator=torch.Generator().manual_seed(seed))
-            logits_CV = pinning.mask_logits(noise_CV, pin_C)
+            logits_CV = pinning.mask_logits(noise_CV, pins.canvas(0, n))
             toks, _, _ = hook.commit(logits_CV, hook.initial_state(), tokens_left=n, last_canvas=True)
             texts.append(decode_text(self.digits, [int(t) for t in toks]))
         return texts

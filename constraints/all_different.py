@@ -27,14 +27,14 @@ assigned value, so the canvas the model reads next is consistent, and the stop r
 Offsets count output tokens from the first canvas' first position (as engine/pins.py's): canvas k holds
 [k*C, (k+1)*C); a group may span canvases: values committed in earlier canvases are fixed for later ones.
 Cost: per row and step, the value tokens' logits at the group positions ([P, K], not [C, V]) go to the host
-and `assign` takes P small numpy rounds (4.6 ms for 81 open positions on this CPU, measured).
+and `assign` takes P small numpy rounds (4-6 ms for 81 open positions on this CPU, measured).
 
 Legend: C canvas length, V vocabulary, P group positions in this canvas, K values, G groups.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import torch
@@ -125,15 +125,17 @@ def assign(logits_PK: np.ndarray, peers: list[np.ndarray], fixed_P: np.ndarray,
     P, K = logits_PK.shape
     allowed_PK = np.isfinite(logits_PK)
     out_P = fixed_P.astype(np.int64)  # fixed values stay; _NO_VALUE positions stay closed, holding none
+    placed_PK = np.zeros((P, K), dtype=np.int32)  # the values given so far, for the exactly-once rule
     for p in np.flatnonzero(fixed_P >= 0):
         allowed_PK[peers[p], fixed_P[p]] = False
+        placed_PK[p, fixed_P[p]] = 1
     exact = None if exact_GP is None or not exact_GP.size else exact_GP.astype(np.int32)
     broken = 0
     for _ in range(int((fixed_P == -1).sum())):
         open_P = out_P == -1
-        p = _only_place(exact, allowed_PK & open_P[:, None], out_P) if exact is not None else None
-        if p is not None:
-            p, v = p
+        forced = None if exact is None else _only_place(exact, allowed_PK & open_P[:, None], placed_PK)
+        if forced is not None:
+            p, v = forced
         else:
             masked_PK = np.where(allowed_PK, logits_PK, _NEG)
             best_P = masked_PK.max(axis=1)
@@ -150,18 +152,16 @@ def assign(logits_PK: np.ndarray, peers: list[np.ndarray], fixed_P: np.ndarray,
                 p = int(np.argmax(conf_P))
                 v = int(np.argmax(masked_PK[p]))
         out_P[p] = v
+        placed_PK[p, v] = 1
         allowed_PK[peers[p], v] = False
     return out_P, broken
 
 
 def _only_place(
-    exact_GP: np.ndarray, open_allowed_PK: np.ndarray, out_P: np.ndarray
+    exact_GP: np.ndarray, open_allowed_PK: np.ndarray, placed_PK: np.ndarray
 ) -> tuple[int, int] | None:
     """(position, value) where a value still missing from an exactly-once group is allowed at one open
     position of it only: the constraint forces it there. None when no value is forced so."""
-    placed_PK = np.zeros(open_allowed_PK.shape, dtype=np.int32)
-    done = out_P >= 0
-    placed_PK[np.flatnonzero(done), out_P[done]] = 1
     need_GK = (exact_GP @ open_allowed_PK.astype(np.int32) == 1) & (exact_GP @ placed_PK == 0)
     hits = np.argwhere(need_GK)
     if not len(hits):
@@ -198,9 +198,9 @@ class AllDifferent:
         self.vocab = None if inner is None else inner.vocab  # exact decoding (constraints.decode_text)
         self._values = torch.tensor(spec.values, dtype=torch.long)
         self._index = {o: i for i, o in enumerate(spec.offsets)}
-        value_of = {t: k for k, t in enumerate(spec.values)}
+        self._value_of = {t: k for k, t in enumerate(spec.values)}
         # pinned group positions are fixed from the start (check_pins made sure each pin is a value)
-        self._pinned = {o: value_of[pins_tokens[o]] for o in spec.offsets
+        self._pinned = {o: self._value_of[pins_tokens[o]] for o in spec.offsets
                         if o < len(pins_tokens) and pins_tokens[o] >= 0}
         members = [[self._index[o] for o in g] for g in spec.groups]
         peers: list[set[int]] = [set() for _ in spec.offsets]
@@ -232,12 +232,14 @@ class AllDifferent:
             self._layouts[key] = _Layout(seen, here, rows, peers, exact_GP)
         return self._layouts[key]
 
-    def _canvas(self, logits_CV: torch.Tensor, state: AllDifferentState, tokens_left: int):
-        """(this canvas' group offsets, their assigned value indices, broken count)."""
+    def _canvas(self, logits_CV: torch.Tensor, state: AllDifferentState,
+                tokens_left: int) -> tuple[_Layout, torch.Tensor | None, int]:
+        """(this canvas' layout, the value token assigned to each of its group positions (None: it has none),
+        broken count)."""
         off0 = self.max_new_tokens - int(tokens_left)
         lay = self._layout(off0, logits_CV.shape[0])
         if not lay.here:
-            return [], None, 0
+            return lay, None, 0
         dev = logits_CV.device
         logits_PK = np.zeros((len(lay.seen), len(self.spec.values)), dtype=np.float32)
         n_before = len(lay.seen) - len(lay.here)
@@ -245,15 +247,14 @@ class AllDifferent:
         logits_PK[n_before:] = picked.detach().float().cpu().numpy()
         fixed_P = np.array([state.fixed.get(o, self._pinned.get(o, -1)) for o in lay.seen], dtype=np.int64)
         out_P, broken = assign(logits_PK, lay.peers, fixed_P, lay.exact_GP)
-        return lay.here, out_P[n_before:], broken
+        return lay, self._values[torch.from_numpy(out_P[n_before:])].to(dev), broken
 
-    def _narrow(self, logits_CV: torch.Tensor, here: list[int], vidx: np.ndarray, off0: int) -> torch.Tensor:
+    @staticmethod
+    def _narrow(logits_CV: torch.Tensor, rows: torch.Tensor, toks: torch.Tensor) -> torch.Tensor:
         """The logits with every token but its assigned value _PENALTY lower at each group position: an inner
         constraint keeps the assigned values whenever one of its valid outputs holds them all, and where none
         does it still finds its best valid output (a masked -inf there would leave it none)."""
         out = logits_CV.clone()
-        rows = torch.tensor([o - off0 for o in here], dtype=torch.long, device=out.device)
-        toks = self._values.to(out.device)[torch.from_numpy(vidx).to(out.device)]
         keep = out[rows, toks].clone()
         out[rows] -= _PENALTY
         out[rows, toks] = torch.where(torch.isfinite(keep), keep, torch.zeros_like(keep))
@@ -265,19 +266,20 @@ class AllDifferent:
 
     def commit(self, logits_CV: torch.Tensor, state: AllDifferentState, *, tokens_left: int,
                last_canvas: bool) -> tuple[torch.Tensor, AllDifferentState, bool]:
-        off0 = self.max_new_tokens - int(tokens_left)
-        here, vidx, broken = self._canvas(logits_CV, state, tokens_left)
-        narrowed = logits_CV if not here else self._narrow(logits_CV, here, vidx, off0)
+        lay, toks_P, broken = self._canvas(logits_CV, state, tokens_left)
+        rows = lay.rows.to(logits_CV.device)
+        narrowed = logits_CV if toks_P is None else self._narrow(logits_CV, rows, toks_P)
         if self.inner is None:
             toks, inner_state, done = narrowed.argmax(dim=-1), None, False
         else:
             toks, inner_state, done = self.inner.commit(narrowed, state.inner, tokens_left=tokens_left,
                                                         last_canvas=last_canvas)
+        if toks_P is None:
+            return toks, replace(state, inner=inner_state), done
         # what was committed: a value index, or _NO_VALUE where the inner constraint put another token
-        value_of = {t: k for k, t in enumerate(self.spec.values)}
-        got = [value_of.get(int(toks[o - off0]), _NO_VALUE) for o in here]
-        overridden = sum(g != int(v) for g, v in zip(got, vidx if here else []))
-        fixed = {**state.fixed, **dict(zip(here, got))}
+        got = [self._value_of.get(int(t), _NO_VALUE) for t in toks[rows.to(toks.device)].tolist()]
+        overridden = int((toks[rows.to(toks.device)] != toks_P.to(toks.device)).sum())
+        fixed = {**state.fixed, **dict(zip(lay.here, got))}
         return toks, AllDifferentState(fixed, state.broken + broken + overridden, inner_state), done
 
     # -- SteeringHook -----------------------------------------------------------------------------------
@@ -292,19 +294,18 @@ class AllDifferent:
               last_canvas: bool) -> tuple[torch.Tensor, torch.Tensor] | None:
         """Argmax and kept tokens with each group position at its assigned value (then the inner hook's
         steering, over the narrowed logits, when it steers)."""
-        here, vidx, _ = self._canvas(logits_CV, state, tokens_left)
-        if not here:
+        lay, toks_P, _ = self._canvas(logits_CV, state, tokens_left)
+        if toks_P is None:
             return None
-        off0 = self.max_new_tokens - int(tokens_left)
-        rows = torch.tensor([o - off0 for o in here], dtype=torch.long, device=argmax_C.device)
-        toks = self._values.to(argmax_C.device)[torch.from_numpy(vidx).to(argmax_C.device)]
+        rows = lay.rows.to(argmax_C.device)
+        toks_P = toks_P.to(argmax_C.device)
         argmax_C, sampled_C = argmax_C.clone(), sampled_C.clone()
-        argmax_C[rows] = toks
-        kept = keep_C[rows]
-        sampled_C[rows] = torch.where(kept, toks, sampled_C[rows])
+        argmax_C[rows] = toks_P
+        sampled_C[rows] = torch.where(keep_C[rows], toks_P, sampled_C[rows])
         if self.inner is not None and self.inner.steering_on:
-            out = self.inner.steer(self._narrow(logits_CV, here, vidx, off0), argmax_C, keep_C, sampled_C,
-                                   state.inner, tokens_left=tokens_left, last_canvas=last_canvas)
+            out = self.inner.steer(self._narrow(logits_CV, lay.rows.to(logits_CV.device), toks_P),
+                                   argmax_C, keep_C, sampled_C, state.inner, tokens_left=tokens_left,
+                                   last_canvas=last_canvas)
             if out is not None:
                 return out
         return argmax_C, sampled_C
