@@ -27,7 +27,9 @@ from constraints.output_check import row_schema, section_kind
 from constraints.schema_regex import load_pydantic, translate_schema
 from constraints.vocab_bytes import vocab_hash
 
-FORMAT_VERSION = "dgbatch-dfa-1"  # bump when the cached arrays change meaning
+# bump when the cached arrays change meaning or numbering: 2, token classes numbered by first token (the DP
+# breaks an exact tie between classes by class order, so an old table could decode a tie otherwise)
+FORMAT_VERSION = "dgbatch-dfa-2"
 
 
 class CompileError(RuntimeError):

@@ -4,17 +4,19 @@ Legend: S live DFA states (0 is the start), V vocabulary, K token classes, E cla
 
 How: byte_automaton.py turns the regex into its minimal byte automaton (outlines-core's, minimised, or for
 a large regex composed part by part: composed_dfa.py). We then walk every vocabulary token from every state
-ourselves, level by level over a byte trie of the vocabulary and a chunk of states at a time in numpy
-(from NUMBA_STATES byte states on, byte_automaton.py's `compiled_at`, compiled: token_walk_numba.py walks
-the trie depth-first from each state), instead of asking outlines-core for the token-level Index: its
+ourselves over a byte trie of the vocabulary, instead of asking outlines-core for the token-level Index: its
 `get_transitions()` materialises a dict entry per (state, token) (16.7 GB at V=262k for a large schema),
 and walking the trie shares work between tokens with a common prefix.
 
-Tokens whose next-state column is identical from every state form one class. Per chunk of states the columns
-are grouped exactly (an integer-exact float hash proposes the groups, an element-wise comparison confirms
-them); a token's class is its tuple of groups over all chunks, and each class's edges are the columns of its
-first token. The DONE state (index S) is added by the DP: final states reach it on an EOS id and it loops on
-any token.
+Tokens whose next state is the same from every state (dead counts as a state) form one class, numbered in
+the order of their first token; each class has one edge per state it is allowed from, listed by (source,
+class). Two ways give the same arrays (`TokenSteps`, chosen once by size): the reference here walks a chunk
+of states at a time level by level in numpy and groups the [Q, V] columns of next states exactly (an
+integer-exact float hash proposes the groups, an element-wise comparison confirms them); from NUMBA_STATES
+byte states on (byte_automaton.py's `compiled_at`) token_walk_numba.py walks each state depth-first and
+splits the classes by the allowed (token, next state) pairs only, which are ~1-10% of states x vocabulary
+on large schemas. The DONE state (index S) is added by the DP: final states reach it on an EOS id and it
+loops on any token.
 """
 
 from __future__ import annotations
@@ -145,20 +147,20 @@ def walk(delta: np.ndarray, trie: _Trie, states: np.ndarray, n_vocab: int) -> np
 
 @dataclass(frozen=True)
 class TokenSteps:
-    """How the token build walks the trie, groups the columns of a chunk and finds token distances: the
-    references of this file (numpy: no import) or token_walk_numba.py's compiled twins (the same columns,
-    groups and distances; numba loaded already by a byte automaton of that size)."""
+    """How the token build finds the token classes and their edges, and token distances: the references of
+    this file (numpy: no import) or token_walk_numba.py's compiled twins (the same arrays; numba loaded
+    already by a byte automaton of that size)."""
 
-    trie: Callable[[_Trie], object]  # the trie as `walk` reads it (the compiled walk: depth-first)
-    walk: Callable[[np.ndarray, object, np.ndarray, int], np.ndarray]  # (delta, trie, states, V) -> [Q, V]
-    propose: Callable[[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray] | None]  # `_propose_groups`
+    # (delta, trie, V) -> class of each token [V] (classes in the order of their first token), edge source,
+    # class and destination [E] sorted by (source, class): `dense_classes`
+    classes: Callable[[np.ndarray, _Trie, int], tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]]
     bfs: Callable[[np.ndarray, np.ndarray, int, np.ndarray], np.ndarray]  # `_bfs`
 
 
 def compiled_token_steps() -> TokenSteps:
-    from constraints.token_walk_numba import bfs, hashed_groups, preorder_trie, walk_preorder
+    from constraints.token_walk_numba import bfs, preorder_trie, sparse_classes
 
-    return TokenSteps(lambda t: preorder_trie(t.parent, t.byte, t.ends), walk_preorder, hashed_groups, bfs)
+    return TokenSteps(lambda d, t, V: sparse_classes(d, preorder_trie(t.parent, t.byte, t.ends), V), bfs)
 
 
 def token_steps_for(n_b: int) -> TokenSteps:
@@ -167,26 +169,15 @@ def token_steps_for(n_b: int) -> TokenSteps:
 
 
 def build_token_dfa(
-    regex: str, vocab: list[bytes | None], eos_ids, *, chunk: int | None = None, trie: _Trie | None = None
+    regex: str, vocab: list[bytes | None], eos_ids, *, trie: _Trie | None = None
 ) -> TokenDFA:
     """Compile `regex` against the byte vocabulary (index = token id); `eos_ids` lead from final to DONE."""
     delta, final_b = byte_dfa(regex)
     n_b, V = delta.shape[0] - 1, len(vocab)
     trie = trie or build_trie(vocab)
-    # similar states side by side (by how many bytes they allow), so dead trie subtrees prune per chunk
-    order = np.argsort((delta[:n_b] < n_b).sum(axis=1), kind="stable")
-    # chunks of ~8 MB of next states: measured 2x faster than 64 MB ones (the column grouping stays in cache)
-    chunk = chunk or max(64, (1 << 21) // max(V, 1))
     steps = token_steps_for(n_b)
-    inverse, reps, cols = _token_classes(delta, trie, order, V, chunk, steps)  # [V], [K], [S_b, K]
-    special = np.asarray([not b for b in vocab])
-    alive_cls = ((cols < n_b).any(axis=0)) & ~special[reps]
-    # class edges, then trim to states reachable from the start and co-reachable by whole tokens
-    # flat indices, then (state, class): the pairs of a 2-D nonzero in its order, ~3x faster (its per-element
-    # index loop was 0.1-0.6 s on a 77k-state, 487-class table)
-    flat = np.flatnonzero((cols < n_b) & alive_cls)
-    src, cls = np.divmod(flat, max(cols.shape[1], 1))
-    dst = cols.reshape(-1)[flat].astype(np.int64)
+    inverse, src, cls, dst = steps.classes(delta, trie, V)  # [V]; [E] by (source, class)
+    # trim to states reachable from the start and co-reachable by whole tokens
     reach = steps.bfs(src, dst, n_b, np.asarray([0])) >= 0
     dist_b = steps.bfs(dst, src, n_b, np.nonzero(final_b)[0])  # fewest tokens to a final state, -1: none
     keep = reach & (dist_b >= 0)
@@ -195,12 +186,12 @@ def build_token_dfa(
     renum = np.full(n_b, -1, dtype=np.int64)
     renum[keep] = np.arange(int(keep.sum()))
     ok = keep[src] & keep[dst]
-    # classes: renumber live ones densely; dead/special tokens -> -1
-    cls_ids = np.full(cols.shape[1], -1, dtype=np.int64)
+    # classes: renumber live ones densely (their order kept); dead/special tokens -> -1
+    cls_ids = np.full(int(inverse.max()) + 1 if V else 0, -1, dtype=np.int64)
     used = np.unique(cls[ok])
     cls_ids[used] = np.arange(used.size)
     token_class = cls_ids[inverse].astype(np.int32)
-    token_class[special] = -1
+    token_class[np.asarray([not b for b in vocab], dtype=bool)] = -1
     return TokenDFA(
         final=final_b[keep],
         token_class=token_class,
@@ -212,23 +203,41 @@ def build_token_dfa(
     )
 
 
-def _token_classes(
-    delta, trie: _Trie, order: np.ndarray, V: int, chunk: int, steps: TokenSteps
-) -> tuple[np.ndarray, ...]:
+def dense_classes(delta: np.ndarray, trie: _Trie, V: int, chunk: int | None = None) -> tuple[np.ndarray, ...]:
+    """(class of each token [V], classes numbered in the order of their first token; edge source, class and
+    destination [E], sorted by (source, class)): one edge per byte state and class with an allowed token.
+
+    The reference: every token walked from every state, chunk by chunk (`_token_classes`), then the edges
+    read off the table of each class's next states."""
+    n_b = delta.shape[0] - 1
+    # similar states side by side (by how many bytes they allow), so dead trie subtrees prune per chunk
+    order = np.argsort((delta[:n_b] < n_b).sum(axis=1), kind="stable")
+    # chunks of ~8 MB of next states: measured 2x faster than 64 MB ones (the column grouping stays in cache)
+    chunk = chunk or max(64, (1 << 21) // max(V, 1))
+    inverse, reps, cols = _token_classes(delta, trie, order, V, chunk)  # [V], [K], [S_b, K]
+    rank = np.empty(reps.size, dtype=np.int64)
+    rank[np.argsort(reps, kind="stable")] = np.arange(reps.size)  # reps: each class's first token
+    flat = np.flatnonzero(cols < n_b)  # row-major: by (source, old class); ~3x faster than a 2-D nonzero
+    src, cls = np.divmod(flat, max(cols.shape[1], 1))
+    dst = cols.reshape(-1)[flat].astype(np.int64)
+    cls = rank[cls]
+    by = np.lexsort((cls, src))
+    return rank[inverse], src[by].astype(np.int64), cls[by], dst[by]
+
+
+def _token_classes(delta, trie: _Trie, order: np.ndarray, V: int, chunk: int) -> tuple[np.ndarray, ...]:
     """(class of each token [V], first token of each class [K], next state of each class [S_b, K]), exactly.
 
     Per chunk the tokens are grouped by their column of next states (`_column_groups`); a token's class is
     its tuple of groups over the chunks. Only the columns of each group's first token are kept per chunk.
-    `steps` walks and groups (`token_steps_for`: the same columns and the same groups either way).
     """
     n_b = delta.shape[0] - 1
-    walked = steps.trie(trie)
     cls = np.zeros(V, dtype=np.int64)
     parts = []
     for lo in range(0, n_b, chunk):
         q = order[lo : lo + chunk]
-        nxt = steps.walk(delta, walked, q, V)  # [Q, V]
-        group, first = _column_groups(nxt, steps.propose)
+        nxt = walk(delta, trie, q, V)  # [Q, V]
+        group, first = _column_groups(nxt)
         parts.append((q, group, nxt[:, first]))
         _, cls = np.unique(cls * first.size + group, return_inverse=True)
         cls = cls.reshape(-1)
@@ -253,7 +262,7 @@ def _propose_groups(nxt: np.ndarray, w: np.ndarray) -> tuple[np.ndarray, np.ndar
     return group, first
 
 
-def _column_groups(nxt: np.ndarray, propose: Callable = _propose_groups) -> tuple[np.ndarray, np.ndarray]:
+def _column_groups(nxt: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(group of each column [V], first column of each group) for the columns of `nxt` [Q, V], exactly.
 
     Two random integer weightings of a column, summed in float64, are exact integers (the weights are small
@@ -265,7 +274,7 @@ def _column_groups(nxt: np.ndarray, propose: Callable = _propose_groups) -> tupl
     bits = 52 - int(np.ceil(np.log2(max(int(nxt.max()), 1) + 1))) - int(np.ceil(np.log2(Q + 1)))
     if bits >= 8:
         w = _weights(bits, Q)
-        found = propose(nxt, w)
+        found = _propose_groups(nxt, w)
         if found is not None:
             return found
     _, first, group = np.unique(nxt, axis=1, return_index=True, return_inverse=True)
@@ -299,7 +308,7 @@ def _bfs(src: np.ndarray, dst: np.ndarray, n: int, sources: np.ndarray) -> np.nd
     return dist
 
 
-REFERENCE_TOKEN_STEPS = TokenSteps(lambda t: t, walk, _propose_groups, _bfs)
+REFERENCE_TOKEN_STEPS = TokenSteps(dense_classes, _bfs)
 
 
 def save_dfa(path, dfa: TokenDFA) -> None:

@@ -1,22 +1,24 @@
-"""Compiled (numba) kernels of the token automaton build: the vocabulary walk, the column grouping and the
+"""Compiled (numba) kernels of the token automaton build: the token classes and their edges, and the
 token-distance search.
 
 Legend: S byte states (row S of delta is the dead state), N trie nodes (0 is the root, the empty prefix),
-Q a chunk of byte states, V vocabulary, K groups of equal columns.
+V vocabulary, K token classes, P (token, next state) pairs allowed, E class edges.
 
-dfa.py's `walk` (the trie a level at a time over a whole chunk of states in numpy) and `_propose_groups`
-(a float hash of each column, then a check row by row in Python) are the references: the spec, kept for
-small automata and compared with these kernels by tests/constraints/test_token_walk_numba.py. On large
-automata they spend their time on nodes live from some state of the chunk but dead from most of the others
-(numpy computes every such (state, node) pair) and on one Python step per row of the check. Here:
+dfa.py's `dense_classes` (every token from every state: [Q, V] tables of next states a chunk at a time,
+their columns grouped) and `_bfs` are the references: the spec, kept for small automata and compared with
+these kernels by tests/constraints/test_token_walk_numba.py. On large automata the tables are mostly dead:
+on the slow JSONSchemaBench schemas a token is allowed from a state in 1-10% of the pairs (o38670: 3.6M of
+255M), and the reference writes, hashes and compares every one of them. Here:
 
 - `preorder_trie` (numpy, once per build): the trie's nodes renumbered in depth-first preorder, so that a
-  node's subtree is the range of nodes up to its `skip`; `walk_preorder` then walks each state of the
-  chunk on its own down that array, jumping over a subtree as soon as its root is dead from the state: it
-  visits only the nodes live from that state (plus one dead child per live branch), with no stack.
-- `hashed_groups`: the reference's hash (the same integer weights, summed exactly: every partial sum is an
-  integer below 2^53), its groups numbered in the same order (sorted by the pair of sums, first column of
-  each), confirmed element by element in one compiled pass; None where the reference would fall back.
+  node's subtree is the range of nodes up to its `skip`; a state's walk then goes down that array from each
+  byte its row allows, jumping over a subtree as soon as its root is dead from the state: it visits only the
+  nodes live from that state (plus one dead child per live branch), with no stack.
+- `sparse_classes`: partition refinement over the allowed pairs only. All tokens start in one class; each
+  state's pairs, bucketed by class, split a class by next state (the tokens dead from the state stay
+  behind), so two tokens end together exactly when their next states agree everywhere. The pairs are kept
+  (up to KEPT_PAIRS) and the edges read off them: one per state and class. Classes are then numbered by
+  first token and edges sorted by (source, class), as the reference numbers and sorts them.
 - `bfs`: dfa.py's `_bfs` (fewest class edges from the sources to each state) as one first-in first-out
   search over edges sorted by source: the reference runs a numpy round per distance, each with a sort of
   the frontier (a deep automaton's 1,000 rounds: ~2 s over the 65 slowest harness schemas). Distances
@@ -34,6 +36,10 @@ from dataclasses import dataclass
 import numpy as np
 
 from constraints.automaton_numba import _jit
+
+# (token, destination) pairs kept from the class walk for the edges (8 bytes each: 128 MiB); a build with
+# more walks its later states a second time
+KEPT_PAIRS = 1 << 24
 
 
 @dataclass
@@ -86,14 +92,24 @@ def preorder_trie(parent: list[np.ndarray], byte: list[np.ndarray], ends: list[t
 
 
 @_jit
-def _walk_kernel(delta, states_Q, depth_N, byte_N, skip_N, end_ptr, end_tid, out_QV):  # pragma: no cover
+def _walk_state(delta, s, root_B, depth_N, byte_N, skip_N, end_ptr, end_tid,
+                at, tok_M, dst_M):  # pragma: no cover - compiled
+    """The tokens allowed from byte state `s` and where each leads; returns their count. The first byte
+    from the state's row (a live byte, then its subtree), deeper bytes down the preorder trie."""
     dead = delta.shape[0] - 1
-    N = depth_N.shape[0]
-    at = np.empty(int(depth_N.max()) + 1, dtype=np.int32)  # the state after each byte of the current path
-    for qi in range(states_Q.shape[0]):
-        at[0] = states_Q[qi]
-        i = 1
-        while i < N:
+    m = 0
+    for b in range(delta.shape[1]):
+        t = delta[s, b]
+        r = root_B[b]
+        if t == dead or r < 0:
+            continue
+        at[1] = t
+        for e in range(end_ptr[r], end_ptr[r + 1]):
+            tok_M[m] = end_tid[e]
+            dst_M[m] = t
+            m += 1
+        i, stop = r + 1, skip_N[r]
+        while i < stop:
             d = depth_N[i]
             t = delta[at[d - 1], byte_N[i]]
             if t == dead:  # dead from here on: the whole subtree stays dead
@@ -101,88 +117,162 @@ def _walk_kernel(delta, states_Q, depth_N, byte_N, skip_N, end_ptr, end_tid, out
                 continue
             at[d] = t
             for e in range(end_ptr[i], end_ptr[i + 1]):
-                out_QV[qi, end_tid[e]] = t
+                tok_M[m] = end_tid[e]
+                dst_M[m] = t
+                m += 1
             i += 1
-
-
-def walk_preorder(delta: np.ndarray, trie: PreorderTrie, states: np.ndarray, n_vocab: int) -> np.ndarray:
-    """Next state of every token from each of `states`: int32 [Q, V]; dead (= S) where not allowed.
-    Exactly dfa.py's `walk`."""
-    out_QV = np.full((states.shape[0], n_vocab), delta.shape[0] - 1, dtype=np.int32)
-    if trie.depth_N.size > 1:
-        _walk_kernel(
-            np.ascontiguousarray(delta, dtype=np.int32),
-            states.astype(np.int64),
-            trie.depth_N,
-            trie.byte_N,
-            trie.skip_N,
-            trie.end_ptr,
-            trie.end_tid,
-            out_QV,
-        )
-    return out_QV
+    return m
 
 
 @_jit
-def _group_kernel(nxt_QV, w_2Q):  # pragma: no cover - compiled
-    Q, V = nxt_QV.shape
-    h0 = np.zeros(V, dtype=np.float64)
-    h1 = np.zeros(V, dtype=np.float64)
-    for q in range(Q):  # row by row: each row is read once, in order
-        a, b = w_2Q[0, q], w_2Q[1, q]
-        for v in range(V):
-            x = np.float64(nxt_QV[q, v])
-            h0[v] += a * x
-            h1[v] += b * x
-    # columns with the same pair of sums: one group, numbered as first seen (open addressing)
-    cap = 16
-    while cap < 2 * V:
-        cap *= 2
-    table = np.full(cap, -1, dtype=np.int64)
-    group = np.empty(V, dtype=np.int64)
-    first = np.empty(V, dtype=np.int64)
-    K = 0
-    for v in range(V):
-        key = np.uint64(np.int64(h0[v])) * np.uint64(0x9E3779B97F4A7C15) ^ np.uint64(np.int64(h1[v]))
-        slot = np.int64((key ^ (key >> np.uint64(31))) & np.uint64(cap - 1))
-        g = -1
-        while table[slot] >= 0:
-            f = first[table[slot]]
-            if h0[f] == h0[v] and h1[f] == h1[v]:
-                g = table[slot]
-                break
-            slot = (slot + 1) & (cap - 1)
-        if g < 0:
-            g = K
-            first[K] = v
-            table[slot] = K
-            K += 1
-        group[v] = g
-    # every column equals its group's first one (else two columns share their sums: a collision)
-    rep = first[group]
-    ok = True
-    for q in range(Q):
-        for v in range(V):
-            if nxt_QV[q, v] != nxt_QV[q, rep[v]]:
-                ok = False
-        if not ok:
-            break
-    return group, first[:K].copy(), h0, h1, ok
+def _refine_kernel(delta, root_B, depth_N, byte_N, skip_N, end_ptr, end_tid,
+                   cls_V, tok_P, dst_P, ptr_S):  # pragma: no cover - compiled
+    """Split the token classes `cls_V` (all 0 on entry) state by state: tokens stay together while they lead
+    to the same state from every state seen so far (a dead token leads nowhere). Each state's (token,
+    destination) pairs are kept in tok_P/dst_P (state s: ptr_S[s] to ptr_S[s+1]) while they fit, for the
+    edges. Returns (class count, states whose pairs were kept: a first run of them)."""
+    n = delta.shape[0] - 1
+    V = cls_V.shape[0]
+    at = np.empty(int(depth_N.max()) + 1, dtype=np.int64)
+    tok_M = np.empty(V, dtype=np.int32)
+    dst_M = np.empty(V, dtype=np.int32)
+    size_K = np.zeros(V + 1, dtype=np.int64)
+    size_K[0] = V
+    K = 1
+    seen_K = np.full(V + 1, -1, dtype=np.int64)  # the last state a class had an allowed token from
+    head_K = np.empty(V + 1, dtype=np.int64)  # that state's entries of the class: a linked list
+    next_M = np.empty(V, dtype=np.int64)
+    touched = np.empty(V, dtype=np.int64)
+    mark_S = np.full(n + 1, -1, dtype=np.int64)  # per (state, class) round: the destinations met ...
+    count_S = np.zeros(n + 1, dtype=np.int64)  # ... how many of the class's tokens go there ...
+    into_S = np.zeros(n + 1, dtype=np.int64)  # ... and the class they go into
+    dests = np.empty(V, dtype=np.int64)
+    rnd = 0
+    kept = 0
+    for s in range(n):
+        m = _walk_state(delta, s, root_B, depth_N, byte_N, skip_N, end_ptr, end_tid, at, tok_M, dst_M)
+        if kept == s and ptr_S[s] + m <= tok_P.shape[0]:
+            tok_P[ptr_S[s] : ptr_S[s] + m] = tok_M[:m]
+            dst_P[ptr_S[s] : ptr_S[s] + m] = dst_M[:m]
+            ptr_S[s + 1] = ptr_S[s] + m
+            kept = s + 1
+        n_touched = 0
+        for i in range(m):  # the entries, bucketed by class
+            c = cls_V[tok_M[i]]
+            if seen_K[c] != s:
+                seen_K[c] = s
+                head_K[c] = -1
+                touched[n_touched] = c
+                n_touched += 1
+            next_M[i] = head_K[c]
+            head_K[c] = i
+        for j in range(n_touched):
+            c = touched[j]
+            rnd += 1
+            n_dests = 0
+            i = head_K[c]
+            while i >= 0:
+                d = dst_M[i]
+                if mark_S[d] != rnd:
+                    mark_S[d] = rnd
+                    count_S[d] = 0
+                    dests[n_dests] = d
+                    n_dests += 1
+                count_S[d] += 1
+                i = next_M[i]
+            for k in range(n_dests):  # each destination's tokens become a class of their own, unless ...
+                d = dests[k]
+                if count_S[d] == size_K[c]:  # ... they are all that is left of the class
+                    into_S[d] = c
+                else:
+                    into_S[d] = K
+                    size_K[K] = count_S[d]
+                    size_K[c] -= count_S[d]
+                    K += 1
+            i = head_K[c]
+            while i >= 0:
+                cls_V[tok_M[i]] = into_S[dst_M[i]]
+                i = next_M[i]
+    return K, kept
 
 
-def hashed_groups(nxt_QV: np.ndarray, w_2Q: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
-    """(group of each column [V], first column of each group [K]) as dfa.py's `_propose_groups` gives them
-    for the integer weights `w_2Q` (float64 [2, Q]), or None where two different columns share their sums."""
-    group, first, h0, h1, ok = _group_kernel(
-        np.ascontiguousarray(nxt_QV, dtype=np.int32), np.ascontiguousarray(w_2Q, dtype=np.float64)
-    )
-    if not ok:
-        return None
-    # the reference's numbering: groups in order of (first sum, second sum)
-    order_K = np.lexsort((h1[first], h0[first]))
-    rank = np.empty(first.size, dtype=np.int64)
-    rank[order_K] = np.arange(first.size)
-    return rank[group], first[order_K]
+@_jit
+def _edges_kernel(delta, s0, root_B, depth_N, byte_N, skip_N, end_ptr, end_tid, tok_P, dst_P, ptr_S, kept,
+                  cls_V, seen_K, src_E, cls_E, dst_E, e0):  # pragma: no cover - compiled
+    """One edge per (state, class) with an allowed token, from state s0 on, sorted by (state, class), into
+    the arrays from e0 on (a state's pairs as kept by `_refine_kernel`, or walked again past `kept`); stops
+    before a state that might not fit. Returns (next state, next edge)."""
+    n = delta.shape[0] - 1
+    V = cls_V.shape[0]
+    at = np.empty(int(depth_N.max()) + 1, dtype=np.int64)
+    tok_M = np.empty(V, dtype=np.int32)
+    dst_M = np.empty(V, dtype=np.int32)
+    e = e0
+    for s in range(s0, n):
+        if src_E.shape[0] - e < seen_K.shape[0]:  # a state has at most one edge per class
+            return s, e
+        if s < kept:
+            lo, hi = ptr_S[s], ptr_S[s + 1]
+            tok, dst = tok_P, dst_P
+        else:
+            lo = 0
+            hi = _walk_state(delta, s, root_B, depth_N, byte_N, skip_N, end_ptr, end_tid, at, tok_M, dst_M)
+            tok, dst = tok_M, dst_M
+        first = e
+        for i in range(lo, hi):
+            c = cls_V[tok[i]]
+            if seen_K[c] != s:
+                seen_K[c] = s
+                cls_E[e] = c
+                dst_E[e] = dst[i]
+                e += 1
+        if e - first > 1:
+            by_cls = np.argsort(cls_E[first:e])
+            cls_E[first:e] = cls_E[first:e][by_cls]
+            dst_E[first:e] = dst_E[first:e][by_cls]
+        src_E[first:e] = s
+    return n, e
+
+
+def sparse_classes(
+    delta: np.ndarray, trie: PreorderTrie, n_vocab: int, kept_pairs: int = KEPT_PAIRS
+) -> tuple[np.ndarray, ...]:
+    """dfa.py's `dense_classes`, exactly: (class of each token [V], classes numbered in the order of their
+    first token; edge source, class and destination [E], sorted by (source, class)), one edge per state and
+    class with an allowed token. One walk of every state, visiting only the trie nodes live from it, splits
+    the classes and keeps each state's (token, destination) pairs; the edges are then read off the pairs
+    (past `kept_pairs` of them, from a second walk): nothing of size states x vocabulary is made."""
+    n = delta.shape[0] - 1
+    delta = np.ascontiguousarray(delta, dtype=np.int32)
+    root_B = np.full(256, -1, dtype=np.int64)  # the trie node of each one-byte prefix
+    one = np.nonzero(trie.depth_N == 1)[0]
+    root_B[trie.byte_N[one]] = one
+    walk = (root_B, trie.depth_N, trie.byte_N, trie.skip_N, trie.end_ptr, trie.end_tid)
+    cls_V = np.zeros(n_vocab, dtype=np.int64)
+    cap = min(kept_pairs, n * n_vocab)
+    tok_P, dst_P = np.empty(cap, dtype=np.int32), np.empty(cap, dtype=np.int32)
+    ptr_S = np.zeros(n + 1, dtype=np.int64)
+    K, kept = 1 if n_vocab else 0, 0
+    if trie.depth_N.size > 1 and n_vocab:
+        K, kept = _refine_kernel(delta, *walk, cls_V, tok_P, dst_P, ptr_S)
+    # classes in the order of their first token (the kernel's own numbering follows the walk's order)
+    first_K = np.full(K, n_vocab, dtype=np.int64)
+    np.minimum.at(first_K, cls_V, np.arange(n_vocab))
+    rank_K = np.empty(K, dtype=np.int64)
+    rank_K[np.argsort(first_K, kind="stable")] = np.arange(K)
+    cls_V = rank_K[cls_V]
+    seen_K = np.full(max(K, 1), -1, dtype=np.int64)
+    cap = int(ptr_S[kept]) + 4 * (n - kept) + K + 16  # a state's edges: at most its pairs
+    src_E = np.empty(cap, dtype=np.int64)
+    cls_E = np.empty(cap, dtype=np.int64)
+    dst_E = np.empty(cap, dtype=np.int64)
+    s = e = 0
+    while trie.depth_N.size > 1 and s < n:
+        pairs = (tok_P, dst_P, ptr_S, kept)
+        s, e = _edges_kernel(delta, s, *walk, *pairs, cls_V, seen_K, src_E, cls_E, dst_E, e)
+        if s < n:  # full: twice the room, then go on from the state that did not fit
+            src_E, cls_E, dst_E = (np.concatenate([a, np.empty_like(a)]) for a in (src_E, cls_E, dst_E))
+    return cls_V, src_E[:e].copy(), cls_E[:e].copy(), dst_E[:e].copy()
 
 
 @_jit

@@ -1,12 +1,12 @@
-"""constraints/token_walk_numba.py against its references in constraints/dfa.py (`walk`, `_propose_groups`).
+"""constraints/token_walk_numba.py against its references in constraints/dfa.py (`dense_classes`, `_bfs`).
 
-The compiled kernels must give exactly what the references give, not merely the same language: the token
-classes are numbered in the order the hashed grouping numbers them, and the compile cache keeps the arrays.
-Compared on:
+The compiled kernels must give exactly what the references give, not merely the same language: both number
+the token classes in the order of their first token and list the edges by (source, class), and the compile
+cache keeps the arrays. Compared on:
 - random byte automata (a few hundred states, some of them dead ends, over a small alphabet so that paths
   live long) and random small vocabularies: multi-byte tokens sharing prefixes, duplicates, empty and None
-  entries;
-- random next-state tables with many equal columns, and a forced collision of the hashes (both fall back);
+  entries; with every (token, destination) pair kept from the class walk, some of them, or none (the later
+  states walked again), and edge arrays that must grow;
 - random graphs for the token-distance search (`bfs` against dfa.py's `_bfs`): long chains, several
   sources (repeated), unreachable nodes, no edges at all;
 - real schemas (shipped under tests/constraints/data) against the shipped tokenizer's vocabulary, built end
@@ -24,7 +24,7 @@ import pytest
 from constraints import byte_automaton as ba
 from constraints import dfa
 from constraints.schema_regex import schema_to_regex
-from constraints.token_walk_numba import bfs, hashed_groups, preorder_trie, walk_preorder
+from constraints.token_walk_numba import bfs, preorder_trie, sparse_classes
 
 DATA = Path(__file__).parent / "data"
 NEVER = 10**12  # a NUMBA_STATES no automaton reaches: the numpy references run
@@ -63,6 +63,19 @@ def compiled_trie(vocab: list[bytes | None]):
     return trie, preorder_trie(trie.parent, trie.byte, trie.ends)
 
 
+def both_ways(delta, vocab, kept_pairs=1 << 24, chunk=None):
+    trie, pre = compiled_trie(vocab)
+    ref = dfa.dense_classes(delta, trie, len(vocab), chunk)
+    fast = sparse_classes(delta, pre, len(vocab), kept_pairs)
+    return ref, fast
+
+
+def assert_same(ref, fast, what):
+    assert len(ref) == len(fast) == 4
+    for name, a, b in zip(("token class", "edge source", "edge class", "edge destination"), ref, fast):
+        assert a.dtype == b.dtype and np.array_equal(a, b), (what, name)
+
+
 @pytest.mark.parametrize(
     "seed,n,size,alphabet,live_p",
     [
@@ -72,26 +85,42 @@ def compiled_trie(vocab: list[bytes | None]):
         (3, 200, 300, b"xyz", 0.2),  # mostly dead: subtrees skipped early
     ],
 )
-def test_walk_kernel_gives_the_reference_columns(seed, n, size, alphabet, live_p):
+def test_sparse_classes_give_the_reference_classes_and_edges(seed, n, size, alphabet, live_p):
     rng = np.random.default_rng(seed)
     delta = random_delta(rng, n, alphabet, live_p)
     vocab = random_vocab(rng, size, alphabet)
+    ref, fast = both_ways(delta, vocab, chunk=64)  # the reference in several chunks of states
+    assert_same(ref, fast, "all pairs kept")
+    cls, src, _, _ = ref
+    assert src.size > 0 and 1 < cls.max() + 1 < len(vocab)  # a real partition, with edges
+    # classes numbered in the order of their first token
+    firsts = [int(np.nonzero(cls == k)[0][0]) for k in range(int(cls.max()) + 1)]
+    assert firsts == sorted(firsts)
+    # the pairs of only the first states kept (the others walked again), or of none: the same arrays
     trie, pre = compiled_trie(vocab)
-    states = rng.permutation(n)
-    for lo in range(0, n, 64):  # chunks of states, in a random order, the dead row included once
-        q = np.append(states[lo : lo + 64], n) if lo == 0 else states[lo : lo + 64]
-        ref = dfa.walk(delta, trie, q, len(vocab))
-        fast = walk_preorder(delta, pre, q, len(vocab))
-        assert fast.dtype == ref.dtype and np.array_equal(ref, fast), (seed, lo)
+    for kept in (0, 1, int(rng.integers(2, 4 * n))):
+        assert_same(ref, sparse_classes(delta, pre, len(vocab), kept), f"{kept} pairs kept")
 
 
-def test_walk_kernel_on_degenerate_vocabularies():
+def test_sparse_classes_grow_their_edge_arrays():
+    """Every byte live from every state, a vocabulary of many one-byte tokens: far more edges per state
+    than the first guess when no pairs are kept (the arrays double, the walk goes on where it stopped)."""
+    rng = np.random.default_rng(11)
+    n = 40
+    delta = np.full((n + 1, 256), n, dtype=np.int32)
+    delta[:n, :200] = rng.integers(0, n, size=(n, 200))
+    vocab = [bytes([b]) for b in range(200)] + [bytes([a, b]) for a, b in rng.integers(0, 200, size=(300, 2))]
+    ref, fast = both_ways(delta, vocab, kept_pairs=0)
+    assert ref[1].size > 4 * n + int(ref[0].max()) + 16  # more edges than the first arrays hold
+    assert_same(ref, fast, "grown")
+
+
+def test_sparse_classes_on_degenerate_vocabularies():
     rng = np.random.default_rng(5)
     delta = random_delta(rng, 20, b"ab", 0.8)
-    q = np.arange(20)
-    for vocab in ([], [None, b""], [b"a"], [b"ab", b"ab", None, b"a", b"b"]):
-        trie, pre = compiled_trie(vocab)
-        assert np.array_equal(dfa.walk(delta, trie, q, len(vocab)), walk_preorder(delta, pre, q, len(vocab)))
+    for vocab in ([None, b""], [b"a"], [b"ab", b"ab", None, b"a", b"b"]):
+        ref, fast = both_ways(delta, vocab)
+        assert_same(ref, fast, vocab)
 
 
 def test_preorder_trie_subtrees():
@@ -105,44 +134,19 @@ def test_preorder_trie_subtrees():
         assert (d[i + 1 : j] > d[i]).all() and (j == d.size or d[j] <= d[i])
 
 
-@pytest.mark.parametrize("seed,Q,V,n", [(0, 7, 400, 3), (1, 50, 300, 40), (2, 1, 10, 2), (3, 64, 2000, 500)])
-def test_hashed_groups_give_the_reference_groups(seed, Q, V, n):
-    rng = np.random.default_rng(seed)
-    base = rng.integers(0, n, size=(Q, max(V // 4, 1)))
-    nxt = base[:, rng.integers(0, base.shape[1], size=V)].astype(np.int32)  # many equal columns
-    nxt[:, rng.random(V) < 0.1] = n  # some columns dead throughout
-    w = rng.integers(0, 2**30, size=(2, Q)).astype(np.float64)
-    ref, fast = dfa._propose_groups(nxt, w), hashed_groups(nxt, w)
-    assert ref is not None and fast is not None
-    assert np.array_equal(ref[0], fast[0]) and np.array_equal(ref[1], fast[1])
-    ref, fast = dfa._column_groups(nxt), dfa._column_groups(nxt, hashed_groups)
-    assert np.array_equal(ref[0], fast[0]) and np.array_equal(ref[1], fast[1])
-
-
-def test_hash_collision_falls_back_both_ways():
-    """Columns (0, 1) and (1, 0) share their sums under equal weights: neither proposes groups, and
-    `_column_groups` then sorts the columns exactly either way."""
+def test_hash_collision_falls_back_to_an_exact_sort():
+    """The reference's column grouping: columns (0, 1) and (1, 0) share their sums under equal weights, so
+    no groups are proposed, and `_column_groups` then sorts the columns exactly."""
     nxt = np.asarray([[0, 1, 0, 2], [1, 0, 1, 2]], dtype=np.int32)
-    w = np.ones((2, 2))
-    assert dfa._propose_groups(nxt, w) is None and hashed_groups(nxt, w) is None
-    group, first = dfa._column_groups(nxt, lambda _nxt, _w: None)
-    assert group.tolist() == [0, 1, 0, 2] and first.tolist() == [0, 1, 3]
-
-
-@pytest.mark.parametrize("seed,n,chunk", [(0, 400, 64), (1, 900, 100), (2, 150, 1000)])
-def test_token_classes_both_ways(seed, n, chunk):
-    rng = np.random.default_rng(seed)
-    alphabet = b'ab"{}:'
-    delta = random_delta(rng, n, alphabet, 0.7)
-    vocab = random_vocab(rng, 600, alphabet)
-    trie = dfa.build_trie(vocab)
-    order = np.argsort((delta[:n] < n).sum(axis=1), kind="stable")
-    out = [
-        dfa._token_classes(delta, trie, order, len(vocab), chunk, steps)
-        for steps in (dfa.REFERENCE_TOKEN_STEPS, dfa.compiled_token_steps())
-    ]
-    for ref, fast in zip(*out):
-        assert ref.dtype == fast.dtype and np.array_equal(ref, fast)
+    assert dfa._propose_groups(nxt, np.ones((2, 2))) is None
+    group, first = np.asarray([0, 1, 0, 2]), np.asarray([0, 1, 3])
+    real = dfa._weights
+    try:
+        dfa._weights = lambda bits, Q: np.ones((2, Q))  # force the collision inside `_column_groups`
+        got = dfa._column_groups(nxt)
+    finally:
+        dfa._weights = real
+    assert np.array_equal(got[0], group) and np.array_equal(got[1], first)
 
 
 REAL = [
@@ -157,11 +161,18 @@ def test_real_schemas_give_the_same_token_dfa(monkeypatch, vocab, name):
     out = []
     for threshold in (NEVER, 0):
         monkeypatch.setattr(ba, "NUMBA_STATES", threshold)  # the one rule (`compiled_at`) both builds read
-        out.append(dfa.build_token_dfa(regex, vocab, [1], chunk=256))
+        out.append(dfa.build_token_dfa(regex, vocab, [1]))
     ref, fast = out
     for k, a in ref.arrays().items():
         b = fast.arrays()[k]
         assert a.dtype == b.dtype and np.array_equal(a, b), (name, k)
+    # the classes and edges themselves, the reference in chunks of 256 states, some pairs walked again
+    delta, _ = ba.byte_dfa(regex)
+    trie = dfa.build_trie(vocab)
+    pre = preorder_trie(trie.parent, trie.byte, trie.ends)
+    ref = dfa.dense_classes(delta, trie, len(vocab), 256)
+    assert_same(ref, sparse_classes(delta, pre, len(vocab)), name)
+    assert_same(ref, sparse_classes(delta, pre, len(vocab), 50_000), f"{name}, 50,000 pairs kept")
 
 
 @pytest.mark.parametrize("seed", range(6))
