@@ -19,6 +19,7 @@ composed (`Opaque`): their meaning depends on context a leaf does not see.
 
 from __future__ import annotations
 
+import bisect
 import re
 import sys
 from collections.abc import Callable
@@ -33,6 +34,7 @@ from constraints.piece_nfa import ClassDfa, Determinise, Dfa, Nfa, determinise_c
 # 1,000, 39.9 s at 250; the same tables: byte_automaton.py numbers a composed build breadth-first)
 LEAF_CHARS = 250
 COUNTED = 8  # a group repeated up to this many times or more is a leaf of its own (shared by all its uses)
+APART = 32  # a short part holding a group repeated this many times or more is split around it
 
 _SPECIAL_CODES = np.zeros(128, dtype=bool)  # the characters the scan reads: \ [ ] ( ) ^ $
 _SPECIAL_CODES[[ord(c) for c in "\\[]()^$"]] = True
@@ -42,6 +44,7 @@ _ESCAPE = re.compile(
     re.S,
 )
 _QUANT = re.compile(r"(?:[?*+]|\{(\d+)(?:(,)(\d*))?\})\??")
+_GROUP_COUNT = re.compile(r"\)\{(\d+)(?:,(\d*))?\}")  # a ')' with a counted quantifier
 
 
 class Opaque(ValueError):
@@ -195,6 +198,7 @@ class _Composer:
         self.memo: dict[str, Dfa] = {}
         self.labels: dict = {}  # the pieces' byte classes, by id (piece_nfa.py Nfa), shared by every part
         self.count: dict[str, int] = {}
+        self.counted = _counted_groups(self.rx)
         opens = self.rx.opens  # how often each large group's body occurs
         closes = self.rx.close[opens]
         large = closes - opens > LEAF_CHARS
@@ -204,11 +208,12 @@ class _Composer:
 
     def compile(self, lo: int, hi: int) -> Dfa:
         """The minimal automaton of text[lo:hi] (one alternation), memoised by text. A short part is one leaf
-        unless outlines-core refuses it (its parser's nesting limit): then it is split like a large one."""
+        unless it holds a counted group (built apart: `holds_counted`) or outlines-core refuses it (its
+        parser's nesting limit): then it is split like a large one."""
         text = self.rx.text[lo:hi]
         if text not in self.memo:
             split = False
-            if hi - lo <= LEAF_CHARS:
+            if hi - lo <= LEAF_CHARS and not self.holds_counted(lo, hi):
                 try:
                     self.memo[text] = self.leaf_fn(text)
                     return self.memo[text]
@@ -220,6 +225,14 @@ class _Composer:
             entries, exits, nullable = self._fragment(nfa, lo, hi, split, self._times(lo, hi))
             self.memo[text] = self.minimise(self.determinise(nfa, entries, exits, nullable))
         return self.memo[text]
+
+    def holds_counted(self, lo: int, hi: int) -> bool:
+        """Whether a counted group opens in text[lo:hi]: one outlines-core would copy COUNTED times or more
+        (a bounded string). Its part is then not one leaf: the group is built once for all its uses and
+        the text around it in leaves (o62895's 141 leaves, most holding strings of {1,64} characters in
+        small optional groups: 0.42 s in outlines-core)."""
+        i = bisect.bisect_left(self.counted, lo)
+        return i < len(self.counted) and self.counted[i] < hi
 
     def _times(self, lo: int, hi: int) -> int:
         """How often the part text[lo:hi] occurs in the regex (as a group's body; the whole regex: once)."""
@@ -233,10 +246,10 @@ class _Composer:
         out_x: set[int] = set()
         out_n = False
         alts = _items(self.rx, lo, hi)
-        for alt in alts if split else _merged(alts):
+        for alt in alts if split else _merged(alts, self.holds_counted):
             frags, run = [], None
             for start, end, group, qmin, qmax in alt:
-                if group and (split or end - start > LEAF_CHARS):
+                if group and (split or end - start > LEAF_CHARS or self.holds_counted(start + 1, end)):
                     if run is not None:
                         frags.append(self._run(nfa, run, (lo, hi)))
                         run = None
@@ -302,11 +315,11 @@ class _Composer:
         return _concat(nfa, frags) if frags else (set(), set(), True)
 
 
-def _merged(alts: list[list[tuple]]) -> list[list[tuple]]:
+def _merged(alts: list[list[tuple]], holds_counted: Callable[[int, int], bool]) -> list[list[tuple]]:
     """`alts` with each run of consecutive alternatives that would each be one small leaf (no group built
-    apart: neither large nor counted) joined into one alternative of one item, their text with its bars,
-    up to LEAF_CHARS: one leaf instead of one per alternative (an enum of 2,670 strings made 2,670 calls
-    into outlines-core, 0.4 s of cryproj.54's 0.9 s build)."""
+    apart: neither large nor counted, nor holding a counted one) joined into one alternative of one item,
+    their text with its bars, up to LEAF_CHARS: one leaf instead of one per alternative (an enum of 2,670
+    strings made 2,670 calls into outlines-core, 0.4 s of cryproj.54's 0.9 s build)."""
     out: list[list[tuple]] = []
     run: list[list[tuple]] = []
 
@@ -320,7 +333,7 @@ def _merged(alts: list[list[tuple]]) -> list[list[tuple]]:
     for alt in alts:
         small = bool(alt) and alt[-1][1] - alt[0][0] <= LEAF_CHARS and all(
             not group or (qmax is not None and qmax < COUNTED) for _, _, group, _, qmax in alt
-        )
+        ) and not holds_counted(alt[0][0], alt[-1][1])
         if not small:
             flush()
             out.append(alt)
@@ -330,6 +343,22 @@ def _merged(alts: list[list[tuple]]) -> list[list[tuple]]:
         run.append(alt)
     flush()
     return out
+
+
+def _counted_groups(rx: _Regex) -> list[int]:
+    """The opening indices (ascending) of the groups with a quantifier of COUNTED or more copies: {n},
+    {n,} or {n,m} with max(n, m) >= COUNTED (a ')' that closes no group, an escaped one, is skipped)."""
+    closes = rx.close[rx.opens]
+    by_close = np.argsort(closes)
+    closes = closes[by_close]
+    out = []
+    for m in _GROUP_COUNT.finditer(rx.text):
+        if max(int(m.group(1)), int(m.group(2) or 0)) < APART:
+            continue
+        i = int(np.searchsorted(closes, m.start()))
+        if i < closes.size and closes[i] == m.start():
+            out.append(int(rx.opens[by_close[i]]))
+    return sorted(out)
 
 
 def _concat(nfa: Nfa, frags: list) -> tuple[set[int], set[int], bool]:
