@@ -12,12 +12,19 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
-from pipeline_helpers import STUB, assert_exactly_once, spec, validate_cli, wait_for, write_prompts
+from pipeline_helpers import (
+    STUB,
+    assert_exactly_once,
+    process_alive,
+    spec,
+    validate_cli,
+    wait_for,
+    write_prompts,
+)
 
 from pipeline import read_results
 from pipeline.executor import run_job
@@ -164,7 +171,9 @@ def test_every_runs_figures_survive_a_fault_and_a_resume(tmp_path, ray_local):
     finally:
         first.kill()  # then the driver itself dies, mid-job
     first.wait(30)
-    time.sleep(2)  # the killed driver's replicas go with it
+    # the killed driver's replicas go with it: wait until they have (the rerun must not race them)
+    orphans = [int(p.name) for p in (tmp_path / "pids").iterdir()]
+    wait_for(lambda: not any(process_alive(pid) for pid in orphans), 60, "the killed run's replicas to exit")
     assert not (out / "_SUCCESS").exists()
     second = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=180)
     assert second.returncode == 0, second.stderr[-2000:]
