@@ -81,9 +81,12 @@ def determinise_classes(nfa: Nfa, entries: set[int], exits: set[int], nullable: 
 class _Subsets:
     """What both subset constructions start from: the NFA's class columns, its finals, the closures of its
     linked states and the start subset, numbered (the initial subsets) in the order both explore from.
-    `labels` numbers one piece's byte classes by first column (`_classes_by_first` or its compiled twin)."""
+    `labels` numbers one piece's byte classes by first column (`_classes_by_first` or its compiled twin),
+    `fill` writes the class columns of the pieces (`piece_cols` or its compiled twin)."""
 
-    def __init__(self, nfa: Nfa, entries: set[int], exits: set[int], nullable: bool, labels: Callable):
+    def __init__(
+        self, nfa: Nfa, entries: set[int], exits: set[int], nullable: bool, labels: Callable, fill: Callable
+    ):
         G = self.G = nfa.size
         self.nfa = nfa
         # byte classes: bytes whose columns agree in every piece (a copy's columns agree where its DFA's do)
@@ -95,18 +98,7 @@ class _Subsets:
             per_piece.append(held[1])
         first, self.byte_cls = same_rows(np.stack(per_piece or [np.zeros(256, np.int64)], axis=1))
         self.n_cls = first.size
-        # [G+1, C]: each piece's class columns only (a quarter or less of its 256 bytes), shifted to its
-        # first state, the dead state G for the piece's dead row; row G dead
-        cols = self.cols = np.empty((G + 1, first.size), dtype=np.int64)
-        cols[G] = G
-        shape: dict[int, tuple[np.ndarray, np.ndarray]] = {}  # per distinct piece: class columns, dead cells
-        for delta, off, n in nfa.pieces:
-            if id(delta) not in shape:
-                sub = delta[:n, first].astype(np.int64)
-                shape[id(delta)] = sub, sub >= n
-            sub, dead = shape[id(delta)]
-            np.add(sub, off, out=cols[off : off + n])
-            np.copyto(cols[off : off + n], G, where=dead)
+        self.cols = fill(nfa, first)  # [G+1, C]: `piece_cols`
         self.final = np.zeros(G + 1, dtype=bool)
         self.final[list(exits)] = True
         self.linked = np.zeros(G + 1, dtype=bool)
@@ -141,13 +133,30 @@ class _Subsets:
         return self.ids[fs]
 
 
+def piece_cols(nfa: Nfa, first: np.ndarray) -> np.ndarray:
+    """int64 [G+1, C]: each piece's class columns only (the bytes `first`, one per class: a quarter or
+    less of its 256), shifted to its first state, the dead state G for the piece's dead row; row G dead."""
+    G = nfa.size
+    cols = np.empty((G + 1, first.size), dtype=np.int64)
+    cols[G] = G
+    shape: dict[int, tuple[np.ndarray, np.ndarray]] = {}  # per distinct piece: class columns, dead cells
+    for delta, off, n in nfa.pieces:
+        if id(delta) not in shape:
+            sub = delta[:n, first].astype(np.int64)
+            shape[id(delta)] = sub, sub >= n
+        sub, dead = shape[id(delta)]
+        np.add(sub, off, out=cols[off : off + n])
+        np.copyto(cols[off : off + n], G, where=dead)
+    return cols
+
+
 def determinise_compiled(nfa: Nfa, entries: set[int], exits: set[int], nullable: bool) -> ClassDfa:
     """`determinise_classes` by the compiled twins (the pieces' byte classes, the exploration, the reachable
     table: automaton_numba.py, determinise_numba.py): the same subsets in the same order, the same table."""
     from constraints.automaton_numba import byte_classes, explore_subsets
-    from constraints.determinise_numba import reachable_table
+    from constraints.determinise_numba import piece_cols_compiled, reachable_table
 
-    s = _Subsets(nfa, entries, exits, nullable, lambda delta: byte_classes(delta)[0])
+    s = _Subsets(nfa, entries, exits, nullable, lambda delta: byte_classes(delta)[0], piece_cols_compiled)
     G = s.G
     initial = [np.asarray(sorted(fs), dtype=np.int64) for fs in s.subsets]
     # a linked state's closure is one of the initial subsets (of_state numbers it): not recomputed
@@ -164,7 +173,7 @@ def determinise_compiled(nfa: Nfa, entries: set[int], exits: set[int], nullable:
 def determinise_reference(nfa: Nfa, entries: set[int], exits: set[int], nullable: bool) -> ClassDfa:
     """`determinise_classes` in numpy and Python: a state without links is a subset of its own (its row is
     its piece's row, shifted); the other subsets are explored by `_explore`."""
-    s = _Subsets(nfa, entries, exits, nullable, lambda delta: _classes_by_first(delta.T))
+    s = _Subsets(nfa, entries, exits, nullable, lambda delta: _classes_by_first(delta.T), piece_cols)
     G, start = s.G, s.start
     all_rows, all_final = _explore(s.cols, s.final, s.of_state, s.linked, s.closure, s.subsets, s.sid, G)
     all_final[G] = False

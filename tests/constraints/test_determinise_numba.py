@@ -120,3 +120,22 @@ def test_a_piece_of_dead_moves_only(monkeypatch):
     dfa = random_dfa(np.random.default_rng(10), 6, 3, True)
     ref, fast = both_ways(monkeypatch, lambda: chain([dfa, dead, dfa]))
     assert_same(ref, fast)
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_piece_cols_as_the_reference(seed):
+    """The NFA's class columns (piece_nfa.py `piece_cols`) filled by the kernel: the same array, for pieces
+    copied several times, int32 and int64 tables, a piece of dead moves only, a one-state piece."""
+    from constraints.determinise_numba import piece_cols_compiled
+
+    rng = np.random.default_rng(seed)
+    dfas = [random_dfa(rng, int(rng.integers(1, 30)), int(rng.integers(1, 8)), bool(i % 2)) for i in range(5)]
+    dfas[1] = (dfas[1][0].astype(np.int64), dfas[1][1])
+    dfas.append((np.full((3, 256), 2, dtype=np.int32), np.array([False, True])))
+    nfa = pn.Nfa()
+    for i in rng.integers(0, len(dfas), size=25):
+        nfa.piece(dfas[int(i)])
+    first = np.sort(rng.choice(256, size=int(rng.integers(1, 40)), replace=False))
+    ref, fast = pn.piece_cols(nfa, first), piece_cols_compiled(nfa, first)
+    assert ref.dtype == fast.dtype and np.array_equal(ref, fast)
+    assert (ref[-1] == nfa.size).all() and (ref < nfa.size).any()  # dead row; live moves shifted in range
