@@ -131,13 +131,35 @@ def _composed(regex: str) -> tuple[np.ndarray, np.ndarray]:
     """composed_dfa.py's build, every part with the compiled steps whatever its size: a composed regex is a
     large one, and its hundreds of small leaves and parts spent more in numpy's per-call overhead than in
     their states (byte_dfa of 20 slow JSONSchemaBench schemas, min of 3: 18.1 s -> 14.9 s); their subset
-    constructions too (piece_nfa.py `determinise_compiled`)."""
+    constructions too (piece_nfa.py `determinise_compiled`).
+
+    The whole regex's automaton stays in byte classes until the end (`_by_first_byte`): minimised, trimmed
+    and numbered on its C class columns, then spread over the 256 bytes once (o38670: C = 78; three
+    256-wide passes over its 83k states cost ~0.1 s)."""
     steps = compiled_steps()
     leaf, minimise = (lambda rx: leaf_dfa(rx, steps)), (lambda d: minimise_classes(*d, steps))
-    delta, final = compose(regex, leaf, minimise, steps.determinise)
+    cols, cls, final = compose(regex, leaf, minimise, steps.determinise, lambda d: _by_first_byte(*d, steps))
     # trimmed and numbered breadth-first in one pass: the table then depends on the language only, not on
     # how it was cut into parts
-    return steps.renumber(delta, final, _live(delta, final, steps))
+    cols, final = steps.renumber(cols, final, _live(cols, final, steps))
+    return np.take(cols, cls, axis=1), final
+
+
+def _by_first_byte(
+    cols: np.ndarray, cls: np.ndarray, final: np.ndarray, steps: Steps
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The minimal automaton of piece_nfa.py's ClassDfa (cols [n+1, C], class of each byte [256], final) by
+    class: (cols [m+1, C] int32, class of each byte, final [m]), the columns in the order of their classes'
+    first bytes, so that a search reading a state's columns in order reads its successors by byte,
+    ascending: bfs_numbering.py's order, as on the 256-wide table."""
+    first = np.full(cols.shape[1], 256, dtype=np.int64)
+    np.minimum.at(first, cls, np.arange(256))
+    order = np.argsort(first, kind="stable")
+    rank = np.empty(order.size, dtype=np.int64)
+    rank[order] = np.arange(order.size)
+    cols = np.ascontiguousarray(cols[:, order])
+    qcols, qfinal = steps.quotient(cols, np.arange(order.size), final, steps.blocks(cols, final))
+    return qcols, rank[cls], qfinal
 
 
 def _outlines_dfa(regex: str, edges: Callable | None = None) -> tuple[np.ndarray, np.ndarray]:
@@ -297,16 +319,16 @@ def minimise_classes(
 def _quotient(
     cols: np.ndarray, cls: np.ndarray, final: np.ndarray, block: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray]:
-    """The table of the quotient automaton: (delta [m+1, 256] int32, final [m]) of the blocks of the states
-    of `cols` [n+1, C] (byte b moving as column cls[b]), numbered by first member (the reference of
-    partition_numba.py's `quotient`)."""
+    """The table of the quotient automaton: (delta [m+1, B] int32, final [m]) of the blocks of the states
+    of `cols` [n+1, C] (byte b moving as column cls[b], B = cls.size: 256, or C for the quotient by class),
+    numbered by first member (the reference of partition_numba.py's `quotient`)."""
     # dense ids by first member: the start's block is 0, the dead state's (alone, the last row) is last
     _, first, block = np.unique(block, return_index=True, return_inverse=True)
     rank = np.empty(first.size, dtype=np.int64)
     rank[np.argsort(first)] = np.arange(first.size)
     block, first = rank[block.reshape(-1)], np.sort(first)
     m = first.size - 1
-    out = np.full((m + 1, 256), m, dtype=np.int32)
+    out = np.full((m + 1, cls.size), m, dtype=np.int32)
     # the class columns' blocks, spread over the bytes of each class: the same table as block[delta[first]]
     # without its [m, 256] int64 temporary (40% of minimise on large automata)
     np.take(block.astype(np.int32)[cols[first[:m]]], cls, axis=1, out=out[:m])

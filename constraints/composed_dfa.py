@@ -378,11 +378,13 @@ def compose(
     leaf: Callable[[str], Dfa],
     minimise: Callable[[ClassDfa], Dfa],
     determinise: Determinise = determinise_classes,
-) -> Dfa:
+    last: Callable[[ClassDfa], object] | None = None,
+):
     """The minimal byte automaton of `regex` (not trimmed), composed part by part; Opaque when the regex
     cannot be split. `leaf` compiles a small regex, `determinise` is the subset construction of every part
     (piece_nfa.py's `determinise_classes`, its size rule, or one of its kernels: byte_automaton.py's `Steps`
-    chooses), `minimise` minimises what it gives by byte class."""
+    chooses), `minimise` minimises what it gives by byte class; the whole regex's subset construction goes
+    to `last` instead when given (what it returns is returned)."""
     c = _Composer(regex, leaf, minimise, determinise)
     n = len(regex)
     limit = sys.getrecursionlimit()
@@ -390,6 +392,6 @@ def compose(
     try:
         nfa = Nfa(c.labels)
         entries, exits, nullable = c._fragment(nfa, 0, n, n <= LEAF_CHARS, 1)
-        return minimise(determinise(nfa, entries, exits, nullable))
+        return (last or minimise)(determinise(nfa, entries, exits, nullable))
     finally:
         sys.setrecursionlimit(limit)

@@ -174,7 +174,7 @@ def _quotient_kernel(block_N, rank_B, first_N, cols_NC, cls_256, final_n, out, f
         s = first_N[i]
         for c in range(C):
             row[c] = rank_B[block_N[cols_NC[s, c]]]
-        for b in range(256):
+        for b in range(cls_256.size):
             out[i, b] = row[cls_256[b]]
         fin[i] = final_n[s]
     out[m, :] = m
@@ -183,15 +183,16 @@ def _quotient_kernel(block_N, rank_B, first_N, cols_NC, cls_256, final_n, out, f
 def quotient(
     cols_NC: np.ndarray, cls_256: np.ndarray, final_n: np.ndarray, block_N: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray]:
-    """(delta [m+1, 256] int32 with dead row m, final [m]) of the automaton whose states are the blocks of
-    `block_N` [n+1] (a congruence of the states of `cols_NC` [n+1, C], byte b moving as column cls_256[b],
+    """(delta [m+1, B] int32 with dead row m, final [m]) of the automaton whose states are the blocks of
+    `block_N` [n+1] (a congruence of the states of `cols_NC` [n+1, C], byte b moving as column cls_256[b]:
+    B = 256, or B = C with cls_256 = arange(C) for the quotient by class,
     the dead row n alone in the last block to appear), numbered by first member: byte_automaton.py's
     `_quotient`, the same arrays. The table is allocated here, in numpy (see determinise_numba.py)."""
     block_N = np.ascontiguousarray(block_N, dtype=np.int64)
     rank_B = np.full(int(block_N.max()) + 1, -1, dtype=np.int64)
     first_N = np.empty(block_N.size, dtype=np.int64)
     m = _first_members(block_N, rank_B, first_N) - 1
-    out = np.empty((m + 1, 256), dtype=np.int32)
+    out = np.empty((m + 1, cls_256.size), dtype=np.int32)
     fin = np.empty(m, dtype=np.bool_)
     _quotient_kernel(
         block_N,

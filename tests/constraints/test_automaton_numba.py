@@ -197,6 +197,11 @@ def test_the_compiled_quotient_table_is_the_reference(seed):
     got, ref = quotient(cols, cls, final, block), ba._quotient(cols, cls, final, block)
     assert_same_tables(got, ref)
     assert got[0].dtype == ref[0].dtype == np.int32
+    # by class (byte_automaton.py `_by_first_byte`): one column per class, the 256-wide table spread from it
+    ident = np.arange(cols.shape[1])
+    got_c, ref_c = quotient(cols, ident, final, block), ba._quotient(cols, ident, final, block)
+    assert_same_tables(got_c, ref_c)
+    assert got_c[0].shape[1] == cols.shape[1] and np.array_equal(np.take(got_c[0], cls, axis=1), got[0])
 
 
 def _exact_refinement(cols: np.ndarray, block: np.ndarray) -> np.ndarray:
