@@ -221,7 +221,7 @@ def _explore_kernel(cols, of_state, linked, clos_ptr, clos_idx, init_ptr, init_m
             single = G
             for i in range(lo, hi):
                 t = cols[mem[i], c]
-                if t == G or seen[t]:
+                if t == G or seen[t]:  # (a target in an earlier target's closure adds nothing to the set)
                     continue
                 seen[t] = True
                 n_targets += 1
@@ -238,17 +238,30 @@ def _explore_kernel(cols, of_state, linked, clos_ptr, clos_idx, init_ptr, init_m
                 buf[n_buf] = t
                 n_buf += 1
                 for e in range(a, b):
-                    buf[n_buf] = clos_idx[e]
-                    n_buf += 1
-            for i in range(lo, hi):  # clear the marks of the targets
-                seen[cols[mem[i], c]] = False
-            seen[G] = False
+                    x = clos_idx[e]
+                    if not seen[x]:
+                        seen[x] = True
+                        buf[n_buf] = x
+                        n_buf += 1
+            for i in range(n_buf):  # clear the marks: the set's members, each once
+                seen[buf[i]] = False
             if n_targets == 0:
                 rows_val = G
-            elif n_targets == 1:
+            elif n_targets == 1:  # one target and its closure: the subset it stands for
                 rows_val = of_state[single]
             else:
-                cand = np.unique(buf[:n_buf])
+                # the members, sorted (distinct already): in place, by insertion while few
+                if n_buf <= 32:
+                    for i in range(1, n_buf):
+                        x = buf[i]
+                        j = i - 1
+                        while j >= 0 and buf[j] > x:
+                            buf[j + 1] = buf[j]
+                            j -= 1
+                        buf[j + 1] = x
+                    cand = buf[:n_buf]
+                else:
+                    cand = np.sort(buf[:n_buf])
                 h = _hash(cand, 0, cand.size)
                 slot = np.int64(h & np.uint64(cap - 1))
                 found = -1

@@ -44,7 +44,8 @@ _ESCAPE = re.compile(
     re.S,
 )
 _QUANT = re.compile(r"(?:[?*+]|\{(\d+)(?:(,)(\d*))?\})\??")
-_GROUP_COUNT = re.compile(r"\)\{(\d+)(?:,(\d*))?\}")  # a ')' with a counted quantifier
+# a ')' with a quantifier of 10 or more copies (two digits or more: a count under APART is read no further)
+_GROUP_COUNT = re.compile(r"\)\{(\d{2,}|\d+,\d{2,}|\d{2,},\d*)\}")
 
 
 class Opaque(ValueError):
@@ -353,7 +354,7 @@ def _counted_groups(rx: _Regex) -> list[int]:
     closes = closes[by_close]
     out = []
     for m in _GROUP_COUNT.finditer(rx.text):
-        if max(int(m.group(1)), int(m.group(2) or 0)) < APART:
+        if max(int(x or 0) for x in m.group(1).split(",")) < APART:
             continue
         i = int(np.searchsorted(closes, m.start()))
         if i < closes.size and closes[i] == m.start():
