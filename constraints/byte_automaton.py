@@ -157,8 +157,8 @@ def _by_first_byte(
     order = np.argsort(first, kind="stable")
     rank = np.empty(order.size, dtype=np.int64)
     rank[order] = np.arange(order.size)
-    cols = np.ascontiguousarray(cols[:, order])
-    qcols, qfinal = steps.quotient(cols, np.arange(order.size), final, steps.blocks(cols, final))
+    # the quotient writes its column j from column order[j]: the permutation costs no copy of the table
+    qcols, qfinal = steps.quotient(cols, order, final, steps.blocks(cols, final))
     return qcols, rank[cls], qfinal
 
 
