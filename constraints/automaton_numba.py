@@ -340,7 +340,7 @@ def explore_subsets(
     init_ptr[1:] = np.cumsum([m.size for m in initial])
     init_mem = np.concatenate(initial).astype(np.int64) if initial else np.zeros(0, dtype=np.int64)
     return _explore_kernel(
-        np.ascontiguousarray(cols, dtype=np.int64),
+        np.ascontiguousarray(cols, dtype=np.int32),  # (piece_nfa.py `piece_cols`: int32, no copy)
         of_state.astype(np.int64),
         linked.astype(np.bool_),
         clos_ptr,

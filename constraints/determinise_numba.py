@@ -36,14 +36,15 @@ def _cols_kernel(delta, first_C, offs, n, G, cols):  # pragma: no cover - compil
 def piece_cols_compiled(nfa, first: np.ndarray) -> np.ndarray:
     """piece_nfa.py's `piece_cols`, the same array: one kernel call per distinct piece, for all its copies."""
     G = nfa.size
-    cols = np.empty((G + 1, first.size), dtype=np.int64)
+    cols = np.empty((G + 1, first.size), dtype=np.int32)
     cols[G] = G
     offs: dict[int, list[int]] = {}
     for delta, off, _ in nfa.pieces:
         offs.setdefault(id(delta), []).append(off)
     first = np.ascontiguousarray(first, dtype=np.int64)
     for key, (delta, n) in nfa.kinds.items():
-        _cols_kernel(delta, first, np.asarray(offs[key], dtype=np.int64), n, G, cols)
+        table = np.ascontiguousarray(delta, dtype=np.int32)  # (one signature: pieces are int32 tables)
+        _cols_kernel(table, first, np.asarray(offs[key], dtype=np.int64), n, G, cols)
     return cols
 
 
@@ -116,7 +117,7 @@ def reachable_table(
     `determinise_compiled` passes 0..C-1, the table by class). The arrays are made here, in numpy, not in
     the kernels: numpy asks for huge pages for large ones, numba's allocator does not (4 times slower to
     fill)."""
-    cols = np.ascontiguousarray(cols, dtype=np.int64)
+    cols = np.ascontiguousarray(cols, dtype=np.int32)  # piece_nfa.py `piece_cols`: half the pages to fill
     of_state = np.ascontiguousarray(of_state, dtype=np.int64)
     sub_rows = np.ascontiguousarray(sub_rows, dtype=np.int64)
     T = cols.shape[0] + sub_rows.shape[0]

@@ -134,15 +134,16 @@ class _Subsets:
 
 
 def piece_cols(nfa: Nfa, first: np.ndarray) -> np.ndarray:
-    """int64 [G+1, C]: each piece's class columns only (the bytes `first`, one per class: a quarter or
-    less of its 256), shifted to its first state, the dead state G for the piece's dead row; row G dead."""
+    """int32 [G+1, C] (G < MAX_NFA_STATES): each piece's class columns only (the bytes `first`, one per
+    class: a quarter or less of its 256), shifted to its first state, the dead state G for the piece's dead
+    row; row G dead."""
     G = nfa.size
-    cols = np.empty((G + 1, first.size), dtype=np.int64)
+    cols = np.empty((G + 1, first.size), dtype=np.int32)
     cols[G] = G
     shape: dict[int, tuple[np.ndarray, np.ndarray]] = {}  # per distinct piece: class columns, dead cells
     for delta, off, n in nfa.pieces:
         if id(delta) not in shape:
-            sub = delta[:n, first].astype(np.int64)
+            sub = delta[:n, first].astype(np.int32)
             shape[id(delta)] = sub, sub >= n
         sub, dead = shape[id(delta)]
         np.add(sub, off, out=cols[off : off + n])
