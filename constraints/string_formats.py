@@ -1,9 +1,10 @@
 """`format` languages: one regex per format we generate, each a subset of what its checker accepts.
 
 jsonschema's FormatChecker decides validity (constraints/output_check.py checks every output with it); which
-formats it checks depends on the draft and on the installed extras (pyproject's jsonschema[format-nongpl]:
-fqdn, rfc3986-validator, isoduration, webcolors, jsonpointer, uri-template). Every regex here is accepted
-by the checker of every draft that checks the format, so the draft does not matter:
+formats it checks depends on the draft and on the installed packages (pyproject's test extra: fqdn,
+rfc3986-validator, isoduration, webcolors, jsonpointer, uri-template; not rfc3987-syntax, so "iri" and
+"iri-reference" are unchecked there, and their strings are URIs that the "uri" checks accept). Every regex
+here is accepted by the checker of every draft that checks the format, so the draft does not matter:
 - regex_atoms.FORMATS: date, time, date-time, email, uuid, ipv4 (days 01-28, no leap seconds).
 - hosts are lowercase ASCII labels without hyphens, URIs are http(s) over unreserved characters, IPv6
   addresses are fully written.
