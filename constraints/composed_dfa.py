@@ -228,7 +228,7 @@ class _Composer:
         return self.memo[text]
 
     def holds_counted(self, lo: int, hi: int) -> bool:
-        """Whether a counted group opens in text[lo:hi]: one outlines-core would copy COUNTED times or more
+        """Whether a counted group opens in text[lo:hi]: one outlines-core would copy APART times or more
         (a bounded string). Its part is then not one leaf: the group is built once for all its uses and
         the text around it in leaves (o62895's 141 leaves, most holding strings of {1,64} characters in
         small optional groups: 0.42 s in outlines-core)."""
@@ -347,8 +347,8 @@ def _merged(alts: list[list[tuple]], holds_counted: Callable[[int, int], bool]) 
 
 
 def _counted_groups(rx: _Regex) -> list[int]:
-    """The opening indices (ascending) of the groups with a quantifier of COUNTED or more copies: {n},
-    {n,} or {n,m} with max(n, m) >= COUNTED (a ')' that closes no group, an escaped one, is skipped)."""
+    """The opening indices (ascending) of the groups with a quantifier of APART or more copies: {n},
+    {n,} or {n,m} with max(n, m) >= APART (a ')' that closes no group, an escaped one, is skipped)."""
     closes = rx.close[rx.opens]
     by_close = np.argsort(closes)
     closes = closes[by_close]

@@ -190,8 +190,8 @@ def build_token_dfa(
     cls_ids = np.full(int(inverse.max()) + 1 if V else 0, -1, dtype=np.int64)
     used = np.unique(cls[ok])
     cls_ids[used] = np.arange(used.size)
+    # (a None or empty token is in no trie node, so dead from every state: its class has no edge, hence -1)
     token_class = cls_ids[inverse].astype(np.int32)
-    token_class[np.asarray([not b for b in vocab], dtype=bool)] = -1
     return TokenDFA(
         final=final_b[keep],
         token_class=token_class,
@@ -222,7 +222,7 @@ def dense_classes(delta: np.ndarray, trie: _Trie, V: int, chunk: int | None = No
     dst = cols.reshape(-1)[flat].astype(np.int64)
     cls = rank[cls]
     by = np.lexsort((cls, src))
-    return rank[inverse], src[by].astype(np.int64), cls[by], dst[by]
+    return rank[inverse], src[by], cls[by], dst[by]
 
 
 def _token_classes(delta, trie: _Trie, order: np.ndarray, V: int, chunk: int) -> tuple[np.ndarray, ...]:

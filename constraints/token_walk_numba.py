@@ -249,8 +249,8 @@ def sparse_classes(
     root_B[trie.byte_N[one]] = one
     walk = (root_B, trie.depth_N, trie.byte_N, trie.skip_N, trie.end_ptr, trie.end_tid)
     cls_V = np.zeros(n_vocab, dtype=np.int64)
-    cap = min(kept_pairs, n * n_vocab)
-    tok_P, dst_P = np.empty(cap, dtype=np.int32), np.empty(cap, dtype=np.int32)
+    room = min(kept_pairs, n * n_vocab)
+    tok_P, dst_P = np.empty(room, dtype=np.int32), np.empty(room, dtype=np.int32)
     ptr_S = np.zeros(n + 1, dtype=np.int64)
     K, kept = 1 if n_vocab else 0, 0
     if trie.depth_N.size > 1 and n_vocab:
@@ -267,8 +267,8 @@ def sparse_classes(
     cls_E = np.empty(cap, dtype=np.int64)
     dst_E = np.empty(cap, dtype=np.int64)
     s = e = 0
+    pairs = (tok_P, dst_P, ptr_S, kept)
     while trie.depth_N.size > 1 and s < n:
-        pairs = (tok_P, dst_P, ptr_S, kept)
         s, e = _edges_kernel(delta, s, *walk, *pairs, cls_V, seen_K, src_E, cls_E, dst_E, e)
         if s < n:  # full: twice the room, then go on from the state that did not fit
             src_E, cls_E, dst_E = (np.concatenate([a, np.empty_like(a)]) for a in (src_E, cls_E, dst_E))

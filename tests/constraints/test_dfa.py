@@ -117,6 +117,7 @@ def test_column_groups_are_exact():
 
 def test_distances_and_classes():
     d = build_token_dfa('"[a-z]{2,3}"', VOCAB, [1])
+    assert (d.token_class[:3] == -1).all()  # the None entries: never allowed, in no class
     assert int(d.dist[0]) == 3  # '"', one of "ab"/two letters..., '"'  -> at best 3 tokens ('"', 'ab', '"')
     assert d.n_classes < len(VOCAB) // 4  # letters share classes
 
